@@ -1,0 +1,293 @@
+"""Input-space attacks in pixel space: PGD (L-inf, L2), FGSM and CW-inf.
+
+Every attack takes gradients with respect to the input only (``torch.autograd.grad`` on the
+input): parameter gradients are never computed nor accumulated, so an attack can run in the
+middle of a training step without touching ``.grad``. The model's mode during the attack is an
+explicit argument; the caller's mode and every BatchNorm running statistic are restored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from awp.config import AttackConfig, check_eps
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@contextmanager
+def frozen_bn_stats(model: nn.Module) -> Iterator[nn.Module]:
+    """Keep BatchNorm running statistics (and ``num_batches_tracked``) from moving.
+
+    In train mode BatchNorm still normalizes with the batch's statistics; it just does not
+    update the running ones. Works by switching ``track_running_stats`` off, which makes
+    ``F.batch_norm`` receive no running buffers in train mode (eval mode still reads them).
+    """
+    bns = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+    for m in bns:
+        m.track_running_stats = False
+    try:
+        yield model
+    finally:
+        for m in bns:
+            m.track_running_stats = True
+
+
+@contextmanager
+def model_mode(model: nn.Module, mode: str) -> Iterator[nn.Module]:
+    """Put ``model`` in ``mode`` ("train" | "eval") with frozen BatchNorm statistics; restore after.
+
+    The per-module training flags are restored individually, so a model whose submodules were
+    in mixed modes comes back exactly as it was.
+    """
+    if mode not in ("train", "eval"):
+        raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}")
+    flags = [(m, m.training) for m in model.modules()]
+    model.train(mode == "train")
+    try:
+        with frozen_bn_stats(model):
+            yield model
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+def cross_entropy_per_example(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """CE loss per example, (N, K), (N,) -> (N,)."""
+    return F.cross_entropy(logits, y, reduction="none")
+
+
+def cw_margin_per_example(
+    logits: torch.Tensor, y: torch.Tensor, kappa: float = 50.0
+) -> torch.Tensor:
+    """CW margin loss per example: clamp(max_{j != y} z_j - z_y, max=kappa).
+
+    Rises as the true logit falls behind the best other one. Equal to the official AWP
+    evaluation's ``cwloss`` (confidence 50) up to the sign convention (that one is minimized).
+
+    Reference: Carlini & Wagner, "Towards Evaluating the Robustness of Neural Networks", 2017.
+    """
+    true = logits.gather(1, y[:, None]).squeeze(1)  # (N,)
+    other = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf")).amax(1)
+    return torch.clamp(other - true, max=kappa)
+
+
+def _rand(shape: torch.Size, generator: torch.Generator | None, like: torch.Tensor, kind: str):
+    # Drawn on the CPU generator and moved, so a seed gives the same numbers on every device.
+    if kind == "uniform":
+        r = torch.rand(shape, generator=generator, dtype=like.dtype)
+    else:
+        r = torch.randn(shape, generator=generator, dtype=like.dtype)
+    return r.to(like.device)
+
+
+def _flat_norm(t: torch.Tensor) -> torch.Tensor:
+    return t.flatten(1).norm(dim=1).view(-1, *([1] * (t.dim() - 1)))  # (N, 1, 1, 1)
+
+
+def _random_start(
+    x: torch.Tensor,
+    *,
+    eps: float,
+    norm: str,
+    kind: str,
+    init_std: float,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """A starting delta inside the eps-ball (before clipping to [0,1])."""
+    if kind == "none" or eps == 0:
+        return torch.zeros_like(x)
+    if kind == "gaussian":
+        # TRADES' start: x + 0.001 * N(0, 1), then projected into the ball.
+        delta = init_std * _rand(x.shape, generator, x, "gaussian")
+        return _project(delta, eps=eps, norm=norm)
+    if norm == "linf":
+        return (2 * _rand(x.shape, generator, x, "uniform") - 1) * eps
+    # L2: a uniform direction scaled by a uniform radius in [0, eps].
+    direction = _rand(x.shape, generator, x, "gaussian")
+    direction = direction / _flat_norm(direction).clamp_min(1e-12)
+    radius = _rand(torch.Size([x.shape[0]]), generator, x, "uniform").view(-1, 1, 1, 1)
+    return direction * radius * eps
+
+
+def _project(delta: torch.Tensor, *, eps: float, norm: str) -> torch.Tensor:
+    if norm == "linf":
+        return delta.clamp(-eps, eps)
+    scale = (eps / _flat_norm(delta).clamp_min(1e-12)).clamp(max=1.0)
+    return delta * scale
+
+
+def _ascend(
+    delta: torch.Tensor, grad: torch.Tensor, *, step_size: float, norm: str
+) -> torch.Tensor:
+    if norm == "linf":
+        return delta + step_size * grad.sign()
+    return delta + step_size * grad / _flat_norm(grad).clamp_min(1e-12)
+
+
+def pgd(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    step_size: float,
+    steps: int,
+    norm: str = "linf",
+    loss: str | LossFn = "ce",
+    random_start: str = "uniform",
+    restarts: int = 1,
+    mode: str = "eval",
+    kappa: float = 50.0,
+    init_std: float = 1e-3,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Projected gradient ascent on the loss within an L-inf or L2 ball around ``x``.
+
+    Args:
+        model: classifier taking images in [0, 1]; its parameters are not differentiated.
+        x: clean images, (N, C, H, W) float in [0, 1].
+        y: labels, (N,) int64.
+        eps: radius of the ball, pixel units ([0, 1] scale): 8/255 for linf, 0.5 for l2.
+        step_size: step length, pixel units (sign step for linf, normalized-gradient step for l2).
+        steps: number of ascent steps.
+        norm: "linf" or "l2".
+        loss: "ce" (cross-entropy), "cw" (CW margin with ``kappa``) or a callable
+            ``(logits, y) -> (N,)`` per-example loss to maximize (TRADES passes its KL term).
+        random_start: "uniform" in the ball, "gaussian" (``init_std`` * N(0,1)), or "none".
+        restarts: independent runs; per example the worst case is kept (misclassified first,
+            then the higher loss).
+        mode: the model's mode during the attack, "train" or "eval". BatchNorm running
+            statistics are never updated, and the caller's mode is restored afterwards.
+        kappa: CW confidence.
+        init_std: standard deviation of the gaussian start.
+        generator: CPU generator for the random start (seeded attacks are reproducible on any
+            device).
+
+    Returns:
+        x_adv, same shape as ``x``, detached, within the ball and in [0, 1].
+
+    Reference: Madry et al., "Towards Deep Learning Models Resistant to Adversarial Attacks",
+    ICLR 2018.
+    """
+    check_eps(eps, norm)
+    if steps < 0 or restarts < 1:
+        raise ValueError(
+            f"need steps >= 0 and restarts >= 1, got steps={steps}, restarts={restarts}"
+        )
+    loss_fn = _loss_fn(loss, kappa)
+    x = x.detach()
+    best: torch.Tensor | None = None
+    with model_mode(model, mode):
+        for _ in range(restarts):
+            delta = _random_start(
+                x, eps=eps, norm=norm, kind=random_start, init_std=init_std, generator=generator
+            )
+            x_adv = (x + delta).clamp(0, 1)
+            for _ in range(steps):
+                x_adv.requires_grad_(True)
+                # Only the input is differentiated: no parameter gradient is computed or stored.
+                (grad,) = torch.autograd.grad(loss_fn(model(x_adv), y).sum(), x_adv)
+                delta = _ascend(x_adv.detach() - x, grad, step_size=step_size, norm=norm)
+                x_adv = (x + _project(delta, eps=eps, norm=norm)).clamp(0, 1)
+            x_adv = x_adv.detach()
+            if restarts == 1:
+                return x_adv
+            best = x_adv if best is None else _keep_worst(model, x, y, best, x_adv, loss_fn)
+    assert best is not None
+    return best
+
+
+@torch.no_grad()
+def _keep_worst(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    old: torch.Tensor,
+    new: torch.Tensor,
+    loss_fn: LossFn,
+) -> torch.Tensor:
+    lo, ln = model(old), model(new)
+    wrong_o, wrong_n = lo.argmax(1) != y, ln.argmax(1) != y
+    take = (wrong_n & ~wrong_o) | ((wrong_n == wrong_o) & (loss_fn(ln, y) > loss_fn(lo, y)))
+    return torch.where(take.view(-1, *([1] * (x.dim() - 1))), new, old)
+
+
+def _loss_fn(loss: str | LossFn, kappa: float) -> LossFn:
+    if callable(loss):
+        return loss
+    if loss == "ce":
+        return cross_entropy_per_example
+    if loss == "cw":
+        return lambda logits, y: cw_margin_per_example(logits, y, kappa)
+    raise ValueError(f"unknown attack loss {loss!r}; use 'ce', 'cw' or a callable")
+
+
+def fgsm(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    norm: str = "linf",
+    mode: str = "eval",
+) -> torch.Tensor:
+    """Fast gradient sign method: one step of size ``eps`` from ``x`` (no random start).
+
+    Args and Returns as :func:`pgd`.
+
+    Reference: Goodfellow et al., "Explaining and Harnessing Adversarial Examples", ICLR 2015.
+    """
+    return pgd(
+        model, x, y, eps=eps, step_size=eps, steps=1, norm=norm, random_start="none", mode=mode
+    )
+
+
+def run_attack(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: AttackConfig,
+    *,
+    generator: torch.Generator | None = None,
+    loss: str | LossFn | None = None,
+) -> torch.Tensor:
+    """Run the attack described by ``cfg`` (see :func:`pgd` for shapes and units).
+
+    ``loss`` overrides the attack's own loss (TRADES attacks its KL term).
+    """
+    if cfg.name == "fgsm":
+        return pgd(
+            model,
+            x,
+            y,
+            eps=cfg.eps,
+            step_size=cfg.eps,
+            steps=1,
+            norm=cfg.norm,
+            loss=loss or "ce",
+            random_start="none",
+            mode=cfg.mode,
+        )
+    default_loss = "cw" if cfg.name == "cw" else "ce"
+    return pgd(
+        model,
+        x,
+        y,
+        eps=cfg.eps,
+        step_size=cfg.step_size,
+        steps=cfg.steps,
+        norm=cfg.norm,
+        loss=loss or default_loss,
+        random_start=cfg.random_start,
+        restarts=cfg.restarts,
+        mode=cfg.mode,
+        kappa=cfg.kappa,
+        generator=generator,
+    )
