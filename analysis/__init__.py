@@ -1,0 +1,1 @@
+"""Weight statistics, PAC-Bayes flatness, robust generalization gap and correlations."""

@@ -1,0 +1,1 @@
+"""Plotting only: functions take arrays/records and return matplotlib figures."""
