@@ -93,9 +93,9 @@ def library_versions() -> dict[str, str]:
     import awp
 
     return {
-        "awp": awp.__version__,
-        "torch": torch.__version__,
-        "numpy": numpy.__version__,
+        "awp": str(awp.__version__),
+        "torch": str(torch.__version__),
+        "numpy": str(numpy.__version__),
         "python": platform.python_version(),
     }
 

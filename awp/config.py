@@ -182,7 +182,7 @@ def add_dataclass_arguments(
             add_dataclass_arguments(parser, tp, skip=skip)
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        help_ = f.metadata.get("help", "")
+        help_ = f.metadata.get("help", "").replace("%", "%%")  # argparse formats help with %
         if tp is bool:
             parser.add_argument(
                 _flag(f.name),
@@ -198,7 +198,7 @@ def add_dataclass_arguments(
             inner = typing.get_args(tp)[0]
             conv = parse_number if inner is float else inner
             nargs = "+"
-        shown = f"{default:.6g}" if isinstance(default, float) else default
+        shown = _show(default)
         parser.add_argument(
             _flag(f.name),
             dest=f.name,
@@ -208,6 +208,16 @@ def add_dataclass_arguments(
             metavar=f.name.upper(),
             help=f"{help_} (default: {shown})",
         )
+
+
+def _show(default: Any) -> Any:
+    """A default as a user would type it: 8/255 rather than 0.0313725."""
+    if isinstance(default, float):
+        k = default * 255
+        if 0 < default < 1 and abs(k - round(k)) < 1e-9:
+            return f"{round(k)}/255"
+        return f"{default:.6g}"
+    return default
 
 
 def dataclass_from_arguments(cls: type[T], ns: argparse.Namespace, base: T | None = None) -> T:

@@ -51,3 +51,60 @@ def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
 def assert_same_state(model: nn.Module, snap: dict[str, torch.Tensor]) -> None:
     for k, v in model.state_dict().items():
         assert torch.equal(v, snap[k]), f"{k} changed"
+
+
+def synthetic_images(
+    n: int, classes: int = 3, size: int = 8, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Learnable uint8 images: class c brightens channel c % 3 and a class-specific stripe."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % classes
+    y = y[torch.randperm(n, generator=g)]
+    x = torch.randint(0, 120, (n, 3, size, size), generator=g)
+    for c in range(classes):
+        m = y == c
+        x[m, c % 3] += 100
+        x[m, :, (2 * c) % size, :] += 35
+    return x.clamp(0, 255).to(torch.uint8), y
+
+
+def synthetic_bundle(
+    n_train: int = 96,
+    n_val: int = 32,
+    n_test: int = 32,
+    classes: int = 3,
+    size: int = 8,
+    seed: int = 0,
+):
+    """A DataBundle of synthetic images (no files)."""
+    from awp.data import DataBundle, Split
+
+    x, y = synthetic_images(n_train + n_val + n_test, classes, size, seed)
+    a, b = n_train, n_train + n_val
+    return DataBundle(
+        train=Split(x[:a], y[:a]),
+        val=Split(x[a:b], y[a:b]),
+        test=Split(x[b:], y[b:]),
+        classes=tuple(f"c{i}" for i in range(classes)),
+        mean=(0.5, 0.5, 0.5),
+        std=(0.25, 0.25, 0.25),
+        name="synthetic",
+    )
+
+
+def make_image_folder(
+    root, classes: int = 3, n_train: int = 24, n_test: int = 9, size: int = 8, seed: int = 0
+):
+    """Write a tiny ImageFolder dataset (lossless PNG) under ``root``; returns ``root``."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    root = Path(root)
+    for split, n, s in (("train", n_train, seed), ("test", n_test, seed + 1)):
+        x, y = synthetic_images(n, classes, size, s)
+        for i in range(n):
+            d = root / split / f"class{int(y[i])}"
+            d.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(x[i].permute(1, 2, 0).numpy()).save(d / f"{i:04d}.png")
+    return root

@@ -1,0 +1,171 @@
+import json
+
+import pytest
+
+from awp.cli import main
+from tests.helpers import make_image_folder
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return make_image_folder(tmp_path_factory.mktemp("data") / "tiny", n_train=30, n_test=12)
+
+
+def test_train_then_eval(tmp_path, folder, capsys):
+    out = tmp_path / "run"
+    code = main(
+        [
+            "train",
+            "--dataset",
+            str(folder),
+            "--val-size",
+            "6",
+            "--model",
+            "smallcnn",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "12",
+            "--attack-steps",
+            "2",
+            "--eps",
+            "8/255",
+            "--eval-steps",
+            "2",
+            "--train-eval-size",
+            "8",
+            "--awp",
+            "--gamma",
+            "0.005",
+            "--out",
+            str(out),
+            "--no-progress",
+            "--device",
+            "cpu",
+        ]
+    )
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "AT-AWP" in text and "epoch   1" in text and "checkpoints" in text
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["awp"] is True and cfg["gamma"] == 0.005 and cfg["eps"] == pytest.approx(8 / 255)
+    code = main(
+        [
+            "eval",
+            str(out / "checkpoints" / "last.pt"),
+            "--attacks",
+            "natural",
+            "fgsm",
+            "pgd20",
+            "cw20",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path / "e.json"),
+        ]
+    )
+    assert code == 0
+    table = capsys.readouterr().out
+    assert "PGD-20 linf eps=8/255" in table and "CW-20" in table
+    res = json.loads((tmp_path / "e.json").read_text())
+    accs = {r["attack"]: r["accuracy"] for r in res["results"]}
+    assert res["n"] == 12 and set(accs) == {"natural", "fgsm", "pgd20", "cw20"}
+    assert accs["pgd20"] <= accs["natural"]
+
+
+def test_bad_input_is_one_clear_line(tmp_path, folder, capsys):
+    assert main(["train", "--eps", "8", "--out", str(tmp_path / "r")]) == 2
+    assert "8/255" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                "resnet999",
+                "--dataset",
+                str(folder),
+                "--val-size",
+                "0",
+                "--epochs",
+                "1",
+                "--out",
+                str(tmp_path / "r2"),
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
+    assert "resnet999" in capsys.readouterr().err
+    assert main(["eval", str(tmp_path / "missing.pt")]) == 2
+    assert "missing.pt" in capsys.readouterr().err
+    assert (
+        main(["train", "--dataset", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r3")]) == 2
+    )
+    assert "nowhere" in capsys.readouterr().err
+    assert not (tmp_path / "r3").exists()
+
+
+def test_help_lists_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: 8/255)" in text
+    assert "--gamma" in text and "default: 0.01" in text and "--awp-warmup" in text
+
+
+def test_sigkill_and_resume_equals_uninterrupted(tmp_path, folder):
+    """A real `awp train` process killed with SIGKILL after epoch 2 resumes to the same weights."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import torch
+
+    args = [
+        "--dataset",
+        str(folder),
+        "--val-size",
+        "6",
+        "--model",
+        "smallcnn",
+        "--epochs",
+        "5",
+        "--batch-size",
+        "8",
+        "--attack-steps",
+        "2",
+        "--eval-steps",
+        "2",
+        "--train-eval-size",
+        "8",
+        "--awp",
+        "--awp-warmup",
+        "1",
+        "--no-progress",
+        "--device",
+        "cpu",
+    ]
+    assert main(["train", *args, "--out", str(tmp_path / "full")]) == 0
+
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "awp.cli", "train", *args, "--out", str(out)]
+    env = dict(os.environ)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 120
+    metrics = out / "metrics.jsonl"
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert main(["train", *args, "--out", str(out), "--resume"]) == 0
+    a = torch.load(tmp_path / "full" / "checkpoints" / "last.pt", weights_only=True)
+    b = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 5
+    for k, t in a["state_dict"].items():
+        assert torch.equal(t, b["state_dict"][k]), k
+    assert [json.loads(x)["epoch"] for x in metrics.read_text().splitlines()] == [1, 2, 3, 4, 5]
