@@ -115,7 +115,7 @@ class AttackConfig:
         return f"{label} {self.norm} eps={eps}"
 
 
-# Paper presets (Rice et al. / official AWP): training PGD-10 in train mode, evaluation in eval mode.
+# Paper presets (Rice et al. / official AWP): train-time PGD-10 in train mode, eval in eval mode.
 PGD10_TRAIN = AttackConfig(name="pgd", steps=10, step_size=2 / 255, mode="train")
 PGD20_EVAL = AttackConfig(name="pgd", steps=20, step_size=2 / 255, mode="eval")
 CW20_EVAL = AttackConfig(name="cw", steps=20, step_size=2 / 255, mode="eval")

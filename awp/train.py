@@ -307,9 +307,10 @@ def prepare_run(cfg: TrainConfig, *, resume: bool) -> RunFolder:
     """
     run = RunFolder(cfg.out)
     if not resume:
-        if run.last.exists() or run.metrics.exists():
+        existing = [p for p in (run.last, run.metrics) if p.exists()]
+        if existing:
             raise FileExistsError(
-                f"run folder {run.root} already holds a run ({run.last.name if run.last.exists() else run.metrics.name}); "
+                f"run folder {run.root} already holds a run ({existing[0]}); "
                 f"pass --resume to continue it, or choose another --out"
             )
         return run
