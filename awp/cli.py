@@ -21,7 +21,7 @@ from awp.config import AttackConfig, add_dataclass_arguments, check_eps, parse_n
 log = logging.getLogger("awp")
 
 # Packages that add subcommands (landscape, plot, hist, flatness, gap, correlate, report, ...).
-SUBCOMMAND_MODULES = ("landscape.cli", "analysis.cli", "figures.cli", "awp.demo")
+SUBCOMMAND_MODULES = ("landscape.cli", "analysis.cli", "figures.cli", "figures.demo")
 
 
 class CLIError(Exception):
