@@ -1,0 +1,122 @@
+"""The robust generalization gap: robust accuracy on train minus robust accuracy on test.
+
+Both accuracies use the same attack (PGD-20 at 8/255 by default) with the same seed, eval
+mode, no augmentation and the unperturbed weights, on a fixed seeded subset of each split, so
+checkpoints of different runs and epochs are measured alike. The robust loss gap is the test
+robust cross-entropy minus the train one (both gaps are positive when the model overfits).
+
+Reference: Rice, Wong, Kolter, "Overfitting in Adversarially Robust Deep Learning", ICML 2020;
+Wu, Xia, Wang, NeurIPS 2020 (robust generalization gap, Sec. 3).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from awp.config import PGD20_EVAL, AttackConfig, opt
+from awp.data import Split, fixed_subset
+from awp.evaluate import evaluate_attack
+
+
+@dataclass(frozen=True)
+class GapConfig:
+    """Subsets, attack and seeds of a robust-gap measurement."""
+
+    n_train: int = opt(1000, "fixed seeded train subset size (0 = the whole train split)")
+    n_test: int = opt(1000, "fixed seeded test subset size (0 = the whole test split)")
+    subset_seed: int = opt(0, "seed choosing both subsets")
+    seed: int = opt(0, "seed of the attack's random start")
+    batch_size: int = opt(256, "examples per forward pass")
+    attack: AttackConfig = opt(PGD20_EVAL, "attack used on both splits")
+
+    def __post_init__(self) -> None:
+        if self.n_train < 0 or self.n_test < 0:
+            raise ValueError(
+                f"need n_train, n_test >= 0 (0 = whole split), got {self.n_train}, {self.n_test}"
+            )
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size={self.batch_size} must be >= 1")
+
+
+def method_of(config: Mapping[str, Any] | None) -> str:
+    """The method label of a run from its training config: ``AT``, ``AT-AWP``, ``TRADES``...
+
+    ``config["method"]`` names the objective (at / trades / mart, default at) and
+    ``config["awp"]`` adds ``-AWP``. An empty or missing config gives ``unknown``.
+    """
+    if not config:
+        return "unknown"
+    base = str(config.get("method") or "at").upper()
+    return f"{base}-AWP" if config.get("awp") else base
+
+
+def subset(split: Split, n: int, *, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fixed seeded subset of ``n`` examples of a split (all for n = 0): (x, y)."""
+    idx = fixed_subset(len(split), n, seed=seed) if n else torch.arange(len(split))
+    idx = idx.to(split.x.device)
+    return split.x[idx], split.y[idx]
+
+
+@dataclass(frozen=True)
+class GapRecord:
+    """Robust and natural accuracies (fractions) and robust losses (nats) on both subsets."""
+
+    train_robust_acc: float
+    test_robust_acc: float
+    gap: float  # train_robust_acc - test_robust_acc
+    train_robust_loss: float
+    test_robust_loss: float
+    loss_gap: float  # test_robust_loss - train_robust_loss
+    train_nat_acc: float
+    test_nat_acc: float
+    nat_gap: float  # train_nat_acc - test_nat_acc
+    n_train: int
+    n_test: int
+
+
+def robust_gap(
+    model: nn.Module,
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    x_test: torch.Tensor,
+    y_test: torch.Tensor,
+    *,
+    attack: AttackConfig = PGD20_EVAL,
+    batch_size: int = 256,
+    seed: int = 0,
+) -> GapRecord:
+    """Robust (and natural) accuracy and loss on a train and a test subset, and their gaps.
+
+    Args:
+        model: classifier on [0, 1] images (its mode and weights are left unchanged).
+        x_train, x_test: (N, C, H, W) uint8 or float in [0, 1]; y_train, y_test: (N,) labels,
+            on the model's device.
+        attack: the attack for both splits; batch_size: per pass; seed: the attack's start.
+
+    Returns:
+        :class:`GapRecord`.
+    """
+    if len(y_train) == 0 or len(y_test) == 0:
+        raise ValueError("the train or the test subset is empty: the gap needs both")
+    tr = evaluate_attack(model, x_train, y_train, attack, batch_size=batch_size, seed=seed)
+    te = evaluate_attack(model, x_test, y_test, attack, batch_size=batch_size, seed=seed)
+    trn = evaluate_attack(model, x_train, y_train, None, batch_size=batch_size, seed=seed)
+    ten = evaluate_attack(model, x_test, y_test, None, batch_size=batch_size, seed=seed)
+    return GapRecord(
+        train_robust_acc=tr.accuracy,
+        test_robust_acc=te.accuracy,
+        gap=tr.accuracy - te.accuracy,
+        train_robust_loss=tr.loss,
+        test_robust_loss=te.loss,
+        loss_gap=te.loss - tr.loss,
+        train_nat_acc=trn.accuracy,
+        test_nat_acc=ten.accuracy,
+        nat_gap=trn.accuracy - ten.accuracy,
+        n_train=tr.n,
+        n_test=te.n,
+    )
