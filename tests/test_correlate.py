@@ -1,0 +1,171 @@
+"""Correlations against hand-written references; bootstrap; grouping; line fit; figures."""
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from analysis.correlate import (
+    bootstrap_interval,
+    correlate,
+    correlate_records,
+    correlation,
+    fit_line,
+)
+
+
+def _kendall_tau_b_by_hand(x, y):
+    """O(n^2) tau-b: (concordant - discordant) / sqrt((n0 - ties_x)(n0 - ties_y))."""
+    n = len(x)
+    conc = disc = tx = ty = 0
+    for i in range(n):
+        for j in range(i + 1, n):
+            dx, dy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
+            if dx == 0 and dy == 0:
+                tx += 1
+                ty += 1
+            elif dx == 0:
+                tx += 1
+            elif dy == 0:
+                ty += 1
+            else:
+                conc += dx == dy
+                disc += dx != dy
+    n0 = n * (n - 1) / 2
+    return (conc - disc) / math.sqrt((n0 - tx) * (n0 - ty))
+
+
+def _average_ranks(a):
+    order = np.argsort(a, kind="stable")
+    ranks = np.empty(len(a))
+    i = 0
+    while i < len(a):
+        j = i
+        while j + 1 < len(a) and a[order[j + 1]] == a[order[i]]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def _pearson_by_hand(x, y):
+    xm, ym = x - x.mean(), y - y.mean()
+    r = np.sum(xm * ym) / math.sqrt(np.sum(xm**2) * np.sum(ym**2))
+    t = r * math.sqrt((len(x) - 2) / (1 - r**2))
+    return r, 2 * sps.t.sf(abs(t), len(x) - 2)
+
+
+def test_monotone_data_give_one_and_linear_data_a_pearson_of_one():
+    x = np.arange(20.0)
+    for m in ("kendall", "spearman"):
+        stat, p = correlation(x, np.exp(x / 4), m)
+        assert stat == pytest.approx(1.0) and p < 1e-6
+    assert correlation(x, np.exp(x / 4), "pearson")[0] < 0.99  # not linear
+    assert correlation(x, 2 * x + 1, "pearson")[0] == pytest.approx(1.0, abs=1e-12)
+    assert correlation(x, -(x**3), "kendall")[0] == pytest.approx(-1.0)
+
+
+def test_shuffled_data_correlate_near_zero():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=2000)
+    y = rng.permutation(2 * x + 1)  # same values, pairing destroyed
+    for m in ("kendall", "spearman", "pearson"):
+        stat, p = correlation(x, y, m)
+        assert abs(stat) < 0.06 and p > 1e-3, m
+
+
+def test_statistics_and_p_values_against_hand_references_with_ties():
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 5, 30).astype(float)  # many ties
+    y = x + rng.integers(0, 3, 30)
+    assert correlation(x, y, "kendall")[0] == pytest.approx(_kendall_tau_b_by_hand(x, y), rel=1e-12)
+    rs = np.corrcoef(_average_ranks(x), _average_ranks(y))[0, 1]
+    assert correlation(x, y, "spearman")[0] == pytest.approx(rs, rel=1e-12)
+    r, p = _pearson_by_hand(x, y)
+    got = correlation(x, y, "pearson")
+    assert got[0] == pytest.approx(r, rel=1e-12) and got[1] == pytest.approx(p, rel=1e-8)
+
+
+def test_undefined_cases_are_nan_and_nans_are_dropped():
+    assert all(math.isnan(v) for v in correlation([1, 2], [3, 4], "kendall"))
+    assert all(math.isnan(v) for v in correlation([1, 1, 1, 1], [1, 2, 3, 4], "pearson"))
+    x = [1.0, 2.0, float("nan"), 3.0, 4.0]
+    y = [1.0, 3.0, 100.0, 2.0, 5.0]
+    assert correlation(x, y, "kendall")[0] == pytest.approx(
+        _kendall_tau_b_by_hand([1, 2, 3, 4], [1, 3, 2, 5])
+    )
+    with pytest.raises(ValueError, match="unknown correlation"):
+        correlation(x, y, "distance")
+    with pytest.raises(ValueError, match="equal length"):
+        correlation([1, 2, 3], [1, 2], "pearson")
+
+
+def test_bootstrap_follows_its_documented_draws():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=25)
+    y = x + rng.normal(size=25)
+    lo, hi = bootstrap_interval(x, y, "pearson", n_boot=300, confidence=0.9, seed=7)
+    # Reference: the same index draws, statistic per resample, percentiles.
+    idx = np.random.default_rng(7).integers(0, 25, size=(300, 25))
+    ref = np.array([np.corrcoef(x[i], y[i])[0, 1] for i in idx])
+    assert (lo, hi) == pytest.approx(tuple(np.percentile(ref, [5, 95])), rel=1e-12)
+    r = correlation(x, y, "pearson")[0]
+    assert lo < r < hi
+    assert bootstrap_interval(x, y, "pearson", n_boot=300, confidence=0.9, seed=7) == (lo, hi)
+    assert all(math.isnan(v) for v in bootstrap_interval(x, y, "kendall", n_boot=0))
+
+
+def test_records_are_correlated_pooled_and_per_method():
+    rng = np.random.default_rng(3)
+    rows = []
+    for method, slope in (("AT", 1.0), ("AT-AWP", -1.0)):
+        for _ in range(12):
+            f = float(rng.normal())
+            rows.append({"method": method, "flatness": f, "gap": slope * f})
+    cors = correlate_records(rows, x="flatness", y="gap", by="method", n_boot=50)
+    by = {(c.group, c.measure): c for c in cors}
+    assert set(by) == {
+        (g, m) for g in ("all", "AT", "AT-AWP") for m in ("kendall", "spearman", "pearson")
+    }
+    assert by[("AT", "kendall")].statistic == pytest.approx(1.0)
+    assert by[("AT-AWP", "pearson")].statistic == pytest.approx(-1.0)
+    assert by[("all", "kendall")].n == 24 and by[("AT", "spearman")].n == 12
+    assert by[("AT", "kendall")].x == "flatness" and by[("AT", "kendall")].n_boot == 50
+    with pytest.raises(ValueError, match="column 'sharpness' missing"):
+        correlate_records(rows, x="sharpness", y="gap")
+    assert len(correlate([1, 2, 3, 4], [2, 1, 4, 3], n_boot=10)) == 3
+
+
+def test_fit_line_matches_polyfit():
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=40)
+    y = 0.7 * x - 0.2 + 0.1 * rng.normal(size=40)
+    fit = fit_line(x, y)
+    slope, intercept = np.polyfit(x, y, 1)
+    assert fit.slope == pytest.approx(slope, rel=1e-10)
+    assert fit.intercept == pytest.approx(intercept, rel=1e-10)
+    assert math.isnan(fit_line([1, 1, 1], [1, 2, 3]).slope)
+
+
+def test_figures():
+    from figures.flatness import plot_flatness_curve, plot_flatness_vs_gap
+
+    rows = [
+        {"method": m, "label": f"{m} {e}", "flatness": e * s, "gap": e * s + 0.1, "alpha": a,
+         "flatness_low": e * s - 0.1, "flatness_high": e * s + 0.1}
+        for m, s in (("AT", 1.0), ("AT-AWP", 0.5))
+        for e in (1, 2, 3)
+        for a in (0.1,)
+    ]  # fmt: skip
+    cors = correlate_records(rows, x="flatness", y="gap", n_boot=0)
+    fig = plot_flatness_vs_gap(rows, correlations=cors)
+    ax = fig.axes[0]
+    assert len(ax.collections) == 2  # one scatter per method
+    assert len(ax.lines) == 3  # a fit per method and the pooled one
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels[0].startswith("AT (tau 1.00)")
+    curve = plot_flatness_curve(rows)
+    assert len(curve.axes[0].lines) == 6 + 1  # six checkpoints and the zero line
+    with pytest.raises(ValueError):
+        plot_flatness_curve([{"x": 1}])
