@@ -62,7 +62,7 @@ class FlatnessConfig:
     per_example: bool = opt(False, "a fresh u per example (exact Clopper-Pearson interval)")
     confidence: float = opt(0.95, "confidence level of the intervals")
     split: str = opt("train", "data split measured: train | test")
-    n: int = opt(1000, "size of the fixed seeded subset (0 = the whole split)")
+    n_examples: int = opt(1000, "size of the fixed seeded subset (0 = the whole split)")
     subset_seed: int = opt(0, "seed choosing the subset")
     seed: int = opt(0, "seed of the noise draws and of the attacks' random starts")
     batch_size: int = opt(256, "examples per forward pass")
@@ -84,8 +84,11 @@ class FlatnessConfig:
             raise ValueError(f"samples={self.samples}: need at least one noise draw")
         if not 0 < self.confidence < 1:
             raise ValueError(f"confidence={self.confidence} must be in (0, 1), e.g. 0.95")
-        if self.n < 0 or self.batch_size < 1:
-            raise ValueError(f"need n >= 0 and batch_size >= 1, got {self.n}, {self.batch_size}")
+        if self.n_examples < 0 or self.batch_size < 1:
+            raise ValueError(
+                f"need n_examples >= 0 and batch_size >= 1, got {self.n_examples} "
+                f"and {self.batch_size}"
+            )
 
 
 @dataclass(frozen=True)
@@ -530,8 +533,13 @@ def expected_key(alpha: float, k: int) -> str:
     return f"expected|alpha={float(alpha)!r}|k={k}"
 
 
-def worst_key(gamma: float, restart: int) -> str:
-    return f"worst|gamma={float(gamma)!r}|r={restart}"
+def worst_key(gamma: float, restart: int, worst: WorstCaseConfig) -> str:
+    """A worst-case unit's key; it names the ascent settings, so runs with other settings
+    add their own units instead of clashing with these."""
+    return (
+        f"worst|gamma={float(gamma)!r}|r={restart}|steps={worst.ascent_steps}"
+        f"|fraction={float(worst.step_fraction)!r}|per_batch={int(worst.per_batch)}"
+    )
 
 
 def flatness_keys(
@@ -545,20 +553,25 @@ def flatness_keys(
         keys += [expected_key(a, k) for k in range(cfg.samples)]
     if worst is not None:
         for g in worst.gammas:
-            keys += [worst_key(g, r) for r in range(worst.ascent_restarts)]
+            keys += [worst_key(g, r, worst) for r in range(worst.ascent_restarts)]
     return keys
 
 
 def compute_unit(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    key: str,
-    *,
-    cfg: FlatnessConfig,
-    worst: WorstCaseConfig | None = None,
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, key: str, *, cfg: FlatnessConfig
 ) -> Record:
-    """The record of one unit, from its key (see :func:`flatness_keys`)."""
+    """The record of one unit, from its key (see :func:`flatness_keys`).
+
+    Args:
+        model: the network at w (left exactly as it was).
+        x: (N, C, H, W) uint8 or float in [0, 1], the fixed subset; y: (N,) labels.
+        key: ``base``, ``expected|alpha=..|k=..`` or ``worst|gamma=..|r=..|steps=..|...``.
+        cfg: the settings every unit shares (noise, subset, attack, seeds).
+
+    Returns:
+        A JSON-able record (see :func:`baseline_unit`, :func:`expected_unit`,
+        :func:`worst_unit`).
+    """
     if key == "base":
         return baseline_unit(model, x, y, cfg=cfg)
     kind, *fields = key.split("|")
@@ -566,17 +579,14 @@ def compute_unit(
     if kind == "expected":
         return expected_unit(model, x, y, cfg=cfg, alpha=float(values["alpha"]), k=int(values["k"]))
     if kind == "worst":
-        if worst is None:
-            raise ValueError(f"unit {key!r} needs a WorstCaseConfig")
-        return worst_unit(
-            model,
-            x,
-            y,
-            cfg=cfg,
-            worst=worst,
-            gamma=float(values["gamma"]),
-            restart=int(values["r"]),
+        gamma = float(values["gamma"])
+        worst = WorstCaseConfig(
+            gammas=(gamma,),
+            ascent_steps=int(values["steps"]),
+            step_fraction=float(values["fraction"]),
+            per_batch=bool(int(values["per_batch"])),
         )
+        return worst_unit(model, x, y, cfg=cfg, worst=worst, gamma=gamma, restart=int(values["r"]))
     raise ValueError(f"unknown unit key {key!r}")
 
 
@@ -772,7 +782,7 @@ def summarize(
             worst_rows.append(
                 summarize_worst(
                     base,
-                    [records[worst_key(g, r)] for r in range(worst.ascent_restarts)],
+                    [records[worst_key(g, r, worst)] for r in range(worst.ascent_restarts)],
                     gamma=g,
                     per_batch=worst.per_batch,
                 )

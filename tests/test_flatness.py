@@ -138,12 +138,15 @@ def test_flatness_at_alpha_zero_is_exactly_zero_and_the_model_is_untouched(per_e
     x, y = tiny_batch(12, seed=1)
     snap = snapshot(model)
     cfg = FlatnessConfig(
-        alphas=(0.0, 0.5), samples=2, n=0, attack=ATTACK, batch_size=5, per_example=per_example
+        alphas=(0.0, 0.5),
+        samples=2,
+        n_examples=0,
+        attack=ATTACK,
+        batch_size=5,
+        per_example=per_example,
     )
     worst = WorstCaseConfig(gammas=(0.0,), ascent_steps=2)
-    records = run_units(
-        flatness_keys(cfg, worst), lambda k: compute_unit(model, x, y, k, cfg=cfg, worst=worst)
-    )
+    records = run_units(flatness_keys(cfg, worst), lambda k: compute_unit(model, x, y, k, cfg=cfg))
     expected, worst_rows = summarize(records, cfg=cfg, worst=worst)
     zero = expected[0]
     assert zero.flatness == 0.0 and zero.flatness_loss == 0.0 and zero.noise_ratio == 0.0
@@ -243,24 +246,24 @@ def test_projected_ascent_stays_in_the_ball_and_raises_the_robust_loss(trained):
     for n, p in params.items():
         assert float(v[n].norm()) <= gamma * float(p.detach().norm()) * (1 + 1e-6)
     assert_same_state(model, snap)
-    cfg = FlatnessConfig(alphas=(gamma,), samples=1, n=0, attack=ATTACK)
+    cfg = FlatnessConfig(alphas=(gamma,), samples=1, n_examples=0, attack=ATTACK)
     worst = WorstCaseConfig(gammas=(gamma,), ascent_steps=4)
     base = compute_unit(model, x, y, "base", cfg=cfg)
-    w = compute_unit(model, x, y, fl.worst_key(gamma, 0), cfg=cfg, worst=worst)
+    w = compute_unit(model, x, y, fl.worst_key(gamma, 0, worst), cfg=cfg)
     assert sum(w["batch_loss_sums"]) > base["loss_sum"]
 
 
 def test_worst_case_flatness_is_at_least_the_expected_one_on_a_trained_model(trained):
     model, x, y = trained
     attack = AttackConfig(steps=3, step_size=8 / 255, eps=24 / 255)
-    cfg = FlatnessConfig(alphas=(0.1,), samples=4, n=0, attack=attack, batch_size=64)
+    cfg = FlatnessConfig(alphas=(0.1,), samples=4, n_examples=0, attack=attack, batch_size=64)
     for per_batch in (False, True):
         worst = WorstCaseConfig(
             gammas=(0.1,), ascent_steps=3, ascent_restarts=2, per_batch=per_batch
         )
         records = run_units(
             flatness_keys(cfg, worst),
-            lambda k, worst=worst: compute_unit(model, x, y, k, cfg=cfg, worst=worst),
+            lambda k: compute_unit(model, x, y, k, cfg=cfg),
         )
         (expected,), (w,) = summarize(records, cfg=cfg, worst=worst)
         assert w.worst_error >= expected.mean_error
@@ -314,7 +317,7 @@ def test_sigma_search_bisects_to_the_target():
 
 def test_sigma_search_on_a_model_finds_a_drop_near_the_target(trained):
     model, x, y = trained
-    cfg = FlatnessConfig(samples=2, n=0, attack=ATTACK, batch_size=64, noise="layer")
+    cfg = FlatnessConfig(samples=2, n_examples=0, attack=ATTACK, batch_size=64, noise="layer")
 
     def drop(alpha):
         keys = flatness_keys(cfg, alphas=[alpha])
@@ -345,7 +348,7 @@ def test_configs_reject_bad_values():
 def test_units_do_not_depend_on_order_or_on_other_units():
     model = tiny_model(3)
     x, y = tiny_batch(10, seed=3)
-    cfg = FlatnessConfig(alphas=(0.3,), samples=3, n=0, attack=ATTACK, batch_size=4)
+    cfg = FlatnessConfig(alphas=(0.3,), samples=3, n_examples=0, attack=ATTACK, batch_size=4)
     keys = flatness_keys(cfg)
     forward = {k: compute_unit(model, x, y, k, cfg=cfg) for k in keys}
     backward = {k: compute_unit(model, x, y, k, cfg=cfg) for k in reversed(keys)}
@@ -371,7 +374,9 @@ def _dist_worker(rank, world, folder, out):
     try:
         model = tiny_model(3)
         x, y = tiny_batch(10, seed=3)
-        cfg = FlatnessConfig(alphas=(0.3, 0.6), samples=3, n=0, attack=ATTACK, batch_size=4)
+        cfg = FlatnessConfig(
+            alphas=(0.3, 0.6), samples=3, n_examples=0, attack=ATTACK, batch_size=4
+        )
         store = SampleStore(folder / "store", meta={"t": 1}, rank=rank)
         records = run_units(
             flatness_keys(cfg),
@@ -393,7 +398,7 @@ def test_two_gloo_ranks_split_the_units_and_agree_with_one_process(tmp_path):
     mp.spawn(_dist_worker, args=(2, tmp_path, tmp_path), nprocs=2, join=True)
     model = tiny_model(3)
     x, y = tiny_batch(10, seed=3)
-    cfg = FlatnessConfig(alphas=(0.3, 0.6), samples=3, n=0, attack=ATTACK, batch_size=4)
+    cfg = FlatnessConfig(alphas=(0.3, 0.6), samples=3, n_examples=0, attack=ATTACK, batch_size=4)
     keys = flatness_keys(cfg)
     single = json.loads(
         json.dumps(run_units(keys, lambda k: compute_unit(model, x, y, k, cfg=cfg)))
