@@ -1,0 +1,144 @@
+"""``awp plot FILE.h5 [FILE.h5 ...]``: draw landscape files (ours or loss-landscape's).
+
+Curves (1-D, several directions, interpolation) of every file go into one Figure 1 style
+figure, one panel per metric, a band over directions; each 2-D file gets a contour, filled
+contour, heatmap and 3-D surface per metric. Figures are written as PNG and PDF.
+Matplotlib is imported only when the command runs, so ``awp`` starts fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+PLOTS = ("auto", "curve", "contour", "contourf", "heatmap", "surface")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``awp plot`` to the ``awp`` command."""
+    p = subparsers.add_parser(
+        "plot",
+        help="draw landscape h5 files (curves, contours, heatmaps, 3-D surfaces)",
+        description=(
+            "Draw the h5 files written by 'awp landscape' (or loss-landscape's "
+            "plot_surface.py). Curves of several files share one figure (AT vs AT-AWP); "
+            "2-D surfaces get contour, filled contour, heatmap and 3-D views. PNG and PDF."
+        ),
+    )
+    p.add_argument("files", nargs="+", type=Path, help="landscape .h5 files")
+    p.add_argument(
+        "--metrics",
+        nargs="+",
+        default=None,
+        help="datasets to draw, e.g. test_adv_loss test_loss (default: the adversarial loss "
+        "of the test split, else the first loss found)",
+    )
+    p.add_argument(
+        "--plots",
+        nargs="+",
+        default=["auto"],
+        choices=PLOTS,
+        help="auto: curves for 1-D files, every view for 2-D files",
+    )
+    p.add_argument("--band", default="std", choices=("std", "minmax", "none"))
+    p.add_argument("--labels", nargs="+", default=None, help="legend labels, one per file")
+    p.add_argument("--vmin", type=float, default=None, help="lowest level of 2-D views")
+    p.add_argument("--vmax", type=float, default=None, help="highest level of 2-D views")
+    p.add_argument("--levels", type=int, default=None, help="number of contour levels")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="folder for the figures (default: the first file's folder)",
+    )
+    p.add_argument("--formats", nargs="+", default=["png", "pdf"], choices=("png", "pdf", "svg"))
+    p.set_defaults(func=run_plot)
+
+
+def default_metrics(names: Sequence[str]) -> list[str]:
+    """The metric drawn when none is asked for: test adversarial loss, else the first loss."""
+    for preferred in ("test_adv_loss", "train_adv_loss", "test_loss", "train_loss"):
+        if preferred in names:
+            return [preferred]
+    losses = sorted(n for n in names if n.endswith("_loss"))
+    return losses[:1] or sorted(names)[:1]
+
+
+def run_plot(args: argparse.Namespace) -> int:
+    """Read every file, draw the figures, save them; prints the paths written."""
+    from figures.landscape import Curve, metric_label, plot_curves, plot_surface_views
+    from figures.style import new_figure, save_figure
+    from landscape.storage import read_surface
+
+    surfaces = [read_surface(f) for f in args.files]
+    if args.labels is not None and len(args.labels) != len(surfaces):
+        raise ValueError(f"got {len(args.labels)} labels for {len(surfaces)} files")
+    labels = args.labels or [s.label for s in surfaces]
+    out_dir = args.out or args.files[0].parent
+    plots = set(args.plots)
+    curves_wanted = bool(plots & {"auto", "curve"})
+    views = [
+        p for p in ("contour", "contourf", "heatmap", "surface") if p in plots or "auto" in plots
+    ]
+    written: list[Path] = []
+
+    curve_files = [(s, lab) for s, lab in zip(surfaces, labels) if s.kind != "2d"]
+    surface_files = [(s, lab) for s, lab in zip(surfaces, labels) if s.kind == "2d"]
+    if curve_files and curves_wanted:
+        metrics = args.metrics or default_metrics(curve_files[0][0].values)
+        _check_metrics(metrics, curve_files)
+        fig, axes = new_figure(1, len(metrics), width=4.2, height=3.2, squeeze=False)
+        for ax, metric in zip(axes[0], metrics):
+            curves = [Curve(lab, s.x, s.values[metric]) for s, lab in curve_files]
+            xlabel = (
+                r"$\alpha$ (0: first checkpoint, 1: second)"
+                if any(s.kind == "interp" for s, _ in curve_files)
+                else r"$\alpha$"
+            )
+            plot_curves(curves, ylabel=metric_label(metric), xlabel=xlabel, band=args.band, ax=ax)
+        stem = "_".join(_safe(lab) for _, lab in curve_files)
+        written += save_figure(fig, out_dir / f"{stem}_{'_'.join(metrics)}", args.formats)
+    if surface_files and views:
+        for s, lab in surface_files:
+            metrics = args.metrics or default_metrics(s.values)
+            _check_metrics(metrics, [(s, lab)])
+            for metric in metrics:
+                figs = plot_surface_views(
+                    s.x,
+                    s.y,
+                    s.values[metric],
+                    zlabel=metric_label(metric),
+                    title=f"{lab}: {metric_label(metric)}",
+                    plots=views,
+                    vmin=args.vmin,
+                    vmax=args.vmax,
+                    levels=args.levels,
+                )
+                for view, fig in figs.items():
+                    stem = out_dir / f"{_safe(lab)}_{metric}_{view}"
+                    written += save_figure(fig, stem, args.formats)
+    if not written:
+        raise ValueError(
+            f"nothing to draw: --plots {' '.join(args.plots)} does not apply to these files "
+            f"(kinds: {', '.join(sorted({s.kind for s in surfaces}))})"
+        )
+    for path in written:
+        print(path)
+    return 0
+
+
+def _check_metrics(metrics: Sequence[str], files) -> None:
+    for s, lab in files:
+        missing = [m for m in metrics if m not in s.values]
+        if missing:
+            raise ValueError(
+                f"{s.path} ({lab}) has no {', '.join(missing)}; "
+                f"it has {', '.join(sorted(s.values))}"
+            )
+
+
+def _safe(label: str) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._+-]+", "_", label).strip("._") or "plot"
