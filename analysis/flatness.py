@@ -277,31 +277,35 @@ def baseline_unit(
 ) -> Record:
     """rho(w) and the robust loss at the unperturbed weights (the ``base`` unit)."""
     if cfg.per_example:
-        outs = [
-            robust_outcomes(
-                model,
-                x[i : i + 1],
-                y[i : i + 1],
-                cfg.attack,
-                batch_size=1,
-                generator=_generator(cfg.seed, "attack", i),
-            )
-            for i in range(len(y))
-        ]
-        out = Outcomes(
-            torch.cat([o.wrong for o in outs]) if outs else torch.zeros(0, dtype=torch.bool),
-            torch.cat([o.loss for o in outs]) if outs else torch.zeros(0, dtype=torch.float64),
-        )
-    else:
-        out = robust_outcomes(
+        return _outcome_record(_one_by_one(model, x, y, cfg))
+    gen = _generator(cfg.seed, "attack")
+    return _outcome_record(
+        robust_outcomes(model, x, y, cfg.attack, batch_size=cfg.batch_size, generator=gen)
+    )
+
+
+def _one_by_one(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: FlatnessConfig, first: int = 0
+) -> Outcomes:
+    """Outcomes example by example, example i attacked from the seed (seed, "attack", i).
+
+    In per-example mode every evaluation (baseline, worst case) uses these seeds, so the
+    random starts match the noisy evaluations example for example.
+    """
+    outs = [
+        robust_outcomes(
             model,
-            x,
-            y,
+            x[j : j + 1],
+            y[j : j + 1],
             cfg.attack,
-            batch_size=cfg.batch_size,
-            generator=_generator(cfg.seed, "attack"),
+            batch_size=1,
+            generator=_generator(cfg.seed, "attack", first + j),
         )
-    return _outcome_record(out)
+        for j in range(len(y))
+    ]
+    if not outs:
+        return Outcomes(torch.zeros(0, dtype=torch.bool), torch.zeros(0, dtype=torch.float64))
+    return Outcomes(torch.cat([o.wrong for o in outs]), torch.cat([o.loss for o in outs]))
 
 
 def expected_unit(
@@ -498,20 +502,7 @@ def worst_unit(
     for (xb, yb), v in zip(batches, vs):
         with perturbed(params, v):
             if cfg.per_example:  # the baseline's per-example attack seeds
-                parts = [
-                    robust_outcomes(
-                        model,
-                        xb[j : j + 1],
-                        yb[j : j + 1],
-                        cfg.attack,
-                        batch_size=1,
-                        generator=_generator(cfg.seed, "attack", first + j),
-                    )
-                    for j in range(len(yb))
-                ]
-                o = Outcomes(
-                    torch.cat([q.wrong for q in parts]), torch.cat([q.loss for q in parts])
-                )
+                o = _one_by_one(model, xb, yb, cfg, first)
             else:
                 o = robust_outcomes(
                     model, xb, yb, cfg.attack, batch_size=len(yb), generator=eval_gen
