@@ -697,6 +697,7 @@ def _run_gap(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- correlate
 IDENTITY = ("checkpoint", "sha256", "run", "method", "epoch", "label")
+TEXT_COLUMNS = ("checkpoint", "sha256", "run", "method", "label", "kind", "attack")
 
 
 def _add_correlate(sub: argparse._SubParsersAction) -> None:
@@ -735,7 +736,11 @@ def read_table(path: Path) -> list[dict[str, Any]]:
         raise FileNotFoundError(f"table {path} does not exist")
     if path.suffix == ".csv":
         with path.open(newline="") as fh:
-            return [{k: _parse_cell(v) for k, v in r.items()} for r in csv.DictReader(fh)]
+            # Names and hashes stay text (an all-digit sha256 must not become a number).
+            return [
+                {k: v if k in TEXT_COLUMNS else _parse_cell(v) for k, v in r.items()}
+                for r in csv.DictReader(fh)
+            ]
     data = json.loads(path.read_text())
     rows = data.get("rows") if isinstance(data, dict) else data
     if not isinstance(rows, list):

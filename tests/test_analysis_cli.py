@@ -178,6 +178,32 @@ def test_gap_then_correlate(runs, tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+def test_sigma_search_and_per_example_mode_from_the_cli(runs, tmp_path, capsys):
+    ckpt = runs[("AT-AWP", 2)]
+    out = tmp_path / "s"
+    args = _flatness_args([ckpt], "--alphas", "0.5", "--per-example", "--sigma-search")
+    args += ["--depth", "2", "--alpha-high", "2", "--target", "0.2", "--out", str(out)]
+    assert main(args) == 0
+    assert "sigma search" in capsys.readouterr().out
+    (result,) = (out / "flatness").glob("*/result.json")
+    res = json.loads(result.read_text())
+    search = res["sigma_search"]
+    assert search["history"][0][0] == 2.0 and 1 <= len(search["history"]) <= 3
+    assert 0 <= search["alpha"] <= 2.0 and search["target"] == 0.2
+    kinds = [r["kind"] for r in res["rows"]]
+    assert kinds == ["expected", "sigma_search"]
+    assert res["rows"][0]["ci_method"] == "clopper-pearson"
+
+
+def test_csv_tables_keep_hashes_as_text(tmp_path):
+    from analysis.cli import read_table, write_csv
+
+    write_csv(tmp_path / "t.csv", [{"sha256": "1234", "gap": 0.5, "ok": True, "epoch": 3}])
+    assert read_table(tmp_path / "t.csv") == [
+        {"sha256": "1234", "gap": 0.5, "ok": True, "epoch": 3}
+    ]
+
+
 def test_join_keeps_conflicting_columns_under_the_table_name():
     a = [{"sha256": "s1", "n": 10, "flatness": 0.1}, {"sha256": "s2", "n": 10, "flatness": 0.2}]
     b = [{"sha256": "s1", "n": 12, "gap": 0.3}, {"sha256": "s3", "n": 12, "gap": 0.4}]
