@@ -41,7 +41,10 @@ def _add_attack_arguments(p: argparse.ArgumentParser, base: AttackConfig) -> Non
     ]
     for flag, field, conv, help_ in flags:
         kw: dict[str, Any] = {"type": conv} if conv else {}
-        g.add_argument(flag, dest=f"attack_{field}", default=None, help=help_, **kw)
+        metavar = field.split("_")[-1].upper()
+        g.add_argument(
+            flag, dest=f"attack_{field}", default=None, metavar=metavar, help=help_, **kw
+        )
 
 
 def _attack_from(args: argparse.Namespace, base: AttackConfig) -> AttackConfig:

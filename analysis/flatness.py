@@ -55,7 +55,11 @@ Record = dict
 class FlatnessConfig:
     """Expected flatness: noise, Monte Carlo, data subset and the attack regenerated on w+u."""
 
-    noise: str = opt("layer", "noise scale: global | layer | filter | element (see docs)")
+    noise: str = opt(
+        "layer",
+        "noise scale: global (sigma = alpha ||w||, the rebuttal's) | layer (||u_l|| ~ alpha "
+        "||w_l||) | filter (per output filter) | element (sigma_i = alpha |w_i|)",
+    )
     alphas: tuple[float, ...] = opt((0.05, 0.1, 0.2), "relative noise scales alpha (a curve)")
     params: str = opt("weights", "perturbed tensors: weights (conv+linear, as AWP) | all")
     samples: int = opt(10, "M: noise draws per alpha")
