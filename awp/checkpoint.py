@@ -165,7 +165,8 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: str | torch.device
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(
             f"{path} is not an awp-landscape checkpoint (no format tag {FORMAT!r}); a raw state "
-            f"dict or an official AWP checkpoint is loaded with awp.checkpoint.load_foreign"
+            f"dict or an official AWP checkpoint is loaded with awp.checkpoint.load_weights "
+            f"(awp eval --model ... --input normalized|raw)"
         )
     if ckpt.get("schema", 0) > SCHEMA:
         raise CheckpointError(
@@ -234,3 +235,135 @@ def load_model(
     model = build_model(spec)
     load_state_dict_checked(model, ckpt["state_dict"], source=f"checkpoint {path}")
     return model.to(device).eval(), ckpt
+
+
+# --------------------------------------------------------------------------- from elsewhere
+# Where other codebases keep the state dict inside a saved dict.
+CONTAINER_KEYS = ("state_dict", "model_state_dict", "model", "net", "state")
+# Keys of TRADES-derived WideResNets (TRADES, TRADES-AWP, Rice et al.'s WRN, RobustBench's
+# `sub_block1=True` models) for a block that forward() never uses.
+UNUSED_PREFIXES = ("sub_block1.",)
+# Whole-model wrappers some codebases save (nn.Sequential(normalize, model) and the like).
+WRAPPER_PREFIXES = ("model.", "net.", "base_model.")
+
+
+class WeightsInfo(dict):
+    """What :func:`load_weights` did: ``path``, ``sha256``, ``layout`` (where the state dict was
+    found), ``stripped`` prefixes, ``dropped`` unused keys, ``filled`` missing BatchNorm counters,
+    and for our own checkpoints ``checkpoint`` (the full dict). A dict, so it is JSON-able."""
+
+
+def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a state dict from our checkpoints or from elsewhere, never unpickling objects.
+
+    Accepted: an awp-landscape checkpoint; a dict holding the state dict under one of
+    :data:`CONTAINER_KEYS` (the official AWP ``{'state_dict': ...}``, RobustBench); or a raw
+    state dict (Rice et al., ``torch.save(model.state_dict())`` of the AWP/TRADES scripts).
+
+    Returns:
+        (state dict as saved, info with ``layout`` and, for our format, ``checkpoint``).
+
+    Raises:
+        FileNotFoundError, CheckpointError: as :func:`load_checkpoint`, or no state dict found.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist (or is not a file)")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"checkpoint {path} holds objects other than tensors and plain values, which are "
+            f"never unpickled here (weights_only=True): {str(err).splitlines()[0]}. If you trust "
+            f"the file, re-save its state dict alone: torch.save(torch.load(path, "
+            f"weights_only=False)['state_dict'], 'weights.pt')"
+        ) from err
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+        raise CheckpointError(
+            f"checkpoint {path} is truncated or corrupt ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else 'no detail'})"
+        ) from err
+    if isinstance(obj, dict) and obj.get("format") == FORMAT:
+        ckpt = load_checkpoint(path)  # the schema checks of our own format
+        return dict(ckpt["state_dict"]), {"layout": "awp-landscape checkpoint", "checkpoint": ckpt}
+    if isinstance(obj, Mapping):
+        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return dict(obj), {"layout": "raw state dict"}
+        for key in CONTAINER_KEYS:
+            inner = obj.get(key)
+            if isinstance(inner, Mapping) and inner:
+                tensors = {k: v for k, v in inner.items() if isinstance(v, torch.Tensor)}
+                if len(tensors) == len(inner):
+                    return tensors, {"layout": f"{{{key!r}: state dict}}"}
+    found = list(obj)[:8] if isinstance(obj, Mapping) else type(obj).__name__
+    raise CheckpointError(
+        f"no state dict in {path}: expected a dict of tensors, or one under "
+        f"{', '.join(repr(k) for k in CONTAINER_KEYS)}; found {found}"
+    )
+
+
+def adapt_state_dict(
+    state_dict: Mapping[str, torch.Tensor], model: nn.Module
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Map another codebase's key layout onto ``model``'s: prefixes, unused blocks, counters.
+
+    1. ``module.`` (DataParallel/DDP) and ``_orig_mod.`` (torch.compile) prefixes go, and a
+       whole-model wrapper prefix (``model.``) when every key has it and the model has none.
+    2. ``sub_block1.*`` (an unused block of TRADES-derived WideResNets) is dropped when the
+       model has no such keys.
+    3. Missing ``*.num_batches_tracked`` counters (checkpoints from before PyTorch 0.4.1) are
+       filled with 0; they only matter for BatchNorm with ``momentum=None``.
+
+    Everything else is left for :func:`load_state_dict_checked` to accept or to list.
+
+    Returns:
+        (adapted state dict, info with ``stripped``, ``dropped``, ``filled``).
+    """
+    own = model.state_dict()
+    state = strip_prefixes(state_dict)
+    stripped = sorted({p for k in state_dict for p in PREFIXES if k.startswith(p)})
+    for p in WRAPPER_PREFIXES:
+        if state and all(k.startswith(p) for k in state) and not any(k.startswith(p) for k in own):
+            state = {k[len(p) :]: v for k, v in state.items()}
+            stripped.append(p)
+            break
+    dropped = []
+    for p in UNUSED_PREFIXES:
+        if not any(k.startswith(p) for k in own):
+            dropped += [k for k in state if k.startswith(p)]
+    for k in dropped:
+        del state[k]
+    missing = [k for k in own if k not in state]
+    filled = []
+    if missing and all(k.endswith("num_batches_tracked") for k in missing):
+        for k in missing:
+            state[k] = torch.zeros_like(own[k])
+        filled = missing
+    return state, {"stripped": stripped, "dropped": dropped, "filled": filled}
+
+
+def load_weights(
+    model: nn.Module, path: str | os.PathLike, *, source: str | None = None
+) -> WeightsInfo:
+    """Load weights into ``model`` from our checkpoints or from the official AWP, TRADES,
+    Rice et al. or RobustBench layouts (see :func:`read_state_dict`, :func:`adapt_state_dict`).
+
+    The input convention is not in those files: the caller builds ``model`` with it
+    (``ModelSpec(mean=..., std=...)`` for normalized input, ``mean=None`` for raw [0, 1]).
+
+    Args:
+        model: the architecture to fill (its keys decide what is stripped and dropped).
+        path: the file.
+        source: how to name the file in errors (default ``checkpoint <path>``).
+
+    Returns:
+        :class:`WeightsInfo`.
+
+    Raises:
+        CheckpointError: unreadable file, or keys/shapes that do not fit the model, with the
+            missing and unexpected keys listed.
+    """
+    state, info = read_state_dict(path)
+    adapted, how = adapt_state_dict(state, model)
+    load_state_dict_checked(model, adapted, source=source or f"checkpoint {path}")
+    return WeightsInfo(path=str(path), sha256=sha256_file(path), **info, **how)

@@ -26,7 +26,11 @@ MODES = ("train", "eval")
 
 
 def opt(default: Any, help: str, **kwargs: Any) -> Any:  # noqa: A002 - mirrors argparse
-    """A dataclass field carrying its CLI help text (mutable defaults via default_factory)."""
+    """A dataclass field carrying its CLI help text (mutable defaults via default_factory).
+
+    ``shown="..."`` replaces the default printed by ``--help`` (for ``None`` meaning "depends on
+    another setting", e.g. the training method's default).
+    """
     if isinstance(default, (list, dict, set)):
         return field(
             default_factory=lambda: type(default)(default), metadata={"help": help, **kwargs}
@@ -198,7 +202,8 @@ def add_dataclass_arguments(
             inner = typing.get_args(tp)[0]
             conv = parse_number if inner is float else inner
             nargs = "+"
-        shown = _show(default)
+        # A field whose default depends on another (None = "the method's default") says so.
+        shown = f.metadata.get("shown", _show(default))
         parser.add_argument(
             _flag(f.name),
             dest=f.name,
@@ -256,3 +261,59 @@ class AWPConfig:
                 f"need warmup >= 0, steps >= 1, alternations >= 1; got {self.warmup}, "
                 f"{self.steps}, {self.alternations}"
             )
+
+
+METHODS = ("at", "trades", "mart")
+
+
+@dataclass(frozen=True)
+class MethodDefaults:
+    """What a training method uses for every :class:`~awp.train.TrainConfig` field left at None.
+
+    Args:
+        gamma: AWP relative radius, ||v_l|| <= gamma * ||w_l||.
+        awp_warmup: epochs trained without AWP before it starts.
+        beta: weight of the KL regularizer (TRADES, MART); None for a method without one.
+        attack_mode: the model's mode while the training attack runs ("train" | "eval").
+        attack_start: the training attack's random start ("uniform" in the eps-ball, or
+            "gaussian" = x + 0.001 * N(0, 1) as the TRADES and MART code start).
+    """
+
+    gamma: float
+    awp_warmup: int
+    beta: float | None
+    attack_mode: str
+    attack_start: str
+
+    def __post_init__(self) -> None:
+        _choice(self.attack_mode, MODES, "attack mode")
+        _choice(self.attack_start, RANDOM_STARTS, "random start")
+
+
+# The official code's defaults, in one place. `awp train --method trades --awp` leaves
+# --gamma/--awp-warmup/--beta/--attack-mode/--attack-start at None and gets these; a value given
+# on the command line (or in a config) always wins.
+#   AT-AWP: github.com/csdongxian/AWP at-awp/train_cifar10.py (after Rice et al.): gamma 0.01, no
+#     warm-up, PGD in train mode from a uniform start.
+#   TRADES-AWP: trades_AWP/train_trades_cifar.py: gamma 0.005, 10 warm-up epochs, beta 6, the KL
+#     attack in eval mode from x + 0.001 * N(0, 1) (yaodongyu/TRADES).
+#   MART-AWP: no official script is published; gamma 0.005 as the paper's TRADES-family value,
+#     no warm-up, beta 6 and the attack of the MART code (YisenWang/MART: CE, eval mode, gaussian
+#     start).
+METHOD_DEFAULTS: dict[str, MethodDefaults] = {
+    "at": MethodDefaults(
+        gamma=0.01, awp_warmup=0, beta=None, attack_mode="train", attack_start="uniform"
+    ),
+    "trades": MethodDefaults(
+        gamma=0.005, awp_warmup=10, beta=6.0, attack_mode="eval", attack_start="gaussian"
+    ),
+    "mart": MethodDefaults(
+        gamma=0.005, awp_warmup=0, beta=6.0, attack_mode="eval", attack_start="gaussian"
+    ),
+}
+
+
+def method_defaults(method: str) -> MethodDefaults:
+    """The defaults of a training method by name (see :data:`METHOD_DEFAULTS`)."""
+    _choice(method, METHODS, "method")
+    return METHOD_DEFAULTS[method]

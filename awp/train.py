@@ -1,15 +1,27 @@
-"""Adversarial training (AT) with optional Adversarial Weight Perturbation (AT-AWP).
+"""Adversarial training (AT, TRADES, MART), each with or without Adversarial Weight Perturbation.
 
-The functional core is :func:`train_step` (one minibatch) and :func:`lr_at` (the schedule);
-:func:`train` is the stateful shell: run folder, metrics.jsonl, checkpoints, exact resume and a
-progress bar.
+The functional core is :func:`train_step` (one minibatch: attack, the general AWP schedule
+A/K1/K2, the update) and :func:`lr_at` (the schedule); :func:`train` is the stateful shell: run
+folder, metrics.jsonl, checkpoints, exact resume, a progress bar, extra data (RST), ``init``
+weights (pre-training) and multi-process training under torchrun (:mod:`awp.ddp`).
+
+Method defaults: the fields ``gamma``, ``awp_warmup``, ``beta``, ``attack_mode`` and
+``attack_start`` of :class:`TrainConfig` default to None, which means "the method's default"
+from the one table :data:`awp.config.METHOD_DEFAULTS` (AT-AWP: gamma 0.01, no warm-up, PGD in
+train mode from a uniform start; TRADES-AWP: gamma 0.005, 10 warm-up epochs, beta 6, the KL
+attack in eval mode from x + 0.001 N(0,1); MART-AWP: gamma 0.005, beta 6, eval mode, gaussian
+start). A value given explicitly always wins; ``config.json`` keeps what was given (None
+included) and :meth:`TrainConfig.resolved` gives the values used, which checkpoints record.
 
 Reference: Wu, Xia, Wang, NeurIPS 2020 (AWP); Rice, Wong, Kolter, ICML 2020 (the PGD-AT
-protocol the official AWP code builds on).
+protocol the official AWP code builds on); Zhang et al., ICML 2019 (TRADES); Wang et al., ICLR
+2020 (MART); Carmon et al., NeurIPS 2019 (RST).
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -22,24 +34,52 @@ from typing import Any
 import torch
 from torch import nn
 
-from awp.attacks import run_attack
+from awp import ddp
+from awp.attacks import LossFn, frozen_bn_stats, run_attack
 from awp.checkpoint import (
+    CheckpointError,
     atomic_write_text,
     load_checkpoint,
+    load_weights,
     save_checkpoint,
+    sha256_file,
 )
-from awp.config import AttackConfig, AWPConfig, check_eps, opt, to_dict
-from awp.data import DataBundle, DataConfig, augment, fixed_subset, iterate_batches, load_data
+from awp.config import (
+    METHODS,
+    MODES,
+    RANDOM_STARTS,
+    AttackConfig,
+    AWPConfig,
+    check_eps,
+    from_dict,
+    method_defaults,
+    opt,
+    to_dict,
+)
+from awp.data import (
+    DataBundle,
+    DataConfig,
+    Split,
+    augment,
+    fixed_subset,
+    iterate_batches,
+    load_data,
+)
 from awp.evaluate import evaluate_attack
+from awp.extra_data import batches_per_epoch, load_extra_data, mixed_batches
 from awp.models import ModelSpec, build_model
-from awp.objectives import ObjectiveFn, get_objective
-from awp.perturb import perturbed, select_params, weight_perturbation
+from awp.objectives import AttackLossFactory, ObjectiveFn, get_attack_loss, get_objective
+from awp.perturb import Params, Perturbation, perturbed, select_params, weight_perturbation
 
 log = logging.getLogger(__name__)
 
 SCHEDULES = ("piecewise", "cosine", "constant")
 # Keys that may differ between a run and its resumption without changing the result's meaning.
 RESUME_MUTABLE = ("device", "out")
+# Fields whose None means "the method's default" (awp.config.METHOD_DEFAULTS).
+METHOD_DEFAULT_FIELDS = ("gamma", "awp_warmup", "beta", "attack_mode", "attack_start")
+# Rank r > 0 of a distributed run seeds its attack generator with seed + 2 + r * this.
+RANK_SEED_STRIDE = 1_000_003
 
 
 @dataclass(frozen=True)
@@ -48,6 +88,9 @@ class TrainConfig:
 
     Defaults are the paper's CIFAR-10 AT protocol (PreActResNet-18, 200 epochs, PGD-10 at
     8/255 with step 2/255, SGD 0.1 momentum 0.9 wd 5e-4, lr /10 at 50% and 75%, batch 128).
+    ``gamma``, ``awp_warmup``, ``beta``, ``attack_mode`` and ``attack_start`` left at None take
+    the method's default (:data:`awp.config.METHOD_DEFAULTS`); see :meth:`resolved`.
+    Under torchrun, ``batch_size`` is the global batch: each of N processes trains on a slice.
     """
 
     out: str = opt("runs/at", "run folder (config.json, metrics.jsonl, checkpoints/)")
@@ -59,11 +102,21 @@ class TrainConfig:
     depth: int = opt(34, "WideResNet depth")
     widen_factor: int = opt(10, "WideResNet widen factor")
     normalize: bool = opt(True, "the model normalizes inputs with the dataset's mean/std")
-    method: str = opt("at", "training objective: at")
-    awp: bool = opt(False, "use Adversarial Weight Perturbation")
-    gamma: float = opt(0.01, "AWP relative radius gamma (0.01 for AT)")
-    awp_warmup: int = opt(0, "epochs without AWP at the start")
-    awp_steps: int = opt(1, "K2: AWP weight ascent steps")
+    method: str = opt("at", "training objective: at | trades | mart")
+    beta: float | None = opt(
+        None, "weight of the KL term of trades and mart", shown="6 for trades and mart"
+    )
+    awp: bool = opt(False, "use Adversarial Weight Perturbation (ascends the method's objective)")
+    gamma: float | None = opt(
+        None, "AWP relative radius gamma", shown="0.01 for at, 0.005 for trades and mart"
+    )
+    awp_warmup: int | None = opt(
+        None, "epochs without AWP at the start", shown="0 for at and mart, 10 for trades"
+    )
+    awp_steps: int = opt(1, "K2: AWP weight ascent steps (projected for K2 > 1)")
+    awp_alternations: int = opt(
+        1, "A: AWP alternations; A > 1 regenerates x_adv on w+v before the next weight ascent"
+    )
     epochs: int = opt(200, "training epochs")
     batch_size: int = opt(128, "minibatch size")
     lr: float = opt(0.1, "peak learning rate")
@@ -76,7 +129,25 @@ class TrainConfig:
     eps: float = opt(8 / 255, "attack radius in [0,1] pixel units (8/255 linf, 0.5 l2)")
     step_size: float = opt(2 / 255, "training attack step size")
     attack_steps: int = opt(10, "K1: training attack (PGD) steps")
-    attack_mode: str = opt("train", "model mode during the training attack: train | eval")
+    attack_mode: str | None = opt(
+        None,
+        "model mode during the training attack: train | eval",
+        shown="train for at, eval for trades and mart",
+    )
+    attack_start: str | None = opt(
+        None,
+        "training attack start: uniform | gaussian (x + 0.001*N(0,1)) | none",
+        shown="uniform for at, gaussian for trades and mart",
+    )
+    extra_data: str = opt(
+        "", "extra images and (pseudo-)labels, .npz or .pt, mixed into every batch (RST)"
+    )
+    extra_fraction: float = opt(0.5, "share of every batch drawn from --extra-data")
+    init: str = opt(
+        "",
+        "start from these weights (a checkpoint of ours, official AWP, Rice et al. or "
+        "RobustBench); fresh optimizer and schedule",
+    )
     eval_steps: int = opt(20, "PGD steps of the per-epoch robust evaluation")
     eval_step_size: float = opt(2 / 255, "step size of the per-epoch robust evaluation")
     train_eval_size: int = opt(1000, "fixed train subset for the train robust accuracy (0 = none)")
@@ -90,28 +161,66 @@ class TrainConfig:
         check_eps(self.eps, self.norm)
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {self.schedule!r}; choose one of {SCHEDULES}")
-        get_objective(self.method)
-        for name in ("epochs", "batch_size", "eval_batch_size", "attack_steps", "eval_steps"):
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        get_objective(self.method, beta=self.beta)  # refuses a beta for AT
+        if self.attack_mode is not None and self.attack_mode not in MODES:
+            raise ValueError(f"attack_mode={self.attack_mode!r}; choose one of {MODES}")
+        if self.attack_start is not None and self.attack_start not in RANDOM_STARTS:
+            raise ValueError(f"attack_start={self.attack_start!r}; choose one of {RANDOM_STARTS}")
+        for name in (
+            "epochs",
+            "batch_size",
+            "eval_batch_size",
+            "attack_steps",
+            "eval_steps",
+            "awp_steps",
+            "awp_alternations",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
         for name in ("train_eval_size", "test_eval_size", "save_every", "awp_warmup"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"{name}={value} must be >= 0")
+        if self.extra_data and not 0 < self.extra_fraction < 1:
+            raise ValueError(
+                f"extra_fraction={self.extra_fraction} must be in (0, 1): the share of every batch "
+                "drawn from --extra-data (Carmon et al. use 0.5)"
+            )
+        if self.extra_data and round(self.batch_size * (1 - self.extra_fraction)) < 1:
+            raise ValueError(
+                f"batch_size={self.batch_size} with extra_fraction={self.extra_fraction} leaves no "
+                "training images in a batch; raise --batch-size or lower --extra-fraction"
+            )
         if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1:
             raise ValueError("need lr > 0, weight_decay >= 0 and 0 <= momentum < 1")
         # Build the derived configs once so their validation runs now, not mid-training.
         _ = self.train_attack, self.eval_attack, self.awp_config
 
+    def resolved(self) -> TrainConfig:
+        """This config with every None of :data:`METHOD_DEFAULT_FIELDS` replaced by the
+        method's default (beta stays None for AT, which has none)."""
+        defaults = method_defaults(self.method)
+        changes = {
+            name: getattr(defaults, name)
+            for name in METHOD_DEFAULT_FIELDS
+            if getattr(self, name) is None and getattr(defaults, name) is not None
+        }
+        return dataclasses.replace(self, **changes) if changes else self
+
     @property
     def train_attack(self) -> AttackConfig:
-        """PGD-K1 used to craft the training examples."""
+        """PGD-K1 used to craft the training examples (mode and start from the method)."""
+        r = self.resolved()
         return AttackConfig(
             name="pgd",
             norm=self.norm,
             eps=self.eps,
             step_size=self.step_size,
             steps=self.attack_steps,
-            mode=self.attack_mode,
+            mode=r.attack_mode,
+            random_start=r.attack_start,
         )
 
     @property
@@ -128,10 +237,26 @@ class TrainConfig:
 
     @property
     def awp_config(self) -> AWPConfig | None:
-        """The AWP settings, or None for plain AT."""
+        """The AWP settings (gamma and warm-up from the method unless given), or None."""
         if not self.awp:
             return None
-        return AWPConfig(gamma=self.gamma, warmup=self.awp_warmup, steps=self.awp_steps)
+        r = self.resolved()
+        return AWPConfig(
+            gamma=r.gamma,
+            warmup=r.awp_warmup,
+            steps=self.awp_steps,
+            alternations=self.awp_alternations,
+        )
+
+    @property
+    def objective(self) -> ObjectiveFn:
+        """The training objective of ``method`` with its beta."""
+        return get_objective(self.method, beta=self.beta)
+
+    @property
+    def attack_loss(self) -> AttackLossFactory | None:
+        """The factory of the training attack's loss (TRADES: its KL term), or None for CE."""
+        return get_attack_loss(self.method)
 
     def model_spec(self, data: DataBundle) -> ModelSpec:
         """The architecture for ``data`` (classes and normalization come from the dataset)."""
@@ -183,50 +308,138 @@ def train_step(
     params: dict[str, nn.Parameter] | None = None,
     generator: torch.Generator | None = None,
     grad_hook: Callable[[list[torch.Tensor]], None] | None = None,
+    attack_loss: AttackLossFactory | None = None,
+    loss_scale: float = 1.0,
 ) -> StepStats:
-    """One AT or AT-AWP minibatch step.
+    """One minibatch step of AT, TRADES or MART, with or without AWP (general A/K1/K2 schedule).
 
-    1. x_adv = PGD-K1 at the current weights w (mode from ``attack``).
-    2. With AWP: v = the AWP ascent of ``objective`` at (x_adv, y), BatchNorm stats frozen.
+    1. x_adv = PGD-K1 at the current weights w (mode and start from ``attack``; the loss from
+       ``attack_loss``, e.g. TRADES' KL term, else the attack's own).
+    2. With AWP: v = the AWP ascent of ``objective`` at (x, x_adv, y), K2 steps, BatchNorm
+       statistics frozen. For A > 1, A - 1 more times: regenerate x_adv on w + v, then continue
+       the projected ascent of v from there (:func:`extend_weight_perturbation`).
     3. Add v, objective at w + v, backward, optimizer step, subtract the same v.
 
+    The attack and the AWP ascent run on the plain module (inside a DDP wrapper when ``model``
+    is one): they take gradients with ``torch.autograd.grad``, which DDP's reducer never sees,
+    so a distributed caller averages the AWP gradient through ``grad_hook``. Only the update's
+    forward/backward goes through ``model`` (and so through DDP's gradient all-reduce).
+
     Args:
-        model: the network (left in train mode: this is the training loop's model).
+        model: the network, or a DistributedDataParallel around it (left in train mode).
         optimizer: its optimizer; the learning rate is set by the caller.
         x: augmented images (N, C, H, W) float in [0, 1]; y: labels (N,).
         attack: the training attack (PGD-10, 8/255, 2/255 in the paper).
         objective: ``(model, x, x_adv, y) -> (loss, logits)``.
-        awp: AWP settings, or None for plain AT (also during the warm-up).
+        awp: AWP settings, or None for no AWP (also during the warm-up).
         params: the perturbed parameters (default :func:`select_params` of ``model``).
         generator: CPU generator of the attack's random start.
-        grad_hook: forwarded to :func:`weight_perturbation` (distributed all-reduce).
+        grad_hook: forwarded to the AWP ascent (distributed all-reduce of the weight gradient).
+        attack_loss: ``(model, x, mode) -> loss_fn`` for the attack, or None for its own loss.
+        loss_scale: multiplies the objective in the backward pass and the AWP ascent; a rank of
+            a distributed run whose slice is not 1/N of the global batch passes
+            N * slice / global so that averaged gradients are those of the global mean.
 
     Returns:
-        :class:`StepStats` of the objective's forward pass.
+        :class:`StepStats` of the objective's forward pass (the loss unscaled).
     """
-    x_adv = run_attack(model, x, y, attack, generator=generator)
+    net = ddp.plain(model)
+
+    def craft() -> torch.Tensor:
+        # At the current weights (w, or w + v inside `perturbed`): TRADES' KL target p(x) too.
+        loss: LossFn | None = attack_loss(net, x, attack.mode) if attack_loss else None
+        return run_attack(net, x, y, attack, generator=generator, loss=loss)
+
+    x_adv = craft()
     model.train()
     if awp is not None and awp.gamma > 0:
-        params = params if params is not None else select_params(model)
+        params = params if params is not None else select_params(net)
+
+        def awp_objective() -> torch.Tensor:
+            # Reads x_adv when called, so alternations ascend on the regenerated examples.
+            loss = objective(net, x, x_adv, y)[0]
+            return loss * loss_scale if loss_scale != 1.0 else loss
+
         v = weight_perturbation(
-            lambda: objective(model, x, x_adv, y)[0],
+            awp_objective,
             params,
             gamma=awp.gamma,
             steps=awp.steps,
-            model=model,
+            model=net,
             grad_hook=grad_hook,
         )
+        for _ in range(awp.alternations - 1):
+            with perturbed(params, v):
+                x_adv = craft()
+            v = extend_weight_perturbation(
+                awp_objective,
+                params,
+                v,
+                gamma=awp.gamma,
+                steps=awp.steps,
+                model=net,
+                grad_hook=grad_hook,
+            )
         with perturbed(params, v, restore="subtract"):
             loss, logits = objective(model, x, x_adv, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            _minimize(optimizer, loss, loss_scale)
     else:
         loss, logits = objective(model, x, x_adv, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        _minimize(optimizer, loss, loss_scale)
     return StepStats(float(loss.detach()), int((logits.detach().argmax(1) == y).sum()), len(y))
+
+
+def _minimize(optimizer: torch.optim.Optimizer, loss: torch.Tensor, scale: float) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    (loss * scale if scale != 1.0 else loss).backward()
+    optimizer.step()
+
+
+def extend_weight_perturbation(
+    objective: Callable[[], torch.Tensor],
+    params: Params,
+    v: Perturbation,
+    *,
+    gamma: float,
+    steps: int = 1,
+    model: nn.Module | None = None,
+    grad_hook: Callable[[list[torch.Tensor]], None] | None = None,
+) -> Perturbation:
+    """Continue the projected AWP ascent from an existing v (the later alternations of A > 1).
+
+    ``steps`` times: g = d objective / d w at w + v, then
+    v_l <- Proj(v_l + gamma ||w_l|| g_l / ||g_l||) onto ||v_l|| <= gamma ||w_l||, with ||w_l||
+    the unperturbed weights' norm (the ball of :func:`awp.perturb.weight_perturbation`).
+
+    Args:
+        objective: closure returning the scalar objective at the current weights.
+        params: name -> parameter (the keys of ``v``), currently at w (not w + v).
+        v: the perturbation so far (not modified).
+        gamma: relative radius; also the relative step, as in ``weight_perturbation``.
+        steps: K2 ascent steps.
+        model: when given, its BatchNorm running statistics are frozen during the ascent.
+        grad_hook: called with the weight gradients before they are normalized (all-reduce).
+
+    Returns:
+        name -> new v_l (detached). Parameters are restored exactly; no ``.grad`` is touched.
+
+    Reference: Wu et al., NeurIPS 2020, Appendix D (the A/K1/K2 schedule) and rebuttal Common Q2.
+    """
+    names = list(v)
+    tensors = [params[n] for n in names]
+    w_norms = [p.detach().norm() for p in tensors]
+    v = {n: t.detach().clone() for n, t in v.items()}
+    for _ in range(steps):
+        guard = frozen_bn_stats(model) if model is not None else contextlib.nullcontext()
+        with guard, perturbed(params, v):
+            grads = torch.autograd.grad(objective(), tensors, allow_unused=True)
+        grads = [torch.zeros_like(p) if g is None else g.detach() for g, p in zip(grads, tensors)]
+        if grad_hook is not None:
+            grad_hook(grads)
+        for n, g, wn in zip(names, grads, w_norms):
+            new = v[n] + g * (gamma * wn / (g.norm() + 1e-20))
+            v[n] = new * torch.clamp(gamma * wn / (new.norm() + 1e-20), max=1.0)
+    return v
 
 
 def pick_device(name: str) -> torch.device:
@@ -320,7 +533,13 @@ def prepare_run(cfg: TrainConfig, *, resume: bool) -> RunFolder:
         )
     saved = json.loads(run.config.read_text()) if run.config.exists() else None
     if saved is not None:
-        diffs = _config_diff(saved, to_dict(cfg))
+        # Compare the values used, so a None ("the method's default") matches the same number
+        # written out, and runs from before a field existed match its default.
+        try:
+            saved = to_dict(from_dict(TrainConfig, saved).resolved())
+        except (ValueError, TypeError):
+            pass  # an unreadable config: compare as written, the diff names the problem
+        diffs = _config_diff(saved, to_dict(cfg.resolved()))
         if diffs:
             raise ValueError(
                 f"cannot resume {run.root}: the configuration differs: "
@@ -337,6 +556,7 @@ def train(
     progress: bool = True,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     data: DataBundle | None = None,
+    model: nn.Module | None = None,
 ) -> TrainResult:
     """Train a model as ``cfg`` says, writing everything into the run folder ``cfg.out``.
 
@@ -346,49 +566,116 @@ def train(
     ``last.pt`` (with optimizer and RNG states), ``best.pt`` (best validation robust accuracy)
     and, with ``save_every``, ``epoch_NNN.pt`` are written atomically.
 
+    Under ``torchrun --nproc_per_node N`` (WORLD_SIZE > 1) every process runs this function:
+    they draw the same global batch (same data generator), each trains on its slice inside DDP
+    (gloo on CPU, nccl on GPU), the AWP weight gradient is averaged before it is normalized,
+    BatchNorm buffers follow rank 0, evaluations are sharded and summed, and only rank 0 writes.
+    With BatchNorm each rank normalizes its slice with the slice's statistics (standard DDP), so
+    N processes equal one process on the global batch exactly only for BatchNorm-free models.
+
     Args:
         cfg: the run's configuration.
-        resume: continue from ``checkpoints/last.pt``; the result equals an uninterrupted run.
-        progress: show a tqdm bar per epoch.
-        on_epoch: called with each epoch's record (the CLI prints it).
+        resume: continue from ``checkpoints/last.pt``; the result equals an uninterrupted run
+            (also distributed, with the same number of processes).
+        progress: show a tqdm bar per epoch (rank 0 only).
+        on_epoch: called with each epoch's record on every rank (the CLI prints on rank 0).
         data: an already loaded dataset (else loaded from ``cfg.data``).
+        model: a model to train instead of building ``cfg.model`` (a custom architecture
+            taking [0, 1] images); its checkpoints record ``model.spec`` when it has a
+            :class:`~awp.models.ModelSpec`, else ``{"name": "custom", "class": ...}``.
 
     Returns:
-        :class:`TrainResult` with the final model (train mode), run folder and history.
+        :class:`TrainResult` with the final model (train mode, unwrapped), run folder and history.
     """
+    ctx, device_name = ddp.init_distributed(cfg.device)
+    try:
+        return _train(
+            cfg,
+            ctx,
+            device_name,
+            resume=resume,
+            progress=progress and ctx.is_main,
+            on_epoch=on_epoch,
+            data=data,
+            model=model,
+        )
+    finally:
+        ddp.shutdown(ctx)
+
+
+def _train(
+    cfg: TrainConfig,
+    ctx: ddp.DistContext,
+    device_name: str,
+    *,
+    resume: bool,
+    progress: bool,
+    on_epoch: Callable[[dict[str, Any]], None] | None,
+    data: DataBundle | None,
+    model: nn.Module | None,
+) -> TrainResult:
     from tqdm.auto import tqdm
 
-    run = prepare_run(cfg, resume=resume)
-    device = pick_device(cfg.device)
+    run = prepare_run(cfg, resume=resume)  # every rank checks, nobody has written yet
+    ddp.barrier()
+    device = pick_device(device_name)
     data = data if data is not None else load_data(cfg.data, device, progress=progress)
     data = _on_device(data, device)
     spec = cfg.model_spec(data)
 
     torch.manual_seed(cfg.seed)
-    model = build_model(spec).to(device)
+    net = (model if model is not None else build_model(spec)).to(device)
+    if model is None:
+        spec_record = to_dict(spec)
+    elif isinstance(getattr(model, "spec", None), ModelSpec):
+        spec_record = to_dict(model.spec)
+    else:
+        spec_record = {"name": "custom", "class": type(model).__qualname__}
+    inputs: dict[str, Any] = {}  # provenance of --init and --extra-data, kept in checkpoints
+    if cfg.init and not resume:
+        inputs["init"] = _load_init(net, cfg.init, spec if model is None else None)
+    extra = _load_extra(cfg, data) if cfg.extra_data else None
+    if extra is not None:
+        inputs["extra_data"] = {
+            "path": cfg.extra_data,
+            "sha256": sha256_file(cfg.extra_data),
+            "n": len(extra),
+        }
     optimizer = torch.optim.SGD(
-        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
     )
     gens = {
-        "data": torch.Generator().manual_seed(cfg.seed + 1),
-        "attack": torch.Generator().manual_seed(cfg.seed + 2),
+        "data": torch.Generator().manual_seed(cfg.seed + 1),  # the same on every rank
+        "attack": torch.Generator().manual_seed(cfg.seed + 2 + RANK_SEED_STRIDE * ctx.rank),
     }
-    objective = get_objective(cfg.method)
-    params = select_params(model)
+    objective = cfg.objective
+    attack_loss = cfg.attack_loss
+    params = select_params(net)
     start_epoch, best_val = 0, -1.0
     history: list[dict[str, Any]] = []
 
     if resume:
         ckpt = load_checkpoint(run.last)
-        model.load_state_dict(ckpt["state_dict"])
+        saved_world = int(ckpt.get("world", 1))
+        if saved_world != ctx.world:
+            raise ValueError(
+                f"cannot resume {run.root}: it was trained by {saved_world} process(es), this is "
+                f"{ctx.world}; resume with torchrun --nproc_per_node {saved_world}"
+                + (" (or without torchrun)" if saved_world == 1 else "")
+            )
+        net.load_state_dict(ckpt["state_dict"])
         optimizer.load_state_dict(ckpt["optimizer"])
         _set_rng_state(ckpt, gens)
+        if ctx.active:
+            gens["attack"].set_state(ckpt["rng_attack_ranks"][ctx.rank])
         start_epoch, best_val = int(ckpt["epoch"]), float(ckpt.get("best_val", -1.0))
+        inputs = ckpt.get("inputs", inputs)
         # Drop records of epochs after the checkpoint (killed between metrics and checkpoint).
         history = [r for r in run.read_metrics() if r["epoch"] <= start_epoch]
-        atomic_write_text(run.metrics, "".join(json.dumps(r) + "\n" for r in history))
+        if ctx.is_main:
+            atomic_write_text(run.metrics, "".join(json.dumps(r) + "\n" for r in history))
         log.info("resuming %s at epoch %d", run.root, start_epoch)
-    else:
+    elif ctx.is_main:
         run.root.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run.config, json.dumps(to_dict(cfg), indent=2) + "\n")
 
@@ -399,15 +686,31 @@ def train(
         else torch.arange(len(data.test))
     )
     n_train = len(data.train)
-    steps_per_epoch = max(1, math.ceil(n_train / cfg.batch_size))
+    steps_per_epoch = batches_per_epoch(
+        n_train, cfg.batch_size, cfg.extra_fraction if extra is not None else None
+    )
     awp_cfg = cfg.awp_config
+    train_attack = cfg.train_attack
+    wrapped = ddp.wrap(net, ctx, device)
+    grad_hook = ddp.all_reduce_mean_ if ctx.active else None
+    resolved = to_dict(cfg.resolved())
 
     for epoch in range(start_epoch, cfg.epochs):
-        model.train()
+        net.train()
         awp_on = awp_cfg is not None and epoch >= awp_cfg.warmup
         t0 = time.perf_counter()
         loss_sum, correct, seen = 0.0, 0, 0
-        batches = iterate_batches(n_train, cfg.batch_size, shuffle=True, generator=gens["data"])
+        if extra is None:
+            batches: Any = (
+                (idx, None, None)
+                for idx in iterate_batches(
+                    n_train, cfg.batch_size, shuffle=True, generator=gens["data"]
+                )
+            )
+        else:
+            batches = mixed_batches(
+                n_train, len(extra), cfg.batch_size, cfg.extra_fraction, generator=gens["data"]
+            )
         bar = tqdm(
             batches,
             total=steps_per_epoch,
@@ -417,8 +720,10 @@ def train(
             dynamic_ncols=True,
         )
         lr = cfg.lr
-        for i, idx in enumerate(bar):
-            if len(idx) < 2:  # BatchNorm cannot train on a single example
+        for i, (idx, extra_idx, order) in enumerate(bar):
+            total = len(idx) + (len(extra_idx) if extra_idx is not None else 0)
+            # BatchNorm cannot train on a single example (per rank when distributed).
+            if total < 2 * ctx.world:
                 continue
             lr = lr_at(
                 epoch + (i + 1) / steps_per_epoch,
@@ -429,18 +734,32 @@ def train(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             idx_dev = idx.to(device)
-            x = augment(data.train.x[idx_dev], generator=gens["data"])
-            y = data.train.y[idx_dev]
+            x_u8, y = data.train.x[idx_dev], data.train.y[idx_dev]
+            if extra is not None:
+                # The extra set stays on the CPU; only this batch's images move.
+                order_dev = order.to(device)
+                x_u8 = torch.cat([x_u8, extra.x[extra_idx].to(device)])[order_dev]
+                y = torch.cat([y, extra.y[extra_idx].to(device)])[order_dev]
+            x = augment(x_u8, generator=gens["data"])  # the whole global batch, on every rank
+            scale = 1.0
+            if ctx.active:
+                part = ddp.rank_slice(total, ctx.rank, ctx.world)
+                x, y = x[part], y[part]
+                scale = ctx.world * len(y) / total
+                ddp.broadcast_buffers_(net)  # rank 0's BatchNorm statistics for the attack
             stats = train_step(
-                model,
+                wrapped,
                 optimizer,
                 x,
                 y,
-                attack=cfg.train_attack,
+                attack=train_attack,
                 objective=objective,
                 awp=awp_cfg if awp_on else None,
                 params=params,
                 generator=gens["attack"],
+                grad_hook=grad_hook,
+                attack_loss=attack_loss,
+                loss_scale=scale,
             )
             if not math.isfinite(stats.loss):
                 raise FloatingPointError(
@@ -452,6 +771,10 @@ def train(
             seen += stats.n
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
         train_seconds = time.perf_counter() - t0
+        if ctx.active:
+            loss_sum, correct, seen = ddp.all_reduce_sums([loss_sum, correct, seen], device)
+            correct, seen = int(round(correct)), int(round(seen))
+            ddp.broadcast_buffers_(net)  # evaluate and save rank 0's BatchNorm statistics
 
         t1 = time.perf_counter()
         record: dict[str, Any] = {
@@ -461,37 +784,80 @@ def train(
             "train_loss": loss_sum / max(seen, 1),
             "train_acc": correct / max(seen, 1),
         }
-        record.update(_epoch_eval(model, data, cfg, train_sub, test_sub))
+        record.update(_epoch_eval(net, data, cfg, train_sub, test_sub, ctx))
         record["seconds"] = train_seconds
         record["eval_seconds"] = time.perf_counter() - t1
-        model.train()
+        net.train()
 
         improved = record.get("val_robust_acc", -1.0) > best_val
         if improved:
             best_val = record["val_robust_acc"]
         history.append(record)
-        with run.metrics.open("a") as fh:
-            fh.write(json.dumps(record) + "\n")
-        common = dict(
-            model=model,
-            model_spec=to_dict(spec),
-            config=to_dict(cfg),
-            epoch=epoch + 1,
-            metrics=record,
-        )
-        if improved and len(data.val):
-            save_checkpoint(run.best, **common)
-        if cfg.save_every and (epoch + 1) % cfg.save_every == 0:
-            save_checkpoint(run.epoch_ckpt(epoch + 1), **common)
-        # last.pt is written last: once it exists, every file of this epoch is on disk.
-        save_checkpoint(
-            run.last,
-            **common,
-            extra={"optimizer": optimizer.state_dict(), "best_val": best_val, **_rng_state(gens)},
-        )
+        # Every rank takes part in the gather; only rank 0 writes.
+        attack_states = ddp.all_gather_objects(gens["attack"].get_state()) if ctx.active else None
+        if ctx.is_main:
+            with run.metrics.open("a") as fh:
+                fh.write(json.dumps(record) + "\n")
+            common = dict(
+                model=net,
+                model_spec=spec_record,
+                config=to_dict(cfg),
+                epoch=epoch + 1,
+                metrics=record,
+                extra={"resolved_config": resolved, "inputs": inputs, "world": ctx.world},
+            )
+            if improved and len(data.val):
+                save_checkpoint(run.best, **common)
+            if cfg.save_every and (epoch + 1) % cfg.save_every == 0:
+                save_checkpoint(run.epoch_ckpt(epoch + 1), **common)
+            # last.pt is written last: once it exists, every file of this epoch is on disk.
+            state = {
+                "optimizer": optimizer.state_dict(),
+                "best_val": best_val,
+                **_rng_state(gens),
+            }
+            if attack_states is not None:
+                state["rng_attack_ranks"] = attack_states
+            save_checkpoint(run.last, **{**common, "extra": {**common["extra"], **state}})
         if on_epoch is not None:
             on_epoch(record)
-    return TrainResult(model=model, out=run.root, history=history)
+    ddp.barrier()  # every rank returns once rank 0's files are on disk
+    return TrainResult(model=net, out=run.root, history=history)
+
+
+def _load_init(net: nn.Module, path: str, spec: ModelSpec | None) -> dict[str, Any]:
+    """Load ``--init`` weights into ``net``; refuse a checkpoint of ours with another input
+    convention (normalized vs raw [0, 1]), which would load but compute something else."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"--init {path} does not exist (or is not a file)")
+    info = load_weights(net, path, source=f"--init {path}")
+    ckpt = info.pop("checkpoint", None)
+    if ckpt is not None and spec is not None:
+        theirs = ckpt.get("model_spec", {})
+        their_norm = theirs.get("mean") is not None
+        our_norm = spec.mean is not None
+        if their_norm != our_norm:
+            raise CheckpointError(
+                f"--init {path} was trained on "
+                f"{'normalized' if their_norm else 'raw [0, 1]'} input, this run's model takes "
+                f"{'normalized' if our_norm else 'raw [0, 1]'} input; pass "
+                f"{'--normalize' if their_norm else '--no-normalize'} to match it"
+            )
+    elif ckpt is None:
+        log.info(
+            "--init %s (%s) has no record of its input convention; this run feeds the model "
+            "%s input (--normalize / --no-normalize)",
+            path,
+            info["layout"],
+            "normalized" if spec is None or spec.mean is not None else "raw [0, 1]",
+        )
+    log.info("initialized from %s (sha256 %s)", path, info["sha256"][:12])
+    return dict(info)
+
+
+def _load_extra(cfg: TrainConfig, data: DataBundle) -> Split:
+    shape = tuple(int(s) for s in data.train.x.shape[1:])
+    return load_extra_data(cfg.extra_data, image_shape=shape, num_classes=data.num_classes)
 
 
 def _on_device(data: DataBundle, device: torch.device) -> DataBundle:
@@ -506,8 +872,13 @@ def _epoch_eval(
     cfg: TrainConfig,
     train_sub: torch.Tensor,
     test_sub: torch.Tensor,
+    ctx: ddp.DistContext | None = None,
 ) -> dict[str, float]:
-    """Natural and PGD-20 accuracy at the unperturbed weights, eval mode, fixed seeds."""
+    """Natural and PGD-20 accuracy at the unperturbed weights, eval mode, fixed seeds.
+
+    Distributed, every rank evaluates every N-th point and the counts are summed.
+    """
+    ctx = ctx or ddp.DistContext()
     out: dict[str, float] = {}
     splits = {
         "train": (
@@ -523,10 +894,27 @@ def _epoch_eval(
     for name, (x, y) in splits.items():
         if len(x) == 0:
             continue
+        seed = cfg.seed + 5
+        if ctx.active:
+            x, y = x[ctx.rank :: ctx.world], y[ctx.rank :: ctx.world]
+            seed += RANK_SEED_STRIDE * ctx.rank
         nat = evaluate_attack(model, x, y, None, batch_size=cfg.eval_batch_size)
         rob = evaluate_attack(
-            model, x, y, cfg.eval_attack, batch_size=cfg.eval_batch_size, seed=cfg.seed + 5
+            model, x, y, cfg.eval_attack, batch_size=cfg.eval_batch_size, seed=seed
         )
+        if ctx.active:
+            n = len(y)
+            sums = [
+                round(nat.accuracy * n) if n else 0,
+                round(rob.accuracy * n) if n else 0,
+                rob.loss * n if n else 0.0,
+                n,
+            ]
+            nat_c, rob_c, loss_s, total = ddp.all_reduce_sums(sums, x.device)
+            out[f"{name}_nat_acc"] = nat_c / total
+            out[f"{name}_robust_acc"] = rob_c / total
+            out[f"{name}_robust_loss"] = loss_s / total
+            continue
         out[f"{name}_nat_acc"] = nat.accuracy
         out[f"{name}_robust_acc"] = rob.accuracy
         out[f"{name}_robust_loss"] = rob.loss
