@@ -12,11 +12,12 @@ import argparse
 import importlib
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from awp.config import AttackConfig, add_dataclass_arguments, check_eps, parse_number
+from awp.config import AttackConfig, add_dataclass_arguments
 
 log = logging.getLogger("awp")
 
@@ -70,9 +71,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "train",
-        help="adversarial training (AT, AT-AWP)",
-        description="Train with PGD adversarial training, optionally with AWP. "
-        "Every option defaults to the paper's CIFAR-10 protocol.",
+        help="adversarial training (AT, TRADES, MART), with or without AWP",
+        description="Train with PGD adversarial training (AT), TRADES or MART, optionally with "
+        "AWP. Every option defaults to the paper's CIFAR-10 protocol; options shown with "
+        "'for at, ... for trades' take the --method's default unless given "
+        "(awp.config.METHOD_DEFAULTS). Several processes: torchrun --nproc_per_node N "
+        "-m awp.cli train ... (DDP; --batch-size is the global batch).",
     )
     p.add_argument(
         "--config", type=Path, help="JSON config (a run's config.json); flags override it"
@@ -83,8 +87,23 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_train)
 
 
+def method_label(cfg) -> str:
+    """E.g. ``TRADES-AWP (gamma 0.005, warm-up 10, beta 6, A=1 K1=10 K2=1)``."""
+    r = cfg.resolved()
+    label = f"{cfg.method.upper()}{'-AWP' if cfg.awp else ''}"
+    parts = []
+    if cfg.awp:
+        parts += [f"gamma {r.gamma:g}", f"warm-up {r.awp_warmup}"]
+    if r.beta is not None:
+        parts.append(f"beta {r.beta:g}")
+    if cfg.awp:
+        parts.append(f"A={cfg.awp_alternations} K1={cfg.attack_steps} K2={cfg.awp_steps}")
+    return label + (f" ({', '.join(parts)})" if parts else "")
+
+
 def _run_train(args: argparse.Namespace) -> int:
     from awp.config import dataclass_from_arguments, from_dict
+    from awp.ddp import env_rank
     from awp.train import TrainConfig, train
 
     base = None
@@ -93,55 +112,80 @@ def _run_train(args: argparse.Namespace) -> int:
             raise CLIError(f"config file {args.config} does not exist")
         base = from_dict(TrainConfig, json.loads(args.config.read_text()))
     cfg = dataclass_from_arguments(TrainConfig, args, base)
-    method = f"{cfg.method.upper()}{'-AWP' if cfg.awp else ''}"
-    print(
-        f"{method}: {cfg.model} (width {cfg.width}) on {cfg.data.dataset}, {cfg.epochs} epochs, "
-        f"{cfg.train_attack.describe()} -> {cfg.out}",
-        flush=True,
-    )
+    main_rank = env_rank() == 0  # under torchrun only rank 0 talks
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if main_rank:
+        extras = []
+        if cfg.extra_data:
+            extras.append(f"extra data {cfg.extra_data} ({cfg.extra_fraction:g} of each batch)")
+        if cfg.init:
+            extras.append(f"init {cfg.init}")
+        if world > 1:
+            extras.append(f"{world} processes")
+        print(
+            f"{method_label(cfg)}: {cfg.model} (width {cfg.width}) on {cfg.data.dataset}, "
+            f"{cfg.epochs} epochs, {cfg.train_attack.describe()}"
+            + "".join(f", {e}" for e in extras)
+            + f" -> {cfg.out}",
+            flush=True,
+        )
     result = train(
         cfg,
         resume=args.resume,
         progress=not args.no_progress,
-        on_epoch=lambda r: print(epoch_line(r), flush=True),
+        on_epoch=lambda r: print(epoch_line(r), flush=True) if main_rank else None,
     )
-    print(
-        f"checkpoints: {result.out / 'checkpoints'} (last.pt, best.pt"
-        f"{', epoch_*.pt' if cfg.save_every else ''}); metrics: {result.out / 'metrics.jsonl'}"
-    )
+    if main_rank:
+        print(
+            f"checkpoints: {result.out / 'checkpoints'} (last.pt, best.pt"
+            f"{', epoch_*.pt' if cfg.save_every else ''}); metrics: {result.out / 'metrics.jsonl'}"
+        )
     return 0
 
 
 # --------------------------------------------------------------------------- eval
-EVAL_ATTACKS = ("natural", "fgsm", "pgd20", "cw20")
+INPUTS = ("normalized", "raw")
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="natural / FGSM / PGD-20 / CW-20 accuracy of a checkpoint")
-    p.add_argument("checkpoint", type=Path, help="checkpoint .pt written by awp train")
+    from awp.evaluate import EvalConfig
+    from awp.models import MODEL_NAMES
+
+    p = sub.add_parser(
+        "eval",
+        help="natural / FGSM / PGD-20 / CW-20 / AutoAttack accuracy of a checkpoint",
+        description="Evaluate a checkpoint: attacks run in the order given, each only on the "
+        "points still robust (--no-cascade: every attack on every point). Checkpoints from "
+        "elsewhere (official AWP {'state_dict': ...} with module. prefixes, raw state dicts as "
+        "Rice et al.'s, RobustBench WideResNets with sub_block1.*) need --model and --input.",
+    )
+    p.add_argument("checkpoint", type=Path, help="checkpoint: ours, or one from elsewhere")
     p.add_argument(
-        "--dataset", default=None, help="dataset (default: the one the checkpoint was trained on)"
+        "--dataset",
+        default=None,
+        help="dataset (default: the checkpoint's own; 'sample' for checkpoints from elsewhere)",
     )
     p.add_argument("--data-root", default=None, help="where torchvision datasets live")
-    p.add_argument("--split", default="test", choices=("train", "val", "test"))
-    p.add_argument("--n", type=int, default=0, help="seeded subset size (0 = the whole split)")
-    p.add_argument(
-        "--attacks", nargs="+", default=["natural", "pgd20", "cw20"], choices=EVAL_ATTACKS
-    )
-    p.add_argument("--norm", default="linf", choices=("linf", "l2"))
-    p.add_argument(
-        "--eps", type=parse_number, default=None, help="radius (default 8/255 for linf, 0.5 for l2)"
-    )
-    p.add_argument("--step-size", type=parse_number, default=None, help="step size (default eps/4)")
-    p.add_argument("--restarts", type=int, default=1)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
+    add_dataclass_arguments(p, EvalConfig)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument(
         "--out",
         type=Path,
         default=None,
-        help="JSON results file (default: eval_<split>.json beside the checkpoint)",
+        help="JSON results file (default: eval_<checkpoint>_<split>.json beside the checkpoint)",
+    )
+    g = p.add_argument_group("checkpoints from elsewhere (their architecture and input)")
+    g.add_argument("--model", choices=MODEL_NAMES, default=None, help="architecture")
+    g.add_argument("--width", type=float, default=1.0, help="channel width multiplier")
+    g.add_argument("--depth", type=int, default=34, help="WideResNet depth (34, 28, ...)")
+    g.add_argument("--widen-factor", type=int, default=10, help="WideResNet widen factor")
+    g.add_argument(
+        "--input",
+        choices=INPUTS,
+        default=None,
+        help="input convention: normalized (the dataset's mean/std; official AT-AWP and Rice "
+        "et al. checkpoints) or raw [0,1] (TRADES-AWP, RST-AWP, RobustBench)",
     )
     p.set_defaults(func=_run_eval)
 
@@ -149,89 +193,176 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 def eval_attacks(
     names: Sequence[str], *, norm: str, eps: float, step_size: float, restarts: int
 ) -> dict[str, AttackConfig | None]:
-    """Attack configs by CLI name (None = natural accuracy)."""
-    table: dict[str, AttackConfig | None] = {}
-    for name in names:
-        if name == "natural":
-            table[name] = None
-        elif name == "fgsm":
-            table[name] = AttackConfig(
-                name="fgsm", norm=norm, eps=eps, step_size=eps, steps=1, random_start="none"
+    """Attack configs by CLI name (None = natural accuracy); see EvalConfig.attack_table."""
+    from awp.evaluate import EvalConfig
+
+    cfg = EvalConfig(
+        attacks=tuple(names), norm=norm, eps=eps, step_size=step_size, restarts=restarts
+    )
+    return cfg.attack_table()  # type: ignore[return-value]
+
+
+def _eval_model(args: argparse.Namespace, device):
+    """(model in eval mode, data config, description for the JSON) of ``args.checkpoint``."""
+    import dataclasses
+
+    from awp.checkpoint import load_weights, read_state_dict
+    from awp.config import from_dict
+    from awp.data import DataConfig, load_data
+    from awp.models import ModelSpec, build_model
+
+    path = args.checkpoint
+    _, info = read_state_dict(path)
+    ckpt = info.get("checkpoint")
+    if ckpt is not None:
+        spec = from_dict(ModelSpec, ckpt["model_spec"])
+        if args.model is not None and args.model != spec.name:
+            raise CLIError(
+                f"{path} is an awp-landscape checkpoint of a {spec.name}; drop --model "
+                f"{args.model} (it describes checkpoints from elsewhere)"
             )
-        else:
-            table[name] = AttackConfig(
-                name="pgd" if name == "pgd20" else "cw",
-                norm=norm,
-                eps=eps,
-                step_size=step_size,
-                steps=20,
-                restarts=restarts,
+        own_input = "raw" if spec.mean is None else "normalized"
+        if args.input is not None and args.input != own_input:
+            raise CLIError(
+                f"{path} records its input convention ({own_input}); drop --input {args.input}"
             )
-    return table
+        data_cfg = from_dict(DataConfig, ckpt.get("config", {}).get("data", {}))
+    else:
+        missing = [f for f, v in (("--model", args.model), ("--input", args.input)) if v is None]
+        if missing:
+            raise CLIError(
+                f"{path} is not an awp-landscape checkpoint ({info['layout']}): say what it is "
+                f"with {' and '.join(missing)} (e.g. --model wideresnet --depth 34 "
+                f"--input raw for TRADES-AWP, --model preactresnet18 --input normalized for "
+                f"AT-AWP)"
+            )
+        data_cfg = DataConfig()
+    changes = {k: v for k, v in (("dataset", args.dataset), ("data_root", args.data_root)) if v}
+    data_cfg = dataclasses.replace(data_cfg, **changes)
+    data = load_data(data_cfg, device, progress=not args.no_progress)
+    if ckpt is None:
+        spec = ModelSpec(
+            name=args.model,
+            num_classes=data.num_classes,
+            width=args.width,
+            depth=args.depth,
+            widen_factor=args.widen_factor,
+            mean=tuple(data.mean) if args.input == "normalized" else None,
+            std=tuple(data.std) if args.input == "normalized" else None,
+        )
+    model = build_model(spec)
+    how = load_weights(model, path)
+    how.pop("checkpoint", None)
+    about = {
+        "checkpoint": str(path),
+        "epoch": ckpt.get("epoch") if ckpt else None,
+        "weights": dict(how),
+        "model_spec": json.loads(json.dumps(dataclasses.asdict(spec))),
+        "input": "raw" if spec.mean is None else "normalized",
+    }
+    return model.to(device).eval(), data_cfg, data, about
 
 
 def _run_eval(args: argparse.Namespace) -> int:
     import torch
     from tqdm.auto import tqdm
 
-    from awp.checkpoint import atomic_write_text, load_model
-    from awp.config import from_dict
-    from awp.data import DataConfig, fixed_subset, load_data
-    from awp.evaluate import evaluate_attack
+    from awp.checkpoint import atomic_write_text, library_versions
+    from awp.config import dataclass_from_arguments, to_dict
+    from awp.data import fixed_subset
+    from awp.evaluate import (
+        AutoAttackConfig,
+        EvalConfig,
+        MissingDependencyError,
+        evaluate_robustness,
+        require_torchattacks,
+    )
     from awp.train import pick_device
 
+    cfg = dataclass_from_arguments(EvalConfig, args)
+    attacks = cfg.attack_table()
+    if any(isinstance(a, AutoAttackConfig) for a in attacks.values()):
+        try:
+            require_torchattacks()  # before hours of loading and attacking
+        except MissingDependencyError as err:
+            raise CLIError(str(err)) from err
     device = pick_device(args.device)
-    model, ckpt = load_model(args.checkpoint, device=device)
-    data_cfg = from_dict(DataConfig, ckpt.get("config", {}).get("data", {}))
-    if args.dataset is not None or args.data_root is not None:
-        import dataclasses
-
-        data_cfg = dataclasses.replace(
-            data_cfg,
-            **{
-                k: v
-                for k, v in (("dataset", args.dataset), ("data_root", args.data_root))
-                if v is not None
-            },
-        )
-    data = load_data(data_cfg, device)
-    split = getattr(data, args.split)
+    model, data_cfg, data, about = _eval_model(args, device)
+    split = getattr(data, cfg.split)
     if len(split) == 0:
-        raise CLIError(f"the {args.split} split is empty for dataset {data_cfg.dataset!r}")
-    idx = fixed_subset(len(split), args.n, seed=args.seed) if args.n else torch.arange(len(split))
+        raise CLIError(f"the {cfg.split} split is empty for dataset {data_cfg.dataset!r}")
+    idx = fixed_subset(len(split), cfg.n, seed=cfg.seed) if cfg.n else torch.arange(len(split))
     x, y = split.x[idx.to(device)], split.y[idx.to(device)]
-    eps = args.eps if args.eps is not None else (8 / 255 if args.norm == "linf" else 0.5)
-    check_eps(eps, args.norm)
-    step = args.step_size if args.step_size is not None else eps / 4
-    attacks = eval_attacks(
-        args.attacks, norm=args.norm, eps=eps, step_size=step, restarts=args.restarts
-    )
-    rows = []
-    for name, attack in tqdm(attacks.items(), desc="attacks", leave=False):
-        acc = evaluate_attack(model, x, y, attack, batch_size=args.batch_size, seed=args.seed)
-        rows.append(
-            {
-                "attack": name,
-                "setting": attack.describe() if attack else "clean",
-                "accuracy": acc.accuracy,
-                "loss": acc.loss,
-                "n": acc.n,
-            }
+
+    bars: dict[str, tqdm] = {}
+
+    def on_batch(name: str, done: int, total: int) -> None:
+        if name not in bars:
+            for bar in bars.values():
+                bar.close()
+            bars[name] = tqdm(
+                total=total, desc=name, leave=False, disable=args.no_progress, dynamic_ncols=True
+            )
+        bars[name].update(done - bars[name].n)
+
+    try:
+        report = evaluate_robustness(
+            model,
+            x,
+            y,
+            attacks,
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
+            cascade=cfg.cascade,
+            on_batch=on_batch,
         )
+    finally:
+        for bar in bars.values():
+            bar.close()
+    rows = [
+        {
+            "attack": r.name,
+            "setting": r.setting,
+            "accuracy": r.accuracy,
+            **({} if cfg.cascade else {"alone": r.accuracy_alone}),
+            "attacked": r.attacked,
+            "seconds": round(r.seconds, 2),
+        }
+        for r in report.rows
+    ]
     print(
-        f"{args.checkpoint} (epoch {ckpt.get('epoch')}) on {data_cfg.dataset}/{args.split}, "
-        f"n={len(y)}, device {device}"
+        f"{args.checkpoint} (epoch {about['epoch']}, {about['input']} input) on "
+        f"{data_cfg.dataset}/{cfg.split}, n={report.n}, device {device}"
     )
     print(format_table(rows))
-    out = args.out or args.checkpoint.with_name(f"eval_{args.checkpoint.stem}_{args.split}.json")
-    atomic_write_text(
-        out,
-        json.dumps(
-            {"checkpoint": str(args.checkpoint), "split": args.split, "n": len(y), "results": rows},
-            indent=2,
-        )
-        + "\n",
+    print(
+        "accuracy: right under this attack and every one above it"
+        + (" (cascade: each attack ran only on the points still robust)" if cfg.cascade else "")
+        + f"; robust accuracy {report.robust_accuracy:.4f}"
     )
+    out = args.out or args.checkpoint.with_name(f"eval_{args.checkpoint.stem}_{cfg.split}.json")
+    result = {
+        **about,
+        "dataset": data_cfg.dataset,
+        "split": cfg.split,
+        "n": report.n,
+        "eval_config": to_dict(cfg),
+        "cascade": cfg.cascade,
+        "robust_accuracy": report.robust_accuracy,
+        "results": [
+            {
+                "attack": r.name,
+                "setting": r.setting,
+                "accuracy": r.accuracy,
+                "accuracy_alone": r.accuracy_alone,
+                "attacked": r.attacked,
+                "seconds": r.seconds,
+            }
+            for r in report.rows
+        ],
+        "versions": library_versions(),
+    }
+    atomic_write_text(out, json.dumps(result, indent=2) + "\n")
     print(f"results: {out}")
     return 0
 

@@ -1,7 +1,16 @@
-"""Natural and robust accuracy of a model on tensors held on its device."""
+"""Natural and robust accuracy of a model on tensors held on its device.
+
+:func:`evaluate_attack` gives one attack's accuracy and loss (the per-epoch evaluation of
+training); :func:`evaluate_robustness` runs several attacks (natural, FGSM, PGD-20, CW-20,
+AutoAttack) as a cascade and is what ``awp eval`` reports. This module computes; the CLI prints,
+shows progress bars and writes the JSON.
+"""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -9,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from awp.attacks import model_mode, run_attack
-from awp.config import AttackConfig
+from awp.config import AttackConfig, check_eps, opt
 
 
 @dataclass(frozen=True)
@@ -68,3 +77,351 @@ def evaluate_attack(
         correct += int((logits.argmax(1) == yb).sum())
         loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
     return Accuracy(correct / len(x), loss_sum / len(x), len(x))
+
+
+# --------------------------------------------------------------------------- robustness report
+EVAL_ATTACKS = ("natural", "fgsm", "pgd20", "cw20", "autoattack")
+SPLITS = ("train", "val", "test")
+AA_VERSIONS = ("standard", "plus", "rand")
+AUTOATTACK_HINT = (
+    "AutoAttack runs through the optional dependency torchattacks, which is not installed: "
+    "pip install 'awp-landscape[autoattack]' (or pip install torchattacks), or leave "
+    "autoattack out of --attacks"
+)
+
+
+class MissingDependencyError(ImportError):
+    """An optional dependency is needed; the message says how to install it."""
+
+
+@dataclass(frozen=True)
+class AutoAttackConfig:
+    """AutoAttack (APGD-CE, APGD-T, FAB-T, Square for "standard") through torchattacks.
+
+    Args:
+        norm: "linf" or "l2".
+        eps: radius in [0, 1] pixel units.
+        version: "standard" (the leaderboard's), "plus" or "rand".
+    """
+
+    norm: str = "linf"
+    eps: float = 8 / 255
+    version: str = "standard"
+
+    def __post_init__(self) -> None:
+        if self.norm not in ("linf", "l2"):
+            raise ValueError(f"unknown norm {self.norm!r}; choose linf or l2")
+        if self.version not in AA_VERSIONS:
+            raise ValueError(f"unknown AutoAttack version {self.version!r}; one of {AA_VERSIONS}")
+        check_eps(self.eps, self.norm)
+
+    def describe(self) -> str:
+        eps = f"{self.eps * 255:g}/255" if self.norm == "linf" else f"{self.eps:g}"
+        return f"AutoAttack-{self.version} {self.norm} eps={eps}"
+
+
+EvalAttack = AttackConfig | AutoAttackConfig | None
+
+
+def require_torchattacks():
+    """Import torchattacks, or raise :class:`MissingDependencyError` saying how to install it."""
+    try:
+        import torchattacks
+    except ImportError as err:
+        raise MissingDependencyError(AUTOATTACK_HINT) from err
+    return torchattacks
+
+
+@contextmanager
+def _no_param_grads(model: nn.Module) -> Iterator[None]:
+    # Some torchattacks attacks call .backward(): with requires_grad off no .grad is written.
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+def autoattack(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    norm: str = "linf",
+    eps: float = 8 / 255,
+    version: str = "standard",
+    seed: int = 0,
+) -> torch.Tensor:
+    """AutoAttack through torchattacks, in eval mode, without touching ``.grad`` or the mode.
+
+    Args:
+        model: classifier on [0, 1] images.
+        x: images (N, C, H, W) float in [0, 1]; y: labels (N,).
+        norm: "linf" or "l2"; eps: radius in pixel units.
+        version: "standard", "plus" or "rand".
+        seed: seed of the attacks' random starts.
+
+    Returns:
+        x_adv (N, C, H, W) in the ball and in [0, 1], detached.
+
+    Raises:
+        MissingDependencyError: torchattacks is not installed (the message says how to).
+
+    Reference: Croce & Hein, "Reliable Evaluation of Adversarial Robustness with an Ensemble of
+    Diverse Parameter-free Attacks", ICML 2020 (implementation: Kim, torchattacks).
+    """
+    ta = require_torchattacks()
+    with model_mode(model, "eval"), _no_param_grads(model):
+        with torch.no_grad():
+            n_classes = int(model(x[:1]).shape[1])
+        if n_classes < 4:
+            raise ValueError(
+                f"AutoAttack needs at least 4 classes (its targeted DLR loss compares the top "
+                f"four logits), the model has {n_classes}; use pgd20 and cw20 instead"
+            )
+        attack = ta.AutoAttack(
+            model,
+            norm={"linf": "Linf", "l2": "L2"}[norm],
+            eps=eps,
+            version=version,
+            n_classes=n_classes,
+            seed=seed,
+        )
+        x_adv = attack(x, y)
+    return x_adv.detach()
+
+
+def correct_under(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    attack: EvalAttack,
+    *,
+    batch_size: int = 256,
+    seed: int = 0,
+    on_batch: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """Per-example correctness under one attack (or natural), in batches.
+
+    Args:
+        model: classifier on [0, 1] images, evaluated in eval mode (its mode is restored).
+        x: (N, C, H, W) uint8 or float in [0, 1]; y: (N,) labels; same device as the model.
+        attack: :class:`AttackConfig`, :class:`AutoAttackConfig`, or None for natural.
+        batch_size: examples per batch.
+        seed: seed of the attack's random starts (one CPU generator for the whole pass).
+        on_batch: called with the number of examples of each finished batch (progress bars).
+
+    Returns:
+        (N,) bool on x's device: True where the model is right on the (attacked) input.
+    """
+    out = torch.zeros(len(y), dtype=torch.bool, device=y.device)
+    generator = torch.Generator().manual_seed(seed)
+    for start in range(0, len(x), batch_size):
+        xb = _as_float(x[start : start + batch_size])
+        yb = y[start : start + batch_size]
+        if isinstance(attack, AutoAttackConfig):
+            xb = autoattack(
+                model, xb, yb, norm=attack.norm, eps=attack.eps, version=attack.version, seed=seed
+            )
+        elif attack is not None:
+            xb = run_attack(model, xb, yb, attack, generator=generator)
+        with torch.no_grad(), model_mode(model, "eval"):
+            out[start : start + len(yb)] = model(xb).argmax(1) == yb
+        if on_batch is not None:
+            on_batch(len(yb))
+    return out
+
+
+@dataclass(frozen=True)
+class AttackRow:
+    """One attack's line of a :class:`RobustnessReport`.
+
+    Attributes:
+        name: the CLI name ("natural", "pgd20", ...); setting: its description.
+        accuracy: fraction right under this attack and every attack before it (the cascade's
+            number; the last row's is the worst-case robust accuracy).
+        accuracy_alone: fraction right under this attack alone (None in a cascade, where it is
+            only run on the points still robust).
+        attacked: points this attack ran on; seconds: its wall time.
+    """
+
+    name: str
+    setting: str
+    accuracy: float
+    accuracy_alone: float | None
+    attacked: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class RobustnessReport:
+    """Result of :func:`evaluate_robustness`: rows in attack order, the per-point outcome."""
+
+    n: int
+    cascade: bool
+    rows: tuple[AttackRow, ...]
+    robust: torch.Tensor  # (N,) bool: right under every attack
+
+    @property
+    def robust_accuracy(self) -> float:
+        return float(self.robust.float().mean()) if self.n else float("nan")
+
+
+def evaluate_robustness(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    attacks: Mapping[str, EvalAttack],
+    *,
+    batch_size: int = 256,
+    seed: int = 0,
+    cascade: bool = True,
+    on_batch: Callable[[str, int, int], None] | None = None,
+) -> RobustnessReport:
+    """Natural and robust accuracy under several attacks, the way AutoAttack reports it.
+
+    With ``cascade`` each attack runs only on the points still right under every attack
+    before it (points already lost cannot be won back), which gives the same per-point worst
+    case as running every attack on every point, for a fraction of the cost. Without it every
+    attack runs on every point and each row also gets its accuracy alone.
+
+    Attack k draws its random starts from a CPU generator seeded with ``seed + k``; a random
+    start depends on which points share the batch, so only deterministic attacks (FGSM, or PGD/CW
+    with ``random_start="none"``) give the two modes bit-identical outcomes.
+
+    Args:
+        model: classifier on [0, 1] images (eval mode during evaluation; restored after).
+        x: (N, C, H, W) uint8 or float in [0, 1] on the model's device; y: (N,) labels.
+        attacks: name -> attack, in order (None = natural accuracy).
+        batch_size: examples per batch.
+        seed: base seed of the attacks' random starts.
+        cascade: attack only the points still robust.
+        on_batch: ``(attack name, examples done, examples to do)`` after each batch.
+
+    Returns:
+        :class:`RobustnessReport`.
+    """
+    if len(x) != len(y):
+        raise ValueError(f"x has {len(x)} examples but y has {len(y)}")
+    if not attacks:
+        raise ValueError("no attacks to evaluate: give at least one (e.g. natural)")
+    robust = torch.ones(len(y), dtype=torch.bool, device=y.device)
+    rows = []
+    for k, (name, attack) in enumerate(attacks.items()):
+        t0 = time.perf_counter()
+        idx = robust.nonzero().squeeze(1) if cascade else torch.arange(len(y), device=y.device)
+        done = 0
+
+        def tick(b: int, name: str = name, total: int = len(idx)) -> None:
+            nonlocal done
+            done += b
+            if on_batch is not None:
+                on_batch(name, done, total)
+
+        ok = torch.zeros(len(y), dtype=torch.bool, device=y.device)
+        if len(idx):
+            ok[idx] = correct_under(
+                model,
+                x[idx],
+                y[idx],
+                attack,
+                batch_size=batch_size,
+                seed=seed + k,
+                on_batch=tick,
+            )
+        robust &= ok
+        n = max(len(y), 1)
+        rows.append(
+            AttackRow(
+                name=name,
+                setting=attack.describe() if attack is not None else "clean",
+                accuracy=float(robust.sum()) / n,
+                accuracy_alone=None if cascade else float(ok.sum()) / n,
+                attacked=len(idx),
+                seconds=time.perf_counter() - t0,
+            )
+        )
+    return RobustnessReport(n=len(y), cascade=cascade, rows=tuple(rows), robust=robust)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What ``awp eval`` measures: attacks, threat model, points, batching, seeds."""
+
+    attacks: tuple[str, ...] = opt(
+        ("natural", "pgd20", "cw20"), f"attacks, in order: {' | '.join(EVAL_ATTACKS)}"
+    )
+    norm: str = opt("linf", "threat model: linf | l2")
+    eps: float | None = opt(None, "radius in [0,1] pixel units", shown="8/255 linf, 0.5 l2")
+    step_size: float | None = opt(None, "PGD/CW step size", shown="eps/4")
+    restarts: int = opt(1, "random restarts of PGD-20 and CW-20 (worst case kept)")
+    cascade: bool = opt(True, "attack only the points still robust (AutoAttack's way)")
+    split: str = opt("test", "split: train | val | test")
+    n: int = opt(0, "seeded subset of the split (0 = the whole split)")
+    batch_size: int = opt(256, "examples per batch")
+    seed: int = opt(0, "seed of the subset and the attacks' random starts")
+    aa_version: str = opt("standard", "AutoAttack version: standard | plus | rand")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "attacks", tuple(self.attacks))
+        unknown = [a for a in self.attacks if a not in EVAL_ATTACKS]
+        if unknown or not self.attacks:
+            raise ValueError(
+                f"unknown attacks {unknown or '(none given)'}; "
+                f"choose from {', '.join(EVAL_ATTACKS)}"
+            )
+        if len(set(self.attacks)) != len(self.attacks):
+            raise ValueError(f"attacks {self.attacks} repeat a name")
+        if self.norm not in ("linf", "l2"):
+            raise ValueError(f"unknown norm {self.norm!r}; choose linf or l2")
+        if self.split not in SPLITS:
+            raise ValueError(f"unknown split {self.split!r}; choose one of {', '.join(SPLITS)}")
+        check_eps(self.radius, self.norm)
+        if self.step_size is not None:
+            check_eps(self.step_size, self.norm, "step_size")
+        if self.restarts < 1 or self.batch_size < 1 or self.n < 0:
+            raise ValueError("need restarts >= 1, batch_size >= 1 and n >= 0")
+        if self.aa_version not in AA_VERSIONS:
+            raise ValueError(
+                f"unknown AutoAttack version {self.aa_version!r}; one of {AA_VERSIONS}"
+            )
+
+    @property
+    def radius(self) -> float:
+        """eps, or the threat model's default (8/255 for linf, 0.5 for l2)."""
+        if self.eps is not None:
+            return self.eps
+        return 8 / 255 if self.norm == "linf" else 0.5
+
+    def attack_table(self) -> dict[str, EvalAttack]:
+        """name -> attack config, in order (None = natural). Eval mode throughout."""
+        eps = self.radius
+        step = self.step_size if self.step_size is not None else eps / 4
+        table: dict[str, EvalAttack] = {}
+        for name in self.attacks:
+            if name == "natural":
+                table[name] = None
+            elif name == "fgsm":
+                table[name] = AttackConfig(
+                    name="fgsm",
+                    norm=self.norm,
+                    eps=eps,
+                    step_size=eps,
+                    steps=1,
+                    random_start="none",
+                )
+            elif name == "autoattack":
+                table[name] = AutoAttackConfig(norm=self.norm, eps=eps, version=self.aa_version)
+            else:
+                table[name] = AttackConfig(
+                    name="pgd" if name == "pgd20" else "cw",
+                    norm=self.norm,
+                    eps=eps,
+                    step_size=step,
+                    steps=20,
+                    restarts=self.restarts,
+                )
+        return table

@@ -1,0 +1,221 @@
+"""Evaluation: the cascade against every attack on every point, AutoAttack, the eval CLI."""
+
+import json
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from awp.attacks import run_attack
+from awp.cli import main
+from awp.config import AttackConfig
+from awp.evaluate import (
+    AutoAttackConfig,
+    EvalConfig,
+    MissingDependencyError,
+    autoattack,
+    correct_under,
+    evaluate_robustness,
+    require_torchattacks,
+)
+from tests.helpers import assert_same_state, snapshot, tiny_batch, tiny_model
+
+EPS = 3 / 255
+
+
+def deterministic_attacks(norm="linf", eps=EPS):
+    step = eps / 4
+    return {
+        "natural": None,
+        "fgsm": AttackConfig(name="fgsm", norm=norm, eps=eps, step_size=eps, random_start="none"),
+        "pgd20": AttackConfig(
+            name="pgd", norm=norm, eps=eps, step_size=step, steps=6, random_start="none"
+        ),
+        "cw20": AttackConfig(
+            name="cw", norm=norm, eps=eps, step_size=step, steps=6, random_start="none"
+        ),
+    }
+
+
+def reference_masks(model, x, y, attacks):
+    """Every attack on every point, one batch, then the running AND written out."""
+    masks, running = [], torch.ones(len(y), dtype=torch.bool)
+    for attack in attacks.values():
+        xa = x if attack is None else run_attack(model, x, y, attack)
+        with torch.no_grad():
+            running = running & (model(xa).argmax(1) == y)
+        masks.append(running.clone())
+    return masks
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    """A float64 tiny model that memorized 32 random images: right on most, easily attacked."""
+    model = tiny_model(dtype=torch.float64)
+    x, y = tiny_batch(n=32, seed=3, dtype=torch.float64)
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    for _ in range(40):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    return model.eval(), x, y
+
+
+@pytest.mark.parametrize("norm, eps", [("linf", 4 / 255), ("l2", 0.5)])
+def test_cascade_equals_every_attack_on_every_point(fitted, norm, eps):
+    # float64 and deterministic starts: a point's outcome does not depend on its batch-mates.
+    model, x, y = fitted
+    attacks = deterministic_attacks(norm, eps)
+    cascade = evaluate_robustness(model, x, y, attacks, batch_size=7, cascade=True)
+    full = evaluate_robustness(model, x, y, attacks, batch_size=7, cascade=False)
+    ref = reference_masks(model, x, y, attacks)
+    assert torch.equal(cascade.robust, full.robust) and torch.equal(cascade.robust, ref[-1])
+    accs = [int(m.sum()) / len(m) for m in ref]
+    assert [r.accuracy for r in cascade.rows] == [r.accuracy for r in full.rows] == accs
+    # The numbers are not trivial: the attacks break some points but not all.
+    assert accs[0] > accs[1] > 0 and accs[-1] > 0
+    # A cascade attacks only the points still robust; the full run attacks all of them.
+    assert [r.attacked for r in cascade.rows] == [32] + [round(a * 32) for a in accs[:-1]]
+    assert [r.attacked for r in full.rows] == [32] * 4
+    assert all(r.accuracy_alone is None for r in cascade.rows)
+    alone = [r.accuracy_alone for r in full.rows]
+    assert alone[0] == accs[0] and all(a >= c for a, c in zip(alone, accs))
+    assert cascade.robust_accuracy == accs[-1]
+
+
+def test_evaluation_leaves_model_untouched_and_reports_progress():
+    model = tiny_model().train()
+    snap = snapshot(model)
+    x, y = tiny_batch(n=20)
+    seen = []
+    evaluate_robustness(
+        model,
+        (x * 255).round().to(torch.uint8),  # uint8 images are accepted
+        y,
+        deterministic_attacks(),
+        batch_size=8,
+        on_batch=lambda name, done, total: seen.append((name, done, total)),
+    )
+    assert_same_state(model, snap)
+    assert model.training and all(p.grad is None for p in model.parameters())
+    assert seen[0] == ("natural", 8, 20) and seen[2] == ("natural", 20, 20)
+    assert {name for name, _, _ in seen} <= {"natural", "fgsm", "pgd20", "cw20"}
+
+
+def test_random_start_attacks_are_seeded():
+    model = tiny_model().eval()
+    x, y = tiny_batch(n=16)
+    pgd = {"pgd": AttackConfig(steps=3, eps=EPS, step_size=EPS / 2)}
+    a = evaluate_robustness(model, x, y, pgd, seed=4)
+    b = evaluate_robustness(model, x, y, pgd, seed=4)
+    assert torch.equal(a.robust, b.robust)
+    assert torch.equal(
+        correct_under(model, x, y, pgd["pgd"], seed=1),
+        correct_under(model, x, y, pgd["pgd"], seed=1),
+    )
+
+
+def test_eval_config_defaults_and_errors():
+    cfg = EvalConfig()
+    table = cfg.attack_table()
+    assert list(table) == ["natural", "pgd20", "cw20"] and table["natural"] is None
+    assert table["pgd20"].steps == 20 and table["pgd20"].step_size == pytest.approx(2 / 255)
+    assert table["pgd20"].mode == "eval" and table["cw20"].name == "cw"
+    l2 = EvalConfig(norm="l2", attacks=("fgsm", "autoattack"), restarts=3).attack_table()
+    assert l2["fgsm"].eps == 0.5 and l2["autoattack"] == AutoAttackConfig(norm="l2", eps=0.5)
+    assert EvalConfig(attacks=("pgd20",), restarts=3).attack_table()["pgd20"].restarts == 3
+    with pytest.raises(ValueError, match="unknown attacks.*apgd"):
+        EvalConfig(attacks=("apgd",))
+    with pytest.raises(ValueError, match="8/255"):
+        EvalConfig(eps=8)
+    with pytest.raises(ValueError, match="split"):
+        EvalConfig(split="holdout")
+
+
+def test_missing_torchattacks_says_how_to_install(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "torchattacks", None)  # as if it were not installed
+    with pytest.raises(MissingDependencyError, match=r"pip install 'awp-landscape\[autoattack\]'"):
+        require_torchattacks()
+    model = tiny_model().eval()
+    x, y = tiny_batch(n=4)
+    with pytest.raises(MissingDependencyError, match="torchattacks"):
+        autoattack(model, x, y)
+    code = main(["eval", str(tmp_path / "any.pt"), "--attacks", "natural", "autoattack"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "pip install 'awp-landscape[autoattack]'" in err
+    assert not (tmp_path / "eval_any_test.json").exists()
+
+
+def memorized_4class(n=8):
+    model = tiny_model(num_classes=4)  # AutoAttack's targeted DLR loss needs 4 classes
+    x, y = tiny_batch(n=n, seed=1, classes=4)
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    for _ in range(40):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    opt.zero_grad()  # .grad back to None, so "no .grad written" is a real check
+    return model, x, y
+
+
+def test_autoattack_through_torchattacks():
+    pytest.importorskip("torchattacks")
+    model, x, y = memorized_4class()
+    model.train()
+    snap = snapshot(model)
+    # A large radius: APGD-CE breaks every point, so the later attacks have nothing to do.
+    eps = 0.25
+    x_adv = autoattack(model, x, y, eps=eps, seed=0)
+    assert (x_adv - x).abs().max() <= eps + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
+    assert_same_state(model, snap)
+    assert model.training and all(p.grad is None for p in model.parameters())
+    attacks = {"natural": None, "autoattack": AutoAttackConfig(eps=eps)}
+    report = evaluate_robustness(model, x, y, attacks, batch_size=6)
+    assert report.rows[0].accuracy > 0 and report.robust_accuracy == 0
+    assert report.rows[1].attacked == round(report.rows[0].accuracy * len(y))
+    with pytest.raises(ValueError, match="at least 4 classes"):
+        autoattack(tiny_model(num_classes=3), x, y % 3)
+
+
+@pytest.mark.slow
+def test_autoattack_is_at_least_as_strong_as_pgd20():
+    """Minutes on a CPU: Square's 5000 queries run on every point still robust."""
+    pytest.importorskip("torchattacks")
+    model, x, y = memorized_4class(n=16)
+    model.eval()
+    eps = 8 / 255
+    pgd = evaluate_robustness(model, x, y, EvalConfig(eps=eps, attacks=("pgd20",)).attack_table())
+    aa = evaluate_robustness(model, x, y, {"aa": AutoAttackConfig(eps=eps)})
+    assert aa.robust_accuracy <= pgd.robust_accuracy
+
+
+def test_eval_cli_no_cascade_l2_and_subset(tmp_path, capsys):
+    from awp.checkpoint import save_checkpoint
+    from awp.config import to_dict
+    from awp.models import ModelSpec, build_model
+    from tests.helpers import make_image_folder
+
+    folder = make_image_folder(tmp_path / "data", n_train=12, n_test=15)
+    spec = ModelSpec(name="smallcnn", num_classes=3)
+    torch.manual_seed(0)
+    path = save_checkpoint(
+        tmp_path / "m.pt",
+        model=build_model(spec),
+        model_spec=to_dict(spec),
+        config={"data": {"dataset": str(folder), "val_size": 0}},
+    )
+    args = ["eval", str(path), "--device", "cpu", "--no-progress", "--n", "10", "--seed", "2"]
+    args += ["--norm", "l2", "--attacks", "natural", "fgsm", "pgd20", "--no-cascade"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "PGD-20 l2 eps=0.5" in out and "alone" in out and "n=10" in out
+    res = json.loads((tmp_path / "eval_m_test.json").read_text())
+    assert res["n"] == 10 and res["cascade"] is False and res["input"] == "normalized"
+    assert [r["attacked"] for r in res["results"]] == [10, 10, 10]
+    assert all(r["accuracy_alone"] is not None for r in res["results"])
+    assert res["robust_accuracy"] == res["results"][-1]["accuracy"]
+    assert res["eval_config"]["norm"] == "l2" and res["weights"]["sha256"]
+    assert main(["eval", str(path), "--attacks", "bogus", "--device", "cpu"]) == 2
+    assert "bogus" in capsys.readouterr().err
