@@ -177,3 +177,124 @@ def test_train_step_matches_official_step():
         )
     for (n, a), b in zip(model_a.state_dict().items(), model_b.state_dict().values()):
         assert torch.allclose(a, b, rtol=1e-9, atol=1e-12), n
+
+
+# ----------------------------------------------------------------- the general schedule A/K1/K2
+def test_extending_from_zero_is_the_foundation_ascent():
+    """The ascent of the later alternations, started from v = 0, is weight_perturbation's."""
+    from awp.train import extend_weight_perturbation
+
+    model = tiny_model(dtype=torch.float64).train()
+    x, y = tiny_batch(dtype=torch.float64)
+    params = select_params(model)
+    zero = {n: torch.zeros_like(p) for n, p in params.items()}
+    for k2 in (1, 3):
+        ours = extend_weight_perturbation(
+            lambda: F.cross_entropy(model(x), y), params, zero, gamma=GAMMA, steps=k2, model=model
+        )
+        ref = our_v(model, x, y, steps=k2)
+        for name in ref:
+            assert torch.allclose(ours[name], ref[name], rtol=1e-12, atol=1e-15), (k2, name)
+
+
+def schedule_oracle(model, opt, x, y, attack, gamma, alternations, k2, generator):
+    """Appendix D written out with model copies: PGD on w (+v), projected ascent, update at w+v."""
+    from awp.attacks import run_attack
+
+    names = [n for n, p in model.named_parameters() if p.dim() > 1 and n.endswith("weight")]
+    w = {n: p.detach().clone() for n, p in model.named_parameters() if n in names}
+    v = {n: torch.zeros_like(t) for n, t in w.items()}
+
+    def at_w_plus_v():
+        copy_ = copy.deepcopy(model)
+        with torch.no_grad():
+            for n, p in copy_.named_parameters():
+                if n in v:
+                    p.add_(v[n])
+        return copy_
+
+    x_adv = None
+    for _ in range(alternations):
+        x_adv = run_attack(at_w_plus_v(), x, y, attack, generator=generator)
+        for _ in range(k2):
+            shifted = at_w_plus_v().train()
+            for m in shifted.modules():  # the gradient must not move BatchNorm statistics
+                if isinstance(m, torch.nn.BatchNorm2d):
+                    m.momentum = 0.0
+            loss = F.cross_entropy(shifted(x_adv), y)
+            grads = dict(
+                zip(
+                    names,
+                    torch.autograd.grad(loss, [dict(shifted.named_parameters())[n] for n in names]),
+                )
+            )
+            for n in names:
+                g, radius = grads[n], gamma * w[n].norm()
+                new = v[n] + gamma * w[n].norm() * g / (g.norm() + 1e-20)
+                v[n] = new * min(1.0, float(radius / (new.norm() + 1e-20)))
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for n in names:
+            params[n].add_(v[n])
+    model.train()
+    loss = F.cross_entropy(model(x_adv), y)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    with torch.no_grad():
+        for n in names:
+            params[n].sub_(v[n])
+
+
+@pytest.mark.parametrize("alternations, k2", [(1, 1), (2, 1), (2, 2), (3, 1)])
+def test_train_step_follows_the_general_schedule(alternations, k2):
+    from awp.config import AWPConfig
+
+    torch.manual_seed(0)
+    model_a = tiny_model(dtype=torch.float64)
+    model_b = copy.deepcopy(model_a)
+    x, y = tiny_batch(dtype=torch.float64)
+    attack = AttackConfig(steps=2, step_size=2 / 255, mode="train")
+    opt_a = torch.optim.SGD(model_a.parameters(), lr=0.1, momentum=0.9)
+    opt_b = torch.optim.SGD(model_b.parameters(), lr=0.1, momentum=0.9)
+    awp = AWPConfig(gamma=GAMMA, steps=k2, alternations=alternations)
+    for step in range(2):
+        schedule_oracle(
+            model_b, opt_b, x, y, attack, GAMMA, alternations, k2,
+            torch.Generator().manual_seed(step),
+        )  # fmt: skip
+        train_step(
+            model_a,
+            opt_a,
+            x,
+            y,
+            attack=attack,
+            objective=at_objective,
+            awp=awp,
+            generator=torch.Generator().manual_seed(step),
+        )
+    for (n, a), b in zip(model_a.state_dict().items(), model_b.state_dict().values()):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-12), n
+
+
+def test_alternations_change_the_step():
+    """A = 2 is not A = 1: x_adv is regenerated on w + v and v moves."""
+    from awp.config import AWPConfig
+
+    results = []
+    for alternations in (1, 2):
+        model = tiny_model(dtype=torch.float64)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        x, y = tiny_batch(dtype=torch.float64)
+        train_step(
+            model,
+            opt,
+            x,
+            y,
+            attack=AttackConfig(steps=2, step_size=2 / 255, mode="train"),
+            objective=at_objective,
+            awp=AWPConfig(gamma=0.05, alternations=alternations),
+            generator=torch.Generator().manual_seed(0),
+        )
+        results.append(model.linear.weight.detach().clone())
+    assert not torch.allclose(results[0], results[1])
