@@ -236,7 +236,7 @@ def _eval_model(args: argparse.Namespace, device):
                 f"--input raw for TRADES-AWP, --model preactresnet18 --input normalized for "
                 f"AT-AWP)"
             )
-        data_cfg = DataConfig()
+        data_cfg = DataConfig(val_size=0)  # no training run to hold a validation split for
     changes = {k: v for k, v in (("dataset", args.dataset), ("data_root", args.data_root)) if v}
     data_cfg = dataclasses.replace(data_cfg, **changes)
     data = load_data(data_cfg, device, progress=not args.no_progress)
