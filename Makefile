@@ -25,6 +25,7 @@ demo: $(STAMP)
 	$(VENV)/bin/awp demo
 
 test: $(STAMP)
+	@bash scripts/ensure_chromium.sh
 	$(PY) -m pytest
 
 test-all: $(STAMP)

@@ -1,0 +1,157 @@
+"""A self-contained HTML document (figures embedded as data URIs) and its markdown twin.
+
+Pure rendering: a :class:`Document` of sections, each with paragraphs, tables (lists of dict
+rows) and figures (matplotlib figures or PNG bytes), becomes one HTML string that needs no
+network and no other file to be viewed, and a markdown summary.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from matplotlib.figure import Figure
+
+
+@dataclass
+class Table:
+    """Rows of a table; ``columns`` fixes the order (default: the first row's keys)."""
+
+    rows: Sequence[Mapping[str, Any]]
+    columns: Sequence[str] | None = None
+    caption: str = ""
+
+    def cols(self) -> list[str]:
+        if self.columns is not None:
+            return list(self.columns)
+        seen: dict[str, None] = {}
+        for r in self.rows:
+            seen.update(dict.fromkeys(r))
+        return list(seen)
+
+
+@dataclass
+class FigureBlock:
+    """A figure as PNG bytes with a caption."""
+
+    png: bytes
+    caption: str = ""
+    alt: str = "figure"
+
+    @classmethod
+    def from_figure(cls, fig: Figure, caption: str = "", alt: str = "figure") -> FigureBlock:
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+        return cls(buf.getvalue(), caption, alt)
+
+
+@dataclass
+class Section:
+    """A titled part of the report: paragraphs, tables and figures, in that order."""
+
+    title: str
+    paragraphs: list[str] = field(default_factory=list)
+    tables: list[Table] = field(default_factory=list)
+    figures: list[FigureBlock] = field(default_factory=list)
+
+
+@dataclass
+class Document:
+    title: str
+    intro: list[str] = field(default_factory=list)
+    sections: list[Section] = field(default_factory=list)
+
+
+def fmt(value: Any) -> str:
+    """A cell as text: floats with 4 significant digits, None/NaN as an en dash."""
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        if value != value:  # NaN
+            return "–"
+        return f"{value:.4g}"
+    return str(value)
+
+
+CSS = """
+body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; max-width: 1100px;
+       margin: 2em auto; padding: 0 1em; color: #222; line-height: 1.45; }
+h1 { font-size: 1.6em; } h2 { font-size: 1.25em; border-bottom: 1px solid #ddd; margin-top: 2em; }
+table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
+th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
+caption { caption-side: top; text-align: left; font-weight: 600; padding-bottom: 0.3em; }
+figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
+figcaption { font-size: 0.9em; color: #555; }
+.note { background: #fff8e1; border-left: 4px solid #f0b400; padding: 0.5em 0.8em; }
+"""
+
+
+def _table_html(t: Table) -> str:
+    cols = t.cols()
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(fmt(r.get(c)))}</td>" for c in cols) + "</tr>"
+        for r in t.rows
+    )
+    cap = f"<caption>{html.escape(t.caption)}</caption>" if t.caption else ""
+    return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _figure_html(f: FigureBlock) -> str:
+    data = base64.b64encode(f.png).decode("ascii")
+    cap = f"<figcaption>{html.escape(f.caption)}</figcaption>" if f.caption else ""
+    return (
+        f'<figure><img alt="{html.escape(f.alt)}" src="data:image/png;base64,{data}">{cap}</figure>'
+    )
+
+
+def _paragraph_html(p: str) -> str:
+    if p.startswith("NOTE:"):
+        return f'<p class="note">{html.escape(p[5:].strip())}</p>'
+    return f"<p>{html.escape(p)}</p>"
+
+
+def render_html(doc: Document) -> str:
+    """The whole document as one HTML string (UTF-8, no external resources)."""
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{html.escape(doc.title)}</title><style>{CSS}</style></head><body>",
+        f"<h1>{html.escape(doc.title)}</h1>",
+        *(_paragraph_html(p) for p in doc.intro),
+    ]
+    for s in doc.sections:
+        parts.append(f"<h2>{html.escape(s.title)}</h2>")
+        parts += [_paragraph_html(p) for p in s.paragraphs]
+        parts += [_table_html(t) for t in s.tables]
+        parts += [_figure_html(f) for f in s.figures]
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _md_table(t: Table) -> str:
+    cols = t.cols()
+    lines = [f"**{t.caption}**", ""] if t.caption else []
+    lines.append("| " + " | ".join(cols) + " |")
+    lines.append("|" + "|".join("---" for _ in cols) + "|")
+    lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in t.rows]
+    return "\n".join(lines)
+
+
+def render_markdown(doc: Document) -> str:
+    """Markdown summary: the same text and tables; figures by caption only."""
+    out = [f"# {doc.title}", "", *(p.removeprefix("NOTE:").strip() + "\n" for p in doc.intro)]
+    for s in doc.sections:
+        out += [f"## {s.title}", ""]
+        out += [p.removeprefix("NOTE:").strip() + "\n" for p in s.paragraphs]
+        out += [_md_table(t) + "\n" for t in s.tables]
+        out += [f"*Figure: {f.caption}*\n" for f in s.figures if f.caption]
+    return "\n".join(out)

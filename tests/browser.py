@@ -1,0 +1,71 @@
+"""Open an HTML file in headless Chromium (Debian's chromium + chromedriver) and inspect it."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+
+
+@dataclass
+class PageCheck:
+    images: int
+    broken: list[str]
+    console_errors: list[str]
+    title: str
+    text: str
+
+
+def require_browser() -> None:
+    """Skip with the reason when Chromium, ChromeDriver or selenium is missing."""
+    if not (CHROMIUM and CHROMEDRIVER):
+        pytest.skip(
+            "Debian's chromium and chromium-driver are not installed "
+            "(make test installs them: scripts/ensure_chromium.sh)"
+        )
+    pytest.importorskip("selenium", reason="pip install -e '.[dev]' brings selenium")
+
+
+def open_in_chromium(path: Path) -> PageCheck:
+    """Load ``path`` and report decoded images and console errors."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+    ):
+        opts.add_argument(flag)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    try:
+        driver.set_page_load_timeout(60)
+        driver.get(Path(path).resolve().as_uri())
+        images = driver.execute_script("""
+            return Array.from(document.images).map(img => ({
+                alt: img.alt, ok: img.complete && img.naturalWidth > 0 && img.naturalHeight > 0}));
+        """)
+        logs = driver.get_log("browser")
+        return PageCheck(
+            images=len(images),
+            broken=[i["alt"] for i in images if not i["ok"]],
+            console_errors=[e["message"] for e in logs if e["level"] in ("SEVERE", "ERROR")],
+            title=driver.title,
+            text=driver.find_element("tag name", "body").text,
+        )
+    finally:
+        driver.quit()
