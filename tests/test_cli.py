@@ -169,3 +169,35 @@ def test_sigkill_and_resume_equals_uninterrupted(tmp_path, folder):
     for k, t in a["state_dict"].items():
         assert torch.equal(t, b["state_dict"][k]), k
     assert [json.loads(x)["epoch"] for x in metrics.read_text().splitlines()] == [1, 2, 3, 4, 5]
+
+
+def test_method_defaults_on_the_command_line(tmp_path, folder, capsys):
+    """--method trades --awp takes TRADES-AWP's gamma, warm-up and beta unless given."""
+    out = tmp_path / "trades"
+    args = ["train", "--dataset", str(folder), "--val-size", "6", "--model", "smallcnn"]
+    args += ["--epochs", "1", "--batch-size", "12", "--attack-steps", "2", "--eval-steps", "2"]
+    args += ["--train-eval-size", "8", "--no-progress", "--device", "cpu"]
+    assert main([*args, "--method", "trades", "--awp", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "TRADES-AWP (gamma 0.005, warm-up 10, beta 6, A=1 K1=2 K2=1)" in text
+    assert "[AWP]" not in text  # epoch 1 is inside the 10 warm-up epochs
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["gamma"] is None and cfg["awp_warmup"] is None and cfg["method"] == "trades"
+    mart = ["--method", "mart", "--awp", "--gamma", "0.002", "--beta", "3", "--awp-alternations"]
+    assert main([*args, *mart, "2", "--out", str(tmp_path / "mart")]) == 0
+    text = capsys.readouterr().out
+    assert "MART-AWP (gamma 0.002, warm-up 0, beta 3, A=2 K1=2 K2=1)" in text and "[AWP]" in text
+    assert main([*args, "--beta", "6", "--out", str(tmp_path / "at")]) == 2
+    assert "has no beta" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    for shown in (
+        "(default: 0.01 for at, 0.005 for trades and mart)",
+        "(default: 0 for at and mart, 10 for trades)",
+        "--extra-data",
+        "--init",
+        "--awp-alternations",
+        "--attack-start",
+    ):
+        assert shown in help_text

@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import math
 
 import pytest
 import torch
@@ -134,3 +135,86 @@ def test_config_validation_and_json_round_trip():
         from_dict(TrainConfig, {"epoch": 3})
     with pytest.raises(ValueError, match="schedule"):
         TrainConfig(schedule="step")
+
+
+# ----------------------------------------------------------------- methods, --init, old configs
+def test_trades_and_mart_train_with_awp_and_record_the_values_used(tmp_path):
+    for method in ("trades", "mart"):
+        cfg = tiny_config(
+            tmp_path / method, method=method, awp=True, epochs=2, awp_warmup=1, train_eval_size=8
+        )
+        result = train(cfg, progress=False, data=synthetic_bundle(n_train=48, n_test=8))
+        assert [r["awp"] for r in result.history] == [False, True]
+        assert all(math.isfinite(r["train_loss"]) for r in result.history)
+        saved = json.loads((tmp_path / method / "config.json").read_text())
+        assert saved["gamma"] is None and saved["method"] == method  # what was given
+        ckpt = torch.load(tmp_path / method / "checkpoints" / "last.pt", weights_only=True)
+        used = ckpt["resolved_config"]  # what was used
+        assert used["gamma"] == 0.005 and used["beta"] == 6.0 and used["attack_mode"] == "eval"
+        assert used["attack_start"] == "gaussian" and used["awp_warmup"] == 1
+
+
+def test_resume_accepts_a_config_written_with_explicit_defaults(tmp_path):
+    """A run folder whose config.json spells out the defaults (older runs) resumes."""
+    cfg = tiny_config(tmp_path / "run", epochs=2, awp=True, train_eval_size=8)
+    killed = False
+
+    def die(record):
+        nonlocal killed
+        killed = True
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, progress=False, data=synthetic_bundle(n_train=48, n_test=8), on_epoch=die)
+    path = tmp_path / "run" / "config.json"
+    saved = json.loads(path.read_text())
+    saved.update(gamma=0.01, awp_warmup=0, attack_mode="train")
+    for key in ("attack_start", "awp_alternations", "extra_data", "extra_fraction", "init"):
+        del saved[key]  # fields that did not exist then
+    path.write_text(json.dumps(saved))
+    result = train(cfg, resume=True, progress=False, data=synthetic_bundle(n_train=48, n_test=8))
+    assert killed and [r["epoch"] for r in result.history] == [1, 2]
+    saved["gamma"] = 0.02
+    path.write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match="gamma: 0.02 in the run, 0.01 now"):
+        train(cfg, resume=True, progress=False, data=synthetic_bundle())
+
+
+def test_init_starts_from_weights_with_a_fresh_optimizer(tmp_path):
+    first = train(tiny_config(tmp_path / "a", epochs=1), progress=False, data=synthetic_bundle())
+    pretrained = {k: v.clone() for k, v in first.model.named_parameters()}
+    foreign = tmp_path / "foreign.pt"  # the official layout: {'state_dict'} with module.
+    torch.save(
+        {"state_dict": {"module." + k: v for k, v in first.model.state_dict().items()}}, foreign
+    )
+    for source in (tmp_path / "a" / "checkpoints" / "last.pt", foreign):
+        out = tmp_path / f"b_{source.stem}"
+        cfg = tiny_config(out, epochs=1, lr=1e-9, init=str(source), schedule="constant")
+        result = train(cfg, progress=False, data=synthetic_bundle())
+        for name, p in result.model.named_parameters():  # lr 1e-9: still the init weights
+            assert torch.allclose(p, pretrained[name], atol=1e-6), name
+        ckpt = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+        assert ckpt["epoch"] == 1 and result.history[0]["lr"] == 1e-9  # a fresh schedule
+        steps = ckpt["optimizer"]["state"][0]
+        assert steps["momentum_buffer"].abs().max() < 1.0  # one epoch of fresh momentum
+        assert ckpt["inputs"]["init"]["path"] == str(source)
+
+
+def test_init_that_does_not_fit_is_a_clear_error_and_writes_nothing(tmp_path):
+    train(tiny_config(tmp_path / "a", epochs=1), progress=False, data=synthetic_bundle())
+    last = tmp_path / "a" / "checkpoints" / "last.pt"
+    from awp.checkpoint import CheckpointError
+
+    with pytest.raises(CheckpointError, match="--init.*missing keys"):
+        train(
+            tiny_config(tmp_path / "b", model="vgg19", init=str(last)),
+            progress=False,
+            data=synthetic_bundle(),
+        )
+    with pytest.raises(CheckpointError, match="trained on normalized input.*pass --normalize"):
+        pass_raw = tiny_config(tmp_path / "c", normalize=False, init=str(last))
+        train(pass_raw, progress=False, data=synthetic_bundle())
+    with pytest.raises(FileNotFoundError, match="nope.pt"):
+        train(tiny_config(tmp_path / "d", init="nope.pt"), progress=False, data=synthetic_bundle())
+    for name in "bcd":
+        assert not (tmp_path / name).exists()
