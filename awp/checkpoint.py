@@ -162,6 +162,11 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: str | torch.device
             f"{str(err).splitlines()[0] if str(err) else 'no detail'}); use another checkpoint, "
             f"e.g. the run's last.pt or best.pt"
         ) from err
+    return _check_ours(ckpt, path)
+
+
+def _check_ours(ckpt: Any, path: Path) -> dict:
+    """The format, schema and entries of one of our checkpoints, already read."""
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(
             f"{path} is not an awp-landscape checkpoint (no format tag {FORMAT!r}); a raw state "
@@ -284,7 +289,7 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
             f"{str(err).splitlines()[0] if str(err) else 'no detail'})"
         ) from err
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
-        ckpt = load_checkpoint(path)  # the schema checks of our own format
+        ckpt = _check_ours(obj, path)  # the schema checks of our own format
         return dict(ckpt["state_dict"]), {"layout": "awp-landscape checkpoint", "checkpoint": ckpt}
     if isinstance(obj, Mapping):
         if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
