@@ -25,6 +25,7 @@ def plot_flatness_curve(
     color_by: str | None = "method",
     measure: str = "flatness",
     log_x: bool = False,
+    bands: bool | None = None,
 ) -> Figure:
     """Expected flatness against alpha, one line (with its interval) per group.
 
@@ -36,6 +37,8 @@ def plot_flatness_curve(
             curves of the same colour get different line styles. None: colour by ``by``.
         measure: ``flatness`` (robust 0-1 error) or ``flatness_loss`` (robust cross-entropy).
         log_x: logarithmic alpha axis.
+        bands: shade each curve's interval (default: only with at most four curves, where
+            the bands stay readable).
 
     Returns:
         The figure.
@@ -44,23 +47,41 @@ def plot_flatness_curve(
     if not rows:
         raise ValueError(f"no records with 'alpha' and {measure!r} to plot")
     fig, ax = new_figure(1, 1, width=4.2, height=3.0)
-    groups = list(dict.fromkeys(str(r.get(by, "")) for r in rows))
-    styles = ("-", "--", ":", "-.")
-    seen: dict[str, int] = {}  # curves drawn so far per colour group
-    for i, g in enumerate(groups):
+    firsts: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        firsts.setdefault(str(r.get(by, "")), r)
+
+    def colour_key(g: str) -> str:
+        return str(firsts[g].get(color_by, g)) if color_by else g
+
+    # Methods together (AT before AT-AWP), input order (e.g. epochs) within a method.
+    groups = sorted(firsts, key=colour_key)
+    bands = len(groups) <= 4 if bands is None else bands
+    styles, markers = ("-", "--", ":", "-."), ("o", "s", "^", "D", "v")
+    keys = sorted({colour_key(g) for g in groups})
+    seen: dict[str, int] = {}  # curves drawn so far per colour
+    for g in groups:
         mine = sorted((r for r in rows if str(r.get(by, "")) == g), key=lambda r: r["alpha"])
         a = np.array([r["alpha"] for r in mine], dtype=float)
         f = np.array([r[measure] for r in mine], dtype=float)
-        # Colour by method (AT blue, AT-AWP red...), line style tells checkpoints apart.
-        key = str(mine[0].get(color_by, g)) if color_by else g
-        color = color_for(key, i)
-        style = styles[seen.get(key, 0) % len(styles)]
-        seen[key] = seen.get(key, 0) + 1
-        ax.plot(a, f, marker="o", markersize=3, color=color, linestyle=style, label=g or None)
+        # Colour by method (AT blue, AT-AWP red...); line style and marker tell checkpoints apart.
+        key = colour_key(g)
+        color = color_for(key, keys.index(key))
+        j = seen.get(key, 0)
+        seen[key] = j + 1
+        ax.plot(
+            a,
+            f,
+            marker=markers[j % len(markers)],
+            markersize=3,
+            color=color,
+            linestyle=styles[j % len(styles)],
+            label=g or None,
+        )
         lo = np.array([r.get(f"{measure}_low", np.nan) for r in mine], dtype=float)
         hi = np.array([r.get(f"{measure}_high", np.nan) for r in mine], dtype=float)
-        if np.isfinite(lo).any():
-            ax.fill_between(a, lo, hi, color=color, alpha=0.15, linewidth=0)
+        if bands and np.isfinite(lo).any():
+            ax.fill_between(a, lo, hi, color=color, alpha=0.12, linewidth=0)
     ax.axhline(0.0, color="0.5", linewidth=0.6, linestyle=":")
     if log_x:
         ax.set_xscale("log")
@@ -68,7 +89,10 @@ def plot_flatness_curve(
     ylabel = "robust error" if measure == "flatness" else "robust loss"
     ax.set_ylabel(rf"$E_u[\rho(w+u)] - \rho(w)$ ({ylabel})")
     if any(groups):
-        ax.legend(frameon=False)
+        if len(groups) > 4:  # a long legend goes beside the axes, not over the curves
+            ax.legend(frameon=False, loc="center left", bbox_to_anchor=(1.02, 0.5))
+        else:
+            ax.legend(frameon=False)
     return fig
 
 
