@@ -150,6 +150,7 @@ def test_fit_line_matches_polyfit():
 
 def test_figures():
     from figures.flatness import plot_flatness_curve, plot_flatness_vs_gap
+    from figures.style import color_for
 
     rows = [
         {"method": m, "label": f"{m} {e}", "flatness": e * s, "gap": e * s + 0.1, "alpha": a,
@@ -167,5 +168,9 @@ def test_figures():
     assert labels[0].startswith("AT (tau 1.00)")
     curve = plot_flatness_curve(rows)
     assert len(curve.axes[0].lines) == 6 + 1  # six checkpoints and the zero line
+    assert len(curve.axes[0].collections) == 0  # six bands would hide each other
+    assert len(plot_flatness_curve(rows, bands=True).axes[0].collections) == 6
+    colours = {line.get_color() for line in curve.axes[0].lines[:3]}
+    assert colours == {color_for("AT")}  # AT's checkpoints share AT's colour
     with pytest.raises(ValueError):
         plot_flatness_curve([{"x": 1}])
