@@ -19,9 +19,14 @@ import logging
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from awp.config import AttackConfig, add_dataclass_arguments, dataclass_from_arguments, parse_number
+
+if TYPE_CHECKING:  # the command modules import these lazily, so `awp` starts fast
+    from analysis.flatness import FlatnessConfig, SigmaSearchConfig, WorstCaseConfig
+    from analysis.gap import GapConfig
+    from analysis.pacbayes import PacBayesConfig
 
 log = logging.getLogger(__name__)
 
@@ -330,7 +335,7 @@ def _add_flatness(sub: argparse._SubParsersAction) -> None:
 SETTINGS_EXCLUDED = ("alphas", "samples", "confidence")
 
 
-def _settings(cfg: Any, data_cfg: Any, sha: str, n_split: int) -> dict[str, Any]:
+def _settings(cfg: FlatnessConfig, data_cfg: Any, sha: str, n_split: int) -> dict[str, Any]:
     """What every stored unit depends on. Alphas, M and the worst-case settings are part of
     the unit keys, so a run with more of them reuses the finished units."""
     from awp.config import to_dict
@@ -347,10 +352,10 @@ def _settings(cfg: Any, data_cfg: Any, sha: str, n_split: int) -> dict[str, Any]
 def flatness_for_checkpoint(
     path: Path,
     *,
-    cfg: Any,
-    worst: Any = None,
-    search: Any = None,
-    pacbayes: Any = None,
+    cfg: FlatnessConfig,
+    worst: WorstCaseConfig | None = None,
+    search: SigmaSearchConfig | None = None,
+    pacbayes: PacBayesConfig | None = None,
     out: Path,
     label: str | None = None,
     device: Any = "cpu",
@@ -605,7 +610,7 @@ def _add_gap(sub: argparse._SubParsersAction) -> None:
 def gap_rows(
     checkpoints: Sequence[Path],
     *,
-    cfg: Any,
+    cfg: GapConfig,
     out: Path,
     device: Any = "cpu",
     dataset: str | None = None,
