@@ -147,7 +147,8 @@ class _DataCache:
     def __init__(self, device: Any, *, progress: bool) -> None:
         self.device, self.progress, self._cache = device, progress, {}
 
-    def get(self, ckpt: dict, *, dataset: str | None, data_root: str | None):
+    def get(self, ckpt: dict, *, dataset: str | None, data_root: str | None) -> tuple[Any, Any]:
+        """(DataConfig, DataBundle) of a checkpoint's dataset, with the CLI's overrides."""
         from awp.config import from_dict
         from awp.data import DataConfig, load_data
 

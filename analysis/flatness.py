@@ -222,10 +222,12 @@ class Outcomes:
 
     @property
     def errors(self) -> int:
+        """Misclassified examples."""
         return int(self.wrong.sum())
 
     @property
     def loss_sum(self) -> float:
+        """Summed robust cross-entropy (nats)."""
         return float(self.loss.sum())
 
 
@@ -525,6 +527,7 @@ def worst_unit(
 
 
 def expected_key(alpha: float, k: int) -> str:
+    """The key of draw k at alpha (alpha written exactly, so keys round-trip)."""
     return f"expected|alpha={float(alpha)!r}|k={k}"
 
 
