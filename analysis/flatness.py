@@ -7,7 +7,10 @@ reported beside it). Three measures:
 - **Expected flatness** E_u[rho(w+u)] - rho(w), u Gaussian with a scale relative to the weights
   (:func:`noise_scales`), by Monte Carlo over M draws, with a t interval; or with a fresh u per
   example (``per_example``), where the 0-1 outcomes are independent Bernoulli trials and the
-  Clopper-Pearson interval is exact.
+  Clopper-Pearson interval is exact (i.i.d. when the example is drawn at random; over a fixed
+  subset the success probabilities differ by example, and the interval for their mean is
+  conservative, since a Poisson-binomial's tails are lighter than the binomial's: Hoeffding
+  1956).
 - **Worst-case flatness** max_{||v_l|| <= gamma ||w_l||} rho(w+v) - rho(w): projected ascent on v
   (layer-normalized steps, as AWP's) jointly with the input attack, v shared over the whole
   subset or one per batch. This is what AWP minimizes.
