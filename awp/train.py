@@ -616,6 +616,11 @@ def _train(
 ) -> TrainResult:
     from tqdm.auto import tqdm
 
+    if cfg.batch_size < 2 * ctx.world:
+        raise ValueError(
+            f"batch_size={cfg.batch_size} is the global batch of {ctx.world} processes: each "
+            f"needs at least 2 examples (BatchNorm); use --batch-size {2 * ctx.world} or more"
+        )
     run = prepare_run(cfg, resume=resume)  # every rank checks, nobody has written yet
     ddp.barrier()
     device = pick_device(device_name)
