@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from awp.config import add_dataclass_arguments
+from awp.config import add_dataclass_arguments, to_dict
 from landscape.surface import SurfaceConfig
 
 log = logging.getLogger(__name__)
@@ -181,61 +181,6 @@ def _agree(error: BaseException | None) -> None:
 # ----------------------------------------------------------------------------- running
 
 
-def build_directions(
-    model: torch.nn.Module,
-    cfg: SurfaceConfig,
-    *,
-    evalsets: Sequence[Any],
-    target_state: dict[str, torch.Tensor] | None,
-) -> tuple[list[dict[str, torch.Tensor]], list[str], list[int | None]]:
-    """The run's directions, their types and seeds (pure: same on every call)."""
-    from landscape.directions import (
-        awp_direction,
-        orthogonalize,
-        random_direction,
-        target_direction,
-    )
-    from landscape.surface import SPLIT_IDS
-
-    def rand(k: int) -> dict[str, torch.Tensor]:
-        return random_direction(
-            model, seed=cfg.seed + k, norm=cfg.dir_norm, include=cfg.dir_include
-        )
-
-    if cfg.kind == "interp":
-        assert target_state is not None
-        state = model.state_dict()
-        return [target_direction(state, target_state)], ["target"], [None]
-    if cfg.kind == "multi":
-        seeds = [cfg.seed + k for k in range(cfg.n_directions)]
-        return [rand(k) for k in range(cfg.n_directions)], ["random"] * len(seeds), seeds
-    if cfg.direction == "awp":
-        train = next(es for es in evalsets if es.name == "train")
-        seed = int(
-            np.random.SeedSequence([cfg.attack_seed, 2, SPLIT_IDS["train"]]).generate_state(1)[0]
-        )
-        first = awp_direction(
-            model,
-            train.x,
-            train.y,
-            attack=cfg.attack_config,
-            batch_size=cfg.batch_size,
-            generator=torch.Generator().manual_seed(seed),
-        )
-        dirs, types, seeds = [first], ["awp"], [None]
-    else:
-        dirs, types, seeds = [rand(0)], ["random"], [cfg.seed]
-    if cfg.kind == "2d":
-        second = rand(1)
-        if cfg.orthogonalize:
-            weights = dict(model.named_parameters())
-            second = orthogonalize(second, dirs[0], weights, norm=cfg.dir_norm)
-        dirs.append(second)
-        types.append("random")
-        seeds.append(cfg.seed + 1)
-    return dirs, types, seeds
-
-
 def run_landscape(args: argparse.Namespace) -> int:
     """``awp landscape``: every job in turn, each sharded across the torchrun ranks."""
     import torch.distributed as dist
@@ -280,7 +225,13 @@ def _load_data(ckpt: dict, cfg: SurfaceConfig, device: torch.device, cache: dict
     from awp.config import from_dict
     from awp.data import DataConfig, load_data
 
-    data_cfg = from_dict(DataConfig, dict((ckpt.get("config") or {}).get("data") or {}))
+    recorded = (ckpt.get("config") or {}).get("data")
+    if not recorded and not cfg.dataset:
+        raise ValueError(
+            "the checkpoint does not record the dataset it was trained on; pass --dataset "
+            "(e.g. --dataset cifar10 or a path to an ImageFolder .tar.gz)"
+        )
+    data_cfg = from_dict(DataConfig, dict(recorded or {}))
     changes = {k: v for k, v in (("dataset", cfg.dataset), ("data_root", cfg.data_root)) if v}
     data_cfg = replace(data_cfg, **changes)
     if data_cfg not in cache:
@@ -304,7 +255,12 @@ def run_job(
     from awp.cli import format_table
     from landscape import storage
     from landscape.distributed import barrier, current, gather_to_main, shard
-    from landscape.surface import bn_images, make_evalsets, metric_names, surface_evaluator
+    from landscape.surface import (
+        bn_images,
+        make_evalsets,
+        metric_names,
+        surface_evaluator,
+    )
 
     info = current()
     model, ckpt = load_model(job.checkpoint, device=device)
@@ -330,7 +286,7 @@ def run_job(
     attack = cfg.attack_config
     metrics = metric_names([es.name for es in evalsets], attack=attack is not None, fixed=cfg.fixed)
     dir_path = storage.directions_path(job.out)
-    config = _config_dict(cfg)
+    config = to_dict(cfg)
 
     error: BaseException | None = None
     if info.is_main:
@@ -356,7 +312,7 @@ def run_job(
                     "direction_file": dir_path.name,
                     "attack": attack.describe() if attack else "none",
                     "data": {
-                        **_dataclass_dict(data_cfg),
+                        **to_dict(data_cfg),
                         "n": {e.name: len(e.y) for e in evalsets},
                     },
                     "model_spec": ckpt["model_spec"],
@@ -419,16 +375,6 @@ def run_job(
         print(f"saved {job.out} (directions: {dir_path.name})", flush=True)
 
 
-def _config_dict(cfg: SurfaceConfig) -> dict[str, Any]:
-    return _dataclass_dict(cfg)
-
-
-def _dataclass_dict(obj: Any) -> dict[str, Any]:
-    from awp.config import to_dict
-
-    return to_dict(obj)
-
-
 def _prepare_files(
     job: Job,
     cfg: SurfaceConfig,
@@ -445,6 +391,7 @@ def _prepare_files(
 ) -> None:
     """Create the directions and surface files, or check that existing ones can be resumed."""
     from landscape import storage
+    from landscape.surface import make_directions
 
     dir_path = storage.directions_path(job.out)
     if job.out.exists():
@@ -455,7 +402,7 @@ def _prepare_files(
             )
         surface = storage.read_surface(job.out)
         storage.check_resumable(
-            surface, config=_config_dict(cfg), checkpoint_sha256=sha, target_sha256=target_sha
+            surface, config=to_dict(cfg), checkpoint_sha256=sha, target_sha256=target_sha
         )
         _, dir_attrs = storage.read_directions(dir_path)
         if dir_attrs.get("checkpoint_sha256") != sha:
@@ -467,9 +414,8 @@ def _prepare_files(
         return
     if resume:
         log.info("%s does not exist yet: starting it", job.out)
-    directions, types, seeds = build_directions(
-        model, cfg, evalsets=evalsets, target_state=target_state
-    )
+    train = next((es for es in evalsets if es.name == "train"), None)
+    directions, types, seeds = make_directions(model, cfg, train=train, target_state=target_state)
     storage.write_directions(
         dir_path,
         directions,

@@ -32,7 +32,16 @@ from awp.attacks import model_mode, run_attack
 from awp.config import ATTACK_NAMES, AttackConfig, check_eps, opt
 from awp.data import DataBundle, fixed_subset, to_float
 from awp.perturb import unwrap
-from landscape.directions import INCLUDES, NORMS, Direction, check_direction
+from landscape.directions import (
+    INCLUDES,
+    NORMS,
+    Direction,
+    awp_direction,
+    check_direction,
+    orthogonalize,
+    random_direction,
+    target_direction,
+)
 
 log = logging.getLogger(__name__)
 
@@ -374,6 +383,73 @@ def fixed_seed(attack_seed: int, split: str) -> int:
     """The seed of the ``fixed`` mode's attack at theta0."""
     ss = np.random.SeedSequence([attack_seed, 1, SPLIT_IDS[split]])
     return int(ss.generate_state(1)[0])
+
+
+def awp_seed(attack_seed: int) -> int:
+    """The seed of the attack crafting x_adv for the AWP direction at theta0."""
+    ss = np.random.SeedSequence([attack_seed, 2, SPLIT_IDS["train"]])
+    return int(ss.generate_state(1)[0])
+
+
+def make_directions(
+    model: nn.Module,
+    cfg: SurfaceConfig,
+    *,
+    train: EvalSet | None = None,
+    target_state: Mapping[str, torch.Tensor] | None = None,
+) -> tuple[list[Direction], list[str], list[int | None]]:
+    """The directions a config asks for, with their types and seeds (deterministic).
+
+    1d: one random direction (seed) or AWP's; 2d: that and a random y (seed + 1), optionally
+    orthogonalized; multi: random directions seed, seed + 1, ...; interp: ``target_state`` -
+    theta0 over the whole state.
+
+    Args:
+        model: the network at theta0.
+        cfg: the run's settings (kind, direction, seed, dir_norm, dir_include, orthogonalize,
+            and the attack for the AWP direction).
+        train: the training evaluation set (the AWP direction's data).
+        target_state: the state dict of the interpolation target (kind interp).
+
+    Returns:
+        (directions, types "random" | "awp" | "target", seeds (None where not random)).
+    """
+
+    def rand(k: int) -> Direction:
+        return random_direction(
+            model, seed=cfg.seed + k, norm=cfg.dir_norm, include=cfg.dir_include
+        )
+
+    if cfg.kind == "interp":
+        if target_state is None:
+            raise ValueError("kind interp needs the target checkpoint's state (target_state)")
+        return [target_direction(unwrap(model).state_dict(), target_state)], ["target"], [None]
+    if cfg.kind == "multi":
+        seeds: list[int | None] = [cfg.seed + k for k in range(cfg.n_directions)]
+        return [rand(k) for k in range(cfg.n_directions)], ["random"] * len(seeds), seeds
+    if cfg.direction == "awp":
+        if train is None:
+            raise ValueError("the AWP direction needs the training evaluation set (train)")
+        first = awp_direction(
+            model,
+            train.x,
+            train.y,
+            attack=cfg.attack_config,
+            batch_size=cfg.batch_size,
+            generator=torch.Generator().manual_seed(awp_seed(cfg.attack_seed)),
+        )
+        dirs, types, seeds = [first], ["awp"], [None]
+    else:
+        dirs, types, seeds = [rand(0)], ["random"], [cfg.seed]
+    if cfg.kind == "2d":
+        second = rand(1)
+        if cfg.orthogonalize:
+            weights = dict(unwrap(model).named_parameters())
+            second = orthogonalize(second, dirs[0], weights, norm=cfg.dir_norm)
+        dirs.append(second)
+        types.append("random")
+        seeds.append(cfg.seed + 1)
+    return dirs, types, seeds
 
 
 def metric_names(splits: Sequence[str], *, attack: bool, fixed: bool = False) -> tuple[str, ...]:

@@ -19,8 +19,9 @@ from awp.config import AttackConfig, to_dict
 from awp.data import DataConfig, fixed_subset, load_data, to_float
 from awp.evaluate import evaluate_attack
 from awp.models import ModelSpec, build_model
+from landscape.directions import awp_direction
 from landscape.storage import read_directions, read_surface, write_surface
-from landscape.surface import point_seed
+from landscape.surface import awp_seed, point_seed
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = ModelSpec(name="smallcnn", num_classes=10, width=0.25)
@@ -190,6 +191,26 @@ def test_2d_multi_and_interp_kinds(ckpts, tmp_path):
         assert i.values["test_loss"][0, col] == pytest.approx(want, rel=1e-5)
 
 
+def test_awp_direction_is_stored_and_reproducible(ckpts, tmp_path):
+    out = tmp_path / "awp.h5"
+    assert run(ckpts[1], "--out", out, "--direction", "awp", "--x=-0.02:0.02:3", *FAST) == 0
+    s = read_surface(out)
+    assert s.attrs["direction_types"] == ["awp"] and s.attrs["direction_seeds"] == [None]
+    (stored,), _ = read_directions(tmp_path / "awp.directions.h5")
+    # The same direction from the library: AWP's ascent on the fixed training subset.
+    model, _ = load_model(ckpts[1])
+    data = load_data(DataConfig(), progress=False)
+    idx = fixed_subset(len(data.train), 16, seed=0)
+    x, y = to_float(data.train.x[idx]), data.train.y[idx]
+    gen = torch.Generator().manual_seed(awp_seed(0))
+    want = awp_direction(model, x, y, attack=AttackConfig(steps=2), batch_size=16, generator=gen)
+    assert set(stored) == set(want)
+    for n in want:
+        assert torch.equal(stored[n], want[n]), n
+    # Along the worst-case direction the adversarial loss rises on the training subset.
+    assert s.values["train_adv_loss"][0, 2] > s.values["train_adv_loss"][0, 1]
+
+
 def test_cli_errors(ckpts, tmp_path, capsys):
     assert run(ckpts[0], "--kind", "interp", "--out", tmp_path, *FAST) == 2
     assert "exactly 2" in capsys.readouterr().err
@@ -200,6 +221,11 @@ def test_cli_errors(ckpts, tmp_path, capsys):
     assert run(*ckpts, "--out", tmp_path / "x.h5", *FAST) == 2
     assert "give a folder" in capsys.readouterr().err
     assert run(tmp_path / "missing.pt", "--out", tmp_path, *FAST) == 2
+    bare = tmp_path / "bare.pt"
+    save_checkpoint(bare, model=build_model(SPEC), model_spec=to_dict(SPEC))
+    capsys.readouterr()
+    assert run(bare, "--out", tmp_path, *FAST) == 2
+    assert "--dataset" in capsys.readouterr().err
     assert not list(tmp_path.glob("*.h5"))
 
 
