@@ -208,8 +208,9 @@ def plot_contour(
         fig.colorbar(cs, ax=ax, label=zlabel)
     else:
         cs = ax.contour(x, y, zm, levels=lv, cmap="viridis", linewidths=0.8)
-        ax.clabel(cs, inline=True, fontsize=6, fmt="%.3g")
-    ax.plot([0], [0], marker="+", color="black", markersize=8)  # theta0
+        ax.clabel(cs, inline=True, fontsize=6, fmt="%.4g")
+    if x.min() <= 0 <= x.max() and y.min() <= 0 <= y.max():
+        ax.plot([0], [0], marker="+", color="black", markersize=8)  # theta0
     ax.set_xlabel(r"$\alpha$ (direction 1)")
     ax.set_ylabel(r"$\beta$ (direction 2)")
     ax.set_title(title or zlabel)
