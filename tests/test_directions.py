@@ -20,15 +20,6 @@ from landscape.directions import (
 from tests.helpers import assert_same_state, snapshot, tiny_batch, tiny_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models on shared, busy cores: one thread avoids OpenMP oversubscription stalls.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def filter_norms_loop(t: torch.Tensor) -> list[float]:
     """Reference: the norm of every output filter t[i], one at a time."""
     if t.dim() == 1:

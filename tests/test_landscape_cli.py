@@ -30,15 +30,12 @@ FAST += ["--no-progress"]
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _env(tmp_path_factory):
-    # One thread (tiny models on shared cores), and a private cache for the decoded sample.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _cache(tmp_path_factory):
+    # A private cache for the decoded sample (conftest pins one thread, also for subprocesses).
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("AWP_CACHE", str(tmp_path_factory.mktemp("cache")))
         load_data(DataConfig(), progress=False)  # decode once; subprocesses read the cache
         yield
-    torch.set_num_threads(n)
 
 
 def make_checkpoint(path: Path, *, seed: int, awp: bool) -> Path:

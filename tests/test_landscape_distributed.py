@@ -22,14 +22,12 @@ SPEC = ModelSpec(name="smallcnn", num_classes=10, width=0.25)
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _env(tmp_path_factory):
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # the same thread count as each torchrun worker (OMP_NUM_THREADS=1)
+def _cache(tmp_path_factory):
+    # conftest pins one thread, the same count as each torchrun worker (OMP_NUM_THREADS=1).
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("AWP_CACHE", str(tmp_path_factory.mktemp("cache")))
         load_data(DataConfig(), progress=False)  # decode once; the workers read the cache
         yield
-    torch.set_num_threads(n)
 
 
 def checkpoint(path: Path, seed: int, awp: bool) -> Path:

@@ -13,15 +13,6 @@ from landscape.surface import SurfaceConfig, make_grid, metric_names
 from tests.helpers import tiny_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models on shared, busy cores: one thread avoids OpenMP oversubscription stalls.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def make_surface(kind="2d", nx=4, ny=3):
     y = np.linspace(0, 1, ny) if kind == "2d" else None
     grid = make_grid(kind, np.linspace(-1, 1, nx), y, n_directions=ny)

@@ -34,15 +34,6 @@ from tests.helpers import assert_same_state, snapshot, tiny_batch, tiny_model
 ATTACK = AttackConfig(steps=3, eps=8 / 255, step_size=3 / 255)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models on shared, busy cores: one thread avoids OpenMP oversubscription stalls.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def evalset(name="test", n=12, seed=0, dtype=torch.float64):
     x, y = tiny_batch(n, seed=seed, dtype=dtype)
     return EvalSet(name, x, y)
