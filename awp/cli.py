@@ -22,7 +22,13 @@ from awp.config import AttackConfig, add_dataclass_arguments
 log = logging.getLogger("awp")
 
 # Packages that add subcommands (landscape, plot, hist, flatness, gap, correlate, report, ...).
-SUBCOMMAND_MODULES = ("landscape.cli", "analysis.cli", "figures.cli", "figures.demo")
+SUBCOMMAND_MODULES = (
+    "landscape.cli",
+    "analysis.cli",
+    "figures.cli",
+    "figures.demo",
+    "figures.report",
+)
 
 
 class CLIError(Exception):
