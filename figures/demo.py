@@ -282,6 +282,10 @@ def run_pipeline(
         )
 
     def correlate() -> None:
+        n = sum(len(list(run.ckpt_dir.glob("epoch_*.pt"))) for run in runs.values())
+        if n < 3:
+            log(f"skipped: a correlation needs at least 3 checkpoints, these runs have {n}")
+            return
         _cli(
             [
                 "correlate",
@@ -369,8 +373,10 @@ class ReproduceConfig:
 
     preset: str = opt("cifar10-prn18-at", "dataset-architecture-method; see --list")
     out: str = opt("runs/reproduce", "output folder")
+    dataset: str = opt("", "override the preset's dataset (a name or an ImageFolder path)")
     data_root: str = opt("data", "where torchvision datasets live")
     download: bool = opt(False, "let torchvision download the dataset")
+    val_size: int = opt(1000, "training images held out to pick the best checkpoint")
     epochs: int = opt(0, "override the preset's 200 epochs (0 = the paper's)")
     width: float = opt(1.0, "channel width multiplier (1 = the paper's model)")
     save_every: int = opt(10, "checkpoint every k epochs (for gap and flatness vs gap)")
@@ -412,7 +418,12 @@ class ReproduceConfig:
             save_every=self.save_every,
             seed=self.seed,
             device=self.device,
-            data=DataConfig(dataset=p.dataset, data_root=self.data_root, download=self.download),
+            data=DataConfig(
+                dataset=self.dataset or p.dataset,
+                data_root=self.data_root,
+                download=self.download,
+                val_size=self.val_size,
+            ),
         )
         awp = dataclasses.replace(base, out=str(Path(self.out) / f"{p.method}_awp"), awp=True)
         label = p.method.upper()

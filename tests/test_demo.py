@@ -1,0 +1,222 @@
+"""The main job end to end on tiny settings, the report in a real browser, and reproduce."""
+
+import json
+import re
+
+import pytest
+
+from awp.cli import main
+from figures.demo import PRESETS, ReproduceConfig
+from figures.report import collect, outcome
+from tests.browser import open_in_chromium, require_browser
+from tests.helpers import make_image_folder
+
+TINY = [
+    "--model",
+    "smallcnn",
+    "--width",
+    "1",
+    "--epochs",
+    "2",
+    "--batch-size",
+    "16",
+    "--val-size",
+    "8",
+    "--train-eval-size",
+    "16",
+    "--test-eval-size",
+    "16",
+    "--eval-steps",
+    "2",
+    "--eval-n",
+    "16",
+    "--gap-n",
+    "16",
+    "--analysis-steps",
+    "2",
+    "--landscape-points",
+    "5",
+    "--landscape-n",
+    "8",
+    "--flatness-n",
+    "8",
+    "--flatness-alphas",
+    "0.05",
+    "0.1",
+    "--flatness-samples",
+    "2",
+    "--correlate-samples",
+    "2",
+    "--worst-steps",
+    "2",
+    "--no-progress",
+    "--device",
+    "cpu",
+]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    data = make_image_folder(root / "data", classes=4, n_train=48, n_test=16)
+    out = root / "out"
+    assert main(["demo", "--out", str(out), "--dataset", str(data), *TINY]) == 0
+    return out, data
+
+
+def test_demo_writes_every_stage_and_the_report(demo):
+    out, _ = demo
+    for rel in (
+        "at/checkpoints/epoch_002.pt",
+        "at_awp/checkpoints/epoch_002.pt",
+        "eval/AT_best.json",
+        "eval/AT-AWP_last.json",
+        "analysis/gap.json",
+        "analysis/landscape/AT.h5",
+        "analysis/landscape/AT-AWP.h5",
+        "analysis/weights.json",
+        "analysis/flatness_final/flatness.json",
+        "analysis/flatness_epochs/flatness.json",
+        "analysis/correlation.json",
+        "report.html",
+        "report.md",
+    ):
+        assert (out / rel).exists(), rel
+    html = (out / "report.html").read_text()
+    for title in (
+        "Outcome of this run",
+        "Accuracy and learning curves",
+        "Robust generalization gap",
+        "Weight loss landscape",
+        "Weight histograms",
+        "Flatness and the PAC-Bayes bound",
+        "Flatness versus the robust gap",
+    ):
+        assert title in html
+    assert "http://" not in html and "https://" not in html  # nothing fetched to view it
+    md = (out / "report.md").read_text()
+    assert "| method | checkpoint |" in md and "vacuous_exact" in md
+
+
+def test_report_opens_in_chromium_with_every_image_decoded(demo):
+    require_browser()
+    out, _ = demo
+    check = open_in_chromium(out / "report.html")
+    assert check.images >= 7
+    assert check.broken == [] and check.console_errors == []
+    assert "Outcome of this run" in check.text
+
+
+def test_rerun_reuses_finished_stages(demo, capsys):
+    out, data = demo
+    before = {p: p.stat().st_mtime_ns for p in (out / "eval").glob("*.json")}
+    last = (out / "at" / "checkpoints" / "last.pt").stat().st_mtime_ns
+    assert main(["demo", "--out", str(out), "--dataset", str(data), *TINY]) == 0
+    text = capsys.readouterr().out
+    assert "[AT] reusing the finished run" in text and "[AT-AWP] reusing" in text
+    assert (out / "at" / "checkpoints" / "last.pt").stat().st_mtime_ns == last
+    assert {p: p.stat().st_mtime_ns for p in (out / "eval").glob("*.json")} == before
+    # other settings in the same folder are refused, and nothing is touched
+    other = list(TINY)
+    other[other.index("--epochs") + 1] = "3"
+    assert main(["demo", "--out", str(out), "--dataset", str(data), *other]) == 2
+    assert "other settings" in capsys.readouterr().err
+
+
+def test_outcome_is_computed_from_the_numbers(demo):
+    out, _ = demo
+    res = collect([out])
+    said = " ".join(outcome(res))
+    gap = {r["method"]: r["gap"] for r in res.gap if r["epoch"] == 2}
+    expected = "has the smaller gap" if gap["AT-AWP"] < gap["AT"] else "does NOT have"
+    assert expected in said
+    # flip the measured gaps: the statement must follow
+    for r in res.gap:
+        if r["epoch"] == 2:
+            r["gap"] = 0.5 if r["method"] == "AT-AWP" else -0.5
+    assert "does NOT have the smaller gap" in " ".join(outcome(res))
+    for r in res.gap:
+        if r["epoch"] == 2:
+            r["gap"] = -0.5 if r["method"] == "AT-AWP" else 0.5
+    assert "AT-AWP has the smaller gap" in " ".join(outcome(res))
+    m = re.search(r"Kendall tau = (\S+) ", said)
+    cor = json.loads((out / "analysis" / "correlation.json").read_text())
+    tau = [c for c in cor["correlations"] if c["group"] == "all" and c["measure"] == "kendall"]
+    assert m and float(m.group(1)) == pytest.approx(tau[0]["statistic"], abs=1e-3, nan_ok=True)
+
+
+def test_report_errors_are_clear(tmp_path, capsys):
+    assert main(["report", str(tmp_path / "nothing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["report", str(tmp_path / "empty")]) == 2
+    assert "nothing to report" in capsys.readouterr().err
+
+
+def test_reproduce_presets_plumbing(capsys):
+    cfg = ReproduceConfig(preset="cifar100-wrn34-10-trades")
+    runs = cfg.train_configs()
+    assert list(runs) == ["TRADES", "TRADES-AWP"]
+    base, awp = runs["TRADES"], runs["TRADES-AWP"]
+    assert base.epochs == 200 and base.model == "wideresnet" and base.depth == 34
+    assert base.widen_factor == 10 and base.data.dataset == "cifar100" and not base.awp
+    assert awp.awp and awp.resolved().gamma == 0.005 and awp.resolved().awp_warmup == 10
+    assert ReproduceConfig(preset="svhn-prn18-at").train_configs()["AT"].lr == 0.01
+    assert len(PRESETS) == 18
+    with pytest.raises(ValueError, match="unknown preset"):
+        ReproduceConfig(preset="imagenet-vit-at")
+    assert main(["reproduce", "--list"]) == 0
+    assert "cifar10-prn18-at" in capsys.readouterr().out
+
+
+def test_reproduce_one_epoch_tiny_run(tmp_path):
+    data = make_image_folder(tmp_path / "data", classes=4, n_train=40, n_test=12)
+    out = tmp_path / "repro"
+    assert (
+        main(
+            [
+                "reproduce",
+                "--preset",
+                "cifar10-prn18-at",
+                "--dataset",
+                str(data),
+                "--epochs",
+                "1",
+                "--width",
+                "0.0625",
+                "--val-size",
+                "8",
+                "--save-every",
+                "1",
+                "--out",
+                str(out),
+                "--eval-n",
+                "8",
+                "--gap-n",
+                "8",
+                "--analysis-steps",
+                "1",
+                "--landscape-points",
+                "3",
+                "--landscape-n",
+                "4",
+                "--flatness-n",
+                "4",
+                "--flatness-alphas",
+                "0.1",
+                "--flatness-samples",
+                "1",
+                "--correlate-samples",
+                "1",
+                "--worst-steps",
+                "1",
+                "--no-progress",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    cfg = json.loads((out / "at_awp" / "config.json").read_text())
+    assert cfg["model"] == "preactresnet18" and cfg["awp"] is True and cfg["epochs"] == 1
+    assert (out / "report.html").exists()
