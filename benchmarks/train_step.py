@@ -18,7 +18,6 @@ Targets: (b)/(c) <= 0.80 and (b)/(a) <= 1.15.
 from __future__ import annotations
 
 import argparse
-import copy
 import statistics
 import sys
 import time
@@ -114,7 +113,9 @@ def sync(device):
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=None, help="default 32 on CPU, 128 on GPU")
     p.add_argument("--width", type=float, default=1.0, help="PreActResNet-18 width (1 = full)")
@@ -140,19 +141,41 @@ def main(argv=None) -> int:
     params_a, params_b = select_params(models["a"][0]), select_params(models["b"][0])
     gen = torch.Generator().manual_seed(1)
     steps = {
-        "a": lambda: train_step(*models["a"], x, y, attack=PGD10_TRAIN, objective=at_objective,
-                                params=params_a, generator=gen),
-        "b": lambda: train_step(*models["b"], x, y, attack=PGD10_TRAIN, objective=at_objective,
-                                awp=AWPConfig(gamma=GAMMA), params=params_b, generator=gen),
+        "a": lambda: train_step(
+            *models["a"],
+            x,
+            y,
+            attack=PGD10_TRAIN,
+            objective=at_objective,
+            params=params_a,
+            generator=gen,
+        ),
+        "b": lambda: train_step(
+            *models["b"],
+            x,
+            y,
+            attack=PGD10_TRAIN,
+            objective=at_objective,
+            awp=AWPConfig(gamma=GAMMA),
+            params=params_b,
+            generator=gen,
+        ),
         "c": lambda: reference_step(*models["c"], ref_awp, x, y),
         "d": lambda: reference_step(*models["d"], None, x, y),
     }
-    labels = {"a": "ours AT", "b": "ours AT-AWP", "c": "reference AT-AWP (official way)",
-              "d": "reference AT (official way)"}
+    labels = {
+        "a": "ours AT",
+        "b": "ours AT-AWP",
+        "c": "reference AT-AWP (official way)",
+        "d": "reference AT (official way)",
+    }
     times: dict[str, list[float]] = {k: [] for k in steps}
     order = list(steps)
-    print(f"PreActResNet-18 width {args.width}, batch {bs}, PGD-{STEPS}, device {device}, "
-          f"threads {torch.get_num_threads()}, {args.rounds} rounds + 1 warm-up", flush=True)
+    print(
+        f"PreActResNet-18 width {args.width}, batch {bs}, PGD-{STEPS}, device {device}, "
+        f"threads {torch.get_num_threads()}, {args.rounds} rounds + 1 warm-up",
+        flush=True,
+    )
     for r in range(args.rounds + 1):
         for k in order:
             sync(device)
@@ -165,12 +188,15 @@ def main(argv=None) -> int:
     med = {k: statistics.median(v) for k, v in times.items()}
     for k in steps:
         print(f"  ({k}) {labels[k]:34s} {med[k]:8.3f} s/step   (min {min(times[k]):.3f})")
-    ratios = {"(b)/(c)": (med["b"] / med["c"], 0.80), "(b)/(a)": (med["b"] / med["a"], 1.15),
-              "(a)/(d)": (med["a"] / med["d"], None)}
+    ratios = {
+        "(b)/(c)": (med["b"] / med["c"], 0.80),
+        "(b)/(a)": (med["b"] / med["a"], 1.15),
+        "(a)/(d)": (med["a"] / med["d"], None),
+    }
     ok = True
     for name, (value, target) in ratios.items():
-        verdict = "" if target is None else ("  target <= %.2f: %s" % (
-            target, "met" if value <= target else "MISSED"))
+        met = "met" if target is not None and value <= target else "MISSED"
+        verdict = "" if target is None else f"  target <= {target:.2f}: {met}"
         ok &= target is None or value <= target
         print(f"  {name} = {value:.3f}{verdict}")
     return 0 if ok else 1

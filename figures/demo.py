@@ -458,7 +458,16 @@ def _log(msg: str) -> None:
 
 
 def _start(out: Path, name: str, cfg: object) -> None:
+    import os
+
     from awp.checkpoint import atomic_write_text
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError(
+            "demo/reproduce run their stages in one process; on several GPUs run the stages "
+            "under torchrun instead (awp train, awp landscape, awp flatness, awp gap), then "
+            "awp report; see the README"
+        )
 
     saved = out / name
     _check_saved(saved, to_dict(cfg))

@@ -29,8 +29,16 @@ def test_awp_step_on_cuda_restores_and_trains():
     x, y = (t.cuda() for t in tiny_batch())
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     snap = snapshot(model)
-    stats = train_step(model, opt, x, y, attack=PGD10_TRAIN, objective=at_objective,
-                       awp=AWPConfig(gamma=0.01), generator=torch.Generator().manual_seed(0))
+    stats = train_step(
+        model,
+        opt,
+        x,
+        y,
+        attack=PGD10_TRAIN,
+        objective=at_objective,
+        awp=AWPConfig(gamma=0.01),
+        generator=torch.Generator().manual_seed(0),
+    )
     assert stats.n == len(y)
     with pytest.raises(AssertionError):
         assert_same_state(model, snap)  # the step did move the weights
