@@ -14,7 +14,7 @@ import pickle
 import platform
 import tempfile
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,19 +30,24 @@ class CheckpointError(ValueError):
     """A checkpoint file that cannot be used; the message names the file and the problem."""
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` via a temp file in the same folder, fsync, then rename.
+def atomic_write_with(path: str | os.PathLike, fill: Callable[[str], None]) -> Path:
+    """Write ``path`` through ``fill(temp path)`` in the same folder, fsync, then rename.
 
-    A process killed mid-write leaves the previous file intact (``os.replace`` is atomic).
+    A process killed at any moment leaves the previous file (or none) and at worst a stray
+    ``.NAME.*.tmp``, never a torn ``path`` (``os.replace`` is atomic). ``fill`` may be any
+    writer that needs a file name (h5py, ``torch.save``...).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+        fill(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
@@ -50,6 +55,16 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` atomically; see :func:`atomic_write_with`."""
+
+    def fill(tmp: str) -> None:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+
+    return atomic_write_with(path, fill)
 
 
 def _umask() -> int:

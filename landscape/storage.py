@@ -38,8 +38,7 @@ import io
 import json
 import logging
 import os
-import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +47,7 @@ import h5py
 import numpy as np
 import torch
 
+from awp.checkpoint import atomic_write_with
 from landscape.directions import Direction
 from landscape.surface import KINDS, Grid, config_diff, make_grid
 
@@ -191,7 +191,7 @@ def write_surface(path: str | os.PathLike, surface: Surface) -> Path:
         with open(tmp, "wb") as fh:
             fh.write(data)
 
-    _atomic(path, fill)
+    atomic_write_with(path, fill)
     surface.path = path
     return path
 
@@ -337,38 +337,6 @@ def check_resumable(
 # ----------------------------------------------------------------------------- directions
 
 
-def _atomic(path: Path, fill: Callable[[str], None]) -> Path:
-    """Write ``path`` through ``fill(temp path)`` in the same folder, fsync, then rename.
-
-    A process killed at any moment leaves the previous file (or none) and at worst a stray
-    ``.NAME.*.tmp`` (see :func:`remove_stale_temps`), never a torn ``path``.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        fill(tmp)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        # mkstemp makes the file private (0600); results are shared like any other file.
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _to_numpy(t: torch.Tensor) -> np.ndarray:
     t = t.detach().cpu()
     if t.dtype in (torch.bfloat16, torch.float16):
@@ -414,7 +382,7 @@ def write_directions(
         with h5py.File(tmp, "w") as f:
             fill(f)
 
-    return _atomic(Path(path), fill_file)
+    return atomic_write_with(Path(path), fill_file)
 
 
 def read_directions(
