@@ -70,6 +70,8 @@ class DataConfig:
         download: let torchvision download a missing dataset; never happens otherwise.
         val_size: number of training images held out as a validation split (0 = none).
         split_seed: seed of the random validation split.
+        train_size: keep only this many training images (a seeded subset of what the
+            validation split leaves; 0 = all), e.g. to study robust overfitting on small data.
     """
 
     dataset: str = "sample"
@@ -77,6 +79,7 @@ class DataConfig:
     download: bool = False
     val_size: int = 1000
     split_seed: int = 0
+    train_size: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.dataset, str) or not self.dataset.strip():
@@ -89,6 +92,12 @@ class DataConfig:
         if self.val_size < 0:
             raise ValueError(
                 f"val_size must be >= 0 (0 = no validation split), got {self.val_size}"
+            )
+        if isinstance(self.train_size, bool) or not isinstance(self.train_size, int):
+            raise ValueError(f"train_size must be an int, got {self.train_size!r}")
+        if self.train_size < 0:
+            raise ValueError(
+                f"train_size must be >= 0 (0 = every training image), got {self.train_size}"
             )
         if isinstance(self.split_seed, bool) or not isinstance(self.split_seed, int):
             raise ValueError(f"split_seed must be an int, got {self.split_seed!r}")
@@ -189,6 +198,14 @@ def load_data(
             f"training images; use a val_size below {n_train} (0 disables validation)"
         )
     val_idx, train_idx = _split_indices(n_train, cfg.val_size, seed=cfg.split_seed)
+    if cfg.train_size:
+        if cfg.train_size > len(train_idx):
+            raise ValueError(
+                f"train_size={cfg.train_size} but {raw.name} has {len(train_idx)} training "
+                f"images after the validation split; use at most that (0 = all)"
+            )
+        keep = fixed_subset(len(train_idx), cfg.train_size, seed=cfg.split_seed + 1)
+        train_idx = train_idx[keep]
     train = Split(raw.train_x[train_idx].to(device), raw.train_y[train_idx].to(device))
     val = Split(raw.train_x[val_idx].to(device), raw.train_y[val_idx].to(device))
     test = Split(raw.test_x.to(device), raw.test_y.to(device))

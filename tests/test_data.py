@@ -542,3 +542,20 @@ def test_shared_archive_and_sample_provenance():
     for split in ("train", "test"):
         for cls, items in sample[split].items():
             assert set(items) <= set(src[split][cls])  # original JPEG bytes, not re-encoded
+
+
+def test_train_size_keeps_a_seeded_subset_of_the_training_split():
+    from awp.data import DataConfig, load_data
+
+    full = load_data(DataConfig(dataset="sample", val_size=500), progress=False)
+    small = load_data(DataConfig(dataset="sample", val_size=500, train_size=700), progress=False)
+    again = load_data(DataConfig(dataset="sample", val_size=500, train_size=700), progress=False)
+    assert len(small.train) == 700 and torch.equal(small.train.x, again.train.x)
+    assert torch.equal(small.val.x, full.val.x) and torch.equal(small.test.x, full.test.x)
+    # every kept image is one of the full training split's images
+    flat_full = {bytes(t.numpy().tobytes()) for t in full.train.x}
+    assert all(bytes(t.numpy().tobytes()) in flat_full for t in small.train.x)
+    with pytest.raises(ValueError, match="train_size=9999"):
+        load_data(DataConfig(dataset="sample", val_size=500, train_size=9999), progress=False)
+    with pytest.raises(ValueError, match="train_size"):
+        DataConfig(train_size=-1)
