@@ -237,6 +237,11 @@ def test_plot_command_draws_curves_surfaces_and_loss_landscape_files(ckpts, tmp_
     assert main(["plot", *files, *metrics, "--out", str(figs)]) == 0
     assert (figs / "AT_AT-AWP_test_adv_loss_test_adv_fixed_loss.png").stat().st_size > 1000
     assert (figs / "AT_AT-AWP_test_adv_loss_test_adv_fixed_loss.pdf").exists()
+    # a shell glob (*.h5) also matches the .directions.h5 companions, which are skipped
+    globbed = sorted(str(p) for p in tmp_path.glob("AT*.h5"))
+    assert any(g.endswith(".directions.h5") for g in globbed)
+    assert main(["plot", *globbed, "--out", str(figs / "glob")]) == 0
+    assert (figs / "glob" / "AT-AWP_AT_test_adv_loss.png").exists()  # sorted: AT-AWP first
     assert main(["plot", str(tmp_path / "s2d.h5"), "--out", str(figs)]) == 0
     for view in ("contour", "contourf", "heatmap", "surface"):
         assert (figs / f"AT_test_loss_{view}.png").exists(), view
