@@ -13,7 +13,6 @@ import os
 import pickle
 import platform
 import tempfile
-import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -160,6 +159,12 @@ def save_checkpoint(
     return atomic_torch_save(ckpt, path)
 
 
+def _refused_global(err: pickle.UnpicklingError) -> bool:
+    """True when torch's weights-only unpickler refused an object (not mere corruption)."""
+    text = str(err)
+    return "Weights only load failed" in text or "Unsupported global" in text
+
+
 def load_checkpoint(path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> dict:
     """Read a checkpoint safely (``weights_only=True``) and check it is one of ours.
 
@@ -174,11 +179,13 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: str | torch.device
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
+        if not _refused_global(err):
+            raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({err})") from err
         raise CheckpointError(
             f"checkpoint {path} holds objects other than tensors and plain values, which are "
             f"never unpickled here (weights_only=True): {str(err).splitlines()[0]}"
         ) from err
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+    except Exception as err:  # a corrupt file can fail anywhere in the unpickler (IndexError...)
         raise CheckpointError(
             f"checkpoint {path} is truncated or corrupt ({type(err).__name__}: "
             f"{str(err).splitlines()[0] if str(err) else 'no detail'}); use another checkpoint, "
@@ -299,13 +306,15 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        if not _refused_global(err):
+            raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({err})") from err
         raise CheckpointError(
             f"checkpoint {path} holds objects other than tensors and plain values, which are "
             f"never unpickled here (weights_only=True): {str(err).splitlines()[0]}. If you trust "
             f"the file, re-save its state dict alone: torch.save(torch.load(path, "
             f"weights_only=False)['state_dict'], 'weights.pt')"
         ) from err
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+    except Exception as err:  # a corrupt file can fail anywhere in the unpickler (IndexError...)
         raise CheckpointError(
             f"checkpoint {path} is truncated or corrupt ({type(err).__name__}: "
             f"{str(err).splitlines()[0] if str(err) else 'no detail'})"

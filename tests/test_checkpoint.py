@@ -53,10 +53,15 @@ def test_missing_truncated_and_corrupt_files(tmp_path):
     trunc.write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="trunc.pt.*truncated or corrupt"):
         load_checkpoint(trunc)
-    junk = tmp_path / "junk.pt"
-    junk.write_bytes(os.urandom(2000))
-    with pytest.raises(CheckpointError, match="junk.pt"):
-        load_checkpoint(junk)
+    # random bytes, and a valid file with random bytes spliced in, fail in many different places
+    # of the unpickler (IndexError, KeyError, RuntimeError...): always one clear error
+    g = torch.Generator().manual_seed(0)
+    for i in range(40):
+        junk = tmp_path / f"junk{i}.pt"
+        noise = bytes(torch.randint(0, 256, (2000,), generator=g, dtype=torch.uint8).tolist())
+        junk.write_bytes(noise if i % 2 else data[:300] + noise + data[2300:])
+        with pytest.raises(CheckpointError, match=f"junk{i}.pt"):
+            load_checkpoint(junk)
 
 
 class Evil:
