@@ -64,6 +64,7 @@ from awp.data import (
     fixed_subset,
     iterate_batches,
     load_data,
+    to_float,
 )
 from awp.evaluate import evaluate_attack
 from awp.extra_data import batches_per_epoch, load_extra_data, mixed_batches
@@ -154,6 +155,7 @@ class TrainConfig:
     test_eval_size: int = opt(0, "test subset evaluated per epoch (0 = the whole test split)")
     eval_batch_size: int = opt(256, "batch size of evaluations")
     save_every: int = opt(0, "also keep a checkpoint every k epochs (0 = only last and best)")
+    augment: bool = opt(True, "random crop (4 px reflect pad) and flip of training images")
     seed: int = opt(0, "seed of weights, shuffling, augmentation and attacks")
     device: str = opt("auto", "auto | cpu | cuda | cuda:N")
 
@@ -745,7 +747,8 @@ def _train(
                 order_dev = order.to(device)
                 x_u8 = torch.cat([x_u8, extra.x[extra_idx].to(device)])[order_dev]
                 y = torch.cat([y, extra.y[extra_idx].to(device)])[order_dev]
-            x = augment(x_u8, generator=gens["data"])  # the whole global batch, on every rank
+            # the whole global batch, on every rank
+            x = augment(x_u8, generator=gens["data"]) if cfg.augment else to_float(x_u8)
             scale = 1.0
             if ctx.active:
                 part = ddp.rank_slice(total, ctx.rank, ctx.world)

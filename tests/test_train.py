@@ -218,3 +218,18 @@ def test_init_that_does_not_fit_is_a_clear_error_and_writes_nothing(tmp_path):
         train(tiny_config(tmp_path / "d", init="nope.pt"), progress=False, data=synthetic_bundle())
     for name in "bcd":
         assert not (tmp_path / name).exists()
+
+
+def test_augmentation_can_be_switched_off(tmp_path):
+    data = synthetic_bundle()
+    off = train(tiny_config(tmp_path / "off", epochs=1, augment=False), progress=False, data=data)
+    on = train(tiny_config(tmp_path / "on", epochs=1), progress=False, data=synthetic_bundle())
+    again = train(
+        tiny_config(tmp_path / "off2", epochs=1, augment=False),
+        progress=False,
+        data=synthetic_bundle(),
+    )
+    a, b, c = (m.model.state_dict() for m in (off, on, again))
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # crops/flips changed the run
+    assert all(torch.equal(a[k], c[k]) for k in a)  # and without them it is reproducible
+    assert json.loads((tmp_path / "off" / "config.json").read_text())["augment"] is False
