@@ -162,6 +162,10 @@ def run_pipeline(
 
     _stage("training", lambda: train_all(configs, progress=progress, log=log), log)
 
+    def epoch_ckpts() -> list[Path]:
+        # listed when a stage runs: the checkpoints exist only after training
+        return [p for run in runs.values() for p in sorted(run.ckpt_dir.glob("epoch_*.pt"))]
+
     def evaluate() -> None:
         for label, run in runs.items():
             for which, ckpt in (("best", run.best), ("last", run.last)):
@@ -187,7 +191,7 @@ def run_pipeline(
                 )
 
     def gap() -> None:
-        ckpts = [p for run in runs.values() for p in sorted(run.ckpt_dir.glob("epoch_*.pt"))]
+        ckpts = epoch_ckpts()
         _cli(
             [
                 "gap",
@@ -261,7 +265,7 @@ def run_pipeline(
         )
 
     def flatness_epochs() -> None:
-        ckpts = [p for run in runs.values() for p in sorted(run.ckpt_dir.glob("epoch_*.pt"))]
+        ckpts = epoch_ckpts()
         _cli(
             [
                 "flatness",
@@ -282,7 +286,7 @@ def run_pipeline(
         )
 
     def correlate() -> None:
-        n = sum(len(list(run.ckpt_dir.glob("epoch_*.pt"))) for run in runs.values())
+        n = len(epoch_ckpts())
         if n < 3:
             log(f"skipped: a correlation needs at least 3 checkpoints, these runs have {n}")
             return
