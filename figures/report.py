@@ -305,7 +305,7 @@ def outcome(res: Results) -> list[str]:
         out.append(
             f"Last-epoch test robust accuracy: AT {_fmt_pct(a.get('test_robust_acc'))}, "
             f"AT-AWP {_fmt_pct(b.get('test_robust_acc'))} "
-            f"({'AT-AWP higher' if diff > 0 else 'AT-AWP not higher'} by "
+            f"({'AT-AWP higher' if diff > 0 else 'AT-AWP lower' if diff < 0 else 'equal,'} by "
             f"{abs(100 * diff):.1f} points)."
         )
     if res.gap:
