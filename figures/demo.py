@@ -19,7 +19,7 @@ import argparse
 import dataclasses
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -479,10 +479,10 @@ def _start(out: Path, name: str, cfg: object) -> None:
     atomic_write_text(saved, json.dumps(to_dict(cfg), indent=2) + "\n")
 
 
-def _run_demo(args: argparse.Namespace) -> int:
-    cfg = dataclass_from_arguments(DemoConfig, args)
+def _run_configured(cfg: DemoConfig | ReproduceConfig, args: argparse.Namespace, name: str) -> None:
+    """Record ``cfg`` in its folder (refusing other settings), then run the whole pipeline."""
     out = Path(cfg.out)
-    _start(out, "demo_config.json", cfg)
+    _start(out, name, cfg)
     t0 = time.perf_counter()
     run_pipeline(
         cfg.train_configs(),
@@ -492,7 +492,11 @@ def _run_demo(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         log=_log,
     )
-    _log(f"demo finished in {(time.perf_counter() - t0) / 60:.1f} min")
+    _log(f"finished in {(time.perf_counter() - t0) / 60:.1f} min")
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    _run_configured(dataclass_from_arguments(DemoConfig, args), args, "demo_config.json")
     return 0
 
 
@@ -503,20 +507,5 @@ def _run_reproduce(args: argparse.Namespace) -> int:
                 f"{name:24s} {p.dataset} {p.model} {p.method} (+AWP), {p.epochs} epochs, lr {p.lr}"
             )
         return 0
-    cfg = dataclass_from_arguments(ReproduceConfig, args)
-    out = Path(cfg.out)
-    _start(out, "reproduce_config.json", cfg)
-    run_pipeline(
-        cfg.train_configs(),
-        cfg.plan,
-        out,
-        device=cfg.device,
-        progress=not args.no_progress,
-        log=_log,
-    )
+    _run_configured(dataclass_from_arguments(ReproduceConfig, args), args, "reproduce_config.json")
     return 0
-
-
-def preset_names() -> Sequence[str]:
-    """Names accepted by ``awp reproduce --preset``."""
-    return sorted(PRESETS)
