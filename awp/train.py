@@ -154,6 +154,9 @@ class TrainConfig:
     train_eval_size: int = opt(1000, "fixed train subset for the train robust accuracy (0 = none)")
     test_eval_size: int = opt(0, "test subset evaluated per epoch (0 = the whole test split)")
     eval_batch_size: int = opt(256, "batch size of evaluations")
+    eval_every: int = opt(
+        1, "evaluate every k epochs and at the last (best.pt is chosen among evaluated epochs)"
+    )
     save_every: int = opt(0, "also keep a checkpoint every k epochs (0 = only last and best)")
     augment: bool = opt(True, "random crop (4 px reflect pad) and flip of training images")
     seed: int = opt(0, "seed of weights, shuffling, augmentation and attacks")
@@ -178,6 +181,7 @@ class TrainConfig:
             "eval_steps",
             "awp_steps",
             "awp_alternations",
+            "eval_every",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
@@ -564,7 +568,8 @@ def train(
 
     Per epoch a record is appended to ``metrics.jsonl`` (train loss/acc as optimized, train
     natural and robust accuracy on a fixed train subset at the unperturbed weights in eval mode,
-    validation and test natural and PGD-20 accuracy, learning rate, seconds) and checkpoints
+    validation and test natural and PGD-20 accuracy, learning rate, seconds; the evaluations
+    only every ``eval_every`` epochs and at the last) and checkpoints
     ``last.pt`` (with optimizer and RNG states), ``best.pt`` (best validation robust accuracy)
     and, with ``save_every``, ``epoch_NNN.pt`` are written atomically.
 
@@ -792,7 +797,8 @@ def _train(
             "train_loss": loss_sum / max(seen, 1),
             "train_acc": correct / max(seen, 1),
         }
-        record.update(_epoch_eval(net, data, cfg, train_sub, test_sub, ctx))
+        if evaluated_at(epoch + 1, cfg):
+            record.update(_epoch_eval(net, data, cfg, train_sub, test_sub, ctx))
         record["seconds"] = train_seconds
         record["eval_seconds"] = time.perf_counter() - t1
         net.train()
@@ -872,6 +878,12 @@ def _on_device(data: DataBundle, device: torch.device) -> DataBundle:
     for split in (data.train, data.val, data.test):
         split.x, split.y = split.x.to(device), split.y.to(device)
     return data
+
+
+def evaluated_at(epoch: int, cfg: TrainConfig) -> bool:
+    """Whether 1-based ``epoch`` gets the per-epoch evaluation: every ``eval_every``-th and the
+    last."""
+    return epoch % cfg.eval_every == 0 or epoch == cfg.epochs
 
 
 def _epoch_eval(

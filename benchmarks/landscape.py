@@ -325,6 +325,19 @@ def main(argv=None) -> int:
         print(f"clean loss curves (a) vs (b): max |difference| {diff:.2e} (same images, weights)")
     if "c" in curves:
         print(f"(c) adversarial loss along alpha: {np.array2string(curves['c'], precision=3)}")
+    if "a0" in times and "b" in times and "a" in times:
+        # What b/a >= 1.4 asks of the forward passes, given loss-landscape's measured overhead.
+        judge = cpu if args.judge == "cpu" else wall
+        flops = forward_flops(model, x[:1]) * args.images
+        a0_pt, a_pt, b_pt = (judge[k] / args.points for k in ("a0", "a", "b"))
+        overhead = b_pt - a_pt
+        need = b_pt / TARGETS["b/a"][1]
+        print(
+            f"\nper point: {flops / 1e9:.0f} GFLOP of forward passes; (a0) sustains "
+            f"{flops / a0_pt / 1e9:.0f} GFLOP/s on {torch.get_num_threads()} thread(s); (b) adds "
+            f"{overhead:.2f}s of data handling to the same passes. b/a >= 1.4 needs (a) <= "
+            f"{need:.2f}s/point, i.e. {flops / need / 1e9:.0f} GFLOP/s from identical passes."
+        )
     print(f"\nratio      cpu    wall   target   result (judged on {args.judge} time)")
     ok = True
     for k, (num, den) in {"a/a0": ("a", "a0"), "b/a": ("b", "a"), "c/c0": ("c", "c0")}.items():
@@ -338,6 +351,29 @@ def main(argv=None) -> int:
         verdict = "PASS" if passed else "MISS"
         print(f"{k:8s} {by_cpu:6.3f}  {by_wall:6.3f}   {op} {target:<5g} {verdict}")
     return 0 if ok else 1
+
+
+def forward_flops(model: torch.nn.Module, x: torch.Tensor) -> float:
+    """Multiply-add FLOPs (2 per MAC) of the convolutions and linear layers of one forward pass
+    of ``x``: what the clean curve must compute per point, whoever computes it."""
+    macs = 0
+
+    def hook(mod, _inp, out):
+        nonlocal macs
+        if isinstance(mod, torch.nn.Conv2d):
+            k = mod.kernel_size[0] * mod.kernel_size[1]
+            macs += out.numel() * (mod.in_channels // mod.groups) * k
+        elif isinstance(mod, torch.nn.Linear):
+            macs += out.numel() * mod.in_features
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return 2.0 * macs
 
 
 def _pairs(order: list[str]) -> list[list[str]]:

@@ -142,32 +142,28 @@ def collect(paths: Sequence[str | Path]) -> Results:
 
 # ----------------------------------------------------------------------------- figures
 def plot_learning_curves(runs: Sequence[Run]) -> Figure:
-    """Train and test robust accuracy per epoch, one colour per method (AWP Fig. 3(d) style)."""
-    fig, ax = new_figure(width=4.6, height=3.2)
+    """Train and test robust accuracy (left, AWP Fig. 3(d) style) and robust loss (right) per
+    evaluated epoch, one colour per method; train dashed, test solid."""
+    fig, (acc_ax, loss_ax) = new_figure(1, 2, width=4.2, height=3.2)
     for i, run in enumerate(runs):
-        ep = [r["epoch"] for r in run.history]
         color = color_for(run.label, i)
-        if any("train_robust_acc" in r for r in run.history):
-            ax.plot(
-                ep,
-                [r.get("train_robust_acc", np.nan) for r in run.history],
-                color=color,
-                linestyle="--",
-                marker=".",
-                label=f"{run.label} train",
-            )
-        ax.plot(
-            ep,
-            [r.get("test_robust_acc", np.nan) for r in run.history],
-            color=color,
-            marker="o",
-            markersize=3,
-            label=f"{run.label} test",
-        )
-    ax.set_xlabel("epoch")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel("robust accuracy (PGD)")
-    ax.legend(frameon=False)
+        for split, style in (("train", dict(linestyle="--", marker=".")), ("test", {})):
+            for ax, key in ((acc_ax, "robust_acc"), (loss_ax, "robust_loss")):
+                rows = [r for r in run.history if f"{split}_{key}" in r]
+                if not rows:
+                    continue
+                ax.plot(
+                    [r["epoch"] for r in rows],
+                    [r[f"{split}_{key}"] for r in rows],
+                    color=color,
+                    **(style or dict(marker="o", markersize=3)),
+                    label=f"{run.label} {split}",
+                )
+    for ax, label in ((acc_ax, "robust accuracy (PGD)"), (loss_ax, "robust loss (PGD)")):
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(label)
+    acc_ax.legend(frameon=False)
     return fig
 
 
@@ -274,33 +270,104 @@ def _fmt_pct(x: float | None) -> str:
 
 
 # ----------------------------------------------------------------------------- outcome
+#: Rise of the test robust loss above its minimum (nats) that counts as robust overfitting.
+OVERFIT_LOSS_RISE = 0.02
+
+
+def _last_evaluated(history: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
+    rows = [r for r in history if "test_robust_acc" in r]
+    return rows[-1] if rows else {}
+
+
+@dataclass(frozen=True)
+class RobustOverfitting:
+    """Robust overfitting read off the per-epoch evaluations (Rice et al.): after some epoch the
+    test robust loss rises while the train robust loss keeps falling.
+
+    The loss is the criterion because on a few hundred test images the robust accuracy moves
+    in steps of several tenths of a point per image; both are reported.
+    """
+
+    min_epoch: int  # epoch of the lowest test robust loss
+    min_loss: float
+    last_epoch: int
+    last_loss: float
+    train_loss_at_min: float | None
+    train_loss_last: float | None
+    peak_epoch: int  # epoch of the highest test robust accuracy
+    peak_acc: float
+    last_acc: float
+
+    @property
+    def loss_rise(self) -> float:
+        return self.last_loss - self.min_loss
+
+    @property
+    def visible(self) -> bool:
+        train_fell = (
+            self.train_loss_at_min is None
+            or self.train_loss_last is None
+            or self.train_loss_last < self.train_loss_at_min
+        )
+        return self.loss_rise > OVERFIT_LOSS_RISE and train_fell
+
+    def statement(self) -> str:
+        train = (
+            f", while its train robust loss fell from {self.train_loss_at_min:.3f} to "
+            f"{self.train_loss_last:.3f}"
+            if self.train_loss_at_min is not None and self.train_loss_last is not None
+            else ""
+        )
+        acc = (
+            f"Test robust accuracy peaked at {_fmt_pct(self.peak_acc)} (epoch "
+            f"{self.peak_epoch}) and ended at {_fmt_pct(self.last_acc)}."
+        )
+        if self.visible:
+            return (
+                f"robust overfitting is visible: test robust loss was lowest at epoch "
+                f"{self.min_epoch} ({self.min_loss:.3f}) and rose by {self.loss_rise:.3f} to "
+                f"{self.last_loss:.3f} at epoch {self.last_epoch}{train}. {acc}"
+            )
+        return (
+            f"no robust overfitting visible: test robust loss ended at {self.last_loss:.3f}, "
+            f"{self.loss_rise:.3f} above its lowest ({self.min_loss:.3f}, epoch "
+            f"{self.min_epoch}; a rise above {OVERFIT_LOSS_RISE} with a falling train robust "
+            f"loss would count){train}. {acc}"
+        )
+
+
+def robust_overfitting(history: Sequence[Mapping[str, Any]]) -> RobustOverfitting | None:
+    """Robust overfitting of one run from its metrics records; None without test robust loss."""
+    rows = [r for r in history if "test_robust_loss" in r and "test_robust_acc" in r]
+    if not rows:
+        return None
+    low = min(rows, key=lambda r: r["test_robust_loss"])  # first minimum
+    peak = max(rows, key=lambda r: r["test_robust_acc"])
+    last = rows[-1]
+    return RobustOverfitting(
+        min_epoch=int(low["epoch"]),
+        min_loss=float(low["test_robust_loss"]),
+        last_epoch=int(last["epoch"]),
+        last_loss=float(last["test_robust_loss"]),
+        train_loss_at_min=low.get("train_robust_loss"),
+        train_loss_last=last.get("train_robust_loss"),
+        peak_epoch=int(peak["epoch"]),
+        peak_acc=float(peak["test_robust_acc"]),
+        last_acc=float(last["test_robust_acc"]),
+    )
+
+
 def outcome(res: Results) -> list[str]:
     """Plain statements of what this run measured; each is computed, none is assumed."""
     out = []
     by_label = {r.label: r for r in res.runs}
     for run in res.runs:
-        best = _best_epoch(run.history)
-        if best is None or not run.history:
+        ro = robust_overfitting(run.history)
+        if ro is None:
             continue
-        peak = max(run.history, key=lambda r: r.get("test_robust_acc", -1))
-        last = run.history[-1]
-        drop = peak.get("test_robust_acc", 0) - last.get("test_robust_acc", 0)
-        train_gain = last.get("train_robust_acc", 0) - peak.get("train_robust_acc", 0)
-        if drop > 0.01 and train_gain > 0:
-            out.append(
-                f"{run.label}: robust overfitting is visible: test robust accuracy peaked "
-                f"at {_fmt_pct(peak['test_robust_acc'])} (epoch {peak['epoch']}) and "
-                f"ended at {_fmt_pct(last['test_robust_acc'])} while train robust accuracy "
-                f"rose by {100 * train_gain:.1f} points."
-            )
-        else:
-            out.append(
-                f"{run.label}: no robust overfitting visible in this short run (test "
-                f"robust accuracy peaked at {_fmt_pct(peak.get('test_robust_acc'))}, "
-                f"last {_fmt_pct(last.get('test_robust_acc'))})."
-            )
+        out.append(f"{run.label}: {ro.statement()}")
     if {"AT", "AT-AWP"} <= set(by_label):
-        a, b = by_label["AT"].history[-1], by_label["AT-AWP"].history[-1]
+        a, b = _last_evaluated(by_label["AT"].history), _last_evaluated(by_label["AT-AWP"].history)
         diff = b.get("test_robust_acc", 0) - a.get("test_robust_acc", 0)
         out.append(
             f"Last-epoch test robust accuracy: AT {_fmt_pct(a.get('test_robust_acc'))}, "
@@ -411,7 +478,8 @@ def build_document(res: Results, *, title: str = "AWP: what this run measured") 
         s.figures.append(
             FigureBlock.from_figure(
                 plot_learning_curves(res.runs),
-                "Train (dashed) and test (solid) robust accuracy per epoch (paper's Fig. 3(d)).",
+                "Train (dashed) and test (solid) robust accuracy (left, the paper's Fig. 3(d)) and "
+                "robust loss (right) per evaluated epoch.",
                 "learning curves",
             )
         )

@@ -22,12 +22,18 @@ TINY = [
     "16",
     "--val-size",
     "8",
+    "--train-size",
+    "0",
     "--train-eval-size",
     "16",
     "--test-eval-size",
     "16",
     "--eval-steps",
     "2",
+    "--eval-every",
+    "1",
+    "--save-every",
+    "1",
     "--eval-n",
     "16",
     "--gap-n",
@@ -220,3 +226,39 @@ def test_reproduce_one_epoch_tiny_run(tmp_path):
     cfg = json.loads((out / "at_awp" / "config.json").read_text())
     assert cfg["model"] == "preactresnet18" and cfg["awp"] is True and cfg["epochs"] == 1
     assert (out / "report.html").exists()
+
+
+def _history(test_loss, train_loss, test_acc, every=1):
+    rows = []
+    for i, (te, tr, acc) in enumerate(zip(test_loss, train_loss, test_acc)):
+        rows.append({"epoch": (i + 1) * every, "train_loss": 2.0})  # an epoch not evaluated
+        rows.append(
+            {
+                "epoch": (i + 1) * every,
+                "test_robust_loss": te,
+                "train_robust_loss": tr,
+                "test_robust_acc": acc,
+            }
+        )
+    return rows
+
+
+def test_robust_overfitting_is_read_from_the_test_robust_loss():
+    from figures.report import robust_overfitting
+
+    # U-shaped test loss, falling train loss: overfitting, lowest at epoch 4 (every 2nd epoch)
+    ro = robust_overfitting(
+        _history([2.3, 2.2, 2.25, 2.35], [2.2, 2.0, 1.6, 1.2], [0.2, 0.25, 0.24, 0.22], every=2)
+    )
+    assert ro.visible and (ro.min_epoch, ro.last_epoch, ro.peak_epoch) == (4, 8, 4)
+    assert ro.loss_rise == pytest.approx(0.15)
+    assert "robust overfitting is visible" in ro.statement() and "rose by 0.150" in ro.statement()
+    # still improving: not overfitting
+    ro = robust_overfitting(_history([2.3, 2.2, 2.1], [2.2, 2.0, 1.9], [0.2, 0.22, 0.24]))
+    assert not ro.visible and ro.min_epoch == 3
+    assert "no robust overfitting visible" in ro.statement()
+    # the test loss rose, but so did the train loss: not overfitting
+    assert not robust_overfitting(_history([2.1, 2.3], [1.9, 2.1], [0.2, 0.2])).visible
+    # a rise within OVERFIT_LOSS_RISE does not count
+    assert not robust_overfitting(_history([2.1, 2.11], [1.9, 1.5], [0.2, 0.2])).visible
+    assert robust_overfitting([{"epoch": 1, "train_loss": 2.0}]) is None

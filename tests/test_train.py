@@ -84,6 +84,30 @@ def test_metrics_and_checkpoints(tmp_path):
     assert all(torch.equal(raw["state_dict"][k], final[k]) for k in final)
 
 
+def test_eval_every_evaluates_every_kth_and_the_last_epoch_only(tmp_path):
+    every = train(tiny_config(tmp_path / "all", epochs=5), progress=False, data=synthetic_bundle())
+    sparse = train(
+        tiny_config(tmp_path / "sparse", epochs=5, eval_every=2),
+        progress=False,
+        data=synthetic_bundle(),
+    )
+    evaluated = [r["epoch"] for r in sparse.history if "test_robust_acc" in r]
+    assert evaluated == [2, 4, 5]
+    drop = ("seconds", "eval_seconds")
+    for a, b in zip(every.history, sparse.history):
+        assert a["train_loss"] == b["train_loss"]  # evaluating does not change training
+        if b["epoch"] in evaluated:
+            assert {k: v for k, v in a.items() if k not in drop} == {
+                k: v for k, v in b.items() if k not in drop
+            }
+        else:
+            assert not any(k.startswith(("val_", "test_", "train_robust")) for k in b)
+    best = load_checkpoint(tmp_path / "sparse" / "checkpoints" / "best.pt")
+    assert best["epoch"] in evaluated
+    with pytest.raises(ValueError, match="eval_every"):
+        tiny_config(tmp_path / "x", eval_every=0)
+
+
 def test_kill_after_epoch_two_and_resume_gives_the_same_weights(tmp_path):
     data = synthetic_bundle()
     cfg_a = tiny_config(tmp_path / "a", awp=True, awp_warmup=1)
