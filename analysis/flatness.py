@@ -39,7 +39,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import stats as sps
 from torch import nn
 
 from awp.attacks import model_mode, run_attack
@@ -601,6 +600,8 @@ def clopper_pearson(k: int, n: int, confidence: float = 0.95) -> tuple[float, fl
 
     Reference: Clopper & Pearson, Biometrika 1934 (beta-quantile form).
     """
+    from scipy import stats as sps  # here, not at import: keeps `awp` quick to start
+
     if n < 1 or not 0 <= k <= n:
         raise ValueError(f"need 0 <= k <= n and n >= 1, got k={k}, n={n}")
     a = 1 - confidence
@@ -611,6 +612,8 @@ def clopper_pearson(k: int, n: int, confidence: float = 0.95) -> tuple[float, fl
 
 def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
     """Student-t interval of a mean from i.i.d. values (NaN for fewer than two values)."""
+    from scipy import stats as sps
+
     a = np.asarray(values, dtype=np.float64)
     if a.size < 2:
         return float("nan"), float("nan")
