@@ -181,6 +181,11 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="JSON results file (default: eval_<checkpoint>_<split>.json beside the checkpoint)",
     )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing results file made with other settings (refused otherwise)",
+    )
     g = p.add_argument_group("checkpoints from elsewhere (their architecture and input)")
     g.add_argument("--model", choices=MODEL_NAMES, default=None, help="architecture")
     g.add_argument("--width", type=float, default=1.0, help="channel width multiplier")
@@ -269,6 +274,28 @@ def _eval_model(args: argparse.Namespace, device):
     return model.to(device).eval(), data_cfg, data, about
 
 
+def _refuse_other_results(out: Path, eval_config: dict) -> None:
+    """Refuse to replace ``out`` when it holds results of other evaluation settings (or is not
+    a results file of ours): an earlier evaluation is never lost to a default file name."""
+    if not out.exists():
+        return
+    try:
+        theirs = json.loads(out.read_text()).get("eval_config")
+    except (OSError, ValueError, AttributeError):
+        theirs = None
+    if theirs == eval_config:
+        return  # the same evaluation again: replacing it loses nothing
+    what = (
+        "results of other evaluation settings"
+        if theirs is not None
+        else "something that is not an `awp eval` results file"
+    )
+    raise CLIError(
+        f"{out} already holds {what}; pass --out NEW.json to keep both, or --overwrite to "
+        "replace it"
+    )
+
+
 def _run_eval(args: argparse.Namespace) -> int:
     import torch
     from tqdm.auto import tqdm
@@ -286,6 +313,9 @@ def _run_eval(args: argparse.Namespace) -> int:
     from awp.train import pick_device
 
     cfg = dataclass_from_arguments(EvalConfig, args)
+    out = args.out or args.checkpoint.with_name(f"eval_{args.checkpoint.stem}_{cfg.split}.json")
+    if not args.overwrite:
+        _refuse_other_results(out, to_dict(cfg))
     attacks = cfg.attack_table()
     if any(isinstance(a, AutoAttackConfig) for a in attacks.values()):
         try:
@@ -346,7 +376,6 @@ def _run_eval(args: argparse.Namespace) -> int:
         + (" (cascade: each attack ran only on the points still robust)" if cfg.cascade else "")
         + f"; robust accuracy {report.robust_accuracy:.4f}"
     )
-    out = args.out or args.checkpoint.with_name(f"eval_{args.checkpoint.stem}_{cfg.split}.json")
     result = {
         **about,
         "dataset": data_cfg.dataset,

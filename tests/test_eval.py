@@ -219,3 +219,23 @@ def test_eval_cli_no_cascade_l2_and_subset(tmp_path, capsys):
     assert res["eval_config"]["norm"] == "l2" and res["weights"]["sha256"]
     assert main(["eval", str(path), "--attacks", "bogus", "--device", "cpu"]) == 2
     assert "bogus" in capsys.readouterr().err
+
+    # The same evaluation again may replace the file; other settings may not (without
+    # --overwrite), and the earlier results stay as they were.
+    results = tmp_path / "eval_m_test.json"
+    assert main(args) == 0
+    before = results.read_text()
+    other = [a if a != "l2" else "linf" for a in args]
+    other[other.index("--attacks") + 1 : other.index("--no-cascade")] = ["natural", "fgsm"]
+    assert main(other) == 2
+    err = capsys.readouterr().err
+    assert "other evaluation settings" in err and "--out" in err and "--overwrite" in err
+    assert results.read_text() == before
+    assert main([*other, "--out", str(tmp_path / "linf.json")]) == 0
+    assert json.loads((tmp_path / "linf.json").read_text())["eval_config"]["norm"] == "linf"
+    assert main([*other, "--overwrite"]) == 0
+    assert json.loads(results.read_text())["eval_config"]["norm"] == "linf"
+    (tmp_path / "notes.json").write_text("my notes")
+    assert main([*args, "--out", str(tmp_path / "notes.json")]) == 2
+    assert "not an `awp eval` results file" in capsys.readouterr().err
+    assert (tmp_path / "notes.json").read_text() == "my notes"
