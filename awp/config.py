@@ -170,22 +170,29 @@ def _flag(name: str) -> str:
 
 
 def add_dataclass_arguments(
-    parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str, ...] = ()
+    parser: argparse.ArgumentParser,
+    cls: type,
+    *,
+    skip: tuple[str, ...] = (),
+    defaults: Any | None = None,
 ) -> None:
     """Add one CLI flag per field of ``cls`` (nested dataclasses are flattened).
 
-    Defaults are read from the dataclass, so they are never repeated in the CLI. Flags are left
-    at ``None`` when not given, and :func:`dataclass_from_arguments` keeps the dataclass default.
+    Defaults are read from the dataclass, so they are never repeated in the CLI; a nested
+    dataclass shows the values of its enclosing field's default (``defaults``: the instance
+    whose values are shown). Flags are left at ``None`` when not given, and
+    :func:`dataclass_from_arguments` keeps the dataclass default.
     """
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
         tp = _resolve_type(hints[f.name])
+        field_default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        value = getattr(defaults, f.name) if defaults is not None else field_default
         if dataclasses.is_dataclass(tp):
-            add_dataclass_arguments(parser, tp, skip=skip)
+            add_dataclass_arguments(parser, tp, skip=skip, defaults=value)
             continue
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         help_ = f.metadata.get("help", "").replace("%", "%%")  # argparse formats help with %
         if tp is bool:
             parser.add_argument(
@@ -193,7 +200,7 @@ def add_dataclass_arguments(
                 dest=f.name,
                 default=None,
                 action=argparse.BooleanOptionalAction,
-                help=f"{help_} (default: {default})",
+                help=f"{help_} (default: {value})",
             )
             continue
         conv: Any = {float: parse_number, int: int, str: str}.get(tp, str)
@@ -203,7 +210,11 @@ def add_dataclass_arguments(
             conv = parse_number if inner is float else inner
             nargs = "+"
         # A field whose default depends on another (None = "the method's default") says so.
-        shown = f.metadata.get("shown", _show(default))
+        shown = (
+            f.metadata["shown"]
+            if "shown" in f.metadata and value == field_default
+            else _show(value)
+        )
         parser.add_argument(
             _flag(f.name),
             dest=f.name,

@@ -111,6 +111,21 @@ def test_help_lists_defaults(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "(default: 8/255)" in text
     assert "--gamma" in text and "default: 0.01" in text and "--awp-warmup" in text
+    assert "--val-size VAL_SIZE (default: 1000)" in text
+
+
+def test_help_of_a_nested_config_shows_the_enclosing_default(capsys):
+    # awp demo's data field defaults to DataConfig(val_size=200, train_size=500): its help must
+    # show those, not DataConfig's own defaults (1000, 0)
+    from figures.demo import DemoConfig
+
+    data = DemoConfig().data
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"--val-size VAL_SIZE (default: {data.val_size})" in text
+    assert f"--train-size TRAIN_SIZE (default: {data.train_size})" in text
+    assert data.val_size != 1000 and data.train_size != 0
 
 
 def test_sigkill_and_resume_equals_uninterrupted(tmp_path, folder):
