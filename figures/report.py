@@ -147,7 +147,10 @@ def plot_learning_curves(runs: Sequence[Run]) -> Figure:
     fig, (acc_ax, loss_ax) = new_figure(1, 2, width=4.2, height=3.2)
     for i, run in enumerate(runs):
         color = color_for(run.label, i)
-        for split, style in (("train", dict(linestyle="--", marker=".")), ("test", {})):
+        for split, style in (
+            ("train", dict(linestyle="--", marker=".")),
+            ("test", dict(marker="o", markersize=3)),
+        ):
             for ax, key in ((acc_ax, "robust_acc"), (loss_ax, "robust_loss")):
                 rows = [r for r in run.history if f"{split}_{key}" in r]
                 if not rows:
@@ -156,7 +159,7 @@ def plot_learning_curves(runs: Sequence[Run]) -> Figure:
                     [r["epoch"] for r in rows],
                     [r[f"{split}_{key}"] for r in rows],
                     color=color,
-                    **(style or dict(marker="o", markersize=3)),
+                    **style,
                     label=f"{run.label} {split}",
                 )
     for ax, label in ((acc_ax, "robust accuracy (PGD)"), (loss_ax, "robust loss (PGD)")):
@@ -274,11 +277,6 @@ def _fmt_pct(x: float | None) -> str:
 OVERFIT_LOSS_RISE = 0.02
 
 
-def _last_evaluated(history: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
-    rows = [r for r in history if "test_robust_acc" in r]
-    return rows[-1] if rows else {}
-
-
 @dataclass(frozen=True)
 class RobustOverfitting:
     """Robust overfitting read off the per-epoch evaluations (Rice et al.): after some epoch the
@@ -360,18 +358,16 @@ def robust_overfitting(history: Sequence[Mapping[str, Any]]) -> RobustOverfittin
 def outcome(res: Results) -> list[str]:
     """Plain statements of what this run measured; each is computed, none is assumed."""
     out = []
-    by_label = {r.label: r for r in res.runs}
-    for run in res.runs:
-        ro = robust_overfitting(run.history)
-        if ro is None:
-            continue
-        out.append(f"{run.label}: {ro.statement()}")
-    if {"AT", "AT-AWP"} <= set(by_label):
-        a, b = _last_evaluated(by_label["AT"].history), _last_evaluated(by_label["AT-AWP"].history)
-        diff = b.get("test_robust_acc", 0) - a.get("test_robust_acc", 0)
+    overfit = {r.label: robust_overfitting(r.history) for r in res.runs}
+    for label, ro in overfit.items():
+        if ro is not None:
+            out.append(f"{label}: {ro.statement()}")
+    a, b = overfit.get("AT"), overfit.get("AT-AWP")
+    if a is not None and b is not None:
+        diff = b.last_acc - a.last_acc
         out.append(
-            f"Last-epoch test robust accuracy: AT {_fmt_pct(a.get('test_robust_acc'))}, "
-            f"AT-AWP {_fmt_pct(b.get('test_robust_acc'))} "
+            f"Last-epoch test robust accuracy: AT {_fmt_pct(a.last_acc)}, "
+            f"AT-AWP {_fmt_pct(b.last_acc)} "
             f"({'AT-AWP higher' if diff > 0 else 'AT-AWP lower' if diff < 0 else 'equal,'} by "
             f"{abs(100 * diff):.1f} points)."
         )
