@@ -200,7 +200,7 @@ def add_dataclass_arguments(
                 dest=f.name,
                 default=None,
                 action=argparse.BooleanOptionalAction,
-                help=f"{help_} (default: {value})",
+                help=help_ if "(default" in help_ else f"{help_} (default: {value})",
             )
             continue
         conv: Any = {float: parse_number, int: int, str: str}.get(tp, str)
@@ -215,6 +215,8 @@ def add_dataclass_arguments(
             if "shown" in f.metadata and value == field_default
             else _show(value)
         )
+        # A help text that states its own default (an empty "" meaning "derived") keeps it.
+        suffix = "" if "(default" in help_ else f" (default: {shown})"
         parser.add_argument(
             _flag(f.name),
             dest=f.name,
@@ -222,7 +224,7 @@ def add_dataclass_arguments(
             nargs=nargs,
             default=None,
             metavar=f.name.upper(),
-            help=f"{help_} (default: {shown})",
+            help=f"{help_}{suffix}",
         )
 
 

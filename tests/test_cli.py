@@ -216,3 +216,14 @@ def test_method_defaults_on_the_command_line(tmp_path, folder, capsys):
         "--attack-start",
     ):
         assert shown in help_text
+
+
+def test_help_states_each_default_once(capsys):
+    # a field whose help text already explains its default ("" = derived from the checkpoint)
+    # must not also print an empty "(default: )"
+    with pytest.raises(SystemExit):
+        main(["landscape", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: )" not in text
+    assert "(default: the one the checkpoint was trained on)" in text
+    assert "--x X x coordinates min:max:num" in text and "(default: 1d)" in text
