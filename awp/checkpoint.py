@@ -159,10 +159,72 @@ def save_checkpoint(
     return atomic_torch_save(ckpt, path)
 
 
-def _refused_global(err: pickle.UnpicklingError) -> bool:
+# What torch's weights-only unpickler says when it refuses an object it could otherwise read
+# (as opposed to bytes that are no pickle at all: "Unsupported operand", "String is too long").
+_REFUSALS = ("Unsupported global", "unsupported GLOBAL", "allowlisted", "unrecognized function")
+
+
+def _refused_object(err: pickle.UnpicklingError) -> bool:
     """True when torch's weights-only unpickler refused an object (not mere corruption)."""
-    text = str(err)
-    return "Weights only load failed" in text or "Unsupported global" in text
+    return any(r in str(err) for r in _REFUSALS)
+
+
+def _unpickler_reason(err: BaseException) -> str:
+    """The line of torch's message that says what went wrong, without the paragraphs it wraps
+    around every failure (PyTorch 2.6's change of default, "please file an issue"...)."""
+    boiler = ("Weights only load failed", "Please file an issue", "Check the documentation")
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    for ln in lines:
+        ln = ln.split("WeightsUnpickler error:", 1)[-1].strip()
+        if ln and not ln.startswith(boiler):
+            return ln
+    return lines[0] if lines else "no detail"
+
+
+def safe_torch_load(
+    path: str | os.PathLike,
+    *,
+    what: str = "checkpoint",
+    map_location: str | torch.device = "cpu",
+    trust_hint: str = "",
+    corrupt_hint: str = "",
+) -> Any:
+    """``torch.load(path, weights_only=True)`` with one clear error per way of failing.
+
+    Raises:
+        FileNotFoundError: no such file.
+        CheckpointError: bytes that are not a (complete) torch file, or objects other than
+            tensors and plain values (refused, never unpickled). ``trust_hint`` /
+            ``corrupt_hint`` are appended to the respective message.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} does not exist (or is not a file)")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        if _refused_object(err):
+            raise CheckpointError(
+                f"{what} {path} holds objects other than tensors and plain values, which are "
+                f"never unpickled here (weights_only=True): {_unpickler_reason(err).rstrip('.')}"
+                + (f". {trust_hint}" if trust_hint else "")
+            ) from err
+        cause = err
+    except Exception as err:  # a corrupt file can fail anywhere in the unpickler (IndexError...)
+        cause = err
+    with open(path, "rb") as f:
+        head = f.read(4)
+    # torch.save writes a zip archive (PK..); the legacy format starts with a pickle protocol.
+    kind = (
+        "is truncated or corrupt"
+        if head[:2] == b"PK" or head[:1] == b"\x80"
+        else ("is not a PyTorch file (nor a truncated one)")
+    )
+    raise CheckpointError(
+        f"{what} {path} {kind} ({type(cause).__name__}: "
+        f"{_unpickler_reason(cause).split('. ')[0].rstrip('.')})"
+        + (f"; {corrupt_hint}" if corrupt_hint else "")
+    ) from cause
 
 
 def load_checkpoint(path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> dict:
@@ -174,23 +236,11 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: str | torch.device
             or a file that is not an awp-landscape checkpoint (with the fix to use).
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist (or is not a file)")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        if not _refused_global(err):
-            raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({err})") from err
-        raise CheckpointError(
-            f"checkpoint {path} holds objects other than tensors and plain values, which are "
-            f"never unpickled here (weights_only=True): {str(err).splitlines()[0]}"
-        ) from err
-    except Exception as err:  # a corrupt file can fail anywhere in the unpickler (IndexError...)
-        raise CheckpointError(
-            f"checkpoint {path} is truncated or corrupt ({type(err).__name__}: "
-            f"{str(err).splitlines()[0] if str(err) else 'no detail'}); use another checkpoint, "
-            f"e.g. the run's last.pt or best.pt"
-        ) from err
+    ckpt = safe_torch_load(
+        path,
+        map_location=map_location,
+        corrupt_hint="use another checkpoint, e.g. the run's last.pt or best.pt",
+    )
     return _check_ours(ckpt, path)
 
 
@@ -301,24 +351,11 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
         FileNotFoundError, CheckpointError: as :func:`load_checkpoint`, or no state dict found.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist (or is not a file)")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        if not _refused_global(err):
-            raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({err})") from err
-        raise CheckpointError(
-            f"checkpoint {path} holds objects other than tensors and plain values, which are "
-            f"never unpickled here (weights_only=True): {str(err).splitlines()[0]}. If you trust "
-            f"the file, re-save its state dict alone: torch.save(torch.load(path, "
-            f"weights_only=False)['state_dict'], 'weights.pt')"
-        ) from err
-    except Exception as err:  # a corrupt file can fail anywhere in the unpickler (IndexError...)
-        raise CheckpointError(
-            f"checkpoint {path} is truncated or corrupt ({type(err).__name__}: "
-            f"{str(err).splitlines()[0] if str(err) else 'no detail'})"
-        ) from err
+    obj = safe_torch_load(
+        path,
+        trust_hint="If you trust the file, re-save its state dict alone: torch.save(torch.load("
+        "path, weights_only=False)['state_dict'], 'weights.pt')",
+    )
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         ckpt = _check_ours(obj, path)  # the schema checks of our own format
         return dict(ckpt["state_dict"]), {"layout": "awp-landscape checkpoint", "checkpoint": ckpt}

@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import pickle
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from awp.checkpoint import safe_torch_load
 from awp.data import Split, iterate_batches
 
 log = logging.getLogger(__name__)
@@ -126,15 +126,7 @@ def _read(path: Path) -> dict:
             ) from err
         except (OSError, zipfile.BadZipFile, EOFError) as err:
             raise ValueError(f"extra data {path} is not a readable .npz file ({err})") from err
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise ValueError(
-            f"extra data {path} holds objects other than tensors, which are never unpickled "
-            f"(weights_only=True); {FORMAT_HINT}"
-        ) from err
-    except Exception as err:  # a corrupt file can fail anywhere in the unpickler
-        raise ValueError(f"extra data {path} is not a readable torch file ({err})") from err
+    obj = safe_torch_load(path, what="extra data", trust_hint=FORMAT_HINT)
     if not isinstance(obj, dict):
         raise ValueError(f"extra data {path} holds a {type(obj).__name__}; {FORMAT_HINT}")
     return obj
