@@ -52,6 +52,8 @@ SPLITS = ("train", "test")
 SPLIT_IDS = {"train": 0, "test": 1}
 DEFAULT_RANGE = "-1:1:21"
 DEFAULT_INTERP_RANGE = "-0.5:1.5:21"
+MAX_AXIS_POINTS = 10_001  # a typo guard (-1:1:210000); no figure resolves more
+MAX_GRID_POINTS = 1001 * 1001
 # Keys that may change between a run and its resumption without changing any value.
 RESUME_MUTABLE = ("device",)
 
@@ -66,7 +68,8 @@ def parse_range(text: str) -> np.ndarray:
         float64 array of ``num`` increasing coordinates (``num == 1`` gives ``[min]``).
 
     Raises:
-        ValueError: not three fields, num < 1, max < min, or non-finite values.
+        ValueError: not three fields, num < 1, max < min, min == max with num > 1, more than
+            :data:`MAX_AXIS_POINTS`, or non-finite values.
     """
     parts = str(text).split(":")
     try:
@@ -80,6 +83,16 @@ def parse_range(text: str) -> np.ndarray:
         ) from None
     if not (np.isfinite(lo) and np.isfinite(hi)) or num < 1 or hi < lo:
         raise ValueError(f"coordinates {text!r}: need finite min <= max and num >= 1")
+    if hi == lo and num > 1:
+        raise ValueError(
+            f"coordinates {text!r}: min == max gives {num} copies of one point; "
+            f"write {parts[0]}:{parts[1]}:1, or widen the range"
+        )
+    if num > MAX_AXIS_POINTS:
+        raise ValueError(
+            f"coordinates {text!r}: {num} points on one axis (at most {MAX_AXIS_POINTS}); a "
+            f"figure shows 21-101, e.g. {parts[0]}:{parts[1]}:51"
+        )
     if num == 1:
         return np.array([lo])
     return np.round(np.linspace(lo, hi, num), 12) + 0.0  # + 0.0 turns -0.0 into 0.0
@@ -309,6 +322,11 @@ def make_grid(
         if y is None:
             raise ValueError("a 2d grid needs y coordinates")
         y = np.asarray(y, dtype=np.float64).reshape(-1)
+        if len(x) * len(y) > MAX_GRID_POINTS:
+            raise ValueError(
+                f"a {len(y)} x {len(x)} surface has {len(x) * len(y)} points, more than "
+                f"{MAX_GRID_POINTS} (1001 x 1001); use fewer coordinates, e.g. 51 x 51"
+            )
         return Grid(kind, x, y, len(y))
     if y is not None:
         raise ValueError(f"only a 2d grid has y coordinates (kind {kind!r})")

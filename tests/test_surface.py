@@ -58,6 +58,18 @@ def test_parse_range():
     for bad in ("-1:1", "a:b:c", "1:-1:3", "0:1:0"):
         with pytest.raises(ValueError, match="coordinates"):
             parse_range(bad)
+    with pytest.raises(ValueError, match="copies of one point"):
+        parse_range("0.5:0.5:3")
+    assert len(parse_range("-1:1:10001")) == 10001
+    with pytest.raises(ValueError, match="10002 points on one axis"):
+        parse_range("-1:1:10002")  # a typo for -1:1:101, not a landscape
+
+
+def test_a_surface_of_more_than_a_million_points_is_refused():
+    x = parse_range("-1:1:1001")
+    assert make_grid("2d", x, x).n_points == 1001 * 1001
+    with pytest.raises(ValueError, match="1002 x 1001 surface"):
+        make_grid("2d", x, parse_range("-1:1:1002"))
 
 
 def test_grid_cells_and_coefficients_for_a_non_square_grid():
