@@ -118,6 +118,17 @@ def _run_train(args: argparse.Namespace) -> int:
             raise CLIError(f"config file {args.config} does not exist")
         base = from_dict(TrainConfig, json.loads(args.config.read_text()))
     cfg = dataclass_from_arguments(TrainConfig, args, base)
+    awp_flags = [
+        "--" + name.replace("_", "-")
+        for name in ("gamma", "awp_warmup", "awp_steps", "awp_alternations")
+        if getattr(args, name, None) is not None
+    ]
+    if awp_flags and not cfg.awp:
+        # `awp train --gamma 0.01` reads like AT-AWP but would silently train plain AT.
+        raise CLIError(
+            f"{', '.join(awp_flags)} set(s) AWP's weight perturbation, but AWP is off; add --awp "
+            "to train with it, or drop the flag"
+        )
     main_rank = env_rank() == 0  # under torchrun only rank 0 talks
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if main_rank:

@@ -201,8 +201,12 @@ class TrainConfig:
             )
         if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1:
             raise ValueError("need lr > 0, weight_decay >= 0 and 0 <= momentum < 1")
-        # Build the derived configs once so their validation runs now, not mid-training.
+        # Build the derived configs once so their validation runs now, not mid-training (nor
+        # after minutes of loading data): the architecture with placeholder classes, too.
         _ = self.train_attack, self.eval_attack, self.awp_config
+        ModelSpec(
+            name=self.model, width=self.width, depth=self.depth, widen_factor=self.widen_factor
+        )
 
     def resolved(self) -> TrainConfig:
         """This config with every None of :data:`METHOD_DEFAULT_FIELDS` replaced by the

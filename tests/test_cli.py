@@ -98,6 +98,11 @@ def test_bad_input_is_one_clear_line(tmp_path, folder, capsys):
     assert "resnet999" in capsys.readouterr().err
     assert main(["eval", str(tmp_path / "missing.pt")]) == 2
     assert "missing.pt" in capsys.readouterr().err
+    # AWP's settings without --awp would silently train plain AT
+    assert main(["train", "--gamma", "0.01", "--out", str(tmp_path / "r4")]) == 2
+    err = capsys.readouterr().err
+    assert "--gamma" in err and "add --awp" in err
+    assert not (tmp_path / "r4").exists()
     assert (
         main(["train", "--dataset", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r3")]) == 2
     )

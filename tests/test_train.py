@@ -159,6 +159,12 @@ def test_config_validation_and_json_round_trip():
         from_dict(TrainConfig, {"epoch": 3})
     with pytest.raises(ValueError, match="schedule"):
         TrainConfig(schedule="step")
+    # the architecture is checked with the config, before any data is loaded
+    with pytest.raises(ValueError, match="resnet999"):
+        TrainConfig(model="resnet999")
+    with pytest.raises(ValueError, match="depth"):
+        TrainConfig(model="wideresnet", depth=33)
+    TrainConfig(model="preactresnet18", depth=33)  # depth belongs to WideResNet only
 
 
 # ----------------------------------------------------------------- methods, --init, old configs
