@@ -743,17 +743,23 @@ def read_table(path: Path) -> list[dict[str, Any]]:
     """Rows of a result table: JSON (a list, or an object with ``rows``) or CSV."""
     if not path.is_file():
         raise FileNotFoundError(f"table {path} does not exist")
-    if path.suffix == ".csv":
-        with path.open(newline="") as fh:
-            # Names and hashes stay text (an all-digit sha256 must not become a number).
-            return [
-                {k: v if k in TEXT_COLUMNS else _parse_cell(v) for k, v in r.items()}
-                for r in csv.DictReader(fh)
-            ]
-    data = json.loads(path.read_text())
+    hint = "pass the flatness.json, gap.json or CSV tables that awp flatness / awp gap write"
+    try:
+        if path.suffix == ".csv":
+            with path.open(newline="") as fh:
+                # Names and hashes stay text (an all-digit sha256 must not become a number).
+                return [
+                    {k: v if k in TEXT_COLUMNS else _parse_cell(v) for k, v in r.items()}
+                    for r in csv.DictReader(fh)
+                ]
+        data = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError, csv.Error) as err:
+        raise ValueError(f"{path} is not a JSON or CSV result table ({err}); {hint}") from None
     rows = data.get("rows") if isinstance(data, dict) else data
     if not isinstance(rows, list):
-        raise ValueError(f"{path} holds no list of rows (expected a list or {{'rows': [...]}})")
+        raise ValueError(
+            f"{path} holds no list of rows (expected a list or {{'rows': [...]}}); {hint}"
+        )
     return rows
 
 

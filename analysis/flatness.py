@@ -84,6 +84,11 @@ class FlatnessConfig:
         object.__setattr__(self, "alphas", tuple(float(a) for a in self.alphas))
         if not self.alphas or any(not math.isfinite(a) or a < 0 for a in self.alphas):
             raise ValueError(f"alphas={self.alphas}: give one or more finite values >= 0")
+        if max(self.alphas) > 1:
+            raise ValueError(
+                f"alphas={self.alphas}: alpha is the noise relative to the weights (0.05 = 5%); "
+                f"above 1 the noise outweighs the weights. Did you mean {max(self.alphas) / 100:g}?"
+            )
         if len(set(self.alphas)) != len(self.alphas):
             raise ValueError(f"alphas={self.alphas} has repeated values")
         if self.samples < 1:

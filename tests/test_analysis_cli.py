@@ -204,6 +204,17 @@ def test_csv_tables_keep_hashes_as_text(tmp_path):
     ]
 
 
+def test_a_file_that_is_no_table_is_named_as_such(tmp_path, capsys):
+    from analysis.cli import read_table
+
+    ckpt = tmp_path / "model.pt"
+    ckpt.write_bytes(b"PK\x03\x04\x80\xff binary")  # e.g. a checkpoint passed by mistake
+    with pytest.raises(ValueError, match="model.pt is not a JSON or CSV result table"):
+        read_table(ckpt)
+    assert main(["correlate", str(ckpt)]) == 2
+    assert "awp flatness / awp gap" in capsys.readouterr().err
+
+
 def test_join_keeps_conflicting_columns_under_the_table_name():
     a = [{"sha256": "s1", "n": 10, "flatness": 0.1}, {"sha256": "s2", "n": 10, "flatness": 0.2}]
     b = [{"sha256": "s1", "n": 12, "gap": 0.3}, {"sha256": "s3", "n": 12, "gap": 0.4}]

@@ -338,6 +338,8 @@ def test_configs_reject_bad_values():
         FlatnessConfig(alphas=(-0.1,))
     with pytest.raises(ValueError, match="repeated"):
         FlatnessConfig(alphas=(0.1, 0.1))
+    with pytest.raises(ValueError, match="Did you mean 0.05"):
+        FlatnessConfig(alphas=(5,))  # 5% written as 5
     with pytest.raises(ValueError, match="confidence"):
         FlatnessConfig(confidence=95)
     with pytest.raises(ValueError, match="gammas"):
