@@ -144,8 +144,9 @@ class SurfaceConfig:
     )
     bn: str = opt(
         "eval",
-        "BatchNorm: eval (w0's statistics) | recompute (on training images "
-        "at every point; restored afterwards)",
+        "BatchNorm: eval (w0's statistics; interp moves them with the weights, and beyond "
+        "the end points variances can turn negative) | recompute (on training images at every "
+        "point; restored afterwards)",
     )
     n_bn: int = opt(1000, "training images used to recompute BatchNorm statistics")
     batch_size: int = opt(256, "examples per forward pass")
@@ -734,6 +735,9 @@ def surface_evaluator(
     # BatchNorm recomputation overwrites the buffers at every point: store them too.
     extra = _bn_buffers(model) if bn == "recompute" else []
     anchor = names + [b for b in extra if b not in names]
+    # Buffers that move with the grid (an interpolation's "all state"): extrapolated running
+    # variances can turn negative, and BatchNorm then gives NaN.
+    variances = [n for n in names if n.endswith("running_var")]
     with anchored(model, anchor) as theta0:
         fixed_adv: dict[str, torch.Tensor] = {}
         if fixed and attack is not None:
@@ -748,6 +752,8 @@ def surface_evaluator(
 
         def evaluate(index: int) -> dict[str, float]:
             set_point(tensors, theta0, dirs, grid.coefficients(index))
+            if bn == "eval" and variances:
+                _warn_negative_variances(tensors, variances, grid.coefficients(index))
             if bn == "recompute":
                 assert bn_x is not None
                 recompute_bn_stats(model, bn_x, batch_size=batch_size)
@@ -766,6 +772,26 @@ def surface_evaluator(
             return metrics
 
         yield evaluate
+
+
+def _warn_negative_variances(
+    tensors: Mapping[str, torch.Tensor], names: Sequence[str], coefficients: Sequence[float]
+) -> None:
+    """Log a warning when BatchNorm running variances written at a point are negative."""
+    negative = sum(int((tensors[n] < 0).sum()) for n in names)
+    if negative:
+        at = (
+            f"alpha={coefficients[0]:g}"
+            if len(coefficients) == 1
+            else "(" + ", ".join(f"{c:g}" for c in coefficients) + ")"
+        )
+        log.warning(
+            "at %s %d BatchNorm running variances are negative (the buffers are "
+            "extrapolated), so the losses there are NaN; --bn recompute re-estimates the "
+            "statistics at every point",
+            at,
+            negative,
+        )
 
 
 @dataclass(frozen=True, eq=False)

@@ -175,6 +175,27 @@ def test_interpolation_moves_batchnorm_buffers_from_a_to_b():
     assert out.values["test_loss"][0, 1] == pytest.approx(loss_b, rel=1e-12)
 
 
+def test_extrapolated_negative_variances_are_named_and_recompute_avoids_them(caplog):
+    a, b = tiny_model(seed=0, dtype=torch.float64), tiny_model(seed=1, dtype=torch.float64)
+    with torch.no_grad():  # B's variances far below A's: 1.5 steps past B is below zero
+        a.bn1.running_var.fill_(1.0)
+        b.bn1.running_var.fill_(0.2)
+    es = evalset()
+    d = target_direction(a.state_dict(), b.state_dict())
+    grid = make_grid("interp", np.array([1.0, 2.0]))
+    with caplog.at_level("WARNING", logger="landscape.surface"):
+        out = compute_surface(a, [d], grid, [es])
+    assert np.isfinite(out.values["test_loss"][0, 0])
+    assert np.isnan(out.values["test_loss"][0, 1]) and out.computed.all()
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 1 and "at alpha=2 " in warned[0] and "--bn recompute" in warned[0]
+    caplog.clear()
+    bn_x = tiny_batch(16, seed=9, dtype=torch.float64)[0]
+    with caplog.at_level("WARNING", logger="landscape.surface"):
+        again = compute_surface(a, [d], grid, [es], bn="recompute", bn_x=bn_x, batch_size=8)
+    assert np.isfinite(again.values["test_loss"]).all() and not caplog.records
+
+
 def test_recomputed_batchnorm_statistics_are_the_batch_averages():
     model = tiny_model(dtype=torch.float64)
     x = tiny_batch(16, seed=4, dtype=torch.float64)[0]
