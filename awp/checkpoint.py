@@ -215,10 +215,9 @@ def safe_torch_load(
     with open(path, "rb") as f:
         head = f.read(4)
     # torch.save writes a zip archive (PK..); the legacy format starts with a pickle protocol.
+    torch_file = head[:2] == b"PK" or head[:1] == b"\x80"
     kind = (
-        "is truncated or corrupt"
-        if head[:2] == b"PK" or head[:1] == b"\x80"
-        else ("is not a PyTorch file (nor a truncated one)")
+        "is truncated or corrupt" if torch_file else "is not a PyTorch file (nor a truncated one)"
     )
     raise CheckpointError(
         f"{what} {path} {kind} ({type(cause).__name__}: "

@@ -200,7 +200,7 @@ def add_dataclass_arguments(
                 dest=f.name,
                 default=None,
                 action=argparse.BooleanOptionalAction,
-                help=help_ if "(default" in help_ else f"{help_} (default: {value})",
+                help=_with_default(help_, value),
             )
             continue
         conv: Any = {float: parse_number, int: int, str: str}.get(tp, str)
@@ -215,8 +215,6 @@ def add_dataclass_arguments(
             if "shown" in f.metadata and value == field_default
             else _show(value)
         )
-        # A help text that states its own default (an empty "" meaning "derived") keeps it.
-        suffix = "" if "(default" in help_ else f" (default: {shown})"
         parser.add_argument(
             _flag(f.name),
             dest=f.name,
@@ -224,8 +222,14 @@ def add_dataclass_arguments(
             nargs=nargs,
             default=None,
             metavar=f.name.upper(),
-            help=f"{help_}{suffix}",
+            help=_with_default(help_, shown),
         )
+
+
+def _with_default(help_: str, shown: Any) -> str:
+    """``help_`` with ``(default: shown)`` appended, unless the text states its own default
+    (e.g. an empty "" meaning "derived from the checkpoint")."""
+    return help_ if "(default" in help_ else f"{help_} (default: {shown})"
 
 
 def _show(default: Any) -> Any:

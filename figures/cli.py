@@ -74,12 +74,11 @@ def run_plot(args: argparse.Namespace) -> int:
     # A shell glob like landscape/*.h5 also matches the NAME.directions.h5 companions: skip them
     # (a directions file given alone still gets read_surface's clear error).
     files = [f for f in args.files if not str(f).endswith(".directions.h5")] or list(args.files)
-    args.files = files
     surfaces = [read_surface(f) for f in files]
     if args.labels is not None and len(args.labels) != len(surfaces):
         raise ValueError(f"got {len(args.labels)} labels for {len(surfaces)} files")
     labels = args.labels or [s.label for s in surfaces]
-    out_dir = args.out or args.files[0].parent
+    out_dir = args.out or files[0].parent
     plots = set(args.plots)
     curves_wanted = bool(plots & {"auto", "curve"})
     views = [

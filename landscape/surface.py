@@ -778,7 +778,7 @@ def _warn_negative_variances(
     tensors: Mapping[str, torch.Tensor], names: Sequence[str], coefficients: Sequence[float]
 ) -> None:
     """Log a warning when BatchNorm running variances written at a point are negative."""
-    negative = sum(int((tensors[n] < 0).sum()) for n in names)
+    negative = int(sum((tensors[n] < 0).sum() for n in names))  # one device sync per point
     if negative:
         at = (
             f"alpha={coefficients[0]:g}"
