@@ -11,9 +11,7 @@ Wu, Xia, Wang, NeurIPS 2020 (robust generalization gap, Sec. 3).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
@@ -41,18 +39,6 @@ class GapConfig:
             )
         if self.batch_size < 1:
             raise ValueError(f"batch_size={self.batch_size} must be >= 1")
-
-
-def method_of(config: Mapping[str, Any] | None) -> str:
-    """The method label of a run from its training config: ``AT``, ``AT-AWP``, ``TRADES``...
-
-    ``config["method"]`` names the objective (at / trades / mart, default at) and
-    ``config["awp"]`` adds ``-AWP``. An empty or missing config gives ``unknown``.
-    """
-    if not config:
-        return "unknown"
-    base = str(config.get("method") or "at").upper()
-    return f"{base}-AWP" if config.get("awp") else base
 
 
 def subset(split: Split, n: int, *, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

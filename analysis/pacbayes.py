@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
-from analysis.flatness import noise_scales
+from analysis.noise import noise_scales
 from awp.config import opt
 
 

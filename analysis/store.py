@@ -10,7 +10,7 @@ gives the same record. The store keeps finished units on disk and :func:`run_uni
   ``os.replace``) after every unit, so a killed run loses at most the unit in flight;
 - on start every rank reads every rank file in the folder (any earlier world size), the ranks
   agree on the union of finished keys, and the remaining keys are split round robin with
-  :func:`landscape.distributed.shard`;
+  :func:`awp.distributed.shard`;
 - a file written under other settings is never mixed in nor overwritten: loading it is an
   error that names the differences.
 """
@@ -23,10 +23,11 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch.distributed as dist
-
-from awp.checkpoint import atomic_write_text
-from landscape.distributed import DistInfo, current, shard
+from awp import distributed
+from awp.config import config_diff
+from awp.distributed import DistContext
+from awp.io import atomic_write_text
+from awp.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -35,15 +36,6 @@ Record = dict[str, Any]
 
 class StoreMismatch(ValueError):
     """A store folder holds results computed under other settings."""
-
-
-def _diff(saved: Any, now: Any, prefix: str = "") -> list[str]:
-    if isinstance(saved, dict) and isinstance(now, dict):
-        out: list[str] = []
-        for key in sorted(set(saved) | set(now)):
-            out += _diff(saved.get(key), now.get(key), f"{prefix}{key}.")
-        return out
-    return [] if saved == now else [f"{prefix.rstrip('.')}: {saved!r} on disk, {now!r} now"]
 
 
 class SampleStore:
@@ -78,7 +70,7 @@ class SampleStore:
             ) from err
         if not isinstance(data, dict) or "meta" not in data or "records" not in data:
             raise StoreMismatch(f"{path} is not a sample store file; move it away or use --out")
-        diffs = _diff(data["meta"], self.meta)
+        diffs = config_diff(data["meta"], self.meta)
         if diffs:
             raise StoreMismatch(
                 f"{path} holds results computed with other settings ("
@@ -104,22 +96,12 @@ class SampleStore:
         atomic_write_text(self.path, json.dumps(payload, indent=1) + "\n")
 
 
-def all_gather(obj: Any, info: DistInfo | None = None) -> list[Any]:
-    """Every rank's ``obj``, on every rank (``[obj]`` when not distributed)."""
-    info = info or current()
-    if not info.active:
-        return [obj]
-    out: list[Any] = [None] * info.world
-    dist.all_gather_object(out, obj)
-    return out
-
-
 def run_units(
     keys: Sequence[str],
     compute: Callable[[str], Record],
     *,
     store: SampleStore | None = None,
-    info: DistInfo | None = None,
+    info: DistContext | None = None,
     progress: bool = False,
     desc: str = "samples",
 ) -> dict[str, Record]:
@@ -129,29 +111,27 @@ def run_units(
         keys: unit keys, in the order to run them (the same list on every rank).
         compute: key -> JSON-able record; must depend only on the key and fixed settings.
         store: where finished units are kept (None: nothing on disk, nothing skipped).
-        info: this process's place (default :func:`landscape.distributed.current`).
+        info: this process's place (default :func:`awp.distributed.current`).
         progress: show a tqdm bar (on the main rank only).
         desc: the bar's label.
 
     Returns:
         key -> record for every key of ``keys``, on every rank.
     """
-    from tqdm.auto import tqdm
-
-    info = info or current()
+    info = info or distributed.current()
     if len(set(keys)) != len(keys):
         raise ValueError("unit keys must be unique")
     done = store.load() if store is not None else {}
     # Ranks may see different files (no shared disk): agree on the union before sharding,
     # or two ranks could split different to-do lists and leave a unit out.
     finished: set[str] = set()
-    for part in all_gather(sorted(k for k in keys if k in done), info):
+    for part in distributed.all_gather_objects(sorted(k for k in keys if k in done)):
         finished.update(part)
     todo = [k for k in keys if k not in finished]
-    mine = shard(todo, info.rank, info.world)
+    mine = distributed.shard(todo, info.rank, info.world)
     if finished:
         log.info("%s: %d of %d units already finished", desc, len(finished), len(keys))
-    bar = tqdm(mine, desc=desc, disable=not (progress and info.is_main), leave=False)
+    bar = progress_bar(mine, desc=desc, enabled=progress and info.is_main)
     new: dict[str, Record] = {}
     for key in bar:
         # Normalized as JSON, so fresh records look exactly like ones read back from disk.
@@ -162,7 +142,7 @@ def run_units(
     local = {k: done[k] for k in keys if k in done}
     local.update(new)
     merged: dict[str, Record] = {}
-    for part in all_gather(local, info):
+    for part in distributed.all_gather_objects(local):
         merged.update(part)
     missing = [k for k in keys if k not in merged]
     if missing:  # only possible if a rank's compute skipped a key

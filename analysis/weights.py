@@ -23,7 +23,8 @@ import torch
 from scipy import stats as sps
 from torch import nn
 
-from awp.perturb import is_perturbed_weight, unwrap
+from awp.modes import unwrap
+from awp.perturb import is_perturbed_weight
 
 # Selectors understood by :func:`select_layers`, besides parameter names and glob patterns.
 LAYER_SELECTORS = (

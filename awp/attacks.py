@@ -8,54 +8,16 @@ explicit argument; the caller's mode and every BatchNorm running statistic are r
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from awp.config import AttackConfig, check_eps
+from awp.modes import model_mode
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-@contextmanager
-def frozen_bn_stats(model: nn.Module) -> Iterator[nn.Module]:
-    """Keep BatchNorm running statistics (and ``num_batches_tracked``) from moving.
-
-    In train mode BatchNorm still normalizes with the batch's statistics; it just does not
-    update the running ones. Works by switching ``track_running_stats`` off, which makes
-    ``F.batch_norm`` receive no running buffers in train mode (eval mode still reads them).
-    """
-    bns = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
-    for m in bns:
-        m.track_running_stats = False
-    try:
-        yield model
-    finally:
-        for m in bns:
-            m.track_running_stats = True
-
-
-@contextmanager
-def model_mode(model: nn.Module, mode: str) -> Iterator[nn.Module]:
-    """Put ``model`` in ``mode`` ("train" | "eval") with frozen BatchNorm statistics; restore after.
-
-    The per-module training flags are restored individually, so a model whose submodules were
-    in mixed modes comes back exactly as it was.
-    """
-    if mode not in ("train", "eval"):
-        raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}")
-    flags = [(m, m.training) for m in model.modules()]
-    model.train(mode == "train")
-    try:
-        with frozen_bn_stats(model):
-            yield model
-    finally:
-        for m, flag in flags:
-            m.training = flag
 
 
 def cross_entropy_per_example(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

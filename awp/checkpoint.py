@@ -7,18 +7,18 @@ and the official AWP parameter names. Loading never unpickles arbitrary objects.
 
 from __future__ import annotations
 
-import hashlib
-import io
 import os
 import pickle
-import platform
-import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from awp.config import from_dict
+from awp.io import atomic_torch_save, library_versions, sha256_file
+from awp.models import ModelSpec, build_model
 
 FORMAT = "awp-landscape/checkpoint"
 SCHEMA = 1
@@ -27,70 +27,6 @@ PREFIXES = ("module.", "_orig_mod.")
 
 class CheckpointError(ValueError):
     """A checkpoint file that cannot be used; the message names the file and the problem."""
-
-
-def atomic_write_with(path: str | os.PathLike, fill: Callable[[str], None]) -> Path:
-    """Write ``path`` through ``fill(temp path)`` in the same folder, fsync, then rename.
-
-    A process killed at any moment leaves the previous file (or none) and at worst a stray
-    ``.NAME.*.tmp``, never a torn ``path`` (``os.replace`` is atomic). ``fill`` may be any
-    writer that needs a file name (h5py, ``torch.save``...).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        fill(tmp)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` atomically; see :func:`atomic_write_with`."""
-
-    def fill(tmp: str) -> None:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-
-    return atomic_write_with(path, fill)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Atomic text write (UTF-8); see :func:`atomic_write_bytes`."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` to memory, then :func:`atomic_write_bytes`."""
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    return atomic_write_bytes(path, buf.getvalue())
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def strip_prefixes(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -105,20 +41,6 @@ def strip_prefixes(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Te
                     k, changed = k[len(p) :], True
         out[k] = t
     return out
-
-
-def library_versions() -> dict[str, str]:
-    """Versions recorded in every checkpoint and result file."""
-    import numpy
-
-    import awp
-
-    return {
-        "awp": str(awp.__version__),
-        "torch": str(torch.__version__),
-        "numpy": str(numpy.__version__),
-        "python": platform.python_version(),
-    }
 
 
 def save_checkpoint(
@@ -307,9 +229,6 @@ def load_model(
     Returns:
         (model on ``device`` in eval mode, the checkpoint dict).
     """
-    from awp.config import from_dict
-    from awp.models import ModelSpec, build_model
-
     ckpt = load_checkpoint(path)
     try:
         spec = from_dict(ModelSpec, ckpt["model_spec"])

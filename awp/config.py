@@ -1,35 +1,42 @@
-"""Frozen, validated configuration dataclasses and their CLI / JSON round trip.
+"""Frozen, validated configuration dataclasses, their JSON round trip, and config diffs.
 
-One dataclass per concern. The CLI is generated from the same dataclasses
-(:func:`add_dataclass_arguments`), so every default lives in exactly one place and a Python
-user passes the same object the CLI builds. Numbers accept fractions (``--eps 8/255``).
+One dataclass per concern. Each field carries its help text (:func:`opt`), so the CLI is
+generated from the same dataclasses and every default lives in exactly one place; a Python user
+passes the same object the CLI builds. Numbers accept fractions (``--eps 8/255``).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
 import types
 import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, TypeVar
+
+from awp.modes import MODES
 
 T = TypeVar("T")
 
 NORMS = ("linf", "l2")
 ATTACK_NAMES = ("pgd", "fgsm", "cw")
 RANDOM_STARTS = ("uniform", "gaussian", "none")
-MODES = ("train", "eval")
 
 
 def opt(default: Any, help: str, **kwargs: Any) -> Any:  # noqa: A002 - mirrors argparse
     """A dataclass field carrying its CLI help text (mutable defaults via default_factory).
 
-    ``shown="..."`` replaces the default printed by ``--help`` (for ``None`` meaning "depends on
-    another setting", e.g. the training method's default).
+    Keyword metadata understood by the CLI generator:
+
+    - ``shown="..."`` replaces the default printed by ``--help`` (for ``None`` meaning "depends
+      on another setting", e.g. the training method's default);
+    - ``flag="name"`` names the flag (``--name``) instead of the field name, e.g. the attack
+      config's ``name`` is ``--attack``;
+    - ``aliases=("old_name", ...)`` are further flags accepted for the field;
+    - ``cli=False`` keeps the field off the command line.
     """
     if isinstance(default, (list, dict, set)):
         return field(
@@ -75,9 +82,16 @@ def check_eps(eps: float, norm: str, what: str = "eps") -> None:
         )
 
 
-def _choice(value: str, allowed: tuple[str, ...], what: str) -> None:
+def check_choice(value: Any, allowed: Sequence[Any], what: str) -> None:
+    """Refuse a value outside ``allowed``, naming the setting and the valid values."""
     if value not in allowed:
-        raise ValueError(f"unknown {what} {value!r}; choose one of {', '.join(allowed)}")
+        raise ValueError(f"unknown {what} {value!r}; choose one of {', '.join(map(str, allowed))}")
+
+
+def default_eps(norm: str) -> float:
+    """The threat model's usual radius: 8/255 for linf, 0.5 (128/255) for l2."""
+    check_choice(norm, NORMS, "norm")
+    return 8 / 255 if norm == "linf" else 0.5
 
 
 @dataclass(frozen=True)
@@ -85,32 +99,64 @@ class AttackConfig:
     """An input-space attack: which one, its threat model and the model's mode while it runs.
 
     The mode is recorded because it changes the attack: in ``train`` mode BatchNorm uses the
-    batch's statistics (running statistics are never updated by an attack).
+    batch's statistics (running statistics are never updated by an attack). FGSM is one step
+    of size eps from x: its ``steps``, ``step_size`` and ``random_start`` are pinned to that.
     """
 
-    name: str = opt("pgd", "attack: pgd | fgsm | cw (CW-inf margin loss)")
+    name: str = opt(
+        "pgd", "attack: pgd | fgsm | cw (CW-inf margin loss)", flag="attack", selects=True
+    )
     norm: str = opt("linf", "threat model: linf | l2")
     eps: float = opt(8 / 255, "radius in [0,1] pixel units (8/255 for linf, 0.5 for l2)")
-    step_size: float = opt(2 / 255, "step size in pixel units")
-    steps: int = opt(10, "number of attack steps")
-    restarts: int = opt(1, "random restarts; the worst case per example is kept")
-    random_start: str = opt("uniform", "uniform | gaussian | none")
-    mode: str = opt("eval", "model mode during the attack: train | eval")
-    kappa: float = opt(50.0, "CW margin confidence (official AWP eval uses 50)")
+    step_size: float = opt(
+        2 / 255,
+        "attack step size in pixel units (eps/4 when only --norm/--eps change)",
+        flag="attack_step_size",
+        aliases=("step_size",),
+    )
+    steps: int = opt(10, "number of attack steps", flag="attack_steps")
+    restarts: int = opt(
+        1,
+        "random restarts; the worst case per example is kept",
+        flag="attack_restarts",
+        aliases=("restarts",),
+    )
+    random_start: str = opt("uniform", "uniform | gaussian | none", flag="attack_start")
+    mode: str = opt("eval", "model mode during the attack: train | eval", flag="attack_mode")
+    kappa: float = opt(50.0, "CW margin confidence (official AWP eval uses 50)", flag="cw_kappa")
 
     def __post_init__(self) -> None:
-        _choice(self.name, ATTACK_NAMES, "attack")
-        _choice(self.norm, NORMS, "norm")
-        _choice(self.random_start, RANDOM_STARTS, "random_start")
-        _choice(self.mode, MODES, "attack mode")
+        check_choice(self.name, ATTACK_NAMES, "attack")
+        check_choice(self.norm, NORMS, "norm")
+        check_choice(self.random_start, RANDOM_STARTS, "random_start")
+        check_choice(self.mode, MODES, "attack mode")
         check_eps(self.eps, self.norm)
+        if self.name == "fgsm":
+            object.__setattr__(self, "steps", 1)
+            object.__setattr__(self, "step_size", self.eps)
+            object.__setattr__(self, "random_start", "none")
         if self.step_size < 0:
             raise ValueError(f"step_size={self.step_size} is negative")
         check_eps(self.step_size, self.norm, "step_size")
-        if self.steps < 1 and self.name != "fgsm":
+        if self.steps < 1:
             raise ValueError(f"steps={self.steps}: an iterative attack needs at least one step")
         if self.restarts < 1:
             raise ValueError(f"restarts={self.restarts}: need at least 1")
+
+    def updated(self, **changes: Any) -> AttackConfig:
+        """This attack with ``changes``; a new threat model keeps consistent radii.
+
+        A changed ``norm`` without an ``eps`` takes that norm's usual radius
+        (:func:`default_eps`), and a changed radius without a ``step_size`` takes eps/4, so
+        ``--norm l2`` alone means L2 at 0.5 with step 0.125, not L2 at 8/255.
+        """
+        norm = changes.get("norm", self.norm)
+        if "eps" not in changes and norm != self.norm:
+            changes["eps"] = default_eps(norm)
+        eps = changes.get("eps", self.eps)
+        if "step_size" not in changes and (eps != self.eps or norm != self.norm):
+            changes["step_size"] = eps / 4
+        return dataclasses.replace(self, **changes)
 
     def describe(self) -> str:
         """Short human label, e.g. ``PGD-20 linf eps=8/255``."""
@@ -121,13 +167,15 @@ class AttackConfig:
 
 # Paper presets (Rice et al. / official AWP): train-time PGD-10 in train mode, eval in eval mode.
 PGD10_TRAIN = AttackConfig(name="pgd", steps=10, step_size=2 / 255, mode="train")
+PGD10_EVAL = AttackConfig(name="pgd", steps=10, step_size=2 / 255, mode="eval")
 PGD20_EVAL = AttackConfig(name="pgd", steps=20, step_size=2 / 255, mode="eval")
 CW20_EVAL = AttackConfig(name="cw", steps=20, step_size=2 / 255, mode="eval")
-FGSM_EVAL = AttackConfig(name="fgsm", steps=1, step_size=8 / 255, random_start="none", mode="eval")
+FGSM_EVAL = AttackConfig(name="fgsm", mode="eval")
 
 
-def _resolve_type(tp: Any) -> Any:
-    """Strip Optional[...] / X | None to X."""
+# --------------------------------------------------------------------------- JSON round trip
+def resolve_type(tp: Any) -> Any:
+    """Strip ``Optional[X]`` / ``X | None`` to X."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
@@ -136,14 +184,19 @@ def _resolve_type(tp: Any) -> Any:
     return tp
 
 
-def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+def from_dict(cls: type[T], data: Mapping[str, Any]) -> T:
     """Build dataclass ``cls`` from a (JSON) dict, recursing into nested dataclasses.
+
+    A class may upgrade dicts written by older versions through a ``migrate(data) -> data``
+    staticmethod (e.g. flat keys that are now a nested config).
 
     Raises:
         ValueError: listing unknown keys, so a typo in a config file is never silently ignored.
     """
-    if not isinstance(data, dict):
+    if not isinstance(data, Mapping):
         raise ValueError(f"{cls.__name__}: expected a mapping, got {type(data).__name__}")
+    migrate = getattr(cls, "migrate", None)
+    data = dict(migrate(dict(data)) if migrate is not None else data)
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
@@ -151,8 +204,8 @@ def from_dict(cls: type[T], data: dict[str, Any]) -> T:
         raise ValueError(f"{cls.__name__}: unknown keys {unknown}; valid keys are {sorted(names)}")
     kwargs = {}
     for key, value in data.items():
-        tp = _resolve_type(hints[key])
-        if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+        tp = resolve_type(hints[key])
+        if dataclasses.is_dataclass(tp) and isinstance(value, Mapping):
             value = from_dict(tp, value)
         elif typing.get_origin(tp) is tuple and isinstance(value, list):
             value = tuple(value)
@@ -165,97 +218,25 @@ def to_dict(obj: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(obj)))
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
+def config_diff(
+    saved: Any, current: Any, *, ignore: Sequence[str] = (), saved_as: str = "on disk"
+) -> list[str]:
+    """Every difference between two JSON-like configs, as ``path: old <saved_as>, new now``.
 
-
-def add_dataclass_arguments(
-    parser: argparse.ArgumentParser,
-    cls: type,
-    *,
-    skip: tuple[str, ...] = (),
-    defaults: Any | None = None,
-) -> None:
-    """Add one CLI flag per field of ``cls`` (nested dataclasses are flattened).
-
-    Defaults are read from the dataclass, so they are never repeated in the CLI; a nested
-    dataclass shows the values of its enclosing field's default (``defaults``: the instance
-    whose values are shown). Flags are left at ``None`` when not given, and
-    :func:`dataclass_from_arguments` keeps the dataclass default.
+    Nested dicts are compared key by key (``attack.steps: 10 in the file, 20 now``); keys in
+    ``ignore`` (at any depth) are settings that do not change results, e.g. the device.
     """
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        if f.name in skip:
-            continue
-        tp = _resolve_type(hints[f.name])
-        field_default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        value = getattr(defaults, f.name) if defaults is not None else field_default
-        if dataclasses.is_dataclass(tp):
-            add_dataclass_arguments(parser, tp, skip=skip, defaults=value)
-            continue
-        help_ = f.metadata.get("help", "").replace("%", "%%")  # argparse formats help with %
-        if tp is bool:
-            parser.add_argument(
-                _flag(f.name),
-                dest=f.name,
-                default=None,
-                action=argparse.BooleanOptionalAction,
-                help=_with_default(help_, value),
-            )
-            continue
-        conv: Any = {float: parse_number, int: int, str: str}.get(tp, str)
-        nargs = None
-        if typing.get_origin(tp) is tuple:
-            inner = typing.get_args(tp)[0]
-            conv = parse_number if inner is float else inner
-            nargs = "+"
-        # A field whose default depends on another (None = "the method's default") says so.
-        shown = (
-            f.metadata["shown"]
-            if "shown" in f.metadata and value == field_default
-            else _show(value)
-        )
-        parser.add_argument(
-            _flag(f.name),
-            dest=f.name,
-            type=conv,
-            nargs=nargs,
-            default=None,
-            metavar=f.name.upper(),
-            help=_with_default(help_, shown),
-        )
+    return _diff(saved, current, "", tuple(ignore), saved_as)
 
 
-def _with_default(help_: str, shown: Any) -> str:
-    """``help_`` with ``(default: shown)`` appended, unless the text states its own default
-    (e.g. an empty "" meaning "derived from the checkpoint")."""
-    return help_ if "(default" in help_ else f"{help_} (default: {shown})"
-
-
-def _show(default: Any) -> Any:
-    """A default as a user would type it: 8/255 rather than 0.0313725."""
-    if isinstance(default, float):
-        k = default * 255
-        if 0 < default < 1 and abs(k - round(k)) < 1e-9:
-            return f"{round(k)}/255"
-        return f"{default:.6g}"
-    return default
-
-
-def dataclass_from_arguments(cls: type[T], ns: argparse.Namespace, base: T | None = None) -> T:
-    """Build ``cls`` from parsed flags: values given on the command line replace ``base``'s."""
-    base = base if base is not None else cls()
-    hints = typing.get_type_hints(cls)
-    changes = {}
-    for f in dataclasses.fields(cls):
-        tp = _resolve_type(hints[f.name])
-        if dataclasses.is_dataclass(tp):
-            changes[f.name] = dataclass_from_arguments(tp, ns, getattr(base, f.name))
-            continue
-        value = getattr(ns, f.name, None)
-        if value is not None:
-            changes[f.name] = tuple(value) if isinstance(value, list) else value
-    return dataclasses.replace(base, **changes)
+def _diff(a: Any, b: Any, prefix: str, ignore: tuple[str, ...], saved_as: str) -> list[str]:
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        out: list[str] = []
+        for key in sorted(set(a) | set(b)):
+            if key not in ignore:
+                out += _diff(a.get(key), b.get(key), f"{prefix}{key}.", ignore, saved_as)
+        return out
+    return [] if a == b else [f"{prefix.rstrip('.')}: {a!r} {saved_as}, {b!r} now"]
 
 
 @dataclass(frozen=True)
@@ -303,8 +284,8 @@ class MethodDefaults:
     attack_start: str
 
     def __post_init__(self) -> None:
-        _choice(self.attack_mode, MODES, "attack mode")
-        _choice(self.attack_start, RANDOM_STARTS, "random start")
+        check_choice(self.attack_mode, MODES, "attack mode")
+        check_choice(self.attack_start, RANDOM_STARTS, "random start")
 
 
 # The official code's defaults, in one place. `awp train --method trades --awp` leaves
@@ -332,5 +313,17 @@ METHOD_DEFAULTS: dict[str, MethodDefaults] = {
 
 def method_defaults(method: str) -> MethodDefaults:
     """The defaults of a training method by name (see :data:`METHOD_DEFAULTS`)."""
-    _choice(method, METHODS, "method")
+    check_choice(method, METHODS, "method")
     return METHOD_DEFAULTS[method]
+
+
+def method_of(config: Mapping[str, Any] | None) -> str:
+    """The method label of a run from its training config: ``AT``, ``AT-AWP``, ``TRADES``...
+
+    ``config["method"]`` names the objective (at / trades / mart, default at) and
+    ``config["awp"]`` adds ``-AWP``. An empty or missing config gives ``unknown``.
+    """
+    if not config:
+        return "unknown"
+    base = str(config.get("method") or "at").upper()
+    return f"{base}-AWP" if config.get("awp") else base

@@ -1,31 +1,30 @@
-"""Datasets as uint8 tensors on the device, a seeded validation split, batched augmentation.
+"""Datasets as uint8 tensors on the device, with a seeded validation split.
 
-This module is the data IO shell: it reads torchvision datasets, ImageFolder folders and
-``.tar.gz`` archives (and the embedded CIFAR-10 sample), caches decoded archives as ``.npz``
-and shows a progress bar while decoding. Everything after loading (``to_float``, ``augment``,
-``iterate_batches``, ``fixed_subset``) is pure tensor code with explicit generators.
-
-Whole datasets live on the target device as uint8 ``(N, 3, H, W)`` tensors (CIFAR-10 train is
-150 MB), so training never waits on a DataLoader; augmentation is batched tensor indexing.
+Reads the embedded CIFAR-10 sample, torchvision datasets (CIFAR-10/100, SVHN; downloaded only
+when asked) and ImageFolder folders or archives (:mod:`awp.imagefolder`). Whole datasets live on
+the target device as uint8 ``(N, 3, H, W)`` tensors (CIFAR-10 train is 150 MB), so training
+never waits on a DataLoader; batching is index arithmetic (:func:`iterate_batches`) and
+augmentation batched tensor ops (:mod:`awp.augment`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
 import logging
 import os
 import re
-import tarfile
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
-from tqdm.auto import tqdm
+
+from awp.imagefolder import (
+    ARCHIVE_SUFFIXES,
+    LAYOUT_HINT,
+    load_imagefolder_arrays,
+    path_name,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -41,20 +40,6 @@ CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
 CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 SVHN_MEAN = (0.4377, 0.4438, 0.4728)
 SVHN_STD = (0.1980, 0.2010, 0.1970)
-
-# Same suffixes as torchvision's ImageFolder.
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
-LAYOUT_HINT = (
-    "expected train/<class>/*.jpg and test/<class>/*.jpg (optionally inside one top-level folder)"
-)
-# Bump when the cached array layout changes, so old caches are rebuilt instead of misread.
-_CACHE_FORMAT = 1
-# Decoding a few thousand 32x32 JPEGs takes about a second; beyond that a bar is worth showing.
-_PROGRESS_MIN_IMAGES = 5000
-
-# split -> class -> [(file name, encoded bytes)], classes and files sorted by name.
-ImageFolderFiles = dict[str, dict[str, list[tuple[str, bytes]]]]
 
 
 @dataclass(frozen=True)
@@ -227,71 +212,6 @@ def load_data(
     )
 
 
-def to_float(x: torch.Tensor) -> torch.Tensor:
-    """Convert uint8 images to float32 in [0, 1].
-
-    Args:
-        x: images, (N, C, H, W) uint8 (any shape works), any device.
-
-    Returns:
-        float32 tensor of the same shape and device, x / 255.
-    """
-    if x.dtype != torch.uint8:
-        raise ValueError(f"to_float expects uint8 images, got dtype {x.dtype}")
-    return x.to(torch.float32).div_(255.0)
-
-
-def augment(
-    x: torch.Tensor, *, generator: torch.Generator, padding: int = 4, flip: bool = True
-) -> torch.Tensor:
-    """Random crop with reflect padding and random horizontal flip, as batched tensor ops.
-
-    Equivalent per image to: reflect-pad by `padding` pixels, crop an H x W window at a
-    uniformly random offset, flip left-right with probability 1/2. Reflect padding is
-    folded into the gather indices, so no padded copy of the batch is made.
-
-    Args:
-        x: images, (N, C, H, W) uint8, any device.
-        generator: CPU generator for the random offsets and flips; the draws are moved to
-            x.device, so a seed gives the same result on every device.
-        padding: pixels of reflect padding on each side, 0 <= padding < min(H, W).
-        flip: apply random horizontal flips.
-
-    Returns:
-        float32 images in [0, 1], (N, C, H, W), on x.device.
-
-    Reference: the standard CIFAR augmentation (RandomCrop(32, padding=4) and
-    RandomHorizontalFlip) of the official AWP code, with reflect instead of zero padding.
-    """
-    if x.dtype != torch.uint8 or x.ndim != 4:
-        raise ValueError(
-            f"augment expects uint8 images (N, C, H, W), got dtype {x.dtype} and shape "
-            f"{tuple(x.shape)}; augment the uint8 tensors from load_data"
-        )
-    if generator.device.type != "cpu":
-        raise ValueError(
-            f"augment needs a CPU torch.Generator (got one on {generator.device}) so that "
-            "results match across devices"
-        )
-    n, c, h, w = x.shape
-    if not 0 <= padding < min(h, w):
-        raise ValueError(f"padding must be in [0, {min(h, w)}) for {h}x{w} images, got {padding}")
-    dev = x.device
-    dy, dx, flips = _crop_offsets_and_flips(n, generator, padding)
-    dy, dx, flips = dy.to(dev), dx.to(dev), flips.to(dev)
-    rows = dy[:, None] + torch.arange(h, device=dev)  # (N, H), padded coordinates
-    cols = dx[:, None] + torch.arange(w, device=dev)  # (N, W), padded coordinates
-    if flip:
-        # Reading the crop's columns right to left is the flip of the crop.
-        cols = torch.where(flips[:, None], cols.flip(1), cols)
-    rows = _reflect(rows - padding, h)
-    cols = _reflect(cols - padding, w)
-    n_idx = torch.arange(n, device=dev)[:, None, None, None]
-    c_idx = torch.arange(c, device=dev)[None, :, None, None]
-    out = x[n_idx, c_idx, rows[:, None, :, None], cols[:, None, None, :]]  # (N, C, H, W)
-    return to_float(out)
-
-
 def iterate_batches(
     n: int,
     batch_size: int,
@@ -372,78 +292,6 @@ def channel_stats(
     return tuple(mean.tolist()), tuple(std.tolist())
 
 
-def read_imagefolder_files(path: str | os.PathLike) -> ImageFolderFiles:
-    """Read the encoded image files of an ImageFolder directory or tar archive.
-
-    The layout is ``train/<class>/<file>`` and ``test/<class>/<file>``, optionally wrapped in
-    one top-level folder. Hidden files and non-image files are skipped. Archives are read
-    directly with `tarfile`, nothing is extracted to disk.
-
-    Args:
-        path: a directory, or a ``.tar.gz``/``.tgz``/``.tar`` file.
-
-    Returns:
-        split ("train", "test") -> class name -> [(file name, encoded bytes)], classes and
-        files sorted by name; both splits have the same, non-empty set of classes.
-
-    Raises:
-        FileNotFoundError: `path` does not exist.
-        ValueError: the layout is not the one expected, or the class folders differ.
-    """
-    path = Path(path).expanduser()
-    _check_exists(path)
-    if path.is_dir():
-        files = _read_folder(path)
-    elif _is_archive(path):
-        files = _read_archive(path)
-    else:
-        raise ValueError(
-            f"'{path}' is neither a directory nor a .tar.gz/.tgz/.tar archive; {LAYOUT_HINT}"
-        )
-    _check_layout(files, path)
-    return files
-
-
-def cache_dir() -> Path:
-    """Directory of decoded-archive caches: $AWP_CACHE, else ~/.cache/awp-landscape."""
-    env = os.environ.get("AWP_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "awp-landscape"
-
-
-# ----------------------------------------------------------------------------- augmentation
-
-
-def _crop_offsets_and_flips(
-    n: int, generator: torch.Generator, padding: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Draw the random crop offsets and flip decisions that `augment` uses.
-
-    Always draws all three, in this order, so the stream is the same with or without flips.
-
-    Args:
-        n: number of images.
-        generator: CPU generator.
-        padding: reflect padding; offsets are in [0, 2 * padding] in padded coordinates.
-
-    Returns:
-        (dy, dx, flips): (N,) int64 row and column offsets of the crop's top-left corner in
-        the padded image, and (N,) bool flip decisions; all on the CPU.
-    """
-    dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
-    dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
-    flips = torch.rand(n, generator=generator) < 0.5
-    return dy, dx, flips
-
-
-def _reflect(i: torch.Tensor, size: int) -> torch.Tensor:
-    """Map coordinates in [-(size-1), 2*(size-1)] into [0, size) by mirroring at the edges.
-
-    Edge pixels are not repeated (-1 -> 1, size -> size - 2), as in F.pad(mode="reflect").
-    """
-    i = i.abs()
-    return torch.where(i > size - 1, 2 * (size - 1) - i, i)
-
-
 def _split_indices(n: int, val_size: int, *, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Seeded (val, train) partition of range(n); both sorted so the data keep their order."""
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
@@ -484,7 +332,7 @@ def _load_raw(cfg: DataConfig, *, progress: bool) -> _Raw:
         return _load_torchvision(name, cfg.data_root, download=cfg.download)
     path = Path(cfg.dataset).expanduser()
     if path.exists() or _looks_like_path(cfg.dataset):
-        return _load_imagefolder(path, name=_path_name(path), progress=progress)
+        return _load_imagefolder(path, name=path_name(path), progress=progress)
     raise ValueError(
         f"unknown dataset '{cfg.dataset}': use one of {_known_names()}, or a path to an "
         f"ImageFolder directory or .tar.gz ({LAYOUT_HINT})"
@@ -537,14 +385,6 @@ def _load_torchvision(name: str, data_root: str, *, download: bool) -> _Raw:
     )
 
 
-def _path_name(path: Path) -> str:
-    name = path.resolve().name
-    for suffix in ARCHIVE_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
 def _is_cifar10_name(name: str) -> bool:
     flat = re.sub(r"[^a-z0-9]", "", name.lower())
     return "cifar10" in flat and "cifar100" not in flat
@@ -552,7 +392,7 @@ def _is_cifar10_name(name: str) -> bool:
 
 def _load_imagefolder(path: Path, *, name: str, progress: bool) -> _Raw:
     """Decoded ImageFolder data, from the cache when it matches the source."""
-    arrays = _load_imagefolder_arrays(path, progress=progress)
+    arrays = load_imagefolder_arrays(path, progress=progress)
     classes = tuple(str(c) for c in arrays["classes"].tolist())
     cifar10 = name == SAMPLE_NAME or _is_cifar10_name(name)
     return _Raw(
@@ -565,231 +405,3 @@ def _load_imagefolder(path: Path, *, name: str, progress: bool) -> _Raw:
         mean=CIFAR10_MEAN if cifar10 else None,
         std=CIFAR10_STD if cifar10 else None,
     )
-
-
-# ----------------------------------------------------------------------------- ImageFolder IO
-
-
-def _is_archive(path: Path) -> bool:
-    return path.name.lower().endswith(ARCHIVE_SUFFIXES)
-
-
-def _is_image_name(name: str) -> bool:
-    return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
-
-
-def _check_exists(path: Path) -> None:
-    if not path.exists():
-        raise FileNotFoundError(
-            f"dataset path '{path}' does not exist: pass an ImageFolder directory or .tar.gz "
-            f"({LAYOUT_HINT}), or one of {_known_names()}"
-        )
-
-
-def _read_folder(root: Path) -> ImageFolderFiles:
-    base = root
-    if not any((root / s).is_dir() for s in SPLITS):
-        # Allow one wrapping folder, like an extracted archive: root/<name>/train/...
-        subdirs = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
-        if len(subdirs) == 1 and any((subdirs[0] / s).is_dir() for s in SPLITS):
-            base = subdirs[0]
-        else:
-            raise ValueError(f"'{root}' has no train/ or test/ folder: {LAYOUT_HINT}")
-    files: ImageFolderFiles = {}
-    for split in SPLITS:
-        split_dir = base / split
-        if not split_dir.is_dir():
-            raise ValueError(
-                f"'{root}' has no {split}/ folder (looked at '{split_dir}'): {LAYOUT_HINT}"
-            )
-        classes: dict[str, list[tuple[str, bytes]]] = {}
-        for class_dir in sorted(split_dir.iterdir()):
-            if not class_dir.is_dir() or class_dir.name.startswith("."):
-                continue
-            images = [
-                (f.name, f.read_bytes())
-                for f in sorted(class_dir.iterdir())
-                if f.is_file() and _is_image_name(f.name)
-            ]
-            if images:
-                classes[class_dir.name] = images
-        files[split] = classes
-    return files
-
-
-def _read_archive(path: Path) -> ImageFolderFiles:
-    direct: list[tuple[tuple[str, ...], bytes]] = []  # (split, class, file)
-    wrapped: list[tuple[tuple[str, ...], bytes]] = []  # (top, split, class, file)
-    try:
-        with tarfile.open(path, mode="r:*") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                parts = tuple(p for p in PurePosixPath(member.name).parts if p not in (".", "/"))
-                if not parts or not _is_image_name(parts[-1]):
-                    continue
-                if len(parts) == 3 and parts[0] in SPLITS:
-                    target = direct
-                elif len(parts) == 4 and parts[1] in SPLITS:
-                    target = wrapped
-                else:
-                    continue
-                fobj = tar.extractfile(member)
-                if fobj is None:
-                    continue
-                target.append((parts, fobj.read()))
-    except (tarfile.TarError, EOFError, OSError) as err:
-        raise ValueError(f"cannot read archive '{path}' ({err}); {LAYOUT_HINT}") from err
-    if direct:
-        entries = direct
-    else:
-        tops = sorted({parts[0] for parts, _ in wrapped})
-        if len(tops) > 1:
-            raise ValueError(
-                f"archive '{path}' has several top-level folders {tops}; {LAYOUT_HINT}"
-            )
-        entries = [(parts[1:], data) for parts, data in wrapped]
-    files: ImageFolderFiles = {split: {} for split in SPLITS}
-    for (split, cls, fname), data in entries:
-        files[split].setdefault(cls, []).append((fname, data))
-    return {
-        split: {cls: sorted(files[split][cls]) for cls in sorted(files[split])} for split in SPLITS
-    }
-
-
-def _check_layout(files: ImageFolderFiles, path: Path) -> None:
-    for split in SPLITS:
-        if not files.get(split):
-            raise ValueError(f"no {split} images found in '{path}': {LAYOUT_HINT}")
-    train, test = set(files["train"]), set(files["test"])
-    if train != test:
-        raise ValueError(
-            f"class folders of '{path}' differ between train and test: only in train "
-            f"{sorted(train - test)}, only in test {sorted(test - train)}; both splits need "
-            "the same class folders"
-        )
-
-
-def _decode(files: ImageFolderFiles, path: Path, *, progress: bool) -> dict[str, np.ndarray]:
-    """Decode every image to RGB uint8; labels index the sorted class names."""
-    classes = sorted(files["train"])
-    total = sum(len(v) for split in SPLITS for v in files[split].values())
-    bar = tqdm(
-        total=total,
-        desc=f"decoding {path.name}",
-        unit="img",
-        disable=not progress or total <= _PROGRESS_MIN_IMAGES,
-    )
-    arrays: dict[str, np.ndarray] = {"classes": np.array(classes, dtype=np.str_)}
-    shape: tuple[int, ...] | None = None
-    with bar:
-        for split in SPLITS:
-            n = sum(len(files[split][c]) for c in classes)
-            x: np.ndarray | None = None
-            y = np.empty(n, dtype=np.int64)
-            i = 0
-            for label, cls in enumerate(classes):
-                for fname, data in files[split][cls]:
-                    where = f"{path}: {split}/{cls}/{fname}"
-                    try:
-                        with Image.open(io.BytesIO(data)) as img:
-                            pixels = np.asarray(img.convert("RGB"))  # (H, W, 3)
-                    except Exception as err:  # PIL raises many types for bad files
-                        raise ValueError(f"cannot decode image {where}: {err}") from err
-                    if shape is None:
-                        shape = pixels.shape
-                    if pixels.shape != shape:
-                        raise ValueError(
-                            f"image {where} is {pixels.shape[1]}x{pixels.shape[0]}, others are "
-                            f"{shape[1]}x{shape[0]}: all images must have the same size"
-                        )
-                    if x is None:
-                        x = np.empty((n, *shape), dtype=np.uint8)  # (N, H, W, 3)
-                    x[i] = pixels
-                    y[i] = label
-                    i += 1
-                    bar.update(1)
-            assert x is not None  # _check_layout guarantees images in every split
-            arrays[f"{split}_x"] = np.ascontiguousarray(x.transpose(0, 3, 1, 2))  # (N, 3, H, W)
-            arrays[f"{split}_y"] = y
-    return arrays
-
-
-def _source_key(path: Path) -> str:
-    """Hash of what identifies the source's content: path, size and mtime of its files."""
-    path = path.resolve()
-    h = hashlib.sha256(f"awp-imagefolder-v{_CACHE_FORMAT}|{path}".encode())
-    if path.is_dir():
-        for dirpath, dirnames, filenames in os.walk(path):
-            dirnames.sort()
-            for fname in sorted(filenames):
-                st = os.stat(os.path.join(dirpath, fname))
-                rel = os.path.relpath(os.path.join(dirpath, fname), path)
-                h.update(f"|{rel}|{st.st_size}|{st.st_mtime_ns}".encode())
-    else:
-        st = path.stat()
-        h.update(f"|{st.st_size}|{st.st_mtime_ns}".encode())
-    return h.hexdigest()
-
-
-def _cache_path(path: Path) -> Path:
-    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", _path_name(path)) or "dataset"
-    return cache_dir() / f"{stem}-{_source_key(path)[:20]}.npz"
-
-
-def _read_cache(cache: Path) -> dict[str, np.ndarray] | None:
-    """The cached arrays, or None when the file is missing, corrupt or inconsistent."""
-    if not cache.is_file():
-        return None
-    try:
-        with np.load(cache, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in ("classes", "train_x", "train_y", "test_x", "test_y")}
-        n_classes = len(arrays["classes"])
-        for split in SPLITS:
-            x, y = arrays[f"{split}_x"], arrays[f"{split}_y"]
-            ok = (
-                x.dtype == np.uint8
-                and x.ndim == 4
-                and x.shape[1] == 3
-                and y.dtype == np.int64
-                and y.shape == (x.shape[0],)
-                and x.shape[0] > 0
-                and 0 <= y.min()
-                and y.max() < n_classes
-            )
-            if not ok:
-                raise ValueError(f"inconsistent {split} arrays")
-    except Exception as err:  # a torn or foreign file: any failure means rebuild
-        logger.warning("ignoring unreadable cache %s (%s); rebuilding it", cache, err)
-        return None
-    return arrays
-
-
-def _write_cache(cache: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write atomically (temp file, then os.replace); a failure only costs the next load."""
-    try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=cache.parent, prefix=cache.name, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-            os.replace(tmp, cache)
-        except BaseException:
-            os.unlink(tmp)
-            raise
-    except OSError as err:
-        logger.warning("could not write cache %s (%s); the next load decodes again", cache, err)
-
-
-def _load_imagefolder_arrays(path: Path, *, progress: bool) -> dict[str, np.ndarray]:
-    _check_exists(path)  # before hashing, so the error names the path and the fix
-    cache = _cache_path(path)
-    arrays = _read_cache(cache)
-    if arrays is not None:
-        logger.info("using cached decoded images %s", cache)
-        return arrays
-    files = read_imagefolder_files(path)
-    arrays = _decode(files, path, progress=progress)
-    _write_cache(cache, arrays)
-    logger.info("decoded %s, cached as %s", path, cache)
-    return arrays

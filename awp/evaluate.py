@@ -1,15 +1,17 @@
 """Natural and robust accuracy of a model on tensors held on its device.
 
-:func:`evaluate_attack` gives one attack's accuracy and loss (the per-epoch evaluation of
-training); :func:`evaluate_robustness` runs several attacks (natural, FGSM, PGD-20, CW-20,
-AutoAttack) as a cascade and is what ``awp eval`` reports. This module computes; the CLI prints,
-shows progress bars and writes the JSON.
+:func:`attack_outcomes` is the one loop that attacks examples batch by batch and evaluates the
+model on them: per-example correctness and cross-entropy. Everything that measures a model
+under attack calls it: :func:`evaluate_attack` (one attack's accuracy and loss, the per-epoch
+evaluation of training and the robust gap), :func:`evaluate_robustness` (several attacks as a
+cascade, what ``awp eval`` reports), the flatness estimates and the landscape's points. This
+module computes; the application prints, shows progress bars and writes the JSON.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -17,8 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from awp.attacks import model_mode, run_attack
+from awp.attacks import run_attack
+from awp.augment import as_float
 from awp.config import AttackConfig, check_eps, opt
+from awp.modes import model_mode
 
 
 @dataclass(frozen=True)
@@ -28,55 +32,6 @@ class Accuracy:
     accuracy: float
     loss: float
     n: int
-
-
-def _as_float(x: torch.Tensor) -> torch.Tensor:
-    return x.float().div_(255) if x.dtype == torch.uint8 else x
-
-
-def evaluate_attack(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    attack: AttackConfig | None,
-    *,
-    batch_size: int = 256,
-    seed: int = 0,
-) -> Accuracy:
-    """Accuracy and loss of ``model`` on ``x`` (natural when ``attack`` is None).
-
-    The model is evaluated in eval mode (its mode is restored afterwards); the attack runs in
-    the mode its config records. The attack's random start is drawn from a CPU generator
-    seeded with ``seed``, so the number is reproducible.
-
-    Args:
-        model: classifier on [0, 1] images.
-        x: (N, C, H, W) uint8 (0..255) or float in [0, 1], on the model's device.
-        y: (N,) int64 labels.
-        attack: the attack, or None for natural accuracy.
-        batch_size: examples per forward pass.
-        seed: seed of the attack's random start.
-
-    Returns:
-        :class:`Accuracy` (fraction in [0, 1], mean cross-entropy, count).
-    """
-    if len(x) != len(y):
-        raise ValueError(f"x has {len(x)} examples but y has {len(y)}")
-    if len(x) == 0:
-        return Accuracy(float("nan"), float("nan"), 0)
-    generator = torch.Generator().manual_seed(seed)
-    correct = 0
-    loss_sum = 0.0
-    for start in range(0, len(x), batch_size):
-        xb = _as_float(x[start : start + batch_size])
-        yb = y[start : start + batch_size]
-        if attack is not None:
-            xb = run_attack(model, xb, yb, attack, generator=generator)
-        with torch.no_grad(), model_mode(model, "eval"):
-            logits = model(xb)
-        correct += int((logits.argmax(1) == yb).sum())
-        loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
-    return Accuracy(correct / len(x), loss_sum / len(x), len(x))
 
 
 # --------------------------------------------------------------------------- robustness report
@@ -194,33 +149,88 @@ def autoattack(
     return x_adv.detach()
 
 
-def correct_under(
+@dataclass(frozen=True)
+class Outcomes:
+    """Per-example outcomes of a model on (attacked) examples.
+
+    Attributes:
+        correct: (N,) bool on the labels' device: right on the (attacked) input.
+        loss: (N,) float64 on the CPU: cross-entropy of each example (nats).
+        loss_sum: the cross-entropy summed batch by batch (each batch's float32 sum, added in
+            float64), the number the mean losses of :func:`evaluate_attack` come from.
+        x_adv: the inputs the model was evaluated on, (N, C, H, W), when asked to keep them.
+    """
+
+    correct: torch.Tensor
+    loss: torch.Tensor
+    loss_sum: float
+    x_adv: torch.Tensor | None = None
+
+    @property
+    def n(self) -> int:
+        return int(self.correct.numel())
+
+    @property
+    def errors(self) -> int:
+        """Misclassified examples."""
+        return int((~self.correct).sum())
+
+    @staticmethod
+    def cat(parts: Sequence[Outcomes]) -> Outcomes:
+        """The outcomes of consecutive parts of a set, as one."""
+        if not parts:
+            return Outcomes(
+                torch.zeros(0, dtype=torch.bool), torch.zeros(0, dtype=torch.float64), 0.0
+            )
+        advs = [p.x_adv for p in parts]
+        return Outcomes(
+            torch.cat([p.correct for p in parts]),
+            torch.cat([p.loss for p in parts]),
+            float(sum(p.loss_sum for p in parts)),
+            torch.cat(advs) if all(a is not None for a in advs) else None,
+        )
+
+
+def attack_outcomes(
     model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
     attack: EvalAttack,
     *,
     batch_size: int = 256,
+    generator: torch.Generator | None = None,
     seed: int = 0,
+    keep_adv: bool = False,
     on_batch: Callable[[int], None] | None = None,
-) -> torch.Tensor:
-    """Per-example correctness under one attack (or natural), in batches.
+) -> Outcomes:
+    """Attack the examples batch by batch at the current weights and evaluate the model on them.
+
+    The attack runs in the mode its config records (input gradients only); the evaluation is
+    in eval mode without gradients; the model's modes, weights and BatchNorm statistics are
+    left as they were.
 
     Args:
-        model: classifier on [0, 1] images, evaluated in eval mode (its mode is restored).
-        x: (N, C, H, W) uint8 or float in [0, 1]; y: (N,) labels; same device as the model.
-        attack: :class:`AttackConfig`, :class:`AutoAttackConfig`, or None for natural.
+        model: classifier on [0, 1] images.
+        x: (N, C, H, W) uint8 (0..255) or float in [0, 1], on the model's device.
+        y: (N,) int64 labels.
+        attack: :class:`~awp.config.AttackConfig`, :class:`AutoAttackConfig`, or None (clean).
         batch_size: examples per batch.
-        seed: seed of the attack's random starts (one CPU generator for the whole pass).
-        on_batch: called with the number of examples of each finished batch (progress bars).
+        generator: CPU generator of the random starts, used batch after batch (default: one
+            seeded with ``seed``).
+        seed: seed of the default generator and of AutoAttack.
+        keep_adv: also return the attacked inputs (``x_adv``).
+        on_batch: called with the size of each finished batch (progress bars).
 
     Returns:
-        (N,) bool on x's device: True where the model is right on the (attacked) input.
+        :class:`Outcomes`.
     """
-    out = torch.zeros(len(y), dtype=torch.bool, device=y.device)
-    generator = torch.Generator().manual_seed(seed)
+    if len(x) != len(y):
+        raise ValueError(f"x has {len(x)} examples but y has {len(y)}")
+    generator = generator if generator is not None else torch.Generator().manual_seed(seed)
+    correct = torch.zeros(len(y), dtype=torch.bool, device=y.device)
+    losses, advs, loss_sum = [], [], 0.0
     for start in range(0, len(x), batch_size):
-        xb = _as_float(x[start : start + batch_size])
+        xb = as_float(x[start : start + batch_size])  # (B, C, H, W)
         yb = y[start : start + batch_size]
         if isinstance(attack, AutoAttackConfig):
             xb = autoattack(
@@ -229,10 +239,50 @@ def correct_under(
         elif attack is not None:
             xb = run_attack(model, xb, yb, attack, generator=generator)
         with torch.no_grad(), model_mode(model, "eval"):
-            out[start : start + len(yb)] = model(xb).argmax(1) == yb
+            logits = model(xb)  # (B, K)
+        correct[start : start + len(yb)] = logits.argmax(1) == yb
+        loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
+        losses.append(F.cross_entropy(logits, yb, reduction="none").double().cpu())
+        if keep_adv:
+            advs.append(xb)
         if on_batch is not None:
             on_batch(len(yb))
-    return out
+    loss = torch.cat(losses) if losses else torch.zeros(0, dtype=torch.float64)
+    return Outcomes(correct, loss, loss_sum, torch.cat(advs) if keep_adv and advs else None)
+
+
+def evaluate_attack(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    attack: AttackConfig | None,
+    *,
+    batch_size: int = 256,
+    seed: int = 0,
+) -> Accuracy:
+    """Accuracy and mean cross-entropy of ``model`` on ``x`` (natural when ``attack`` is None).
+
+    The model is evaluated in eval mode (its mode is restored afterwards); the attack runs in
+    the mode its config records, its random starts drawn from a CPU generator seeded with
+    ``seed``, so the number is reproducible.
+
+    Args:
+        model: classifier on [0, 1] images.
+        x: (N, C, H, W) uint8 (0..255) or float in [0, 1], on the model's device.
+        y: (N,) int64 labels.
+        attack: the attack, or None for natural accuracy.
+        batch_size: examples per forward pass.
+        seed: seed of the attack's random start.
+
+    Returns:
+        :class:`Accuracy` (fraction in [0, 1], mean cross-entropy, count).
+    """
+    if len(x) != len(y):
+        raise ValueError(f"x has {len(x)} examples but y has {len(y)}")
+    if len(x) == 0:
+        return Accuracy(float("nan"), float("nan"), 0)
+    out = attack_outcomes(model, x, y, attack, batch_size=batch_size, seed=seed)
+    return Accuracy(int(out.correct.sum()) / len(x), out.loss_sum / len(x), len(x))
 
 
 @dataclass(frozen=True)
@@ -323,7 +373,7 @@ def evaluate_robustness(
 
         ok = torch.zeros(len(y), dtype=torch.bool, device=y.device)
         if len(idx):
-            ok[idx] = correct_under(
+            ok[idx] = attack_outcomes(
                 model,
                 x[idx],
                 y[idx],
@@ -331,7 +381,7 @@ def evaluate_robustness(
                 batch_size=batch_size,
                 seed=seed + k,
                 on_batch=tick,
-            )
+            ).correct
         robust &= ok
         n = max(len(y), 1)
         rows.append(

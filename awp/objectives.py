@@ -19,8 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from awp.attacks import LossFn, model_mode
+from awp.attacks import LossFn
 from awp.config import METHODS, method_defaults
+from awp.modes import model_mode
 
 ObjectiveFn = Callable[
     [nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]

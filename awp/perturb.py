@@ -19,13 +19,13 @@ NeurIPS 2020; github.com/csdongxian/AWP (utils_awp.py).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager, nullcontext
 
 import torch
 from torch import nn
 
-from awp.attacks import frozen_bn_stats
+from awp.modes import frozen_bn_stats, unwrap
 
 Params = Mapping[str, torch.Tensor]
 Perturbation = dict[str, torch.Tensor]
@@ -41,17 +41,6 @@ def is_perturbed_weight(name: str, param: torch.Tensor) -> bool:
     biases and BatchNorm affine parameters.
     """
     return name.rsplit(".", 1)[-1] == "weight" and param.dim() > 1
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The underlying module of a DistributedDataParallel / DataParallel / compiled model."""
-    while True:
-        if hasattr(model, "module") and isinstance(model.module, nn.Module):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        else:
-            return model
 
 
 def select_params(model: nn.Module, which: str = "weights") -> dict[str, nn.Parameter]:
@@ -120,76 +109,101 @@ def perturbed(
                     params[n].copy_(saved[n])
 
 
-def weight_perturbation(
-    objective: Callable[[], torch.Tensor],
+Objective = Callable[[], torch.Tensor | Iterable[torch.Tensor]]
+GradHook = Callable[[list[torch.Tensor]], None]
+
+
+def _gradient(objective: Objective, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """d objective / d tensors at the current weights (zeros where a tensor is unused).
+
+    An objective returning an iterable of losses (one per batch, e.g. with the attack
+    regenerated batch by batch) is differentiated term by term and the gradients summed, so
+    only one batch's graph is alive at a time.
+    """
+    with torch.enable_grad():
+        value = objective()
+        if isinstance(value, torch.Tensor):
+            grads = torch.autograd.grad(value, tensors, allow_unused=True)
+            return [
+                torch.zeros_like(p) if g is None else g.detach() for g, p in zip(grads, tensors)
+            ]
+        total = [torch.zeros_like(p) for p in tensors]
+        for loss in value:
+            for acc, g in zip(total, torch.autograd.grad(loss, tensors, allow_unused=True)):
+                if g is not None:
+                    acc.add_(g)
+        return total
+
+
+def weight_ascent(
+    objective: Objective,
     params: Params,
     *,
     gamma: float,
     steps: int = 1,
     step_size: float | None = None,
+    v0: Mapping[str, torch.Tensor] | None = None,
     model: nn.Module | None = None,
-    grad_hook: Callable[[list[torch.Tensor]], None] | None = None,
+    grad_hook: GradHook | None = None,
 ) -> Perturbation:
-    """The AWP weight perturbation v for the current weights.
+    """The AWP ascent: v maximizing the objective within ||v_l|| <= gamma ||w_l|| per layer.
+
+    Each of ``steps`` steps takes g = d objective / d w at w + v and moves
+
+        v_l <- Proj(v_l + step_size * ||w_l|| * g_l / ||g_l||),
+
+    Proj being the projection onto the ball ||v_l|| <= gamma ||w_l|| (||w_l|| of the
+    unperturbed weights). From v = 0 one step with ``step_size = gamma`` reaches the boundary by
+    construction and is AWP's ``v_l = gamma ||w_l|| g_l / ||g_l||`` exactly (no projection, as
+    the official code); with ``v0`` or several steps every step is projected. Training (K2
+    steps, and the A > 1 alternations continuing from v0), the landscape's AWP direction
+    (gamma = 1) and worst-case flatness (v0 and step fractions) all call this one function.
 
     Args:
-        objective: closure returning the scalar training objective at the current weights
-            (cross-entropy on x_adv for AT; the TRADES/MART loss for those methods). It is
-            called ``steps`` times, at w, w+v1, ...
+        objective: closure returning the objective at the current weights: a scalar tensor
+            (the training objective on x_adv), or an iterable of per-batch losses whose sum is
+            the objective (it may regenerate x_adv on w + v batch by batch). It is called once
+            per step, at w + v.
         params: name -> parameter to perturb (conv and linear weights by default).
         gamma: relative radius, ||v_l|| <= gamma * ||w_l|| (0.01 for AT, 0.005 for TRADES).
-        steps: K2; 1 gives v_l = gamma ||w_l|| g_l / ||g_l|| exactly.
-        step_size: relative step per ascent when steps > 1 (default gamma: each step may reach
-            the boundary, then is projected back).
+        steps: ascent steps (K2).
+        step_size: relative step (default gamma).
+        v0: starting point inside the ball (not modified); None starts from v = 0.
         model: when given, its BatchNorm running statistics are frozen during the ascent.
-        grad_hook: called with the list of weight gradients before they are normalized; the
+        grad_hook: called with the weight gradients before they are normalized; the
             distributed trainer passes an all-reduce here so every rank gets the same v.
 
     Returns:
         name -> v_l (detached, same shape and dtype as the parameter). Parameters are left
         exactly as they were and no ``.grad`` is touched.
 
-    Reference: Wu et al., NeurIPS 2020, Eq. (11) with the proxy step replaced by the direct
-    gradient (rebuttal R#4 Q3).
+    Reference: Wu et al., NeurIPS 2020, Eq. (11)-(12) with the proxy step replaced by the
+    direct gradient (rebuttal R#4 Q3); Appendix D for the A/K1/K2 schedule.
     """
     if gamma < 0 or steps < 1:
         raise ValueError(f"need gamma >= 0 and steps >= 1, got gamma={gamma}, steps={steps}")
     names = list(params)
     tensors = [params[n] for n in names]
-    w_norms = [_norm(p) for p in tensors]
-    radius = [gamma * wn for wn in w_norms]
+    w_norms = [p.detach().norm() for p in tensors]
     step = gamma if step_size is None else step_size
-    v: Perturbation = {
-        n: torch.zeros_like(p, memory_format=torch.preserve_format).detach()
-        for n, p in zip(names, tensors)
-    }
-    bn_guard = frozen_bn_stats(model) if model is not None else _nullcontext()
-    with bn_guard:
+    project = steps > 1 or v0 is not None
+    if v0 is None:
+        v = {n: torch.zeros_like(p).detach() for n, p in zip(names, tensors)}
+    else:
+        _check(params, v0)
+        v = {n: v0[n].detach().clone() for n in names}
+    with frozen_bn_stats(model) if model is not None else nullcontext():
         for k in range(steps):
-            if k == 0:
-                loss = objective()
-                grads = torch.autograd.grad(loss, tensors, allow_unused=True)
-            else:
-                with perturbed(params, v):
-                    loss = objective()
-                    grads = torch.autograd.grad(loss, tensors, allow_unused=True)
-            grads = [
-                torch.zeros_like(p) if g is None else g.detach() for g, p in zip(grads, tensors)
-            ]
+            at_w = k == 0 and v0 is None  # v = 0: no need to perturb
+            with nullcontext() if at_w else perturbed(params, v):
+                grads = _gradient(objective, tensors)
             if grad_hook is not None:
                 grad_hook(grads)
-            for n, g, wn, r in zip(names, grads, w_norms, radius):
+            for n, g, wn in zip(names, grads, w_norms):
                 # v_l += step * ||w_l|| * g_l / ||g_l||; the 1e-20 is the official code's guard.
                 ascent = g * (step * wn / (g.norm() + 1e-20))
-                if steps == 1:
-                    v[n] = ascent
-                    continue
-                new = v[n] + ascent
-                scale = torch.clamp(r / (new.norm() + 1e-20), max=1.0)
-                v[n] = new * scale
+                if project:
+                    new = v[n] + ascent
+                    ascent = new * torch.clamp(gamma * wn / (new.norm() + 1e-20), max=1.0)
+                v[n] = ascent
     return v
-
-
-@contextmanager
-def _nullcontext() -> Iterator[None]:
-    yield

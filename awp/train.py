@@ -2,8 +2,9 @@
 
 The functional core is :func:`train_step` (one minibatch: attack, the general AWP schedule
 A/K1/K2, the update) and :func:`lr_at` (the schedule); :func:`train` is the stateful shell: run
-folder, metrics.jsonl, checkpoints, exact resume, a progress bar, extra data (RST), ``init``
-weights (pre-training) and multi-process training under torchrun (:mod:`awp.ddp`).
+folder (:mod:`awp.runs`), metrics.jsonl, checkpoints, exact resume, a progress bar, extra data
+(RST), ``init`` weights (pre-training) and multi-process training under torchrun
+(:mod:`awp.distributed`).
 
 Method defaults: the fields ``gamma``, ``awp_warmup``, ``beta``, ``attack_mode`` and
 ``attack_start`` of :class:`TrainConfig` default to None, which means "the method's default"
@@ -20,67 +21,57 @@ protocol the official AWP code builds on); Zhang et al., ICML 2019 (TRADES); Wan
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
-from awp import ddp
-from awp.attacks import LossFn, frozen_bn_stats, run_attack
-from awp.checkpoint import (
-    CheckpointError,
-    atomic_write_text,
-    load_checkpoint,
-    load_weights,
-    save_checkpoint,
-    sha256_file,
-)
+from awp import distributed
+from awp.attacks import LossFn, run_attack
+from awp.augment import augment, to_float
+from awp.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
 from awp.config import (
     METHODS,
     MODES,
+    PGD10_TRAIN,
+    PGD20_EVAL,
     RANDOM_STARTS,
     AttackConfig,
     AWPConfig,
     check_eps,
-    from_dict,
     method_defaults,
+    method_of,
     opt,
     to_dict,
 )
-from awp.data import (
-    DataBundle,
-    DataConfig,
-    Split,
-    augment,
-    fixed_subset,
-    iterate_batches,
-    load_data,
-    to_float,
-)
+from awp.data import DataBundle, DataConfig, Split, fixed_subset, iterate_batches, load_data
+from awp.distributed import DistContext
 from awp.evaluate import evaluate_attack
 from awp.extra_data import batches_per_epoch, load_extra_data, mixed_batches
-from awp.models import ModelSpec, build_model
+from awp.io import atomic_write_text, sha256_file
+from awp.models import ModelConfig, ModelSpec, build_model
 from awp.objectives import AttackLossFactory, ObjectiveFn, get_attack_loss, get_objective
-from awp.perturb import Params, Perturbation, perturbed, select_params, weight_perturbation
+from awp.perturb import perturbed, select_params, weight_ascent
+from awp.runs import RunFolder, prepare_run, rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
 
 SCHEDULES = ("piecewise", "cosine", "constant")
-# Keys that may differ between a run and its resumption without changing the result's meaning.
-RESUME_MUTABLE = ("device", "out")
 # Fields whose None means "the method's default" (awp.config.METHOD_DEFAULTS).
 METHOD_DEFAULT_FIELDS = ("gamma", "awp_warmup", "beta", "attack_mode", "attack_start")
 # Rank r > 0 of a distributed run seeds its attack generator with seed + 2 + r * this.
 RANK_SEED_STRIDE = 1_000_003
+# The architecture's keys of config.json files written before it was nested.
+_FLAT_MODEL_KEYS = ("width", "depth", "widen_factor")
 
 
 @dataclass(frozen=True)
@@ -96,12 +87,7 @@ class TrainConfig:
 
     out: str = opt("runs/at", "run folder (config.json, metrics.jsonl, checkpoints/)")
     data: DataConfig = opt(DataConfig(), "dataset")
-    model: str = opt(
-        "preactresnet18", "architecture: preactresnet18 | wideresnet | vgg19 | smallcnn"
-    )
-    width: float = opt(1.0, "channel width multiplier (1.0 = the paper's model)")
-    depth: int = opt(34, "WideResNet depth")
-    widen_factor: int = opt(10, "WideResNet widen factor")
+    model: ModelConfig = opt(ModelConfig(), "architecture")
     normalize: bool = opt(True, "the model normalizes inputs with the dataset's mean/std")
     method: str = opt("at", "training objective: at | trades | mart")
     beta: float | None = opt(
@@ -126,10 +112,10 @@ class TrainConfig:
     schedule: str = opt(
         "piecewise", "lr schedule: piecewise (/10 at 50% and 75%) | cosine | constant"
     )
-    norm: str = opt("linf", "threat model: linf | l2")
-    eps: float = opt(8 / 255, "attack radius in [0,1] pixel units (8/255 linf, 0.5 l2)")
-    step_size: float = opt(2 / 255, "training attack step size")
-    attack_steps: int = opt(10, "K1: training attack (PGD) steps")
+    norm: str = opt(PGD10_TRAIN.norm, "threat model: linf | l2")
+    eps: float = opt(PGD10_TRAIN.eps, "attack radius in [0,1] pixel units (8/255 linf, 0.5 l2)")
+    step_size: float = opt(PGD10_TRAIN.step_size, "training attack step size")
+    attack_steps: int = opt(PGD10_TRAIN.steps, "K1: training attack (PGD) steps")
     attack_mode: str | None = opt(
         None,
         "model mode during the training attack: train | eval",
@@ -149,8 +135,10 @@ class TrainConfig:
         "start from these weights (a checkpoint of ours, official AWP, Rice et al. or "
         "RobustBench); fresh optimizer and schedule",
     )
-    eval_steps: int = opt(20, "PGD steps of the per-epoch robust evaluation")
-    eval_step_size: float = opt(2 / 255, "step size of the per-epoch robust evaluation")
+    eval_steps: int = opt(PGD20_EVAL.steps, "PGD steps of the per-epoch robust evaluation")
+    eval_step_size: float = opt(
+        PGD20_EVAL.step_size, "step size of the per-epoch robust evaluation"
+    )
     train_eval_size: int = opt(1000, "fixed train subset for the train robust accuracy (0 = none)")
     test_eval_size: int = opt(0, "test subset evaluated per epoch (0 = the whole test split)")
     eval_batch_size: int = opt(256, "batch size of evaluations")
@@ -201,12 +189,24 @@ class TrainConfig:
             )
         if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1:
             raise ValueError("need lr > 0, weight_decay >= 0 and 0 <= momentum < 1")
+        if not isinstance(self.model, ModelConfig):
+            raise ValueError(
+                f"model must be a ModelConfig (e.g. ModelConfig('preactresnet18', width=0.5)), "
+                f"got {self.model!r}"
+            )
         # Build the derived configs once so their validation runs now, not mid-training (nor
-        # after minutes of loading data): the architecture with placeholder classes, too.
+        # after minutes of loading data).
         _ = self.train_attack, self.eval_attack, self.awp_config
-        ModelSpec(
-            name=self.model, width=self.width, depth=self.depth, widen_factor=self.widen_factor
-        )
+
+    @staticmethod
+    def migrate(data: dict[str, Any]) -> dict[str, Any]:
+        """A config.json written before the architecture was nested (``"model": "name"``,
+        ``width``, ``depth``, ``widen_factor`` at the top) in the current layout."""
+        if isinstance(data.get("model"), str) or any(k in data for k in _FLAT_MODEL_KEYS):
+            model = {"name": data.pop("model")} if isinstance(data.get("model"), str) else {}
+            model.update({k: data.pop(k) for k in _FLAT_MODEL_KEYS if k in data})
+            data["model"] = model
+        return data
 
     def resolved(self) -> TrainConfig:
         """This config with every None of :data:`METHOD_DEFAULT_FIELDS` replaced by the
@@ -270,15 +270,24 @@ class TrainConfig:
 
     def model_spec(self, data: DataBundle) -> ModelSpec:
         """The architecture for ``data`` (classes and normalization come from the dataset)."""
-        return ModelSpec(
-            name=self.model,
-            num_classes=data.num_classes,
-            width=self.width,
-            depth=self.depth,
-            widen_factor=self.widen_factor,
+        return self.model.spec(
+            data.num_classes,
             mean=tuple(data.mean) if self.normalize else None,
             std=tuple(data.std) if self.normalize else None,
         )
+
+    def describe(self) -> str:
+        """E.g. ``TRADES-AWP (gamma 0.005, warm-up 10, beta 6, A=1 K1=10 K2=1)``."""
+        r = self.resolved()
+        label = method_of({"method": self.method, "awp": self.awp})
+        parts = []
+        if self.awp:
+            parts += [f"gamma {r.gamma:g}", f"warm-up {r.awp_warmup}"]
+        if r.beta is not None:
+            parts.append(f"beta {r.beta:g}")
+        if self.awp:
+            parts.append(f"A={self.awp_alternations} K1={self.attack_steps} K2={self.awp_steps}")
+        return label + (f" ({', '.join(parts)})" if parts else "")
 
 
 def lr_at(t: float, *, lr: float, epochs: int, schedule: str = "piecewise") -> float:
@@ -327,7 +336,7 @@ def train_step(
        ``attack_loss``, e.g. TRADES' KL term, else the attack's own).
     2. With AWP: v = the AWP ascent of ``objective`` at (x, x_adv, y), K2 steps, BatchNorm
        statistics frozen. For A > 1, A - 1 more times: regenerate x_adv on w + v, then continue
-       the projected ascent of v from there (:func:`extend_weight_perturbation`).
+       the projected ascent of v from there (:func:`awp.perturb.weight_ascent` from v0).
     3. Add v, objective at w + v, backward, optimizer step, subtract the same v.
 
     The attack and the AWP ascent run on the plain module (inside a DDP wrapper when ``model``
@@ -353,7 +362,7 @@ def train_step(
     Returns:
         :class:`StepStats` of the objective's forward pass (the loss unscaled).
     """
-    net = ddp.plain(model)
+    net = distributed.plain(model)
 
     def craft() -> torch.Tensor:
         # At the current weights (w, or w + v inside `perturbed`): TRADES' KL target p(x) too.
@@ -370,26 +379,12 @@ def train_step(
             loss = objective(net, x, x_adv, y)[0]
             return loss * loss_scale if loss_scale != 1.0 else loss
 
-        v = weight_perturbation(
-            awp_objective,
-            params,
-            gamma=awp.gamma,
-            steps=awp.steps,
-            model=net,
-            grad_hook=grad_hook,
-        )
+        ascent = dict(gamma=awp.gamma, steps=awp.steps, model=net, grad_hook=grad_hook)
+        v = weight_ascent(awp_objective, params, **ascent)
         for _ in range(awp.alternations - 1):
             with perturbed(params, v):
                 x_adv = craft()
-            v = extend_weight_perturbation(
-                awp_objective,
-                params,
-                v,
-                gamma=awp.gamma,
-                steps=awp.steps,
-                model=net,
-                grad_hook=grad_hook,
-            )
+            v = weight_ascent(awp_objective, params, v0=v, **ascent)
         with perturbed(params, v, restore="subtract"):
             loss, logits = objective(model, x, x_adv, y)
             _minimize(optimizer, loss, loss_scale)
@@ -405,63 +400,7 @@ def _minimize(optimizer: torch.optim.Optimizer, loss: torch.Tensor, scale: float
     optimizer.step()
 
 
-def extend_weight_perturbation(
-    objective: Callable[[], torch.Tensor],
-    params: Params,
-    v: Perturbation,
-    *,
-    gamma: float,
-    steps: int = 1,
-    model: nn.Module | None = None,
-    grad_hook: Callable[[list[torch.Tensor]], None] | None = None,
-) -> Perturbation:
-    """Continue the projected AWP ascent from an existing v (the later alternations of A > 1).
-
-    ``steps`` times: g = d objective / d w at w + v, then
-    v_l <- Proj(v_l + gamma ||w_l|| g_l / ||g_l||) onto ||v_l|| <= gamma ||w_l||, with ||w_l||
-    the unperturbed weights' norm (the ball of :func:`awp.perturb.weight_perturbation`).
-
-    Args:
-        objective: closure returning the scalar objective at the current weights.
-        params: name -> parameter (the keys of ``v``), currently at w (not w + v).
-        v: the perturbation so far (not modified).
-        gamma: relative radius; also the relative step, as in ``weight_perturbation``.
-        steps: K2 ascent steps.
-        model: when given, its BatchNorm running statistics are frozen during the ascent.
-        grad_hook: called with the weight gradients before they are normalized (all-reduce).
-
-    Returns:
-        name -> new v_l (detached). Parameters are restored exactly; no ``.grad`` is touched.
-
-    Reference: Wu et al., NeurIPS 2020, Appendix D (the A/K1/K2 schedule) and rebuttal Common Q2.
-    """
-    names = list(v)
-    tensors = [params[n] for n in names]
-    w_norms = [p.detach().norm() for p in tensors]
-    v = {n: t.detach().clone() for n, t in v.items()}
-    for _ in range(steps):
-        guard = frozen_bn_stats(model) if model is not None else contextlib.nullcontext()
-        with guard, perturbed(params, v):
-            grads = torch.autograd.grad(objective(), tensors, allow_unused=True)
-        grads = [torch.zeros_like(p) if g is None else g.detach() for g, p in zip(grads, tensors)]
-        if grad_hook is not None:
-            grad_hook(grads)
-        for n, g, wn in zip(names, grads, w_norms):
-            new = v[n] + g * (gamma * wn / (g.norm() + 1e-20))
-            v[n] = new * torch.clamp(gamma * wn / (new.norm() + 1e-20), max=1.0)
-    return v
-
-
-def pick_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when present, else CPU; otherwise the named device (checked)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for, but CUDA is not available; use --device cpu")
-    return dev
-
-
+# --------------------------------------------------------------------------- the shell
 @dataclass
 class TrainResult:
     """What :func:`train` returns: the final model, the run folder and the per-epoch records."""
@@ -471,92 +410,27 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-class RunFolder:
-    """Paths of a run folder: config.json, metrics.jsonl, checkpoints/{last,best,epoch_NNN}.pt."""
+@dataclass
+class _Session:
+    """What one training process holds between epochs."""
 
-    def __init__(self, out: str | Path) -> None:
-        self.root = Path(out)
-        self.config = self.root / "config.json"
-        self.metrics = self.root / "metrics.jsonl"
-        self.ckpt_dir = self.root / "checkpoints"
-        self.last = self.ckpt_dir / "last.pt"
-        self.best = self.ckpt_dir / "best.pt"
-
-    def epoch_ckpt(self, epoch: int) -> Path:
-        return self.ckpt_dir / f"epoch_{epoch:03d}.pt"
-
-    def read_metrics(self) -> list[dict[str, Any]]:
-        if not self.metrics.exists():
-            return []
-        return [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
-
-
-def _config_diff(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
-    diffs = []
-    for key in sorted(set(saved) | set(current)):
-        if key in RESUME_MUTABLE:
-            continue
-        a, b = saved.get(key), current.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            diffs += _config_diff(a, b, prefix + key + ".")
-        elif a != b:
-            diffs.append(f"{prefix}{key}: {a!r} in the run, {b!r} now")
-    return diffs
-
-
-def _rng_state(generators: dict[str, torch.Generator]) -> dict[str, torch.Tensor]:
-    state = {f"rng_{k}": g.get_state() for k, g in generators.items()}
-    state["rng_torch"] = torch.get_rng_state()
-    if torch.cuda.is_available():
-        state["rng_cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(ckpt: dict[str, Any], generators: dict[str, torch.Generator]) -> None:
-    for k, g in generators.items():
-        g.set_state(ckpt[f"rng_{k}"])
-    torch.set_rng_state(ckpt["rng_torch"])
-    if "rng_cuda" in ckpt and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(ckpt["rng_cuda"])
-
-
-def prepare_run(cfg: TrainConfig, *, resume: bool) -> RunFolder:
-    """Check the run folder: a new run never overwrites one; a resumed run must match it.
-
-    Raises:
-        FileExistsError: a new run into a folder that already holds one.
-        ValueError: resuming with a configuration that differs (names each difference).
-        FileNotFoundError: resuming a folder without ``checkpoints/last.pt``.
-    """
-    run = RunFolder(cfg.out)
-    if not resume:
-        existing = [p for p in (run.last, run.metrics) if p.exists()]
-        if existing:
-            raise FileExistsError(
-                f"run folder {run.root} already holds a run ({existing[0]}); "
-                f"pass --resume to continue it, or choose another --out"
-            )
-        return run
-    if not run.last.exists():
-        raise FileNotFoundError(
-            f"cannot resume: {run.last} does not exist; start the run without --resume"
-        )
-    saved = json.loads(run.config.read_text()) if run.config.exists() else None
-    if saved is not None:
-        # Compare the values used, so a None ("the method's default") matches the same number
-        # written out, and runs from before a field existed match its default.
-        try:
-            saved = to_dict(from_dict(TrainConfig, saved).resolved())
-        except (ValueError, TypeError):
-            pass  # an unreadable config: compare as written, the diff names the problem
-        diffs = _config_diff(saved, to_dict(cfg.resolved()))
-        if diffs:
-            raise ValueError(
-                f"cannot resume {run.root}: the configuration differs: "
-                + "; ".join(diffs)
-                + ". Resume with the run's own settings."
-            )
-    return run
+    cfg: TrainConfig
+    ctx: DistContext
+    run: RunFolder
+    device: torch.device
+    data: DataBundle
+    net: nn.Module
+    spec_record: dict[str, Any]
+    optimizer: torch.optim.Optimizer
+    gens: dict[str, torch.Generator]
+    extra: Split | None
+    inputs: dict[str, Any]
+    start_epoch: int = 0
+    best_val: float = -1.0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    train_sub: torch.Tensor | None = None
+    test_sub: torch.Tensor | None = None
+    wrapped: nn.Module | None = None
 
 
 def train(
@@ -598,55 +472,41 @@ def train(
     Returns:
         :class:`TrainResult` with the final model (train mode, unwrapped), run folder and history.
     """
-    ctx, device_name = ddp.init_distributed(cfg.device)
-    try:
-        return _train(
-            cfg,
-            ctx,
-            device_name,
-            resume=resume,
-            progress=progress and ctx.is_main,
-            on_epoch=on_epoch,
-            data=data,
-            model=model,
-        )
-    finally:
-        ddp.shutdown(ctx)
+    with distributed.joined(cfg.device) as ctx:
+        progress = progress and ctx.is_main
+        s = _open(cfg, ctx, resume=resume, progress=progress, data=data, model=model)
+        for epoch in range(s.start_epoch, cfg.epochs):
+            record = _train_epoch(s, epoch, progress=progress)
+            _end_epoch(s, record)
+            if on_epoch is not None:
+                on_epoch(record)
+        distributed.barrier()  # every rank returns once rank 0's files are on disk
+        return TrainResult(model=s.net, out=s.run.root, history=s.history)
 
 
-def _train(
+def _open(
     cfg: TrainConfig,
-    ctx: ddp.DistContext,
-    device_name: str,
+    ctx: DistContext,
     *,
     resume: bool,
     progress: bool,
-    on_epoch: Callable[[dict[str, Any]], None] | None,
     data: DataBundle | None,
     model: nn.Module | None,
-) -> TrainResult:
-    from tqdm.auto import tqdm
-
+) -> _Session:
+    """Check the run folder, load data and model, and restore the state of a resumed run."""
     if cfg.batch_size < 2 * ctx.world:
         raise ValueError(
             f"batch_size={cfg.batch_size} is the global batch of {ctx.world} processes: each "
             f"needs at least 2 examples (BatchNorm); use --batch-size {2 * ctx.world} or more"
         )
     run = prepare_run(cfg, resume=resume)  # every rank checks, nobody has written yet
-    ddp.barrier()
-    device = pick_device(device_name)
+    distributed.barrier()
+    device = distributed.pick_device(cfg.device, ctx)
     data = data if data is not None else load_data(cfg.data, device, progress=progress)
-    data = _on_device(data, device)
+    _move(data, device)
     spec = cfg.model_spec(data)
-
     torch.manual_seed(cfg.seed)
     net = (model if model is not None else build_model(spec)).to(device)
-    if model is None:
-        spec_record = to_dict(spec)
-    elif isinstance(getattr(model, "spec", None), ModelSpec):
-        spec_record = to_dict(model.spec)
-    else:
-        spec_record = {"name": "custom", "class": type(model).__qualname__}
     inputs: dict[str, Any] = {}  # provenance of --init and --extra-data, kept in checkpoints
     if cfg.init and not resume:
         inputs["init"] = _load_init(net, cfg.init, spec if model is None else None)
@@ -657,190 +517,229 @@ def _train(
             "sha256": sha256_file(cfg.extra_data),
             "n": len(extra),
         }
-    optimizer = torch.optim.SGD(
-        net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    s = _Session(
+        cfg=cfg,
+        ctx=ctx,
+        run=run,
+        device=device,
+        data=data,
+        net=net,
+        spec_record=_spec_record(spec, model),
+        optimizer=torch.optim.SGD(
+            net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        ),
+        gens={
+            "data": torch.Generator().manual_seed(cfg.seed + 1),  # the same on every rank
+            "attack": torch.Generator().manual_seed(cfg.seed + 2 + RANK_SEED_STRIDE * ctx.rank),
+        },
+        extra=extra,
+        inputs=inputs,
     )
-    gens = {
-        "data": torch.Generator().manual_seed(cfg.seed + 1),  # the same on every rank
-        "attack": torch.Generator().manual_seed(cfg.seed + 2 + RANK_SEED_STRIDE * ctx.rank),
-    }
-    objective = cfg.objective
-    attack_loss = cfg.attack_loss
-    params = select_params(net)
-    start_epoch, best_val = 0, -1.0
-    history: list[dict[str, Any]] = []
-
     if resume:
-        ckpt = load_checkpoint(run.last)
-        saved_world = int(ckpt.get("world", 1))
-        if saved_world != ctx.world:
-            raise ValueError(
-                f"cannot resume {run.root}: it was trained by {saved_world} process(es), this is "
-                f"{ctx.world}; resume with torchrun --nproc_per_node {saved_world}"
-                + (" (or without torchrun)" if saved_world == 1 else "")
-            )
-        net.load_state_dict(ckpt["state_dict"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        _set_rng_state(ckpt, gens)
-        if ctx.active:
-            gens["attack"].set_state(ckpt["rng_attack_ranks"][ctx.rank])
-        start_epoch, best_val = int(ckpt["epoch"]), float(ckpt.get("best_val", -1.0))
-        inputs = ckpt.get("inputs", inputs)
-        # Drop records of epochs after the checkpoint (killed between metrics and checkpoint).
-        history = [r for r in run.read_metrics() if r["epoch"] <= start_epoch]
-        if ctx.is_main:
-            atomic_write_text(run.metrics, "".join(json.dumps(r) + "\n" for r in history))
-        log.info("resuming %s at epoch %d", run.root, start_epoch)
+        _restore(s)
     elif ctx.is_main:
         run.root.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run.config, json.dumps(to_dict(cfg), indent=2) + "\n")
-
-    train_sub = fixed_subset(len(data.train), cfg.train_eval_size, seed=cfg.seed + 3)
-    test_sub = (
+    s.train_sub = fixed_subset(len(data.train), cfg.train_eval_size, seed=cfg.seed + 3)
+    s.test_sub = (
         fixed_subset(len(data.test), cfg.test_eval_size, seed=cfg.seed + 4)
         if cfg.test_eval_size
         else torch.arange(len(data.test))
     )
-    n_train = len(data.train)
-    steps_per_epoch = batches_per_epoch(
-        n_train, cfg.batch_size, cfg.extra_fraction if extra is not None else None
-    )
-    awp_cfg = cfg.awp_config
-    train_attack = cfg.train_attack
-    wrapped = ddp.wrap(net, ctx, device)
-    grad_hook = ddp.all_reduce_mean_ if ctx.active else None
-    resolved = to_dict(cfg.resolved())
+    s.wrapped = distributed.wrap(net, ctx, device)
+    return s
 
-    for epoch in range(start_epoch, cfg.epochs):
-        net.train()
-        awp_on = awp_cfg is not None and epoch >= awp_cfg.warmup
-        t0 = time.perf_counter()
-        loss_sum, correct, seen = 0.0, 0, 0
-        if extra is None:
-            batches: Any = (
-                (idx, None, None)
-                for idx in iterate_batches(
-                    n_train, cfg.batch_size, shuffle=True, generator=gens["data"]
-                )
-            )
-        else:
-            batches = mixed_batches(
-                n_train, len(extra), cfg.batch_size, cfg.extra_fraction, generator=gens["data"]
-            )
-        bar = tqdm(
-            batches,
-            total=steps_per_epoch,
-            desc=f"epoch {epoch + 1}/{cfg.epochs}",
-            disable=not progress,
-            leave=False,
-            dynamic_ncols=True,
+
+def _spec_record(spec: ModelSpec, model: nn.Module | None) -> dict[str, Any]:
+    """How a checkpoint records the architecture (a custom model names its class)."""
+    if model is None:
+        return to_dict(spec)
+    if isinstance(getattr(model, "spec", None), ModelSpec):
+        return to_dict(model.spec)
+    return {"name": "custom", "class": type(model).__qualname__}
+
+
+def _restore(s: _Session) -> None:
+    """Load ``last.pt`` into a session: weights, optimizer, RNG states, history."""
+    ckpt = load_checkpoint(s.run.last)
+    saved_world = int(ckpt.get("world", 1))
+    if saved_world != s.ctx.world:
+        raise ValueError(
+            f"cannot resume {s.run.root}: it was trained by {saved_world} process(es), this is "
+            f"{s.ctx.world}; resume with torchrun --nproc_per_node {saved_world}"
+            + (" (or without torchrun)" if saved_world == 1 else "")
         )
-        lr = cfg.lr
-        for i, (idx, extra_idx, order) in enumerate(bar):
-            total = len(idx) + (len(extra_idx) if extra_idx is not None else 0)
-            # BatchNorm cannot train on a single example (per rank when distributed).
-            if total < 2 * ctx.world:
-                continue
-            lr = lr_at(
-                epoch + (i + 1) / steps_per_epoch,
-                lr=cfg.lr,
-                epochs=cfg.epochs,
-                schedule=cfg.schedule,
-            )
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            idx_dev = idx.to(device)
-            x_u8, y = data.train.x[idx_dev], data.train.y[idx_dev]
-            if extra is not None:
-                # The extra set stays on the CPU; only this batch's images move.
-                order_dev = order.to(device)
-                x_u8 = torch.cat([x_u8, extra.x[extra_idx].to(device)])[order_dev]
-                y = torch.cat([y, extra.y[extra_idx].to(device)])[order_dev]
-            # the whole global batch, on every rank
-            x = augment(x_u8, generator=gens["data"]) if cfg.augment else to_float(x_u8)
-            scale = 1.0
-            if ctx.active:
-                part = ddp.rank_slice(total, ctx.rank, ctx.world)
-                x, y = x[part], y[part]
-                scale = ctx.world * len(y) / total
-                ddp.broadcast_buffers_(net)  # rank 0's BatchNorm statistics for the attack
-            stats = train_step(
-                wrapped,
-                optimizer,
-                x,
-                y,
-                attack=train_attack,
-                objective=objective,
-                awp=awp_cfg if awp_on else None,
-                params=params,
-                generator=gens["attack"],
-                grad_hook=grad_hook,
-                attack_loss=attack_loss,
-                loss_scale=scale,
-            )
-            if not math.isfinite(stats.loss):
-                raise FloatingPointError(
-                    f"training loss is {stats.loss} at epoch {epoch + 1}, "
-                    f"step {i + 1}; lower --lr or --gamma"
-                )
-            loss_sum += stats.loss * stats.n
-            correct += stats.correct
-            seen += stats.n
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
-        train_seconds = time.perf_counter() - t0
+    s.net.load_state_dict(ckpt["state_dict"])
+    s.optimizer.load_state_dict(ckpt["optimizer"])
+    set_rng_state(ckpt, s.gens)
+    if s.ctx.active:
+        s.gens["attack"].set_state(ckpt["rng_attack_ranks"][s.ctx.rank])
+    s.start_epoch, s.best_val = int(ckpt["epoch"]), float(ckpt.get("best_val", -1.0))
+    s.inputs = ckpt.get("inputs", s.inputs)
+    # Drop records of epochs after the checkpoint (killed between metrics and checkpoint).
+    s.history = [r for r in s.run.read_metrics() if r["epoch"] <= s.start_epoch]
+    if s.ctx.is_main:
+        s.run.rewrite_metrics(s.history)
+    log.info("resuming %s at epoch %d", s.run.root, s.start_epoch)
+
+
+def _batches(s: _Session) -> Iterator[tuple[torch.Tensor, torch.Tensor | None, Any]]:
+    """One epoch of (train indices, extra indices or None, mixing order or None)."""
+    n_train = len(s.data.train)
+    if s.extra is None:
+        for idx in iterate_batches(
+            n_train, s.cfg.batch_size, shuffle=True, generator=s.gens["data"]
+        ):
+            yield idx, None, None
+        return
+    yield from mixed_batches(
+        n_train, len(s.extra), s.cfg.batch_size, s.cfg.extra_fraction, generator=s.gens["data"]
+    )
+
+
+def _global_batch(
+    s: _Session, idx: torch.Tensor, extra_idx: torch.Tensor | None, order: Any
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The augmented global batch (every rank builds the whole of it), on the device."""
+    data, device = s.data, s.device
+    idx_dev = idx.to(device)
+    x_u8, y = data.train.x[idx_dev], data.train.y[idx_dev]
+    if extra_idx is not None:
+        assert s.extra is not None
+        # The extra set stays on the CPU; only this batch's images move.
+        order_dev = order.to(device)
+        x_u8 = torch.cat([x_u8, s.extra.x[extra_idx].to(device)])[order_dev]
+        y = torch.cat([y, s.extra.y[extra_idx].to(device)])[order_dev]
+    x = augment(x_u8, generator=s.gens["data"]) if s.cfg.augment else to_float(x_u8)
+    return x, y
+
+
+def _train_epoch(s: _Session, epoch: int, *, progress: bool) -> dict[str, Any]:
+    """Train one epoch (the optimizer's view: loss and accuracy at w + v) and return its record
+    before the evaluation."""
+    cfg, ctx = s.cfg, s.ctx
+    s.net.train()
+    awp_cfg = cfg.awp_config
+    awp_on = awp_cfg is not None and epoch >= awp_cfg.warmup
+    train_attack, objective, attack_loss = cfg.train_attack, cfg.objective, cfg.attack_loss
+    params = select_params(s.net)
+    grad_hook = distributed.all_reduce_mean_ if ctx.active else None
+    steps = batches_per_epoch(
+        len(s.data.train), cfg.batch_size, cfg.extra_fraction if s.extra is not None else None
+    )
+    t0 = time.perf_counter()
+    loss_sum, correct, seen = 0.0, 0, 0
+    bar = tqdm(
+        _batches(s),
+        total=steps,
+        desc=f"epoch {epoch + 1}/{cfg.epochs}",
+        disable=not progress,
+        leave=False,
+        dynamic_ncols=True,
+    )
+    lr = cfg.lr
+    for i, (idx, extra_idx, order) in enumerate(bar):
+        total = len(idx) + (len(extra_idx) if extra_idx is not None else 0)
+        if total < 2 * ctx.world:  # BatchNorm cannot train on one example (per rank)
+            continue
+        lr = lr_at(epoch + (i + 1) / steps, lr=cfg.lr, epochs=cfg.epochs, schedule=cfg.schedule)
+        for group in s.optimizer.param_groups:
+            group["lr"] = lr
+        x, y = _global_batch(s, idx, extra_idx, order)
+        scale = 1.0
         if ctx.active:
-            loss_sum, correct, seen = ddp.all_reduce_sums([loss_sum, correct, seen], device)
-            correct, seen = int(round(correct)), int(round(seen))
-            ddp.broadcast_buffers_(net)  # evaluate and save rank 0's BatchNorm statistics
-
-        t1 = time.perf_counter()
-        record: dict[str, Any] = {
-            "epoch": epoch + 1,
-            "lr": lr,
-            "awp": awp_on,
-            "train_loss": loss_sum / max(seen, 1),
-            "train_acc": correct / max(seen, 1),
-        }
-        if evaluated_at(epoch + 1, cfg):
-            record.update(_epoch_eval(net, data, cfg, train_sub, test_sub, ctx))
-        record["seconds"] = train_seconds
-        record["eval_seconds"] = time.perf_counter() - t1
-        net.train()
-
-        improved = record.get("val_robust_acc", -1.0) > best_val
-        if improved:
-            best_val = record["val_robust_acc"]
-        history.append(record)
-        # Every rank takes part in the gather; only rank 0 writes.
-        attack_states = ddp.all_gather_objects(gens["attack"].get_state()) if ctx.active else None
-        if ctx.is_main:
-            with run.metrics.open("a") as fh:
-                fh.write(json.dumps(record) + "\n")
-            common = dict(
-                model=net,
-                model_spec=spec_record,
-                config=to_dict(cfg),
-                epoch=epoch + 1,
-                metrics=record,
-                extra={"resolved_config": resolved, "inputs": inputs, "world": ctx.world},
+            part = distributed.rank_slice(total, ctx.rank, ctx.world)
+            x, y = x[part], y[part]
+            scale = ctx.world * len(y) / total
+            distributed.broadcast_buffers_(s.net)  # rank 0's BatchNorm statistics for the attack
+        stats = train_step(
+            s.wrapped,
+            s.optimizer,
+            x,
+            y,
+            attack=train_attack,
+            objective=objective,
+            awp=awp_cfg if awp_on else None,
+            params=params,
+            generator=s.gens["attack"],
+            grad_hook=grad_hook,
+            attack_loss=attack_loss,
+            loss_scale=scale,
+        )
+        if not math.isfinite(stats.loss):
+            raise FloatingPointError(
+                f"training loss is {stats.loss} at epoch {epoch + 1}, "
+                f"step {i + 1}; lower --lr or --gamma"
             )
-            if improved and len(data.val):
-                save_checkpoint(run.best, **common)
-            if cfg.save_every and (epoch + 1) % cfg.save_every == 0:
-                save_checkpoint(run.epoch_ckpt(epoch + 1), **common)
-            # last.pt is written last: once it exists, every file of this epoch is on disk.
-            state = {
-                "optimizer": optimizer.state_dict(),
-                "best_val": best_val,
-                **_rng_state(gens),
-            }
-            if attack_states is not None:
-                state["rng_attack_ranks"] = attack_states
-            save_checkpoint(run.last, **{**common, "extra": {**common["extra"], **state}})
-        if on_epoch is not None:
-            on_epoch(record)
-    ddp.barrier()  # every rank returns once rank 0's files are on disk
-    return TrainResult(model=net, out=run.root, history=history)
+        loss_sum += stats.loss * stats.n
+        correct += stats.correct
+        seen += stats.n
+        bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+    seconds = time.perf_counter() - t0
+    if ctx.active:
+        loss_sum, correct, seen = distributed.all_reduce_sums([loss_sum, correct, seen], s.device)
+        correct, seen = int(round(correct)), int(round(seen))
+        distributed.broadcast_buffers_(s.net)  # evaluate and save rank 0's BatchNorm statistics
+    return {
+        "epoch": epoch + 1,
+        "lr": lr,
+        "awp": awp_on,
+        "train_loss": loss_sum / max(seen, 1),
+        "train_acc": correct / max(seen, 1),
+        "seconds": seconds,
+    }
+
+
+def _end_epoch(s: _Session, record: dict[str, Any]) -> None:
+    """Evaluate (when due), keep the record and write the epoch's checkpoints (rank 0)."""
+    cfg, ctx = s.cfg, s.ctx
+    seconds = record.pop("seconds")
+    t1 = time.perf_counter()
+    if evaluated_at(record["epoch"], cfg):
+        assert s.train_sub is not None and s.test_sub is not None
+        record.update(_epoch_eval(s.net, s.data, cfg, s.train_sub, s.test_sub, ctx))
+    record["seconds"] = seconds
+    record["eval_seconds"] = time.perf_counter() - t1
+    s.net.train()
+    improved = record.get("val_robust_acc", -1.0) > s.best_val
+    if improved:
+        s.best_val = record["val_robust_acc"]
+    s.history.append(record)
+    # Every rank takes part in the gather; only rank 0 writes.
+    attack_states = (
+        distributed.all_gather_objects(s.gens["attack"].get_state()) if ctx.active else None
+    )
+    if ctx.is_main:
+        s.run.append_metrics(record)
+        _save(s, record, improved=improved, attack_states=attack_states)
+
+
+def _save(
+    s: _Session, record: dict[str, Any], *, improved: bool, attack_states: list[Any] | None
+) -> None:
+    """best.pt (when improved), epoch_NNN.pt (when due), then last.pt with the resume state."""
+    cfg, epoch = s.cfg, record["epoch"]
+    common = dict(
+        model=s.net,
+        model_spec=s.spec_record,
+        config=to_dict(cfg),
+        epoch=epoch,
+        metrics=record,
+        extra={
+            "resolved_config": to_dict(cfg.resolved()),
+            "inputs": s.inputs,
+            "world": s.ctx.world,
+        },
+    )
+    if improved and len(s.data.val):
+        save_checkpoint(s.run.best, **common)
+    if cfg.save_every and epoch % cfg.save_every == 0:
+        save_checkpoint(s.run.epoch_ckpt(epoch), **common)
+    # last.pt is written last: once it exists, every file of this epoch is on disk.
+    state = {"optimizer": s.optimizer.state_dict(), "best_val": s.best_val, **rng_state(s.gens)}
+    if attack_states is not None:
+        state["rng_attack_ranks"] = attack_states
+    save_checkpoint(s.run.last, **{**common, "extra": {**common["extra"], **state}})
 
 
 def _load_init(net: nn.Module, path: str, spec: ModelSpec | None) -> dict[str, Any]:
@@ -878,10 +777,9 @@ def _load_extra(cfg: TrainConfig, data: DataBundle) -> Split:
     return load_extra_data(cfg.extra_data, image_shape=shape, num_classes=data.num_classes)
 
 
-def _on_device(data: DataBundle, device: torch.device) -> DataBundle:
+def _move(data: DataBundle, device: torch.device) -> None:
     for split in (data.train, data.val, data.test):
         split.x, split.y = split.x.to(device), split.y.to(device)
-    return data
 
 
 def evaluated_at(epoch: int, cfg: TrainConfig) -> bool:
@@ -896,13 +794,13 @@ def _epoch_eval(
     cfg: TrainConfig,
     train_sub: torch.Tensor,
     test_sub: torch.Tensor,
-    ctx: ddp.DistContext | None = None,
+    ctx: DistContext | None = None,
 ) -> dict[str, float]:
     """Natural and PGD-20 accuracy at the unperturbed weights, eval mode, fixed seeds.
 
     Distributed, every rank evaluates every N-th point and the counts are summed.
     """
-    ctx = ctx or ddp.DistContext()
+    ctx = ctx or DistContext()
     out: dict[str, float] = {}
     splits = {
         "train": (
@@ -934,7 +832,7 @@ def _epoch_eval(
                 rob.loss * n if n else 0.0,
                 n,
             ]
-            nat_c, rob_c, loss_s, total = ddp.all_reduce_sums(sums, x.device)
+            nat_c, rob_c, loss_s, total = distributed.all_reduce_sums(sums, x.device)
             out[f"{name}_nat_acc"] = nat_c / total
             out[f"{name}_robust_acc"] = rob_c / total
             out[f"{name}_robust_loss"] = loss_s / total

@@ -42,12 +42,14 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from awp.attacks import model_mode  # noqa: E402
 from awp.config import AttackConfig  # noqa: E402
-from awp.data import fixed_subset, read_imagefolder_files  # noqa: E402
+from awp.data import fixed_subset  # noqa: E402
+from awp.imagefolder import read_imagefolder_files  # noqa: E402
 from awp.models import ModelSpec, build_model  # noqa: E402
+from awp.modes import model_mode  # noqa: E402
 from landscape.directions import random_direction  # noqa: E402
-from landscape.surface import EvalSet, compute_surface, make_grid  # noqa: E402
+from landscape.grid import make_grid  # noqa: E402
+from landscape.surface import EvalSet, compute_surface  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 TARGETS = {"a/a0": ("<=", 1.05), "b/a": (">=", 1.4), "c/c0": ("<=", 1.10)}

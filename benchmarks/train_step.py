@@ -25,12 +25,14 @@ import time
 import torch
 import torch.nn.functional as F
 
+from awp.augment import augment
 from awp.config import PGD10_TRAIN, AWPConfig
-from awp.data import DataConfig, augment, load_data
+from awp.data import DataConfig, load_data
+from awp.distributed import pick_device
 from awp.models import ModelSpec, build_model
 from awp.objectives import at_objective
 from awp.perturb import select_params
-from awp.train import pick_device, train_step
+from awp.train import train_step
 
 EPS, ALPHA, STEPS, GAMMA = 8 / 255, 2 / 255, 10, 0.01
 

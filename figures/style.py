@@ -14,6 +14,8 @@ matplotlib.use("Agg")  # figures are files; never open a window
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from awp.io import atomic_write_bytes  # noqa: E402
+
 # Colours by method, so AT and AT-AWP look the same in every figure of a report.
 METHOD_COLORS = {
     "AT": "#1f77b4",
@@ -67,7 +69,6 @@ def save_figure(
     fig: Figure, stem: str | os.PathLike, formats: Iterable[str] = ("png", "pdf")
 ) -> list[Path]:
     """Write ``fig`` as ``stem.png`` / ``stem.pdf`` atomically; returns the paths written."""
-    from awp.checkpoint import atomic_write_bytes
 
     stem = Path(stem)
     paths = []

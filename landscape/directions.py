@@ -17,15 +17,16 @@ Wu, Xia, Wang, NeurIPS 2020 (AWP's weight perturbation, the worst-case direction
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from awp.attacks import model_mode, run_attack
+from awp.attacks import run_attack
 from awp.config import AttackConfig
-from awp.perturb import select_params, unwrap
+from awp.modes import model_mode, unwrap
+from awp.perturb import select_params, weight_ascent
 
 Direction = dict[str, torch.Tensor]
 
@@ -258,27 +259,25 @@ def awp_direction(
     Returns:
         name -> d_l for the conv and linear weights (AWP's selection rule).
 
-    Reference: Wu et al., NeurIPS 2020, Eq. (11) with the direct gradient (rebuttal R#4 Q3);
-    equals ``awp.perturb.weight_perturbation(..., gamma=1)`` on one batch.
+    Reference: Wu et al., NeurIPS 2020, Eq. (11) with the direct gradient (rebuttal R#4 Q3):
+    :func:`awp.perturb.weight_ascent` with gamma = 1.
     """
     if len(x) != len(y) or len(x) == 0:
         raise ValueError(f"need as many labels as images (> 0), got {len(x)} and {len(y)}")
     params = select_params(model, "weights")
-    names = list(params)
-    grads = [torch.zeros_like(p) for p in params.values()]
-    for start in range(0, len(x), batch_size):
-        xb, yb = x[start : start + batch_size], y[start : start + batch_size]
-        if attack is not None:
-            xb = run_attack(model, xb, yb, attack, generator=generator)
-        with model_mode(model, "eval"):
-            loss = F.cross_entropy(model(xb), yb, reduction="sum") / len(x)
-            batch_grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
-        for acc, g in zip(grads, batch_grads):
-            if g is not None:
-                acc.add_(g)
-    # v_l / gamma of awp.perturb.weight_perturbation, with its 1e-20 guard (not the 1e-10 of
-    # the random directions, which would bias small gradients).
-    return {n: g * (params[n].detach().norm() / (g.norm() + 1e-20)) for n, g in zip(names, grads)}
+
+    def batch_losses() -> Iterator[torch.Tensor]:
+        # Summed over batches, so the gradient is that of the mean loss over all of x.
+        for start in range(0, len(x), batch_size):
+            xb, yb = x[start : start + batch_size], y[start : start + batch_size]
+            if attack is not None:
+                xb = run_attack(model, xb, yb, attack, generator=generator)
+            with model_mode(model, "eval"):
+                loss = F.cross_entropy(model(xb), yb, reduction="sum") / len(x)
+            yield loss
+
+    # One step of AWP's ascent with gamma = 1 from v = 0: d_l = ||w_l|| g_l / ||g_l||.
+    return weight_ascent(batch_losses, params, gamma=1.0)
 
 
 def check_direction(direction: Mapping[str, torch.Tensor], model: nn.Module) -> None:

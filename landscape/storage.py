@@ -47,9 +47,11 @@ import h5py
 import numpy as np
 import torch
 
-from awp.checkpoint import atomic_write_with
+from awp.config import config_diff, from_dict, to_dict
+from awp.io import atomic_write_with
+from landscape.config import RESUME_MUTABLE, SurfaceConfig
 from landscape.directions import Direction
-from landscape.surface import KINDS, Grid, config_diff, make_grid
+from landscape.grid import KINDS, Grid, make_grid
 
 log = logging.getLogger(__name__)
 
@@ -319,7 +321,9 @@ def check_resumable(
         raise SurfaceFileError(
             f"{where} was written by loss-landscape; it can be read and plotted, not resumed"
         )
-    problems = config_diff(surface.config, config)
+    problems = config_diff(
+        _current_layout(surface.config), config, ignore=RESUME_MUTABLE, saved_as="in the file"
+    )
     if surface.attrs.get("checkpoint_sha256") != checkpoint_sha256:
         problems.append(
             f"checkpoint sha256 {str(surface.attrs.get('checkpoint_sha256'))[:12]}... in the "
@@ -332,6 +336,15 @@ def check_resumable(
             f"cannot resume {where}: " + "; ".join(problems) + ". Resume with the same "
             "checkpoint and settings, or write to another --out."
         )
+
+
+def _current_layout(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored SurfaceConfig in today's layout (files of older versions are migrated), or as
+    stored when it cannot be read (the diff then names what differs)."""
+    try:
+        return to_dict(from_dict(SurfaceConfig, config))
+    except (ValueError, TypeError):
+        return dict(config)
 
 
 # ----------------------------------------------------------------------------- directions
@@ -415,17 +428,6 @@ def read_directions(
                 {name: torch.from_numpy(np.asarray(g[name])).to(device) for name in g}
             )
     return directions, attrs
-
-
-def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
-    """Delete temp files a killed writer of ``path`` left behind (``.NAME.*.tmp``)."""
-    path = Path(path)
-    removed = []
-    if path.parent.is_dir():
-        for tmp in path.parent.glob(f".{path.name}.*.tmp"):
-            tmp.unlink(missing_ok=True)
-            removed.append(tmp)
-    return removed
 
 
 def directions_path(surface_path: str | os.PathLike) -> Path:

@@ -27,7 +27,7 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # run from a checkout without installing
 
-from awp.data import SPLITS, ImageFolderFiles, read_imagefolder_files  # noqa: E402
+from awp.imagefolder import SPLITS, ImageFolderFiles, read_imagefolder_files  # noqa: E402
 
 DEFAULT_SOURCE = REPO_ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 DEFAULT_OUT = REPO_ROOT / "awp" / "sample" / "cifar10_sample.tar.gz"

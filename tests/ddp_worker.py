@@ -21,6 +21,7 @@ from torch import nn
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from awp.data import DataConfig  # noqa: E402
+from awp.models import ModelConfig  # noqa: E402
 from awp.train import TrainConfig, train  # noqa: E402
 from tests.helpers import synthetic_bundle  # noqa: E402
 
@@ -56,7 +57,7 @@ def equal_config(out, method: str) -> TrainConfig:
     return TrainConfig(
         out=str(out),
         data=DataConfig(dataset="synthetic-in-memory", val_size=0),
-        model="smallcnn",
+        model=ModelConfig("smallcnn"),
         method=method,
         awp=True,
         gamma=0.01,
@@ -81,7 +82,7 @@ def resume_config(out) -> TrainConfig:
     return TrainConfig(
         out=str(out),
         data=DataConfig(dataset="synthetic-in-memory", val_size=0),
-        model="smallcnn",
+        model=ModelConfig("smallcnn"),
         awp=True,
         awp_warmup=1,
         epochs=3,

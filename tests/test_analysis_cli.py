@@ -5,15 +5,19 @@ import json
 import pytest
 import torch
 
-from analysis.cli import flatness_for_checkpoint, join_tables
-from analysis.flatness import FlatnessConfig, compute_unit
+from analysis.flatness import FlatnessConfig
 from analysis.store import SampleStore, StoreMismatch, run_units
+from analysis.tables import join_tables, read_table
+from analysis.units import compute_unit
 from awp.checkpoint import save_checkpoint
-from awp.cli import build_parser, main
 from awp.config import AttackConfig, to_dict
 from awp.data import DataConfig
+from awp.io import write_csv
 from awp.models import ModelSpec, build_model
 from awp.train import TrainConfig
+from awp_landscape.cli import build_parser, main
+from awp_landscape.commands.flatness import flatness_for_checkpoint
+from awp_landscape.inputs import Inputs
 from tests.helpers import make_image_folder
 
 FAST = ["--attack-steps", "2", "--no-progress", "--device", "cpu"]
@@ -135,15 +139,16 @@ def test_resume_after_an_interruption_skips_finished_samples(runs, tmp_path):
 
         return compute, calls
 
+    loaded = Inputs(torch.device("cpu")).load(ckpt)
     killed, first = counting(stop_after=3)
     with pytest.raises(KeyboardInterrupt):
-        flatness_for_checkpoint(ckpt, cfg=cfg, out=tmp_path / "a", compute=killed)
+        flatness_for_checkpoint(loaded, cfg=cfg, out=tmp_path / "a", compute=killed)
     again, calls = counting()
-    resumed = flatness_for_checkpoint(ckpt, cfg=cfg, out=tmp_path / "a", compute=again)
+    resumed = flatness_for_checkpoint(loaded, cfg=cfg, out=tmp_path / "a", compute=again)
     # 1 baseline + 2 alphas x 3 samples = 7 units; 3 were finished before the kill.
     assert len(first) == 4 and len(calls) == 7 - 3
     assert not set(first[:3]) & set(calls) and first[3] in calls
-    fresh = flatness_for_checkpoint(ckpt, cfg=cfg, out=tmp_path / "b")
+    fresh = flatness_for_checkpoint(loaded, cfg=cfg, out=tmp_path / "b")
     assert resumed["rows"] == fresh["rows"]  # same numbers as an uninterrupted run
 
 
@@ -182,7 +187,7 @@ def test_sigma_search_and_per_example_mode_from_the_cli(runs, tmp_path, capsys):
     ckpt = runs[("AT-AWP", 2)]
     out = tmp_path / "s"
     args = _flatness_args([ckpt], "--alphas", "0.5", "--per-example", "--sigma-search")
-    args += ["--depth", "2", "--alpha-high", "2", "--target", "0.2", "--out", str(out)]
+    args += ["--search-depth", "2", "--alpha-high", "2", "--target", "0.2", "--out", str(out)]
     assert main(args) == 0
     assert "sigma search" in capsys.readouterr().out
     (result,) = (out / "flatness").glob("*/result.json")
@@ -196,8 +201,6 @@ def test_sigma_search_and_per_example_mode_from_the_cli(runs, tmp_path, capsys):
 
 
 def test_csv_tables_keep_hashes_as_text(tmp_path):
-    from analysis.cli import read_table, write_csv
-
     write_csv(tmp_path / "t.csv", [{"sha256": "1234", "gap": 0.5, "ok": True, "epoch": 3}])
     assert read_table(tmp_path / "t.csv") == [
         {"sha256": "1234", "gap": 0.5, "ok": True, "epoch": 3}
@@ -205,8 +208,6 @@ def test_csv_tables_keep_hashes_as_text(tmp_path):
 
 
 def test_a_file_that_is_no_table_is_named_as_such(tmp_path, capsys):
-    from analysis.cli import read_table
-
     ckpt = tmp_path / "model.pt"
     ckpt.write_bytes(b"PK\x03\x04\x80\xff binary")  # e.g. a checkpoint passed by mistake
     with pytest.raises(ValueError, match="model.pt is not a JSON or CSV result table"):

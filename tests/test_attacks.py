@@ -2,8 +2,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from awp.attacks import cw_margin_per_example, fgsm, frozen_bn_stats, pgd, run_attack
+from awp.attacks import cw_margin_per_example, fgsm, pgd, run_attack
 from awp.config import AttackConfig, parse_number
+from awp.modes import frozen_bn_stats
 from tests.helpers import assert_same_state, snapshot, tiny_batch, tiny_model
 
 EPS = 8 / 255

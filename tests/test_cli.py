@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from awp.cli import main
+from awp_landscape.cli import main
 from tests.helpers import make_image_folder
 
 
@@ -122,7 +122,7 @@ def test_help_lists_defaults(capsys):
 def test_help_of_a_nested_config_shows_the_enclosing_default(capsys):
     # awp demo's data field defaults to DataConfig(val_size=200, train_size=500): its help must
     # show those, not DataConfig's own defaults (1000, 0)
-    from figures.demo import DemoConfig
+    from awp_landscape.pipeline import DemoConfig
 
     data = DemoConfig().data
     with pytest.raises(SystemExit):
@@ -170,7 +170,7 @@ def test_sigkill_and_resume_equals_uninterrupted(tmp_path, folder):
     assert main(["train", *args, "--out", str(tmp_path / "full")]) == 0
 
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "awp.cli", "train", *args, "--out", str(out)]
+    cmd = [sys.executable, "-m", "awp_landscape", "train", *args, "--out", str(out)]
     env = dict(os.environ)
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.time() + 120

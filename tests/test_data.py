@@ -17,21 +17,19 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from awp import data
+from awp import data, imagefolder
+from awp.augment import _crop_offsets_and_flips, augment, to_float
 from awp.data import (
     CIFAR10_MEAN,
     CIFAR10_STD,
     SAMPLE_PATH,
     DataConfig,
-    _crop_offsets_and_flips,
-    augment,
     channel_stats,
     fixed_subset,
     iterate_batches,
     load_data,
-    read_imagefolder_files,
-    to_float,
 )
+from awp.imagefolder import read_imagefolder_files
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_ARCHIVE = REPO_ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
@@ -355,7 +353,7 @@ def test_cache_reused_and_corrupt_cache_rebuilt(tmp_path, monkeypatch, caplog):
         raise AssertionError("decoded again although the cache is valid")
 
     with monkeypatch.context() as m:
-        m.setattr(data, "_decode", no_decode)
+        m.setattr(imagefolder, "_decode", no_decode)
         second = load_data(cfg, progress=False)
     assert torch.equal(first.train.x, second.train.x) and torch.equal(first.test.y, second.test.y)
 

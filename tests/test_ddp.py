@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from awp import ddp
-from awp.cli import main
+from awp import distributed as ddp
+from awp_landscape.cli import main
 from tests.ddp_worker import bn_free_model, data, equal_config
 from tests.helpers import make_image_folder
 
@@ -95,7 +95,7 @@ def test_torchrun_awp_train_cli(tmp_path, capsys):
     args += ["--batch-size", "12", "--attack-steps", "2", "--eval-steps", "2"]
     args += ["--train-eval-size", "8", "--method", "trades", "--awp", "--awp-warmup", "0"]
     args += ["--no-progress", "--device", "cpu", "--out", str(out)]
-    proc = torchrun("-m", "awp.cli", "train", *args)
+    proc = torchrun("-m", "awp_landscape", "train", *args)
     lines = proc.stdout.splitlines()
     assert sum(line.startswith("epoch ") for line in lines) == 2  # rank 0 prints, once
     assert "TRADES-AWP (gamma 0.005, warm-up 0, beta 6" in proc.stdout
@@ -145,8 +145,8 @@ def test_uneven_slices_average_to_the_global_gradient():
 
 def test_outside_torchrun_everything_is_rank_zero_of_one(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    ctx, device = ddp.init_distributed("auto")
-    assert (ctx.rank, ctx.world, ctx.active, ctx.is_main, device) == (0, 1, False, True, "auto")
+    ctx = ddp.init_distributed("auto")
+    assert (ctx.rank, ctx.world, ctx.active, ctx.is_main) == (0, 1, False, True)
     t = [torch.ones(3)]
     ddp.all_reduce_mean_(t)
     assert torch.equal(t[0], torch.ones(3))

@@ -5,9 +5,10 @@ import re
 
 import pytest
 
-from awp.cli import main
-from figures.demo import PRESETS, ReproduceConfig
-from figures.report import collect, outcome
+from analysis.outcome import outcome
+from awp_landscape.cli import main
+from awp_landscape.pipeline import PRESETS, ReproduceConfig
+from awp_landscape.report import collect, measurements
 from tests.browser import open_in_chromium, require_browser
 from tests.helpers import make_image_folder
 
@@ -132,7 +133,7 @@ def test_rerun_reuses_finished_stages(demo, capsys):
 def test_outcome_is_computed_from_the_numbers(demo):
     out, _ = demo
     res = collect([out])
-    said = " ".join(outcome(res))
+    said = " ".join(outcome(measurements(res)))
     gap = {r["method"]: r["gap"] for r in res.gap if r["epoch"] == 2}
     expected = "has the smaller gap" if gap["AT-AWP"] < gap["AT"] else "does NOT have"
     assert expected in said
@@ -140,11 +141,11 @@ def test_outcome_is_computed_from_the_numbers(demo):
     for r in res.gap:
         if r["epoch"] == 2:
             r["gap"] = 0.5 if r["method"] == "AT-AWP" else -0.5
-    assert "does NOT have the smaller gap" in " ".join(outcome(res))
+    assert "does NOT have the smaller gap" in " ".join(outcome(measurements(res)))
     for r in res.gap:
         if r["epoch"] == 2:
             r["gap"] = -0.5 if r["method"] == "AT-AWP" else 0.5
-    assert "AT-AWP has the smaller gap" in " ".join(outcome(res))
+    assert "AT-AWP has the smaller gap" in " ".join(outcome(measurements(res)))
     m = re.search(r"Kendall tau = (\S+) ", said)
     cor = json.loads((out / "analysis" / "correlation.json").read_text())
     tau = [c for c in cor["correlations"] if c["group"] == "all" and c["measure"] == "kendall"]
@@ -164,8 +165,8 @@ def test_reproduce_presets_plumbing(capsys):
     runs = cfg.train_configs()
     assert list(runs) == ["TRADES", "TRADES-AWP"]
     base, awp = runs["TRADES"], runs["TRADES-AWP"]
-    assert base.epochs == 200 and base.model == "wideresnet" and base.depth == 34
-    assert base.widen_factor == 10 and base.data.dataset == "cifar100" and not base.awp
+    assert base.epochs == 200 and base.model.name == "wideresnet" and base.model.depth == 34
+    assert base.model.widen_factor == 10 and base.data.dataset == "cifar100" and not base.awp
     assert awp.awp and awp.resolved().gamma == 0.005 and awp.resolved().awp_warmup == 10
     assert ReproduceConfig(preset="svhn-prn18-at").train_configs()["AT"].lr == 0.01
     assert len(PRESETS) == 18
@@ -224,7 +225,7 @@ def test_reproduce_one_epoch_tiny_run(tmp_path):
         == 0
     )
     cfg = json.loads((out / "at_awp" / "config.json").read_text())
-    assert cfg["model"] == "preactresnet18" and cfg["awp"] is True and cfg["epochs"] == 1
+    assert cfg["model"]["name"] == "preactresnet18" and cfg["awp"] is True and cfg["epochs"] == 1
     assert (out / "report.html").exists()
 
 
@@ -244,7 +245,7 @@ def _history(test_loss, train_loss, test_acc, every=1):
 
 
 def test_robust_overfitting_is_read_from_the_test_robust_loss():
-    from figures.report import robust_overfitting
+    from analysis.outcome import robust_overfitting
 
     # U-shaped test loss, falling train loss: overfitting, lowest at epoch 4 (every 2nd epoch)
     ro = robust_overfitting(

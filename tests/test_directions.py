@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from awp.config import AttackConfig
-from awp.perturb import select_params, weight_perturbation
+from awp.perturb import select_params, weight_ascent
 from landscape.directions import (
     awp_direction,
     check_direction,
@@ -122,7 +122,7 @@ def test_awp_direction_is_the_awp_perturbation_with_gamma_one():
     assert_same_state(model, before)
     # Reference 1: the AWP perturbation of awp.perturb on the whole batch in eval mode.
     ref_model = copy.deepcopy(model).eval()
-    v = weight_perturbation(
+    v = weight_ascent(
         lambda: F.cross_entropy(ref_model(x), y), select_params(ref_model), gamma=1.0
     )
     # Reference 2: ||w|| g / ||g|| written out.

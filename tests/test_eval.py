@@ -8,17 +8,17 @@ import torch
 import torch.nn.functional as F
 
 from awp.attacks import run_attack
-from awp.cli import main
 from awp.config import AttackConfig
 from awp.evaluate import (
     AutoAttackConfig,
     EvalConfig,
     MissingDependencyError,
+    attack_outcomes,
     autoattack,
-    correct_under,
     evaluate_robustness,
     require_torchattacks,
 )
+from awp_landscape.cli import main
 from tests.helpers import assert_same_state, snapshot, tiny_batch, tiny_model
 
 EPS = 3 / 255
@@ -111,8 +111,8 @@ def test_random_start_attacks_are_seeded():
     b = evaluate_robustness(model, x, y, pgd, seed=4)
     assert torch.equal(a.robust, b.robust)
     assert torch.equal(
-        correct_under(model, x, y, pgd["pgd"], seed=1),
-        correct_under(model, x, y, pgd["pgd"], seed=1),
+        attack_outcomes(model, x, y, pgd["pgd"], seed=1).correct,
+        attack_outcomes(model, x, y, pgd["pgd"], seed=1).correct,
     )
 
 
@@ -239,3 +239,36 @@ def test_eval_cli_no_cascade_l2_and_subset(tmp_path, capsys):
     assert main([*args, "--out", str(tmp_path / "notes.json")]) == 2
     assert "not an `awp eval` results file" in capsys.readouterr().err
     assert (tmp_path / "notes.json").read_text() == "my notes"
+
+
+def test_attack_outcomes_is_the_plain_batch_loop():
+    """The one attack-and-evaluate loop against the loop written out here: the same random
+    starts batch after batch, eval-mode logits, per-example CE and the batch sums."""
+    model = tiny_model()  # in train mode: the loop must evaluate in eval mode anyway
+    snap = snapshot(model)
+    x, y = tiny_batch(n=10)
+    attack = AttackConfig(steps=3, eps=EPS, step_size=EPS / 2)
+    gen = torch.Generator().manual_seed(5)
+    correct, losses, advs, loss_sum = [], [], [], 0.0
+    for s in range(0, 10, 4):
+        xb, yb = x[s : s + 4], y[s : s + 4]
+        xa = run_attack(model, xb, yb, attack, generator=gen)
+        model.eval()
+        with torch.no_grad():
+            logits = model(xa)
+        model.train()
+        correct.append(logits.argmax(1) == yb)
+        losses.append(F.cross_entropy(logits, yb, reduction="none").double())
+        loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
+        advs.append(xa)
+    out = attack_outcomes(model, x, y, attack, batch_size=4, seed=5, keep_adv=True)
+    assert torch.equal(out.correct, torch.cat(correct)) and torch.equal(out.loss, torch.cat(losses))
+    assert out.loss_sum == loss_sum and torch.equal(out.x_adv, torch.cat(advs))
+    assert out.n == 10 and out.errors == int((~torch.cat(correct)).sum())
+    assert_same_state(model, snap)
+    assert model.training and all(p.grad is None for p in model.parameters())
+    # uint8 images are the same images in [0, 1]
+    x8 = (x * 255).round().to(torch.uint8)
+    a = attack_outcomes(model, x8, y, None, batch_size=4)
+    b = attack_outcomes(model, x8.float() / 255, y, None, batch_size=4)
+    assert torch.equal(a.loss, b.loss)

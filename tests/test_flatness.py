@@ -9,25 +9,21 @@ import torch
 import torch.nn.functional as F
 from scipy import stats as sps
 
-from analysis import flatness as fl
-from analysis.flatness import (
-    FlatnessConfig,
-    SigmaSearchConfig,
-    WorstCaseConfig,
-    bisect_alpha,
-    clopper_pearson,
-    compute_unit,
-    draw_noise,
-    flatness_keys,
-    noise_scales,
-    summarize,
-    worst_case_perturbation,
-)
+from analysis import flatness as flat
+from analysis import noise
+from analysis import worst_case as wc
+from analysis.flatness import FlatnessConfig
+from analysis.noise import draw_noise, noise_scales
+from analysis.sigma import SigmaSearchConfig, bisect_alpha
+from analysis.stats import clopper_pearson
 from analysis.store import run_units
-from awp.attacks import model_mode, run_attack
+from analysis.units import compute_unit, flatness_keys, summarize
+from analysis.worst_case import WorstCaseConfig, worst_case_perturbation
+from awp.attacks import run_attack
 from awp.config import AttackConfig
+from awp.modes import model_mode
 from awp.objectives import at_objective
-from awp.perturb import select_params, weight_perturbation
+from awp.perturb import select_params, weight_ascent
 from awp.train import train_step
 from tests.helpers import assert_same_state, snapshot, synthetic_images, tiny_batch, tiny_model
 
@@ -125,7 +121,11 @@ def test_noise_depends_only_on_the_seed_and_is_common_across_alphas():
     assert all(torch.equal(a[n], b[n]) for n in a)
     c = _u(params, 0.2, "layer", seed=3)  # u = sigma(alpha) z with the same z
     assert all(torch.allclose(c[n], 2 * a[n]) for n in a)
-    assert fl.unit_seed(0, "noise", 1) == fl.unit_seed(0, "noise", 1) != fl.unit_seed(0, "noise", 2)
+    assert (
+        noise.unit_seed(0, "noise", 1)
+        == noise.unit_seed(0, "noise", 1)
+        != noise.unit_seed(0, "noise", 2)
+    )
     with pytest.raises(ValueError, match="noise mode"):
         noise_scales(params, alpha=0.1, mode="spherical")
 
@@ -195,12 +195,12 @@ def test_per_example_summary_pools_all_trials_for_the_interval():
         {"errors": 4, "loss_sum": 4.0, "n": 10, "noise_ratio": 0.1},
         {"errors": 6, "loss_sum": 5.0, "n": 10, "noise_ratio": 0.1},
     ]
-    est = fl.summarize_expected(base, samples, alpha=0.1, noise="layer", per_example=True)
+    est = flat.summarize_expected(base, samples, alpha=0.1, noise="layer", per_example=True)
     assert est.ci_method == "clopper-pearson"
     assert (est.ci_low, est.ci_high) == clopper_pearson(10, 20, 0.95)
     assert est.flatness == pytest.approx(0.5 - 0.3)
     assert est.flatness_low == pytest.approx(est.ci_low - 0.3)
-    t = fl.summarize_expected(base, samples, alpha=0.1, noise="layer")
+    t = flat.summarize_expected(base, samples, alpha=0.1, noise="layer")
     half = sps.t.ppf(0.975, 1) * np.std([0.4, 0.6], ddof=1) / math.sqrt(2)
     assert t.ci_method == "t" and t.ci_high == pytest.approx(0.5 + half)
 
@@ -222,9 +222,9 @@ def test_one_ascent_step_from_zero_is_the_awp_direction():
         seed_parts=(7,),
     )
     # Oracle: the same attack, then awp.perturb's v_l = gamma ||w_l|| g_l / ||g_l||, eval mode.
-    x_adv = run_attack(model, x, y, ATTACK, generator=fl._generator(7, "step", 0))
+    x_adv = run_attack(model, x, y, ATTACK, generator=noise.generator_for(7, "step", 0))
     with model_mode(model, "eval"):
-        ref = weight_perturbation(lambda: F.cross_entropy(model(x_adv), y), params, gamma=gamma)
+        ref = weight_ascent(lambda: F.cross_entropy(model(x_adv), y), params, gamma=gamma)
     for n in ref:
         assert torch.allclose(v[n], ref[n], rtol=1e-9, atol=1e-15), n
 
@@ -249,7 +249,7 @@ def test_projected_ascent_stays_in_the_ball_and_raises_the_robust_loss(trained):
     cfg = FlatnessConfig(alphas=(gamma,), samples=1, n_examples=0, attack=ATTACK)
     worst = WorstCaseConfig(gammas=(gamma,), ascent_steps=4)
     base = compute_unit(model, x, y, "base", cfg=cfg)
-    w = compute_unit(model, x, y, fl.worst_key(gamma, 0, worst), cfg=cfg)
+    w = compute_unit(model, x, y, wc.worst_key(gamma, 0, worst), cfg=cfg)
     assert sum(w["batch_loss_sums"]) > base["loss_sum"]
 
 
@@ -277,10 +277,10 @@ def test_worst_summary_keeps_the_worst_restart_per_batch():
     r0 = {"batch_errors": [3, 0], "batch_loss_sums": [3.0, 1.0], "batch_n": [4, 4], "v_ratio": 0.1}
     r1 = {"batch_errors": [1, 2], "batch_loss_sums": [2.0, 1.5], "batch_n": [4, 4], "v_ratio": 0.1}
     # Shared v: both restarts misclassify 3 of 8; r0 wins on the loss (4.0 > 3.5).
-    shared = fl.summarize_worst(base, [r0, r1], gamma=0.1, per_batch=False)
+    shared = wc.summarize_worst(base, [r0, r1], gamma=0.1, per_batch=False)
     assert shared.worst_error == 3 / 8 and shared.worst_loss == 4.0 / 8
     # One v per batch: batch 0 from r0 (3 errors), batch 1 from r1 (2 errors).
-    per = fl.summarize_worst(base, [r0, r1], gamma=0.1, per_batch=True)
+    per = wc.summarize_worst(base, [r0, r1], gamma=0.1, per_batch=True)
     assert per.worst_error == 5 / 8 and per.worst_loss == (3.0 + 1.5) / 8
     assert per.flatness == pytest.approx(5 / 8 - 2 / 8)
 
@@ -367,7 +367,7 @@ def _dist_worker(rank, world, folder, out):
     import torch.distributed as dist
 
     from analysis.store import SampleStore
-    from landscape.distributed import current
+    from awp.distributed import current
 
     torch.set_num_threads(1)
     dist.init_process_group(

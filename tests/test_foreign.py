@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from awp.checkpoint import CheckpointError, load_weights, read_state_dict
-from awp.cli import main
 from awp.models import ModelSpec, build_model
+from awp_landscape.cli import main
 from tests.helpers import make_image_folder
 
 # Small versions of the official architectures: the key layout is what matters here.

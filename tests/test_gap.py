@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from analysis.gap import GapConfig, method_of, robust_gap, subset
+from analysis.gap import GapConfig, robust_gap, subset
 from awp.attacks import pgd
-from awp.config import AttackConfig
+from awp.config import AttackConfig, method_of
 from awp.data import Split, fixed_subset
 from tests.helpers import assert_same_state, snapshot, synthetic_images, tiny_model
 

@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 import torch
 
+from awp.augment import to_float
 from awp.checkpoint import load_model, save_checkpoint, sha256_file
-from awp.cli import main
 from awp.config import AttackConfig, to_dict
-from awp.data import DataConfig, fixed_subset, load_data, to_float
+from awp.data import DataConfig, fixed_subset, load_data
 from awp.evaluate import evaluate_attack
 from awp.models import ModelSpec, build_model
+from awp_landscape.cli import main
 from landscape.directions import awp_direction
 from landscape.storage import read_directions, read_surface, write_surface
 from landscape.surface import awp_seed, point_seed
@@ -111,7 +112,7 @@ def test_resume_computes_only_missing_points_and_refusals_keep_files(ckpts, tmp_
     assert run(*args) == 2  # exists, no --resume
     assert "--resume" in capsys.readouterr().err
     assert run(*args, "--resume", "--attack-steps", "3") == 2
-    assert "attack_steps: 2 in the file, 3 now" in capsys.readouterr().err
+    assert "attack.steps: 2 in the file, 3 now" in capsys.readouterr().err
     changed = make_checkpoint(tmp_path / "at.pt", seed=5, awp=False)
     assert run(changed, *args[1:], "--resume") == 2
     assert "checkpoint changed" in capsys.readouterr().err
@@ -124,7 +125,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(ckpts, tmp_path):
     args += ["--attack-steps", "3", "--batch-size", "32", "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "awp.cli", "landscape", *args],
+        [sys.executable, "-m", "awp_landscape", "landscape", *args],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

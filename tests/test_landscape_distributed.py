@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from awp.checkpoint import save_checkpoint
-from awp.cli import main
 from awp.config import to_dict
 from awp.data import DataConfig, load_data
+from awp.distributed import shard
 from awp.models import ModelSpec, build_model
-from landscape.distributed import shard
+from awp_landscape.cli import main
 from landscape.storage import read_surface
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,7 +53,15 @@ def test_torchrun_two_ranks_equal_one_process(tmp_path):
     args += ["--batch-size", "16", "--fixed", "--bn", "recompute", "--n-bn", "32", "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    cmd += ["-m", "awp.cli", "landscape", *map(str, ckpts), "--out", str(tmp_path / "two"), *args]
+    cmd += [
+        "-m",
+        "awp_landscape",
+        "landscape",
+        *map(str, ckpts),
+        "--out",
+        str(tmp_path / "two"),
+        *args,
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "2 process(es)" in proc.stdout

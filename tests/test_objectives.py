@@ -7,8 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from awp.attacks import model_mode, run_attack
+from awp.attacks import run_attack
 from awp.config import METHOD_DEFAULTS, AWPConfig
+from awp.modes import model_mode
 from awp.objectives import (
     at_objective,
     get_attack_loss,
@@ -17,7 +18,7 @@ from awp.objectives import (
     trades_attack_loss,
     trades_objective,
 )
-from awp.perturb import select_params, weight_perturbation
+from awp.perturb import select_params, weight_ascent
 from awp.train import TrainConfig, train_step
 from tests.helpers import tiny_batch, tiny_model
 
@@ -210,14 +211,14 @@ def test_awp_ascends_the_methods_own_objective(method):
     else:
         ref = proxy_awp(model, lambda m: mart_reference_batch(m, x, x_adv, y), gamma)
     objective = get_objective(method)
-    ours = weight_perturbation(
+    ours = weight_ascent(
         lambda: objective(model, x, x_adv, y)[0], select_params(model), gamma=gamma, model=model
     )
     assert set(ours) == set(ref)
     for name in ref:
         assert torch.allclose(ours[name], ref[name], rtol=1e-6, atol=1e-12), name
     # ... and not the cross-entropy on x_adv of AT.
-    at_v = weight_perturbation(
+    at_v = weight_ascent(
         lambda: at_objective(model, x, x_adv, y)[0], select_params(model), gamma=gamma, model=model
     )
     assert not torch.allclose(at_v["linear.weight"], ours["linear.weight"])

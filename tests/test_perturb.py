@@ -7,13 +7,13 @@ import torch
 import torch.nn.functional as F
 
 from awp.config import AttackConfig
+from awp.modes import unwrap
 from awp.objectives import at_objective
 from awp.perturb import (
     is_perturbed_weight,
     perturbed,
     select_params,
-    unwrap,
-    weight_perturbation,
+    weight_ascent,
 )
 from awp.train import train_step
 from tests.helpers import assert_same_state, snapshot, tiny_batch, tiny_model
@@ -44,7 +44,7 @@ def proxy_awp(model, x_adv, y, gamma):
 def our_v(model, x_adv, y, gamma=GAMMA, **kw):
     model.train()
     params = select_params(model)
-    return weight_perturbation(
+    return weight_ascent(
         lambda: F.cross_entropy(model(x_adv), y), params, gamma=gamma, model=model, **kw
     )
 
@@ -71,7 +71,7 @@ def test_ascent_raises_the_loss():
     model = tiny_model(dtype=torch.float64).train()
     x, y = tiny_batch(dtype=torch.float64)
     v = our_v(model, x, y, gamma=0.01)
-    from awp.attacks import frozen_bn_stats
+    from awp.modes import frozen_bn_stats
 
     with frozen_bn_stats(model), torch.no_grad():
         before = F.cross_entropy(model(x), y)
@@ -181,16 +181,21 @@ def test_train_step_matches_official_step():
 
 # ----------------------------------------------------------------- the general schedule A/K1/K2
 def test_extending_from_zero_is_the_foundation_ascent():
-    """The ascent of the later alternations, started from v = 0, is weight_perturbation's."""
-    from awp.train import extend_weight_perturbation
+    """The ascent of the later alternations (from v0), started from v0 = 0, is the ascent from
+    nothing: projecting a step that lands on the boundary changes nothing."""
 
     model = tiny_model(dtype=torch.float64).train()
     x, y = tiny_batch(dtype=torch.float64)
     params = select_params(model)
     zero = {n: torch.zeros_like(p) for n, p in params.items()}
     for k2 in (1, 3):
-        ours = extend_weight_perturbation(
-            lambda: F.cross_entropy(model(x), y), params, zero, gamma=GAMMA, steps=k2, model=model
+        ours = weight_ascent(
+            lambda: F.cross_entropy(model(x), y),
+            params,
+            v0=zero,
+            gamma=GAMMA,
+            steps=k2,
+            model=model,
         )
         ref = our_v(model, x, y, steps=k2)
         for name in ref:
@@ -298,3 +303,26 @@ def test_alternations_change_the_step():
         )
         results.append(model.linear.weight.detach().clone())
     assert not torch.allclose(results[0], results[1])
+
+
+def test_an_objective_given_batch_by_batch_is_the_sum_of_its_terms():
+    """The landscape's AWP direction and worst-case flatness hand the ascent one loss per batch;
+    the ascent then follows the gradient of their sum (eval mode: BatchNorm decomposes)."""
+    model = tiny_model(dtype=torch.float64).eval()
+    x, y = tiny_batch(n=8, dtype=torch.float64)
+    params = select_params(model)
+    whole = weight_ascent(
+        lambda: F.cross_entropy(model(x), y, reduction="sum"), params, gamma=GAMMA, steps=2
+    )
+    parts = weight_ascent(
+        lambda: (
+            F.cross_entropy(model(x[s : s + 3]), y[s : s + 3], reduction="sum")
+            for s in range(0, 8, 3)
+        ),
+        params,
+        gamma=GAMMA,
+        steps=2,
+    )
+    for name in whole:
+        assert torch.allclose(whole[name], parts[name], rtol=1e-12, atol=1e-15), name
+        assert float(parts[name].norm()) <= GAMMA * float(params[name].norm()) * (1 + 1e-12)

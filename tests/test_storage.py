@@ -8,8 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from awp.io import remove_stale_temps
 from landscape import storage
-from landscape.surface import SurfaceConfig, make_grid, metric_names
+from landscape.config import SurfaceConfig
+from landscape.grid import make_grid
+from landscape.surface import metric_names
 from tests.helpers import tiny_model
 
 
@@ -144,7 +147,7 @@ def test_a_failed_write_leaves_the_previous_file_intact(tmp_path, monkeypatch):
     # A temp left by a SIGKILL (no cleanup possible) is removed on resume.
     stray = tmp_path / ".s.h5.abc123.tmp"
     stray.write_bytes(b"partial")
-    assert storage.remove_stale_temps(path) == [stray] and not stray.exists()
+    assert remove_stale_temps(path) == [stray] and not stray.exists()
     # Results are shared like other files (mkstemp's private 0600 is not kept).
     mask = os.umask(0)
     os.umask(mask)
@@ -186,8 +189,9 @@ def test_resume_checks_config_and_checkpoint(tmp_path):
     s = storage.read_surface(storage.write_surface(tmp_path / "s.h5", s))
     storage.check_resumable(s, config=cfg, checkpoint_sha256="ab" * 32)
     storage.check_resumable(s, config={**cfg, "device": "cuda"}, checkpoint_sha256="ab" * 32)
-    with pytest.raises(storage.SurfaceFileError, match="attack_steps: 10 in the file, 20 now"):
-        storage.check_resumable(s, config={**cfg, "attack_steps": 20}, checkpoint_sha256="ab" * 32)
+    now = {**cfg, "attack": {**cfg["attack"], "steps": 20}}
+    with pytest.raises(storage.SurfaceFileError, match="attack.steps: 10 in the file, 20 now"):
+        storage.check_resumable(s, config=now, checkpoint_sha256="ab" * 32)
     with pytest.raises(storage.SurfaceFileError, match="checkpoint changed"):
         storage.check_resumable(s, config=cfg, checkpoint_sha256="ef" * 32)
     with pytest.raises(storage.SurfaceFileError, match="target"):

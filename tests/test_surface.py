@@ -9,22 +9,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from awp.config import (
-    AttackConfig,
-    add_dataclass_arguments,
-    dataclass_from_arguments,
-    from_dict,
-    to_dict,
-)
+from awp.config import PGD10_EVAL, AttackConfig, from_dict, to_dict
 from awp.evaluate import evaluate_attack
+from awp_landscape.flags import add_dataclass_arguments, dataclass_from_arguments
+from landscape.config import SurfaceConfig
 from landscape.directions import random_direction, target_direction
+from landscape.grid import make_grid, parse_range
 from landscape.surface import (
     EvalSet,
-    SurfaceConfig,
     compute_surface,
-    make_grid,
     metric_names,
-    parse_range,
     point_seed,
     recompute_bn_stats,
     surface_evaluator,
@@ -290,8 +284,8 @@ def test_surface_config_validation_defaults_and_round_trips():
     assert SurfaceConfig(kind="interp").x == "-0.5:1.5:21"
     assert SurfaceConfig(kind="2d", x="-1:1:3").grid().shape == (21, 3)
     assert SurfaceConfig(kind="multi", n_directions=4).grid().shape == (4, 21)
-    assert cfg.attack_config.steps == 10 and cfg.attack_config.mode == "eval"
-    assert SurfaceConfig(attack="none").attack_config is None
+    assert cfg.attack == PGD10_EVAL and cfg.attack.steps == 10 and cfg.attack.mode == "eval"
+    assert SurfaceConfig(attack=None).attack is None
     assert SurfaceConfig(n_train=0).splits == ("test",)
     for bad, match in (
         (dict(kind="3d"), "kind"),
@@ -300,17 +294,42 @@ def test_surface_config_validation_defaults_and_round_trips():
         (dict(direction="awp", n_train=0), "n-train"),
         (dict(y="-1:1:3"), "only for kind 2d"),
         (dict(x="-1:1"), "min:max:num"),
-        (dict(eps=8), "8/255"),
+        (dict(attack=None, fixed=True), "needs an --attack"),
         (dict(n_test=0, n_train=0), "nothing to evaluate"),
     ):
         with pytest.raises(ValueError, match=match):
             SurfaceConfig(**bad)
+    with pytest.raises(ValueError, match="8/255"):
+        AttackConfig(eps=8)
     # JSON and CLI round trips give the same object.
-    custom = SurfaceConfig(kind="2d", x="-0.5:0.5:3", y="0:1:2", fixed=True, eps=4 / 255)
+    attack = PGD10_EVAL.updated(eps=4 / 255)  # step eps/4
+    custom = SurfaceConfig(kind="2d", x="-0.5:0.5:3", y="0:1:2", fixed=True, attack=attack)
     assert from_dict(SurfaceConfig, to_dict(custom)) == custom
     parser = argparse.ArgumentParser()
     add_dataclass_arguments(parser, SurfaceConfig)
     ns = parser.parse_args(["--kind", "2d", "--x=-0.5:0.5:3", "--y", "0:1:2", "--fixed"])
-    ns2 = parser.parse_args(["--eps", "4/255"])
-    assert dataclass_from_arguments(SurfaceConfig, ns, SurfaceConfig(eps=4 / 255)) == custom
-    assert dataclass_from_arguments(SurfaceConfig, ns2).eps == 4 / 255
+    assert dataclass_from_arguments(SurfaceConfig, ns, SurfaceConfig(attack=attack)) == custom
+    ns = parser.parse_args(["--kind", "2d", "--x=-0.5:0.5:3", "--y", "0:1:2", "--fixed"])
+    ns.eps = 4 / 255
+    assert dataclass_from_arguments(SurfaceConfig, ns) == custom
+    # The flags of the nested attack, by the names the command always had.
+    ns = parser.parse_args(["--eps", "4/255", "--attack-steps", "3", "--restarts", "2"])
+    got = dataclass_from_arguments(SurfaceConfig, ns).attack
+    assert (got.eps, got.step_size, got.steps, got.restarts) == (4 / 255, 1 / 255, 3, 2)
+    assert (
+        dataclass_from_arguments(SurfaceConfig, parser.parse_args(["--attack", "none"])).attack
+        is None
+    )
+    l2 = dataclass_from_arguments(SurfaceConfig, parser.parse_args(["--norm", "l2"])).attack
+    assert (l2.norm, l2.eps, l2.step_size) == ("l2", 0.5, 0.125)  # the threat model's radius
+
+
+def test_surface_configs_of_older_files_read_in_the_nested_layout():
+    """Files written before the attack was nested store it flat; they read (and resume) the same."""
+    old = {**to_dict(SurfaceConfig()), "attack": "pgd", "norm": "linf", "eps": 8 / 255}
+    old.update(step_size=2 / 255, attack_steps=10, restarts=1, attack_mode="eval")
+    assert from_dict(SurfaceConfig, old) == SurfaceConfig()
+    none = {**to_dict(SurfaceConfig()), "attack": "none", "norm": "linf", "eps": 8 / 255}
+    assert from_dict(SurfaceConfig, none).attack is None
+    fgsm = {**old, "attack": "fgsm"}
+    assert from_dict(SurfaceConfig, fgsm).attack == AttackConfig(name="fgsm")

@@ -8,6 +8,7 @@ import torch
 from awp.checkpoint import load_checkpoint
 from awp.config import from_dict, to_dict
 from awp.data import DataConfig
+from awp.models import ModelConfig
 from awp.train import TrainConfig, lr_at, train
 from tests.helpers import synthetic_bundle
 
@@ -16,7 +17,7 @@ def tiny_config(out, **kw) -> TrainConfig:
     base = dict(
         out=str(out),
         data=DataConfig(dataset="synthetic-in-memory", val_size=0),
-        model="smallcnn",
+        model=ModelConfig("smallcnn"),
         epochs=4,
         batch_size=32,
         lr=0.05,
@@ -161,10 +162,12 @@ def test_config_validation_and_json_round_trip():
         TrainConfig(schedule="step")
     # the architecture is checked with the config, before any data is loaded
     with pytest.raises(ValueError, match="resnet999"):
-        TrainConfig(model="resnet999")
+        TrainConfig(model=ModelConfig("resnet999"))
     with pytest.raises(ValueError, match="depth"):
-        TrainConfig(model="wideresnet", depth=33)
-    TrainConfig(model="preactresnet18", depth=33)  # depth belongs to WideResNet only
+        TrainConfig(model=ModelConfig("wideresnet", depth=33))
+    TrainConfig(model=ModelConfig("preactresnet18", depth=33))  # depth is WideResNet's only
+    with pytest.raises(ValueError, match="ModelConfig"):
+        TrainConfig(model="smallcnn")
 
 
 # ----------------------------------------------------------------- methods, --init, old configs
@@ -201,6 +204,8 @@ def test_resume_accepts_a_config_written_with_explicit_defaults(tmp_path):
     saved.update(gamma=0.01, awp_warmup=0, attack_mode="train")
     for key in ("attack_start", "awp_alternations", "extra_data", "extra_fraction", "init"):
         del saved[key]  # fields that did not exist then
+    model = saved.pop("model")  # the architecture was flat then: "model": "smallcnn", "width"...
+    saved.update(model=model["name"], **{k: v for k, v in model.items() if k != "name"})
     path.write_text(json.dumps(saved))
     result = train(cfg, resume=True, progress=False, data=synthetic_bundle(n_train=48, n_test=8))
     assert killed and [r["epoch"] for r in result.history] == [1, 2]
@@ -237,7 +242,7 @@ def test_init_that_does_not_fit_is_a_clear_error_and_writes_nothing(tmp_path):
 
     with pytest.raises(CheckpointError, match="--init.*missing keys"):
         train(
-            tiny_config(tmp_path / "b", model="vgg19", init=str(last)),
+            tiny_config(tmp_path / "b", model=ModelConfig("vgg19"), init=str(last)),
             progress=False,
             data=synthetic_bundle(),
         )

@@ -8,9 +8,6 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-CIFAR10_MEAN: tuple[float, float, float] = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD: tuple[float, float, float] = (0.2471, 0.2435, 0.2616)
-
 
 def scale_channels(channels: int, width: float) -> int:
     """Scale a channel count by a width multiplier.

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from awp.models._common import CIFAR10_MEAN, CIFAR10_STD, Normalized, scale_channels
+from awp.data import CIFAR10_MEAN, CIFAR10_STD
+from awp.models._common import Normalized, scale_channels
 
 
 class SmallCNN(Normalized):

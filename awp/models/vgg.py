@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from awp.models._common import CIFAR10_MEAN, CIFAR10_STD, Normalized, scale_channels
+from awp.data import CIFAR10_MEAN, CIFAR10_STD
+from awp.models._common import Normalized, scale_channels
 
 # Configuration E of Simonyan & Zisserman: output channels of each 3x3 conv, "M" = 2x2 max pool.
 VGG19_CONFIG: tuple[int | str, ...] = (

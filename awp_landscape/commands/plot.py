@@ -12,6 +12,9 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
+from landscape.run import safe_name
+from landscape.storage import read_surface
+
 PLOTS = ("auto", "curve", "contour", "contourf", "heatmap", "surface")
 
 
@@ -53,7 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="folder for the figures (default: the first file's folder)",
     )
     p.add_argument("--formats", nargs="+", default=["png", "pdf"], choices=("png", "pdf", "svg"))
-    p.set_defaults(func=run_plot)
+    p.set_defaults(func=run)
 
 
 def default_metrics(names: Sequence[str]) -> list[str]:
@@ -65,11 +68,11 @@ def default_metrics(names: Sequence[str]) -> list[str]:
     return losses[:1] or sorted(names)[:1]
 
 
-def run_plot(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """Read every file, draw the figures, save them; prints the paths written."""
+    # matplotlib is imported only when `awp plot` runs: `awp` starts without it.
     from figures.landscape import Curve, metric_label, plot_curves, plot_surface_views
     from figures.style import new_figure, save_figure
-    from landscape.storage import read_surface
 
     # A shell glob like landscape/*.h5 also matches the NAME.directions.h5 companions: skip them
     # (a directions file given alone still gets read_surface's clear error).
@@ -100,7 +103,7 @@ def run_plot(args: argparse.Namespace) -> int:
                 else r"$\alpha$"
             )
             plot_curves(curves, ylabel=metric_label(metric), xlabel=xlabel, band=args.band, ax=ax)
-        stem = "_".join(_safe(lab) for _, lab in curve_files)
+        stem = "_".join(safe_name(lab) for _, lab in curve_files)
         written += save_figure(fig, out_dir / f"{stem}_{'_'.join(metrics)}", args.formats)
     if surface_files and views:
         for s, lab in surface_files:
@@ -119,7 +122,7 @@ def run_plot(args: argparse.Namespace) -> int:
                     levels=args.levels,
                 )
                 for view, fig in figs.items():
-                    stem = out_dir / f"{_safe(lab)}_{metric}_{view}"
+                    stem = out_dir / f"{safe_name(lab)}_{metric}_{view}"
                     written += save_figure(fig, stem, args.formats)
     if not written:
         raise ValueError(
@@ -139,9 +142,3 @@ def _check_metrics(metrics: Sequence[str], files) -> None:
                 f"{s.path} ({lab}) has no {', '.join(missing)}; "
                 f"it has {', '.join(sorted(s.values))}"
             )
-
-
-def _safe(label: str) -> str:
-    import re
-
-    return re.sub(r"[^A-Za-z0-9._+-]+", "_", label).strip("._") or "plot"

@@ -1,0 +1,201 @@
+"""The outcome of a run, in sentences computed from its numbers.
+
+Robust overfitting read off the learning curves, and the comparisons of AT and AT-AWP the
+report states (accuracy, gap, expected and worst-case flatness, landscape sharpness, flatness
+against gap). Every statement is computed, including when AT-AWP did *not* come out better.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from landscape.storage import Surface
+
+
+@dataclass
+class Measurements:
+    """What the outcome is computed from; absent parts stay empty.
+
+    Attributes:
+        histories: method label -> its run's per-epoch records (metrics.jsonl).
+        gap: rows of ``gap.json``; flatness: rows of the final checkpoints' ``flatness.json``;
+        landscapes: the landscape surfaces (labelled by method); correlation: the
+        ``correlation.json`` of flatness against gap.
+    """
+
+    histories: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    gap: list[dict[str, Any]] = field(default_factory=list)
+    flatness: list[dict[str, Any]] = field(default_factory=list)
+    landscapes: list[Surface] = field(default_factory=list)
+    correlation: dict[str, Any] = field(default_factory=dict)
+
+
+def fmt_pct(x: float | None) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}%"
+
+
+#: Rise of the test robust loss above its minimum (nats) that counts as robust overfitting.
+OVERFIT_LOSS_RISE = 0.02
+
+
+@dataclass(frozen=True)
+class RobustOverfitting:
+    """Robust overfitting read off the per-epoch evaluations (Rice et al.): after some epoch the
+    test robust loss rises while the train robust loss keeps falling.
+
+    The loss is the criterion because on a few hundred test images the robust accuracy moves
+    in steps of several tenths of a point per image; both are reported.
+    """
+
+    min_epoch: int  # epoch of the lowest test robust loss
+    min_loss: float
+    last_epoch: int
+    last_loss: float
+    train_loss_at_min: float | None
+    train_loss_last: float | None
+    peak_epoch: int  # epoch of the highest test robust accuracy
+    peak_acc: float
+    last_acc: float
+
+    @property
+    def loss_rise(self) -> float:
+        return self.last_loss - self.min_loss
+
+    @property
+    def visible(self) -> bool:
+        train_fell = (
+            self.train_loss_at_min is None
+            or self.train_loss_last is None
+            or self.train_loss_last < self.train_loss_at_min
+        )
+        return self.loss_rise > OVERFIT_LOSS_RISE and train_fell
+
+    def statement(self) -> str:
+        train = (
+            f", while its train robust loss fell from {self.train_loss_at_min:.3f} to "
+            f"{self.train_loss_last:.3f}"
+            if self.train_loss_at_min is not None and self.train_loss_last is not None
+            else ""
+        )
+        acc = (
+            f"Test robust accuracy peaked at {fmt_pct(self.peak_acc)} (epoch "
+            f"{self.peak_epoch}) and ended at {fmt_pct(self.last_acc)}."
+        )
+        if self.visible:
+            return (
+                f"robust overfitting is visible: test robust loss was lowest at epoch "
+                f"{self.min_epoch} ({self.min_loss:.3f}) and rose by {self.loss_rise:.3f} to "
+                f"{self.last_loss:.3f} at epoch {self.last_epoch}{train}. {acc}"
+            )
+        return (
+            f"no robust overfitting visible: test robust loss ended at {self.last_loss:.3f}, "
+            f"{self.loss_rise:.3f} above its lowest ({self.min_loss:.3f}, epoch "
+            f"{self.min_epoch}; a rise above {OVERFIT_LOSS_RISE} with a falling train robust "
+            f"loss would count){train}. {acc}"
+        )
+
+
+def robust_overfitting(history: Sequence[Mapping[str, Any]]) -> RobustOverfitting | None:
+    """Robust overfitting of one run from its metrics records; None without test robust loss."""
+    rows = [r for r in history if "test_robust_loss" in r and "test_robust_acc" in r]
+    if not rows:
+        return None
+    low = min(rows, key=lambda r: r["test_robust_loss"])  # first minimum
+    peak = max(rows, key=lambda r: r["test_robust_acc"])
+    last = rows[-1]
+    return RobustOverfitting(
+        min_epoch=int(low["epoch"]),
+        min_loss=float(low["test_robust_loss"]),
+        last_epoch=int(last["epoch"]),
+        last_loss=float(last["test_robust_loss"]),
+        train_loss_at_min=low.get("train_robust_loss"),
+        train_loss_last=last.get("train_robust_loss"),
+        peak_epoch=int(peak["epoch"]),
+        peak_acc=float(peak["test_robust_acc"]),
+        last_acc=float(last["test_robust_acc"]),
+    )
+
+
+def landscape_rise(surface: Surface) -> float:
+    """How far the adversarial loss climbs over the plotted range above its value at alpha = 0
+    (test split when measured, else train; mean over directions)."""
+    key = "test_adv_loss" if "test_adv_loss" in surface.values else "train_adv_loss"
+    v = np.nanmean(surface.values[key], axis=0)
+    mid = int(np.argmin(np.abs(surface.x)))
+    return float(np.nanmax(v) - v[mid])
+
+
+def outcome(res: Measurements) -> list[str]:
+    """Plain statements of what this run measured; each is computed, none is assumed."""
+    out = []
+    overfit = {label: robust_overfitting(h) for label, h in res.histories.items()}
+    for label, ro in overfit.items():
+        if ro is not None:
+            out.append(f"{label}: {ro.statement()}")
+    a, b = overfit.get("AT"), overfit.get("AT-AWP")
+    if a is not None and b is not None:
+        diff = b.last_acc - a.last_acc
+        out.append(
+            f"Last-epoch test robust accuracy: AT {fmt_pct(a.last_acc)}, "
+            f"AT-AWP {fmt_pct(b.last_acc)} "
+            f"({'AT-AWP higher' if diff > 0 else 'AT-AWP lower' if diff < 0 else 'equal,'} by "
+            f"{abs(100 * diff):.1f} points)."
+        )
+    if res.gap:
+        last_gap = {}
+        for r in res.gap:
+            if r.get("epoch") is not None and r["epoch"] >= last_gap.get(r["method"], {}).get(
+                "epoch", -1
+            ):
+                last_gap[r["method"]] = r
+        if {"AT", "AT-AWP"} <= set(last_gap):
+            ga, gb = last_gap["AT"]["gap"], last_gap["AT-AWP"]["gap"]
+            out.append(
+                f"Robust generalization gap at the last checkpoint: AT {100 * ga:.1f} "
+                f"points, AT-AWP {100 * gb:.1f} points: AT-AWP "
+                f"{'has the smaller gap' if gb < ga else 'does NOT have the smaller gap'}."
+            )
+    exp = [r for r in res.flatness if r.get("kind") == "expected"]
+    for alpha in sorted({r["alpha"] for r in exp}):
+        rows = {r["label"]: r for r in exp if r["alpha"] == alpha}
+        if {"AT", "AT-AWP"} <= set(rows):
+            fa, fb = rows["AT"]["flatness_loss"], rows["AT-AWP"]["flatness_loss"]
+            out.append(
+                f"Expected flatness (robust loss increase) at alpha={alpha:g}: AT "
+                f"{fa:.4f}, AT-AWP {fb:.4f}: AT-AWP "
+                f"{'is flatter' if fb < fa else 'is NOT flatter'} here."
+            )
+    worst = {r["label"]: r for r in res.flatness if r.get("kind") == "worst"}
+    if {"AT", "AT-AWP"} <= set(worst):
+        fa, fb = worst["AT"]["flatness_loss"], worst["AT-AWP"]["flatness_loss"]
+        out.append(
+            f"Worst-case flatness (gamma={worst['AT']['gamma']:g}, robust loss increase): "
+            f"AT {fa:.4f}, AT-AWP {fb:.4f}: AT-AWP "
+            f"{'is flatter' if fb < fa else 'is NOT flatter'} in the worst case."
+        )
+    lands = {s.label: s for s in res.landscapes}
+    if {"AT", "AT-AWP"} <= set(lands):
+        ra, rb = landscape_rise(lands["AT"]), landscape_rise(lands["AT-AWP"])
+        out.append(
+            f"Weight loss landscape (attack regenerated): the adversarial loss rises by "
+            f"{ra:.3f} for AT and {rb:.3f} for AT-AWP over the plotted range: AT-AWP "
+            f"{'is flatter' if rb < ra else 'is NOT flatter'} along this direction."
+        )
+    for c in res.correlation.get("correlations", []):
+        if c["group"] == "all" and c["measure"] == "kendall":
+            positive = c["statistic"] > 0 and c["pvalue"] < 0.05
+            verdict = (
+                "a significant positive association, as the PAC-Bayes argument predicts"
+                if positive
+                else "no significant positive association in this run"
+            )
+            out.append(
+                f"Flatness vs gap across {c['n']} checkpoints: Kendall tau = "
+                f"{c['statistic']:.3f} (p = {c['pvalue']:.3g}); {verdict}."
+            )
+    return out

@@ -1,0 +1,78 @@
+"""The one home of model modes: train/eval switches that are restored, and frozen BatchNorm.
+
+Attacks, the AWP ascent and every measurement run a model in an explicit mode and give it back
+exactly as they found it (per-module ``training`` flags, BatchNorm running statistics). These
+context managers are how they do it; nothing else flips ``model.training`` behind a caller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+MODES = ("train", "eval")
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The underlying module of a DistributedDataParallel / DataParallel / compiled model."""
+    while True:
+        if hasattr(model, "module") and isinstance(model.module, nn.Module):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def batchnorms(model: nn.Module) -> list[_BatchNorm]:
+    """The BatchNorm layers of ``model`` that keep running statistics."""
+    return [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+
+
+@contextmanager
+def frozen_bn_stats(model: nn.Module) -> Iterator[nn.Module]:
+    """Keep BatchNorm running statistics (and ``num_batches_tracked``) from moving.
+
+    In train mode BatchNorm still normalizes with the batch's statistics; it just does not
+    update the running ones. Works by switching ``track_running_stats`` off, which makes
+    ``F.batch_norm`` receive no running buffers in train mode (eval mode still reads them).
+    """
+    bns = batchnorms(model)
+    for m in bns:
+        m.track_running_stats = False
+    try:
+        yield model
+    finally:
+        for m in bns:
+            m.track_running_stats = True
+
+
+@contextmanager
+def kept_modes(model: nn.Module) -> Iterator[nn.Module]:
+    """Restore every module's ``training`` flag on exit (a model in mixed modes comes back
+    exactly as it was), whatever the body switches."""
+    flags = [(m, m.training) for m in model.modules()]
+    try:
+        yield model
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+@contextmanager
+def model_mode(model: nn.Module, mode: str) -> Iterator[nn.Module]:
+    """Put ``model`` in ``mode`` ("train" | "eval") with frozen BatchNorm statistics; restore after.
+
+    Args:
+        model: the network.
+        mode: "train" (BatchNorm normalizes with the batch's statistics) or "eval".
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}")
+    with kept_modes(model):
+        model.train(mode == "train")
+        with frozen_bn_stats(model):
+            yield model

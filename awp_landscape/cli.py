@@ -1,0 +1,72 @@
+"""The ``awp`` command: one subcommand per module of :mod:`awp_landscape.commands`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from awp.checkpoint import CheckpointError
+from awp.distributed import PeerError
+from awp_landscape.commands import (
+    correlate,
+    demo,
+    evaluate,
+    flatness,
+    gap,
+    hist,
+    landscape,
+    plot,
+    report,
+    train,
+)
+from awp_landscape.console import CLIError
+
+# In the order `awp --help` lists them.
+COMMANDS = (train, evaluate, landscape, plot, hist, flatness, gap, correlate, report, demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full ``awp`` parser."""
+    parser = argparse.ArgumentParser(
+        prog="awp",
+        description="Adversarial training with and without AWP, weight loss "
+        "landscapes, flatness and the robust generalization gap.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for command in COMMANDS:
+        command.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``awp`` console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (CLIError, PeerError, ValueError, FileNotFoundError, FileExistsError) as err:
+        if args.verbose and not isinstance(err, CLIError | CheckpointError):
+            raise
+        print(f"awp {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            f"awp {args.command}: interrupted; finished work is on disk "
+            f"(rerun with --resume where the command has it)",
+            file=sys.stderr,
+        )
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

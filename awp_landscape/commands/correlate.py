@@ -1,0 +1,132 @@
+"""``awp correlate``: a flatness measure against the robust gap across checkpoints."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+from analysis.correlate import correlate_records, fit_line
+from analysis.tables import IDENTITY, join_tables, read_table
+from awp.io import write_csv, write_json
+from awp_landscape.console import CLIError, format_table, say
+from awp_landscape.inputs import rows_of
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``awp correlate``."""
+    p = sub.add_parser(
+        "correlate",
+        help="correlate a flatness measure with the robust gap across checkpoints",
+        description="Join result tables (flatness.json, gap.json, or CSV) on the checkpoint's "
+        "sha256 and report Kendall tau-b, Spearman and Pearson between two columns, with "
+        "p-values and bootstrap intervals, pooled and per method; and a scatter figure.",
+    )
+    p.add_argument("tables", nargs="+", type=Path, help="result tables (.json or .csv)")
+    p.add_argument("--x", default="flatness", help="column on x (default: flatness)")
+    p.add_argument("--y", default="gap", help="column on y (default: gap)")
+    p.add_argument(
+        "--where",
+        action="append",
+        default=[],
+        metavar="COL=VALUE",
+        help="keep rows whose COL equals VALUE (tables without COL are not filtered), "
+        "e.g. --where kind=expected --where alpha=0.1; repeatable",
+    )
+    p.add_argument("--by", default="method", help="grouping column (default: method)")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default: 1000)")
+    p.add_argument("--confidence", type=float, default=0.95, help="interval level (default 0.95)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument("--no-figures", action="store_true", help="only tables, no PNG/PDF")
+    p.add_argument(
+        "--out", type=Path, default=None, help="results folder (default: the first table's)"
+    )
+    p.set_defaults(func=run)
+
+
+def correlate_tables(
+    tables: list[Path],
+    *,
+    x: str = "flatness",
+    y: str = "gap",
+    where: list[str] | None = None,
+    by: str = "method",
+    n_boot: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    out: Path | None = None,
+    figures: bool = True,
+) -> None:
+    """``awp correlate`` as a function: correlation.json/.csv and the scatter in ``out``."""
+    where = list(where or [])
+    rows = join_tables([(p.stem, read_table(p)) for p in tables], where)
+    if len(rows) < 3:
+        raise CLIError(
+            f"{len(rows)} checkpoint(s) left after joining {', '.join(p.name for p in tables)}"
+            f" with filters {where or 'none'}: correlations need at least 3"
+        )
+    for col in (x, y):
+        if col not in rows[0]:
+            raise CLIError(f"no column {col!r}; columns are {sorted(rows[0])}")
+    cors = correlate_records(rows, x=x, y=y, by=by, n_boot=n_boot, confidence=confidence, seed=seed)
+    out = out or tables[0].resolve().parent
+    cor_rows = rows_of(cors)
+    say(f"{y} against {x}: {len(rows)} checkpoints")
+    say(
+        format_table(
+            [
+                {
+                    "group": c["group"],
+                    "measure": c["measure"],
+                    "n": c["n"],
+                    "statistic": c["statistic"],
+                    "p-value": c["pvalue"],
+                    f"{c['confidence']:.0%} CI": f"[{c['ci_low']:.3f}, {c['ci_high']:.3f}]",
+                }
+                for c in cor_rows
+            ]
+        )
+    )
+    fit = fit_line([r[x] for r in rows], [r[y] for r in rows])
+    keep = [*IDENTITY, x, y, by]
+    points = [{k: r[k] for k in dict.fromkeys(keep) if k in r} for r in rows]
+    write_json(
+        out / "correlation.json",
+        {
+            "tables": [str(p) for p in tables],
+            "where": where,
+            "x": x,
+            "y": y,
+            "by": by,
+            "fit": dataclasses.asdict(fit),
+            "correlations": cor_rows,
+            "points": points,
+        },
+    )
+    write_csv(out / "correlation.csv", cor_rows)
+    written = [out / "correlation.json", out / "correlation.csv"]
+    if figures:
+        # matplotlib is imported only when a figure is drawn: `awp` starts without it.
+        from figures.flatness import plot_flatness_vs_gap
+        from figures.style import save_figure
+
+        fig = plot_flatness_vs_gap(rows, x=x, y=y, by=by, correlations=cors)
+        written += save_figure(fig, out / f"{x}_vs_{y}")
+    say(f"results: {out} ({', '.join(p.name for p in written)})")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Join, correlate, print, write."""
+    correlate_tables(
+        args.tables,
+        x=args.x,
+        y=args.y,
+        where=args.where,
+        by=args.by,
+        n_boot=args.n_boot,
+        confidence=args.confidence,
+        seed=args.seed,
+        out=args.out,
+        figures=not args.no_figures,
+    )
+    return 0

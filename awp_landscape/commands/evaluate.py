@@ -1,0 +1,180 @@
+"""``awp eval``: natural, FGSM, PGD-20, CW-20 and AutoAttack accuracy of a checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from awp import distributed
+from awp.config import to_dict
+from awp.data import fixed_subset
+from awp.evaluate import (
+    AutoAttackConfig,
+    EvalConfig,
+    MissingDependencyError,
+    RobustnessReport,
+    evaluate_robustness,
+    require_torchattacks,
+)
+from awp.io import library_versions, write_json
+from awp.progress import progress_bar
+from awp_landscape.console import CLIError, format_table, say
+from awp_landscape.flags import add_dataclass_arguments, dataclass_from_arguments
+from awp_landscape.inputs import Inputs, Loaded, add_checkpoint_arguments
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``awp eval``."""
+    p = sub.add_parser(
+        "eval",
+        help="natural / FGSM / PGD-20 / CW-20 / AutoAttack accuracy of a checkpoint",
+        description="Evaluate a checkpoint: attacks run in the order given, each only on the "
+        "points still robust (--no-cascade: every attack on every point). Checkpoints from "
+        "elsewhere (official AWP {'state_dict': ...} with module. prefixes, raw state dicts as "
+        "Rice et al.'s, RobustBench WideResNets with sub_block1.*) need --model and --input.",
+    )
+    p.add_argument("checkpoint", type=Path, help="checkpoint: ours, or one from elsewhere")
+    add_dataclass_arguments(p, EvalConfig)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="JSON results file (default: eval_<checkpoint>_<split>.json beside the checkpoint)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing results file made with other settings (refused otherwise)",
+    )
+    add_checkpoint_arguments(p)
+    p.set_defaults(func=run)
+
+
+def refuse_other_results(out: Path, eval_config: dict) -> None:
+    """Refuse to replace ``out`` when it holds results of other evaluation settings (or is not
+    a results file of ours): an earlier evaluation is never lost to a default file name."""
+    if not out.exists():
+        return
+    try:
+        theirs = json.loads(out.read_text()).get("eval_config")
+    except (OSError, ValueError, AttributeError):
+        theirs = None
+    if theirs == eval_config:
+        return  # the same evaluation again: replacing it loses nothing
+    what = (
+        "results of other evaluation settings"
+        if theirs is not None
+        else "something that is not an `awp eval` results file"
+    )
+    raise CLIError(
+        f"{out} already holds {what}; pass --out NEW.json to keep both, or --overwrite to "
+        "replace it"
+    )
+
+
+def evaluate_checkpoint(
+    loaded: Loaded, cfg: EvalConfig, *, progress: bool = True
+) -> tuple[RobustnessReport, dict[str, Any]]:
+    """The robustness report of a loaded checkpoint and the JSON record ``awp eval`` writes."""
+    split = getattr(loaded.data, cfg.split)
+    if len(split) == 0:
+        raise CLIError(f"the {cfg.split} split is empty for dataset {loaded.data_cfg.dataset!r}")
+    device = split.x.device
+    idx = fixed_subset(len(split), cfg.n, seed=cfg.seed) if cfg.n else torch.arange(len(split))
+    x, y = split.x[idx.to(device)], split.y[idx.to(device)]
+    bars: dict[str, Any] = {}
+
+    def on_batch(name: str, done: int, total: int) -> None:
+        if name not in bars:
+            for bar in bars.values():
+                bar.close()
+            bars[name] = progress_bar(total=total, desc=name, enabled=progress)
+        bars[name].update(done - bars[name].n)
+
+    try:
+        report = evaluate_robustness(
+            loaded.model,
+            x,
+            y,
+            cfg.attack_table(),
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
+            cascade=cfg.cascade,
+            on_batch=on_batch,
+        )
+    finally:
+        for bar in bars.values():
+            bar.close()
+    result = {
+        "checkpoint": str(loaded.path),
+        "epoch": loaded.ckpt.get("epoch") if loaded.ckpt else None,
+        "weights": loaded.weights,
+        "model_spec": json.loads(json.dumps(dataclasses.asdict(loaded.spec))),
+        "input": loaded.input,
+        "dataset": loaded.data_cfg.dataset,
+        "split": cfg.split,
+        "n": report.n,
+        "eval_config": to_dict(cfg),
+        "cascade": cfg.cascade,
+        "robust_accuracy": report.robust_accuracy,
+        "results": [
+            {
+                "attack": r.name,
+                "setting": r.setting,
+                "accuracy": r.accuracy,
+                "accuracy_alone": r.accuracy_alone,
+                "attacked": r.attacked,
+                "seconds": r.seconds,
+            }
+            for r in report.rows
+        ],
+        "versions": library_versions(),
+    }
+    return report, result
+
+
+def run(args: argparse.Namespace) -> int:
+    """Evaluate one checkpoint, print the table, write the JSON."""
+    cfg = dataclass_from_arguments(EvalConfig, args)
+    out = args.out or args.checkpoint.with_name(f"eval_{args.checkpoint.stem}_{cfg.split}.json")
+    if not args.overwrite:
+        refuse_other_results(out, to_dict(cfg))
+    if any(isinstance(a, AutoAttackConfig) for a in cfg.attack_table().values()):
+        try:
+            require_torchattacks()  # before hours of loading and attacking
+        except MissingDependencyError as err:
+            raise CLIError(str(err)) from err
+    device = distributed.pick_device(args.device)
+    loaded = Inputs.from_args(args, device, progress=not args.no_progress).load(args.checkpoint)
+    report, result = evaluate_checkpoint(loaded, cfg, progress=not args.no_progress)
+    rows = [
+        {
+            "attack": r.name,
+            "setting": r.setting,
+            "accuracy": r.accuracy,
+            **({} if cfg.cascade else {"alone": r.accuracy_alone}),
+            "attacked": r.attacked,
+            "seconds": round(r.seconds, 2),
+        }
+        for r in report.rows
+    ]
+    say(
+        f"{args.checkpoint} (epoch {result['epoch']}, {result['input']} input) on "
+        f"{loaded.data_cfg.dataset}/{cfg.split}, n={report.n}, device {device}"
+    )
+    say(format_table(rows))
+    say(
+        "accuracy: right under this attack and every one above it"
+        + (" (cascade: each attack ran only on the points still robust)" if cfg.cascade else "")
+        + f"; robust accuracy {report.robust_accuracy:.4f}"
+    )
+    write_json(out, result)
+    say(f"results: {out}")
+    return 0

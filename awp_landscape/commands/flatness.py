@@ -1,0 +1,337 @@
+"""``awp flatness``: expected and worst-case PAC-Bayes flatness, sigma search, bound terms.
+
+Finished units of every checkpoint live in ``<out>/flatness/<stem>-<sha8>/`` and are skipped
+when run again with the same settings; under torchrun the units are split across ranks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from analysis.flatness import FlatnessConfig
+from analysis.gap import subset
+from analysis.pacbayes import PacBayesConfig
+from analysis.sigma import SigmaSearchConfig, SigmaSearchResult, bisect_alpha
+from analysis.store import SampleStore, run_units
+from analysis.units import compute_unit, flatness_keys, result_rows, summarize
+from analysis.worst_case import WorstCaseConfig
+from awp import distributed
+from awp.checkpoint import load_checkpoint
+from awp.config import to_dict
+from awp.data import DataConfig
+from awp.io import sha256_file, write_csv, write_json
+from awp.models import ModelConfig
+from awp.perturb import select_params
+from awp_landscape.commands.common import add_run_arguments, out_folder
+from awp_landscape.console import format_table, say
+from awp_landscape.flags import add_dataclass_arguments, dataclass_from_arguments
+from awp_landscape.inputs import (
+    Inputs,
+    Loaded,
+    add_checkpoint_arguments,
+    check_files,
+    foreign_from,
+    identity,
+    unique_labels,
+)
+
+# Settings that only add or summarize units; every other one changes what a unit computes.
+SETTINGS_EXCLUDED = ("alphas", "samples", "confidence")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``awp flatness``."""
+    p = sub.add_parser(
+        "flatness",
+        help="expected / worst-case PAC-Bayes flatness, sigma search, PAC-Bayes bound",
+        description="E_u[rho(w+u)] - rho(w) with the attack regenerated on every w+u, for "
+        "several alphas (a curve); optionally the worst case over ||v_l|| <= gamma ||w_l|| "
+        "(--worst-case) and the largest alpha whose robust accuracy drop is <= a target "
+        "(--sigma-search); with the PAC-Bayes bound's terms. Finished samples are kept in "
+        "<out>/flatness/ and skipped when run again; under torchrun samples are split across "
+        "ranks.",
+    )
+    p.add_argument("checkpoints", nargs="+", type=Path, help="checkpoints (.pt)")
+    p.add_argument("--labels", nargs="+", help="names in tables and figures")
+    add_dataclass_arguments(p, FlatnessConfig)
+    p.add_argument("--worst-case", action="store_true", help="also measure worst-case flatness")
+    add_dataclass_arguments(p.add_argument_group("worst case (--worst-case)"), WorstCaseConfig)
+    p.add_argument("--sigma-search", action="store_true", help="also run the sigma search")
+    add_dataclass_arguments(
+        p.add_argument_group("sigma search (--sigma-search)"), SigmaSearchConfig
+    )
+    add_dataclass_arguments(p.add_argument_group("PAC-Bayes bound"), PacBayesConfig)
+    p.add_argument("--no-figures", action="store_true", help="only tables, no PNG/PDF")
+    add_checkpoint_arguments(p)
+    add_run_arguments(p, out_help="results folder (default: <run>/analysis)")
+    p.set_defaults(func=run)
+
+
+def _settings(cfg: FlatnessConfig, data_cfg: DataConfig, sha: str, n_split: int) -> dict:
+    """What every stored unit depends on. Alphas, M and the worst-case settings are part of
+    the unit keys, so a run with more of them reuses the finished units."""
+    flat = {k: v for k, v in to_dict(cfg).items() if k not in SETTINGS_EXCLUDED}
+    return {
+        "checkpoint_sha256": sha,
+        "data": to_dict(data_cfg),
+        "split_size": n_split,
+        "flatness": flat,
+    }
+
+
+def flatness_for_checkpoint(
+    loaded: Loaded,
+    *,
+    cfg: FlatnessConfig,
+    worst: WorstCaseConfig | None = None,
+    search: SigmaSearchConfig | None = None,
+    pacbayes: PacBayesConfig | None = None,
+    out: Path,
+    label: str | None = None,
+    progress: bool = False,
+    compute: Callable[..., dict] | None = None,
+) -> dict[str, Any]:
+    """Flatness of one checkpoint, resumable and sharded; returns its result (every rank).
+
+    Finished units live in ``out/flatness/<stem>-<sha8>/samples.rank<r>.json``; the result
+    (rows per alpha and per gamma, sigma search) is written there as ``result.json`` by the
+    main rank. ``compute`` replaces :func:`analysis.units.compute_unit` (tests count calls).
+    """
+    ctx = distributed.current()
+    pacbayes = pacbayes or PacBayesConfig()
+    split = loaded.data.train if cfg.split == "train" else loaded.data.test
+    x, y = subset(split, cfg.n_examples, seed=cfg.subset_seed)
+    if len(y) == 0:
+        raise ValueError(f"the {cfg.split} split of {loaded.data_cfg.dataset!r} is empty")
+    ident = {**loaded.identity(), "label": label or loaded.identity()["method"]}
+    folder = out / "flatness" / f"{loaded.path.stem}-{loaded.sha256[:8]}"
+    settings = _settings(cfg, loaded.data_cfg, loaded.sha256, len(split))
+    store = SampleStore(folder, meta=settings, rank=ctx.rank)
+    unit = compute or compute_unit
+
+    def run_keys(keys: list[str], desc: str) -> dict[str, dict]:
+        return run_units(
+            keys,
+            lambda k: unit(loaded.model, x, y, k, cfg=cfg),
+            store=store,
+            progress=progress,
+            desc=desc,
+        )
+
+    records = run_keys(flatness_keys(cfg, worst), f"{ident['label']}: samples")
+    search_result = _sigma_search(search, records, cfg, run_keys) if search else None
+    rows = result_rows(
+        records,
+        cfg=cfg,
+        worst=worst,
+        params=select_params(loaded.model, cfg.params),
+        n_bound=pacbayes.n_bound or len(loaded.data.train),
+        delta=pacbayes.delta,
+        ident=ident,
+    )
+    if search_result is not None:
+        rows.append(_search_row(search_result, cfg, ident))
+    result = {
+        **ident,
+        "settings": settings,
+        "worst_case": dataclasses.asdict(worst) if worst is not None else None,
+        "rows": rows,
+        "sigma_search": dataclasses.asdict(search_result) if search_result else None,
+    }
+    if ctx.is_main:
+        write_json(folder / "result.json", result)
+    return result
+
+
+def _sigma_search(
+    search: SigmaSearchConfig,
+    records: dict[str, dict],
+    cfg: FlatnessConfig,
+    run_keys: Callable[[list[str], str], dict[str, dict]],
+) -> SigmaSearchResult:
+    """Bisect alpha, computing (or reusing) the draws of every alpha it tries."""
+
+    def drop(alpha: float) -> float:
+        keys = flatness_keys(cfg, None, alphas=[alpha])[1:]  # "base" is known
+        recs = {"base": records["base"], **run_keys(keys, f"sigma search a={alpha:.4g}")}
+        return summarize(recs, cfg=cfg, alphas=[alpha])[0][0].flatness
+
+    return bisect_alpha(
+        drop,
+        target=search.target,
+        low=search.alpha_low,
+        high=search.alpha_high,
+        depth=search.depth,
+        tolerance=search.tolerance,
+    )
+
+
+def _search_row(
+    result: SigmaSearchResult, cfg: FlatnessConfig, ident: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        **ident,
+        "kind": "sigma_search",
+        "noise": cfg.noise,
+        "params": cfg.params,
+        "split": cfg.split,
+        "per_example": cfg.per_example,
+        "attack": cfg.attack.describe(),
+        "alpha": result.alpha,
+        "drop": result.drop,
+        "target": result.target,
+        "converged": result.converged,
+    }
+
+
+def collect_results(out: Path) -> list[dict[str, Any]]:
+    """Every row of every checkpoint's ``result.json`` under ``out/flatness``."""
+    rows = []
+    for path in sorted((out / "flatness").glob("*/result.json")):
+        rows += json.loads(path.read_text())["rows"]
+    return rows
+
+
+def measure_flatness(
+    checkpoints: Sequence[Path],
+    cfg: FlatnessConfig,
+    *,
+    out: Path,
+    labels: Sequence[str] | None = None,
+    worst: WorstCaseConfig | None = None,
+    search: SigmaSearchConfig | None = None,
+    pacbayes: PacBayesConfig | None = None,
+    device_name: str = "auto",
+    progress: bool = True,
+    dataset: str | None = None,
+    data_root: str | None = None,
+    foreign: tuple[ModelConfig | None, str | None] = (None, None),
+    figures: bool = True,
+) -> list[dict[str, Any]]:
+    """``awp flatness`` as a function: each checkpoint's result; ``flatness.json``/``.csv``
+    (and the curve figure) in ``out`` hold every checkpoint measured there."""
+    check_files(checkpoints)
+    with distributed.joined(device_name) as ctx:
+        device = distributed.pick_device(device_name, ctx)
+        inputs = Inputs(
+            device, dataset=dataset, data_root=data_root, foreign=foreign, progress=progress
+        )
+        idents = [_identity_of(p) for p in checkpoints]
+        names = unique_labels(idents, labels)
+        results = [
+            flatness_for_checkpoint(
+                inputs.load(path),
+                cfg=cfg,
+                worst=worst,
+                search=search,
+                pacbayes=pacbayes,
+                out=out,
+                label=label,
+                progress=progress and ctx.is_main,
+            )
+            for path, label in zip(checkpoints, names)
+        ]
+        distributed.barrier()
+        if ctx.is_main:
+            _print_results(results, cfg)
+            _write_tables(out, figures=figures)
+        return results
+
+
+def _identity_of(path: Path) -> dict[str, Any]:
+    try:
+        ckpt = load_checkpoint(path)
+    except ValueError:
+        ckpt = None  # a checkpoint from elsewhere: named by its file
+    return identity(path, ckpt, sha256_file(path))
+
+
+def _write_tables(out: Path, *, figures: bool) -> None:
+    rows = collect_results(out)
+    write_json(out / "flatness.json", {"rows": rows})
+    write_csv(out / "flatness.csv", rows)
+    written = [out / "flatness.json", out / "flatness.csv"]
+    curve = [r for r in rows if r["kind"] == "expected"]
+    if figures and curve:
+        # matplotlib is imported only when a figure is drawn: `awp` starts without it.
+        from figures.flatness import plot_flatness_curve
+        from figures.style import save_figure
+
+        written += save_figure(plot_flatness_curve(curve), out / "flatness_curve")
+    say(f"results: {out} ({', '.join(p.name for p in written)})")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Measure, print the tables, write flatness.json/.csv and the curve."""
+    cfg = dataclass_from_arguments(FlatnessConfig, args)
+    measure_flatness(
+        args.checkpoints,
+        cfg,
+        out=out_folder(args.out, args.checkpoints),
+        labels=args.labels,
+        worst=dataclass_from_arguments(WorstCaseConfig, args) if args.worst_case else None,
+        search=dataclass_from_arguments(SigmaSearchConfig, args) if args.sigma_search else None,
+        pacbayes=dataclass_from_arguments(PacBayesConfig, args),
+        device_name=args.device,
+        progress=not args.no_progress,
+        dataset=args.dataset,
+        data_root=args.data_root,
+        foreign=foreign_from(args),
+        figures=not args.no_figures,
+    )
+    return 0
+
+
+def _print_results(results: list[dict[str, Any]], cfg: FlatnessConfig) -> None:
+    rows = [r for res in results for r in res["rows"]]
+    say(
+        f"expected flatness ({cfg.noise} noise, M={cfg.samples}, {cfg.split} "
+        f"n={cfg.n_examples or 'all'}, {cfg.attack.describe()} regenerated on every w+u)"
+    )
+    say(
+        format_table(
+            [
+                {
+                    "label": r["label"],
+                    "alpha": r["alpha"],
+                    "rho(w)": r["base_error"],
+                    "E rho(w+u)": r["mean_error"],
+                    "flatness": r["flatness"],
+                    "ci": f"[{r['flatness_low']:.4f}, {r['flatness_high']:.4f}]",
+                    "flat. loss": r["flatness_loss"],
+                    "bound": r["bound_exact"],
+                    "vacuous": r["vacuous_exact"],
+                }
+                for r in rows
+                if r["kind"] == "expected"
+            ]
+        )
+    )
+    worst = [
+        {
+            "label": r["label"],
+            "gamma": r["gamma"],
+            "rho(w)": r["base_error"],
+            "rho(w+v)": r["worst_error"],
+            "worst flatness": r["flatness"],
+            "flat. loss": r["flatness_loss"],
+        }
+        for r in rows
+        if r["kind"] == "worst"
+    ]
+    if worst:
+        say("\nworst-case flatness (projected ascent on v jointly with the attack)")
+        say(format_table(worst))
+    for res in results:
+        s = res["sigma_search"]
+        if s is not None:
+            note = "" if s["converged"] else " (not converged: widen the bracket or the depth)"
+            say(
+                f"sigma search {res['label']}: alpha = {s['alpha']:.5g}, drop {s['drop']:.4f}"
+                f" (target {s['target']}){note}"
+            )

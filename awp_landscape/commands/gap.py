@@ -1,0 +1,133 @@
+"""``awp gap``: the robust generalization gap of many checkpoints, resumable and sharded."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from analysis.gap import GapConfig, robust_gap, subset
+from analysis.store import SampleStore, run_units
+from awp import distributed
+from awp.config import to_dict
+from awp.io import sha256_file, write_csv, write_json
+from awp.models import ModelConfig
+from awp_landscape.commands.common import add_run_arguments, out_folder
+from awp_landscape.console import format_table, say
+from awp_landscape.flags import add_dataclass_arguments, dataclass_from_arguments
+from awp_landscape.inputs import Inputs, add_checkpoint_arguments, check_files, foreign_from
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``awp gap``."""
+    p = sub.add_parser(
+        "gap",
+        help="robust generalization gap of many checkpoints",
+        description="Robust accuracy on a fixed seeded train subset minus robust accuracy on "
+        "a test subset (same attack, eval mode, no augmentation), and the robust loss gap, for "
+        "every checkpoint given. Finished checkpoints are kept in <out>/gap/ and skipped when "
+        "run again; under torchrun checkpoints are split across ranks.",
+    )
+    p.add_argument("checkpoints", nargs="+", type=Path, help="checkpoints (.pt)")
+    add_dataclass_arguments(p, GapConfig)
+    add_checkpoint_arguments(p, dataset_help="dataset (default: each checkpoint's)")
+    add_run_arguments(p, out_help="results folder (default: <run>/analysis)")
+    p.set_defaults(func=run)
+
+
+def _settings(cfg: GapConfig, inputs: Inputs) -> dict[str, Any]:
+    return {"gap": to_dict(cfg), "dataset": inputs.dataset, "data_root": inputs.data_root}
+
+
+def gap_rows(
+    checkpoints: Sequence[Path], *, cfg: GapConfig, out: Path, inputs: Inputs, progress: bool
+) -> list[dict[str, Any]]:
+    """Gap rows of the checkpoints (resumable, sharded); every rank gets them, in order."""
+    ctx = distributed.current()
+    order = [sha256_file(p) for p in checkpoints]
+    shas = dict(zip(order, checkpoints))
+    store = SampleStore(out / "gap", meta=_settings(cfg, inputs), name="gap", rank=ctx.rank)
+
+    def compute(sha: str) -> dict[str, Any]:
+        loaded = inputs.load(shas[sha])
+        xtr, ytr = subset(loaded.data.train, cfg.n_train, seed=cfg.subset_seed)
+        xte, yte = subset(loaded.data.test, cfg.n_test, seed=cfg.subset_seed)
+        rec = robust_gap(
+            loaded.model,
+            xtr,
+            ytr,
+            xte,
+            yte,
+            attack=cfg.attack,
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
+        )
+        return {
+            **loaded.identity(),
+            "dataset": loaded.data_cfg.dataset,
+            "attack": cfg.attack.describe(),
+            **dataclasses.asdict(rec),
+        }
+
+    records = run_units(
+        list(dict.fromkeys(order)), compute, store=store, progress=progress, desc="checkpoints"
+    )
+    return [records[sha] for sha in order]
+
+
+def measure_gap(
+    checkpoints: Sequence[Path],
+    cfg: GapConfig,
+    *,
+    out: Path,
+    device_name: str = "auto",
+    progress: bool = True,
+    dataset: str | None = None,
+    data_root: str | None = None,
+    foreign: tuple[ModelConfig | None, str | None] = (None, None),
+) -> list[dict[str, Any]]:
+    """``awp gap`` as a function: the rows of ``checkpoints``; ``gap.json``/``gap.csv`` in
+    ``out`` hold every checkpoint measured there with these settings."""
+    check_files(checkpoints)
+    with distributed.joined(device_name) as ctx:
+        device = distributed.pick_device(device_name, ctx)
+        inputs = Inputs(
+            device, dataset=dataset, data_root=data_root, foreign=foreign, progress=progress
+        )
+        rows = gap_rows(
+            checkpoints, cfg=cfg, out=out, inputs=inputs, progress=progress and ctx.is_main
+        )
+        distributed.barrier()
+        if ctx.is_main:
+            meta = _settings(cfg, inputs)
+            every = SampleStore(out / "gap", meta=meta, name="gap").load()
+            order = [r["sha256"] for r in rows] + sorted(set(every) - {r["sha256"] for r in rows})
+            table = [every[s] for s in order]
+            write_json(out / "gap.json", {"settings": meta, "rows": table})
+            write_csv(out / "gap.csv", table)
+            say(f"results: {out} (gap.json, gap.csv; {len(table)} checkpoints)")
+        return rows
+
+
+def run(args: argparse.Namespace) -> int:
+    """Measure, print the table, write gap.json and gap.csv."""
+    cfg = dataclass_from_arguments(GapConfig, args)
+    out = out_folder(args.out, args.checkpoints)
+    rows = measure_gap(
+        args.checkpoints,
+        cfg,
+        out=out,
+        device_name=args.device,
+        progress=not args.no_progress,
+        dataset=args.dataset,
+        data_root=args.data_root,
+        foreign=foreign_from(args),
+    )
+    if distributed.env_rank() != 0:
+        return 0
+    say(f"robust generalization gap ({cfg.attack.describe()}, eval mode, seed {cfg.seed})")
+    cols = ("run", "method", "epoch", "train_robust_acc", "test_robust_acc", "gap", "loss_gap")
+    say(format_table([{c: r[c] for c in cols} for r in rows]))
+    return 0

@@ -1,0 +1,138 @@
+"""``awp hist``: per-layer weight statistics, KS / Wasserstein distances and histograms."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from analysis.weights import model_layers, select_layers, weight_report
+from awp.io import write_csv, write_json
+from awp.progress import progress_bar
+from awp_landscape.commands.common import out_folder
+from awp_landscape.console import format_table, say
+from awp_landscape.inputs import (
+    Inputs,
+    add_checkpoint_arguments,
+    check_files,
+    rows_of,
+    unique_labels,
+)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``awp hist``."""
+    p = sub.add_parser(
+        "hist",
+        help="per-layer weight statistics, KS/Wasserstein distances and histograms",
+        description="Per-layer weight statistics of checkpoints (matched by layer name), "
+        "KS statistic and Wasserstein-1 distance between them, overlaid histograms "
+        "(rebuttal R#1 Q3) and statistics against depth.",
+    )
+    p.add_argument("checkpoints", nargs="+", type=Path, help="checkpoints (.pt) to compare")
+    p.add_argument("--labels", nargs="+", help="names in the legend (default: AT / AT-AWP ...)")
+    p.add_argument(
+        "--layers",
+        nargs="+",
+        default=["weights"],
+        help="layers measured: weights (conv+linear, default) | all | conv | linear | norm | "
+        "bias | first-conv | last-conv | first-linear | last-linear | names | glob patterns",
+    )
+    p.add_argument(
+        "--plot-layers",
+        nargs="+",
+        default=["last-conv"],
+        help="layers drawn as histograms, among --layers (default: last-conv, the rebuttal's)",
+    )
+    p.add_argument("--bins", type=int, default=80, help="histogram bins (default: 80)")
+    p.add_argument(
+        "--clip-quantile",
+        type=float,
+        default=None,
+        help="histogram range: this quantile of |w| instead of the max (e.g. 0.999)",
+    )
+    p.add_argument("--no-figures", action="store_true", help="only tables, no PNG/PDF")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="results folder (default: <run>/analysis when all checkpoints are from one run)",
+    )
+    add_checkpoint_arguments(p, dataset_help="dataset (only for checkpoints from elsewhere)")
+    p.set_defaults(func=run)
+
+
+def weight_histograms(
+    checkpoints: list[Path],
+    *,
+    out: Path,
+    labels: list[str] | None = None,
+    layers: list[str] | tuple[str, ...] = ("weights",),
+    plot_layers: list[str] | tuple[str, ...] = ("last-conv",),
+    bins: int = 80,
+    clip_quantile: float | None = None,
+    figures: bool = True,
+    inputs: Inputs | None = None,
+) -> None:
+    """``awp hist`` as a function: weights.json, the CSV tables and the figures in ``out``."""
+    check_files(checkpoints)
+    inputs = inputs or Inputs(torch.device("cpu"))
+    idents, weights = [], []
+    for path in progress_bar(checkpoints, desc="checkpoints", enabled=len(checkpoints) > 4):
+        loaded = inputs.load(path, with_data=False)
+        idents.append(loaded.identity())
+        weights.append(model_layers(loaded.model, ["all"]))
+    names = unique_labels(idents, labels)
+    for ident, label in zip(idents, names):
+        ident["label"] = label
+    report = weight_report(
+        dict(zip(names, weights)), layers=layers, bins=bins, clip_quantile=clip_quantile
+    )
+    stats, comps = rows_of(report.stats), rows_of(report.comparisons)
+    shown = ("label", "layer", "n", "norm", "std", "mean_abs", "skewness", "excess_kurtosis")
+    say(format_table([{k: r[k] for k in shown} for r in stats]))
+    if comps:
+        cols = ("layer", "label_a", "label_b", "ks_statistic", "ks_pvalue", "wasserstein")
+        say("\n" + format_table(comps, cols))
+    write_json(
+        out / "weights.json",
+        {
+            "checkpoints": idents,
+            "layers": list(report.layers),
+            "stats": stats,
+            "comparisons": comps,
+            "histograms": rows_of(report.histograms),
+        },
+    )
+    write_csv(out / "weights_stats.csv", stats)
+    written = [out / "weights.json", out / "weights_stats.csv"]
+    if comps:
+        write_csv(out / "weights_compare.csv", comps)
+    if figures:
+        # matplotlib is imported only when a figure is drawn: `awp` starts without it.
+        from figures.style import save_figure
+        from figures.weights import plot_layer_stats, plot_weight_histograms
+
+        first = {n: weights[0][n] for n in report.layers}
+        plot = select_layers(first, plot_layers)
+        fig = plot_weight_histograms(report.histograms, layers=plot, comparisons=report.comparisons)
+        written += save_figure(fig, out / "weights_hist")
+        written += save_figure(plot_layer_stats(report.stats), out / "weights_depth")
+    say(f"results: {out} ({', '.join(p.name for p in written)})")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Statistics, comparisons and figures of the checkpoints' layers."""
+    weight_histograms(
+        args.checkpoints,
+        out=out_folder(args.out, args.checkpoints),
+        labels=args.labels,
+        layers=args.layers,
+        plot_layers=args.plot_layers,
+        bins=args.bins,
+        clip_quantile=args.clip_quantile,
+        figures=not args.no_figures,
+        inputs=Inputs.from_args(args, torch.device("cpu"), progress=False),
+    )
+    return 0

@@ -1,0 +1,197 @@
+"""``awp landscape``: weight loss curves and surfaces of checkpoints, attacks regenerated.
+
+Loads checkpoints and data, plans one h5 file per checkpoint (or one for an interpolation),
+then :mod:`landscape.run` creates or resumes each file and fills its missing points, sharded
+across the ranks of a torchrun job:
+
+    awp landscape runs/at/checkpoints/best.pt runs/awp/checkpoints/best.pt --out land
+    awp landscape A.pt --kind 2d --x=-1:1:21 --y=-1:1:11 --attack none
+    awp landscape A.pt B.pt --kind interp
+    torchrun --nproc_per_node 4 -m awp_landscape landscape A.pt --kind 2d --out land
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from awp import distributed
+from awp.checkpoint import strip_prefixes
+from awp.config import to_dict
+from awp.models import ModelConfig
+from awp.progress import progress_bar
+from awp_landscape.console import format_table, say
+from awp_landscape.flags import add_dataclass_arguments, dataclass_from_arguments
+from awp_landscape.inputs import (
+    Inputs,
+    add_checkpoint_arguments,
+    check_files,
+    default_label,
+    foreign_from,
+)
+from landscape.config import SurfaceConfig
+from landscape.run import Job, JobInputs, fill_job, open_job, plan_jobs, summary_rows
+from landscape.storage import Surface, directions_path
+from landscape.surface import bn_images, make_evalsets
+
+log = logging.getLogger(__name__)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``awp landscape``."""
+    p = sub.add_parser(
+        "landscape",
+        help="weight loss curves/surfaces with attacks regenerated on the perturbed model",
+        description=(
+            "Perturb the trained weights along filter-normalized directions "
+            "(theta0 + sum c_i d_i) and measure clean and adversarial loss and accuracy, "
+            "crafting the attack on every perturbed model. One h5 file per checkpoint "
+            "(loss-landscape's names), written point by point; --resume fills the missing "
+            "points. Runs under torchrun (points sharded across ranks)."
+        ),
+    )
+    p.add_argument(
+        "checkpoints",
+        nargs="+",
+        type=Path,
+        help="checkpoint .pt files (interp: exactly two, from the first to the second)",
+    )
+    p.add_argument(
+        "--labels", nargs="+", default=None, help="one label per result (default: AT, AT-AWP...)"
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("landscape"),
+        help="folder of the LABEL.h5 files, or a .h5 file for a single result "
+        "(default: ./landscape)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="compute only the missing points of existing files (same checkpoint and settings)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_dataclass_arguments(p, SurfaceConfig, skip=("dataset", "data_root"))
+    add_checkpoint_arguments(
+        p, dataset_help="dataset (default: the one the checkpoint was trained on)"
+    )
+    p.set_defaults(func=run)
+
+
+def compute_landscapes(
+    checkpoints: list[Path],
+    cfg: SurfaceConfig,
+    *,
+    out: Path,
+    labels: list[str] | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    foreign: tuple[ModelConfig | None, str | None] = (None, None),
+) -> list[Surface]:
+    """Every result file of a call, in turn, each sharded across the torchrun ranks.
+
+    Args:
+        checkpoints: one per result (interp: the two ends).
+        cfg: what to compute (its ``dataset``/``data_root`` override the checkpoints').
+        out: folder of the LABEL.h5 files, or one .h5 file.
+        labels: one per result (default: the methods).
+        resume: compute only the missing points of existing files.
+        progress: show a bar (rank 0).
+        foreign: architecture and input convention of checkpoints from elsewhere.
+
+    Returns:
+        The surfaces (complete on rank 0).
+    """
+    check_files(checkpoints)
+    with distributed.joined(cfg.device) as ctx:
+        device = distributed.pick_device(cfg.device, ctx)
+        inputs = Inputs(
+            device,
+            dataset=cfg.dataset or None,
+            data_root=cfg.data_root or None,
+            foreign=foreign,
+            progress=progress and ctx.is_main,
+        )
+        jobs = plan_jobs(
+            checkpoints,
+            kind=cfg.kind,
+            labels=labels,
+            default_labels=[default_label(p) for p in checkpoints],
+            out=out,
+        )
+        return [_run_job(job, cfg, inputs, resume=resume, progress=progress) for job in jobs]
+
+
+def _job_inputs(job: Job, cfg: SurfaceConfig, inputs: Inputs) -> JobInputs:
+    loaded = inputs.load(job.checkpoint)
+    target_state, target_sha = None, None
+    if job.target is not None:
+        target = inputs.load(job.target)
+        if target.spec != loaded.spec:
+            raise ValueError(
+                f"cannot interpolate: {job.checkpoint} and {job.target} are different models "
+                f"({loaded.spec} vs {target.spec})"
+            )
+        target_state = {
+            k: v.to(inputs.device) for k, v in strip_prefixes(target.model.state_dict()).items()
+        }
+        target_sha = target.sha256
+    evalsets = make_evalsets(
+        loaded.data, n_train=cfg.n_train, n_test=cfg.n_test, seed=cfg.subset_seed
+    )
+    bn_x = (
+        bn_images(loaded.data, n=cfg.n_bn, seed=cfg.subset_seed) if cfg.bn == "recompute" else None
+    )
+    return JobInputs(
+        model=loaded.model,
+        sha256=loaded.sha256,
+        model_spec=to_dict(loaded.spec),
+        evalsets=evalsets,
+        data={**to_dict(loaded.data_cfg), "n": {e.name: len(e.y) for e in evalsets}},
+        bn_x=bn_x,
+        target_state=target_state,
+        target_sha256=target_sha,
+    )
+
+
+def _run_job(
+    job: Job, cfg: SurfaceConfig, inputs: Inputs, *, resume: bool, progress: bool
+) -> Surface:
+    ctx = distributed.current()
+    job_inputs = _job_inputs(job, cfg, inputs)
+    surface = open_job(job, cfg, job_inputs, resume=resume)
+    pending = len(surface.pending())
+    if ctx.is_main:
+        sets = " + ".join(f"{len(e.y)} {e.name}" for e in job_inputs.evalsets)
+        say(
+            f"{job.label}: {cfg.kind} landscape of {job.checkpoint}"
+            f"{f' -> {job.target}' if job.target else ''}, {surface.computed.size} points "
+            f"({surface.computed.size - pending} already computed), {sets} images, attack "
+            f"{cfg.attack.describe() if cfg.attack else 'none'}, BN {cfg.bn}, "
+            f"{ctx.world} process(es) on {inputs.device} -> {job.out}"
+        )
+    bar = progress_bar(total=pending, desc=job.label, enabled=progress and ctx.is_main)
+    with bar:
+        surface = fill_job(
+            job, cfg, job_inputs, surface, device=inputs.device, on_points=bar.update
+        )
+    if ctx.is_main:
+        say(format_table(summary_rows(surface)))
+        say(f"saved {job.out} (directions: {directions_path(job.out).name})")
+    return surface
+
+
+def run(args: argparse.Namespace) -> int:
+    """``awp landscape``: compute (or complete) every result file."""
+    compute_landscapes(
+        list(args.checkpoints),
+        dataclass_from_arguments(SurfaceConfig, args),
+        out=args.out,
+        labels=args.labels,
+        resume=args.resume,
+        progress=not args.no_progress,
+        foreign=foreign_from(args),
+    )
+    return 0

@@ -1,0 +1,88 @@
+"""``awp train``: adversarial training (AT, TRADES, MART), with or without AWP."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from awp import distributed
+from awp.config import from_dict
+from awp.train import TrainConfig, train
+from awp_landscape.console import CLIError, epoch_line, say
+from awp_landscape.flags import add_dataclass_arguments, dataclass_from_arguments
+
+# Settings of AWP's weight perturbation: given without --awp they would silently do nothing.
+AWP_FLAGS = ("gamma", "awp_warmup", "awp_steps", "awp_alternations")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``awp train``."""
+    p = sub.add_parser(
+        "train",
+        help="adversarial training (AT, TRADES, MART), with or without AWP",
+        description="Train with PGD adversarial training (AT), TRADES or MART, optionally with "
+        "AWP. Every option defaults to the paper's CIFAR-10 protocol; options shown with "
+        "'for at, ... for trades' take the --method's default unless given "
+        "(awp.config.METHOD_DEFAULTS). Several processes: torchrun --nproc_per_node N "
+        "-m awp_landscape train ... (DDP; --batch-size is the global batch).",
+    )
+    p.add_argument(
+        "--config", type=Path, help="JSON config (a run's config.json); flags override it"
+    )
+    p.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_dataclass_arguments(p, TrainConfig)
+    p.set_defaults(func=run)
+
+
+def config_from(args: argparse.Namespace) -> TrainConfig:
+    """The TrainConfig of the command line (over ``--config`` when given)."""
+    base = None
+    if args.config is not None:
+        if not args.config.is_file():
+            raise CLIError(f"config file {args.config} does not exist")
+        base = from_dict(TrainConfig, json.loads(args.config.read_text()))
+    cfg = dataclass_from_arguments(TrainConfig, args, base)
+    awp_flags = [
+        "--" + n.replace("_", "-") for n in AWP_FLAGS if getattr(args, n, None) is not None
+    ]
+    if awp_flags and not cfg.awp:
+        # `awp train --gamma 0.01` reads like AT-AWP but would silently train plain AT.
+        raise CLIError(
+            f"{', '.join(awp_flags)} set(s) AWP's weight perturbation, but AWP is off; add --awp "
+            "to train with it, or drop the flag"
+        )
+    return cfg
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train as the flags say; rank 0 prints one line per epoch."""
+    cfg = config_from(args)
+    main_rank = distributed.env_rank() == 0  # under torchrun only rank 0 talks
+    if main_rank:
+        extras = []
+        if cfg.extra_data:
+            extras.append(f"extra data {cfg.extra_data} ({cfg.extra_fraction:g} of each batch)")
+        if cfg.init:
+            extras.append(f"init {cfg.init}")
+        if distributed.env_world() > 1:
+            extras.append(f"{distributed.env_world()} processes")
+        say(
+            f"{cfg.describe()}: {cfg.model.name} (width {cfg.model.width}) on "
+            f"{cfg.data.dataset}, {cfg.epochs} epochs, {cfg.train_attack.describe()}"
+            + "".join(f", {e}" for e in extras)
+            + f" -> {cfg.out}"
+        )
+    result = train(
+        cfg,
+        resume=args.resume,
+        progress=not args.no_progress,
+        on_epoch=lambda r: say(epoch_line(r)) if main_rank else None,
+    )
+    if main_rank:
+        say(
+            f"checkpoints: {result.out / 'checkpoints'} (last.pt, best.pt"
+            f"{', epoch_*.pt' if cfg.save_every else ''}); metrics: {result.out / 'metrics.jsonl'}"
+        )
+    return 0

@@ -1,0 +1,282 @@
+"""Where checkpoints, data and devices meet: every command that takes a checkpoint loads it here.
+
+:class:`Inputs` loads each checkpoint (ours, or one from elsewhere described by ``--model`` and
+``--input``) with the dataset it was trained on (or ``--dataset``), each dataset once, on the
+command's device, and names checkpoints for tables and figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from awp.checkpoint import load_checkpoint, load_weights, read_state_dict
+from awp.config import check_choice, from_dict, method_of, opt
+from awp.data import DataBundle, DataConfig, load_data
+from awp.io import sha256_file
+from awp.models import ModelConfig, ModelSpec, build_model
+from awp_landscape.console import CLIError
+from awp_landscape.flags import add_dataclass_arguments, dataclass_from_arguments
+
+INPUTS = ("normalized", "raw")
+
+
+@dataclass(frozen=True)
+class Foreign:
+    """What a checkpoint from elsewhere does not record: its architecture and input convention."""
+
+    model: ModelConfig = opt(ModelConfig(), "architecture of a checkpoint from elsewhere")
+    input: str | None = opt(
+        None,
+        "input convention of a checkpoint from elsewhere: normalized (the dataset's mean/std; "
+        "official AT-AWP and Rice et al. checkpoints) or raw [0,1] (TRADES-AWP, RST-AWP, "
+        "RobustBench)",
+        shown="none: required for checkpoints from elsewhere",
+    )
+
+    def __post_init__(self) -> None:
+        if self.input is not None:
+            check_choice(self.input, INPUTS, "input convention")
+
+
+def add_checkpoint_arguments(p: argparse.ArgumentParser, *, dataset_help: str = "") -> None:
+    """``--dataset``, ``--data-root`` and the options of checkpoints from elsewhere."""
+    p.add_argument(
+        "--dataset",
+        default=None,
+        help=dataset_help
+        or "dataset (default: the checkpoint's own; 'sample' for checkpoints from elsewhere)",
+    )
+    p.add_argument("--data-root", default=None, help="where torchvision datasets live")
+    g = p.add_argument_group(
+        "checkpoints from elsewhere (official AWP, Rice et al., RobustBench): their architecture "
+        "and input"
+    )
+    add_dataclass_arguments(g, Foreign)
+
+
+def foreign_from(args: argparse.Namespace) -> tuple[ModelConfig | None, str | None]:
+    """(the architecture given with --model, or None; the --input given, or None)."""
+    foreign = dataclass_from_arguments(Foreign, args)
+    return (foreign.model if getattr(args, "model", None) is not None else None), foreign.input
+
+
+@dataclass
+class Loaded:
+    """A checkpoint ready to measure: the model in eval mode on the device, and its data."""
+
+    path: Path
+    model: nn.Module
+    spec: ModelSpec
+    ckpt: dict[str, Any] | None  # our checkpoint dict; None for one from elsewhere
+    data_cfg: DataConfig | None
+    data: DataBundle | None  # None when loaded without data (weights only)
+    sha256: str
+    weights: dict[str, Any]  # what load_weights did (layout, stripped prefixes, ...)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The training config the checkpoint records (empty for one from elsewhere)."""
+        return dict((self.ckpt or {}).get("config") or {})
+
+    @property
+    def input(self) -> str:
+        return "raw" if self.spec.mean is None else "normalized"
+
+    def identity(self) -> dict[str, Any]:
+        """The columns that name this checkpoint in every result table."""
+        return identity(self.path, self.ckpt, self.sha256)
+
+
+def run_folder_of(checkpoint: Path) -> Path:
+    """The run folder of a checkpoint (``<run>/checkpoints/x.pt`` -> ``<run>``)."""
+    parent = checkpoint.resolve().parent
+    return parent.parent if parent.name == "checkpoints" else parent
+
+
+def identity(path: Path, ckpt: dict[str, Any] | None, sha: str) -> dict[str, Any]:
+    """checkpoint, sha256, run, method, epoch of a checkpoint."""
+    config = (ckpt or {}).get("config") or {}
+    return {
+        "checkpoint": str(path),
+        "sha256": sha,
+        "run": run_folder_of(path).name,
+        "method": method_of(config),
+        "epoch": int((ckpt or {}).get("epoch", 0)),
+    }
+
+
+def unique_labels(idents: Sequence[dict[str, Any]], given: Sequence[str] | None) -> list[str]:
+    """--labels as given (one each, no repeats), else the methods, made unique by epoch or run."""
+    if given:
+        if len(given) != len(idents):
+            raise ValueError(f"--labels has {len(given)} names for {len(idents)} checkpoints")
+        if len(set(given)) != len(given):
+            raise ValueError(f"--labels {list(given)} repeats a name")
+        return list(given)
+    labels = [i["method"] for i in idents]
+    if len(set(labels)) == len(labels):
+        return labels
+    labels = [f"{i['method']} ep{i['epoch']}" for i in idents]
+    if len(set(labels)) == len(labels):
+        return labels
+    return [f"{i['method']} {i['run']}/{Path(i['checkpoint']).stem}" for i in idents]
+
+
+def check_files(paths: Sequence[Path]) -> None:
+    """Refuse a checkpoint path that is missing or not a file, before anything is computed."""
+    for p in paths:
+        if not Path(p).is_file():
+            raise FileNotFoundError(f"checkpoint {p} does not exist (or is not a file)")
+
+
+class Inputs:
+    """Checkpoints and their datasets for one command: each dataset is loaded once.
+
+    Args:
+        device: where models and data go.
+        dataset, data_root: ``--dataset`` / ``--data-root`` (None: the checkpoint's own).
+        foreign: (architecture, input convention) for checkpoints from elsewhere.
+        progress: show a bar while decoding large image archives.
+    """
+
+    def __init__(
+        self,
+        device: torch.device,
+        *,
+        dataset: str | None = None,
+        data_root: str | None = None,
+        foreign: tuple[ModelConfig | None, str | None] = (None, None),
+        progress: bool = False,
+    ) -> None:
+        self.device = device
+        self.dataset, self.data_root = dataset, data_root
+        self.arch, self.input = foreign
+        self.progress = progress
+        self._data: dict[DataConfig, DataBundle] = {}
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, device: torch.device, *, progress: bool) -> Inputs:
+        """The inputs a command's ``--dataset``, ``--data-root``, ``--model`` ... describe."""
+        return cls(
+            device,
+            dataset=getattr(args, "dataset", None),
+            data_root=getattr(args, "data_root", None),
+            foreign=foreign_from(args),
+            progress=progress,
+        )
+
+    def data(self, data_cfg: DataConfig) -> DataBundle:
+        """The dataset of a config, loaded once."""
+        if data_cfg not in self._data:
+            self._data[data_cfg] = load_data(data_cfg, self.device, progress=self.progress)
+        return self._data[data_cfg]
+
+    def data_config(self, recorded: dict[str, Any] | None, path: Path) -> DataConfig:
+        """The data a checkpoint was trained on, with ``--dataset``/``--data-root`` applied."""
+        if recorded is None:
+            data_cfg = DataConfig(val_size=0)  # no training run to hold a validation split for
+        elif not recorded and not self.dataset:
+            raise ValueError(
+                f"{path} does not record the dataset it was trained on; pass --dataset "
+                "(e.g. --dataset cifar10 or a path to an ImageFolder .tar.gz)"
+            )
+        else:
+            data_cfg = from_dict(DataConfig, recorded)
+        changes = {k: v for k, v in (("dataset", self.dataset), ("data_root", self.data_root)) if v}
+        return dataclasses.replace(data_cfg, **changes)
+
+    def load(self, path: Path, *, with_data: bool = True) -> Loaded:
+        """Load one checkpoint with its data (see the class).
+
+        ``with_data=False`` loads only the weights of our checkpoints (a checkpoint from
+        elsewhere still needs its dataset: the number of classes comes from it).
+        """
+        _, info = read_state_dict(path)
+        ckpt = info.get("checkpoint")
+        data_cfg: DataConfig | None = None
+        data: DataBundle | None = None
+        if ckpt is not None:
+            spec = self._own_spec(path, ckpt)
+            if with_data:
+                recorded = dict((ckpt.get("config") or {}).get("data") or {})
+                data_cfg = self.data_config(recorded, path)
+                data = self.data(data_cfg)
+        else:
+            self._require_foreign(path, info["layout"])
+            assert self.arch is not None
+            data_cfg = self.data_config(None, path)
+            data = self.data(data_cfg)
+            normalized = self.input == "normalized"
+            spec = self.arch.spec(
+                data.num_classes,
+                mean=tuple(data.mean) if normalized else None,
+                std=tuple(data.std) if normalized else None,
+            )
+        model = build_model(spec)
+        weights = dict(load_weights(model, path))
+        weights.pop("checkpoint", None)
+        return Loaded(
+            path=Path(path),
+            model=model.to(self.device).eval(),
+            spec=spec,
+            ckpt=ckpt,
+            data_cfg=data_cfg,
+            data=data,
+            sha256=weights.get("sha256") or sha256_file(path),
+            weights=weights,
+        )
+
+    def _own_spec(self, path: Path, ckpt: dict[str, Any]) -> ModelSpec:
+        try:
+            spec = from_dict(ModelSpec, ckpt["model_spec"])
+        except (ValueError, TypeError) as err:
+            raise CLIError(f"checkpoint {path}: bad model_spec: {err}") from err
+        if self.arch is not None and self.arch.name != spec.name:
+            raise CLIError(
+                f"{path} is an awp-landscape checkpoint of a {spec.name}; drop --model "
+                f"{self.arch.name} (it describes checkpoints from elsewhere)"
+            )
+        own_input = "raw" if spec.mean is None else "normalized"
+        if self.input is not None and self.input != own_input:
+            raise CLIError(
+                f"{path} records its input convention ({own_input}); drop --input {self.input}"
+            )
+        return spec
+
+    def _require_foreign(self, path: Path, layout: str) -> None:
+        missing = [f for f, v in (("--model", self.arch), ("--input", self.input)) if v is None]
+        if missing:
+            raise CLIError(
+                f"{path} is not an awp-landscape checkpoint ({layout}): say what it is "
+                f"with {' and '.join(missing)} (e.g. --model wideresnet --depth 34 "
+                f"--input raw for TRADES-AWP, --model preactresnet18 --input normalized for "
+                f"AT-AWP)"
+            )
+
+
+def default_label(path: Path) -> str:
+    """AT / AT-AWP / TRADES-AWP... from a checkpoint's training config, else the file stem."""
+    try:
+        config = load_checkpoint(path).get("config") or {}
+    except (ValueError, OSError):
+        return path.stem
+    return method_of(config) if config.get("method") else path.stem
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` as plain JSON values (tuples become lists)."""
+    return json.loads(json.dumps(obj))
+
+
+def rows_of(items: Sequence[Any]) -> list[dict[str, Any]]:
+    """Dataclass instances or mappings as dict rows."""
+    return [dataclasses.asdict(i) if dataclasses.is_dataclass(i) else dict(i) for i in items]

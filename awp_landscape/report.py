@@ -1,0 +1,439 @@
+"""The report: one self-contained HTML file (and a markdown summary) from result folders.
+
+Reads what the other stages left on disk, so it can be rerun at any time: training runs
+(``metrics.jsonl``, ``config.json``), evaluations (``eval/*.json``), and the analysis folder
+(``gap.json``, ``weights.json``, flatness results, ``correlation.json``, landscape ``*.h5``).
+The outcome statements are computed by :mod:`analysis.outcome` from those numbers, including
+when AT-AWP did *not* come out flatter or with the smaller gap; the figures are drawn by
+:mod:`figures`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from analysis.outcome import Measurements, outcome
+from awp.config import method_of
+from awp.io import atomic_write_text, read_json
+from figures.curves import plot_gap_by_epoch, plot_landscape, plot_learning_curves
+from figures.flatness import plot_flatness_curve
+from figures.html import Document, FigureBlock, Section, Table, render_html, render_markdown
+from landscape.storage import Surface, read_surface
+
+
+@dataclass
+class Run:
+    """One training run folder."""
+
+    label: str
+    path: Path
+    config: dict[str, Any]
+    history: list[dict[str, Any]]
+
+
+@dataclass
+class Results:
+    """Everything the report reads, by kind; absent parts stay empty."""
+
+    root: Path
+    runs: list[Run] = field(default_factory=list)
+    evals: list[dict[str, Any]] = field(default_factory=list)
+    gap: list[dict[str, Any]] = field(default_factory=list)
+    flatness_final: list[dict[str, Any]] = field(default_factory=list)
+    flatness_epochs: list[dict[str, Any]] = field(default_factory=list)
+    weights: dict[str, Any] = field(default_factory=dict)
+    correlation: dict[str, Any] = field(default_factory=dict)
+    landscapes: list[Surface] = field(default_factory=list)
+    demo_config: dict[str, Any] = field(default_factory=dict)
+    figures: dict[str, Path] = field(default_factory=dict)
+
+
+def _read_runs(path: Path) -> list[Run]:
+    """A run folder, or every run folder directly inside ``path``."""
+    candidates = (
+        [path]
+        if (path / "metrics.jsonl").exists()
+        else sorted(p for p in path.iterdir() if p.is_dir() and (p / "metrics.jsonl").exists())
+    )
+    runs = []
+    for p in candidates:
+        cfg = read_json(p / "config.json") if (p / "config.json").exists() else {}
+        hist = [json.loads(x) for x in (p / "metrics.jsonl").read_text().splitlines() if x.strip()]
+        runs.append(Run(method_of(cfg), p, cfg, hist))
+    return runs
+
+
+def collect(paths: Sequence[str | Path]) -> Results:
+    """Gather results from demo folders, run folders or analysis folders.
+
+    Raises:
+        FileNotFoundError: a path that does not exist.
+        ValueError: nothing to report in the paths given.
+    """
+    roots = [Path(p) for p in paths]
+    for p in roots:
+        if not p.exists():
+            raise FileNotFoundError(
+                f"{p} does not exist; pass a demo folder (runs/demo) or run "
+                f"folders holding metrics.jsonl"
+            )
+    res = Results(root=roots[0])
+    analysis_dirs: list[Path] = []
+    for root in roots:
+        if (root / "demo_config.json").exists():
+            res.demo_config = read_json(root / "demo_config.json")
+        res.runs += _read_runs(root) if root.is_dir() else []
+        for cand in (root / "analysis", root):
+            if cand.is_dir() and cand not in analysis_dirs:
+                analysis_dirs.append(cand)
+        for e in sorted((root / "eval").glob("*.json")) if (root / "eval").is_dir() else []:
+            res.evals.append({"file": e.name, **read_json(e)})
+    for run in res.runs:
+        if (run.path / "analysis").is_dir() and run.path / "analysis" not in analysis_dirs:
+            analysis_dirs.append(run.path / "analysis")
+    for d in analysis_dirs:
+        if (d / "gap.json").exists():
+            res.gap += read_json(d / "gap.json")["rows"]
+        if (d / "weights.json").exists() and not res.weights:
+            res.weights = read_json(d / "weights.json")
+        if (d / "correlation.json").exists() and not res.correlation:
+            res.correlation = read_json(d / "correlation.json")
+        for sub, target in (
+            ("flatness_final", res.flatness_final),
+            ("flatness_epochs", res.flatness_epochs),
+            (".", res.flatness_final),
+        ):
+            f = d / sub / "flatness.json"
+            if f.exists() and not target:
+                target += read_json(f)["rows"]
+        for h5 in sorted((d / "landscape").glob("*.h5")) if (d / "landscape").is_dir() else []:
+            if not h5.name.endswith(".directions.h5"):
+                res.landscapes.append(read_surface(h5))
+        for name in ("weights_hist", "weights_depth"):
+            if (d / f"{name}.png").exists() and name not in res.figures:
+                res.figures[name] = d / f"{name}.png"
+        scatter = sorted(d.glob("*_vs_gap.png"))
+        if scatter and "vs_gap" not in res.figures:
+            res.figures["vs_gap"] = scatter[0]
+    if not (res.runs or res.gap or res.landscapes or res.weights or res.flatness_final):
+        raise ValueError(
+            f"nothing to report in {', '.join(map(str, roots))}: expected run "
+            f"folders (metrics.jsonl) or an analysis folder (gap.json, ...)"
+        )
+    return res
+
+
+def _best_epoch(history: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    with_val = [r for r in history if "val_robust_acc" in r]
+    if not with_val:
+        return None
+    best = with_val[0]
+    for r in with_val[1:]:  # first epoch reaching the maximum, as train() selects best.pt
+        if r["val_robust_acc"] > best["val_robust_acc"]:
+            best = r
+    return best
+
+
+def accuracy_rows(res: Results) -> list[dict[str, Any]]:
+    """Natural / PGD-20 / CW-20 (and AutoAttack where run) per method, best and last."""
+    rows = []
+    for e in res.evals:
+        accs = {r["attack"]: r.get("accuracy") for r in e.get("results", e.get("rows", []))}
+        method = e.get("method") or method_of(e.get("train_config") or {})
+        stem = e["file"].removesuffix(".json")
+        label, _, which = stem.rpartition("_")
+        rows.append(
+            {
+                "method": label or method,
+                "checkpoint": which,
+                "epoch": e.get("epoch"),
+                "n": e.get("n"),
+                "natural": accs.get("natural"),
+                "PGD-20": accs.get("pgd20"),
+                "CW-20": accs.get("cw20"),
+                "AutoAttack": accs.get("autoattack"),
+            }
+        )
+    if rows:
+        return rows
+    for run in res.runs:  # no separate evaluation: the per-epoch test numbers
+        best, last = _best_epoch(run.history), run.history[-1] if run.history else None
+        for which, r in (("best", best), ("last", last)):
+            if r is not None:
+                rows.append(
+                    {
+                        "method": run.label,
+                        "checkpoint": which,
+                        "epoch": r["epoch"],
+                        "natural": r.get("test_nat_acc"),
+                        "PGD (per-epoch eval)": r.get("test_robust_acc"),
+                    }
+                )
+    return rows
+
+
+def _png(path: Path, caption: str, alt: str) -> FigureBlock:
+    return FigureBlock(path.read_bytes(), caption, alt)
+
+
+def measurements(res: Results) -> Measurements:
+    """What the outcome statements are computed from."""
+    return Measurements(
+        histories={r.label: r.history for r in res.runs},
+        gap=res.gap,
+        flatness=res.flatness_final,
+        landscapes=res.landscapes,
+        correlation=res.correlation,
+    )
+
+
+def _intro(cfg: Mapping[str, Any]) -> str:
+    model = cfg.get("model")
+    # demo_config.json of this version nests the architecture; older ones have it flat
+    name, width = (
+        (model.get("name"), model.get("width"))
+        if isinstance(model, Mapping)
+        else (model, cfg.get("width"))
+    )
+    data = cfg.get("data", {})
+    return (
+        f"Trained {name} (width {width}) with AT and AT-AWP "
+        f"(gamma {cfg.get('gamma')}) for {cfg.get('epochs')} epochs on "
+        f"{data.get('dataset')} with the same seed, then measured everything below on "
+        f"this machine. Numbers come from this run only; small data and short training "
+        f"make them noisy."
+    )
+
+
+def _accuracy_section(res: Results) -> Section:
+    s = Section("Accuracy and learning curves")
+    s.tables.append(
+        Table(
+            accuracy_rows(res),
+            caption="Test accuracy (best = highest validation robust accuracy; last = final epoch)",
+        )
+    )
+    s.figures.append(
+        FigureBlock.from_figure(
+            plot_learning_curves({r.label: r.history for r in res.runs}),
+            "Train (dashed) and test (solid) robust accuracy (left, the paper's Fig. 3(d)) and "
+            "robust loss (right) per evaluated epoch.",
+            "learning curves",
+        )
+    )
+    return s
+
+
+def _gap_section(res: Results) -> Section:
+    s = Section("Robust generalization gap")
+    cols = ["method", "epoch", "train_robust_acc", "test_robust_acc", "gap", "loss_gap"]
+    s.paragraphs.append(
+        f"Robust accuracy on a fixed train subset minus robust accuracy on a "
+        f"test subset, same attack ({res.gap[0].get('attack')}), eval mode, "
+        f"unperturbed weights."
+    )
+    s.tables.append(
+        Table(
+            sorted(res.gap, key=lambda r: (r["method"], r.get("epoch") or 0)),
+            columns=cols,
+            caption="Gap per checkpoint",
+        )
+    )
+    s.figures.append(
+        FigureBlock.from_figure(plot_gap_by_epoch(res.gap), "Robust gap per epoch.", "gap by epoch")
+    )
+    return s
+
+
+def _landscape_section(res: Results) -> Section:
+    s = Section("Weight loss landscape")
+    s.paragraphs.append(
+        "theta = theta0 + alpha d along a filter-normalized Gaussian direction "
+        "(same seed for every model); at every alpha PGD is run again on the "
+        "perturbed model (solid). Dashed: adversarial examples crafted once at "
+        "theta0 and reused, which underestimates the loss."
+    )
+    for split in ("test", "train"):
+        have = [
+            x
+            for x in res.landscapes
+            if f"{split}_adv_loss" in x.values and np.isfinite(x.values[f"{split}_adv_loss"]).any()
+        ]
+        if have:
+            s.figures.append(
+                FigureBlock.from_figure(
+                    plot_landscape(have, split),
+                    f"{split} adversarial loss along alpha.",
+                    f"landscape {split}",
+                )
+            )
+    return s
+
+
+WEIGHT_STATS = ("label", "layer", "n", "norm", "std", "mean_abs", "skewness", "excess_kurtosis")
+WEIGHT_COMPARISONS = (
+    "layer",
+    "label_a",
+    "label_b",
+    "ks_statistic",
+    "ks_pvalue",
+    "wasserstein",
+    "norm_ratio",
+)
+
+
+def _weights_section(res: Results) -> Section:
+    s = Section("Weight histograms")
+    comps = res.weights.get("comparisons", [])
+    s.tables.append(
+        Table(res.weights.get("stats", []), columns=WEIGHT_STATS, caption="Per-layer statistics")
+    )
+    if comps:
+        s.tables.append(Table(comps, columns=WEIGHT_COMPARISONS, caption="Between checkpoints"))
+    for name, cap in (
+        ("weights_hist", "Weight values (rebuttal R#1 Q3 figure)."),
+        ("weights_depth", "Per-layer statistics against depth."),
+    ):
+        if name in res.figures:
+            s.figures.append(_png(res.figures[name], cap, name))
+    return s
+
+
+EXPECTED_COLUMNS = (
+    "label",
+    "noise",
+    "alpha",
+    "samples",
+    "n",
+    "base_error",
+    "flatness",
+    "flatness_low",
+    "flatness_high",
+    "flatness_loss",
+)
+BOUND_COLUMNS = (
+    "label",
+    "alpha",
+    "kl",
+    "kl_rebuttal",
+    "complexity_exact",
+    "complexity_rebuttal",
+    "bound_exact",
+    "bound_rebuttal",
+    "vacuous_exact",
+    "vacuous_rebuttal",
+)
+WORST_COLUMNS = (
+    "label",
+    "gamma",
+    "ascent_steps",
+    "n",
+    "base_error",
+    "worst_error",
+    "flatness",
+    "flatness_loss",
+)
+
+
+def _flatness_section(res: Results) -> Section:
+    s = Section("Flatness and the PAC-Bayes bound")
+    exp = [r for r in res.flatness_final if r.get("kind") == "expected"]
+    worst = [r for r in res.flatness_final if r.get("kind") == "worst"]
+    s.paragraphs.append(
+        "Expected flatness E_u[rho(w+u)] - rho(w) with rho the robust 0-1 "
+        "error (and robust loss), attacks regenerated on every w+u; worst "
+        "case: max over ||v_l|| <= gamma ||w_l|| by projected ascent."
+    )
+    if exp:
+        s.tables.append(Table(exp, columns=EXPECTED_COLUMNS, caption="Expected flatness"))
+        s.tables.append(
+            Table(
+                exp,
+                columns=BOUND_COLUMNS,
+                caption="PAC-Bayes terms (exact KL vs the rebuttal's 1/(2 alpha)); "
+                "vacuous = bound above 1",
+            )
+        )
+        s.figures.append(
+            FigureBlock.from_figure(
+                plot_flatness_curve(exp, measure="flatness_loss"),
+                "Expected flatness (robust loss increase) against alpha.",
+                "flatness curve",
+            )
+        )
+    if worst:
+        s.tables.append(Table(worst, columns=WORST_COLUMNS, caption="Worst-case flatness"))
+    return s
+
+
+def _correlation_section(res: Results) -> Section:
+    s = Section("Flatness versus the robust gap")
+    s.paragraphs.append(
+        f"Across checkpoints: x = {res.correlation.get('x')} "
+        f"({', '.join(res.correlation.get('where', []))}), y = "
+        f"{res.correlation.get('y')}."
+    )
+    s.tables.append(
+        Table(
+            res.correlation.get("correlations", []),
+            columns=["group", "measure", "n", "statistic", "pvalue", "ci_low", "ci_high"],
+            caption="Correlations with bootstrap intervals",
+        )
+    )
+    if "vs_gap" in res.figures:
+        s.figures.append(
+            _png(
+                res.figures["vs_gap"],
+                "Flatness against gap, one point per "
+                "checkpoint, coloured by method, with fitted lines.",
+                "flatness vs gap",
+            )
+        )
+    return s
+
+
+# Sections in reading order, each drawn when its results are there.
+SECTIONS: tuple[tuple[Callable[[Results], Any], Callable[[Results], Section]], ...] = (
+    (lambda r: r.runs, _accuracy_section),
+    (lambda r: r.gap, _gap_section),
+    (lambda r: r.landscapes, _landscape_section),
+    (lambda r: r.weights, _weights_section),
+    (lambda r: r.flatness_final, _flatness_section),
+    (lambda r: r.correlation, _correlation_section),
+)
+
+
+def build_document(res: Results, *, title: str = "AWP: what this run measured") -> Document:
+    """The report's document: the outcome, then a section for every kind of result found."""
+    doc = Document(title=title)
+    if res.demo_config:
+        doc.intro.append(_intro(res.demo_config))
+    statements = outcome(measurements(res))
+    doc.sections.append(
+        Section(
+            "Outcome of this run",
+            paragraphs=[f"NOTE: {s}" for s in statements] or ["Not enough results for an outcome."],
+        )
+    )
+    for present, section in SECTIONS:
+        if present(res):
+            doc.sections.append(section(res))
+    return doc
+
+
+def write_report(
+    paths: Sequence[str | Path], out: str | Path, *, title: str | None = None
+) -> tuple[Path, Path]:
+    """Collect, build and write ``out`` (HTML) and the markdown summary beside it."""
+    res = collect(paths)
+    doc = build_document(res, **({"title": title} if title else {}))
+    out = Path(out)
+    html_path = atomic_write_text(out, render_html(doc))
+    md_path = atomic_write_text(out.with_suffix(".md"), render_markdown(doc))
+    return html_path, md_path

@@ -1,0 +1,102 @@
+"""Curves of a run and its analyses: learning curves, the robust gap by epoch, the landscape.
+
+Functions take records and arrays and return matplotlib Figures (the report embeds them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from figures.style import color_for, new_figure
+
+
+def plot_learning_curves(histories: Mapping[str, Sequence[Mapping[str, Any]]]) -> Figure:
+    """Train and test robust accuracy (left, AWP Fig. 3(d) style) and robust loss (right) per
+    evaluated epoch, one colour per method; train dashed, test solid.
+
+    Args:
+        histories: method label -> the run's per-epoch records (``metrics.jsonl``).
+    """
+    fig, (acc_ax, loss_ax) = new_figure(1, 2, width=4.2, height=3.2)
+    for i, (label, history) in enumerate(histories.items()):
+        color = color_for(label, i)
+        for split, style in (
+            ("train", dict(linestyle="--", marker=".")),
+            ("test", dict(marker="o", markersize=3)),
+        ):
+            for ax, key in ((acc_ax, "robust_acc"), (loss_ax, "robust_loss")):
+                rows = [r for r in history if f"{split}_{key}" in r]
+                if not rows:
+                    continue
+                ax.plot(
+                    [r["epoch"] for r in rows],
+                    [r[f"{split}_{key}"] for r in rows],
+                    color=color,
+                    **style,
+                    label=f"{label} {split}",
+                )
+    for ax, label in ((acc_ax, "robust accuracy (PGD)"), (loss_ax, "robust loss (PGD)")):
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(label)
+    acc_ax.legend(frameon=False)
+    return fig
+
+
+def plot_gap_by_epoch(rows: Sequence[Mapping[str, Any]]) -> Figure:
+    """Robust generalization gap (train minus test robust accuracy) per checkpoint epoch."""
+    fig, ax = new_figure(width=4.2, height=3.0)
+    for i, method in enumerate(sorted({r["method"] for r in rows})):
+        pts = sorted(
+            (r["epoch"], r["gap"])
+            for r in rows
+            if r["method"] == method and r.get("epoch") is not None
+        )
+        if pts:
+            ax.plot(*zip(*pts), marker="o", markersize=3, color=color_for(method, i), label=method)
+    ax.axhline(0, color="#888", linewidth=0.8)
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("robust gap (train - test acc.)")
+    ax.legend(frameon=False)
+    return fig
+
+
+def plot_landscape(surfaces: Sequence[Any], split: str) -> Figure:
+    """Adversarial loss along alpha with attacks regenerated (solid) and fixed at w0 (dashed).
+
+    Args:
+        surfaces: landscape curves with ``label``, ``x`` (nx,) and ``values`` (name -> (rows,
+            nx) array, e.g. :class:`landscape.storage.Surface`).
+        split: "test" or "train".
+    """
+    fig, ax = new_figure(width=4.4, height=3.2)
+    for i, s in enumerate(surfaces):
+        color = color_for(s.label, i)
+        regen = np.nanmean(s.values[f"{split}_adv_loss"], axis=0)
+        ax.plot(
+            s.x,
+            regen,
+            color=color,
+            marker="o",
+            markersize=3,
+            label=f"{s.label} (attack regenerated)",
+        )
+        fixed = s.values.get(f"{split}_adv_fixed_loss")
+        if fixed is not None and np.isfinite(fixed).any():
+            ax.plot(
+                s.x,
+                np.nanmean(fixed, axis=0),
+                color=color,
+                linestyle="--",
+                label=f"{s.label} (x_adv fixed at w0)",
+            )
+    ax.set_xlabel(r"$\alpha$ (filter-normalized direction)")
+    ax.set_ylabel(f"{split} adversarial loss")
+    ax.legend(frameon=False)
+    return fig

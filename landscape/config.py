@@ -1,0 +1,154 @@
+"""What a landscape run computes (:class:`SurfaceConfig`), saved in every result file."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from awp.config import PGD10_EVAL, AttackConfig, check_choice, opt, to_dict
+from landscape.directions import INCLUDES, NORMS
+from landscape.grid import DEFAULT_INTERP_RANGE, DEFAULT_RANGE, KINDS, Grid, make_grid, parse_range
+
+DIRECTION_TYPES = ("random", "awp")
+BN_MODES = ("eval", "recompute")
+SPLITS = ("train", "test")
+# Keys that may change between a run and its resumption without changing any value.
+RESUME_MUTABLE = ("device",)
+# The attack's keys of configs written before it was nested.
+_FLAT_ATTACK_KEYS = ("norm", "eps", "step_size", "attack_steps", "restarts", "attack_mode")
+
+
+@dataclass(frozen=True)
+class SurfaceConfig:
+    """What a landscape run computes; saved as JSON in the result file (resume checks it).
+
+    Defaults: a 1-D curve, alpha in -1:1:21 along one filter-normalized Gaussian direction
+    (biases and BatchNorm fixed), 1000 test and 1000 training images, PGD-10 (8/255, step
+    2/255, eval mode) regenerated at every point, BatchNorm with w0's statistics.
+    """
+
+    kind: str = opt(
+        "1d",
+        "1d: curve along one direction | 2d: surface | multi: 1-D curves along several "
+        "random directions (mean and spread) | interp: from the first checkpoint to the second",
+    )
+    x: str = opt(
+        "",
+        "x coordinates min:max:num, write --x=-1:1:21 (default -1:1:21; interp "
+        "-0.5:1.5:21; for --direction awp alpha is AWP's gamma, e.g. -0.02:0.02:21)",
+    )
+    y: str = opt("", "y coordinates of a 2d surface, min:max:num (default -1:1:21)")
+    n_directions: int = opt(5, "number of random directions of kind multi")
+    seed: int = opt(0, "seed of the first random direction; direction i is drawn from seed + i")
+    direction: str = opt(
+        "random", "x direction: random | awp (AWP's worst-case direction at w0, layer-normalized)"
+    )
+    dir_norm: str = opt("filter", "random direction normalization: filter | layer | none")
+    dir_include: str = opt(
+        "weights", "weights (conv/linear; biases and BatchNorm get 0) | all (every parameter)"
+    )
+    orthogonalize: bool = opt(False, "make the y direction of a 2d surface orthogonal to x")
+    n_test: int = opt(1000, "fixed seeded subset of test images (0 = no test metrics)")
+    n_train: int = opt(1000, "fixed seeded subset of training images (0 = no train metrics)")
+    subset_seed: int = opt(0, "seed of the evaluation subsets")
+    attack: AttackConfig | None = opt(
+        PGD10_EVAL, "attack regenerated at every point (--attack none: clean metrics only)"
+    )
+    attack_seed: int = opt(0, "seed of the attacks' random starts (one stream per point)")
+    fixed: bool = opt(
+        False, "also reuse x_adv crafted once at w0 (*_adv_fixed_*: shows the underestimate)"
+    )
+    bn: str = opt(
+        "eval",
+        "BatchNorm: eval (w0's statistics; interp moves them with the weights, and beyond "
+        "the end points variances can turn negative) | recompute (on training images at every "
+        "point; restored afterwards)",
+    )
+    n_bn: int = opt(1000, "training images used to recompute BatchNorm statistics")
+    batch_size: int = opt(256, "examples per forward pass")
+    dataset: str = opt("", "dataset (default: the one the checkpoint was trained on)")
+    data_root: str = opt("", "where torchvision datasets live (default: the checkpoint's)")
+    device: str = opt("auto", "auto | cpu | cuda | cuda:N (under torchrun: one GPU per rank)")
+
+    def __post_init__(self) -> None:
+        check_choice(self.kind, KINDS, "kind")
+        check_choice(self.direction, DIRECTION_TYPES, "direction")
+        check_choice(self.dir_norm, NORMS, "dir_norm")
+        check_choice(self.dir_include, INCLUDES, "dir_include")
+        check_choice(self.bn, BN_MODES, "bn")
+        # Resolve the kind-dependent defaults now, so the saved config says what was run.
+        if not self.x:
+            x = DEFAULT_INTERP_RANGE if self.kind == "interp" else DEFAULT_RANGE
+            object.__setattr__(self, "x", x)
+        if self.kind == "2d" and not self.y:
+            object.__setattr__(self, "y", DEFAULT_RANGE)
+        parse_range(self.x)
+        if self.kind == "2d":
+            parse_range(self.y)
+        elif self.y:
+            raise ValueError(f"--y is only for kind 2d (kind is {self.kind!r})")
+        if self.kind == "multi" and self.n_directions < 2:
+            raise ValueError(
+                f"kind multi needs n_directions >= 2 (got {self.n_directions}); use kind 1d "
+                "for a single direction"
+            )
+        if self.direction == "awp" and self.kind in ("multi", "interp"):
+            raise ValueError(
+                f"--direction awp is one deterministic direction: use it with kind 1d or 2d, "
+                f"not {self.kind}"
+            )
+        if self.direction == "awp" and self.n_train < 1:
+            raise ValueError(
+                "the AWP direction is the adversarial-loss gradient on the training subset: "
+                "set --n-train > 0"
+            )
+        if self.bn == "recompute" and self.n_bn < 2:
+            raise ValueError(f"bn recompute needs n_bn >= 2 training images, got {self.n_bn}")
+        for name in ("n_test", "n_train", "n_bn", "seed", "subset_seed", "attack_seed"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
+        if self.n_test == 0 and self.n_train == 0:
+            raise ValueError("nothing to evaluate: n_test and n_train are both 0")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size={self.batch_size} must be >= 1")
+        if self.attack is not None and not isinstance(self.attack, AttackConfig):
+            raise ValueError(f"attack must be an AttackConfig or None, got {self.attack!r}")
+        if self.fixed and self.attack is None:
+            raise ValueError("--fixed reuses adversarial examples: it needs an --attack")
+
+    @staticmethod
+    def migrate(data: dict[str, Any]) -> dict[str, Any]:
+        """A config written before the attack was nested (``attack`` a name, its settings flat:
+        ``norm``, ``eps``, ``step_size``, ``attack_steps``, ``restarts``, ``attack_mode``)."""
+        if not isinstance(data.get("attack"), str):
+            return data
+        name = data.pop("attack")
+        flat = {k: data.pop(k) for k in _FLAT_ATTACK_KEYS if k in data}
+        if name == "none":
+            data["attack"] = None
+            return data
+        renamed = {"attack_steps": "steps", "attack_mode": "mode"}
+        attack = {renamed.get(k, k): v for k, v in flat.items()}
+        attack.update(name=name, random_start="none" if name == "fgsm" else "uniform")
+        data["attack"] = attack
+        return data
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        """Evaluated splits, in the order of :data:`SPLITS`."""
+        sizes = {"train": self.n_train, "test": self.n_test}
+        return tuple(s for s in SPLITS if sizes[s] > 0)
+
+    def grid(self) -> Grid:
+        """The coordinates this config describes (:func:`make_grid`)."""
+        return make_grid(
+            self.kind,
+            parse_range(self.x),
+            parse_range(self.y) if self.kind == "2d" else None,
+            n_directions=self.n_directions if self.kind == "multi" else 1,
+        )
+
+    def to_json(self) -> str:
+        """Canonical JSON (sorted keys), as stored in the result file."""
+        return json.dumps(to_dict(self), sort_keys=True)

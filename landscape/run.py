@@ -1,0 +1,281 @@
+"""A landscape result file from start to finish: plan, create or resume, fill point by point.
+
+The shell of :mod:`landscape.surface`: :func:`plan_jobs` decides the result files of a call,
+:func:`open_job` creates a file with its directions (or checks that an existing one can be
+resumed), and :func:`fill_job` evaluates the missing points, sharded round robin across the
+ranks of a torchrun job (rank 0 writes the file after every round; a point's value depends only
+on its index, so the result equals a 1-process run). The caller loads the model and the data.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from awp import distributed
+from awp.config import to_dict
+from awp.io import library_versions, remove_stale_temps
+from landscape import storage
+from landscape.config import SurfaceConfig
+from landscape.surface import EvalSet, make_directions, metric_names, surface_evaluator
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One result file: a checkpoint (and an interpolation target) and where to write."""
+
+    label: str
+    checkpoint: Path
+    target: Path | None
+    out: Path
+
+
+def safe_name(label: str) -> str:
+    """A label as a file name (AT-AWP -> AT-AWP, "AT ep 5" -> AT_ep_5)."""
+    return re.sub(r"[^A-Za-z0-9._+-]+", "_", label).strip("._") or "surface"
+
+
+def plan_jobs(
+    checkpoints: Sequence[Path],
+    *,
+    kind: str,
+    labels: Sequence[str] | None,
+    default_labels: Sequence[str],
+    out: Path,
+) -> list[Job]:
+    """The result files of a call: one per checkpoint, or one A->B file for an interpolation.
+
+    Raises:
+        ValueError: wrong number of checkpoints or labels, or clashing file names.
+    """
+    if kind == "interp":
+        if len(checkpoints) != 2:
+            raise ValueError(
+                f"kind interp goes from one checkpoint to another: give exactly 2, "
+                f"got {len(checkpoints)}"
+            )
+        pairs = [(checkpoints[0], checkpoints[1])]
+        auto = [f"{default_labels[0]}_to_{default_labels[1]}"]
+    else:
+        pairs = [(c, None) for c in checkpoints]
+        auto = list(default_labels)
+        # The same method twice (two AT runs): number them so the files do not clash.
+        for name in {a for a in auto if auto.count(a) > 1}:
+            k = 0
+            for i, a in enumerate(auto):
+                if a == name:
+                    k += 1
+                    auto[i] = f"{a}-{k}"
+    if labels is not None and len(labels) != len(pairs):
+        raise ValueError(f"got {len(labels)} labels for {len(pairs)} results; give one each")
+    names = list(labels) if labels is not None else auto
+    if out.suffix == ".h5":
+        if len(pairs) != 1:
+            raise ValueError(
+                f"--out {out} is one file but this call writes {len(pairs)} results: give a folder"
+            )
+        paths = [out]
+    else:
+        paths = [out / f"{safe_name(n)}.h5" for n in names]
+    if len(set(paths)) != len(paths):
+        raise ValueError(f"two results would share a file name ({paths}); pass --labels")
+    return [Job(n, c, t, p) for n, (c, t), p in zip(names, pairs, paths)]
+
+
+@dataclass(frozen=True)
+class JobInputs:
+    """What a job evaluates: the model at theta0 and its identity, the data, the target."""
+
+    model: nn.Module
+    sha256: str
+    model_spec: Mapping[str, Any]
+    evalsets: Sequence[EvalSet]
+    data: Mapping[str, Any]  # the data config and subset sizes, stored in the file
+    bn_x: torch.Tensor | None = None
+    target_state: Mapping[str, torch.Tensor] | None = None
+    target_sha256: str | None = None
+
+
+def open_job(job: Job, cfg: SurfaceConfig, inputs: JobInputs, *, resume: bool) -> storage.Surface:
+    """Create the job's files (rank 0), or check that existing ones can be resumed.
+
+    Every rank returns the surface as it is on disk, once rank 0 has written it.
+
+    Raises:
+        FileExistsError: the file exists and ``resume`` is off.
+        storage.SurfaceFileError: the file was made with other settings or another checkpoint.
+    """
+    error: BaseException | None = None
+    if distributed.current().is_main:
+        try:
+            _prepare_files(job, cfg, inputs, resume=resume)
+        except BaseException as err:  # reported on every rank by agree()
+            error = err
+    distributed.agree(error)
+    distributed.barrier()
+    return storage.read_surface(job.out)
+
+
+def _attrs(job: Job, cfg: SurfaceConfig, inputs: JobInputs) -> dict[str, Any]:
+    return {
+        "label": job.label,
+        "config": to_dict(cfg),
+        "checkpoint": str(job.checkpoint),
+        "checkpoint_sha256": inputs.sha256,
+        "target_checkpoint": str(job.target) if job.target else "",
+        "target_sha256": inputs.target_sha256 or "",
+        "direction_file": storage.directions_path(job.out).name,
+        "attack": cfg.attack.describe() if cfg.attack else "none",
+        "data": dict(inputs.data),
+        "model_spec": dict(inputs.model_spec),
+        "versions": library_versions(),
+        "accuracy_units": "fraction",
+    }
+
+
+def _prepare_files(job: Job, cfg: SurfaceConfig, inputs: JobInputs, *, resume: bool) -> None:
+    dir_path = storage.directions_path(job.out)
+    if job.out.exists():
+        if not resume:
+            raise FileExistsError(
+                f"{job.out} already holds a landscape; pass --resume to compute its missing "
+                "points, or choose another --out"
+            )
+        surface = storage.read_surface(job.out)
+        storage.check_resumable(
+            surface,
+            config=to_dict(cfg),
+            checkpoint_sha256=inputs.sha256,
+            target_sha256=inputs.target_sha256,
+        )
+        _, dir_attrs = storage.read_directions(dir_path)
+        if dir_attrs.get("checkpoint_sha256") != inputs.sha256:
+            raise storage.SurfaceFileError(
+                f"{dir_path} was made for another checkpoint; start a new run with another --out"
+            )
+        for tmp in remove_stale_temps(job.out) + remove_stale_temps(dir_path):
+            log.info("removed %s left by an interrupted run", tmp)
+        return
+    if resume:
+        log.info("%s does not exist yet: starting it", job.out)
+    train = next((es for es in inputs.evalsets if es.name == "train"), None)
+    directions, types, seeds = make_directions(
+        inputs.model, cfg, train=train, target_state=inputs.target_state
+    )
+    attrs = _attrs(job, cfg, inputs)
+    storage.write_directions(
+        dir_path,
+        directions,
+        types=types,
+        seeds=seeds,
+        attrs={
+            "checkpoint_sha256": inputs.sha256,
+            "target_sha256": inputs.target_sha256 or "",
+            "config": attrs["config"],
+        },
+    )
+    metrics = metric_names(
+        [es.name for es in inputs.evalsets], attack=cfg.attack is not None, fixed=cfg.fixed
+    )
+    surface = storage.new_surface(
+        cfg.grid(), metrics, {**attrs, "direction_seeds": seeds, "direction_types": types}
+    )
+    storage.write_surface(job.out, surface)
+
+
+def fill_job(
+    job: Job,
+    cfg: SurfaceConfig,
+    inputs: JobInputs,
+    surface: storage.Surface,
+    *,
+    device: torch.device,
+    on_points: Callable[[int], None] | None = None,
+) -> storage.Surface:
+    """Evaluate the surface's missing points, sharded across ranks; rank 0 writes after every
+    round of points, so a kill loses at most the points in flight.
+
+    Args:
+        job, cfg, inputs: as for :func:`open_job`.
+        surface: the file's contents (from :func:`open_job`).
+        device: where the directions go (the model's device).
+        on_points: called on rank 0 with the number of points finished in each round.
+
+    Returns:
+        The surface (complete on rank 0).
+    """
+    ctx = distributed.current()
+    directions, _ = storage.read_directions(storage.directions_path(job.out), device=device)
+    pending = surface.pending()
+    mine = distributed.shard(pending, ctx.rank, ctx.world)
+    rounds = math.ceil(len(pending) / ctx.world)
+    with surface_evaluator(
+        inputs.model,
+        directions,
+        cfg.grid(),
+        inputs.evalsets,
+        attack=cfg.attack,
+        attack_seed=cfg.attack_seed,
+        fixed=cfg.fixed,
+        bn=cfg.bn,
+        bn_x=inputs.bn_x,
+        batch_size=cfg.batch_size,
+    ) as evaluate:
+        for r in range(rounds):
+            result = (mine[r], evaluate(mine[r])) if r < len(mine) else None
+            gathered = distributed.gather_to_main(result)
+            if gathered is None:
+                continue
+            finished = [g for g in gathered if g is not None]
+            for index, values in finished:
+                surface.record(index, values)
+            storage.write_surface(job.out, surface)  # every finished point is on disk now
+            if on_points is not None:
+                on_points(len(finished))
+    return surface
+
+
+def ordered_metrics(names: Sequence[str]) -> list[str]:
+    """Metric names in reading order: train before test, loss before accuracy."""
+    canonical = metric_names(("train", "test"), attack=True, fixed=True)
+    rank = {n: i for i, n in enumerate(canonical)}
+    return sorted(names, key=lambda n: (rank.get(n, len(rank)), n))
+
+
+def summary_rows(surface: storage.Surface) -> list[dict[str, Any]]:
+    """Table rows: per x (mean over directions for multi), or the extremes of a 2-D surface."""
+    keys = ordered_metrics(list(surface.values))
+    if surface.kind == "2d":
+        rows = []
+        for k in keys:
+            v = surface.values[k]
+            finite = v[np.isfinite(v)]
+            rows.append(
+                {
+                    "metric": k,
+                    "min": float(finite.min()) if finite.size else float("nan"),
+                    "max": float(finite.max()) if finite.size else float("nan"),
+                    "computed": f"{int(surface.computed.sum())}/{surface.computed.size}",
+                }
+            )
+        return rows
+    rows = []
+    for j, alpha in enumerate(surface.x):
+        row: dict[str, Any] = {"alpha": f"{alpha:g}"}
+        for k in keys:
+            col = surface.values[k][:, j]
+            col = col[np.isfinite(col)]
+            row[k] = float(col.mean()) if col.size else float("nan")
+        rows.append(row)
+    return rows
