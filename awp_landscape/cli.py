@@ -19,12 +19,14 @@ from awp_landscape.commands import (
     landscape,
     plot,
     report,
+    spectra,
     train,
 )
 from awp_landscape.console import CLIError
 
 # In the order `awp --help` lists them.
 COMMANDS = (train, evaluate, landscape, plot, hist, flatness, gap, correlate, report, demo)
+COMMANDS += (spectra,)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,190 @@
+"""``awp spectra``: per-layer singular values, operator norms, stable rank and ESD power laws.
+
+    awp spectra runs/at/checkpoints/last.pt runs/at_awp/checkpoints/last.pt --out results
+    awp spectra runs/*/checkpoints/epoch_*.pt --out results/spectra      # and over epochs
+
+Writes ``spectra.json`` (every record, the chosen layer's eigenvalues, the settings),
+``spectra_stats.csv``, ``spectra_summary.csv`` and the figures ``spectra_esd``,
+``spectra_depth`` (the last checkpoint of every run) and ``spectra_epochs`` (runs with several
+checkpoints).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from analysis.spectra import SpectraConfig, esd_layer_name, model_spectra, summarize
+from awp.config import to_dict
+from awp.io import write_csv, write_json
+from awp.modes import unwrap
+from awp.progress import progress_bar
+from awp_landscape.commands.common import out_folder
+from awp_landscape.console import format_table, say
+from awp_landscape.flags import add_dataclass_arguments, dataclass_from_arguments
+from awp_landscape.inputs import (
+    Inputs,
+    add_checkpoint_arguments,
+    check_files,
+    rows_of,
+    unique_labels,
+)
+
+OPERATOR_NOTE = (
+    "op_norm_circular: exact operator norm of the conv with circular (wrap-around) padding on "
+    "fft_size x fft_size inputs (Sedghi et al. 2019; strided convs exactly, as conv then "
+    "subsampling). The networks pad with zeros: op_norm_zero_bound is a guaranteed upper bound "
+    "of the zero-padded conv's norm (the circular norm on bound_grid x bound_grid, where "
+    "nothing wraps); the circular value itself can be above or below the zero-padded one."
+)
+SHOWN = ("label", "layer", "fft_size", "spectral_norm", "op_norm_circular", "op_norm_zero_bound")
+SHOWN += ("stable_rank", "alpha", "alpha_se", "n_tail")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``awp spectra``."""
+    p = sub.add_parser(
+        "spectra",
+        help="per-layer singular values, conv operator norms (FFT), stable rank, ESD alpha",
+        description="Per conv/linear layer of each checkpoint: singular values of W reshaped "
+        "to (out, in*kh*kw), Frobenius and spectral norms, stable rank, a power-law fit of the "
+        "eigenvalues of W^T W (MLE, x_min by the KS rule), and the conv's operator norm on its "
+        "input images by FFT (exact for circular padding; an upper bound for the zero-padded "
+        "conv). Figures: the ESD of one layer, statistics against depth and against epoch.",
+    )
+    p.add_argument("checkpoints", nargs="+", type=Path, help="checkpoints (.pt) to measure")
+    p.add_argument("--labels", nargs="+", help="names in the legend (default: AT / AT-AWP ...)")
+    add_dataclass_arguments(p, SpectraConfig)
+    p.add_argument("--no-figures", action="store_true", help="only tables, no PNG/PDF")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="results folder (default: <run>/analysis when all checkpoints are from one run)",
+    )
+    add_checkpoint_arguments(p, dataset_help="dataset (only for checkpoints from elsewhere)")
+    p.set_defaults(func=run)
+
+
+def final_labels(idents: Sequence[dict[str, Any]]) -> list[str]:
+    """The label of the last checkpoint (highest epoch) of every run, in first-seen order."""
+    last: dict[str, dict[str, Any]] = {}
+    for i in idents:
+        if i["run"] not in last or i["epoch"] > last[i["run"]]["epoch"]:
+            last[i["run"]] = i
+    return [i["label"] for i in last.values()]
+
+
+def measure_spectra(
+    checkpoints: list[Path],
+    cfg: SpectraConfig,
+    *,
+    out: Path,
+    labels: list[str] | None = None,
+    figures: bool = True,
+    inputs: Inputs | None = None,
+) -> dict[str, Any]:
+    """``awp spectra`` as a function: spectra.json, the CSV tables and the figures in ``out``.
+
+    Returns:
+        What ``spectra.json`` holds.
+    """
+    check_files(checkpoints)
+    inputs = inputs or Inputs(torch.device("cpu"))
+    idents, records, esds = [], [], []
+    for path in progress_bar(checkpoints, desc="checkpoints", enabled=len(checkpoints) > 4):
+        loaded = inputs.load(path, with_data=False)
+        idents.append(loaded.identity())
+        esd_layer = esd_layer_name(dict(unwrap(loaded.model).named_parameters()), cfg.esd_layer)
+        recs, eigs = model_spectra(loaded.model, cfg)
+        records.append(recs)
+        esds.append((esd_layer, eigs.get(esd_layer)))
+    names = unique_labels(idents, labels)
+    relabeled, esd_rows = [], []
+    for ident, label, recs, (layer, eigs) in zip(idents, names, records, esds):
+        ident["label"] = label
+        recs = [dataclasses.replace(r, label=label) for r in recs]
+        relabeled += recs
+        fit = next((r for r in recs if r.layer == layer), None)
+        if eigs is not None and fit is not None:
+            esd_rows.append(
+                {
+                    "label": label,
+                    "layer": layer,
+                    **_where(ident),
+                    **{f: getattr(fit, f) for f in ("alpha", "alpha_se", "xmin", "n_tail")},
+                    "eigenvalues": [float(v) for v in eigs],
+                }
+            )
+    by_label = {i["label"]: _where(i) for i in idents}
+    stats = [{**row, **by_label[row["label"]]} for row in rows_of(relabeled)]
+    summary = [{**row, **by_label[row["label"]]} for row in rows_of(summarize(relabeled))]
+    finals = final_labels(idents)
+    result = {
+        "checkpoints": idents,
+        "config": to_dict(cfg),
+        "layers": list(dict.fromkeys(r["layer"] for r in stats)),
+        "final": finals,
+        "stats": stats,
+        "summary": summary,
+        "esd": esd_rows,
+        "operator_note": OPERATOR_NOTE,
+    }
+    _print(result)
+    write_json(out / "spectra.json", result)
+    write_csv(out / "spectra_stats.csv", stats)
+    write_csv(out / "spectra_summary.csv", summary)
+    written = [out / "spectra.json", out / "spectra_stats.csv", out / "spectra_summary.csv"]
+    if figures:
+        written += _draw(result, out)
+    say(f"results: {out} ({', '.join(p.name for p in written)})")
+    return result
+
+
+def _where(ident: dict[str, Any]) -> dict[str, Any]:
+    """The identity columns every row carries: method, epoch, run."""
+    return {k: ident[k] for k in ("method", "epoch", "run")}
+
+
+def _print(result: dict[str, Any]) -> None:
+    finals = set(result["final"])
+    say(format_table([r for r in result["stats"] if r["label"] in finals], SHOWN))
+    if len(result["summary"]) > len(finals):
+        cols = ("label", "epoch", "alpha_mean", "stable_rank_mean", "log10_op_norm_mean")
+        say("\n" + format_table(result["summary"], cols))
+
+
+def _draw(result: dict[str, Any], out: Path) -> list[Path]:
+    # matplotlib is imported only when a figure is drawn: `awp` starts without it.
+    from figures.spectra import plot_esd, plot_spectra_depth, plot_spectra_epochs
+    from figures.style import save_figure
+
+    finals = set(result["final"])
+    written = []
+    esd = [r for r in result["esd"] if r["label"] in finals]
+    if esd and any(np.size(r["eigenvalues"]) for r in esd):
+        written += save_figure(plot_esd(esd), out / "spectra_esd")
+    depth = [r for r in result["stats"] if r["label"] in finals]
+    written += save_figure(plot_spectra_depth(depth), out / "spectra_depth")
+    if len(result["summary"]) > len(finals):
+        written += save_figure(plot_spectra_epochs(result["summary"]), out / "spectra_epochs")
+    return written
+
+
+def run(args: argparse.Namespace) -> int:
+    """Spectra, tables and figures of the checkpoints' layers."""
+    measure_spectra(
+        args.checkpoints,
+        dataclass_from_arguments(SpectraConfig, args),
+        out=out_folder(args.out, args.checkpoints),
+        labels=args.labels,
+        figures=not args.no_figures,
+        inputs=Inputs.from_args(args, torch.device("cpu"), progress=False),
+    )
+    return 0
