@@ -66,7 +66,7 @@ class SpectraConfig:
     )
     min_tail: int = opt(10, "fewest eigenvalues in the power-law tail (the KS search's limit)")
     power_iterations: int = opt(
-        100,
+        50,
         "power iterations on each zero-padded conv itself: a lower bound of the norm the network "
         "applies (0 = skip)",
     )
@@ -193,7 +193,7 @@ class OperatorNorms:
 
 
 def operator_norms(
-    w: torch.Tensor, geometry: LayerGeometry, *, fft_size: int = 0, power_iterations: int = 100
+    w: torch.Tensor, geometry: LayerGeometry, *, fft_size: int = 0, power_iterations: int = 50
 ) -> OperatorNorms:
     """The :class:`OperatorNorms` of a conv (NaN where a value is not defined: a size not
     divisible by the stride, a padding mode other than zeros/circular, a conv the probe did not
@@ -274,7 +274,7 @@ def layer_spectrum(
     depth: int = 0,
     fft_size: int = 0,
     min_tail: int = 10,
-    power_iterations: int = 100,
+    power_iterations: int = 50,
 ) -> tuple[LayerSpectrum, np.ndarray]:
     """The spectral statistics of one conv or linear weight.
 

@@ -4,9 +4,10 @@
 real CIFAR-10 sample with a model small enough for a CPU, long enough for AT to overfit,
 keeping a checkpoint every few epochs, then measures for both: PGD-20 and CW-20 test accuracy
 (best and last), the robust generalization gap of every checkpoint, 1-D weight loss landscapes
-with attacks regenerated (and the fixed mode for contrast), weight histograms and per-layer
-statistics, expected and worst-case flatness with the PAC-Bayes terms, and flatness against the
-gap across checkpoints; then writes the report.
+with attacks regenerated (and the fixed mode for contrast), the training trajectory on the plane
+of its two principal directions, weight histograms and per-layer statistics, weight spectra,
+expected and worst-case flatness with the PAC-Bayes terms, and flatness against the gap across
+checkpoints; then writes the report.
 
 ``awp reproduce --preset NAME`` runs the paper's full protocol (200 epochs, GPU) for a method
 with and without AWP, then the same analyses at full size.
@@ -27,6 +28,7 @@ from typing import Any
 
 from analysis.flatness import FlatnessConfig
 from analysis.gap import GapConfig
+from analysis.spectra import SpectraConfig
 from analysis.worst_case import WorstCaseConfig
 from awp import distributed
 from awp.config import PGD10_EVAL, PGD20_EVAL, config_diff, from_dict, opt, to_dict
@@ -42,9 +44,11 @@ from awp_landscape.commands.flatness import measure_flatness
 from awp_landscape.commands.gap import measure_gap
 from awp_landscape.commands.hist import weight_histograms
 from awp_landscape.commands.landscape import compute_landscapes
+from awp_landscape.commands.spectra import measure_spectra
 from awp_landscape.console import epoch_line, say
 from awp_landscape.inputs import Inputs
 from landscape.config import SurfaceConfig
+from landscape.run import safe_name
 
 Log = Callable[[str], None]
 
@@ -67,6 +71,9 @@ class AnalysisPlan:
     correlate_samples: int = opt(2, "noise draws per checkpoint for flatness vs gap")
     worst_gamma: float = opt(0.01, "radius of the worst-case flatness")
     worst_steps: int = opt(5, "ascent steps of the worst-case flatness")
+    trajectory_points: int = opt(7, "grid points per axis of the training-trajectory plane")
+    trajectory_n: int = opt(50, "test images per point of the training-trajectory plane")
+    trajectory_bn: int = opt(128, "training images re-estimating BatchNorm at each such point")
 
 
 def _migrate_flat_model(data: dict[str, Any]) -> dict[str, Any]:
@@ -192,6 +199,9 @@ class ReproduceConfig:
             flatness_n=1000,
             flatness_samples=10,
             correlate_samples=5,
+            trajectory_points=21,
+            trajectory_n=1000,
+            trajectory_bn=1000,
         ),
         "analysis sizes",
     )
@@ -351,6 +361,45 @@ class Pipeline:
     def hist(self) -> None:
         weight_histograms(self.last, out=self.analysis, labels=self.labels)
 
+    def spectra(self) -> None:
+        ckpts, cfg = self.epoch_ckpts() or self.last, SpectraConfig()
+        out = self.analysis / "spectra"
+        if (out / "spectra.json").exists():  # reused when made of these files and settings
+            done = read_json(out / "spectra.json")
+            made_of = [c.get("sha256") for c in done.get("checkpoints", [])]
+            if done.get("config") == to_dict(cfg) and made_of == list(map(sha256_file, ckpts)):
+                self.log(f"reusing {out / 'spectra.json'}")
+                return
+        measure_spectra(ckpts, cfg, out=out)
+
+    def trajectory(self) -> None:
+        # PCA over every parameter and BatchNorm re-estimated at every point: with theta0's
+        # statistics the early checkpoints' region of the plane has losses in the hundreds.
+        p = self.plan.trajectory_points
+        cfg = SurfaceConfig(
+            kind="trajectory",
+            x=f"-1.2:0.3:{p}",
+            y=f"-0.5:0.5:{p}",
+            dir_include="all",
+            n_test=self.plan.trajectory_n,
+            n_train=0,
+            attack=dataclasses.replace(PGD10_EVAL, steps=self.plan.analysis_steps),
+            bn="recompute",
+            n_bn=self.plan.trajectory_bn,
+            device=self.device,
+        )
+        for label, run in self.runs.items():
+            path = run.epoch_ckpts()
+            if len(path) < 3:
+                self.log(
+                    f"[{label}] skipped: a trajectory needs 3 epoch checkpoints, found {len(path)}"
+                )
+                continue
+            out = self.analysis / "trajectory" / f"{safe_name(label)}.h5"
+            compute_landscapes(
+                path, cfg, out=out, labels=[label], resume=out.exists(), progress=self.progress
+            )
+
     def _flatness_cfg(self, alphas: tuple[float, ...], samples: int) -> FlatnessConfig:
         return FlatnessConfig(
             alphas=alphas,
@@ -400,7 +449,9 @@ class Pipeline:
             ("evaluation (PGD-20, CW-20; best and last)", self.evaluate),
             ("robust generalization gap of every checkpoint", self.gap),
             ("weight loss landscapes (attacks regenerated, and fixed)", self.landscape),
+            ("training trajectories on their PCA planes", self.trajectory),
             ("weight histograms", self.hist),
+            ("weight spectra", self.spectra),
             ("expected and worst-case flatness, PAC-Bayes terms", self.flatness),
             ("flatness of every checkpoint", self.flatness_epochs),
             ("flatness versus gap", self.correlate),

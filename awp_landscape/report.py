@@ -2,7 +2,8 @@
 
 Reads what the other stages left on disk, so it can be rerun at any time: training runs
 (``metrics.jsonl``, ``config.json``), evaluations (``eval/*.json``), and the analysis folder
-(``gap.json``, ``weights.json``, flatness results, ``correlation.json``, landscape ``*.h5``).
+(``gap.json``, ``weights.json``, flatness results, ``correlation.json``, landscape ``*.h5``,
+``spectra/spectra.json``, ``trajectory/*.h5``).
 The outcome statements are computed by :mod:`analysis.outcome` from those numbers, including
 when AT-AWP did *not* come out flatter or with the smaller gap; the figures are drawn by
 :mod:`figures`.
@@ -24,6 +25,8 @@ from awp.io import atomic_write_text, read_json
 from figures.curves import plot_gap_by_epoch, plot_landscape, plot_learning_curves
 from figures.flatness import plot_flatness_curve
 from figures.html import Document, FigureBlock, Section, Table, render_html, render_markdown
+from figures.spectra import plot_esd, plot_spectra_depth, plot_spectra_epochs
+from figures.trajectory import plot_trajectories, trajectory_panel
 from landscape.storage import Surface, read_surface
 
 
@@ -50,6 +53,8 @@ class Results:
     weights: dict[str, Any] = field(default_factory=dict)
     correlation: dict[str, Any] = field(default_factory=dict)
     landscapes: list[Surface] = field(default_factory=list)
+    trajectories: list[Surface] = field(default_factory=list)
+    spectra: dict[str, Any] = field(default_factory=dict)
     demo_config: dict[str, Any] = field(default_factory=dict)
     figures: dict[str, Path] = field(default_factory=dict)
 
@@ -115,18 +120,41 @@ def collect(paths: Sequence[str | Path]) -> Results:
         for h5 in sorted((d / "landscape").glob("*.h5")) if (d / "landscape").is_dir() else []:
             if not h5.name.endswith(".directions.h5"):
                 res.landscapes.append(read_surface(h5))
+        _collect_spectra_and_trajectories(d, res)
         for name in ("weights_hist", "weights_depth"):
             if (d / f"{name}.png").exists() and name not in res.figures:
                 res.figures[name] = d / f"{name}.png"
         scatter = sorted(d.glob("*_vs_gap.png"))
         if scatter and "vs_gap" not in res.figures:
             res.figures["vs_gap"] = scatter[0]
-    if not (res.runs or res.gap or res.landscapes or res.weights or res.flatness_final):
+    if not (
+        res.runs
+        or res.gap
+        or res.landscapes
+        or res.weights
+        or res.flatness_final
+        or res.spectra
+        or res.trajectories
+    ):
         raise ValueError(
             f"nothing to report in {', '.join(map(str, roots))}: expected run "
             f"folders (metrics.jsonl) or an analysis folder (gap.json, ...)"
         )
     return res
+
+
+def _collect_spectra_and_trajectories(d: Path, res: Results) -> None:
+    """``spectra/spectra.json`` (or ``spectra.json``) and ``trajectory/*.h5`` of an analysis
+    folder; a trajectory file among the landscapes moves to the trajectories."""
+    for f in (d / "spectra" / "spectra.json", d / "spectra.json"):
+        if f.exists() and not res.spectra:
+            res.spectra = read_json(f)
+    folder = d / "trajectory"
+    for h5 in sorted(folder.glob("*.h5")) if folder.is_dir() else []:
+        if not h5.name.endswith(".directions.h5"):
+            res.trajectories.append(read_surface(h5))
+    res.trajectories += [s for s in res.landscapes if s.kind == "trajectory"]
+    res.landscapes[:] = [s for s in res.landscapes if s.kind != "trajectory"]
 
 
 def _best_epoch(history: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
@@ -305,6 +333,129 @@ def _weights_section(res: Results) -> Section:
     return s
 
 
+SPECTRA_COLUMNS = ("label", "layer", "fft_size", "spectral_norm", "op_norm_circular")
+SPECTRA_COLUMNS += ("op_norm_zero_lower", "op_norm_zero_bound", "stable_rank", "alpha", "alpha_se")
+SPECTRA_COLUMNS += ("n_tail",)
+SPECTRA_SUMMARY = ("label", "epoch", "fitted", "alpha_mean", "stable_rank_mean")
+SPECTRA_SUMMARY += ("log10_op_norm_mean",)
+
+
+def _spectra_section(res: Results) -> Section:
+    sp, s = res.spectra, Section("Weight spectra")
+    cfg, finals = sp.get("config", {}), set(sp.get("final", []))
+    final = [r for r in sp.get("stats", []) if r["label"] in finals]
+    s.paragraphs.append(
+        f"Per conv and linear layer ({len(sp.get('layers', []))} layers) of "
+        f"{len(sp.get('checkpoints', []))} checkpoints: the singular values of W reshaped to "
+        "(out, in*kh*kw) (WeightWatcher's convention), the stable rank ||W||_F^2 / ||W||_2^2, "
+        "and a power law p(lambda) ~ lambda^-alpha fitted to the eigenvalues of W^T W by "
+        "maximum likelihood with x_min chosen by the Clauset-Shalizi-Newman KS rule, alpha "
+        "+- its standard error (alpha - 1) / sqrt(n_tail); layers with fewer than "
+        f"{cfg.get('min_tail')} eigenvalues get no fit. Smaller alpha reads as a heavier tail."
+    )
+    s.paragraphs.append(
+        str(sp.get("operator_note", "")) + f" Sizes: each conv's own input "
+        f"size in the network for a {cfg.get('image_size')} x "
+        f"{cfg.get('image_size')} image; {cfg.get('power_iterations')} power "
+        "iterations."
+    )
+    gaps = [
+        (np.float64(r["op_norm_circular"]) / np.float64(r["op_norm_zero_lower"]) - 1, r)
+        for r in final
+        if r["kind"] == "conv"
+    ]
+    gaps = [(g, r) for g, r in gaps if np.isfinite(g)]
+    if gaps:
+        gap, r = max(gaps, key=lambda t: t[0])
+        s.paragraphs.append(
+            f"In this run the circular FFT value exceeded the zero-padded layer's norm (its "
+            f"power-iteration lower bound) by up to {gap:.1%} ({r['label']}, {r['layer']}, "
+            f"{r['fft_size']} x {r['fft_size']} inputs): on small inputs wrap-around matters."
+        )
+    s.tables.append(Table(final, columns=SPECTRA_COLUMNS, caption="Per layer, last checkpoints"))
+    summary = sp.get("summary", [])
+    esd = [r for r in sp.get("esd", []) if r["label"] in finals]
+    if esd:
+        s.figures.append(
+            FigureBlock.from_figure(
+                plot_esd(esd),
+                "Eigenvalue density of one layer (log-log) with the fitted power law (dashed) "
+                "from x_min (dotted).",
+                "ESD",
+            )
+        )
+    s.figures.append(
+        FigureBlock.from_figure(
+            plot_spectra_depth(final),
+            "Per layer against depth: alpha (+- SE), stable rank, ||W||_2, and the FFT "
+            "operator norm (circular, solid; zero-padding upper bound, dotted).",
+            "spectra by depth",
+        )
+    )
+    if len(summary) > len(finals):  # several checkpoints of a run: over epochs
+        s.tables.append(
+            Table(summary, columns=SPECTRA_SUMMARY, caption="Layer means per checkpoint")
+        )
+        s.figures.append(
+            FigureBlock.from_figure(
+                plot_spectra_epochs(summary), "Layer means against epoch.", "spectra by epoch"
+            )
+        )
+    return s
+
+
+def _trajectory_section(res: Results) -> Section:
+    s = Section("Training trajectory")
+    trajs = sorted(res.trajectories, key=lambda t: t.label)
+    cfg = trajs[0].config
+    attack = trajs[0].attrs.get("attack", "none")
+    bn = (
+        f"BatchNorm statistics re-estimated on {cfg.get('n_bn')} training images at every point"
+        if cfg.get("bn") == "recompute"
+        else "BatchNorm with the last checkpoint's statistics (far from it they do not fit)"
+    )
+    s.paragraphs.append(
+        "PCA of the epoch checkpoints' weights relative to the last one (theta0; loss-"
+        "landscape's centered PCA over "
+        f"{'every parameter' if cfg.get('dir_include') == 'all' else 'conv and linear weights'}"
+        "), the path projected on the first two principal directions, and the loss on that "
+        "plane with PGD regenerated at every point (the evaluator of the other surfaces). "
+        "Coordinates are in units of the farthest checkpoint's distance from theta0. A point "
+        "of the plane is not a checkpoint: a checkpoint lies in it only to its in-plane "
+        f"fraction. Sizes: {len(trajs[0].x)} x {trajs[0].rows} points, "
+        f"{cfg.get('n_test')} test images, {attack}; {bn}."
+    )
+    rows = []
+    for t in trajs:
+        tr = t.attrs.get("trajectory") or {}
+        ratio = list(tr.get("explained_variance_ratio", [])) + [float("nan")] * 2
+        epochs = [c.get("epoch") for c in tr.get("path", [])]
+        rows.append(
+            {
+                "method": t.label,
+                "checkpoints": len(epochs),
+                "epochs": f"{epochs[0]}-{epochs[-1]}" if epochs else "",
+                "PC1": ratio[0],
+                "PC2": ratio[1],
+                "unit (weight distance)": tr.get("scale"),
+                "in-plane (min)": float(np.min(tr.get("in_plane", [np.nan]))),
+            }
+        )
+    s.tables.append(Table(rows, caption="Explained variance of the principal directions"))
+    metrics = [m for m in ("test_loss", "test_adv_loss") if all(m in t.values for t in trajs)]
+    if metrics:
+        panels = [[trajectory_panel(t, m) for t in trajs] for m in metrics]
+        s.figures.append(
+            FigureBlock.from_figure(
+                plot_trajectories(panels, metrics=metrics),
+                "The path (square: first checkpoint, star: theta0, epochs written) on the clean "
+                "(top) and adversarial (bottom) test loss of its plane.",
+                "training trajectory",
+            )
+        )
+    return s
+
+
 EXPECTED_COLUMNS = (
     "label",
     "noise",
@@ -403,7 +554,9 @@ SECTIONS: tuple[tuple[Callable[[Results], Any], Callable[[Results], Section]], .
     (lambda r: r.runs, _accuracy_section),
     (lambda r: r.gap, _gap_section),
     (lambda r: r.landscapes, _landscape_section),
+    (lambda r: r.trajectories, _trajectory_section),
     (lambda r: r.weights, _weights_section),
+    (lambda r: r.spectra, _spectra_section),
     (lambda r: r.flatness_final, _flatness_section),
     (lambda r: r.correlation, _correlation_section),
 )

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import MaxNLocator, NullFormatter
 
 from figures.style import color_for, new_figure
 from figures.weights import as_rows
@@ -77,6 +77,7 @@ def plot_esd(esds: Sequence[Any], *, bins: int = 30) -> Figure:
         ax.plot([], [], color=color, label=label)
     ax.set_xscale("log")
     ax.set_yscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels collide on a short decade
     ax.set_xlabel(r"eigenvalue $\lambda$ of $W^\top W$")
     ax.set_ylabel("density")
     ax.set_title(str(rows[0]["layer"]), fontsize=8)

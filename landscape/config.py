@@ -8,11 +8,24 @@ from typing import Any
 
 from awp.config import PGD10_EVAL, AttackConfig, check_choice, opt, to_dict
 from landscape.directions import INCLUDES, NORMS
-from landscape.grid import DEFAULT_INTERP_RANGE, DEFAULT_RANGE, KINDS, Grid, make_grid, parse_range
+from landscape.grid import (
+    DEFAULT_INTERP_RANGE,
+    DEFAULT_RANGE,
+    KINDS,
+    PLANES,
+    Grid,
+    make_grid,
+    parse_range,
+)
 
 DIRECTION_TYPES = ("random", "awp")
 BN_MODES = ("eval", "recompute")
 SPLITS = ("train", "test")
+# A trajectory's coordinates are in units of the farthest checkpoint's distance from the last
+# one, and the first checkpoint sits at x, y <= 0 (landscape.trajectory): the path lies in
+# [-1, 0] along x, mostly, and within [-1, 1] along y.
+DEFAULT_TRAJECTORY_X = "-1.2:0.4:17"
+DEFAULT_TRAJECTORY_Y = "-0.8:0.8:17"
 # Keys that may change between a run and its resumption without changing any value.
 RESUME_MUTABLE = ("device",)
 # The attack's keys of configs written before it was nested.
@@ -31,14 +44,22 @@ class SurfaceConfig:
     kind: str = opt(
         "1d",
         "1d: curve along one direction | 2d: surface | multi: 1-D curves along several "
-        "random directions (mean and spread) | interp: from the first checkpoint to the second",
+        "random directions (mean and spread) | interp: from the first checkpoint to the second | "
+        "trajectory: the plane of the first two principal directions of a training path "
+        "(checkpoints in training order, theta0 = the last; coordinates in units of the "
+        "farthest checkpoint's distance)",
     )
     x: str = opt(
         "",
         "x coordinates min:max:num, write --x=-1:1:21 (default -1:1:21; interp "
-        "-0.5:1.5:21; for --direction awp alpha is AWP's gamma, e.g. -0.02:0.02:21)",
+        "-0.5:1.5:21; trajectory -1.2:0.4:17; for --direction awp alpha is AWP's gamma, e.g. "
+        "-0.02:0.02:21)",
     )
-    y: str = opt("", "y coordinates of a 2d surface, min:max:num (default -1:1:21)")
+    y: str = opt(
+        "",
+        "y coordinates of a 2d or trajectory surface, min:max:num (default -1:1:21; "
+        "trajectory -0.8:0.8:17)",
+    )
     n_directions: int = opt(5, "number of random directions of kind multi")
     seed: int = opt(0, "seed of the first random direction; direction i is drawn from seed + i")
     direction: str = opt(
@@ -46,7 +67,9 @@ class SurfaceConfig:
     )
     dir_norm: str = opt("filter", "random direction normalization: filter | layer | none")
     dir_include: str = opt(
-        "weights", "weights (conv/linear; biases and BatchNorm get 0) | all (every parameter)"
+        "weights",
+        "weights (conv/linear; biases and BatchNorm get 0) | all (every parameter); for a "
+        "trajectory, the tensors the PCA runs over",
     )
     orthogonalize: bool = opt(False, "make the y direction of a 2d surface orthogonal to x")
     n_test: int = opt(1000, "fixed seeded subset of test images (0 = no test metrics)")
@@ -79,15 +102,21 @@ class SurfaceConfig:
         check_choice(self.bn, BN_MODES, "bn")
         # Resolve the kind-dependent defaults now, so the saved config says what was run.
         if not self.x:
-            x = DEFAULT_INTERP_RANGE if self.kind == "interp" else DEFAULT_RANGE
-            object.__setattr__(self, "x", x)
-        if self.kind == "2d" and not self.y:
-            object.__setattr__(self, "y", DEFAULT_RANGE)
+            x = {"interp": DEFAULT_INTERP_RANGE, "trajectory": DEFAULT_TRAJECTORY_X}
+            object.__setattr__(self, "x", x.get(self.kind, DEFAULT_RANGE))
+        if self.kind in PLANES and not self.y:
+            y = DEFAULT_TRAJECTORY_Y if self.kind == "trajectory" else DEFAULT_RANGE
+            object.__setattr__(self, "y", y)
         parse_range(self.x)
-        if self.kind == "2d":
+        if self.kind in PLANES:
             parse_range(self.y)
         elif self.y:
-            raise ValueError(f"--y is only for kind 2d (kind is {self.kind!r})")
+            raise ValueError(f"--y is only for kind 2d or trajectory (kind is {self.kind!r})")
+        if self.kind == "trajectory" and (self.direction != "random" or self.orthogonalize):
+            raise ValueError(
+                "a trajectory's directions are the path's two principal directions (orthogonal "
+                "already): drop --direction and --orthogonalize"
+            )
         if self.kind == "multi" and self.n_directions < 2:
             raise ValueError(
                 f"kind multi needs n_directions >= 2 (got {self.n_directions}); use kind 1d "
@@ -145,7 +174,7 @@ class SurfaceConfig:
         return make_grid(
             self.kind,
             parse_range(self.x),
-            parse_range(self.y) if self.kind == "2d" else None,
+            parse_range(self.y) if self.kind in PLANES else None,
             n_directions=self.n_directions if self.kind == "multi" else 1,
         )
 

@@ -14,7 +14,9 @@ import numpy as np
 
 from awp.config import check_choice
 
-KINDS = ("1d", "2d", "multi", "interp")
+KINDS = ("1d", "2d", "multi", "interp", "trajectory")
+# Kinds on a plane of two directions (x and y coordinates): a 2-D surface, a training path's.
+PLANES = ("2d", "trajectory")
 DEFAULT_RANGE = "-1:1:21"
 DEFAULT_INTERP_RANGE = "-0.5:1.5:21"
 MAX_AXIS_POINTS = 10_001  # a typo guard (-1:1:210000); no figure resolves more
@@ -66,11 +68,11 @@ class Grid:
     """Where a landscape is evaluated: ``rows x nx`` points, flat index ``row * nx + col``.
 
     Attributes:
-        kind: "1d" / "interp" (one row, one direction), "2d" (row = y index; directions x, y)
-            or "multi" (row = direction index; each row moves along its own direction).
+        kind: "1d" / "interp" (one row, one direction), "2d" / "trajectory" (row = y index;
+            directions x, y) or "multi" (row = direction index; each its own direction).
         x: (nx,) coordinates along the x direction(s).
-        y: (ny,) coordinates along y for "2d", else None.
-        rows: ny for "2d", the number of directions for "multi", 1 otherwise.
+        y: (ny,) coordinates along y for the planes (:data:`PLANES`), else None.
+        rows: ny for a plane, the number of directions for "multi", 1 otherwise.
     """
 
     kind: str
@@ -93,7 +95,7 @@ class Grid:
 
     @property
     def n_directions(self) -> int:
-        return {"2d": 2, "multi": self.rows}.get(self.kind, 1)
+        return 2 if self.kind in PLANES else {"multi": self.rows}.get(self.kind, 1)
 
     def cell(self, index: int) -> tuple[int, int]:
         """(row, col) of a flat point index."""
@@ -104,7 +106,7 @@ class Grid:
     def coefficients(self, index: int) -> tuple[float, ...]:
         """c_i of every direction at a point: theta = theta0 + sum_i c_i d_i."""
         row, col = self.cell(index)
-        if self.kind == "2d":
+        if self.kind in PLANES:
             assert self.y is not None
             return float(self.x[col]), float(self.y[row])
         if self.kind == "multi":
@@ -117,18 +119,19 @@ class Grid:
 def make_grid(
     kind: str, x: np.ndarray, y: np.ndarray | None = None, *, n_directions: int = 1
 ) -> Grid:
-    """Build a :class:`Grid` (1d/interp: one row; 2d: ny rows; multi: one row per direction).
+    """Build a :class:`Grid` (1d/interp: one row; 2d/trajectory: ny rows; multi: one row per
+    direction).
 
     Args:
         kind: one of :data:`KINDS`.
-        x: (nx,) coordinates; y: (ny,) coordinates for "2d" only.
+        x: (nx,) coordinates; y: (ny,) coordinates for the planes (:data:`PLANES`) only.
         n_directions: number of directions for "multi" (>= 1).
     """
     check_choice(kind, KINDS, "kind")
     x = np.asarray(x, dtype=np.float64).reshape(-1)
-    if kind == "2d":
+    if kind in PLANES:
         if y is None:
-            raise ValueError("a 2d grid needs y coordinates")
+            raise ValueError(f"a {kind} grid needs y coordinates")
         y = np.asarray(y, dtype=np.float64).reshape(-1)
         if len(x) * len(y) > MAX_GRID_POINTS:
             raise ValueError(
@@ -137,5 +140,5 @@ def make_grid(
             )
         return Grid(kind, x, y, len(y))
     if y is not None:
-        raise ValueError(f"only a 2d grid has y coordinates (kind {kind!r})")
+        raise ValueError(f"only a 2d or trajectory grid has y coordinates (kind {kind!r})")
     return Grid(kind, x, None, n_directions if kind == "multi" else 1)

@@ -24,21 +24,27 @@ from torch import nn
 from awp import distributed
 from awp.config import to_dict
 from awp.io import library_versions, remove_stale_temps
+from awp.modes import unwrap
+from awp.perturb import select_params
 from landscape import storage
 from landscape.config import SurfaceConfig
+from landscape.grid import PLANES
 from landscape.surface import EvalSet, make_directions, metric_names, surface_evaluator
+from landscape.trajectory import PathPCA, path_pca
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Job:
-    """One result file: a checkpoint (and an interpolation target) and where to write."""
+    """One result file: a checkpoint (and an interpolation target, or the training path that
+    ends at it) and where to write."""
 
     label: str
     checkpoint: Path
     target: Path | None
     out: Path
+    path: tuple[Path, ...] = ()
 
 
 def safe_name(label: str) -> str:
@@ -54,11 +60,23 @@ def plan_jobs(
     default_labels: Sequence[str],
     out: Path,
 ) -> list[Job]:
-    """The result files of a call: one per checkpoint, or one A->B file for an interpolation.
+    """The result files of a call: one per checkpoint, one A->B file for an interpolation, or
+    one file for a trajectory (its checkpoints in training order; theta0 = the last).
 
     Raises:
         ValueError: wrong number of checkpoints or labels, or clashing file names.
     """
+    if kind == "trajectory":
+        if len(checkpoints) < 3:
+            raise ValueError(
+                f"kind trajectory takes a training path: give at least 3 checkpoints in training "
+                f"order (e.g. runs/at/checkpoints/epoch_*.pt), got {len(checkpoints)}"
+            )
+        path = tuple(checkpoints)
+        [job] = plan_jobs(
+            path[-1:], kind="1d", labels=labels, default_labels=default_labels[-1:], out=out
+        )
+        return [Job(job.label, job.checkpoint, None, job.out, path)]
     if kind == "interp":
         if len(checkpoints) != 2:
             raise ValueError(
@@ -105,6 +123,10 @@ class JobInputs:
     bn_x: torch.Tensor | None = None
     target_state: Mapping[str, torch.Tensor] | None = None
     target_sha256: str | None = None
+    # a trajectory: every checkpoint's tensors (name -> tensor) and identity (checkpoint,
+    # sha256, epoch), in training order, the last being theta0's
+    path_states: Sequence[Mapping[str, torch.Tensor]] = ()
+    path_identity: Sequence[Mapping[str, Any]] = ()
 
 
 def open_job(job: Job, cfg: SurfaceConfig, inputs: JobInputs, *, resume: bool) -> storage.Surface:
@@ -144,6 +166,10 @@ def _attrs(job: Job, cfg: SurfaceConfig, inputs: JobInputs) -> dict[str, Any]:
     }
 
 
+def _path_shas(surface: storage.Surface) -> list[str]:
+    return [str(c.get("sha256")) for c in (surface.attrs.get("trajectory") or {}).get("path", [])]
+
+
 def _prepare_files(job: Job, cfg: SurfaceConfig, inputs: JobInputs, *, resume: bool) -> None:
     dir_path = storage.directions_path(job.out)
     if job.out.exists():
@@ -159,6 +185,11 @@ def _prepare_files(job: Job, cfg: SurfaceConfig, inputs: JobInputs, *, resume: b
             checkpoint_sha256=inputs.sha256,
             target_sha256=inputs.target_sha256,
         )
+        if _path_shas(surface) != [str(c["sha256"]) for c in inputs.path_identity]:
+            raise storage.SurfaceFileError(
+                f"cannot resume {job.out}: the trajectory's checkpoints differ (other files, "
+                "order or contents); resume with the same path, or write to another --out"
+            )
         _, dir_attrs = storage.read_directions(dir_path)
         if dir_attrs.get("checkpoint_sha256") != inputs.sha256:
             raise storage.SurfaceFileError(
@@ -170,10 +201,13 @@ def _prepare_files(job: Job, cfg: SurfaceConfig, inputs: JobInputs, *, resume: b
     if resume:
         log.info("%s does not exist yet: starting it", job.out)
     train = next((es for es in inputs.evalsets if es.name == "train"), None)
+    path = _path_pca(cfg, inputs) if cfg.kind == "trajectory" else None
     directions, types, seeds = make_directions(
-        inputs.model, cfg, train=train, target_state=inputs.target_state
+        inputs.model, cfg, train=train, target_state=inputs.target_state, path=path
     )
     attrs = _attrs(job, cfg, inputs)
+    if path is not None:
+        attrs["trajectory"] = {"path": [dict(c) for c in inputs.path_identity], **path.summary()}
     storage.write_directions(
         dir_path,
         directions,
@@ -192,6 +226,15 @@ def _prepare_files(job: Job, cfg: SurfaceConfig, inputs: JobInputs, *, resume: b
         cfg.grid(), metrics, {**attrs, "direction_seeds": seeds, "direction_types": types}
     )
     storage.write_surface(job.out, surface)
+
+
+def _path_pca(cfg: SurfaceConfig, inputs: JobInputs) -> PathPCA:
+    """The PCA of a trajectory job's path over the tensors ``dir_include`` names."""
+    if len(inputs.path_states) != len(inputs.path_identity) or not inputs.path_states:
+        raise ValueError("kind trajectory needs the path's states and identities (JobInputs)")
+    names = list(select_params(inputs.model, cfg.dir_include))
+    theta0 = dict(unwrap(inputs.model).state_dict())
+    return path_pca(theta0, inputs.path_states, names)
 
 
 def fill_job(
@@ -256,7 +299,7 @@ def ordered_metrics(names: Sequence[str]) -> list[str]:
 def summary_rows(surface: storage.Surface) -> list[dict[str, Any]]:
     """Table rows: per x (mean over directions for multi), or the extremes of a 2-D surface."""
     keys = ordered_metrics(list(surface.values))
-    if surface.kind == "2d":
+    if surface.kind in PLANES:
         rows = []
         for k in keys:
             v = surface.values[k]

@@ -62,6 +62,7 @@ COORDINATES = ("xcoordinates", "ycoordinates")
 COMPUTED = "computed"
 # Attributes stored as JSON text (h5 attributes hold strings and numbers, not nested data).
 JSON_ATTRS = ("config", "direction_seeds", "direction_types", "data", "model_spec", "versions")
+JSON_ATTRS += ("trajectory",)  # a trajectory's path: checkpoints, coordinates, variances
 # loss-landscape's datasets that are not metrics.
 _FOREIGN_SKIP = (*COORDINATES, "dir_file")
 
@@ -75,7 +76,7 @@ class Surface:
     """A landscape result in memory (the contents of one surface file).
 
     Attributes:
-        kind: "1d", "2d", "multi" or "interp".
+        kind: "1d", "2d", "multi", "interp" or "trajectory".
         x: (nx,) coordinates; y: (ny,) coordinates for "2d", else None.
         values: metric name -> (rows, nx) float64 array, NaN where not computed.
         computed: (rows, nx) bool, True where the point was evaluated.

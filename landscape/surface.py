@@ -42,6 +42,7 @@ from landscape.directions import (
     target_direction,
 )
 from landscape.grid import Grid
+from landscape.trajectory import PathPCA
 
 log = logging.getLogger(__name__)
 
@@ -127,12 +128,13 @@ def make_directions(
     *,
     train: EvalSet | None = None,
     target_state: Mapping[str, torch.Tensor] | None = None,
+    path: PathPCA | None = None,
 ) -> tuple[list[Direction], list[str], list[int | None]]:
     """The directions a config asks for, with their types and seeds (deterministic).
 
     1d: one random direction (seed) or AWP's; 2d: that and a random y (seed + 1), optionally
     orthogonalized; multi: random directions seed, seed + 1, ...; interp: ``target_state`` -
-    theta0 over the whole state.
+    theta0 over the whole state; trajectory: the two principal directions of ``path``.
 
     Args:
         model: the network at theta0.
@@ -140,9 +142,11 @@ def make_directions(
             and the attack for the AWP direction).
         train: the training evaluation set (the AWP direction's data).
         target_state: the state dict of the interpolation target (kind interp).
+        path: the PCA of the training path (kind trajectory; from
+            :func:`landscape.trajectory.path_pca`).
 
     Returns:
-        (directions, types "random" | "awp" | "target", seeds (None where not random)).
+        (directions, types "random" | "awp" | "target" | "pca", seeds (None where not random)).
     """
 
     def rand(k: int) -> Direction:
@@ -154,6 +158,10 @@ def make_directions(
         if target_state is None:
             raise ValueError("kind interp needs the target checkpoint's state (target_state)")
         return [target_direction(unwrap(model).state_dict(), target_state)], ["target"], [None]
+    if cfg.kind == "trajectory":
+        if path is None:
+            raise ValueError("kind trajectory needs the path's principal directions (path)")
+        return list(path.directions), ["pca", "pca"], [None, None]
     if cfg.kind == "multi":
         seeds: list[int | None] = [cfg.seed + k for k in range(cfg.n_directions)]
         return [rand(k) for k in range(cfg.n_directions)], ["random"] * len(seeds), seeds

@@ -7,6 +7,7 @@ across the ranks of a torchrun job:
     awp landscape runs/at/checkpoints/best.pt runs/awp/checkpoints/best.pt --out land
     awp landscape A.pt --kind 2d --x=-1:1:21 --y=-1:1:11 --attack none
     awp landscape A.pt B.pt --kind interp
+    awp landscape runs/at/checkpoints/epoch_*.pt --kind trajectory --out land/AT.h5
     torchrun --nproc_per_node 4 -m awp_landscape landscape A.pt --kind 2d --out land
 """
 
@@ -15,6 +16,9 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from awp import distributed
 from awp.checkpoint import strip_prefixes
@@ -25,6 +29,7 @@ from awp_landscape.console import format_table, say
 from awp_landscape.flags import add_dataclass_arguments, dataclass_from_arguments
 from awp_landscape.inputs import (
     Inputs,
+    Loaded,
     add_checkpoint_arguments,
     check_files,
     default_label,
@@ -55,7 +60,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "checkpoints",
         nargs="+",
         type=Path,
-        help="checkpoint .pt files (interp: exactly two, from the first to the second)",
+        help="checkpoint .pt files (interp: exactly two, from the first to the second; "
+        "trajectory: a training path in order, at least three, the last is theta0)",
     )
     p.add_argument(
         "--labels", nargs="+", default=None, help="one label per result (default: AT, AT-AWP...)"
@@ -124,6 +130,22 @@ def compute_landscapes(
         return [_run_job(job, cfg, inputs, resume=resume, progress=progress) for job in jobs]
 
 
+def _path_inputs(job: Job, loaded: Loaded, inputs: Inputs) -> dict[str, Any]:
+    """A trajectory's states and identities (checkpoint, sha256, epoch), in training order."""
+    states, idents = [], []
+    for p in job.path:
+        other = loaded if p == job.checkpoint else inputs.load(p, with_data=False)
+        if other.spec != loaded.spec:
+            raise ValueError(
+                f"a trajectory is one model's training path: {p} is a different model "
+                f"({other.spec} vs {loaded.spec})"
+            )
+        state = strip_prefixes(other.model.state_dict())
+        states.append({k: v.to(inputs.device) for k, v in state.items()})
+        idents.append({k: other.identity()[k] for k in ("checkpoint", "sha256", "epoch")})
+    return {"path_states": states, "path_identity": idents}
+
+
 def _job_inputs(job: Job, cfg: SurfaceConfig, inputs: Inputs) -> JobInputs:
     loaded = inputs.load(job.checkpoint)
     target_state, target_sha = None, None
@@ -153,6 +175,7 @@ def _job_inputs(job: Job, cfg: SurfaceConfig, inputs: Inputs) -> JobInputs:
         bn_x=bn_x,
         target_state=target_state,
         target_sha256=target_sha,
+        **(_path_inputs(job, loaded, inputs) if job.path else {}),
     )
 
 
@@ -165,8 +188,9 @@ def _run_job(
     pending = len(surface.pending())
     if ctx.is_main:
         sets = " + ".join(f"{len(e.y)} {e.name}" for e in job_inputs.evalsets)
+        path = f"a path of {len(job.path)} checkpoints ending at " if job.path else ""
         say(
-            f"{job.label}: {cfg.kind} landscape of {job.checkpoint}"
+            f"{job.label}: {cfg.kind} landscape of {path}{job.checkpoint}"
             f"{f' -> {job.target}' if job.target else ''}, {surface.computed.size} points "
             f"({surface.computed.size - pending} already computed), {sets} images, attack "
             f"{cfg.attack.describe() if cfg.attack else 'none'}, BN {cfg.bn}, "
@@ -178,9 +202,33 @@ def _run_job(
             job, cfg, job_inputs, surface, device=inputs.device, on_points=bar.update
         )
     if ctx.is_main:
+        if job.path:
+            say(trajectory_lines(surface))
         say(format_table(summary_rows(surface)))
         say(f"saved {job.out} (directions: {directions_path(job.out).name})")
     return surface
+
+
+def trajectory_lines(surface: Surface) -> str:
+    """The explained variances, and a warning for checkpoints outside the grid."""
+    traj = surface.attrs.get("trajectory") or {}
+    ratio = traj.get("explained_variance_ratio", [])
+    xy = np.asarray(traj.get("coords", []), dtype=np.float64).reshape(-1, 2)
+    text = (
+        f"PCA of {len(xy)} checkpoints: explained variance "
+        + ", ".join(f"PC{k + 1} {r:.1%}" for k, r in enumerate(ratio[:4]))
+        + f"; unit = {traj.get('scale', float('nan')):.4g} (the farthest checkpoint's distance)"
+    )
+    assert surface.y is not None
+    outside = (xy[:, 0] < surface.x.min()) | (xy[:, 0] > surface.x.max())
+    outside |= (xy[:, 1] < surface.y.min()) | (xy[:, 1] > surface.y.max())
+    if outside.any():
+        text += (
+            f"\nwarning: {int(outside.sum())} checkpoint(s) project outside the grid (path x in "
+            f"[{xy[:, 0].min():.2f}, {xy[:, 0].max():.2f}], y in [{xy[:, 1].min():.2f}, "
+            f"{xy[:, 1].max():.2f}]); widen --x/--y to see the whole path"
+        )
+    return text
 
 
 def run(args: argparse.Namespace) -> int:

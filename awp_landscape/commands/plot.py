@@ -2,16 +2,19 @@
 
 Curves (1-D, several directions, interpolation) of every file go into one Figure 1 style
 figure, one panel per metric, a band over directions; each 2-D file gets a contour, filled
-contour, heatmap and 3-D surface per metric. Figures are written as PNG and PDF.
-Matplotlib is imported only when the command runs, so ``awp`` starts fast.
+contour, heatmap and 3-D surface per metric (a trajectory file also its path on the
+contour). Figures are written as PNG and PDF. Matplotlib is imported only when the command
+runs, so ``awp`` starts fast.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
+from landscape.grid import PLANES
 from landscape.run import safe_name
 from landscape.storage import read_surface
 
@@ -73,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
     # matplotlib is imported only when `awp plot` runs: `awp` starts without it.
     from figures.landscape import Curve, metric_label, plot_curves, plot_surface_views
     from figures.style import new_figure, save_figure
+    from figures.trajectory import plot_trajectories, trajectory_panel
 
     # A shell glob like landscape/*.h5 also matches the NAME.directions.h5 companions: skip them
     # (a directions file given alone still gets read_surface's clear error).
@@ -89,8 +93,8 @@ def run(args: argparse.Namespace) -> int:
     ]
     written: list[Path] = []
 
-    curve_files = [(s, lab) for s, lab in zip(surfaces, labels) if s.kind != "2d"]
-    surface_files = [(s, lab) for s, lab in zip(surfaces, labels) if s.kind == "2d"]
+    curve_files = [(s, lab) for s, lab in zip(surfaces, labels) if s.kind not in PLANES]
+    surface_files = [(s, lab) for s, lab in zip(surfaces, labels) if s.kind in PLANES]
     if curve_files and curves_wanted:
         metrics = args.metrics or default_metrics(curve_files[0][0].values)
         _check_metrics(metrics, curve_files)
@@ -121,6 +125,11 @@ def run(args: argparse.Namespace) -> int:
                     vmax=args.vmax,
                     levels=args.levels,
                 )
+                if s.kind == "trajectory":  # the contour with the training path on it
+                    panel = dataclasses.replace(trajectory_panel(s, metric), label=lab)
+                    figs["trajectory"] = plot_trajectories(
+                        [[panel]], metrics=[metric], levels=args.levels or 14
+                    )
                 for view, fig in figs.items():
                     stem = out_dir / f"{safe_name(lab)}_{metric}_{view}"
                     written += save_figure(fig, stem, args.formats)

@@ -43,7 +43,8 @@ OPERATOR_NOTE = (
     "of the zero-padded conv's norm (the circular norm on bound_grid x bound_grid, where "
     "nothing wraps); the circular value itself can be above or below the zero-padded one."
 )
-SHOWN = ("label", "layer", "fft_size", "spectral_norm", "op_norm_circular", "op_norm_zero_bound")
+SHOWN = ("label", "layer", "fft_size", "spectral_norm", "op_norm_circular", "op_norm_zero_lower")
+SHOWN += ("op_norm_zero_bound",)
 SHOWN += ("stable_rank", "alpha", "alpha_se", "n_tail")
 
 
