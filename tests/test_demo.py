@@ -18,7 +18,7 @@ TINY = [
     "--width",
     "1",
     "--epochs",
-    "2",
+    "3",
     "--batch-size",
     "16",
     "--val-size",
@@ -56,6 +56,12 @@ TINY = [
     "2",
     "--worst-steps",
     "2",
+    "--trajectory-points",
+    "3",
+    "--trajectory-n",
+    "8",
+    "--trajectory-bn",
+    "16",
     "--no-progress",
     "--device",
     "cpu",
@@ -74,8 +80,8 @@ def demo(tmp_path_factory):
 def test_demo_writes_every_stage_and_the_report(demo):
     out, _ = demo
     for rel in (
-        "at/checkpoints/epoch_002.pt",
-        "at_awp/checkpoints/epoch_002.pt",
+        "at/checkpoints/epoch_003.pt",
+        "at_awp/checkpoints/epoch_003.pt",
         "eval/AT_best.json",
         "eval/AT-AWP_last.json",
         "analysis/gap.json",
@@ -85,6 +91,9 @@ def test_demo_writes_every_stage_and_the_report(demo):
         "analysis/flatness_final/flatness.json",
         "analysis/flatness_epochs/flatness.json",
         "analysis/correlation.json",
+        "analysis/spectra/spectra.json",
+        "analysis/trajectory/AT.h5",
+        "analysis/trajectory/AT-AWP.h5",
         "report.html",
         "report.md",
     ):
@@ -98,6 +107,8 @@ def test_demo_writes_every_stage_and_the_report(demo):
         "Weight histograms",
         "Flatness and the PAC-Bayes bound",
         "Flatness versus the robust gap",
+        "Training trajectory",
+        "Weight spectra",
     ):
         assert title in html
     assert "http://" not in html and "https://" not in html  # nothing fetched to view it
@@ -125,7 +136,7 @@ def test_rerun_reuses_finished_stages(demo, capsys):
     assert {p: p.stat().st_mtime_ns for p in (out / "eval").glob("*.json")} == before
     # other settings in the same folder are refused, and nothing is touched
     other = list(TINY)
-    other[other.index("--epochs") + 1] = "3"
+    other[other.index("--epochs") + 1] = "4"
     assert main(["demo", "--out", str(out), "--dataset", str(data), *other]) == 2
     assert "other settings" in capsys.readouterr().err
 
@@ -134,16 +145,16 @@ def test_outcome_is_computed_from_the_numbers(demo):
     out, _ = demo
     res = collect([out])
     said = " ".join(outcome(measurements(res)))
-    gap = {r["method"]: r["gap"] for r in res.gap if r["epoch"] == 2}
+    gap = {r["method"]: r["gap"] for r in res.gap if r["epoch"] == 3}
     expected = "has the smaller gap" if gap["AT-AWP"] < gap["AT"] else "does NOT have"
     assert expected in said
     # flip the measured gaps: the statement must follow
     for r in res.gap:
-        if r["epoch"] == 2:
+        if r["epoch"] == 3:
             r["gap"] = 0.5 if r["method"] == "AT-AWP" else -0.5
     assert "does NOT have the smaller gap" in " ".join(outcome(measurements(res)))
     for r in res.gap:
-        if r["epoch"] == 2:
+        if r["epoch"] == 3:
             r["gap"] = -0.5 if r["method"] == "AT-AWP" else 0.5
     assert "AT-AWP has the smaller gap" in " ".join(outcome(measurements(res)))
     m = re.search(r"Kendall tau = (\S+) ", said)

@@ -222,6 +222,12 @@ def trajectory_lines(surface: Surface) -> str:
     assert surface.y is not None
     outside = (xy[:, 0] < surface.x.min()) | (xy[:, 0] > surface.x.max())
     outside |= (xy[:, 1] < surface.y.min()) | (xy[:, 1] > surface.y.max())
+    if surface.config.get("bn") == "eval":
+        text += (
+            "\nnote: BatchNorm keeps theta0's statistics at every point; far from theta0 they do "
+            "not fit the weights (the demo's AT path reached losses in the hundreds): "
+            "--bn recompute re-estimates them at every point"
+        )
     if outside.any():
         text += (
             f"\nwarning: {int(outside.sum())} checkpoint(s) project outside the grid (path x in "
