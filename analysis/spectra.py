@@ -27,8 +27,10 @@ Gupta, Long, ICLR 2019 (operator norm by FFT); Clauset, Shalizi, Newman 2009 (th
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -387,23 +389,31 @@ def _nanmean(values: Sequence[float]) -> float:
     return float(a.mean()) if a.size else NAN
 
 
-def summarize(records: Sequence[LayerSpectrum]) -> list[SpectraSummary]:
-    """One :class:`SpectraSummary` per label, in first-seen order."""
-    by_label: dict[str, list[LayerSpectrum]] = {}
+def summarize(records: Sequence[LayerSpectrum | Mapping[str, Any]]) -> list[SpectraSummary]:
+    """One :class:`SpectraSummary` per label, in first-seen order.
+
+    Args:
+        records: :class:`LayerSpectrum` records or their dicts (as read from JSON).
+    """
+    by_label: dict[str, list[dict[str, Any]]] = {}
     for r in records:
-        by_label.setdefault(r.label, []).append(r)
+        row = dataclasses.asdict(r) if isinstance(r, LayerSpectrum) else dict(r)
+        by_label.setdefault(str(row["label"]), []).append(row)
     out = []
     for label, rs in by_label.items():
-        alphas = [r.alpha for r in rs]
+
+        def col(name: str, rs: list[dict[str, Any]] = rs) -> np.ndarray:
+            return np.array([r[name] for r in rs], dtype=np.float64)
+
         out.append(
             SpectraSummary(
                 label=label,
                 layers=len(rs),
-                fitted=int(np.isfinite(alphas).sum()),
-                alpha_mean=_nanmean(alphas),
-                stable_rank_mean=_nanmean([r.stable_rank for r in rs]),
-                log10_spectral_norm_mean=_nanmean([np.log10(r.spectral_norm) for r in rs]),
-                log10_op_norm_mean=_nanmean([np.log10(r.op_norm_circular) for r in rs]),
+                fitted=int(np.isfinite(col("alpha")).sum()),
+                alpha_mean=_nanmean(col("alpha")),
+                stable_rank_mean=_nanmean(col("stable_rank")),
+                log10_spectral_norm_mean=_nanmean(np.log10(col("spectral_norm"))),
+                log10_op_norm_mean=_nanmean(np.log10(col("op_norm_circular"))),
             )
         )
     return out

@@ -362,15 +362,13 @@ class Pipeline:
         weight_histograms(self.last, out=self.analysis, labels=self.labels)
 
     def spectra(self) -> None:
-        ckpts, cfg = self.epoch_ckpts() or self.last, SpectraConfig()
-        out = self.analysis / "spectra"
-        if (out / "spectra.json").exists():  # reused when made of these files and settings
-            done = read_json(out / "spectra.json")
-            made_of = [c.get("sha256") for c in done.get("checkpoints", [])]
-            if done.get("config") == to_dict(cfg) and made_of == list(map(sha256_file, ckpts)):
-                self.log(f"reusing {out / 'spectra.json'}")
-                return
-        measure_spectra(ckpts, cfg, out=out)
+        measure_spectra(
+            self.epoch_ckpts() or self.last,
+            SpectraConfig(),
+            out=self.analysis / "spectra",
+            device_name=self.device,
+            progress=self.progress,
+        )
 
     def trajectory(self) -> None:
         # PCA over every parameter and BatchNorm re-estimated at every point: with theta0's

@@ -275,7 +275,7 @@ def run_ckpts(tmp_path_factory):
 def test_spectra_command_writes_records_and_figures(run_ckpts, capsys):
     root, paths = run_ckpts
     out = root / "out"
-    args = ["spectra", *map(str, paths), "--out", str(out), "--min-tail", "4"]
+    args = ["spectra", *map(str, paths), "--out", str(out), "--min-tail", "4", "--no-progress"]
     assert main([*args, "--power-iterations", "10"]) == 0
     res = json.loads((out / "spectra.json").read_text())
     assert res["final"] == ["AT ep2", "AT-AWP ep2"]
@@ -283,10 +283,27 @@ def test_spectra_command_writes_records_and_figures(run_ckpts, capsys):
     assert {r["method"] for r in res["stats"]} == {"AT", "AT-AWP"}
     assert res["config"]["min_tail"] == 4 and "circular" in res["operator_note"]
     assert [r["layer"] for r in res["esd"]] == ["conv2.weight"] * 4
+    assert res["summary"][0]["alpha_mean"] == pytest.approx(
+        np.nanmean([r["alpha"] for r in res["stats"] if r["label"] == "AT ep1"]), nan_ok=True
+    )
     for name in ("spectra_esd", "spectra_depth", "spectra_epochs"):
         assert (out / f"{name}.png").exists(), name
     assert "op_norm_zero_bound" in capsys.readouterr().out
-    assert main(["spectra", str(paths[0]), "--out", str(out), "--layers", "norm"]) == 2
+    # a rerun computes nothing again (the units are on disk) and gives the same records
+    units = out / "spectra_units" / "spectra.rank0.json"
+    stamp = units.stat().st_mtime_ns
+    assert main([*args, "--power-iterations", "10", "--labels", "a", "b", "c", "d"]) == 0
+    assert units.stat().st_mtime_ns == stamp
+    again = json.loads((out / "spectra.json").read_text())
+    assert [r["alpha"] for r in again["stats"]] == pytest.approx(
+        [r["alpha"] for r in res["stats"]], nan_ok=True
+    )
+    assert again["final"] == ["b", "d"]
+    # other settings in the same folder are refused; bad selectors get a clear error
+    assert main(args) == 2
+    assert "other settings" in capsys.readouterr().err
+    bad = ["spectra", str(paths[0]), "--out", str(root / "bad"), "--no-progress"]
+    assert main([*bad, "--layers", "norm"]) == 2
     assert "picks no conv or linear" in capsys.readouterr().err
-    assert main(["spectra", str(paths[0]), "--out", str(out), "--min-tail", "1"]) == 2
+    assert main([*bad, "--min-tail", "1"]) == 2
     assert "min_tail" in capsys.readouterr().err

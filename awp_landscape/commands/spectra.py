@@ -3,7 +3,9 @@
     awp spectra runs/at/checkpoints/last.pt runs/at_awp/checkpoints/last.pt --out results
     awp spectra runs/*/checkpoints/epoch_*.pt --out results/spectra      # and over epochs
 
-Writes ``spectra.json`` (every record, the chosen layer's eigenvalues, the settings),
+Each checkpoint is one unit of ``<out>/spectra_units`` (a rerun skips finished ones; under
+torchrun they are split across ranks). Writes ``spectra.json`` (every record, the chosen
+layer's eigenvalues, the settings),
 ``spectra_stats.csv``, ``spectra_summary.csv`` and the figures ``spectra_esd``,
 ``spectra_depth`` (the last checkpoint of every run) and ``spectra_epochs`` (runs with several
 checkpoints).
@@ -12,26 +14,27 @@ checkpoints).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from analysis.spectra import SpectraConfig, esd_layer_name, model_spectra, summarize
+from analysis.store import SampleStore, run_units
+from awp import distributed
 from awp.config import to_dict
-from awp.io import write_csv, write_json
+from awp.io import sha256_file, write_csv, write_json
+from awp.models import ModelConfig
 from awp.modes import unwrap
-from awp.progress import progress_bar
-from awp_landscape.commands.common import out_folder
+from awp_landscape.commands.common import add_run_arguments, out_folder
 from awp_landscape.console import format_table, say
 from awp_landscape.flags import add_dataclass_arguments, dataclass_from_arguments
 from awp_landscape.inputs import (
     Inputs,
     add_checkpoint_arguments,
     check_files,
+    foreign_from,
     rows_of,
     unique_labels,
 )
@@ -56,20 +59,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Per conv/linear layer of each checkpoint: singular values of W reshaped "
         "to (out, in*kh*kw), Frobenius and spectral norms, stable rank, a power-law fit of the "
         "eigenvalues of W^T W (MLE, x_min by the KS rule), and the conv's operator norm on its "
-        "input images by FFT (exact for circular padding; an upper bound for the zero-padded "
-        "conv). Figures: the ESD of one layer, statistics against depth and against epoch.",
+        "input images by FFT (exact for circular padding; the zero-padded conv the network "
+        "applies is bracketed between power iteration on it and an FFT upper bound). Figures: "
+        "the ESD of one layer, statistics against depth and against epoch. Finished checkpoints "
+        "are kept in <out>/spectra_units and skipped when run again; torchrun splits them.",
     )
     p.add_argument("checkpoints", nargs="+", type=Path, help="checkpoints (.pt) to measure")
     p.add_argument("--labels", nargs="+", help="names in the legend (default: AT / AT-AWP ...)")
     add_dataclass_arguments(p, SpectraConfig)
     p.add_argument("--no-figures", action="store_true", help="only tables, no PNG/PDF")
-    p.add_argument(
-        "--out",
-        type=Path,
-        default=None,
-        help="results folder (default: <run>/analysis when all checkpoints are from one run)",
-    )
     add_checkpoint_arguments(p, dataset_help="dataset (only for checkpoints from elsewhere)")
+    add_run_arguments(
+        p, out_help="results folder (default: <run>/analysis when all checkpoints are from one run)"
+    )
     p.set_defaults(func=run)
 
 
@@ -82,6 +84,35 @@ def final_labels(idents: Sequence[dict[str, Any]]) -> list[str]:
     return [i["label"] for i in last.values()]
 
 
+def _settings(cfg: SpectraConfig, inputs: Inputs) -> dict[str, Any]:
+    return {"spectra": to_dict(cfg), "dataset": inputs.dataset, "image": inputs.input}
+
+
+def spectra_units(
+    checkpoints: Sequence[Path], cfg: SpectraConfig, *, out: Path, inputs: Inputs, progress: bool
+) -> list[dict[str, Any]]:
+    """One unit per checkpoint (resumable, sharded): its identity, records (no label yet) and
+    the ESD of ``cfg.esd_layer``; every rank gets them, in order."""
+    ctx = distributed.current()
+    order = [sha256_file(p) for p in checkpoints]
+    paths = dict(zip(order, checkpoints))
+    store = SampleStore(
+        out / "spectra_units", meta=_settings(cfg, inputs), name="spectra", rank=ctx.rank
+    )
+
+    def compute(sha: str) -> dict[str, Any]:
+        loaded = inputs.load(paths[sha], with_data=False)
+        layer = esd_layer_name(dict(unwrap(loaded.model).named_parameters()), cfg.esd_layer)
+        recs, eigs = model_spectra(loaded.model, cfg)
+        esd = eigs[layer].tolist() if layer in eigs else None
+        return {"identity": loaded.identity(), "stats": rows_of(recs), "esd": [layer, esd]}
+
+    records = run_units(
+        list(dict.fromkeys(order)), compute, store=store, progress=progress, desc="checkpoints"
+    )
+    return [records[sha] for sha in order]
+
+
 def measure_spectra(
     checkpoints: list[Path],
     cfg: SpectraConfig,
@@ -89,63 +120,71 @@ def measure_spectra(
     out: Path,
     labels: list[str] | None = None,
     figures: bool = True,
-    inputs: Inputs | None = None,
+    device_name: str = "auto",
+    progress: bool = True,
+    dataset: str | None = None,
+    data_root: str | None = None,
+    foreign: tuple[ModelConfig | None, str | None] = (None, None),
 ) -> dict[str, Any]:
     """``awp spectra`` as a function: spectra.json, the CSV tables and the figures in ``out``.
 
+    Checkpoints finished before are read from ``out/spectra_units`` (same settings); under
+    torchrun they are split across ranks and rank 0 writes the results.
+
     Returns:
-        What ``spectra.json`` holds.
+        What ``spectra.json`` holds (on every rank).
     """
     check_files(checkpoints)
-    inputs = inputs or Inputs(torch.device("cpu"))
-    idents, records, esds = [], [], []
-    for path in progress_bar(checkpoints, desc="checkpoints", enabled=len(checkpoints) > 4):
-        loaded = inputs.load(path, with_data=False)
-        idents.append(loaded.identity())
-        esd_layer = esd_layer_name(dict(unwrap(loaded.model).named_parameters()), cfg.esd_layer)
-        recs, eigs = model_spectra(loaded.model, cfg)
-        records.append(recs)
-        esds.append((esd_layer, eigs.get(esd_layer)))
+    with distributed.joined(device_name) as ctx:
+        device = distributed.pick_device(device_name, ctx)
+        inputs = Inputs(device, dataset=dataset, data_root=data_root, foreign=foreign)
+        units = spectra_units(
+            checkpoints, cfg, out=out, inputs=inputs, progress=progress and ctx.is_main
+        )
+        result = spectra_result(units, cfg, labels=labels)
+        distributed.barrier()
+        if not ctx.is_main:
+            return result
+        _print(result)
+        write_json(out / "spectra.json", result)
+        write_csv(out / "spectra_stats.csv", result["stats"])
+        write_csv(out / "spectra_summary.csv", result["summary"])
+        written = [out / "spectra.json", out / "spectra_stats.csv", out / "spectra_summary.csv"]
+        if figures:
+            written += _draw(result, out)
+        say(f"results: {out} ({', '.join(p.name for p in written)})")
+        return result
+
+
+def spectra_result(
+    units: Sequence[dict[str, Any]], cfg: SpectraConfig, *, labels: list[str] | None = None
+) -> dict[str, Any]:
+    """Label the units' records (``--labels``, else AT / AT-AWP and epochs) and gather them
+    into what ``spectra.json`` holds."""
+    idents = [dict(u["identity"]) for u in units]
     names = unique_labels(idents, labels)
-    relabeled, esd_rows = [], []
-    for ident, label, recs, (layer, eigs) in zip(idents, names, records, esds):
+    stats, esd_rows = [], []
+    for ident, label, unit in zip(idents, names, units):
         ident["label"] = label
-        recs = [dataclasses.replace(r, label=label) for r in recs]
-        relabeled += recs
-        fit = next((r for r in recs if r.layer == layer), None)
+        rows = [{**r, "label": label, **_where(ident)} for r in unit["stats"]]
+        stats += rows
+        layer, eigs = unit["esd"]
+        fit = next((r for r in rows if r["layer"] == layer), None)
         if eigs is not None and fit is not None:
-            esd_rows.append(
-                {
-                    "label": label,
-                    "layer": layer,
-                    **_where(ident),
-                    **{f: getattr(fit, f) for f in ("alpha", "alpha_se", "xmin", "n_tail")},
-                    "eigenvalues": [float(v) for v in eigs],
-                }
-            )
+            keep = ("label", "layer", "method", "epoch", "run", "alpha", "alpha_se", "xmin")
+            esd_rows.append({**{k: fit[k] for k in keep + ("n_tail",)}, "eigenvalues": eigs})
     by_label = {i["label"]: _where(i) for i in idents}
-    stats = [{**row, **by_label[row["label"]]} for row in rows_of(relabeled)]
-    summary = [{**row, **by_label[row["label"]]} for row in rows_of(summarize(relabeled))]
-    finals = final_labels(idents)
-    result = {
+    summary = [{**row, **by_label[row["label"]]} for row in rows_of(summarize(stats))]
+    return {
         "checkpoints": idents,
         "config": to_dict(cfg),
         "layers": list(dict.fromkeys(r["layer"] for r in stats)),
-        "final": finals,
+        "final": final_labels(idents),
         "stats": stats,
         "summary": summary,
         "esd": esd_rows,
         "operator_note": OPERATOR_NOTE,
     }
-    _print(result)
-    write_json(out / "spectra.json", result)
-    write_csv(out / "spectra_stats.csv", stats)
-    write_csv(out / "spectra_summary.csv", summary)
-    written = [out / "spectra.json", out / "spectra_stats.csv", out / "spectra_summary.csv"]
-    if figures:
-        written += _draw(result, out)
-    say(f"results: {out} ({', '.join(p.name for p in written)})")
-    return result
 
 
 def _where(ident: dict[str, Any]) -> dict[str, Any]:
@@ -186,6 +225,10 @@ def run(args: argparse.Namespace) -> int:
         out=out_folder(args.out, args.checkpoints),
         labels=args.labels,
         figures=not args.no_figures,
-        inputs=Inputs.from_args(args, torch.device("cpu"), progress=False),
+        device_name=args.device,
+        progress=not args.no_progress,
+        dataset=args.dataset,
+        data_root=args.data_root,
+        foreign=foreign_from(args),
     )
     return 0
