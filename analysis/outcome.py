@@ -188,6 +188,10 @@ def outcome(res: Measurements) -> list[str]:
         )
     for c in res.correlation.get("correlations", []):
         if c["group"] == "all" and c["measure"] == "kendall":
+            if c.get("statistic") is None or not math.isfinite(c["statistic"]):
+                why = c.get("note") or "undefined"
+                out.append(f"Flatness vs gap across {c['n']} checkpoints: Kendall tau {why}.")
+                continue
             positive = c["statistic"] > 0 and c["pvalue"] < 0.05
             verdict = (
                 "a significant positive association, as the PAC-Bayes argument predicts"

@@ -112,7 +112,7 @@ def run_units(
         compute: key -> JSON-able record; must depend only on the key and fixed settings.
         store: where finished units are kept (None: nothing on disk, nothing skipped).
         info: this process's place (default :func:`awp.distributed.current`).
-        progress: show a tqdm bar (on the main rank only).
+        progress: show a progress bar (on the main rank only).
         desc: the bar's label.
 
     Returns:

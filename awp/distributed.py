@@ -19,7 +19,7 @@ from __future__ import annotations
 import inspect
 import os
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -247,6 +247,22 @@ def agree(error: BaseException | None) -> None:
         raise error
     if box[0] is not None:
         raise PeerError(f"rank 0 failed: {box[0]}")
+
+
+@contextmanager
+def main_holds(ctx: DistContext, *managers: AbstractContextManager[Any]) -> Iterator[None]:
+    """Rank 0 enters ``managers`` (e.g. the locks of the outputs it writes) for the body; when it
+    cannot, every rank raises (:func:`agree`), before any of them computes anything."""
+    with ExitStack() as stack:
+        error: BaseException | None = None
+        if ctx.is_main:
+            try:
+                for manager in managers:
+                    stack.enter_context(manager)
+            except Exception as err:  # reported on every rank by agree()
+                error = err
+        agree(error)
+        yield
 
 
 # --------------------------------------------------------------------------- DDP

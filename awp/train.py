@@ -33,12 +33,17 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from awp import distributed
 from awp.attacks import LossFn, run_attack
 from awp.augment import augment, to_float
-from awp.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
+from awp.checkpoint import (
+    CheckpointError,
+    first_nonfinite,
+    load_checkpoint,
+    load_weights,
+    save_checkpoint,
+)
 from awp.config import (
     METHODS,
     MODES,
@@ -57,10 +62,11 @@ from awp.data import DataBundle, DataConfig, Split, fixed_subset, iterate_batche
 from awp.distributed import DistContext
 from awp.evaluate import evaluate_attack
 from awp.extra_data import batches_per_epoch, load_extra_data, mixed_batches
-from awp.io import atomic_write_text, sha256_file
+from awp.io import atomic_write_text, exclusive_output, sha256_file
 from awp.models import ModelConfig, ModelSpec, build_model
 from awp.objectives import AttackLossFactory, ObjectiveFn, get_attack_loss, get_objective
 from awp.perturb import perturbed, select_params, weight_ascent
+from awp.progress import progress_bar
 from awp.runs import RunFolder, prepare_run, rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
@@ -441,6 +447,7 @@ def train(
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     data: DataBundle | None = None,
     model: nn.Module | None = None,
+    resume_from: str | Path | None = None,
 ) -> TrainResult:
     """Train a model as ``cfg`` says, writing everything into the run folder ``cfg.out``.
 
@@ -462,19 +469,34 @@ def train(
         cfg: the run's configuration.
         resume: continue from ``checkpoints/last.pt``; the result equals an uninterrupted run
             (also distributed, with the same number of processes).
-        progress: show a tqdm bar per epoch (rank 0 only).
+        progress: show a progress bar per epoch (rank 0 only).
         on_epoch: called with each epoch's record on every rank (the CLI prints on rank 0).
         data: an already loaded dataset (else loaded from ``cfg.data``).
         model: a model to train instead of building ``cfg.model`` (a custom architecture
             taking [0, 1] images); its checkpoints record ``model.spec`` when it has a
             :class:`~awp.models.ModelSpec`, else ``{"name": "custom", "class": ...}``.
+        resume_from: continue from this checkpoint of the run (an ``epoch_NNN.pt``, which
+            holds the same state as ``last.pt`` had then) instead of ``last.pt``; metrics
+            after its epoch are dropped. Implies ``resume``.
 
     Returns:
         :class:`TrainResult` with the final model (train mode, unwrapped), run folder and history.
     """
-    with distributed.joined(cfg.device) as ctx:
+    with (
+        distributed.joined(cfg.device) as ctx,
+        # Rank 0 holds the run folder (writable, locked, temps of a killed run cleared).
+        distributed.main_holds(ctx, exclusive_output(cfg.out, folder_lock="run", cleans=[cfg.out])),
+    ):
         progress = progress and ctx.is_main
-        s = _open(cfg, ctx, resume=resume, progress=progress, data=data, model=model)
+        s = _open(
+            cfg,
+            ctx,
+            resume=resume or resume_from is not None,
+            resume_from=Path(resume_from) if resume_from is not None else None,
+            progress=progress,
+            data=data,
+            model=model,
+        )
         for epoch in range(s.start_epoch, cfg.epochs):
             record = _train_epoch(s, epoch, progress=progress)
             _end_epoch(s, record)
@@ -489,6 +511,7 @@ def _open(
     ctx: DistContext,
     *,
     resume: bool,
+    resume_from: Path | None,
     progress: bool,
     data: DataBundle | None,
     model: nn.Module | None,
@@ -499,7 +522,7 @@ def _open(
             f"batch_size={cfg.batch_size} is the global batch of {ctx.world} processes: each "
             f"needs at least 2 examples (BatchNorm); use --batch-size {2 * ctx.world} or more"
         )
-    run = prepare_run(cfg, resume=resume)  # every rank checks, nobody has written yet
+    run = prepare_run(cfg, resume=resume, resume_from=resume_from)  # every rank checks first
     distributed.barrier()
     device = distributed.pick_device(cfg.device, ctx)
     data = data if data is not None else load_data(cfg.data, device, progress=progress)
@@ -536,7 +559,7 @@ def _open(
         inputs=inputs,
     )
     if resume:
-        _restore(s)
+        _restore(s, resume_from or run.last)
     elif ctx.is_main:
         run.root.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run.config, json.dumps(to_dict(cfg), indent=2) + "\n")
@@ -559,9 +582,10 @@ def _spec_record(spec: ModelSpec, model: nn.Module | None) -> dict[str, Any]:
     return {"name": "custom", "class": type(model).__qualname__}
 
 
-def _restore(s: _Session) -> None:
-    """Load ``last.pt`` into a session: weights, optimizer, RNG states, history."""
-    ckpt = load_checkpoint(s.run.last)
+def _restore(s: _Session, source: Path) -> None:
+    """Load ``last.pt`` (or an epoch checkpoint) into a session: weights, optimizer, RNG
+    states, history."""
+    ckpt = load_checkpoint(source)
     saved_world = int(ckpt.get("world", 1))
     if saved_world != s.ctx.world:
         raise ValueError(
@@ -580,7 +604,7 @@ def _restore(s: _Session) -> None:
     s.history = [r for r in s.run.read_metrics() if r["epoch"] <= s.start_epoch]
     if s.ctx.is_main:
         s.run.rewrite_metrics(s.history)
-    log.info("resuming %s at epoch %d", s.run.root, s.start_epoch)
+    log.info("resuming %s at epoch %d from %s", s.run.root, s.start_epoch, source.name)
 
 
 def _batches(s: _Session) -> Iterator[tuple[torch.Tensor, torch.Tensor | None, Any]]:
@@ -629,13 +653,8 @@ def _train_epoch(s: _Session, epoch: int, *, progress: bool) -> dict[str, Any]:
     )
     t0 = time.perf_counter()
     loss_sum, correct, seen = 0.0, 0, 0
-    bar = tqdm(
-        _batches(s),
-        total=steps,
-        desc=f"epoch {epoch + 1}/{cfg.epochs}",
-        disable=not progress,
-        leave=False,
-        dynamic_ncols=True,
+    bar = progress_bar(
+        _batches(s), total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", enabled=progress
     )
     lr = cfg.lr
     for i, (idx, extra_idx, order) in enumerate(bar):
@@ -667,9 +686,9 @@ def _train_epoch(s: _Session, epoch: int, *, progress: bool) -> dict[str, Any]:
             loss_scale=scale,
         )
         if not math.isfinite(stats.loss):
-            raise FloatingPointError(
-                f"training loss is {stats.loss} at epoch {epoch + 1}, "
-                f"step {i + 1}; lower --lr or --gamma"
+            raise DivergedError(
+                f"the training loss is {stats.loss} at epoch {epoch + 1}, step {i + 1}; "
+                f"{_last_saved(s)}; lower --lr (or --gamma)"
             )
         loss_sum += stats.loss * stats.n
         correct += stats.correct
@@ -690,9 +709,32 @@ def _train_epoch(s: _Session, epoch: int, *, progress: bool) -> dict[str, Any]:
     }
 
 
+class DivergedError(ValueError):
+    """Training produced non-finite losses or weights; nothing non-finite was saved."""
+
+
+def _last_saved(s: _Session) -> str:
+    """Where the last finite weights of a run are, for the message of a divergence."""
+    if s.run.last.exists():
+        epoch = s.history[-1]["epoch"] if s.history else s.start_epoch
+        return f"the last finite checkpoint is {s.run.last} (epoch {epoch})"
+    return "no checkpoint was saved"
+
+
 def _end_epoch(s: _Session, record: dict[str, Any]) -> None:
-    """Evaluate (when due), keep the record and write the epoch's checkpoints (rank 0)."""
+    """Evaluate (when due), keep the record and write the epoch's checkpoints (rank 0).
+
+    Raises:
+        DivergedError: the weights or BatchNorm statistics are no longer finite (nothing of
+            this epoch is saved, nor picked as best).
+    """
     cfg, ctx = s.cfg, s.ctx
+    bad = first_nonfinite(s.net.state_dict())
+    if bad is not None:
+        raise DivergedError(
+            f"after epoch {record['epoch']} {bad} holds NaN or infinity, so nothing of this "
+            f"epoch was saved; {_last_saved(s)}; lower --lr (or --gamma)"
+        )
     seconds = record.pop("seconds")
     t1 = time.perf_counter()
     if evaluated_at(record["epoch"], cfg):
@@ -733,13 +775,15 @@ def _save(
     )
     if improved and len(s.data.val):
         save_checkpoint(s.run.best, **common)
-    if cfg.save_every and epoch % cfg.save_every == 0:
-        save_checkpoint(s.run.epoch_ckpt(epoch), **common)
-    # last.pt is written last: once it exists, every file of this epoch is on disk.
+    # The state to continue from, in last.pt and in the epoch checkpoints (--resume-from).
     state = {"optimizer": s.optimizer.state_dict(), "best_val": s.best_val, **rng_state(s.gens)}
     if attack_states is not None:
         state["rng_attack_ranks"] = attack_states
-    save_checkpoint(s.run.last, **{**common, "extra": {**common["extra"], **state}})
+    full = {**common, "extra": {**common["extra"], **state}}
+    if cfg.save_every and epoch % cfg.save_every == 0:
+        save_checkpoint(s.run.epoch_ckpt(epoch), **full)
+    # last.pt is written last: once it exists, every file of this epoch is on disk.
+    save_checkpoint(s.run.last, **full)
 
 
 def _load_init(net: nn.Module, path: str, spec: ModelSpec | None) -> dict[str, Any]:

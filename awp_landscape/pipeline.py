@@ -32,7 +32,7 @@ from awp import distributed
 from awp.config import PGD10_EVAL, PGD20_EVAL, config_diff, from_dict, opt, to_dict
 from awp.data import DataConfig, load_data
 from awp.evaluate import EvalConfig
-from awp.io import atomic_write_text, read_json, sha256_file, write_json
+from awp.io import atomic_write_text, exclusive_output, read_json, sha256_file, write_json
 from awp.models import ModelConfig
 from awp.runs import RunFolder
 from awp.train import TrainConfig, train
@@ -262,8 +262,9 @@ def evaluate_runs(
             dest = out / "eval" / f"{label}_{which}.json"
             if not ckpt.exists() or _fresh(dest, ckpt):
                 continue
-            _, result = evaluate_checkpoint(inputs.load(ckpt), cfg, progress=progress)
-            write_json(dest, result)
+            with exclusive_output(dest):
+                _, result = evaluate_checkpoint(inputs.load(ckpt), cfg, progress=progress)
+                write_json(dest, result)
             log_accuracies(label, which, result)
 
 
@@ -473,10 +474,11 @@ def record_config(out: Path, name: str, cfg: DemoConfig | ReproduceConfig) -> No
 def run_configured(cfg: DemoConfig | ReproduceConfig, name: str, *, progress: bool) -> Path:
     """Record ``cfg`` in its folder, then run the whole pipeline; returns the report's path."""
     out = Path(cfg.out)
-    record_config(out, name, cfg)
-    t0 = time.perf_counter()
-    html = run_pipeline(
-        cfg.train_configs(), cfg.plan, out, device=cfg.device, progress=progress, log=say
-    )
+    with exclusive_output(out, folder_lock="demo"):
+        record_config(out, name, cfg)
+        t0 = time.perf_counter()
+        html = run_pipeline(
+            cfg.train_configs(), cfg.plan, out, device=cfg.device, progress=progress, log=say
+        )
     say(f"finished in {(time.perf_counter() - t0) / 60:.1f} min")
     return html

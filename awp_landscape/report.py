@@ -20,7 +20,7 @@ import numpy as np
 
 from analysis.outcome import Measurements, outcome
 from awp.config import method_of
-from awp.io import atomic_write_text, read_json
+from awp.io import atomic_write_text, exclusive_output, read_json
 from figures.curves import plot_gap_by_epoch, plot_landscape, plot_learning_curves
 from figures.flatness import plot_flatness_curve
 from figures.html import Document, FigureBlock, Section, Table, render_html, render_markdown
@@ -382,7 +382,7 @@ def _correlation_section(res: Results) -> Section:
     s.tables.append(
         Table(
             res.correlation.get("correlations", []),
-            columns=["group", "measure", "n", "statistic", "pvalue", "ci_low", "ci_high"],
+            columns=["group", "measure", "n", "statistic", "pvalue", "ci_low", "ci_high", "note"],
             caption="Correlations with bootstrap intervals",
         )
     )
@@ -431,9 +431,10 @@ def write_report(
     paths: Sequence[str | Path], out: str | Path, *, title: str | None = None
 ) -> tuple[Path, Path]:
     """Collect, build and write ``out`` (HTML) and the markdown summary beside it."""
-    res = collect(paths)
-    doc = build_document(res, **({"title": title} if title else {}))
     out = Path(out)
-    html_path = atomic_write_text(out, render_html(doc))
-    md_path = atomic_write_text(out.with_suffix(".md"), render_markdown(doc))
+    res = collect(paths)
+    with exclusive_output(out, cleans=[out, out.with_suffix(".md")]):
+        doc = build_document(res, **({"title": title} if title else {}))
+        html_path = atomic_write_text(out, render_html(doc))
+        md_path = atomic_write_text(out.with_suffix(".md"), render_markdown(doc))
     return html_path, md_path

@@ -23,7 +23,7 @@ from torch import nn
 
 from awp import distributed
 from awp.config import to_dict
-from awp.io import library_versions, remove_stale_temps
+from awp.io import library_versions
 from landscape import storage
 from landscape.config import SurfaceConfig
 from landscape.surface import EvalSet, make_directions, metric_names, surface_evaluator
@@ -164,8 +164,6 @@ def _prepare_files(job: Job, cfg: SurfaceConfig, inputs: JobInputs, *, resume: b
             raise storage.SurfaceFileError(
                 f"{dir_path} was made for another checkpoint; start a new run with another --out"
             )
-        for tmp in remove_stale_temps(job.out) + remove_stale_temps(dir_path):
-            log.info("removed %s left by an interrupted run", tmp)
         return
     if resume:
         log.info("%s does not exist yet: starting it", job.out)

@@ -84,7 +84,8 @@ def test_distributed_run_resumes_exactly(worker_runs):
     records = [json.loads(x) for x in (worker_runs / "cut" / "metrics.jsonl").open()]
     assert [r["epoch"] for r in records] == [1, 2, 3]
     files = sorted(p.name for p in (worker_runs / "cut").rglob("*") if p.is_file())
-    assert files == ["best.pt", "config.json", "last.pt", "metrics.jsonl"]  # no temp files
+    # no temp files; .run.lock is the lock the job held on its run folder
+    assert files == [".run.lock", "best.pt", "config.json", "last.pt", "metrics.jsonl"]
 
 
 @pytest.mark.distributed

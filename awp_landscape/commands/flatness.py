@@ -24,7 +24,7 @@ from awp import distributed
 from awp.checkpoint import load_checkpoint
 from awp.config import to_dict
 from awp.data import DataConfig
-from awp.io import sha256_file, write_csv, write_json
+from awp.io import exclusive_output, sha256_file, write_csv, write_json
 from awp.models import ModelConfig
 from awp.perturb import select_params
 from awp_landscape.commands.common import add_run_arguments, out_folder
@@ -216,7 +216,12 @@ def measure_flatness(
     """``awp flatness`` as a function: each checkpoint's result; ``flatness.json``/``.csv``
     (and the curve figure) in ``out`` hold every checkpoint measured there."""
     check_files(checkpoints)
-    with distributed.joined(device_name) as ctx:
+    claim = exclusive_output(
+        out,
+        folder_lock="flatness",
+        cleans=[out / "flatness", out / "flatness.json", out / "flatness.csv"],
+    )
+    with distributed.joined(device_name) as ctx, distributed.main_holds(ctx, claim):
         device = distributed.pick_device(device_name, ctx)
         inputs = Inputs(
             device, dataset=dataset, data_root=data_root, foreign=foreign, progress=progress
