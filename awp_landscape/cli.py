@@ -21,12 +21,13 @@ from awp_landscape.commands import (
     landscape,
     plot,
     report,
+    sweep,
     train,
 )
 from awp_landscape.console import CLIError
 
 # In the order `awp --help` lists them.
-COMMANDS = (train, evaluate, landscape, plot, hist, flatness, gap, correlate, report, demo)
+COMMANDS = (train, evaluate, landscape, plot, hist, flatness, gap, correlate, report, demo, sweep)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -253,10 +253,10 @@ def train_all(configs: Mapping[str, TrainConfig], *, progress: bool, log: Log) -
 
 
 def evaluate_runs(
-    runs: Mapping[str, RunFolder], plan: AnalysisPlan, out: Path, *, inputs: Inputs, progress: bool
+    runs: Mapping[str, RunFolder], out: Path, *, cfg: EvalConfig, inputs: Inputs, progress: bool
 ) -> None:
-    """PGD-20 and CW-20 test accuracy of every run's best and last checkpoint (eval/)."""
-    cfg = EvalConfig(attacks=("natural", "pgd20", "cw20"), n=plan.eval_n, cascade=False)
+    """The evaluation ``cfg`` of every run's best and last checkpoint, into ``out/eval``; a file
+    of the same checkpoint's bytes is kept."""
     for label, run in runs.items():
         for which, ckpt in (("best", run.best), ("last", run.last)):
             dest = out / "eval" / f"{label}_{which}.json"
@@ -313,7 +313,8 @@ class Pipeline:
 
     def evaluate(self) -> None:
         inputs = Inputs(distributed.pick_device(self.device), progress=self.progress)
-        evaluate_runs(self.runs, self.plan, self.out, inputs=inputs, progress=self.progress)
+        cfg = EvalConfig(attacks=("natural", "pgd20", "cw20"), n=self.plan.eval_n, cascade=False)
+        evaluate_runs(self.runs, self.out, cfg=cfg, inputs=inputs, progress=self.progress)
 
     def gap(self) -> None:
         cfg = GapConfig(
@@ -444,9 +445,10 @@ def run_pipeline(
     return html
 
 
-def record_config(out: Path, name: str, cfg: DemoConfig | ReproduceConfig) -> None:
+def record_config(out: Path, name: str, cfg: Any, *, growable: tuple[str, ...] = ()) -> None:
     """Record ``cfg`` in ``out/name``, refusing a folder that holds other settings (nothing on
-    disk is touched then)."""
+    disk is touched then); the fields in ``growable`` (seeds, gammas) may change: a rerun with
+    more of them adds runs beside the ones it reuses."""
     if distributed.env_world() > 1:
         raise ValueError(
             "demo/reproduce run their stages in one process; on several GPUs run the stages "
@@ -461,7 +463,7 @@ def record_config(out: Path, name: str, cfg: DemoConfig | ReproduceConfig) -> No
             saved = to_dict(from_dict(type(cfg), saved))
         except (ValueError, TypeError):
             pass  # compare as written; the diff names the problem
-        diffs = config_diff(saved, current, saved_as="in the folder")
+        diffs = config_diff(saved, current, ignore=growable, saved_as="in the folder")
         if diffs:
             raise ValueError(
                 f"{out} holds results made with other settings ({path}: {'; '.join(diffs[:4])}); "
