@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from awp.checkpoint import CheckpointError
 from awp.distributed import PeerError
 from awp_landscape.commands import (
+    certify,
     correlate,
     demo,
     evaluate,
@@ -24,7 +25,19 @@ from awp_landscape.commands import (
 from awp_landscape.console import CLIError
 
 # In the order `awp --help` lists them.
-COMMANDS = (train, evaluate, landscape, plot, hist, flatness, gap, correlate, report, demo)
+COMMANDS = (
+    train,
+    evaluate,
+    landscape,
+    plot,
+    hist,
+    flatness,
+    gap,
+    correlate,
+    certify,
+    report,
+    demo,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
