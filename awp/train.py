@@ -290,7 +290,9 @@ class TrainConfig:
     def describe(self) -> str:
         """E.g. ``TRADES-AWP (gamma 0.005, warm-up 10, beta 6, A=1 K1=10 K2=1)``."""
         r = self.resolved()
-        label = method_of({"method": self.method, "awp": self.awp})
+        label = method_of(
+            {"method": self.method, "awp": self.awp, "eps": self.eps, "noise_sd": self.noise_sd}
+        )
         parts = []
         if self.awp:
             parts += [f"gamma {r.gamma:g}", f"warm-up {r.awp_warmup}"]

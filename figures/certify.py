@@ -17,17 +17,24 @@ from figures.style import color_for, new_figure
 from figures.weights import as_rows
 
 
-def plot_certified_accuracy(examples: Sequence[Any], *, by: str = "model") -> Figure:
+def plot_certified_accuracy(
+    examples: Sequence[Any],
+    *,
+    by: str = "model",
+    summary: Sequence[Any] = (),
+) -> Figure:
     """Certified accuracy against L2 radius, one panel per sigma, one curve per ``by`` group.
 
     Args:
         examples: per-example rows with ``sigma``, ``radius``, ``correct``, ``prediction`` and
             the ``by`` column (:func:`analysis.certify_units.example_rows` plus labels).
         by: the column naming a curve (``model``: AT, AT-AWP...; ``label`` is the true class).
+        summary: the per-sigma rows (:func:`analysis.certify_units.summary_rows`); their
+            ``max_radius``, the largest radius n samples can certify, is drawn dotted.
 
     Returns:
         The figure (Cohen et al. 2019, Figure 6 style: the fraction of test images certified
-        correct with a radius of at least r).
+        correct with a radius of at least r; the dotted line is the largest certifiable radius).
     """
     rows = as_rows(examples)
     if not rows:
@@ -37,12 +44,15 @@ def plot_certified_accuracy(examples: Sequence[Any], *, by: str = "model") -> Fi
     fig, axes = new_figure(1, len(sigmas), width=3.0, height=2.6, sharey=True, squeeze=False)
     top = max([float(r["radius"]) for r in rows] + [s * 0.5 for s in sigmas])
     grid = np.linspace(0.0, top * 1.05, 400)
+    limits = {float(r["sigma"]): float(r["max_radius"]) for r in as_rows(summary)}
     for ax, sigma in zip(axes[0], sigmas):
         for i, g in enumerate(groups):
             mine = [r for r in rows if float(r["sigma"]) == sigma and str(r.get(by, "")) == g]
             if mine:
                 acc = certified_accuracy(mine, grid)
                 ax.plot(grid, acc, color=color_for(g, i), label=g or None, linewidth=1.3)
+        if sigma in limits:
+            ax.axvline(limits[sigma], color="0.5", linewidth=0.8, linestyle=":")
         ax.set_title(rf"$\sigma$ = {sigma:g}")
         ax.set_xlabel(r"L2 radius (pixel units)")
         ax.set_ylim(0.0, 1.0)

@@ -289,3 +289,27 @@ def test_method_labels_name_gaussian_augmentation():
         "AT-AWP+Gaussian"
     )
     assert method_of({"method": "at", "noise_sd": 0.0, "eps": 0.0}) == "AT"  # as before
+
+
+def test_outcome_statements_follow_the_paired_numbers():
+    from analysis.outcome import certification_statements
+
+    def tables(awp_radius: float, awp_correct: int) -> dict:
+        ex, noise = [], []
+        for model, radius, right in (("AT", 0.2, 2), ("AT-AWP", awp_radius, awp_correct)):
+            for i in range(8):
+                r = radius + 0.01 * i  # the same images: a paired difference of exactly 0.05
+                ex.append({"model": model, "sigma": 0.25, "index": i, "radius": r,
+                           "correct": True, "label": 1})  # fmt: skip
+                noise.append({"model": model, "index": i, "levels": [0.0, 0.25], "draws": 4,
+                              "correct": [4, min(4, right + i % 2)]})  # fmt: skip
+        summary = [{"label": "AT", "n0": 10, "n": 100, "alpha": 0.001, "examples": 8}]
+        return {"examples": ex, "noise_examples": noise, "summary": summary}
+
+    said = " ".join(certification_statements(tables(0.25, 3)))
+    assert "sigma 0.25: AT 0.235, AT-AWP 0.285, difference +0.050" in said
+    assert "AT-AWP larger" in said and "s = 0.25 (AT-AWP higher)" in said
+    said = " ".join(certification_statements(tables(0.15, 1)))
+    assert "AT-AWP SMALLER" in said and "s = 0.25 (AT-AWP LOWER)" in said
+    said = " ".join(certification_statements(tables(0.2, 2)))  # identical: nothing resolved
+    assert "not resolved" in said and "Resolved (interval excludes 0) at no level" in said

@@ -124,6 +124,16 @@ def certify_checkpoint(
             if "noise" in records
             else []
         ),
+        # per image: correct draws at each level (paired comparisons of checkpoints use them)
+        "noise_examples": [
+            {
+                **{k: r[k] for k in ("index", "label", "correct")},
+                "model": label,
+                "levels": list(cfg.noise_levels),
+                "draws": cfg.noise_draws,
+            }
+            for r in records.get("noise", {}).values()
+        ],
     }
     if ctx.is_main:
         write_json(folder / "result.json", result)
@@ -131,13 +141,18 @@ def certify_checkpoint(
 
 
 def collect_results(out: Path) -> dict[str, list[dict[str, Any]]]:
-    """Summary, example and noise rows of every checkpoint's ``result.json`` under
-    ``out/certify``."""
-    tables: dict[str, list[dict[str, Any]]] = {"summary": [], "examples": [], "noise_accuracy": []}
+    """Summary, example and noise rows (per level and per image) of every checkpoint's
+    ``result.json`` under ``out/certify``."""
+    tables: dict[str, list[dict[str, Any]]] = {
+        "summary": [],
+        "examples": [],
+        "noise_accuracy": [],
+        "noise_examples": [],
+    }
     for path in sorted((out / "certify").glob("*/result.json")):
         result = json.loads(path.read_text())
         for name, rows in tables.items():
-            rows += result[name]
+            rows += result.get(name, [])
     return tables
 
 
@@ -190,7 +205,8 @@ def _write_tables(out: Path, *, figures: bool) -> None:
         from figures.style import save_figure
 
         written += save_figure(
-            plot_certified_accuracy(tables["examples"], by="model"), out / "certified_accuracy"
+            plot_certified_accuracy(tables["examples"], summary=tables["summary"]),
+            out / "certified_accuracy",
         )
         if tables["noise_accuracy"]:
             written += save_figure(
