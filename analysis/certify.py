@@ -11,12 +11,14 @@ rejects a tie at level alpha, else abstains.
 samples are cut into chunks of :data:`NOISE_CHUNK`, and chunk c is drawn by a CPU
 ``torch.Generator`` seeded with ``unit_seed(seed, c)``, then moved to the model's device. So
 sample j is the same whatever the batch size, the device, the rank or what ran before, and the
-first m samples of a run with n > m are the m samples of a run with n = m. Drawing on the CPU
-costs about 11 us per CIFAR-10 sample on one thread of this project's CPU (270 M normals/s,
-``benchmarks/certify.py`` prints it), about 1% of a quarter-width PreActResNet-18's CPU forward
-pass; chunks are independent, so ``workers`` threads can draw them ahead of a fast device.
-A counter-based generator written with integer tensor ops would run on the device, but its
-Box-Muller step (log, cos) is not bit-identical between CPU and CUDA; the CPU generator is.
+first m samples of a run with n > m are the m samples of a run with n = m. One thread of this
+project's CPU draws about 120,000 CIFAR-10 samples/s (365 M normals/s; ``benchmarks/certify.py``
+prints it): 1% of the time of a quarter-width PreActResNet-18's CPU forward passes, 0.1% of a
+full-width one's. Chunks are independent, so ``workers`` threads draw them ahead of a fast
+device (2 threads: 1.8x here); a GPU would have to classify more than that many images per
+second for the draw to hold it back (not measured: no GPU was available). A counter-based
+generator made of integer tensor ops would run on the device, but its Box-Muller step (log,
+cos) is not bit-identical between CPU and CUDA; the CPU generator's draws are.
 
 Reference: Cohen, Rosenfeld, Kolter, "Certified Adversarial Robustness via Randomized
 Smoothing", ICML 2019 (Algorithm PREDICT and CERTIFY; code ``core.py``).

@@ -63,7 +63,7 @@ class CertifyConfig:
     subset_seed: int = opt(0, "seed choosing the subset")
     seed: int = opt(0, "seed of every example's noise (the same for every checkpoint)")
     batch_size: int = opt(1000, "noisy copies per forward pass (does not change any result)")
-    workers: int = opt(
+    noise_threads: int = opt(
         -1, "CPU threads drawing noise ahead of the device (-1: none on a CPU, 4 on a GPU)"
     )
     predict: bool = opt(False, "also run PREDICT (n fresh samples per example and sigma)")
@@ -101,15 +101,17 @@ class CertifyConfig:
                 f"n={self.n} can never certify at alpha={self.alpha}: with all {self.n} samples "
                 f"on one class pA_lower is {self.alpha ** (1 / self.n):.3f} < 0.5; use n >= {need}"
             )
+        if self.noise_threads < -1:
+            raise ValueError(f"noise_threads={self.noise_threads}: give -1 (auto), 0 or more")
         if any(r < 0 for r in self.radii):
             raise ValueError(f"radii={self.radii} must be >= 0")
         if self.noise_draws and not self.noise_levels:
             raise ValueError("noise_levels is empty: give levels or --noise-draws 0")
 
-    def noise_workers(self, device: torch.device) -> int:
-        """Threads drawing noise: ``workers``, or for -1 none on a CPU and 4 on a GPU."""
-        if self.workers >= 0:
-            return self.workers
+    def threads(self, device: torch.device) -> int:
+        """Threads drawing noise: ``noise_threads``, or for -1 none on a CPU and 4 on a GPU."""
+        if self.noise_threads >= 0:
+            return self.noise_threads
         return 0 if device.type == "cpu" else 4
 
     def stores(self) -> dict[str, dict[str, Any]]:
@@ -151,7 +153,7 @@ def compute_unit(
     f = _fields(key)
     index = int(f["i"])
     t0 = time.perf_counter()
-    common = dict(batch_size=cfg.batch_size, workers=cfg.noise_workers(x.device))
+    common = dict(batch_size=cfg.batch_size, workers=cfg.threads(x.device))
     record: Record = {"index": index, "label": int(y)}
     if key.startswith("noise|"):
         seed = unit_seed(cfg.seed, "noise", index)
@@ -224,6 +226,14 @@ def certified_accuracy(rows: Sequence[Mapping[str, Any]], radii: Sequence[float]
         return [float("nan")] * len(radii)
     good = [r["radius"] for r in rows if r["correct"] and r["prediction"] != ABSTAIN]
     return [sum(g >= t for g in good) / len(rows) for t in radii]
+
+
+def accuracy_curve(rows: Sequence[Mapping[str, Any]]) -> list[tuple[float, float]]:
+    """The whole certified-accuracy curve of ``rows`` (one sigma, one model) as its steps:
+    (r, accuracy at r) at r = 0 and at every certified radius; the curve is constant between
+    them and drops just after each r."""
+    radii = sorted({0.0, *(float(r["radius"]) for r in rows if r["correct"])})
+    return list(zip(radii, certified_accuracy(rows, radii)))
 
 
 def summary_rows(

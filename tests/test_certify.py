@@ -19,7 +19,12 @@ from analysis.certify import (
     predict_from_counts,
     sample_counts,
 )
-from analysis.certify_units import CertifyConfig, certified_accuracy, summary_rows
+from analysis.certify_units import (
+    CertifyConfig,
+    accuracy_curve,
+    certified_accuracy,
+    summary_rows,
+)
 from analysis.stats import binomial_pvalue, clopper_pearson_lower
 from tests.helpers import tiny_model
 
@@ -207,6 +212,7 @@ def test_certified_accuracy_and_summary_by_hand():
          "label": 1, "counts": [50, 50], "n": 100},
     ]  # fmt: skip
     assert certified_accuracy(rows, [0.0, 0.1, 0.2, 0.3, 0.31]) == [0.5, 0.5, 0.25, 0.25, 0.0]
+    assert accuracy_curve(rows) == [(0.0, 0.5), (0.1, 0.5), (0.3, 0.25)]
     cfg = CertifyConfig(sigmas=(0.25,), n=100, radii=(0.0, 0.2))
     (s,) = summary_rows(rows, cfg)
     assert s["accuracy"] == 0.5 and s["abstained"] == 0.25

@@ -17,6 +17,7 @@ import torch
 
 from analysis.certify_units import (
     CertifyConfig,
+    accuracy_curve,
     compute_unit,
     example_rows,
     noise_rows,
@@ -53,9 +54,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "n estimation samples per example, a one-sided Clopper-Pearson bound on pA, radius "
         "sigma * Phi^-1(pA_lower) or abstention; and the base classifier's accuracy under "
         "x + N(0, s^2) over a range of s. Writes certify.json, certify.csv (per sigma), "
-        "certify_examples.csv, noise_accuracy.csv and figures. Finished examples are kept in "
-        "<out>/certify/ and skipped when run again; under torchrun examples are split across "
-        "ranks.",
+        "certify_examples.csv, certify_curves.csv, noise_accuracy.csv and figures. Finished "
+        "examples are kept in <out>/certify/ and skipped when run again; under torchrun "
+        "examples are split across ranks.",
     )
     p.add_argument("checkpoints", nargs="+", type=Path, help="checkpoints (.pt)")
     p.add_argument("--labels", nargs="+", help="names in tables and figures")
@@ -140,6 +141,19 @@ def certify_checkpoint(
     return result
 
 
+def curve_rows(examples: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Certified accuracy against radius, every step, per model and sigma (for plotting
+    elsewhere)."""
+    groups = dict.fromkeys((r["model"], r["sigma"]) for r in examples)
+    return [
+        {"model": model, "sigma": sigma, "radius": radius, "certified_accuracy": acc}
+        for model, sigma in groups
+        for radius, acc in accuracy_curve(
+            [r for r in examples if r["model"] == model and r["sigma"] == sigma]
+        )
+    ]
+
+
 def collect_results(out: Path) -> dict[str, list[dict[str, Any]]]:
     """Summary, example and noise rows (per level and per image) of every checkpoint's
     ``result.json`` under ``out/certify``."""
@@ -197,6 +211,7 @@ def _write_tables(out: Path, *, figures: bool) -> None:
     written = [write_json(out / "certify.json", tables)]
     written.append(write_csv(out / "certify.csv", tables["summary"]))
     written.append(write_csv(out / "certify_examples.csv", tables["examples"]))
+    written.append(write_csv(out / "certify_curves.csv", curve_rows(tables["examples"])))
     if tables["noise_accuracy"]:
         written.append(write_csv(out / "noise_accuracy.csv", tables["noise_accuracy"]))
     if figures and tables["examples"]:
