@@ -316,7 +316,7 @@ class NoiseAccuracy:
 
     level: float
     accuracy: float
-    low: float  # t interval over examples (each example's fraction of correct draws)
+    low: float  # t interval over examples (of each one's fraction right), clipped to [0, 1]
     high: float
     n: int  # examples
     draws: int
@@ -341,6 +341,7 @@ def noise_accuracy_rows(
     for j, s in enumerate(levels):
         fractions = [c[j] / draws for c in correct]
         low, high = t_interval(fractions, confidence)
+        low, high = max(low, 0.0), min(high, 1.0)  # an accuracy: NaN (one example) stays NaN
         mean = sum(fractions) / len(fractions) if fractions else float("nan")
         rows.append(NoiseAccuracy(float(s), mean, low, high, len(fractions), draws))
     return rows
