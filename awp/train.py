@@ -153,6 +153,12 @@ class TrainConfig:
     )
     save_every: int = opt(0, "also keep a checkpoint every k epochs (0 = only last and best)")
     augment: bool = opt(True, "random crop (4 px reflect pad) and flip of training images")
+    noise_sd: float = opt(
+        0.0,
+        "Gaussian data augmentation: N(0, noise_sd^2) noise (pixel units) added to the inputs the "
+        "objective sees, after the attack (with --eps 0: the base classifier of randomized "
+        "smoothing, Cohen et al. 2019); 0 = none",
+    )
     seed: int = opt(0, "seed of weights, shuffling, augmentation and attacks")
     device: str = opt("auto", "auto | cpu | cuda | cuda:N")
 
@@ -192,6 +198,11 @@ class TrainConfig:
             raise ValueError(
                 f"batch_size={self.batch_size} with extra_fraction={self.extra_fraction} leaves no "
                 "training images in a batch; raise --batch-size or lower --extra-fraction"
+            )
+        if not 0 <= self.noise_sd <= 4:
+            raise ValueError(
+                f"noise_sd={self.noise_sd} must be in [0, 4]: a standard deviation in [0,1] pixel "
+                "units (Cohen et al. use 0.12, 0.25, 0.5, 1.0; 25 pixel levels are 25/255)"
             )
         if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1:
             raise ValueError("need lr > 0, weight_decay >= 0 and 0 <= momentum < 1")
@@ -285,12 +296,16 @@ class TrainConfig:
     def describe(self) -> str:
         """E.g. ``TRADES-AWP (gamma 0.005, warm-up 10, beta 6, A=1 K1=10 K2=1)``."""
         r = self.resolved()
-        label = method_of({"method": self.method, "awp": self.awp})
+        label = method_of(
+            {"method": self.method, "awp": self.awp, "eps": self.eps, "noise_sd": self.noise_sd}
+        )
         parts = []
         if self.awp:
             parts += [f"gamma {r.gamma:g}", f"warm-up {r.awp_warmup}"]
         if r.beta is not None:
             parts.append(f"beta {r.beta:g}")
+        if self.noise_sd:
+            parts.append(f"noise sd {self.noise_sd:g}")
         if self.awp:
             parts.append(f"A={self.awp_alternations} K1={self.attack_steps} K2={self.awp_steps}")
         return label + (f" ({', '.join(parts)})" if parts else "")
@@ -335,6 +350,7 @@ def train_step(
     grad_hook: Callable[[list[torch.Tensor]], None] | None = None,
     attack_loss: AttackLossFactory | None = None,
     loss_scale: float = 1.0,
+    noise: torch.Tensor | None = None,
 ) -> StepStats:
     """One minibatch step of AT, TRADES or MART, with or without AWP (general A/K1/K2 schedule).
 
@@ -344,6 +360,9 @@ def train_step(
        statistics frozen. For A > 1, A - 1 more times: regenerate x_adv on w + v, then continue
        the projected ascent of v from there (:func:`awp.perturb.weight_ascent` from v0).
     3. Add v, objective at w + v, backward, optimizer step, subtract the same v.
+
+    With ``noise`` (Gaussian data augmentation) the objective, and so the AWP ascent, sees
+    x + noise and x_adv + noise; the attack is crafted at the clean x, as without noise.
 
     The attack and the AWP ascent run on the plain module (inside a DDP wrapper when ``model``
     is one): they take gradients with ``torch.autograd.grad``, which DDP's reducer never sees,
@@ -364,6 +383,7 @@ def train_step(
         loss_scale: multiplies the objective in the backward pass and the AWP ascent; a rank of
             a distributed run whose slice is not 1/N of the global batch passes
             N * slice / global so that averaged gradients are those of the global mean.
+        noise: (N, C, H, W) added to x and x_adv where the objective reads them, or None.
 
     Returns:
         :class:`StepStats` of the objective's forward pass (the loss unscaled).
@@ -375,6 +395,9 @@ def train_step(
         loss: LossFn | None = attack_loss(net, x, attack.mode) if attack_loss else None
         return run_attack(net, x, y, attack, generator=generator, loss=loss)
 
+    def noisy(t: torch.Tensor) -> torch.Tensor:
+        return t if noise is None else t + noise
+
     x_adv = craft()
     model.train()
     if awp is not None and awp.gamma > 0:
@@ -382,7 +405,7 @@ def train_step(
 
         def awp_objective() -> torch.Tensor:
             # Reads x_adv when called, so alternations ascend on the regenerated examples.
-            loss = objective(net, x, x_adv, y)[0]
+            loss = objective(net, noisy(x), noisy(x_adv), y)[0]
             return loss * loss_scale if loss_scale != 1.0 else loss
 
         ascent = dict(gamma=awp.gamma, steps=awp.steps, model=net, grad_hook=grad_hook)
@@ -392,10 +415,10 @@ def train_step(
                 x_adv = craft()
             v = weight_ascent(awp_objective, params, v0=v, **ascent)
         with perturbed(params, v, restore="subtract"):
-            loss, logits = objective(model, x, x_adv, y)
+            loss, logits = objective(model, noisy(x), noisy(x_adv), y)
             _minimize(optimizer, loss, loss_scale)
     else:
-        loss, logits = objective(model, x, x_adv, y)
+        loss, logits = objective(model, noisy(x), noisy(x_adv), y)
         _minimize(optimizer, loss, loss_scale)
     return StepStats(float(loss.detach()), int((logits.detach().argmax(1) == y).sum()), len(y))
 
@@ -554,6 +577,8 @@ def _open(
         gens={
             "data": torch.Generator().manual_seed(cfg.seed + 1),  # the same on every rank
             "attack": torch.Generator().manual_seed(cfg.seed + 2 + RANK_SEED_STRIDE * ctx.rank),
+            # Gaussian augmentation only: without it nothing is drawn and last.pt is unchanged.
+            **({"noise": torch.Generator().manual_seed(cfg.seed + 6)} if cfg.noise_sd else {}),
         },
         extra=extra,
         inputs=inputs,
@@ -638,6 +663,17 @@ def _global_batch(
     return x, y
 
 
+def _batch_noise(s: _Session, x: torch.Tensor) -> torch.Tensor | None:
+    """noise_sd * N(0, I) for the global batch (every rank draws the same), or None without
+    Gaussian augmentation. Drawn on the CPU generator, so a seed means the same noise on any
+    device, and saved with the run's other generators, so a resumed run draws what an
+    uninterrupted one would."""
+    if not s.cfg.noise_sd:
+        return None
+    z = torch.randn(x.shape, generator=s.gens["noise"], dtype=x.dtype)
+    return z.to(x.device).mul_(s.cfg.noise_sd)
+
+
 def _train_epoch(s: _Session, epoch: int, *, progress: bool) -> dict[str, Any]:
     """Train one epoch (the optimizer's view: loss and accuracy at w + v) and return its record
     before the evaluation."""
@@ -665,10 +701,12 @@ def _train_epoch(s: _Session, epoch: int, *, progress: bool) -> dict[str, Any]:
         for group in s.optimizer.param_groups:
             group["lr"] = lr
         x, y = _global_batch(s, idx, extra_idx, order)
+        noise = _batch_noise(s, x)
         scale = 1.0
         if ctx.active:
             part = distributed.rank_slice(total, ctx.rank, ctx.world)
             x, y = x[part], y[part]
+            noise = noise[part] if noise is not None else None
             scale = ctx.world * len(y) / total
             distributed.broadcast_buffers_(s.net)  # rank 0's BatchNorm statistics for the attack
         stats = train_step(
@@ -684,6 +722,7 @@ def _train_epoch(s: _Session, epoch: int, *, progress: bool) -> dict[str, Any]:
             grad_hook=grad_hook,
             attack_loss=attack_loss,
             loss_scale=scale,
+            noise=noise,
         )
         if not math.isfinite(stats.loss):
             raise DivergedError(

@@ -12,6 +12,7 @@ from awp.checkpoint import CheckpointError
 from awp.distributed import PeerError
 from awp.io import OutputBusy
 from awp_landscape.commands import (
+    certify,
     correlate,
     demo,
     evaluate,
@@ -27,7 +28,20 @@ from awp_landscape.commands import (
 from awp_landscape.console import CLIError
 
 # In the order `awp --help` lists them.
-COMMANDS = (train, evaluate, landscape, plot, hist, flatness, gap, correlate, report, demo, sweep)
+COMMANDS = (
+    train,
+    evaluate,
+    landscape,
+    plot,
+    hist,
+    flatness,
+    gap,
+    correlate,
+    certify,
+    report,
+    demo,
+    sweep,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from analysis.certify_units import CertifyConfig
 from analysis.flatness import FlatnessConfig
 from analysis.gap import GapConfig
 from analysis.worst_case import WorstCaseConfig
@@ -36,6 +37,7 @@ from awp.io import atomic_write_text, exclusive_output, read_json, sha256_file, 
 from awp.models import ModelConfig
 from awp.runs import RunFolder
 from awp.train import TrainConfig, train
+from awp_landscape.commands.certify import measure_certify
 from awp_landscape.commands.correlate import correlate_tables
 from awp_landscape.commands.evaluate import evaluate_checkpoint
 from awp_landscape.commands.flatness import measure_flatness
@@ -67,6 +69,14 @@ class AnalysisPlan:
     correlate_samples: int = opt(2, "noise draws per checkpoint for flatness vs gap")
     worst_gamma: float = opt(0.01, "radius of the worst-case flatness")
     worst_steps: int = opt(5, "ascent steps of the worst-case flatness")
+    certify_n: int = opt(40, "test images certified by randomized smoothing (0 = all)")
+    certify_sigmas: tuple[float, ...] = opt((0.12, 0.25), "sigmas of the smoothed classifiers")
+    certify_n0: int = opt(10, "CERTIFY's selection samples per image (the paper: 100)")
+    certify_samples: int = opt(100, "CERTIFY's estimation samples n per image (the paper: 100,000)")
+    certify_noise_levels: tuple[float, ...] = opt(
+        (0.0, 0.06, 0.12, 0.25, 0.5), "noise levels s of the base classifier's accuracy curve"
+    )
+    certify_noise_draws: int = opt(4, "noisy copies per image and level of that curve")
 
 
 def _migrate_flat_model(data: dict[str, Any]) -> dict[str, Any]:
@@ -192,6 +202,12 @@ class ReproduceConfig:
             flatness_n=1000,
             flatness_samples=10,
             correlate_samples=5,
+            certify_n=500,  # Cohen et al.'s protocol: 500 images, n0 100, n 100,000, 4 sigmas
+            certify_sigmas=(0.12, 0.25, 0.5, 1.0),
+            certify_n0=100,
+            certify_samples=100_000,
+            certify_noise_levels=(0.0, 0.06, 0.12, 0.18, 0.25, 0.37, 0.5, 0.75, 1.0),
+            certify_noise_draws=10,
         ),
         "analysis sizes",
     )
@@ -396,6 +412,25 @@ class Pipeline:
             out=self.analysis,
         )
 
+    def certify(self) -> None:
+        p = self.plan
+        cfg = CertifyConfig(
+            sigmas=p.certify_sigmas,
+            n0=p.certify_n0,
+            n=p.certify_samples,
+            n_test=p.certify_n,
+            noise_levels=p.certify_noise_levels,
+            noise_draws=p.certify_noise_draws,
+        )
+        measure_certify(
+            self.last,
+            cfg,
+            out=self.analysis,
+            labels=self.labels,
+            device_name=self.device,
+            progress=self.progress,
+        )
+
     def stages(self) -> list[tuple[str, Callable[[], None]]]:
         """The analyses in order, each with its heading."""
         return [
@@ -406,6 +441,7 @@ class Pipeline:
             ("expected and worst-case flatness, PAC-Bayes terms", self.flatness),
             ("flatness of every checkpoint", self.flatness_epochs),
             ("flatness versus gap", self.correlate),
+            ("randomized smoothing: certified radius, accuracy under noise", self.certify),
         ]
 
 

@@ -56,6 +56,12 @@ TINY = [
     "2",
     "--worst-steps",
     "2",
+    "--certify-n",
+    "4",
+    "--certify-samples",
+    "20",
+    "--certify-noise-draws",
+    "2",
     "--no-progress",
     "--device",
     "cpu",
@@ -85,6 +91,7 @@ def test_demo_writes_every_stage_and_the_report(demo):
         "analysis/flatness_final/flatness.json",
         "analysis/flatness_epochs/flatness.json",
         "analysis/correlation.json",
+        "analysis/certify.json",
         "report.html",
         "report.md",
     ):
@@ -98,6 +105,8 @@ def test_demo_writes_every_stage_and_the_report(demo):
         "Weight histograms",
         "Flatness and the PAC-Bayes bound",
         "Flatness versus the robust gap",
+        "Certified robustness (randomized smoothing)",
+        "Accuracy under Gaussian input noise",
     ):
         assert title in html
     assert "http://" not in html and "https://" not in html  # nothing fetched to view it
@@ -219,6 +228,12 @@ def test_reproduce_one_epoch_tiny_run(tmp_path):
                 "--correlate-samples",
                 "1",
                 "--worst-steps",
+                "1",
+                "--certify-n",
+                "2",
+                "--certify-samples",
+                "20",
+                "--certify-noise-draws",
                 "1",
                 "--no-progress",
                 "--device",
