@@ -78,6 +78,11 @@ class HessianConfig:
     )
     top_k: int = opt(5, "top eigenvalues by Lanczos (0 = none)")
     eig_tol: float = opt(1e-4, "relative accuracy of the eigenvalues (ARPACK's tol)")
+    lanczos_vectors: int = opt(
+        0,
+        "Lanczos vectors ARPACK keeps between restarts (ncv; 0 = scipy's max(2k+1, 20)); "
+        "fewer start cheaper (e.g. 8 for k <= 2)",
+    )
     trace: bool = opt(False, "Hutchinson trace, and the trace of every layer's diagonal block")
     probes_min: int = opt(10, "Hutchinson probes before the stopping rule is checked (a block)")
     probes_max: int = opt(100, "most Hutchinson probes")
@@ -106,6 +111,11 @@ class HessianConfig:
             raise ValueError(
                 f"need n_examples >= 0 and batch_size >= 1, got {self.n_examples}, "
                 f"{self.batch_size}"
+            )
+        if self.lanczos_vectors and self.lanczos_vectors <= max(self.top_k, 1) + 1:
+            raise ValueError(
+                f"lanczos_vectors={self.lanczos_vectors} must exceed top_k + 1 "
+                f"({self.top_k + 1}); or 0 for scipy's default"
             )
         if self.top_k < 0 or not 0 <= self.eig_tol < 1:
             raise ValueError(
@@ -194,8 +204,8 @@ class HessianProblem:
 # ----------------------------------------------------------------------------- units
 
 
-def eigs_key(k: int, tol: float) -> str:
-    return f"eigs|k={k}|tol={float(tol)!r}"
+def eigs_key(k: int, tol: float, ncv: int = 0) -> str:
+    return f"eigs|k={k}|tol={float(tol)!r}|ncv={ncv}"
 
 
 def trace_key(i: int) -> str:
@@ -206,19 +216,19 @@ def slq_key(steps: int, r: int) -> str:
     return f"slq|steps={steps}|r={r}"
 
 
-def layer_key(name: str, tol: float) -> str:
-    return f"layer|name={name}|tol={float(tol)!r}"
+def layer_key(name: str, tol: float, ncv: int = 0) -> str:
+    return f"layer|name={name}|tol={float(tol)!r}|ncv={ncv}"
 
 
 def plan_keys(cfg: HessianConfig, layers: Sequence[str]) -> list[str]:
     """The units of a run, but for the trace probes (added by the stopping rule)."""
     keys = ["base"]
     if cfg.top_k:
-        keys.append(eigs_key(cfg.top_k, cfg.eig_tol))
+        keys.append(eigs_key(cfg.top_k, cfg.eig_tol, cfg.lanczos_vectors))
     if cfg.density:
         keys += [slq_key(cfg.slq_steps, r) for r in range(cfg.slq_runs)]
     if cfg.per_layer:
-        keys += [layer_key(n, cfg.eig_tol) for n in layers]
+        keys += [layer_key(n, cfg.eig_tol, cfg.lanczos_vectors) for n in layers]
     return keys
 
 
@@ -233,7 +243,7 @@ def compute_unit(problem: HessianProblem, key: str) -> Record:
     if kind == "base":
         return base_unit(problem)
     if kind == "eigs":
-        return eigs_unit(problem, k=int(f["k"]), tol=float(f["tol"]))
+        return eigs_unit(problem, k=int(f["k"]), tol=float(f["tol"]), ncv=int(f["ncv"]))
     if kind == "trace":
         return trace_unit(problem, int(f["i"]))
     if kind == "slq":
@@ -249,7 +259,7 @@ def compute_unit(problem: HessianProblem, key: str) -> Record:
     if kind == "layer":
         op = problem.operator([f["name"]])
         seed = unit_seed(problem.cfg.seed, "layer", f["name"])
-        pairs = top_eigenpairs(op, 1, tol=float(f["tol"]), seed=seed)
+        pairs = top_eigenpairs(op, 1, tol=float(f["tol"]), seed=seed, ncv=_ncv(f["ncv"], op.size))
         return {"value": float(pairs.values[0]), "hvps": pairs.hvps, "converged": pairs.converged}
     raise ValueError(f"unknown unit key {key!r}")
 
@@ -268,11 +278,17 @@ def base_unit(problem: HessianProblem) -> Record:
     }
 
 
-def eigs_unit(problem: HessianProblem, *, k: int, tol: float) -> Record:
+def _ncv(ncv: str | int, size: int) -> int | None:
+    """ARPACK's ncv from a key (0 = scipy's default), at most the operator's size."""
+    return min(int(ncv), size) if int(ncv) else None
+
+
+def eigs_unit(problem: HessianProblem, *, k: int, tol: float, ncv: int = 0) -> Record:
     """Top-k eigenpairs by Lanczos; each vector's residual ||H v - lambda v|| / |lambda| (one
     more product each) and its mass per layer (sum of v_l^2, which sums to 1)."""
     op = problem.operator()
-    pairs = top_eigenpairs(op, k, tol=tol, seed=unit_seed(problem.cfg.seed, "eigs"))
+    seed = unit_seed(problem.cfg.seed, "eigs")
+    pairs = top_eigenpairs(op, k, tol=tol, seed=seed, ncv=_ncv(ncv, op.size))
     residuals, mass = [], []
     for j in range(k):
         v = torch.from_numpy(pairs.vectors[:, j])
@@ -363,7 +379,7 @@ def summarize(
     """A checkpoint's result: the table row, the eigenvalues, trace, layers and SLQ runs."""
     base = records["base"]
     names = [n for n, _ in base["layers"]]
-    eigs = records.get(eigs_key(cfg.top_k, cfg.eig_tol)) if cfg.top_k else None
+    eigs = records.get(eigs_key(cfg.top_k, cfg.eig_tol, cfg.lanczos_vectors)) if cfg.top_k else None
     probes = trace_probes(records) if cfg.trace else []
     trace = summarize_trace([r["quad"] for r in probes], cfg.confidence) if probes else None
     slq = [records[slq_key(cfg.slq_steps, r)] for r in range(cfg.slq_runs)] if cfg.density else []
@@ -371,7 +387,11 @@ def summarize(
     layers = []
     for d, (name, numel) in enumerate(base["layers"]):
         est = summarize_trace([r["layers"][d] for r in probes], cfg.confidence) if probes else None
-        block = records.get(layer_key(name, cfg.eig_tol)) if cfg.per_layer else None
+        block = (
+            records.get(layer_key(name, cfg.eig_tol, cfg.lanczos_vectors))
+            if cfg.per_layer
+            else None
+        )
         layers.append(
             LayerCurvature(
                 layer=name,
@@ -386,7 +406,8 @@ def summarize(
         )
     hvps = (eigs["hvps"] + eigs["check_hvps"] if eigs else 0) + len(probes)
     hvps += sum(r["hvps"] for r in slq)
-    hvps += sum(records[layer_key(n, cfg.eig_tol)]["hvps"] for n in names if cfg.per_layer)
+    if cfg.per_layer:
+        hvps += sum(records[layer_key(n, cfg.eig_tol, cfg.lanczos_vectors)]["hvps"] for n in names)
     row = result_row(base, cfg, ident, eigs=eigs, trace=trace, runs=runs, hvps=hvps)
     return {
         **ident,
@@ -451,7 +472,7 @@ def result_row(
         row.update(
             slq_runs=len(runs),
             slq_steps=cfg.slq_steps,
-            slq_mean=slq_moment(runs, 1),  # estimates tr(H) / p
+            slq_trace=base["p"] * slq_moment(runs, 1),  # p * mean node: estimates tr(H)
             slq_second_moment=slq_moment(runs, 2),  # estimates tr(H^2) / p
         )
     row["hvps"] = hvps

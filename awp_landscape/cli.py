@@ -17,6 +17,7 @@ from awp_landscape.commands import (
     evaluate,
     flatness,
     gap,
+    hessian,
     hist,
     landscape,
     plot,
@@ -27,7 +28,20 @@ from awp_landscape.commands import (
 from awp_landscape.console import CLIError
 
 # In the order `awp --help` lists them.
-COMMANDS = (train, evaluate, landscape, plot, hist, flatness, gap, correlate, report, demo, sweep)
+COMMANDS = (
+    train,
+    evaluate,
+    landscape,
+    plot,
+    hist,
+    flatness,
+    gap,
+    hessian,
+    correlate,
+    report,
+    demo,
+    sweep,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
