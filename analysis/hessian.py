@@ -493,7 +493,8 @@ def curvature_statement(rows: Sequence[Mapping[str, Any]]) -> list[str]:
         word = "smaller" if b["top_eigenvalue"] < a["top_eigenvalue"] else "NOT smaller"
         out.append(
             f"AT-AWP's top Hessian eigenvalue is {word} than AT's "
-            f"({b['top_eigenvalue']:.4g} vs {a['top_eigenvalue']:.4g})."
+            f"({b['top_eigenvalue']:.4g} vs {a['top_eigenvalue']:.4g}, on one fixed subset: "
+            f"no interval over subsets)."
         )
     if a.get("trace") is not None and b.get("trace") is not None:
         overlap = b["trace_high"] >= a["trace_low"] and a["trace_high"] >= b["trace_low"]

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from analysis.spectrum import density_grid, spectral_density
 from figures.style import color_for, new_figure
@@ -84,7 +85,7 @@ def plot_top_eigenvalues(results: Sequence[Mapping[str, Any]]) -> Figure:
         ax.set_yscale("log")
     ax.set_xlabel("index i")
     ax.set_ylabel(rf"$\lambda_i$ ({_loss_label(have)})")
-    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_xticks(range(1, max(len(r["eigenvalues"]) for r in have) + 1))
     ax.legend(frameon=False)
     return fig
 
@@ -110,6 +111,7 @@ def plot_layer_curvature(results: Sequence[Mapping[str, Any]]) -> Figure:
                 lo = np.array([x["trace_low"] for x in layers], dtype=float)
                 hi = np.array([x["trace_high"] for x in layers], dtype=float)
                 ax.fill_between(d, lo, hi, color=color, alpha=0.15, linewidth=0)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("layer (depth order of the conv/linear weights)")
         ax.set_ylabel(
             "trace of the layer's block" if column == "trace" else "top eigenvalue of the block"

@@ -56,6 +56,10 @@ TINY = [
     "2",
     "--worst-steps",
     "2",
+    "--hessian-n",
+    "8",
+    "--hessian-probes",
+    "2",
     "--no-progress",
     "--device",
     "cpu",
@@ -85,6 +89,7 @@ def test_demo_writes_every_stage_and_the_report(demo):
         "analysis/flatness_final/flatness.json",
         "analysis/flatness_epochs/flatness.json",
         "analysis/correlation.json",
+        "analysis/curvature/hessian.json",
         "report.html",
         "report.md",
     ):
@@ -97,6 +102,7 @@ def test_demo_writes_every_stage_and_the_report(demo):
         "Weight loss landscape",
         "Weight histograms",
         "Flatness and the PAC-Bayes bound",
+        "Curvature: the Hessian of the loss at fixed x_adv",
         "Flatness versus the robust gap",
     ):
         assert title in html
@@ -220,6 +226,10 @@ def test_reproduce_one_epoch_tiny_run(tmp_path):
                 "1",
                 "--worst-steps",
                 "1",
+                "--hessian-n",
+                "4",
+                "--hessian-probes",
+                "2",
                 "--no-progress",
                 "--device",
                 "cpu",

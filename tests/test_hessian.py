@@ -229,3 +229,24 @@ def test_units_per_layer_blocks(problem):
         assert est.ci_low <= float(torch.trace(block)) <= est.ci_high, names[d]
     # The block quadratics add up to the whole one (cross terms included).
     assert sum(probes[0]["layers"]) == pytest.approx(probes[0]["quad"], rel=1e-12)
+
+
+def test_hessian_directions_are_exact_eigenvectors_scaled_to_the_weights(problem):
+    from landscape.directions import hessian_directions
+
+    model, x, y, data, x_adv, h = problem
+    before = snapshot(model)
+    dirs, values = hessian_directions(
+        model, x, y, attack=ATTACK, k=2, batch_size=4, attack_seed=3, tol=0.0
+    )
+    assert_same_state(model, before)
+    exact = torch.linalg.eigvalsh(h).numpy()[::-1]
+    np.testing.assert_allclose(values, exact[:2], rtol=1e-6)
+    params = select_params(model)
+    w_norm = float(torch.sqrt(sum((p.detach() ** 2).sum() for p in params.values())))
+    flat = [torch.cat([d[n].reshape(-1) for n in params]) for d in dirs]
+    for f, lam in zip(flat, values):
+        assert float(f.norm()) == pytest.approx(w_norm, rel=1e-12)
+        assert float((h @ f - lam * f).norm()) < 1e-6 * abs(lam) * w_norm
+        assert float(f[f.abs().argmax()]) > 0  # the sign convention: reproducible
+    assert abs(float(flat[0] @ flat[1])) < 1e-8 * w_norm**2

@@ -228,7 +228,7 @@ def draw_figures(results: list[dict[str, Any]], out: Path) -> list[Path]:
     written: list[Path] = []
     if any(r.get("density") for r in results):
         written += save_figure(plot_eigen_density(results), out / "hessian_density")
-    if any(r.get("eigenvalues") for r in results):
+    if any(len(r.get("eigenvalues") or ()) > 1 for r in results):  # one value: see the table
         written += save_figure(plot_top_eigenvalues(results), out / "hessian_eigenvalues")
     measured = ("trace", "top_eigenvalue")
     if any(x.get(m) is not None for r in results for x in r["layers"] for m in measured):
