@@ -15,11 +15,13 @@ they are all-reduced):
 - ``trace|i=..``: Hutchinson probe i, z^T H z with Rademacher z, and z_l^T (H z)_l per layer
   (E = tr H_ll, the layer's diagonal block: the same products give every block's trace);
 - ``slq|steps=..|r=..``: stochastic Lanczos quadrature run r (nodes and weights);
-- ``layer|name=..|tol=..``: the top eigenvalue of one layer's diagonal block.
+- ``layer|name=..|tol=..``: the top eigenvalue of one layer's diagonal block;
+- ``power|k=..``: PyHessian's power iteration, for comparison with Lanczos.
 
 Trace probes are added in blocks until the interval is narrow enough
 (:func:`analysis.spectrum.more_probes`), so a rerun with the same settings asks for the same
-probes and a resumed run ends with the numbers of an uninterrupted one.
+probes and a resumed run ends with the numbers of an uninterrupted one. The results made of the
+records (table rows, layers) are :mod:`analysis.curvature`.
 
 Reference: Yao, Gholami, Keutzer, Mahoney, "PyHessian", 2020; Ghorbani, Krishnan, Xiao, ICML
 2019; Danskin 1967.
@@ -29,21 +31,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from analysis.noise import generator_for, unit_seed
 from analysis.spectrum import (
-    broadening,
     more_probes,
+    power_iteration,
     rademacher,
-    slq_moment,
     slq_run,
-    summarize_trace,
 )
 from awp.config import PGD20_EVAL, AttackConfig, check_choice, opt
 from awp.hessian import HVP_METHODS, LossBatches, LossHessian, loss_batches, top_eigenpairs
@@ -54,6 +53,8 @@ SPLITS = ("train", "test")
 DTYPES = ("float32", "float64")
 
 Record = dict[str, Any]
+# PyHessian's defaults (hessian.eigenvalues(maxIter=100, tol=1e-3)).
+POWER_TOL, POWER_ITERS = 1e-3, 100
 RunKeys = Callable[[list[str], str], dict[str, Record]]
 
 
@@ -98,6 +99,11 @@ class HessianConfig:
     per_layer: bool = opt(
         False, "top eigenvalue of every layer's diagonal block (one Lanczos each)"
     )
+    power: bool = opt(
+        False,
+        "also PyHessian's power iteration for the top-k (tol 1e-3, at most 100 products per "
+        "eigenvalue), to compare values and products with Lanczos",
+    )
     confidence: float = opt(0.95, "confidence level of the trace intervals")
     attack: AttackConfig = opt(PGD20_EVAL, "attack crafting x_adv at w (--loss adv)")
 
@@ -135,6 +141,8 @@ class HessianConfig:
             )
         if not 0 < self.confidence < 1:
             raise ValueError(f"confidence={self.confidence} must be in (0, 1), e.g. 0.95")
+        if self.power and not self.top_k:
+            raise ValueError("--power compares with the top-k eigenvalues: set --top-k > 0")
         if not (self.top_k or self.trace or self.density or self.per_layer):
             raise ValueError(
                 "nothing to measure: ask for --top-k > 0, --trace, --density or --per-layer"
@@ -159,6 +167,7 @@ class HessianProblem:
         x: (N, C, H, W) uint8 or float in [0, 1] on its device; y: (N,) labels.
         cfg: the settings.
         rank, world: this process's share of the batches (every rank computes every unit).
+        on_product: called after every Hessian-vector product (a progress bar).
     """
 
     def __init__(
@@ -170,9 +179,11 @@ class HessianProblem:
         *,
         rank: int = 0,
         world: int = 1,
+        on_product: Callable[[], None] | None = None,
     ) -> None:
         self.model, self.x, self.y, self.cfg = model, x, y, cfg
         self.rank, self.world = rank, world
+        self.on_product = on_product
         self.params = select_params(model, cfg.params)
         self._data: LossBatches | None = None
 
@@ -198,7 +209,9 @@ class HessianProblem:
     def operator(self, names: Sequence[str] | None = None) -> LossHessian:
         """H over every measured tensor, or the diagonal block of ``names``."""
         params = self.params if names is None else {n: self.params[n] for n in names}
-        return LossHessian(self.model, self.data, params, method=self.cfg.method)
+        return LossHessian(
+            self.model, self.data, params, method=self.cfg.method, on_product=self.on_product
+        )
 
 
 # ----------------------------------------------------------------------------- units
@@ -216,6 +229,10 @@ def slq_key(steps: int, r: int) -> str:
     return f"slq|steps={steps}|r={r}"
 
 
+def power_key(k: int) -> str:
+    return f"power|k={k}|tol={POWER_TOL!r}|iters={POWER_ITERS}"
+
+
 def layer_key(name: str, tol: float, ncv: int = 0) -> str:
     return f"layer|name={name}|tol={float(tol)!r}|ncv={ncv}"
 
@@ -225,6 +242,8 @@ def plan_keys(cfg: HessianConfig, layers: Sequence[str]) -> list[str]:
     keys = ["base"]
     if cfg.top_k:
         keys.append(eigs_key(cfg.top_k, cfg.eig_tol, cfg.lanczos_vectors))
+    if cfg.power:
+        keys.append(power_key(cfg.top_k))
     if cfg.density:
         keys += [slq_key(cfg.slq_steps, r) for r in range(cfg.slq_runs)]
     if cfg.per_layer:
@@ -256,6 +275,18 @@ def compute_unit(problem: HessianProblem, key: str) -> Record:
             device=op.device,
         )
         return {"nodes": nodes.tolist(), "weights": weights.tolist(), "hvps": len(nodes)}
+    if kind == "power":
+        op = problem.operator()
+        res = power_iteration(
+            op.matvec,
+            op.size,
+            k=int(f["k"]),
+            tol=float(f["tol"]),
+            max_iter=int(f["iters"]),
+            generator=generator_for(problem.cfg.seed, "power"),
+            device=op.device,
+        )
+        return {"values": [float(v) for v in res.values], "hvps": res.hvps}
     if kind == "layer":
         op = problem.operator([f["name"]])
         seed = unit_seed(problem.cfg.seed, "layer", f["name"])
@@ -353,156 +384,4 @@ def trace_probes(records: Mapping[str, Record]) -> list[Record]:
     while trace_key(i) in records:
         out.append(records[trace_key(i)])
         i += 1
-    return out
-
-
-# ----------------------------------------------------------------------------- results
-
-
-@dataclass(frozen=True)
-class LayerCurvature:
-    """One layer's diagonal block: trace (Hutchinson, with interval) and top eigenvalue."""
-
-    layer: str
-    depth: int
-    numel: int
-    trace: float | None
-    trace_low: float | None
-    trace_high: float | None
-    top_eigenvalue: float | None
-    mass_v1: float | None  # share of the top eigenvector's squared norm in this layer
-
-
-def summarize(
-    records: Mapping[str, Record], cfg: HessianConfig, ident: Mapping[str, Any]
-) -> dict[str, Any]:
-    """A checkpoint's result: the table row, the eigenvalues, trace, layers and SLQ runs."""
-    base = records["base"]
-    names = [n for n, _ in base["layers"]]
-    eigs = records.get(eigs_key(cfg.top_k, cfg.eig_tol, cfg.lanczos_vectors)) if cfg.top_k else None
-    probes = trace_probes(records) if cfg.trace else []
-    trace = summarize_trace([r["quad"] for r in probes], cfg.confidence) if probes else None
-    slq = [records[slq_key(cfg.slq_steps, r)] for r in range(cfg.slq_runs)] if cfg.density else []
-    runs = [(r["nodes"], r["weights"]) for r in slq]
-    layers = []
-    for d, (name, numel) in enumerate(base["layers"]):
-        est = summarize_trace([r["layers"][d] for r in probes], cfg.confidence) if probes else None
-        block = (
-            records.get(layer_key(name, cfg.eig_tol, cfg.lanczos_vectors))
-            if cfg.per_layer
-            else None
-        )
-        layers.append(
-            LayerCurvature(
-                layer=name,
-                depth=d,
-                numel=numel,
-                trace=est.trace if est else None,
-                trace_low=est.ci_low if est else None,
-                trace_high=est.ci_high if est else None,
-                top_eigenvalue=block["value"] if block else None,
-                mass_v1=eigs["layer_mass"][0][d] if eigs else None,
-            )
-        )
-    hvps = (eigs["hvps"] + eigs["check_hvps"] if eigs else 0) + len(probes)
-    hvps += sum(r["hvps"] for r in slq)
-    if cfg.per_layer:
-        hvps += sum(records[layer_key(n, cfg.eig_tol, cfg.lanczos_vectors)]["hvps"] for n in names)
-    row = result_row(base, cfg, ident, eigs=eigs, trace=trace, runs=runs, hvps=hvps)
-    return {
-        **ident,
-        "row": row,
-        "eigenvalues": eigs["values"] if eigs else [],
-        "eigen": eigs,
-        "trace": asdict(trace) if trace else None,
-        "layers": [asdict(r) for r in layers],
-        "density": (
-            {
-                "runs": [[list(n), list(w)] for n, w in runs],
-                "sigma": broadening(runs, cfg.slq_sigma),
-            }
-            if runs
-            else None
-        ),
-    }
-
-
-def result_row(
-    base: Record,
-    cfg: HessianConfig,
-    ident: Mapping[str, Any],
-    *,
-    eigs: Record | None,
-    trace: Any,
-    runs: Sequence[tuple[Sequence[float], Sequence[float]]],
-    hvps: int,
-) -> dict[str, Any]:
-    """The checkpoint's row of hessian.json/.csv: identity, settings, one number per column."""
-    row: dict[str, Any] = {
-        **ident,
-        "kind": "hessian",
-        "loss_type": cfg.loss,
-        "split": cfg.split,
-        "attack": cfg.attack.describe() if cfg.loss == "adv" else "none",
-        "params": cfg.params,
-        "dtype": cfg.dtype,
-        "n": base["n"],
-        "p": base["p"],
-        "loss": base["loss"],
-        "accuracy": base["accuracy"],
-        "weight_norm": base["weight_norm"],
-    }
-    if eigs is not None:
-        for j, v in enumerate(eigs["values"]):
-            row["top_eigenvalue" if j == 0 else f"eigenvalue_{j + 1}"] = v
-        row["eig_hvps"] = eigs["hvps"]
-        row["eig_converged"] = eigs["converged"]
-        row["eig_residual_max"] = float(np.nanmax(eigs["residuals"]))
-    if trace is not None:
-        row.update(
-            trace=trace.trace,
-            trace_low=trace.ci_low,
-            trace_high=trace.ci_high,
-            trace_probes=trace.probes,
-            trace_rel_half_width=trace.rel_half_width,
-        )
-        if eigs is not None and trace.trace:
-            row["top_over_trace"] = eigs["values"][0] / trace.trace
-    if runs:
-        row.update(
-            slq_runs=len(runs),
-            slq_steps=cfg.slq_steps,
-            slq_trace=base["p"] * slq_moment(runs, 1),  # p * mean node: estimates tr(H)
-            slq_second_moment=slq_moment(runs, 2),  # estimates tr(H^2) / p
-        )
-    row["hvps"] = hvps
-    return row
-
-
-def curvature_statement(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Sentences comparing AT and AT-AWP (first row of each method), computed from the rows;
-    a trace difference whose intervals overlap is called not resolved."""
-    by = {}
-    for r in rows:
-        by.setdefault(str(r.get("method")), r)
-    if "AT" not in by or "AT-AWP" not in by:
-        return []
-    a, b = by["AT"], by["AT-AWP"]
-    out = []
-    if a.get("top_eigenvalue") is not None and b.get("top_eigenvalue") is not None:
-        word = "smaller" if b["top_eigenvalue"] < a["top_eigenvalue"] else "NOT smaller"
-        out.append(
-            f"AT-AWP's top Hessian eigenvalue is {word} than AT's "
-            f"({b['top_eigenvalue']:.4g} vs {a['top_eigenvalue']:.4g}, on one fixed subset: "
-            f"no interval over subsets)."
-        )
-    if a.get("trace") is not None and b.get("trace") is not None:
-        overlap = b["trace_high"] >= a["trace_low"] and a["trace_high"] >= b["trace_low"]
-        word = "smaller" if b["trace"] < a["trace"] else "NOT smaller"
-        note = " (the intervals overlap: not resolved)" if overlap else ""
-        out.append(
-            f"AT-AWP's Hessian trace is {word} than AT's ({b['trace']:.4g} "
-            f"[{b['trace_low']:.4g}, {b['trace_high']:.4g}] vs {a['trace']:.4g} "
-            f"[{a['trace_low']:.4g}, {a['trace_high']:.4g}]){note}."
-        )
     return out

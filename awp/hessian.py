@@ -31,7 +31,7 @@ Yao, Gholami, Keutzer, Mahoney, "PyHessian: Neural Networks Through the Lens of 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -143,6 +143,7 @@ class LossHessian:
         params: name -> parameter, the Hessian's coordinates (e.g.
             :func:`awp.perturb.select_params`, or one layer's weight for a diagonal block).
         method: "jvp" (forward-over-reverse, torch.func) or "double" (double backward).
+        on_product: called after every product (a progress bar's update).
     """
 
     def __init__(
@@ -152,6 +153,7 @@ class LossHessian:
         params: Mapping[str, torch.Tensor],
         *,
         method: str = "jvp",
+        on_product: Callable[[], None] | None = None,
     ) -> None:
         check_choice(method, HVP_METHODS, "HVP method")
         if not params:
@@ -164,6 +166,7 @@ class LossHessian:
         self.dtype = self.tensors[0].dtype
         self.device = self.tensors[0].device
         self.hvps = 0  # products computed so far
+        self.on_product = on_product
 
     def segments(self) -> list[tuple[str, int, int]]:
         """(name, start, end) of each parameter in a flat vector."""
@@ -195,6 +198,8 @@ class LossHessian:
         if self.data.world > 1:
             distributed.all_reduce_sum_(total)
         self.hvps += 1
+        if self.on_product is not None:
+            self.on_product()
         return total
 
     def linear_operator(self) -> LinearOperator:

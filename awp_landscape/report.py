@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from analysis.hessian import curvature_statement
+from analysis.curvature import curvature_statement
 from analysis.outcome import Measurements, outcome
 from awp.config import method_of
 from awp.io import atomic_write_text, exclusive_output, read_json

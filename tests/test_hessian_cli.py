@@ -69,6 +69,7 @@ def ckpts(tmp_path_factory):
 
 MEASURE = ["--top-k", "2", "--trace", "--probes-min", "3", "--probes-max", "6", "--density"]
 MEASURE += ["--slq-runs", "2", "--slq-steps", "6", "--per-layer", "--lanczos-vectors", "6"]
+MEASURE += ["--power"]
 
 
 def test_hessian_writes_rows_keyed_by_checkpoint_and_reruns_nothing(ckpts, tmp_path, capsys):
@@ -87,6 +88,7 @@ def test_hessian_writes_rows_keyed_by_checkpoint_and_reruns_nothing(ckpts, tmp_p
         assert r["top_eigenvalue"] >= r["eigenvalue_2"] and r["eig_converged"]
         assert r["trace_low"] <= r["trace"] <= r["trace_high"] and 3 <= r["trace_probes"] <= 6
         assert r["n"] == 20 and r["loss_type"] == "adv" and r["hvps"] > 0
+        assert r["power_hvps"] > 1 and np.isfinite(r["power_top_eigenvalue"])
     layers = data["layers"]
     assert [x["layer"] for x in layers[:3]] == ["conv1.weight", "conv2.weight", "linear.weight"]
     assert all(x["trace"] is not None and x["top_eigenvalue"] is not None for x in layers)
@@ -134,7 +136,7 @@ def test_killed_then_resumed_equals_an_uninterrupted_run(ckpts, tmp_path):
     cfg = HessianConfig(
         n_examples=16, batch_size=8, attack=AttackConfig(steps=2), top_k=2, lanczos_vectors=5,
         trace=True, probes_min=3, probes_max=6, density=True, slq_runs=2, slq_steps=5,
-        per_layer=True,
+        per_layer=True, power=True,
     )  # fmt: skip
 
     def counting(stop_after=None):
@@ -158,7 +160,8 @@ def test_killed_then_resumed_equals_an_uninterrupted_run(ckpts, tmp_path):
     fresh = hessian_for_checkpoint(loaded, cfg=cfg, out=tmp_path / "b")
     # The same numbers as an uninterrupted run, to the last bit.
     assert resumed == fresh
-    assert len(first) - 1 + len(calls) == resumed["row"]["trace_probes"] + 1 + 1 + 2 + 3
+    # base, eigs, power, 2 SLQ runs, 3 layers and the probes: each computed once in all.
+    assert len(first) - 1 + len(calls) == resumed["row"]["trace_probes"] + 8
 
 
 @pytest.mark.distributed

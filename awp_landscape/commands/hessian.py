@@ -19,15 +19,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from analysis.curvature import curvature_statement, summarize
 from analysis.gap import subset
-from analysis.hessian import (
-    HessianConfig,
-    HessianProblem,
-    compute_unit,
-    curvature_statement,
-    hessian_records,
-    summarize,
-)
+from analysis.hessian import HessianConfig, HessianProblem, compute_unit, hessian_records
 from analysis.store import SampleStore, run_units
 from awp import distributed
 from awp.checkpoint import load_checkpoint
@@ -35,6 +29,7 @@ from awp.config import to_dict
 from awp.data import DataConfig
 from awp.io import sha256_file, write_csv, write_json
 from awp.models import ModelConfig
+from awp.progress import progress_bar
 from awp_landscape.commands.common import add_run_arguments, out_folder
 from awp_landscape.console import format_table, say
 from awp_landscape.flags import add_dataclass_arguments, dataclass_from_arguments
@@ -63,6 +58,7 @@ SETTINGS_EXCLUDED = (
     "slq_steps",
     "slq_sigma",
     "per_layer",
+    "power",
     "confidence",
 )
 
@@ -127,7 +123,13 @@ def hessian_for_checkpoint(
     folder = out / "hessian" / f"{loaded.path.stem}-{loaded.sha256[:8]}"
     settings = _settings(cfg, loaded.data_cfg, loaded.sha256, len(split))
     store = SampleStore(folder, meta=settings, rank=ctx.rank)
-    problem = HessianProblem(model, x, y, cfg, rank=ctx.rank, world=ctx.world)
+    # Units can be long (an eigen-solve is tens of products): a second bar counts products.
+    bar = progress_bar(
+        desc=f"{ident['label']}: Hessian-vector products", unit="HVP", enabled=progress
+    )
+    problem = HessianProblem(
+        model, x, y, cfg, rank=ctx.rank, world=ctx.world, on_product=lambda: bar.update(1)
+    )
     unit = compute or compute_unit
 
     def run_keys(keys: list[str], desc: str) -> dict[str, dict]:
@@ -140,7 +142,8 @@ def hessian_for_checkpoint(
             collective=True,
         )
 
-    records = hessian_records(problem, run_keys, label=ident["label"])
+    with bar:
+        records = hessian_records(problem, run_keys, label=ident["label"])
     result = {**summarize(records, cfg, ident), "settings": settings}
     if ctx.is_main:
         write_json(folder / "result.json", result)
@@ -271,6 +274,9 @@ def _print_results(results: list[dict[str, Any]], cfg: HessianConfig) -> None:
             row["probes"] = r["trace_probes"]
         if r.get("slq_runs"):
             row["slq trace"] = r["slq_trace"]
+        if r.get("power_top_eigenvalue") is not None:
+            row["power lambda_1"] = r["power_top_eigenvalue"]
+            row["power HVPs"] = r["power_hvps"]
         row["HVPs"] = r["hvps"]
         table.append(row)
     say(format_table(table))
