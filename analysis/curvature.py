@@ -136,6 +136,7 @@ def result_row(
             trace_low=trace.ci_low,
             trace_high=trace.ci_high,
             trace_probes=trace.probes,
+            trace_confidence=trace.confidence,
             trace_rel_half_width=trace.rel_half_width,
         )
         if eigs is not None and trace.trace:

@@ -415,7 +415,8 @@ def _curvature_sizes(row: Mapping[str, Any]) -> str:
         parts.append(f"{what} by Lanczos (ARPACK)")
     if row.get("trace_probes"):
         parts.append(
-            f"the trace by Hutchinson with {row['trace_probes']} Rademacher probes (95% t interval)"
+            f"the trace by Hutchinson with {row['trace_probes']} Rademacher probes "
+            f"({row.get('trace_confidence', 0.95):.0%} t interval)"
         )
     if row.get("slq_runs"):
         parts.append(
@@ -455,7 +456,7 @@ def _curvature_section(res: Results) -> Section:
         s.figures.append(
             FigureBlock.from_figure(
                 plot_layer_curvature(res.curvature),
-                "Trace of each layer's diagonal block (Hutchinson, 95% band) by depth.",
+                "Trace of each layer's diagonal block (Hutchinson, with its interval) by depth.",
                 "per-layer curvature",
             )
         )

@@ -27,11 +27,10 @@ def _loss_label(results: Sequence[Mapping[str, Any]]) -> str:
 
 
 def _colors(results: Sequence[Mapping[str, Any]]) -> list[str]:
-    keys = sorted({str(r.get("method", r.get("label"))) for r in results})
-    return [
-        color_for(str(r.get("method", r.get("label"))), keys.index(str(r.get("method"))))
-        for r in results
-    ]
+    """Method colours (AT blue, AT-AWP red...), a fallback colour per other name."""
+    names = [str(r.get("method") or r.get("label")) for r in results]
+    keys = sorted(set(names))
+    return [color_for(n, keys.index(n)) for n in names]
 
 
 def plot_eigen_density(results: Sequence[Mapping[str, Any]], *, points: int = 2000) -> Figure:
