@@ -52,9 +52,7 @@ def make_checkpoint(path: Path, *, seed: int, awp: bool, epoch: int = 1) -> Path
                 m.running_mean.uniform_(-0.1, 0.1)
                 m.running_var.uniform_(0.5, 1.5)
     config = {"method": "at", "awp": awp, "data": to_dict(DataConfig())}
-    return save_checkpoint(
-        path, model=model, model_spec=to_dict(SPEC), config=config, epoch=epoch
-    )
+    return save_checkpoint(path, model=model, model_spec=to_dict(SPEC), config=config, epoch=epoch)
 
 
 @pytest.fixture(scope="module")
