@@ -214,6 +214,17 @@ def all_reduce_mean_(tensors: list[torch.Tensor]) -> None:
         offset += n
 
 
+def all_reduce_sum_(flat: torch.Tensor) -> torch.Tensor:
+    """Sum one tensor over ranks in place and return it (unchanged outside a job).
+
+    The Hessian-vector products of :mod:`awp.hessian` use it: each rank sums the products of
+    its share of the batches in float64, and this adds the shares.
+    """
+    if _in_job():
+        dist.all_reduce(flat)
+    return flat
+
+
 def all_reduce_sums(values: list[float], device: torch.device) -> list[float]:
     """Sum each number over ranks (float64); ``values`` unchanged outside a job."""
     if not _in_job():

@@ -5,8 +5,9 @@ real CIFAR-10 sample with a model small enough for a CPU, long enough for AT to 
 keeping a checkpoint every few epochs, then measures for both: PGD-20 and CW-20 test accuracy
 (best and last), the robust generalization gap of every checkpoint, 1-D weight loss landscapes
 with attacks regenerated (and the fixed mode for contrast), weight histograms and per-layer
-statistics, expected and worst-case flatness with the PAC-Bayes terms, and flatness against the
-gap across checkpoints; then writes the report.
+statistics, expected and worst-case flatness with the PAC-Bayes terms, the curvature of the
+loss at fixed x_adv (top Hessian eigenvalue, trace, eigenvalue density), and flatness against
+the gap across checkpoints; then writes the report.
 
 ``awp reproduce --preset NAME`` runs the paper's full protocol (200 epochs, GPU) for a method
 with and without AWP, then the same analyses at full size.
@@ -28,6 +29,7 @@ from typing import Any
 from analysis.certify_units import CertifyConfig
 from analysis.flatness import FlatnessConfig
 from analysis.gap import GapConfig
+from analysis.hessian import HessianConfig
 from analysis.worst_case import WorstCaseConfig
 from awp import distributed
 from awp.config import PGD10_EVAL, PGD20_EVAL, config_diff, from_dict, opt, to_dict
@@ -42,6 +44,7 @@ from awp_landscape.commands.correlate import correlate_tables
 from awp_landscape.commands.evaluate import evaluate_checkpoint
 from awp_landscape.commands.flatness import measure_flatness
 from awp_landscape.commands.gap import measure_gap
+from awp_landscape.commands.hessian import measure_hessian
 from awp_landscape.commands.hist import weight_histograms
 from awp_landscape.commands.landscape import compute_landscapes
 from awp_landscape.console import epoch_line, say
@@ -77,6 +80,8 @@ class AnalysisPlan:
         (0.0, 0.06, 0.12, 0.25, 0.5), "noise levels s of the base classifier's accuracy curve"
     )
     certify_noise_draws: int = opt(4, "noisy copies per image and level of that curve")
+    hessian_n: int = opt(128, "train images of the curvature stage (Hessian at fixed x_adv)")
+    hessian_probes: int = opt(4, "Hutchinson probes of the curvature stage")
 
 
 def _migrate_flat_model(data: dict[str, Any]) -> dict[str, Any]:
@@ -208,6 +213,8 @@ class ReproduceConfig:
             certify_samples=100_000,
             certify_noise_levels=(0.0, 0.06, 0.12, 0.18, 0.25, 0.37, 0.5, 0.75, 1.0),
             certify_noise_draws=10,
+            hessian_n=1000,
+            hessian_probes=30,
         ),
         "analysis sizes",
     )
@@ -390,6 +397,32 @@ class Pipeline:
             progress=self.progress,
         )
 
+    def curvature(self) -> None:
+        # Sized for ~25 s on 2 cores at the demo's size (two checkpoints): the top eigenvalue
+        # (Lanczos with 8 vectors to 1e-2, which ARPACK usually meets in its first 8
+        # products), a few Hutchinson probes, one SLQ run of 10 steps.
+        cfg = HessianConfig(
+            n_examples=self.plan.hessian_n,
+            top_k=1,
+            eig_tol=1e-2,
+            lanczos_vectors=8,
+            trace=True,
+            probes_min=self.plan.hessian_probes,
+            probes_max=self.plan.hessian_probes,
+            density=True,
+            slq_runs=1,
+            slq_steps=10,
+            attack=dataclasses.replace(PGD20_EVAL, steps=self.plan.analysis_steps),
+        )
+        measure_hessian(
+            self.last,
+            cfg,
+            out=self.analysis / "curvature",
+            labels=self.labels,
+            device_name=self.device,
+            progress=self.progress,
+        )
+
     def flatness_epochs(self) -> None:
         measure_flatness(
             self.epoch_ckpts(),
@@ -439,6 +472,7 @@ class Pipeline:
             ("weight loss landscapes (attacks regenerated, and fixed)", self.landscape),
             ("weight histograms", self.hist),
             ("expected and worst-case flatness, PAC-Bayes terms", self.flatness),
+            ("curvature: Hessian eigenvalues, trace and density", self.curvature),
             ("flatness of every checkpoint", self.flatness_epochs),
             ("flatness versus gap", self.correlate),
             ("randomized smoothing: certified radius, accuracy under noise", self.certify),

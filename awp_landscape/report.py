@@ -2,7 +2,8 @@
 
 Reads what the other stages left on disk, so it can be rerun at any time: training runs
 (``metrics.jsonl``, ``config.json``), evaluations (``eval/*.json``), and the analysis folder
-(``gap.json``, ``weights.json``, flatness results, ``correlation.json``, landscape ``*.h5``).
+(``gap.json``, ``weights.json``, flatness results, ``correlation.json``, landscape ``*.h5``,
+``curvature/hessian.json``).
 The outcome statements are computed by :mod:`analysis.outcome` from those numbers, including
 when AT-AWP did *not* come out flatter or with the smaller gap; the figures are drawn by
 :mod:`figures`.
@@ -18,12 +19,14 @@ from typing import Any
 
 import numpy as np
 
+from analysis.curvature import curvature_statement
 from analysis.outcome import Measurements, outcome
 from awp.config import method_of
 from awp.io import atomic_write_text, exclusive_output, read_json
 from figures.certify import plot_certified_accuracy, plot_noise_accuracy
 from figures.curves import plot_gap_by_epoch, plot_landscape, plot_learning_curves
 from figures.flatness import plot_flatness_curve
+from figures.hessian import plot_eigen_density, plot_layer_curvature, plot_top_eigenvalues
 from figures.html import Document, FigureBlock, Section, Table, render_html, render_markdown
 from landscape.storage import Surface, read_surface
 
@@ -54,6 +57,7 @@ class Results:
     certify: dict[str, Any] = field(default_factory=dict)  # certify.json
     demo_config: dict[str, Any] = field(default_factory=dict)
     figures: dict[str, Path] = field(default_factory=dict)
+    curvature: list[dict[str, Any]] = field(default_factory=list)  # hessian.json "results"
 
 
 def _read_runs(path: Path) -> list[Run]:
@@ -116,6 +120,10 @@ def collect(paths: Sequence[str | Path]) -> Results:
             f = d / sub / "flatness.json"
             if f.exists() and not target:
                 target += read_json(f)["rows"]
+        for sub in ("curvature", "."):
+            f = d / sub / "hessian.json"
+            if f.exists() and not res.curvature:
+                res.curvature += read_json(f).get("results", [])
         for h5 in sorted((d / "landscape").glob("*.h5")) if (d / "landscape").is_dir() else []:
             if not h5.name.endswith(".directions.h5"):
                 res.landscapes.append(read_surface(h5))
@@ -125,8 +133,8 @@ def collect(paths: Sequence[str | Path]) -> Results:
         scatter = sorted(d.glob("*_vs_gap.png"))
         if scatter and "vs_gap" not in res.figures:
             res.figures["vs_gap"] = scatter[0]
-    found = res.runs or res.gap or res.landscapes or res.weights or res.flatness_final
-    if not (found or res.certify):
+    found = (res.runs, res.gap, res.landscapes, res.weights, res.flatness_final, res.curvature)
+    if not (any(found) or res.certify):
         raise ValueError(
             f"nothing to report in {', '.join(map(str, roots))}: expected run "
             f"folders (metrics.jsonl) or an analysis folder (gap.json, ...)"
@@ -378,6 +386,88 @@ def _flatness_section(res: Results) -> Section:
     return s
 
 
+CURVATURE_COLUMNS = (
+    "label",
+    "n",
+    "loss",
+    "accuracy",
+    "top_eigenvalue",
+    "eigenvalue_2",
+    "trace",
+    "trace_low",
+    "trace_high",
+    "trace_probes",
+    "slq_trace",
+    "hvps",
+)
+
+
+def _curvature_sizes(row: Mapping[str, Any]) -> str:
+    """What was measured, with its sizes, from a row of hessian.json."""
+    loss = (
+        f"x_adv crafted at w by {row['attack']} and held fixed"
+        if row.get("loss_type") == "adv"
+        else "clean images"
+    )
+    k = sum(1 for c in row if c == "top_eigenvalue" or c.startswith("eigenvalue_"))
+    coords = "conv and linear weights" if row["params"] == "weights" else "parameters"
+    parts = [
+        f"Hessian of the mean cross-entropy over {row['n']} {row['split']} images ({loss}), "
+        f"BatchNorm in eval mode, with respect to the {row['p']:,} {coords} ({row['dtype']})"
+    ]
+    if k:
+        what = "the top eigenvalue" if k == 1 else f"the top {k} eigenvalues"
+        parts.append(f"{what} by Lanczos (ARPACK)")
+    if row.get("trace_probes"):
+        parts.append(
+            f"the trace by Hutchinson with {row['trace_probes']} Rademacher probes "
+            f"({row.get('trace_confidence', 0.95):.0%} t interval)"
+        )
+    if row.get("slq_runs"):
+        parts.append(
+            f"the eigenvalue density by SLQ ({row['slq_runs']} run(s) of {row['slq_steps']} "
+            f"Lanczos steps, Gaussian broadening); hvps: Hessian-vector products in all"
+        )
+    return "; ".join(parts) + "."
+
+
+def _curvature_section(res: Results) -> Section:
+    s = Section("Curvature: the Hessian of the loss at fixed x_adv")
+    rows = [r["row"] for r in res.curvature]
+    s.paragraphs.append(_curvature_sizes(rows[0]))
+    s.paragraphs.append(
+        "By Danskin's theorem the loss with x_adv held fixed has the robust loss's gradient at "
+        "w, but not its full curvature, which also moves with x_adv: these numbers describe "
+        "the loss on examples adversarial at w. Small subsets and few probes make them noisy."
+    )
+    s.paragraphs += curvature_statement(rows)
+    cols = [c for c in CURVATURE_COLUMNS if any(c in r for r in rows)]
+    s.tables.append(Table(rows, columns=cols, caption="Curvature per checkpoint"))
+    if any(r.get("density") for r in res.curvature):
+        s.figures.append(
+            FigureBlock.from_figure(
+                plot_eigen_density(res.curvature),
+                "Eigenvalue density (SLQ), log scale.",
+                "eigenvalue density",
+            )
+        )
+    if any(len(r.get("eigenvalues") or ()) > 1 for r in res.curvature):
+        s.figures.append(
+            FigureBlock.from_figure(
+                plot_top_eigenvalues(res.curvature), "Top eigenvalues.", "top eigenvalues"
+            )
+        )
+    if any(x.get("trace") is not None for r in res.curvature for x in r.get("layers", [])):
+        s.figures.append(
+            FigureBlock.from_figure(
+                plot_layer_curvature(res.curvature),
+                "Trace of each layer's diagonal block (Hutchinson, with its interval) by depth.",
+                "per-layer curvature",
+            )
+        )
+    return s
+
+
 def _correlation_section(res: Results) -> Section:
     s = Section("Flatness versus the robust gap")
     s.paragraphs.append(
@@ -482,6 +572,7 @@ SECTIONS: tuple[tuple[Callable[[Results], Any], Callable[[Results], Section]], .
     (lambda r: r.landscapes, _landscape_section),
     (lambda r: r.weights, _weights_section),
     (lambda r: r.flatness_final, _flatness_section),
+    (lambda r: r.curvature, _curvature_section),
     (lambda r: r.correlation, _correlation_section),
     (lambda r: r.certify.get("summary"), _certify_section),
     (lambda r: r.certify.get("noise_accuracy"), _noise_section),
