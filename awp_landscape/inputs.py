@@ -115,6 +115,15 @@ def identity(path: Path, ckpt: dict[str, Any] | None, sha: str) -> dict[str, Any
     }
 
 
+def identity_of(path: Path) -> dict[str, Any]:
+    """:func:`identity` of a checkpoint file (one from elsewhere is named by its file)."""
+    try:
+        ckpt = load_checkpoint(path)
+    except ValueError:
+        ckpt = None
+    return identity(path, ckpt, sha256_file(path))
+
+
 def unique_labels(idents: Sequence[dict[str, Any]], given: Sequence[str] | None) -> list[str]:
     """--labels as given (one each, no repeats), else the methods, made unique by epoch or run."""
     if given:
@@ -303,8 +312,6 @@ def default_label(path: Path) -> str:
     except (ValueError, OSError):
         return path.stem
     return method_of(config) if config.get("method") else path.stem
-
-
 
 
 def rows_of(items: Sequence[Any]) -> list[dict[str, Any]]:

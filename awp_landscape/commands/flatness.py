@@ -21,10 +21,9 @@ from analysis.store import SampleStore, run_units
 from analysis.units import compute_unit, flatness_keys, result_rows, summarize
 from analysis.worst_case import WorstCaseConfig
 from awp import distributed
-from awp.checkpoint import load_checkpoint
 from awp.config import to_dict
 from awp.data import DataConfig
-from awp.io import exclusive_output, sha256_file, write_csv, write_json
+from awp.io import exclusive_output, write_csv, write_json
 from awp.models import ModelConfig
 from awp.perturb import select_params
 from awp_landscape.commands.common import add_run_arguments, out_folder
@@ -36,7 +35,7 @@ from awp_landscape.inputs import (
     add_checkpoint_arguments,
     check_files,
     foreign_from,
-    identity,
+    identity_of,
     unique_labels,
 )
 
@@ -226,7 +225,7 @@ def measure_flatness(
         inputs = Inputs(
             device, dataset=dataset, data_root=data_root, foreign=foreign, progress=progress
         )
-        idents = [_identity_of(p) for p in checkpoints]
+        idents = [identity_of(p) for p in checkpoints]
         names = unique_labels(idents, labels)
         results = [
             flatness_for_checkpoint(
@@ -246,14 +245,6 @@ def measure_flatness(
             _print_results(results, cfg)
             _write_tables(out, figures=figures)
         return results
-
-
-def _identity_of(path: Path) -> dict[str, Any]:
-    try:
-        ckpt = load_checkpoint(path)
-    except ValueError:
-        ckpt = None  # a checkpoint from elsewhere: named by its file
-    return identity(path, ckpt, sha256_file(path))
 
 
 def _write_tables(out: Path, *, figures: bool) -> None:

@@ -24,10 +24,9 @@ from analysis.gap import subset
 from analysis.hessian import HessianConfig, HessianProblem, compute_unit, hessian_records
 from analysis.store import SampleStore, run_units
 from awp import distributed
-from awp.checkpoint import load_checkpoint
 from awp.config import to_dict
 from awp.data import DataConfig
-from awp.io import sha256_file, write_csv, write_json
+from awp.io import exclusive_output, write_csv, write_json
 from awp.models import ModelConfig
 from awp.progress import progress_bar
 from awp_landscape.commands.common import add_run_arguments, out_folder
@@ -39,7 +38,7 @@ from awp_landscape.inputs import (
     add_checkpoint_arguments,
     check_files,
     foreign_from,
-    identity,
+    identity_of,
     unique_labels,
 )
 
@@ -171,12 +170,16 @@ def measure_hessian(
     """``awp hessian`` as a function: each checkpoint's result; ``hessian.json``/``.csv`` (and
     the figures) in ``out`` hold every checkpoint measured there."""
     check_files(checkpoints)
-    with distributed.joined(device_name) as ctx:
+    names = ("hessian.json", "hessian.csv", "hessian_layers.csv")
+    claim = exclusive_output(
+        out, folder_lock="hessian", cleans=[out / "hessian", *(out / n for n in names)]
+    )
+    with distributed.joined(device_name) as ctx, distributed.main_holds(ctx, claim):
         device = distributed.pick_device(device_name, ctx)
         inputs = Inputs(
             device, dataset=dataset, data_root=data_root, foreign=foreign, progress=progress
         )
-        names = unique_labels([_identity_of(p) for p in checkpoints], labels)
+        names = unique_labels([identity_of(p) for p in checkpoints], labels)
         results = [
             hessian_for_checkpoint(
                 inputs.load(path),
@@ -192,14 +195,6 @@ def measure_hessian(
             _print_results(results, cfg)
             write_tables(out, figures=figures)
         return results
-
-
-def _identity_of(path: Path) -> dict[str, Any]:
-    try:
-        ckpt = load_checkpoint(path)
-    except ValueError:
-        ckpt = None  # a checkpoint from elsewhere: named by its file
-    return identity(path, ckpt, sha256_file(path))
 
 
 def write_tables(out: Path, *, figures: bool) -> list[Path]:
