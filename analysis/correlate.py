@@ -110,6 +110,7 @@ class Correlation:
     ci_high: float
     confidence: float
     n_boot: int
+    note: str = ""  # why the statistic does not exist ("undefined (n=2)", "constant column gap")
 
 
 def correlate(
@@ -130,14 +131,27 @@ def correlate(
         One :class:`Correlation` per measure.
     """
     a, b = _clean(x, y)
+    note = undefined_because(a, b, x_name=x_name, y_name=y_name)
     out = []
     for m in measures:
         stat, p = correlation(a, b, m)
         lo, hi = bootstrap_interval(a, b, m, n_boot=n_boot, confidence=confidence, seed=seed)
         out.append(
-            Correlation(group, x_name, y_name, m, int(a.size), stat, p, lo, hi, confidence, n_boot)
+            Correlation(
+                group, x_name, y_name, m, int(a.size), stat, p, lo, hi, confidence, n_boot, note
+            )
         )
     return out
+
+
+def undefined_because(a: np.ndarray, b: np.ndarray, *, x_name: str, y_name: str) -> str:
+    """Why no correlation exists for these finite pairs ("" when it does)."""
+    if a.size < 3:
+        return f"undefined (n={a.size})"
+    for values, name in ((a, x_name), (b, y_name)):
+        if np.ptp(values) == 0:
+            return f"constant column {name}"
+    return ""
 
 
 def correlate_records(

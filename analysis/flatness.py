@@ -73,8 +73,11 @@ class FlatnessConfig:
         if self.split not in SPLITS:
             raise ValueError(f"unknown split {self.split!r}; choose one of {SPLITS}")
         object.__setattr__(self, "alphas", tuple(float(a) for a in self.alphas))
-        if not self.alphas or any(not math.isfinite(a) or a < 0 for a in self.alphas):
-            raise ValueError(f"alphas={self.alphas}: give one or more finite values >= 0")
+        if not self.alphas or any(not math.isfinite(a) or a <= 0 for a in self.alphas):
+            raise ValueError(
+                f"alphas={self.alphas}: give one or more noise scales > 0 (alpha = 0 is no "
+                "noise: its flatness is 0 by definition and its PAC-Bayes KL infinite)"
+            )
         if max(self.alphas) > 1:
             raise ValueError(
                 f"alphas={self.alphas}: alpha is the noise relative to the weights (0.05 = 5%); "

@@ -155,6 +155,6 @@ def pac_bayes_bound(
         flatness=float(flatness),
         bound_exact=b_exact,
         bound_rebuttal=b_reb,
-        vacuous_exact=b_exact > 1,
-        vacuous_rebuttal=b_reb > 1,
+        vacuous_exact=not b_exact <= 1,  # a NaN bound says nothing either
+        vacuous_rebuttal=not b_reb <= 1,
     )

@@ -26,6 +26,29 @@ def clopper_pearson(k: int, n: int, confidence: float = 0.95) -> tuple[float, fl
     return low, high
 
 
+def clopper_pearson_lower(k: int, n: int, alpha: float) -> float:
+    """One-sided (1 - alpha) lower confidence bound of a success probability from k of n.
+
+    The largest p with P(Binom(n, p) >= k) <= alpha, i.e. the lower end of the two-sided
+    interval of confidence 1 - 2 alpha (0 when k = 0). Randomized smoothing's pA_lower.
+
+    Reference: Clopper & Pearson, Biometrika 1934; Cohen, Rosenfeld, Kolter, ICML 2019
+    (``_lower_confidence_bound``: ``proportion_confint(k, n, alpha=2 * alpha, method="beta")``).
+    """
+    if n < 1 or not 0 <= k <= n:
+        raise ValueError(f"need 0 <= k <= n and n >= 1, got k={k}, n={n}")
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha={alpha} must be in (0, 1)")
+    return 0.0 if k == 0 else float(sps.beta.ppf(alpha, k, n - k + 1))
+
+
+def binomial_pvalue(k: int, n: int, p: float = 0.5) -> float:
+    """Two-sided exact binomial test of H0: success probability p, from k successes in n."""
+    if n < 1 or not 0 <= k <= n:
+        raise ValueError(f"need 0 <= k <= n and n >= 1, got k={k}, n={n}")
+    return float(sps.binomtest(k, n, p).pvalue)
+
+
 def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
     """Student-t interval of a mean from i.i.d. values (NaN for fewer than two values)."""
     a = np.asarray(values, dtype=np.float64)

@@ -13,6 +13,10 @@ gives the same record. The store keeps finished units on disk and :func:`run_uni
   :func:`awp.distributed.shard`;
 - a file written under other settings is never mixed in nor overwritten: loading it is an
   error that names the differences.
+
+A unit that is itself spread over the ranks (the Hessian's products, each rank summing its
+share of the batches and all-reducing) runs ``collective``: every rank computes every unit
+together, in the same order, and only the main rank keeps the records.
 """
 
 from __future__ import annotations
@@ -104,6 +108,7 @@ def run_units(
     info: DistContext | None = None,
     progress: bool = False,
     desc: str = "samples",
+    collective: bool = False,
 ) -> dict[str, Record]:
     """Compute the units not finished yet, split across ranks; return all records of ``keys``.
 
@@ -112,8 +117,10 @@ def run_units(
         compute: key -> JSON-able record; must depend only on the key and fixed settings.
         store: where finished units are kept (None: nothing on disk, nothing skipped).
         info: this process's place (default :func:`awp.distributed.current`).
-        progress: show a tqdm bar (on the main rank only).
+        progress: show a progress bar (on the main rank only).
         desc: the bar's label.
+        collective: every rank computes every unfinished unit together (``compute`` itself
+            communicates, e.g. all-reduces); only the main rank writes the store.
 
     Returns:
         key -> record for every key of ``keys``, on every rank.
@@ -128,7 +135,7 @@ def run_units(
     for part in distributed.all_gather_objects(sorted(k for k in keys if k in done)):
         finished.update(part)
     todo = [k for k in keys if k not in finished]
-    mine = distributed.shard(todo, info.rank, info.world)
+    mine = todo if collective else distributed.shard(todo, info.rank, info.world)
     if finished:
         log.info("%s: %d of %d units already finished", desc, len(finished), len(keys))
     bar = progress_bar(mine, desc=desc, enabled=progress and info.is_main)
@@ -137,12 +144,13 @@ def run_units(
         # Normalized as JSON, so fresh records look exactly like ones read back from disk.
         record = json.loads(json.dumps(compute(key)))
         new[key] = record
-        if store is not None:
+        if store is not None and (info.is_main or not collective):
             store.add(key, record)
     local = {k: done[k] for k in keys if k in done}
     local.update(new)
     merged: dict[str, Record] = {}
-    for part in distributed.all_gather_objects(local):
+    parts = distributed.all_gather_objects(local)
+    for part in reversed(parts) if collective else parts:  # collective: the main rank's win
         merged.update(part)
     missing = [k for k in keys if k not in merged]
     if missing:  # only possible if a rank's compute skipped a key

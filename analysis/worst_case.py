@@ -42,8 +42,11 @@ class WorstCaseConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "gammas", tuple(float(g) for g in self.gammas))
-        if not self.gammas or any(not 0 <= g < 1 for g in self.gammas):
-            raise ValueError(f"gammas={self.gammas}: give one or more values in [0, 1)")
+        if not self.gammas or any(not 0 < g < 1 for g in self.gammas):
+            raise ValueError(
+                f"gammas={self.gammas}: give one or more relative radii in (0, 1) (gamma = 0 is "
+                "no perturbation: its worst-case flatness is 0 by definition)"
+            )
         if len(set(self.gammas)) != len(self.gammas):
             raise ValueError(f"gammas={self.gammas} has repeated values")
         if self.ascent_steps < 1 or self.ascent_restarts < 1:

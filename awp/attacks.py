@@ -145,6 +145,8 @@ def pgd(
         )
     loss_fn = _loss_fn(loss, kappa)
     x = x.detach()
+    if eps == 0:  # nothing to search (no random start is drawn either): training with --eps 0
+        return x.clamp(0, 1)
     best: torch.Tensor | None = None
     with model_mode(model, mode):
         for _ in range(restarts):

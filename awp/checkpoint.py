@@ -103,6 +103,32 @@ def _unpickler_reason(err: BaseException) -> str:
     return lines[0] if lines else "no detail"
 
 
+def check_file(path: str | os.PathLike, *, what: str = "checkpoint") -> None:
+    """Refuse a path that is missing or a directory, naming it and the fix.
+
+    Raises:
+        FileNotFoundError: no such file.
+        IsADirectoryError: a folder (e.g. a run folder given instead of one of its checkpoints).
+    """
+    path = Path(path)
+    if path.is_dir():
+        inside = sorted(path.glob("checkpoints/*.pt")) or sorted(path.glob("*.pt"))
+        hint = f", e.g. {inside[-1]}" if inside else ""
+        raise IsADirectoryError(f"{what} {path} is a directory; pass a .pt file{hint}")
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} does not exist")
+
+
+def other_checkpoints(path: str | os.PathLike) -> str:
+    """A hint naming the other checkpoints beside ``path`` (for a corrupt one)."""
+    path = Path(path)
+    others = [p for p in sorted(path.parent.glob("*.pt")) if p.name != path.name]
+    if not others:
+        return "use another checkpoint"
+    named = ", ".join(p.name for p in others[-3:])
+    return f"use another checkpoint of {path.parent} ({named})"
+
+
 def safe_torch_load(
     path: str | os.PathLike,
     *,
@@ -120,8 +146,7 @@ def safe_torch_load(
             ``corrupt_hint`` are appended to the respective message.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} {path} does not exist (or is not a file)")
+    check_file(path, what=what)
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
@@ -157,11 +182,7 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: str | torch.device
             or a file that is not an awp-landscape checkpoint (with the fix to use).
     """
     path = Path(path)
-    ckpt = safe_torch_load(
-        path,
-        map_location=map_location,
-        corrupt_hint="use another checkpoint, e.g. the run's last.pt or best.pt",
-    )
+    ckpt = safe_torch_load(path, map_location=map_location, corrupt_hint=other_checkpoints(path))
     return _check_ours(ckpt, path)
 
 
@@ -184,13 +205,22 @@ def _check_ours(ckpt: Any, path: Path) -> dict:
     return ckpt
 
 
+def first_nonfinite(state: Mapping[str, torch.Tensor]) -> str | None:
+    """The name of the first floating-point tensor holding a NaN or an infinity, or None."""
+    for name, t in state.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            return name
+    return None
+
+
 def load_state_dict_checked(
     model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, source: str = "checkpoint"
 ) -> None:
     """``load_state_dict`` that names every missing/unexpected key and shape mismatch.
 
     Raises:
-        CheckpointError: listing the missing and unexpected keys and mismatched shapes.
+        CheckpointError: listing the missing and unexpected keys and mismatched shapes, or
+            naming a tensor that holds NaN or infinity.
     """
     own = model.state_dict()
     state = strip_prefixes(state_dict)
@@ -213,6 +243,12 @@ def load_state_dict_checked(
         if unexpected:
             parts.append(f"unexpected keys: {_clip(unexpected)}")
         raise CheckpointError(f"{source} does not fit the model: " + "; ".join(parts))
+    bad = first_nonfinite(state)
+    if bad is not None:
+        raise CheckpointError(
+            f"{source} holds non-finite values (NaN or infinity) in {bad}: the training had "
+            "diverged when it was saved; use a checkpoint from before"
+        )
     model.load_state_dict(state)
 
 
@@ -273,6 +309,7 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
         path,
         trust_hint="If you trust the file, re-save its state dict alone: torch.save(torch.load("
         "path, weights_only=False)['state_dict'], 'weights.pt')",
+        corrupt_hint=other_checkpoints(path),
     )
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         ckpt = _check_ours(obj, path)  # the schema checks of our own format

@@ -321,9 +321,16 @@ def method_of(config: Mapping[str, Any] | None) -> str:
     """The method label of a run from its training config: ``AT``, ``AT-AWP``, ``TRADES``...
 
     ``config["method"]`` names the objective (at / trades / mart, default at) and
-    ``config["awp"]`` adds ``-AWP``. An empty or missing config gives ``unknown``.
+    ``config["awp"]`` adds ``-AWP``. Gaussian data augmentation (``noise_sd`` > 0) gives
+    ``Gaussian`` / ``Gaussian-AWP`` without an attack (``eps`` 0) and appends ``+Gaussian`` to
+    the others. An empty or missing config gives ``unknown``.
     """
     if not config:
         return "unknown"
     base = str(config.get("method") or "at").upper()
-    return f"{base}-AWP" if config.get("awp") else base
+    label = f"{base}-AWP" if config.get("awp") else base
+    if float(config.get("noise_sd") or 0) > 0:  # Gaussian data augmentation
+        if base == "AT" and float(config.get("eps", 1)) == 0:
+            return "Gaussian" + label[2:]  # no attack: Gaussian, Gaussian-AWP
+        return f"{label}+Gaussian"
+    return label

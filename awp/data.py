@@ -163,7 +163,7 @@ def load_data(
     Args:
         cfg: which dataset, where it lives, and the validation split.
         device: where the returned tensors live.
-        progress: show a tqdm bar while decoding large image archives.
+        progress: show a progress bar while decoding large image archives.
 
     Returns:
         DataBundle whose splits hold x (N, 3, H, W) uint8 and y (N,) int64 on `device`.

@@ -19,7 +19,7 @@ from __future__ import annotations
 import inspect
 import os
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -214,6 +214,17 @@ def all_reduce_mean_(tensors: list[torch.Tensor]) -> None:
         offset += n
 
 
+def all_reduce_sum_(flat: torch.Tensor) -> torch.Tensor:
+    """Sum one tensor over ranks in place and return it (unchanged outside a job).
+
+    The Hessian-vector products of :mod:`awp.hessian` use it: each rank sums the products of
+    its share of the batches in float64, and this adds the shares.
+    """
+    if _in_job():
+        dist.all_reduce(flat)
+    return flat
+
+
 def all_reduce_sums(values: list[float], device: torch.device) -> list[float]:
     """Sum each number over ranks (float64); ``values`` unchanged outside a job."""
     if not _in_job():
@@ -247,6 +258,22 @@ def agree(error: BaseException | None) -> None:
         raise error
     if box[0] is not None:
         raise PeerError(f"rank 0 failed: {box[0]}")
+
+
+@contextmanager
+def main_holds(ctx: DistContext, *managers: AbstractContextManager[Any]) -> Iterator[None]:
+    """Rank 0 enters ``managers`` (e.g. the locks of the outputs it writes) for the body; when it
+    cannot, every rank raises (:func:`agree`), before any of them computes anything."""
+    with ExitStack() as stack:
+        error: BaseException | None = None
+        if ctx.is_main:
+            try:
+                for manager in managers:
+                    stack.enter_context(manager)
+            except Exception as err:  # reported on every rank by agree()
+                error = err
+        agree(error)
+        yield
 
 
 # --------------------------------------------------------------------------- DDP

@@ -17,9 +17,9 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 from PIL import Image
-from tqdm.auto import tqdm
 
 from awp.io import atomic_write_with
+from awp.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -189,11 +189,11 @@ def _decode(files: ImageFolderFiles, path: Path, *, progress: bool) -> dict[str,
     """Decode every image to RGB uint8; labels index the sorted class names."""
     classes = sorted(files["train"])
     total = sum(len(v) for split in SPLITS for v in files[split].values())
-    bar = tqdm(
+    bar = progress_bar(
         total=total,
         desc=f"decoding {path.name}",
         unit="img",
-        disable=not progress or total <= _PROGRESS_MIN_IMAGES,
+        enabled=progress and total > _PROGRESS_MIN_IMAGES,
     )
     arrays: dict[str, np.ndarray] = {"classes": np.array(classes, dtype=np.str_)}
     shape: tuple[int, ...] | None = None

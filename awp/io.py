@@ -5,20 +5,33 @@ caches) goes through :func:`atomic_write_with`: the bytes go to a temp file in t
 are fsync'd and renamed over the target, so a process killed at any moment leaves the previous
 file (or none) and at worst a stray ``.NAME.*.tmp``, which :func:`remove_stale_temps` clears.
 
+A command holds its outputs with :func:`exclusive_output` while it writes them: it checks first
+that they can be written, takes an exclusive lock (a second writer is refused, naming the
+holder), and clears the temp files a killed earlier writer left behind.
+
+JSON written here is strict: NaN and infinities become ``null`` (JSON has no such numbers, and
+other tools refuse ``NaN``), so a statistic that does not exist reads as missing.
+
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
+import errno
+import fcntl
 import hashlib
 import io
 import json
 import math
 import os
 import platform
+import socket
+import sys
 import tempfile
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -141,21 +154,13 @@ def finite_json(obj: Any) -> Any:
     return obj
 
 
-def _json_default(o: Any) -> Any:
-    if dataclasses.is_dataclass(o) and not isinstance(o, type):
-        return dataclasses.asdict(o)
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"cannot write {type(o).__name__} as JSON")
-
-
 def json_text(obj: Any) -> str:
-    """Indented JSON of ``obj`` (dataclasses as dicts, paths as text), with a final newline."""
-    return json.dumps(obj, indent=2, default=_json_default) + "\n"
+    """Strict, indented JSON of ``obj`` (see :func:`finite_json`), with a final newline."""
+    return json.dumps(finite_json(obj), indent=2, allow_nan=False) + "\n"
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Atomic JSON; see :func:`json_text`."""
+    """Atomic strict JSON (NaN and infinities written as ``null``)."""
     return atomic_write_text(path, json_text(obj))
 
 
@@ -180,7 +185,8 @@ def read_json(path: str | os.PathLike, *, what: str = "results file") -> Any:
 
 
 def csv_text(rows: Sequence[dict[str, Any]]) -> str:
-    """CSV with the union of the rows' columns (first-seen order); lists and dicts as JSON."""
+    """CSV with the union of the rows' columns (first-seen order); lists and dicts as JSON,
+    missing numbers (None, NaN, infinities) as empty cells."""
     columns: dict[str, None] = {}
     for r in rows:
         for k in r:
@@ -195,10 +201,185 @@ def csv_text(rows: Sequence[dict[str, Any]]) -> str:
 
 def _cell(v: Any) -> Any:
     if isinstance(v, (list, tuple, dict)):
-        return json.dumps(v)
+        return json.dumps(finite_json(v), allow_nan=False)
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return ""
     return v
 
 
 def write_csv(path: str | os.PathLike, rows: Sequence[dict[str, Any]]) -> Path:
     """Atomic CSV of dict rows (see :func:`csv_text`)."""
     return atomic_write_text(path, csv_text(rows))
+
+
+# --------------------------------------------------------------------------- outputs
+class OutputBusy(RuntimeError):
+    """Another process is writing the same output; the message names it."""
+
+
+class OutputNotWritable(OSError):
+    """An output that cannot be created or written; the message names it and why."""
+
+
+# Locks this process holds: lock file -> (descriptor, depth). A stage of the demo takes the lock
+# of an output the demo already holds, so the same process may take one lock again.
+_HELD: dict[str, list[int]] = {}
+
+
+def check_writable(folder: str | os.PathLike) -> None:
+    """Create ``folder`` (with its parents) and write and remove a probe file in it.
+
+    Raises:
+        OutputNotWritable: naming the folder and the reason (read-only, a path under a regular
+            file, permission, disk full...).
+    """
+    folder = Path(folder)
+    try:
+        if folder.exists() and not folder.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "it is a file, not a folder", str(folder))
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".awp-probe.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        reason = err.strerror or str(err)
+        where = err.filename or folder
+        raise OutputNotWritable(
+            f"cannot write into {folder} ({where}: {reason}); choose another --out"
+        ) from None
+
+
+def _holder(fd: int) -> str:
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        info = json.loads(os.read(fd, 4096).decode() or "{}")
+    except (OSError, ValueError):
+        return "another process"
+    return (
+        f"process {info.get('pid')} on {info.get('host')} since {info.get('since')}: "
+        f"{info.get('command')}"
+    )
+
+
+@contextlib.contextmanager
+def output_lock(lock_file: str | os.PathLike, *, what: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``lock_file`` for the body (re-entrant in one process).
+
+    The lock is an ``fcntl.flock`` on the file, so it goes away with the process, also after a
+    SIGKILL; the file records who holds it.
+
+    Raises:
+        OutputBusy: another process holds it (the message names that process and ``what``).
+    """
+    lock_file = Path(lock_file)
+    key = str(lock_file.resolve())
+    if key in _HELD:
+        _HELD[key][1] += 1
+        try:
+            yield
+        finally:
+            _HELD[key][1] -= 1
+        return
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _holder(fd)
+        os.close(fd)
+        raise OutputBusy(
+            f"{what} is being written by {holder}; wait for it to finish or choose another --out"
+        ) from None
+    since = time.strftime("%Y-%m-%d %H:%M:%S")
+    info = {"pid": os.getpid(), "host": socket.gethostname(), "since": since}
+    info["command"] = " ".join(sys.argv)
+    os.ftruncate(fd, 0)
+    os.write(fd, json.dumps(info).encode())
+    _HELD[key] = [fd, 1]
+    try:
+        yield
+    finally:
+        del _HELD[key]
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def lock_file_of(path: str | os.PathLike, *, folder_lock: str = "") -> Path:
+    """The lock of an output: ``.NAME.lock`` beside a file, or ``FOLDER/.<folder_lock>.lock``."""
+    path = Path(path)
+    if folder_lock:
+        return path / f".{folder_lock}.lock"
+    return path.with_name(f".{path.name}.lock")
+
+
+@contextlib.contextmanager
+def exclusive_output(
+    path: str | os.PathLike,
+    *,
+    folder_lock: str = "",
+    cleans: Iterable[str | os.PathLike] = (),
+    enabled: bool = True,
+) -> Iterator[Path]:
+    """Check, lock and tidy an output before a command writes it; hold it while it writes.
+
+    When the body fails before writing anything, the folders created for the output are
+    removed again, so a refused or failed command leaves nothing behind.
+
+    Args:
+        path: the output: a file, or a folder when ``folder_lock`` names its lock (e.g. "run",
+            "flatness": commands writing different files of one folder do not exclude
+            each other).
+        folder_lock: the name of the folder's lock ("" for a file output).
+        cleans: files (and folders, recursively) whose ``.NAME.*.tmp`` left by a killed writer
+            are removed once the lock is held (default: the file output itself).
+        enabled: False does nothing.
+
+    Raises:
+        OutputNotWritable: the output cannot be created or written.
+        OutputBusy: another process is writing it.
+    """
+    path = Path(path)
+    if not enabled:
+        yield path
+        return
+    folder = path if folder_lock else path.parent
+    created = _missing_parents(folder)
+    check_writable(folder)
+    lock = lock_file_of(path, folder_lock=folder_lock)
+    fresh_lock = not lock.exists()
+    what = f"{path}" if not folder_lock else f"{path} ({folder_lock})"
+    try:
+        with output_lock(lock, what=what):
+            for target in list(cleans) or ([] if folder_lock else [path]):
+                target = Path(target)
+                if target.is_dir():
+                    for tmp in target.rglob(".*.tmp"):
+                        tmp.unlink(missing_ok=True)
+                else:
+                    remove_stale_temps(target)
+            yield path
+    except BaseException:
+        _remove_if_untouched(created, lock if fresh_lock else None)
+        raise
+
+
+def _missing_parents(folder: Path) -> list[Path]:
+    """The folders of ``folder``'s chain that do not exist yet, deepest first."""
+    missing = []
+    for p in [folder, *folder.parents]:
+        if p.exists():
+            break
+        missing.append(p)
+    return missing
+
+
+def _remove_if_untouched(created: list[Path], lock: Path | None) -> None:
+    """Remove folders this command created when nothing but its own lock file is in them."""
+    if lock is not None and lock.parent in created:
+        with contextlib.suppress(OSError):
+            lock.unlink()
+    for folder in created:
+        try:
+            folder.rmdir()  # only when empty
+        except OSError:
+            return

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from awp.checkpoint import CheckpointError, load_checkpoint
 from awp.config import config_diff, from_dict, to_dict
 from awp.io import atomic_write_text
 
@@ -61,46 +62,103 @@ class RunFolder:
         return self.last.exists() and len(self.read_metrics()) >= epochs
 
 
-def prepare_run(cfg: Any, *, resume: bool) -> RunFolder:
+def resume_source(path: Path) -> dict[str, Any] | None:
+    """The checkpoint at ``path`` when a run can continue from it exactly (it holds the
+    optimizer and every RNG state), else None (missing, corrupt, or weights only)."""
+    try:
+        ckpt = load_checkpoint(path)
+    except (OSError, CheckpointError):
+        return None
+    return ckpt if "optimizer" in ckpt and "rng_torch" in ckpt else None
+
+
+def newest_resumable(run: RunFolder) -> tuple[Path, int] | None:
+    """The newest epoch checkpoint a run can continue from exactly, with its epoch."""
+    for path in reversed(run.epoch_ckpts()):
+        ckpt = resume_source(path)
+        if ckpt is not None:
+            return path, int(ckpt["epoch"])
+    return None
+
+
+def continue_hint(run: RunFolder) -> str:
+    """Where a run whose last.pt cannot be resumed can continue from (the newest epoch
+    checkpoint holding the full state), or that it cannot."""
+    found = newest_resumable(run)
+    if found is None:
+        return (
+            f"no epoch checkpoint of {run.root} holds the state to continue from: start a new "
+            "run with another --out (--init CHECKPOINT keeps a checkpoint's weights)"
+        )
+    path, epoch = found
+    return (
+        f"the newest checkpoint to continue from is {path} (epoch {epoch}): "
+        f"pass --resume-from {path}"
+    )
+
+
+def prepare_run(cfg: Any, *, resume: bool, resume_from: Path | None = None) -> RunFolder:
     """Check the run folder of ``cfg`` (a TrainConfig): a new run never overwrites one; a
-    resumed run must match it.
+    resumed run must match it and have a checkpoint to continue from.
+
+    Args:
+        cfg: the TrainConfig.
+        resume: continue the run in ``cfg.out``.
+        resume_from: continue from this checkpoint of the run (an epoch checkpoint) instead
+            of ``last.pt``.
 
     Raises:
         FileExistsError: a new run into a folder that already holds one.
         ValueError: resuming with a configuration that differs (names each difference).
-        FileNotFoundError: resuming a folder without ``checkpoints/last.pt``.
+        FileNotFoundError: nothing to resume from (names the newest checkpoint that can be).
     """
     run = RunFolder(cfg.out)
-    if not resume:
+    if not resume and resume_from is None:
         existing = [p for p in (run.last, run.metrics) if p.exists()]
         if existing:
+            hint = (
+                "pass --resume to continue it"
+                if run.last.exists()
+                else f"its {run.last.name} is missing; {continue_hint(run)}"
+            )
             raise FileExistsError(
-                f"run folder {run.root} already holds a run ({existing[0]}); "
-                f"pass --resume to continue it, or choose another --out"
+                f"run folder {run.root} already holds a run ({existing[0]}); {hint}, or choose "
+                "another --out"
             )
         return run
-    if not run.last.exists():
+    source = Path(resume_from) if resume_from is not None else run.last
+    if resume_from is None and not run.last.exists() and not run.metrics.exists():
         raise FileNotFoundError(
-            f"cannot resume: {run.last} does not exist; start the run without --resume"
+            f"cannot resume: {run.root} holds no run (no {run.last.name}, no "
+            f"{run.metrics.name}); start it without --resume"
         )
-    saved = json.loads(run.config.read_text()) if run.config.exists() else None
-    if saved is not None:
-        # Compare the values used, so a None ("the method's default") matches the same number
-        # written out, and runs from before a field existed match its default.
-        try:
-            saved = to_dict(from_dict(type(cfg), saved).resolved())
-        except (ValueError, TypeError):
-            pass  # an unreadable config: compare as written, the diff names the problem
-        diffs = config_diff(
-            saved, to_dict(cfg.resolved()), ignore=RESUME_MUTABLE, saved_as="in the run"
-        )
-        if diffs:
-            raise ValueError(
-                f"cannot resume {run.root}: the configuration differs: "
-                + "; ".join(diffs)
-                + ". Resume with the run's own settings."
-            )
+    if resume_source(source) is None:
+        what = "is missing" if not source.exists() else "cannot be continued from"
+        why = "" if source == run.last else " (a checkpoint without the optimizer and RNG states?)"
+        raise FileNotFoundError(f"cannot resume: {source} {what}{why}; {continue_hint(run)}")
+    _check_same_config(run, cfg)
     return run
+
+
+def _check_same_config(run: RunFolder, cfg: Any) -> None:
+    saved = json.loads(run.config.read_text()) if run.config.exists() else None
+    if saved is None:
+        return
+    # Compare the values used, so a None ("the method's default") matches the same number
+    # written out, and runs from before a field existed match its default.
+    try:
+        saved = to_dict(from_dict(type(cfg), saved).resolved())
+    except (ValueError, TypeError):
+        pass  # an unreadable config: compare as written, the diff names the problem
+    diffs = config_diff(
+        saved, to_dict(cfg.resolved()), ignore=RESUME_MUTABLE, saved_as="in the run"
+    )
+    if diffs:
+        raise ValueError(
+            f"cannot resume {run.root}: the configuration differs: "
+            + "; ".join(diffs)
+            + ". Resume with the run's own settings."
+        )
 
 
 def rng_state(generators: Mapping[str, torch.Generator]) -> dict[str, torch.Tensor]:

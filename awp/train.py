@@ -33,12 +33,17 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from awp import distributed
 from awp.attacks import LossFn, run_attack
 from awp.augment import augment, to_float
-from awp.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
+from awp.checkpoint import (
+    CheckpointError,
+    first_nonfinite,
+    load_checkpoint,
+    load_weights,
+    save_checkpoint,
+)
 from awp.config import (
     METHODS,
     MODES,
@@ -57,10 +62,11 @@ from awp.data import DataBundle, DataConfig, Split, fixed_subset, iterate_batche
 from awp.distributed import DistContext
 from awp.evaluate import evaluate_attack
 from awp.extra_data import batches_per_epoch, load_extra_data, mixed_batches
-from awp.io import atomic_write_text, sha256_file
+from awp.io import atomic_write_text, exclusive_output, sha256_file
 from awp.models import ModelConfig, ModelSpec, build_model
 from awp.objectives import AttackLossFactory, ObjectiveFn, get_attack_loss, get_objective
 from awp.perturb import perturbed, select_params, weight_ascent
+from awp.progress import progress_bar
 from awp.runs import RunFolder, prepare_run, rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
@@ -147,6 +153,12 @@ class TrainConfig:
     )
     save_every: int = opt(0, "also keep a checkpoint every k epochs (0 = only last and best)")
     augment: bool = opt(True, "random crop (4 px reflect pad) and flip of training images")
+    noise_sd: float = opt(
+        0.0,
+        "Gaussian data augmentation: N(0, noise_sd^2) noise (pixel units) added to the inputs the "
+        "objective sees, after the attack (with --eps 0: the base classifier of randomized "
+        "smoothing, Cohen et al. 2019); 0 = none",
+    )
     seed: int = opt(0, "seed of weights, shuffling, augmentation and attacks")
     device: str = opt("auto", "auto | cpu | cuda | cuda:N")
 
@@ -186,6 +198,11 @@ class TrainConfig:
             raise ValueError(
                 f"batch_size={self.batch_size} with extra_fraction={self.extra_fraction} leaves no "
                 "training images in a batch; raise --batch-size or lower --extra-fraction"
+            )
+        if not 0 <= self.noise_sd <= 4:
+            raise ValueError(
+                f"noise_sd={self.noise_sd} must be in [0, 4]: a standard deviation in [0,1] pixel "
+                "units (Cohen et al. use 0.12, 0.25, 0.5, 1.0; 25 pixel levels are 25/255)"
             )
         if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1:
             raise ValueError("need lr > 0, weight_decay >= 0 and 0 <= momentum < 1")
@@ -279,12 +296,16 @@ class TrainConfig:
     def describe(self) -> str:
         """E.g. ``TRADES-AWP (gamma 0.005, warm-up 10, beta 6, A=1 K1=10 K2=1)``."""
         r = self.resolved()
-        label = method_of({"method": self.method, "awp": self.awp})
+        label = method_of(
+            {"method": self.method, "awp": self.awp, "eps": self.eps, "noise_sd": self.noise_sd}
+        )
         parts = []
         if self.awp:
             parts += [f"gamma {r.gamma:g}", f"warm-up {r.awp_warmup}"]
         if r.beta is not None:
             parts.append(f"beta {r.beta:g}")
+        if self.noise_sd:
+            parts.append(f"noise sd {self.noise_sd:g}")
         if self.awp:
             parts.append(f"A={self.awp_alternations} K1={self.attack_steps} K2={self.awp_steps}")
         return label + (f" ({', '.join(parts)})" if parts else "")
@@ -329,6 +350,7 @@ def train_step(
     grad_hook: Callable[[list[torch.Tensor]], None] | None = None,
     attack_loss: AttackLossFactory | None = None,
     loss_scale: float = 1.0,
+    noise: torch.Tensor | None = None,
 ) -> StepStats:
     """One minibatch step of AT, TRADES or MART, with or without AWP (general A/K1/K2 schedule).
 
@@ -338,6 +360,9 @@ def train_step(
        statistics frozen. For A > 1, A - 1 more times: regenerate x_adv on w + v, then continue
        the projected ascent of v from there (:func:`awp.perturb.weight_ascent` from v0).
     3. Add v, objective at w + v, backward, optimizer step, subtract the same v.
+
+    With ``noise`` (Gaussian data augmentation) the objective, and so the AWP ascent, sees
+    x + noise and x_adv + noise; the attack is crafted at the clean x, as without noise.
 
     The attack and the AWP ascent run on the plain module (inside a DDP wrapper when ``model``
     is one): they take gradients with ``torch.autograd.grad``, which DDP's reducer never sees,
@@ -358,6 +383,7 @@ def train_step(
         loss_scale: multiplies the objective in the backward pass and the AWP ascent; a rank of
             a distributed run whose slice is not 1/N of the global batch passes
             N * slice / global so that averaged gradients are those of the global mean.
+        noise: (N, C, H, W) added to x and x_adv where the objective reads them, or None.
 
     Returns:
         :class:`StepStats` of the objective's forward pass (the loss unscaled).
@@ -369,6 +395,9 @@ def train_step(
         loss: LossFn | None = attack_loss(net, x, attack.mode) if attack_loss else None
         return run_attack(net, x, y, attack, generator=generator, loss=loss)
 
+    def noisy(t: torch.Tensor) -> torch.Tensor:
+        return t if noise is None else t + noise
+
     x_adv = craft()
     model.train()
     if awp is not None and awp.gamma > 0:
@@ -376,7 +405,7 @@ def train_step(
 
         def awp_objective() -> torch.Tensor:
             # Reads x_adv when called, so alternations ascend on the regenerated examples.
-            loss = objective(net, x, x_adv, y)[0]
+            loss = objective(net, noisy(x), noisy(x_adv), y)[0]
             return loss * loss_scale if loss_scale != 1.0 else loss
 
         ascent = dict(gamma=awp.gamma, steps=awp.steps, model=net, grad_hook=grad_hook)
@@ -386,10 +415,10 @@ def train_step(
                 x_adv = craft()
             v = weight_ascent(awp_objective, params, v0=v, **ascent)
         with perturbed(params, v, restore="subtract"):
-            loss, logits = objective(model, x, x_adv, y)
+            loss, logits = objective(model, noisy(x), noisy(x_adv), y)
             _minimize(optimizer, loss, loss_scale)
     else:
-        loss, logits = objective(model, x, x_adv, y)
+        loss, logits = objective(model, noisy(x), noisy(x_adv), y)
         _minimize(optimizer, loss, loss_scale)
     return StepStats(float(loss.detach()), int((logits.detach().argmax(1) == y).sum()), len(y))
 
@@ -441,6 +470,7 @@ def train(
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     data: DataBundle | None = None,
     model: nn.Module | None = None,
+    resume_from: str | Path | None = None,
 ) -> TrainResult:
     """Train a model as ``cfg`` says, writing everything into the run folder ``cfg.out``.
 
@@ -462,19 +492,34 @@ def train(
         cfg: the run's configuration.
         resume: continue from ``checkpoints/last.pt``; the result equals an uninterrupted run
             (also distributed, with the same number of processes).
-        progress: show a tqdm bar per epoch (rank 0 only).
+        progress: show a progress bar per epoch (rank 0 only).
         on_epoch: called with each epoch's record on every rank (the CLI prints on rank 0).
         data: an already loaded dataset (else loaded from ``cfg.data``).
         model: a model to train instead of building ``cfg.model`` (a custom architecture
             taking [0, 1] images); its checkpoints record ``model.spec`` when it has a
             :class:`~awp.models.ModelSpec`, else ``{"name": "custom", "class": ...}``.
+        resume_from: continue from this checkpoint of the run (an ``epoch_NNN.pt``, which
+            holds the same state as ``last.pt`` had then) instead of ``last.pt``; metrics
+            after its epoch are dropped. Implies ``resume``.
 
     Returns:
         :class:`TrainResult` with the final model (train mode, unwrapped), run folder and history.
     """
-    with distributed.joined(cfg.device) as ctx:
+    with (
+        distributed.joined(cfg.device) as ctx,
+        # Rank 0 holds the run folder (writable, locked, temps of a killed run cleared).
+        distributed.main_holds(ctx, exclusive_output(cfg.out, folder_lock="run", cleans=[cfg.out])),
+    ):
         progress = progress and ctx.is_main
-        s = _open(cfg, ctx, resume=resume, progress=progress, data=data, model=model)
+        s = _open(
+            cfg,
+            ctx,
+            resume=resume or resume_from is not None,
+            resume_from=Path(resume_from) if resume_from is not None else None,
+            progress=progress,
+            data=data,
+            model=model,
+        )
         for epoch in range(s.start_epoch, cfg.epochs):
             record = _train_epoch(s, epoch, progress=progress)
             _end_epoch(s, record)
@@ -489,6 +534,7 @@ def _open(
     ctx: DistContext,
     *,
     resume: bool,
+    resume_from: Path | None,
     progress: bool,
     data: DataBundle | None,
     model: nn.Module | None,
@@ -499,7 +545,7 @@ def _open(
             f"batch_size={cfg.batch_size} is the global batch of {ctx.world} processes: each "
             f"needs at least 2 examples (BatchNorm); use --batch-size {2 * ctx.world} or more"
         )
-    run = prepare_run(cfg, resume=resume)  # every rank checks, nobody has written yet
+    run = prepare_run(cfg, resume=resume, resume_from=resume_from)  # every rank checks first
     distributed.barrier()
     device = distributed.pick_device(cfg.device, ctx)
     data = data if data is not None else load_data(cfg.data, device, progress=progress)
@@ -531,12 +577,14 @@ def _open(
         gens={
             "data": torch.Generator().manual_seed(cfg.seed + 1),  # the same on every rank
             "attack": torch.Generator().manual_seed(cfg.seed + 2 + RANK_SEED_STRIDE * ctx.rank),
+            # Gaussian augmentation only: without it nothing is drawn and last.pt is unchanged.
+            **({"noise": torch.Generator().manual_seed(cfg.seed + 6)} if cfg.noise_sd else {}),
         },
         extra=extra,
         inputs=inputs,
     )
     if resume:
-        _restore(s)
+        _restore(s, resume_from or run.last)
     elif ctx.is_main:
         run.root.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run.config, json.dumps(to_dict(cfg), indent=2) + "\n")
@@ -559,9 +607,10 @@ def _spec_record(spec: ModelSpec, model: nn.Module | None) -> dict[str, Any]:
     return {"name": "custom", "class": type(model).__qualname__}
 
 
-def _restore(s: _Session) -> None:
-    """Load ``last.pt`` into a session: weights, optimizer, RNG states, history."""
-    ckpt = load_checkpoint(s.run.last)
+def _restore(s: _Session, source: Path) -> None:
+    """Load ``last.pt`` (or an epoch checkpoint) into a session: weights, optimizer, RNG
+    states, history."""
+    ckpt = load_checkpoint(source)
     saved_world = int(ckpt.get("world", 1))
     if saved_world != s.ctx.world:
         raise ValueError(
@@ -580,7 +629,7 @@ def _restore(s: _Session) -> None:
     s.history = [r for r in s.run.read_metrics() if r["epoch"] <= s.start_epoch]
     if s.ctx.is_main:
         s.run.rewrite_metrics(s.history)
-    log.info("resuming %s at epoch %d", s.run.root, s.start_epoch)
+    log.info("resuming %s at epoch %d from %s", s.run.root, s.start_epoch, source.name)
 
 
 def _batches(s: _Session) -> Iterator[tuple[torch.Tensor, torch.Tensor | None, Any]]:
@@ -614,6 +663,17 @@ def _global_batch(
     return x, y
 
 
+def _batch_noise(s: _Session, x: torch.Tensor) -> torch.Tensor | None:
+    """noise_sd * N(0, I) for the global batch (every rank draws the same), or None without
+    Gaussian augmentation. Drawn on the CPU generator, so a seed means the same noise on any
+    device, and saved with the run's other generators, so a resumed run draws what an
+    uninterrupted one would."""
+    if not s.cfg.noise_sd:
+        return None
+    z = torch.randn(x.shape, generator=s.gens["noise"], dtype=x.dtype)
+    return z.to(x.device).mul_(s.cfg.noise_sd)
+
+
 def _train_epoch(s: _Session, epoch: int, *, progress: bool) -> dict[str, Any]:
     """Train one epoch (the optimizer's view: loss and accuracy at w + v) and return its record
     before the evaluation."""
@@ -629,13 +689,8 @@ def _train_epoch(s: _Session, epoch: int, *, progress: bool) -> dict[str, Any]:
     )
     t0 = time.perf_counter()
     loss_sum, correct, seen = 0.0, 0, 0
-    bar = tqdm(
-        _batches(s),
-        total=steps,
-        desc=f"epoch {epoch + 1}/{cfg.epochs}",
-        disable=not progress,
-        leave=False,
-        dynamic_ncols=True,
+    bar = progress_bar(
+        _batches(s), total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", enabled=progress
     )
     lr = cfg.lr
     for i, (idx, extra_idx, order) in enumerate(bar):
@@ -646,10 +701,12 @@ def _train_epoch(s: _Session, epoch: int, *, progress: bool) -> dict[str, Any]:
         for group in s.optimizer.param_groups:
             group["lr"] = lr
         x, y = _global_batch(s, idx, extra_idx, order)
+        noise = _batch_noise(s, x)
         scale = 1.0
         if ctx.active:
             part = distributed.rank_slice(total, ctx.rank, ctx.world)
             x, y = x[part], y[part]
+            noise = noise[part] if noise is not None else None
             scale = ctx.world * len(y) / total
             distributed.broadcast_buffers_(s.net)  # rank 0's BatchNorm statistics for the attack
         stats = train_step(
@@ -665,11 +722,12 @@ def _train_epoch(s: _Session, epoch: int, *, progress: bool) -> dict[str, Any]:
             grad_hook=grad_hook,
             attack_loss=attack_loss,
             loss_scale=scale,
+            noise=noise,
         )
         if not math.isfinite(stats.loss):
-            raise FloatingPointError(
-                f"training loss is {stats.loss} at epoch {epoch + 1}, "
-                f"step {i + 1}; lower --lr or --gamma"
+            raise DivergedError(
+                f"the training loss is {stats.loss} at epoch {epoch + 1}, step {i + 1}; "
+                f"{_last_saved(s)}; lower --lr (or --gamma)"
             )
         loss_sum += stats.loss * stats.n
         correct += stats.correct
@@ -690,9 +748,32 @@ def _train_epoch(s: _Session, epoch: int, *, progress: bool) -> dict[str, Any]:
     }
 
 
+class DivergedError(ValueError):
+    """Training produced non-finite losses or weights; nothing non-finite was saved."""
+
+
+def _last_saved(s: _Session) -> str:
+    """Where the last finite weights of a run are, for the message of a divergence."""
+    if s.run.last.exists():
+        epoch = s.history[-1]["epoch"] if s.history else s.start_epoch
+        return f"the last finite checkpoint is {s.run.last} (epoch {epoch})"
+    return "no checkpoint was saved"
+
+
 def _end_epoch(s: _Session, record: dict[str, Any]) -> None:
-    """Evaluate (when due), keep the record and write the epoch's checkpoints (rank 0)."""
+    """Evaluate (when due), keep the record and write the epoch's checkpoints (rank 0).
+
+    Raises:
+        DivergedError: the weights or BatchNorm statistics are no longer finite (nothing of
+            this epoch is saved, nor picked as best).
+    """
     cfg, ctx = s.cfg, s.ctx
+    bad = first_nonfinite(s.net.state_dict())
+    if bad is not None:
+        raise DivergedError(
+            f"after epoch {record['epoch']} {bad} holds NaN or infinity, so nothing of this "
+            f"epoch was saved; {_last_saved(s)}; lower --lr (or --gamma)"
+        )
     seconds = record.pop("seconds")
     t1 = time.perf_counter()
     if evaluated_at(record["epoch"], cfg):
@@ -733,13 +814,15 @@ def _save(
     )
     if improved and len(s.data.val):
         save_checkpoint(s.run.best, **common)
-    if cfg.save_every and epoch % cfg.save_every == 0:
-        save_checkpoint(s.run.epoch_ckpt(epoch), **common)
-    # last.pt is written last: once it exists, every file of this epoch is on disk.
+    # The state to continue from, in last.pt and in the epoch checkpoints (--resume-from).
     state = {"optimizer": s.optimizer.state_dict(), "best_val": s.best_val, **rng_state(s.gens)}
     if attack_states is not None:
         state["rng_attack_ranks"] = attack_states
-    save_checkpoint(s.run.last, **{**common, "extra": {**common["extra"], **state}})
+    full = {**common, "extra": {**common["extra"], **state}}
+    if cfg.save_every and epoch % cfg.save_every == 0:
+        save_checkpoint(s.run.epoch_ckpt(epoch), **full)
+    # last.pt is written last: once it exists, every file of this epoch is on disk.
+    save_checkpoint(s.run.last, **full)
 
 
 def _load_init(net: nn.Module, path: str, spec: ModelSpec | None) -> dict[str, Any]:

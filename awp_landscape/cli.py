@@ -3,30 +3,49 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 from collections.abc import Sequence
 
 from awp.checkpoint import CheckpointError
 from awp.distributed import PeerError
+from awp.io import OutputBusy
 from awp_landscape.commands import (
+    certify,
     correlate,
     demo,
     evaluate,
     flatness,
     gap,
+    hessian,
     hist,
     landscape,
     plot,
     report,
     spectra,
+    sweep,
     train,
 )
 from awp_landscape.console import CLIError
 
 # In the order `awp --help` lists them.
-COMMANDS = (train, evaluate, landscape, plot, hist, flatness, gap, correlate, report, demo)
-COMMANDS += (spectra,)
+COMMANDS = (
+    train,
+    evaluate,
+    landscape,
+    plot,
+    hist,
+    spectra,
+    flatness,
+    gap,
+    hessian,
+    correlate,
+    certify,
+    report,
+    demo,
+    sweep,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,10 +75,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (CLIError, PeerError, ValueError, FileNotFoundError, FileExistsError) as err:
-        if args.verbose and not isinstance(err, CLIError | CheckpointError):
+    except (CLIError, PeerError, OutputBusy, ValueError, OSError) as err:
+        if args.verbose and not isinstance(err, CLIError | CheckpointError | OutputBusy):
             raise
-        print(f"awp {args.command}: error: {err}", file=sys.stderr)
+        print(f"awp {args.command}: error: {message(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(
@@ -68,6 +87,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+
+
+def message(err: BaseException) -> str:
+    """One line for the user: ours as written; an OS error names the file and the reason
+    (read-only, permission, disk full), without Python's errno prefix."""
+    if isinstance(err, OSError) and err.filename is not None and err.strerror:
+        verb = "cannot write" if err.errno in _WRITE_ERRORS else "cannot use"
+        return f"{verb} {err.filename}: {err.strerror}"
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+_WRITE_ERRORS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,11 +17,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from awp.checkpoint import load_checkpoint, load_weights, read_state_dict
+from awp.augment import as_float
+from awp.checkpoint import check_file, load_checkpoint, load_weights, read_state_dict
 from awp.config import check_choice, from_dict, method_of, opt
 from awp.data import DataBundle, DataConfig, load_data
 from awp.io import sha256_file
 from awp.models import ModelConfig, ModelSpec, build_model
+from awp.modes import model_mode
 from awp_landscape.console import CLIError
 from awp_landscape.flags import add_dataclass_arguments, dataclass_from_arguments
 
@@ -114,6 +115,15 @@ def identity(path: Path, ckpt: dict[str, Any] | None, sha: str) -> dict[str, Any
     }
 
 
+def identity_of(path: Path) -> dict[str, Any]:
+    """:func:`identity` of a checkpoint file (one from elsewhere is named by its file)."""
+    try:
+        ckpt = load_checkpoint(path)
+    except ValueError:
+        ckpt = None
+    return identity(path, ckpt, sha256_file(path))
+
+
 def unique_labels(idents: Sequence[dict[str, Any]], given: Sequence[str] | None) -> list[str]:
     """--labels as given (one each, no repeats), else the methods, made unique by epoch or run."""
     if given:
@@ -132,10 +142,38 @@ def unique_labels(idents: Sequence[dict[str, Any]], given: Sequence[str] | None)
 
 
 def check_files(paths: Sequence[Path]) -> None:
-    """Refuse a checkpoint path that is missing or not a file, before anything is computed."""
+    """Refuse a checkpoint path that is missing or a directory, before anything is computed."""
     for p in paths:
-        if not Path(p).is_file():
-            raise FileNotFoundError(f"checkpoint {p} does not exist (or is not a file)")
+        check_file(p)
+
+
+def check_fits(model: nn.Module, spec: ModelSpec, data: DataBundle, path: Path) -> None:
+    """Refuse a model that does not fit the data: another number of classes, or images it
+    cannot take (one forward pass of one image, in eval mode, decides)."""
+    if spec.num_classes != data.num_classes:
+        raise CLIError(
+            f"{path} is a {spec.num_classes}-class model, but {data.name} has "
+            f"{data.num_classes} classes: pass the dataset it was trained on with --dataset"
+        )
+    split = data.test if len(data.test) else data.train
+    if not len(split):
+        return
+    x = as_float(split.x[:1])
+    try:
+        with torch.no_grad(), model_mode(model, "eval"):
+            logits = model(x)
+    except RuntimeError as err:
+        reason = str(err).strip().splitlines()[0]
+        raise CLIError(
+            f"{path} ({spec.name}) cannot take the images of {data.name} "
+            f"({'x'.join(map(str, x.shape[1:]))}): {reason}; pass the dataset it was trained on "
+            "with --dataset"
+        ) from None
+    if tuple(logits.shape) != (1, data.num_classes):
+        raise CLIError(
+            f"{path} gives {tuple(logits.shape)} outputs for one image of {data.name}, not "
+            f"(1, {data.num_classes}); pass the dataset it was trained on with --dataset"
+        )
 
 
 class Inputs:
@@ -200,6 +238,7 @@ class Inputs:
         ``with_data=False`` loads only the weights of our checkpoints (a checkpoint from
         elsewhere still needs its dataset: the number of classes comes from it).
         """
+        check_file(path)
         _, info = read_state_dict(path)
         ckpt = info.get("checkpoint")
         data_cfg: DataConfig | None = None
@@ -224,9 +263,12 @@ class Inputs:
         model = build_model(spec)
         weights = dict(load_weights(model, path))
         weights.pop("checkpoint", None)
+        model = model.to(self.device).eval()
+        if data is not None:
+            check_fits(model, spec, data, Path(path))
         return Loaded(
             path=Path(path),
-            model=model.to(self.device).eval(),
+            model=model,
             spec=spec,
             ckpt=ckpt,
             data_cfg=data_cfg,
@@ -270,11 +312,6 @@ def default_label(path: Path) -> str:
     except (ValueError, OSError):
         return path.stem
     return method_of(config) if config.get("method") else path.stem
-
-
-def json_safe(obj: Any) -> Any:
-    """``obj`` as plain JSON values (tuples become lists)."""
-    return json.loads(json.dumps(obj))
 
 
 def rows_of(items: Sequence[Any]) -> list[dict[str, Any]]:

@@ -6,7 +6,8 @@ keeping a checkpoint every few epochs, then measures for both: PGD-20 and CW-20 
 (best and last), the robust generalization gap of every checkpoint, 1-D weight loss landscapes
 with attacks regenerated (and the fixed mode for contrast), the training trajectory on the plane
 of its two principal directions, weight histograms and per-layer statistics, weight spectra,
-expected and worst-case flatness with the PAC-Bayes terms, and flatness against the gap across
+expected and worst-case flatness with the PAC-Bayes terms, the curvature of the loss at fixed
+x_adv (top Hessian eigenvalue, trace, eigenvalue density), and flatness against the gap across
 checkpoints; then writes the report.
 
 ``awp reproduce --preset NAME`` runs the paper's full protocol (200 epochs, GPU) for a method
@@ -26,22 +27,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from analysis.certify_units import CertifyConfig
 from analysis.flatness import FlatnessConfig
 from analysis.gap import GapConfig
+from analysis.hessian import HessianConfig
 from analysis.spectra import SpectraConfig
 from analysis.worst_case import WorstCaseConfig
 from awp import distributed
 from awp.config import PGD10_EVAL, PGD20_EVAL, config_diff, from_dict, opt, to_dict
 from awp.data import DataConfig, load_data
 from awp.evaluate import EvalConfig
-from awp.io import atomic_write_text, read_json, sha256_file, write_json
+from awp.io import atomic_write_text, exclusive_output, read_json, sha256_file, write_json
 from awp.models import ModelConfig
 from awp.runs import RunFolder
 from awp.train import TrainConfig, train
+from awp_landscape.commands.certify import measure_certify
 from awp_landscape.commands.correlate import correlate_tables
 from awp_landscape.commands.evaluate import evaluate_checkpoint
 from awp_landscape.commands.flatness import measure_flatness
 from awp_landscape.commands.gap import measure_gap
+from awp_landscape.commands.hessian import measure_hessian
 from awp_landscape.commands.hist import weight_histograms
 from awp_landscape.commands.landscape import compute_landscapes
 from awp_landscape.commands.spectra import measure_spectra
@@ -74,6 +79,16 @@ class AnalysisPlan:
     trajectory_points: int = opt(7, "grid points per axis of the training-trajectory plane")
     trajectory_n: int = opt(50, "test images per point of the training-trajectory plane")
     trajectory_bn: int = opt(128, "training images re-estimating BatchNorm at each such point")
+    certify_n: int = opt(40, "test images certified by randomized smoothing (0 = all)")
+    certify_sigmas: tuple[float, ...] = opt((0.12, 0.25), "sigmas of the smoothed classifiers")
+    certify_n0: int = opt(10, "CERTIFY's selection samples per image (the paper: 100)")
+    certify_samples: int = opt(100, "CERTIFY's estimation samples n per image (the paper: 100,000)")
+    certify_noise_levels: tuple[float, ...] = opt(
+        (0.0, 0.06, 0.12, 0.25, 0.5), "noise levels s of the base classifier's accuracy curve"
+    )
+    certify_noise_draws: int = opt(4, "noisy copies per image and level of that curve")
+    hessian_n: int = opt(128, "train images of the curvature stage (Hessian at fixed x_adv)")
+    hessian_probes: int = opt(4, "Hutchinson probes of the curvature stage")
 
 
 def _migrate_flat_model(data: dict[str, Any]) -> dict[str, Any]:
@@ -202,6 +217,14 @@ class ReproduceConfig:
             trajectory_points=21,
             trajectory_n=1000,
             trajectory_bn=1000,
+            certify_n=500,  # Cohen et al.'s protocol: 500 images, n0 100, n 100,000, 4 sigmas
+            certify_sigmas=(0.12, 0.25, 0.5, 1.0),
+            certify_n0=100,
+            certify_samples=100_000,
+            certify_noise_levels=(0.0, 0.06, 0.12, 0.18, 0.25, 0.37, 0.5, 0.75, 1.0),
+            certify_noise_draws=10,
+            hessian_n=1000,
+            hessian_probes=30,
         ),
         "analysis sizes",
     )
@@ -263,17 +286,18 @@ def train_all(configs: Mapping[str, TrainConfig], *, progress: bool, log: Log) -
 
 
 def evaluate_runs(
-    runs: Mapping[str, RunFolder], plan: AnalysisPlan, out: Path, *, inputs: Inputs, progress: bool
+    runs: Mapping[str, RunFolder], out: Path, *, cfg: EvalConfig, inputs: Inputs, progress: bool
 ) -> None:
-    """PGD-20 and CW-20 test accuracy of every run's best and last checkpoint (eval/)."""
-    cfg = EvalConfig(attacks=("natural", "pgd20", "cw20"), n=plan.eval_n, cascade=False)
+    """The evaluation ``cfg`` of every run's best and last checkpoint, into ``out/eval``; a file
+    of the same checkpoint's bytes is kept."""
     for label, run in runs.items():
         for which, ckpt in (("best", run.best), ("last", run.last)):
             dest = out / "eval" / f"{label}_{which}.json"
             if not ckpt.exists() or _fresh(dest, ckpt):
                 continue
-            _, result = evaluate_checkpoint(inputs.load(ckpt), cfg, progress=progress)
-            write_json(dest, result)
+            with exclusive_output(dest):
+                _, result = evaluate_checkpoint(inputs.load(ckpt), cfg, progress=progress)
+                write_json(dest, result)
             log_accuracies(label, which, result)
 
 
@@ -322,7 +346,8 @@ class Pipeline:
 
     def evaluate(self) -> None:
         inputs = Inputs(distributed.pick_device(self.device), progress=self.progress)
-        evaluate_runs(self.runs, self.plan, self.out, inputs=inputs, progress=self.progress)
+        cfg = EvalConfig(attacks=("natural", "pgd20", "cw20"), n=self.plan.eval_n, cascade=False)
+        evaluate_runs(self.runs, self.out, cfg=cfg, inputs=inputs, progress=self.progress)
 
     def gap(self) -> None:
         cfg = GapConfig(
@@ -419,6 +444,32 @@ class Pipeline:
             progress=self.progress,
         )
 
+    def curvature(self) -> None:
+        # Sized for ~25 s on 2 cores at the demo's size (two checkpoints): the top eigenvalue
+        # (Lanczos with 8 vectors to 1e-2, which ARPACK usually meets in its first 8
+        # products), a few Hutchinson probes, one SLQ run of 10 steps.
+        cfg = HessianConfig(
+            n_examples=self.plan.hessian_n,
+            top_k=1,
+            eig_tol=1e-2,
+            lanczos_vectors=8,
+            trace=True,
+            probes_min=self.plan.hessian_probes,
+            probes_max=self.plan.hessian_probes,
+            density=True,
+            slq_runs=1,
+            slq_steps=10,
+            attack=dataclasses.replace(PGD20_EVAL, steps=self.plan.analysis_steps),
+        )
+        measure_hessian(
+            self.last,
+            cfg,
+            out=self.analysis / "curvature",
+            labels=self.labels,
+            device_name=self.device,
+            progress=self.progress,
+        )
+
     def flatness_epochs(self) -> None:
         measure_flatness(
             self.epoch_ckpts(),
@@ -441,6 +492,25 @@ class Pipeline:
             out=self.analysis,
         )
 
+    def certify(self) -> None:
+        p = self.plan
+        cfg = CertifyConfig(
+            sigmas=p.certify_sigmas,
+            n0=p.certify_n0,
+            n=p.certify_samples,
+            n_test=p.certify_n,
+            noise_levels=p.certify_noise_levels,
+            noise_draws=p.certify_noise_draws,
+        )
+        measure_certify(
+            self.last,
+            cfg,
+            out=self.analysis,
+            labels=self.labels,
+            device_name=self.device,
+            progress=self.progress,
+        )
+
     def stages(self) -> list[tuple[str, Callable[[], None]]]:
         """The analyses in order, each with its heading."""
         return [
@@ -451,8 +521,10 @@ class Pipeline:
             ("weight histograms", self.hist),
             ("weight spectra", self.spectra),
             ("expected and worst-case flatness, PAC-Bayes terms", self.flatness),
+            ("curvature: Hessian eigenvalues, trace and density", self.curvature),
             ("flatness of every checkpoint", self.flatness_epochs),
             ("flatness versus gap", self.correlate),
+            ("randomized smoothing: certified radius, accuracy under noise", self.certify),
         ]
 
 
@@ -492,9 +564,10 @@ def run_pipeline(
     return html
 
 
-def record_config(out: Path, name: str, cfg: DemoConfig | ReproduceConfig) -> None:
+def record_config(out: Path, name: str, cfg: Any, *, growable: tuple[str, ...] = ()) -> None:
     """Record ``cfg`` in ``out/name``, refusing a folder that holds other settings (nothing on
-    disk is touched then)."""
+    disk is touched then); the fields in ``growable`` (seeds, gammas) may change: a rerun with
+    more of them adds runs beside the ones it reuses."""
     if distributed.env_world() > 1:
         raise ValueError(
             "demo/reproduce run their stages in one process; on several GPUs run the stages "
@@ -509,7 +582,7 @@ def record_config(out: Path, name: str, cfg: DemoConfig | ReproduceConfig) -> No
             saved = to_dict(from_dict(type(cfg), saved))
         except (ValueError, TypeError):
             pass  # compare as written; the diff names the problem
-        diffs = config_diff(saved, current, saved_as="in the folder")
+        diffs = config_diff(saved, current, ignore=growable, saved_as="in the folder")
         if diffs:
             raise ValueError(
                 f"{out} holds results made with other settings ({path}: {'; '.join(diffs[:4])}); "
@@ -522,10 +595,11 @@ def record_config(out: Path, name: str, cfg: DemoConfig | ReproduceConfig) -> No
 def run_configured(cfg: DemoConfig | ReproduceConfig, name: str, *, progress: bool) -> Path:
     """Record ``cfg`` in its folder, then run the whole pipeline; returns the report's path."""
     out = Path(cfg.out)
-    record_config(out, name, cfg)
-    t0 = time.perf_counter()
-    html = run_pipeline(
-        cfg.train_configs(), cfg.plan, out, device=cfg.device, progress=progress, log=say
-    )
+    with exclusive_output(out, folder_lock="demo"):
+        record_config(out, name, cfg)
+        t0 = time.perf_counter()
+        html = run_pipeline(
+            cfg.train_configs(), cfg.plan, out, device=cfg.device, progress=progress, log=say
+        )
     say(f"finished in {(time.perf_counter() - t0) / 60:.1f} min")
     return html

@@ -3,7 +3,7 @@
 Reads what the other stages left on disk, so it can be rerun at any time: training runs
 (``metrics.jsonl``, ``config.json``), evaluations (``eval/*.json``), and the analysis folder
 (``gap.json``, ``weights.json``, flatness results, ``correlation.json``, landscape ``*.h5``,
-``spectra/spectra.json``, ``trajectory/*.h5``).
+``curvature/hessian.json``, ``spectra/spectra.json``, ``trajectory/*.h5``).
 The outcome statements are computed by :mod:`analysis.outcome` from those numbers, including
 when AT-AWP did *not* come out flatter or with the smaller gap; the figures are drawn by
 :mod:`figures`.
@@ -19,11 +19,14 @@ from typing import Any
 
 import numpy as np
 
+from analysis.curvature import curvature_statement
 from analysis.outcome import Measurements, outcome
 from awp.config import method_of
-from awp.io import atomic_write_text, read_json
+from awp.io import atomic_write_text, exclusive_output, read_json
+from figures.certify import plot_certified_accuracy, plot_noise_accuracy
 from figures.curves import plot_gap_by_epoch, plot_landscape, plot_learning_curves
 from figures.flatness import plot_flatness_curve
+from figures.hessian import plot_eigen_density, plot_layer_curvature, plot_top_eigenvalues
 from figures.html import Document, FigureBlock, Section, Table, render_html, render_markdown
 from figures.spectra import plot_esd, plot_spectra_depth, plot_spectra_epochs
 from figures.trajectory import plot_trajectories, trajectory_panel
@@ -55,8 +58,10 @@ class Results:
     landscapes: list[Surface] = field(default_factory=list)
     trajectories: list[Surface] = field(default_factory=list)
     spectra: dict[str, Any] = field(default_factory=dict)
+    certify: dict[str, Any] = field(default_factory=dict)  # certify.json
     demo_config: dict[str, Any] = field(default_factory=dict)
     figures: dict[str, Path] = field(default_factory=dict)
+    curvature: list[dict[str, Any]] = field(default_factory=list)  # hessian.json "results"
 
 
 def _read_runs(path: Path) -> list[Run]:
@@ -109,6 +114,8 @@ def collect(paths: Sequence[str | Path]) -> Results:
             res.weights = read_json(d / "weights.json")
         if (d / "correlation.json").exists() and not res.correlation:
             res.correlation = read_json(d / "correlation.json")
+        if (d / "certify.json").exists() and not res.certify:
+            res.certify = read_json(d / "certify.json")
         for sub, target in (
             ("flatness_final", res.flatness_final),
             ("flatness_epochs", res.flatness_epochs),
@@ -117,6 +124,10 @@ def collect(paths: Sequence[str | Path]) -> Results:
             f = d / sub / "flatness.json"
             if f.exists() and not target:
                 target += read_json(f)["rows"]
+        for sub in ("curvature", "."):
+            f = d / sub / "hessian.json"
+            if f.exists() and not res.curvature:
+                res.curvature += read_json(f).get("results", [])
         for h5 in sorted((d / "landscape").glob("*.h5")) if (d / "landscape").is_dir() else []:
             if not h5.name.endswith(".directions.h5"):
                 res.landscapes.append(read_surface(h5))
@@ -127,15 +138,8 @@ def collect(paths: Sequence[str | Path]) -> Results:
         scatter = sorted(d.glob("*_vs_gap.png"))
         if scatter and "vs_gap" not in res.figures:
             res.figures["vs_gap"] = scatter[0]
-    if not (
-        res.runs
-        or res.gap
-        or res.landscapes
-        or res.weights
-        or res.flatness_final
-        or res.spectra
-        or res.trajectories
-    ):
+    found = (res.runs, res.gap, res.landscapes, res.weights, res.flatness_final, res.curvature)
+    if not (any(found) or res.certify or res.spectra or res.trajectories):
         raise ValueError(
             f"nothing to report in {', '.join(map(str, roots))}: expected run "
             f"folders (metrics.jsonl) or an analysis folder (gap.json, ...)"
@@ -218,6 +222,7 @@ def measurements(res: Results) -> Measurements:
         flatness=res.flatness_final,
         landscapes=res.landscapes,
         correlation=res.correlation,
+        certify=res.certify,
     )
 
 
@@ -523,6 +528,88 @@ def _flatness_section(res: Results) -> Section:
     return s
 
 
+CURVATURE_COLUMNS = (
+    "label",
+    "n",
+    "loss",
+    "accuracy",
+    "top_eigenvalue",
+    "eigenvalue_2",
+    "trace",
+    "trace_low",
+    "trace_high",
+    "trace_probes",
+    "slq_trace",
+    "hvps",
+)
+
+
+def _curvature_sizes(row: Mapping[str, Any]) -> str:
+    """What was measured, with its sizes, from a row of hessian.json."""
+    loss = (
+        f"x_adv crafted at w by {row['attack']} and held fixed"
+        if row.get("loss_type") == "adv"
+        else "clean images"
+    )
+    k = sum(1 for c in row if c == "top_eigenvalue" or c.startswith("eigenvalue_"))
+    coords = "conv and linear weights" if row["params"] == "weights" else "parameters"
+    parts = [
+        f"Hessian of the mean cross-entropy over {row['n']} {row['split']} images ({loss}), "
+        f"BatchNorm in eval mode, with respect to the {row['p']:,} {coords} ({row['dtype']})"
+    ]
+    if k:
+        what = "the top eigenvalue" if k == 1 else f"the top {k} eigenvalues"
+        parts.append(f"{what} by Lanczos (ARPACK)")
+    if row.get("trace_probes"):
+        parts.append(
+            f"the trace by Hutchinson with {row['trace_probes']} Rademacher probes "
+            f"({row.get('trace_confidence', 0.95):.0%} t interval)"
+        )
+    if row.get("slq_runs"):
+        parts.append(
+            f"the eigenvalue density by SLQ ({row['slq_runs']} run(s) of {row['slq_steps']} "
+            f"Lanczos steps, Gaussian broadening); hvps: Hessian-vector products in all"
+        )
+    return "; ".join(parts) + "."
+
+
+def _curvature_section(res: Results) -> Section:
+    s = Section("Curvature: the Hessian of the loss at fixed x_adv")
+    rows = [r["row"] for r in res.curvature]
+    s.paragraphs.append(_curvature_sizes(rows[0]))
+    s.paragraphs.append(
+        "By Danskin's theorem the loss with x_adv held fixed has the robust loss's gradient at "
+        "w, but not its full curvature, which also moves with x_adv: these numbers describe "
+        "the loss on examples adversarial at w. Small subsets and few probes make them noisy."
+    )
+    s.paragraphs += curvature_statement(rows)
+    cols = [c for c in CURVATURE_COLUMNS if any(c in r for r in rows)]
+    s.tables.append(Table(rows, columns=cols, caption="Curvature per checkpoint"))
+    if any(r.get("density") for r in res.curvature):
+        s.figures.append(
+            FigureBlock.from_figure(
+                plot_eigen_density(res.curvature),
+                "Eigenvalue density (SLQ), log scale.",
+                "eigenvalue density",
+            )
+        )
+    if any(len(r.get("eigenvalues") or ()) > 1 for r in res.curvature):
+        s.figures.append(
+            FigureBlock.from_figure(
+                plot_top_eigenvalues(res.curvature), "Top eigenvalues.", "top eigenvalues"
+            )
+        )
+    if any(x.get("trace") is not None for r in res.curvature for x in r.get("layers", [])):
+        s.figures.append(
+            FigureBlock.from_figure(
+                plot_layer_curvature(res.curvature),
+                "Trace of each layer's diagonal block (Hutchinson, with its interval) by depth.",
+                "per-layer curvature",
+            )
+        )
+    return s
+
+
 def _correlation_section(res: Results) -> Section:
     s = Section("Flatness versus the robust gap")
     s.paragraphs.append(
@@ -533,7 +620,7 @@ def _correlation_section(res: Results) -> Section:
     s.tables.append(
         Table(
             res.correlation.get("correlations", []),
-            columns=["group", "measure", "n", "statistic", "pvalue", "ci_low", "ci_high"],
+            columns=["group", "measure", "n", "statistic", "pvalue", "ci_low", "ci_high", "note"],
             caption="Correlations with bootstrap intervals",
         )
     )
@@ -549,6 +636,77 @@ def _correlation_section(res: Results) -> Section:
     return s
 
 
+def _certify_section(res: Results) -> Section:
+    s = Section("Certified robustness (randomized smoothing)")
+    summary = res.certify["summary"]
+    r = summary[0]
+    s.paragraphs.append(
+        f"The smoothed classifier g(x) = argmax_c P(f(x + e) = c), e ~ N(0, sigma^2 I), of each "
+        f"final checkpoint, certified by CERTIFY (Cohen, Rosenfeld, Kolter 2019): n0 = {r['n0']} "
+        f"selection and n = {r['n']} estimation samples per image, a one-sided Clopper-Pearson "
+        f"bound on pA at alpha = {r['alpha']:g}, radius sigma Phi^-1(pA_lower) in L2 pixel units "
+        f"([0,1] scale), abstention when pA_lower < 1/2; {r['examples']} test images per sigma, "
+        f"the same images and the same noise for every checkpoint. The published protocol uses "
+        f"n = 100,000 on 500 images; with n = {r['n']} no radius can exceed "
+        f"{r['max_radius'] / r['sigma']:.2f} sigma. Smoothing is usually applied to a base "
+        f"classifier trained with Gaussian data augmentation (awp train --noise-sd); "
+        f"adversarially trained ones test the rebuttal's claim as it is stated."
+    )
+    radii = sorted({k for row in summary for k in row if k.startswith("acc@")},
+                   key=lambda k: float(k[4:]))  # fmt: skip
+    s.tables.append(
+        Table(
+            summary,
+            columns=[
+                "label",
+                "sigma",
+                "examples",
+                "accuracy",
+                "abstained",
+                *radii,
+                "acr",
+                "noise_acc",
+            ],
+            caption="Certified accuracy at L2 radius r (acc@r), average certified radius "
+            "(acr) and the base classifier's accuracy on the n noisy copies (noise_acc)",
+        )  # fmt: skip
+    )
+    s.figures.append(
+        FigureBlock.from_figure(
+            plot_certified_accuracy(res.certify["examples"], summary=summary),
+            "Certified accuracy against L2 radius, one panel per sigma (dotted: the largest "
+            "radius n samples can certify).",
+            "certified accuracy",
+        )
+    )
+    return s
+
+
+def _noise_section(res: Results) -> Section:
+    s = Section("Accuracy under Gaussian input noise")
+    noise = res.certify["noise_accuracy"]
+    s.paragraphs.append(
+        f"The rebuttal's premise: the base classifier's accuracy on x + N(0, s^2 I) "
+        f"({noise[0]['draws']} noisy copies of each of {noise[0]['examples']} test images per "
+        f"level, the same for every checkpoint; intervals over images)."
+    )
+    s.tables.append(
+        Table(
+            noise,
+            columns=["label", "level", "accuracy", "low", "high"],
+            caption="Accuracy under Gaussian noise",
+        )  # fmt: skip
+    )
+    s.figures.append(
+        FigureBlock.from_figure(
+            plot_noise_accuracy(noise),
+            "Accuracy of the base classifier under Gaussian input noise of standard deviation s.",
+            "accuracy under noise",
+        )
+    )
+    return s
+
+
 # Sections in reading order, each drawn when its results are there.
 SECTIONS: tuple[tuple[Callable[[Results], Any], Callable[[Results], Section]], ...] = (
     (lambda r: r.runs, _accuracy_section),
@@ -558,7 +716,10 @@ SECTIONS: tuple[tuple[Callable[[Results], Any], Callable[[Results], Section]], .
     (lambda r: r.weights, _weights_section),
     (lambda r: r.spectra, _spectra_section),
     (lambda r: r.flatness_final, _flatness_section),
+    (lambda r: r.curvature, _curvature_section),
     (lambda r: r.correlation, _correlation_section),
+    (lambda r: r.certify.get("summary"), _certify_section),
+    (lambda r: r.certify.get("noise_accuracy"), _noise_section),
 )
 
 
@@ -584,9 +745,10 @@ def write_report(
     paths: Sequence[str | Path], out: str | Path, *, title: str | None = None
 ) -> tuple[Path, Path]:
     """Collect, build and write ``out`` (HTML) and the markdown summary beside it."""
-    res = collect(paths)
-    doc = build_document(res, **({"title": title} if title else {}))
     out = Path(out)
-    html_path = atomic_write_text(out, render_html(doc))
-    md_path = atomic_write_text(out.with_suffix(".md"), render_markdown(doc))
+    res = collect(paths)
+    with exclusive_output(out, cleans=[out, out.with_suffix(".md")]):
+        doc = build_document(res, **({"title": title} if title else {}))
+        html_path = atomic_write_text(out, render_html(doc))
+        md_path = atomic_write_text(out.with_suffix(".md"), render_markdown(doc))
     return html_path, md_path

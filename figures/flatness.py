@@ -121,8 +121,13 @@ def plot_flatness_vs_gap(
     rows = as_rows(records)
     if not rows:
         raise ValueError("no records to plot")
+    # A tau that does not exist (NaN here, null in JSON) is left out of the legend.
     taus = {
-        c["group"]: c["statistic"] for c in as_rows(correlations) if c.get("measure") == "kendall"
+        c["group"]: float(c["statistic"])
+        for c in as_rows(correlations)
+        if c.get("measure") == "kendall"
+        and c.get("statistic") is not None
+        and np.isfinite(c["statistic"])
     }
     fig, ax = new_figure(1, 1, width=4.2, height=3.2)
     groups = sorted({str(r.get(by, "")) for r in rows})  # AT before AT-AWP in every figure
@@ -131,7 +136,7 @@ def plot_flatness_vs_gap(
         xs = np.array([float(r[x]) for r in mine])
         ys = np.array([float(r[y]) for r in mine])
         color = color_for(g, i)
-        label = g + (f" (tau {taus[g]:.2f})" if g in taus and np.isfinite(taus[g]) else "")
+        label = g + (f" (tau {taus[g]:.2f})" if g in taus else "")
         ax.scatter(xs, ys, s=16, color=color, label=label, zorder=3)
         fit = fit_line(xs, ys)
         if np.isfinite(fit.slope):
@@ -144,7 +149,7 @@ def plot_flatness_vs_gap(
         if np.isfinite(fit.slope):
             t = np.linspace(np.nanmin(xs), np.nanmax(xs), 2)
             tau = taus.get("all")
-            name = "all" + (f" (tau {tau:.2f})" if tau is not None and np.isfinite(tau) else "")
+            name = "all" + (f" (tau {tau:.2f})" if tau is not None else "")
             ax.plot(t, fit.slope * t + fit.intercept, color="0.4", linestyle="--", label=name)
     ax.set_xlabel(x)
     ax.set_ylabel(y)

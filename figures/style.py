@@ -24,6 +24,8 @@ METHOD_COLORS = {
     "TRADES-AWP": "#ff7f0e",
     "MART": "#9467bd",
     "MART-AWP": "#8c564b",
+    "GAUSSIAN": "#17becf",
+    "GAUSSIAN-AWP": "#e377c2",
 }
 FALLBACK_COLORS = ("#17becf", "#bcbd22", "#7f7f7f", "#e377c2")
 

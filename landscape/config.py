@@ -18,7 +18,7 @@ from landscape.grid import (
     parse_range,
 )
 
-DIRECTION_TYPES = ("random", "awp")
+DIRECTION_TYPES = ("random", "awp", "hessian")
 BN_MODES = ("eval", "recompute")
 SPLITS = ("train", "test")
 # A trajectory's coordinates are in units of the farthest checkpoint's distance from the last
@@ -53,7 +53,8 @@ class SurfaceConfig:
         "",
         "x coordinates min:max:num, write --x=-1:1:21 (default -1:1:21; interp "
         "-0.5:1.5:21; trajectory -1.2:0.4:17; for --direction awp alpha is AWP's gamma, e.g. "
-        "-0.02:0.02:21)",
+        "-0.02:0.02:21; for --direction hessian alpha is relative to ||w||, e.g. "
+        "-0.05:0.05:21)",
     )
     y: str = opt(
         "",
@@ -63,7 +64,10 @@ class SurfaceConfig:
     n_directions: int = opt(5, "number of random directions of kind multi")
     seed: int = opt(0, "seed of the first random direction; direction i is drawn from seed + i")
     direction: str = opt(
-        "random", "x direction: random | awp (AWP's worst-case direction at w0, layer-normalized)"
+        "random",
+        "x direction: random | awp (AWP's worst-case direction at w0, layer-normalized) | "
+        "hessian (the top eigenvector v1 of the Hessian of the training loss at w0, x_adv "
+        "crafted at w0 and held fixed; 2d: v1 and v2; scaled to ||d|| = ||w||)",
     )
     dir_norm: str = opt("filter", "random direction normalization: filter | layer | none")
     dir_include: str = opt(
@@ -122,15 +126,25 @@ class SurfaceConfig:
                 f"kind multi needs n_directions >= 2 (got {self.n_directions}); use kind 1d "
                 "for a single direction"
             )
-        if self.direction == "awp" and self.kind in ("multi", "interp"):
+        if self.direction in ("awp", "hessian") and self.kind in ("multi", "interp"):
             raise ValueError(
-                f"--direction awp is one deterministic direction: use it with kind 1d or 2d, "
+                f"--direction {self.direction} is deterministic: use it with kind 1d or 2d, "
                 f"not {self.kind}"
             )
         if self.direction == "awp" and self.n_train < 1:
             raise ValueError(
                 "the AWP direction is the adversarial-loss gradient on the training subset: "
                 "set --n-train > 0"
+            )
+        if self.direction == "hessian" and self.n_train < 1:
+            raise ValueError(
+                "the Hessian directions are eigenvectors of the loss on the training subset: "
+                "set --n-train > 0"
+            )
+        if self.direction == "hessian" and self.orthogonalize:
+            raise ValueError(
+                "--orthogonalize: the Hessian eigenvectors v1 and v2 are orthogonal already "
+                "(and renormalizing v2 per filter would make it no eigenvector); drop it"
             )
         if self.bn == "recompute" and self.n_bn < 2:
             raise ValueError(f"bn recompute needs n_bn >= 2 training images, got {self.n_bn}")

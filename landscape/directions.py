@@ -1,4 +1,5 @@
-"""Directions in weight space: filter-normalized Gaussian, target (w_B - w_A) and AWP's worst case.
+"""Directions in weight space: filter-normalized Gaussian, target (w_B - w_A), AWP's worst case
+and the top Hessian eigenvectors.
 
 A direction is a ``dict`` from state-dict names (no wrapper prefixes) to tensors shaped like the
 named parameter or buffer; a name that is absent moves by zero. Random directions only name
@@ -12,19 +13,22 @@ step ``alpha`` means the same relative change in every layer whatever its scale.
 
 Reference: Li, Xu, Taylor, Studer, Goldstein, "Visualizing the Loss Landscape of Neural Nets",
 NeurIPS 2018 (filter normalization; github.com/tomgoldstein/loss-landscape, net_plotter.py);
-Wu, Xia, Wang, NeurIPS 2020 (AWP's weight perturbation, the worst-case direction).
+Wu, Xia, Wang, NeurIPS 2020 (AWP's weight perturbation, the worst-case direction); Yao et al.,
+"PyHessian", 2020 (landscapes along the top Hessian eigenvectors).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from awp.attacks import run_attack
 from awp.config import AttackConfig
+from awp.hessian import LossHessian, loss_batches, top_eigenpairs
 from awp.modes import model_mode, unwrap
 from awp.perturb import select_params, weight_ascent
 
@@ -278,6 +282,69 @@ def awp_direction(
 
     # One step of AWP's ascent with gamma = 1 from v = 0: d_l = ||w_l|| g_l / ||g_l||.
     return weight_ascent(batch_losses, params, gamma=1.0)
+
+
+def hessian_directions(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    attack: AttackConfig | None,
+    k: int = 1,
+    include: str = "weights",
+    batch_size: int = 256,
+    seed: int = 0,
+    attack_seed: int = 0,
+    tol: float = 1e-4,
+) -> tuple[list[Direction], list[float]]:
+    """The top-k Hessian eigenvectors of the loss at w0, each scaled to ||d|| = ||w||.
+
+    The loss is the mean cross-entropy over (x, y) with x_adv crafted once at w0 by ``attack``
+    and held fixed (clean x when None), BatchNorm in eval mode: by Danskin's theorem its
+    gradient is the robust loss's, but its Hessian leaves out how x_adv moves with w
+    (:mod:`awp.hessian`). The eigenvectors are unit vectors over the included tensors, scaled
+    to the norm of those weights, so that alpha is a step relative to ||w|| as for a
+    filter-normalized direction (whose norm is ||w|| too), while d stays an eigenvector.
+
+    Args:
+        model: the network at w0; left exactly as it was.
+        x: images (N, C, H, W) in [0, 1] on the model's device; y: labels (N,).
+        attack: attack crafting x_adv at w0, or None (the clean loss).
+        k: eigenvectors (1 for a curve, 2 for a surface).
+        include: "weights" (conv and linear weights; the rest get zero) or "all".
+        batch_size: examples per Hessian-vector product batch.
+        seed: seed of the Lanczos start vector; attack_seed: of the attack's random starts.
+        tol: ARPACK's relative accuracy of the eigenvalues.
+
+    Returns:
+        (directions v_1..v_k as name -> tensor on the parameters' devices and dtypes,
+        eigenvalues lambda_1 >= ... >= lambda_k).
+
+    Raises:
+        ValueError: the eigensolver did not converge.
+    """
+    if include not in INCLUDES:
+        raise ValueError(f"unknown include {include!r}; choose one of {INCLUDES}")
+    params = select_params(model, include)
+    data = loss_batches(model, x, y, attack=attack, batch_size=batch_size, seed=attack_seed)
+    op = LossHessian(model, data, params)
+    pairs = top_eigenpairs(op, k, tol=tol, seed=seed)
+    if not pairs.converged:
+        raise ValueError(
+            f"the Lanczos solver found {int(np.isfinite(pairs.values).sum())} of the top {k} "
+            f"Hessian eigenvectors after {pairs.hvps} products; use fewer directions"
+        )
+    w_norm = float(torch.sqrt(sum((p.detach().double() ** 2).sum() for p in params.values())))
+    directions = []
+    for j in range(k):
+        flat = torch.from_numpy(pairs.vectors[:, j] * w_norm)  # (p,) float64, ||flat|| = ||w||
+        directions.append(
+            {
+                n: t.to(device=params[n].device, dtype=params[n].dtype).clone()
+                for n, t in op.unflatten(flat).items()
+            }
+        )
+    return directions, [float(v) for v in pairs.values]
 
 
 def check_direction(direction: Mapping[str, torch.Tensor], model: nn.Module) -> None:

@@ -23,7 +23,7 @@ from torch import nn
 
 from awp import distributed
 from awp.config import to_dict
-from awp.io import library_versions, remove_stale_temps
+from awp.io import library_versions
 from awp.modes import unwrap
 from awp.perturb import select_params
 from landscape import storage
@@ -195,8 +195,6 @@ def _prepare_files(job: Job, cfg: SurfaceConfig, inputs: JobInputs, *, resume: b
             raise storage.SurfaceFileError(
                 f"{dir_path} was made for another checkpoint; start a new run with another --out"
             )
-        for tmp in remove_stale_temps(job.out) + remove_stale_temps(dir_path):
-            log.info("removed %s left by an interrupted run", tmp)
         return
     if resume:
         log.info("%s does not exist yet: starting it", job.out)

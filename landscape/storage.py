@@ -371,7 +371,7 @@ def write_directions(
     Args:
         path: the ``.directions.h5`` file.
         directions: name -> tensor per direction.
-        types: "random" | "awp" | "target" per direction.
+        types: "random" | "awp" | "hessian" | "target" per direction.
         seeds: the seed of each random direction (None for the others).
         attrs: more attributes (e.g. ``checkpoint_sha256``).
     """

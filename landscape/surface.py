@@ -37,6 +37,7 @@ from landscape.directions import (
     Direction,
     awp_direction,
     check_direction,
+    hessian_directions,
     orthogonalize,
     random_direction,
     target_direction,
@@ -122,6 +123,12 @@ def awp_seed(attack_seed: int) -> int:
     return int(ss.generate_state(1)[0])
 
 
+def hessian_seed(attack_seed: int) -> int:
+    """The seed of the attack crafting x_adv for the Hessian directions at theta0."""
+    ss = np.random.SeedSequence([attack_seed, 3, SPLIT_IDS["train"]])
+    return int(ss.generate_state(1)[0])
+
+
 def make_directions(
     model: nn.Module,
     cfg: SurfaceConfig,
@@ -135,6 +142,8 @@ def make_directions(
     1d: one random direction (seed) or AWP's; 2d: that and a random y (seed + 1), optionally
     orthogonalized; multi: random directions seed, seed + 1, ...; interp: ``target_state`` -
     theta0 over the whole state; trajectory: the two principal directions of ``path``.
+    Direction hessian: the top Hessian eigenvector v1 of the training loss (1d), or v1 and v2
+    (2d), from a Lanczos start drawn from ``seed``.
 
     Args:
         model: the network at theta0.
@@ -146,7 +155,8 @@ def make_directions(
             :func:`landscape.trajectory.path_pca`).
 
     Returns:
-        (directions, types "random" | "awp" | "target" | "pca", seeds (None where not random)).
+        (directions, types "random" | "awp" | "hessian" | "target" | "pca", seeds (None where
+        not random)).
     """
 
     def rand(k: int) -> Direction:
@@ -165,9 +175,25 @@ def make_directions(
     if cfg.kind == "multi":
         seeds: list[int | None] = [cfg.seed + k for k in range(cfg.n_directions)]
         return [rand(k) for k in range(cfg.n_directions)], ["random"] * len(seeds), seeds
+    if cfg.direction in ("awp", "hessian") and train is None:
+        raise ValueError(f"the {cfg.direction} direction needs the training evaluation set (train)")
+    if cfg.direction == "hessian":
+        assert train is not None
+        dirs, values = hessian_directions(
+            model,
+            train.x,
+            train.y,
+            attack=cfg.attack,
+            k=2 if cfg.kind == "2d" else 1,
+            include=cfg.dir_include,
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
+            attack_seed=hessian_seed(cfg.attack_seed),
+        )
+        log.info("Hessian directions: eigenvalues %s", ", ".join(f"{v:.6g}" for v in values))
+        return dirs, ["hessian"] * len(dirs), [None] * len(dirs)
     if cfg.direction == "awp":
-        if train is None:
-            raise ValueError("the AWP direction needs the training evaluation set (train)")
+        assert train is not None
         first = awp_direction(
             model,
             train.x,

@@ -111,6 +111,9 @@ def main(out: pathlib.Path) -> None:
             data=data(),
             model=bn_free_model(),
         )
+    # Gaussian augmentation: every rank draws the global batch's noise and keeps its slice
+    noisy = dataclasses.replace(equal_config(out / "equal_at_noise", "at"), noise_sd=0.1)
+    train(noisy, progress=False, data=data(), model=bn_free_model())
     cfg = resume_config(out / "full")
     train(cfg, progress=False, data=data())
     cut = dataclasses.replace(cfg, out=str(out / "cut"))

@@ -91,7 +91,7 @@ def _flatness_args(ckpts, *extra):
 def test_flatness_writes_results_in_the_run_folder_and_reruns_nothing(runs, capsys):
     ckpt = runs[("AT", 2)]
     args = _flatness_args(
-        [ckpt], "--alphas", "0", "0.3", "--worst-case", "--gammas", "0.05", "--ascent-steps", "2"
+        [ckpt], "--alphas", "0.1", "0.3", "--worst-case", "--gammas", "0.05", "--ascent-steps", "2"
     )
     assert main(args) == 0
     text = capsys.readouterr().out
@@ -99,7 +99,7 @@ def test_flatness_writes_results_in_the_run_folder_and_reruns_nothing(runs, caps
     out = ckpt.parent.parent / "analysis"
     rows = json.loads((out / "flatness.json").read_text())["rows"]
     expected = [r for r in rows if r["kind"] == "expected"]
-    assert [r["alpha"] for r in expected] == [0.0, 0.3] and expected[0]["flatness"] == 0.0
+    assert [r["alpha"] for r in expected] == [0.1, 0.3]
     assert expected[1]["kl"] > 0 and "bound_rebuttal" in expected[1]
     assert [r["gamma"] for r in rows if r["kind"] == "worst"] == [0.05]
     assert expected[0]["method"] == "AT" and expected[0]["sha256"]
@@ -111,12 +111,12 @@ def test_flatness_writes_results_in_the_run_folder_and_reruns_nothing(runs, caps
     assert json.loads((out / "flatness.json").read_text())["rows"] == rows
     # More samples (without the worst case this time) reuse the finished units.
     done = set(json.loads(store.read_text())["records"])
-    assert main(_flatness_args([ckpt], "--alphas", "0", "0.3", "--samples", "3")) == 0
+    assert main(_flatness_args([ckpt], "--alphas", "0.1", "0.3", "--samples", "3")) == 0
     now = set(json.loads(store.read_text())["records"])
     assert done < now and len(now - done) == 2  # one more draw per alpha
     # Other settings are refused, and nothing on disk is lost.
     before = store.read_text()
-    assert main(_flatness_args([ckpt], "--alphas", "0", "--noise", "element")) == 2
+    assert main(_flatness_args([ckpt], "--alphas", "0.1", "--noise", "element")) == 2
     assert "other settings" in capsys.readouterr().err
     assert store.read_text() == before
 

@@ -73,6 +73,20 @@ def test_two_processes_equal_one_process_on_the_global_batch(worker_runs, tmp_pa
 
 
 @pytest.mark.distributed
+def test_two_processes_equal_one_process_with_gaussian_noise(worker_runs, tmp_path):
+    import dataclasses
+
+    from awp.train import train
+
+    cfg = dataclasses.replace(equal_config(tmp_path / "one", "at"), noise_sd=0.1)
+    one = train(cfg, progress=False, data=data(), model=bn_free_model())
+    two = last(worker_runs / "equal_at_noise")
+    assert two["world"] == 2 and "rng_noise" in two
+    for name, w in one.model.state_dict().items():
+        assert float((w - two["state_dict"][name]).abs().max()) < 1e-12, name
+
+
+@pytest.mark.distributed
 def test_distributed_run_resumes_exactly(worker_runs):
     full, cut = last(worker_runs / "full"), last(worker_runs / "cut")
     assert full["epoch"] == cut["epoch"] == 3 and full["world"] == 2
@@ -84,7 +98,8 @@ def test_distributed_run_resumes_exactly(worker_runs):
     records = [json.loads(x) for x in (worker_runs / "cut" / "metrics.jsonl").open()]
     assert [r["epoch"] for r in records] == [1, 2, 3]
     files = sorted(p.name for p in (worker_runs / "cut").rglob("*") if p.is_file())
-    assert files == ["best.pt", "config.json", "last.pt", "metrics.jsonl"]  # no temp files
+    # no temp files; .run.lock is the lock the job held on its run folder
+    assert files == [".run.lock", "best.pt", "config.json", "last.pt", "metrics.jsonl"]
 
 
 @pytest.mark.distributed

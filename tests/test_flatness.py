@@ -138,19 +138,29 @@ def test_flatness_at_alpha_zero_is_exactly_zero_and_the_model_is_untouched(per_e
     x, y = tiny_batch(12, seed=1)
     snap = snapshot(model)
     cfg = FlatnessConfig(
-        alphas=(0.0, 0.5),
+        alphas=(0.5,),
         samples=2,
         n_examples=0,
         attack=ATTACK,
         batch_size=5,
         per_example=per_example,
     )
-    worst = WorstCaseConfig(gammas=(0.0,), ascent_steps=2)
+    worst = WorstCaseConfig(gammas=(0.01,), ascent_steps=2)
     records = run_units(flatness_keys(cfg, worst), lambda k: compute_unit(model, x, y, k, cfg=cfg))
-    expected, worst_rows = summarize(records, cfg=cfg, worst=worst)
-    zero = expected[0]
+    expected, _ = summarize(records, cfg=cfg, worst=worst)
+    # alpha = 0 and gamma = 0 mean nothing as settings (the configs refuse them), but a unit
+    # computed there must reproduce rho(w) exactly: the same attack seeds as the baseline.
+    draws = [flat.expected_unit(model, x, y, cfg=cfg, alpha=0.0, k=k) for k in range(2)]
+    zero = flat.summarize_expected(records["base"], draws, alpha=0.0, noise=cfg.noise)
     assert zero.flatness == 0.0 and zero.flatness_loss == 0.0 and zero.noise_ratio == 0.0
-    assert worst_rows[0].flatness == 0.0 and worst_rows[0].flatness_loss == 0.0
+    still = wc.worst_unit(model, x, y, cfg=cfg, worst=worst, gamma=0.0, restart=0)
+    zero_worst = wc.summarize_worst(records["base"], [still], gamma=0.0, per_batch=False)
+    assert zero_worst.flatness == 0.0 and zero_worst.flatness_loss == 0.0
+    with pytest.raises(ValueError, match="alpha = 0 is no noise"):
+        FlatnessConfig(alphas=(0.0, 0.1))
+    with pytest.raises(ValueError, match="gamma = 0 is no perturbation"):
+        WorstCaseConfig(gammas=(0.0,))
+    expected = [zero, *expected]
     assert expected[1].noise_ratio == pytest.approx(0.5, rel=0.3)
     assert expected[1].flatness_loss != 0.0  # the noise did reach the model
     assert_same_state(model, snap)

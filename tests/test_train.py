@@ -268,3 +268,35 @@ def test_augmentation_can_be_switched_off(tmp_path):
     assert any(not torch.equal(a[k], b[k]) for k in a)  # crops/flips changed the run
     assert all(torch.equal(a[k], c[k]) for k in a)  # and without them it is reproducible
     assert json.loads((tmp_path / "off" / "config.json").read_text())["augment"] is False
+
+
+def test_gaussian_augmentation_resumes_exactly_and_no_noise_draws_nothing(tmp_path):
+    # Gaussian-AWP: no attack (--eps 0), N(0, 0.1^2) noise on every training batch
+    cfg = tiny_config(tmp_path / "full", awp=True, eps=0.0, noise_sd=0.1)
+    assert cfg.describe().startswith("Gaussian-AWP") and "noise sd 0.1" in cfg.describe()
+    full = train(cfg, progress=False, data=synthetic_bundle())
+    cut = dataclasses.replace(cfg, out=str(tmp_path / "cut"))
+
+    def die(record):
+        if record["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cut, progress=False, on_epoch=die, data=synthetic_bundle())
+    resumed = train(cut, resume=True, progress=False, data=synthetic_bundle())
+    for (name, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name  # the noise generator's state travels in last.pt
+    drop = ("seconds", "eval_seconds")
+    assert [{k: v for k, v in r.items() if k not in drop} for r in resumed.history] == [
+        {k: v for k, v in r.items() if k not in drop} for r in full.history
+    ]
+    plain = train(dataclasses.replace(cfg, out=str(tmp_path / "plain"), noise_sd=0.0),
+                  progress=False, data=synthetic_bundle())  # fmt: skip
+    a, b = full.model.state_dict(), plain.model.state_dict()
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # the noise did change training
+    noisy_ckpt = torch.load(tmp_path / "full" / "checkpoints" / "last.pt", weights_only=True)
+    plain_ckpt = torch.load(tmp_path / "plain" / "checkpoints" / "last.pt", weights_only=True)
+    assert "rng_noise" in noisy_ckpt and "rng_noise" not in plain_ckpt  # nothing drawn without
+    assert noisy_ckpt["config"]["noise_sd"] == 0.1
+    with pytest.raises(ValueError, match="25/255"):
+        tiny_config(tmp_path / "x", noise_sd=25)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from pathlib import Path
 
 from analysis.correlate import correlate_records, fit_line
 from analysis.tables import IDENTITY, join_tables, read_table
-from awp.io import write_csv, write_json
+from awp.io import exclusive_output, write_csv, write_json
 from awp_landscape.console import CLIError, format_table, say
 from awp_landscape.inputs import rows_of
 
@@ -59,6 +60,24 @@ def correlate_tables(
 ) -> None:
     """``awp correlate`` as a function: correlation.json/.csv and the scatter in ``out``."""
     where = list(where or [])
+    out = out or tables[0].resolve().parent
+    names = ("correlation.json", "correlation.csv")
+    with exclusive_output(out / names[0], cleans=[out / n for n in names]):
+        _correlate(tables, x, y, where, by, n_boot, confidence, seed, out, figures)
+
+
+def _correlate(
+    tables: list[Path],
+    x: str,
+    y: str,
+    where: list[str],
+    by: str,
+    n_boot: int,
+    confidence: float,
+    seed: int,
+    out: Path,
+    figures: bool,
+) -> None:
     rows = join_tables([(p.stem, read_table(p)) for p in tables], where)
     if len(rows) < 3:
         raise CLIError(
@@ -69,7 +88,6 @@ def correlate_tables(
         if col not in rows[0]:
             raise CLIError(f"no column {col!r}; columns are {sorted(rows[0])}")
     cors = correlate_records(rows, x=x, y=y, by=by, n_boot=n_boot, confidence=confidence, seed=seed)
-    out = out or tables[0].resolve().parent
     cor_rows = rows_of(cors)
     say(f"{y} against {x}: {len(rows)} checkpoints")
     say(
@@ -79,9 +97,9 @@ def correlate_tables(
                     "group": c["group"],
                     "measure": c["measure"],
                     "n": c["n"],
-                    "statistic": c["statistic"],
-                    "p-value": c["pvalue"],
-                    f"{c['confidence']:.0%} CI": f"[{c['ci_low']:.3f}, {c['ci_high']:.3f}]",
+                    "statistic": c["note"] or c["statistic"],
+                    "p-value": "" if c["note"] else c["pvalue"],
+                    f"{c['confidence']:.0%} CI": "" if c["note"] else _interval(c),
                 }
                 for c in cor_rows
             ]
@@ -113,6 +131,12 @@ def correlate_tables(
         fig = plot_flatness_vs_gap(rows, x=x, y=y, by=by, correlations=cors)
         written += save_figure(fig, out / f"{x}_vs_{y}")
     say(f"results: {out} ({', '.join(p.name for p in written)})")
+
+
+def _interval(c: dict) -> str:
+    if not (math.isfinite(c["ci_low"]) and math.isfinite(c["ci_high"])):
+        return "none (resamples undefined)"
+    return f"[{c['ci_low']:.3f}, {c['ci_high']:.3f}]"
 
 
 def run(args: argparse.Namespace) -> int:

@@ -21,7 +21,7 @@ from awp.evaluate import (
     evaluate_robustness,
     require_torchattacks,
 )
-from awp.io import library_versions, write_json
+from awp.io import exclusive_output, library_versions, write_json
 from awp.progress import progress_bar
 from awp_landscape.console import CLIError, format_table, say
 from awp_landscape.flags import add_dataclass_arguments, dataclass_from_arguments
@@ -144,16 +144,32 @@ def run(args: argparse.Namespace) -> int:
     """Evaluate one checkpoint, print the table, write the JSON."""
     cfg = dataclass_from_arguments(EvalConfig, args)
     out = args.out or args.checkpoint.with_name(f"eval_{args.checkpoint.stem}_{cfg.split}.json")
-    if not args.overwrite:
-        refuse_other_results(out, to_dict(cfg))
     if any(isinstance(a, AutoAttackConfig) for a in cfg.attack_table().values()):
         try:
             require_torchattacks()  # before hours of loading and attacking
         except MissingDependencyError as err:
             raise CLIError(str(err)) from err
     device = distributed.pick_device(args.device)
-    loaded = Inputs.from_args(args, device, progress=not args.no_progress).load(args.checkpoint)
-    report, result = evaluate_checkpoint(loaded, cfg, progress=not args.no_progress)
+    with exclusive_output(out):
+        if not args.overwrite:
+            refuse_other_results(out, to_dict(cfg))
+        inputs = Inputs.from_args(args, device, progress=not args.no_progress)
+        report, result = evaluate_checkpoint(
+            inputs.load(args.checkpoint), cfg, progress=not args.no_progress
+        )
+        _print(args, cfg, report, result, inputs.device)
+        write_json(out, result)
+    say(f"results: {out}")
+    return 0
+
+
+def _print(
+    args: argparse.Namespace,
+    cfg: EvalConfig,
+    report: RobustnessReport,
+    result: dict[str, Any],
+    device: torch.device,
+) -> None:
     rows = [
         {
             "attack": r.name,
@@ -167,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
     ]
     say(
         f"{args.checkpoint} (epoch {result['epoch']}, {result['input']} input) on "
-        f"{loaded.data_cfg.dataset}/{cfg.split}, n={report.n}, device {device}"
+        f"{result['dataset']}/{cfg.split}, n={report.n}, device {device}"
     )
     say(format_table(rows))
     say(
@@ -175,6 +191,3 @@ def run(args: argparse.Namespace) -> int:
         + (" (cascade: each attack ran only on the points still robust)" if cfg.cascade else "")
         + f"; robust accuracy {report.robust_accuracy:.4f}"
     )
-    write_json(out, result)
-    say(f"results: {out}")
-    return 0

@@ -21,10 +21,9 @@ from analysis.store import SampleStore, run_units
 from analysis.units import compute_unit, flatness_keys, result_rows, summarize
 from analysis.worst_case import WorstCaseConfig
 from awp import distributed
-from awp.checkpoint import load_checkpoint
 from awp.config import to_dict
 from awp.data import DataConfig
-from awp.io import sha256_file, write_csv, write_json
+from awp.io import exclusive_output, write_csv, write_json
 from awp.models import ModelConfig
 from awp.perturb import select_params
 from awp_landscape.commands.common import add_run_arguments, out_folder
@@ -36,7 +35,7 @@ from awp_landscape.inputs import (
     add_checkpoint_arguments,
     check_files,
     foreign_from,
-    identity,
+    identity_of,
     unique_labels,
 )
 
@@ -216,12 +215,17 @@ def measure_flatness(
     """``awp flatness`` as a function: each checkpoint's result; ``flatness.json``/``.csv``
     (and the curve figure) in ``out`` hold every checkpoint measured there."""
     check_files(checkpoints)
-    with distributed.joined(device_name) as ctx:
+    claim = exclusive_output(
+        out,
+        folder_lock="flatness",
+        cleans=[out / "flatness", out / "flatness.json", out / "flatness.csv"],
+    )
+    with distributed.joined(device_name) as ctx, distributed.main_holds(ctx, claim):
         device = distributed.pick_device(device_name, ctx)
         inputs = Inputs(
             device, dataset=dataset, data_root=data_root, foreign=foreign, progress=progress
         )
-        idents = [_identity_of(p) for p in checkpoints]
+        idents = [identity_of(p) for p in checkpoints]
         names = unique_labels(idents, labels)
         results = [
             flatness_for_checkpoint(
@@ -241,14 +245,6 @@ def measure_flatness(
             _print_results(results, cfg)
             _write_tables(out, figures=figures)
         return results
-
-
-def _identity_of(path: Path) -> dict[str, Any]:
-    try:
-        ckpt = load_checkpoint(path)
-    except ValueError:
-        ckpt = None  # a checkpoint from elsewhere: named by its file
-    return identity(path, ckpt, sha256_file(path))
 
 
 def _write_tables(out: Path, *, figures: bool) -> None:

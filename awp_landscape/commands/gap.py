@@ -12,7 +12,7 @@ from analysis.gap import GapConfig, robust_gap, subset
 from analysis.store import SampleStore, run_units
 from awp import distributed
 from awp.config import to_dict
-from awp.io import sha256_file, write_csv, write_json
+from awp.io import exclusive_output, sha256_file, write_csv, write_json
 from awp.models import ModelConfig
 from awp_landscape.commands.common import add_run_arguments, out_folder
 from awp_landscape.console import format_table, say
@@ -91,7 +91,10 @@ def measure_gap(
     """``awp gap`` as a function: the rows of ``checkpoints``; ``gap.json``/``gap.csv`` in
     ``out`` hold every checkpoint measured there with these settings."""
     check_files(checkpoints)
-    with distributed.joined(device_name) as ctx:
+    claim = exclusive_output(
+        out, folder_lock="gap", cleans=[out / "gap", out / "gap.json", out / "gap.csv"]
+    )
+    with distributed.joined(device_name) as ctx, distributed.main_holds(ctx, claim):
         device = distributed.pick_device(device_name, ctx)
         inputs = Inputs(
             device, dataset=dataset, data_root=data_root, foreign=foreign, progress=progress

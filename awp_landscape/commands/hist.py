@@ -8,9 +8,10 @@ from pathlib import Path
 import torch
 
 from analysis.weights import model_layers, select_layers, weight_report
-from awp.io import write_csv, write_json
+from awp import distributed
+from awp.io import exclusive_output, write_csv, write_json
 from awp.progress import progress_bar
-from awp_landscape.commands.common import out_folder
+from awp_landscape.commands.common import add_run_arguments, out_folder
 from awp_landscape.console import format_table, say
 from awp_landscape.inputs import (
     Inputs,
@@ -53,13 +54,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="histogram range: this quantile of |w| instead of the max (e.g. 0.999)",
     )
     p.add_argument("--no-figures", action="store_true", help="only tables, no PNG/PDF")
-    p.add_argument(
-        "--out",
-        type=Path,
-        default=None,
-        help="results folder (default: <run>/analysis when all checkpoints are from one run)",
-    )
     add_checkpoint_arguments(p, dataset_help="dataset (only for checkpoints from elsewhere)")
+    add_run_arguments(
+        p, out_help="results folder (default: <run>/analysis when all checkpoints are from one run)"
+    )
     p.set_defaults(func=run)
 
 
@@ -74,12 +72,42 @@ def weight_histograms(
     clip_quantile: float | None = None,
     figures: bool = True,
     inputs: Inputs | None = None,
+    progress: bool = True,
 ) -> None:
     """``awp hist`` as a function: weights.json, the CSV tables and the figures in ``out``."""
     check_files(checkpoints)
-    inputs = inputs or Inputs(torch.device("cpu"))
+    names = ("weights.json", "weights_stats.csv", "weights_compare.csv")
+    with exclusive_output(out / names[0], cleans=[out / n for n in names]):
+        _weight_histograms(
+            checkpoints,
+            out=out,
+            labels=labels,
+            layers=layers,
+            plot_layers=plot_layers,
+            bins=bins,
+            clip_quantile=clip_quantile,
+            figures=figures,
+            inputs=inputs or Inputs(torch.device("cpu")),
+            progress=progress,
+        )
+
+
+def _weight_histograms(
+    checkpoints: list[Path],
+    *,
+    out: Path,
+    labels: list[str] | None,
+    layers: list[str] | tuple[str, ...],
+    plot_layers: list[str] | tuple[str, ...],
+    bins: int,
+    clip_quantile: float | None,
+    figures: bool,
+    inputs: Inputs,
+    progress: bool,
+) -> None:
     idents, weights = [], []
-    for path in progress_bar(checkpoints, desc="checkpoints", enabled=len(checkpoints) > 4):
+    bar = progress_bar(checkpoints, desc="checkpoints", enabled=progress and len(checkpoints) > 4)
+    for path in bar:
         loaded = inputs.load(path, with_data=False)
         idents.append(loaded.identity())
         weights.append(model_layers(loaded.model, ["all"]))
@@ -133,6 +161,9 @@ def run(args: argparse.Namespace) -> int:
         bins=args.bins,
         clip_quantile=args.clip_quantile,
         figures=not args.no_figures,
-        inputs=Inputs.from_args(args, torch.device("cpu"), progress=False),
+        inputs=Inputs.from_args(
+            args, distributed.pick_device(args.device), progress=not args.no_progress
+        ),
+        progress=not args.no_progress,
     )
     return 0

@@ -23,6 +23,7 @@ import numpy as np
 from awp import distributed
 from awp.checkpoint import strip_prefixes
 from awp.config import to_dict
+from awp.io import exclusive_output
 from awp.models import ModelConfig
 from awp.progress import progress_bar
 from awp_landscape.console import format_table, say
@@ -127,7 +128,11 @@ def compute_landscapes(
             default_labels=[default_label(p) for p in checkpoints],
             out=out,
         )
-        return [_run_job(job, cfg, inputs, resume=resume, progress=progress) for job in jobs]
+        claims = [
+            exclusive_output(job.out, cleans=[job.out, directions_path(job.out)]) for job in jobs
+        ]
+        with distributed.main_holds(ctx, *claims):
+            return [_run_job(job, cfg, inputs, resume=resume, progress=progress) for job in jobs]
 
 
 def _path_inputs(job: Job, loaded: Loaded, inputs: Inputs) -> dict[str, Any]:

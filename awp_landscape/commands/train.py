@@ -31,6 +31,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--config", type=Path, help="JSON config (a run's config.json); flags override it"
     )
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
+    p.add_argument(
+        "--resume-from",
+        type=Path,
+        default=None,
+        metavar="CHECKPOINT",
+        help="continue the run in --out exactly from one of its epoch checkpoints (when "
+        "last.pt is missing or corrupt); later epochs are recomputed",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_dataclass_arguments(p, TrainConfig)
     p.set_defaults(func=run)
@@ -77,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
     result = train(
         cfg,
         resume=args.resume,
+        resume_from=args.resume_from,
         progress=not args.no_progress,
         on_epoch=lambda r: say(epoch_line(r)) if main_rank else None,
     )

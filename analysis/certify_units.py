@@ -1,0 +1,289 @@
+"""A certification run cut into per-example units, and what is read off their counts.
+
+A unit samples; the statistics come after. ``sigma=0.25|i=123`` holds the selection and
+estimation counts of test image 123 under sigma 0.25, ``noise|i=123`` its correct counts at
+every level of the Gaussian-noise curve, ``predict|sigma=0.25|i=123`` PREDICT's counts. Each is
+a pure function of its key and the settings (noise seeds derive from the seed and the image's
+index in the dataset, not from the rank, the batch size or the subset), so units are sharded
+across ranks and resumed by :mod:`analysis.store`. The decisions (class, pA_lower, radius,
+abstention) are computed from the counts at the stated alpha (:func:`example_rows`), then
+summarized per sigma (:func:`summary_rows`): certified accuracy at radii, the average certified
+radius, abstentions and the base classifier's accuracy under that noise.
+
+Reference: Cohen, Rosenfeld, Kolter, ICML 2019 (certified accuracy at radius r: the fraction of
+the test set that CERTIFY classifies correctly with a radius of at least r).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from scipy.stats import norm
+from torch import nn
+
+from analysis.certify import (
+    ABSTAIN,
+    NOISE_CHUNK,
+    certify_from_counts,
+    noise_accuracy_rows,
+    noise_correct,
+    predict_from_counts,
+    sample_counts,
+)
+from analysis.noise import unit_seed
+from analysis.stats import clopper_pearson
+from awp.config import opt
+
+Record = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class CertifyConfig:
+    """Randomized smoothing of a base classifier: noise levels, samples, confidence, subset."""
+
+    sigmas: tuple[float, ...] = opt(
+        (0.12, 0.25, 0.5, 1.0),
+        "noise standard deviations sigma of the smoothed classifiers, pixel units ([0,1] scale)",
+        flag="sigma",
+    )
+    n0: int = opt(100, "selection samples per example (CERTIFY's n0)")
+    n: int = opt(
+        100_000,
+        "estimation samples per example (CERTIFY's n; under torchrun write --n-samples, as "
+        "torchrun reads --n as an abbreviation of its own options)",
+        aliases=("n_samples",),
+    )
+    alpha: float = opt(0.001, "each certificate is wrong with probability at most alpha")
+    n_test: int = opt(500, "test images certified: a fixed seeded subset (0 = the whole split)")
+    subset_seed: int = opt(0, "seed choosing the subset")
+    seed: int = opt(0, "seed of every example's noise (the same for every checkpoint)")
+    batch_size: int = opt(1000, "noisy copies per forward pass (does not change any result)")
+    noise_threads: int = opt(
+        -1, "CPU threads drawing noise ahead of the device (-1: none on a CPU, 4 on a GPU)"
+    )
+    predict: bool = opt(False, "also run PREDICT (n fresh samples per example and sigma)")
+    noise_levels: tuple[float, ...] = opt(
+        (0.0, 0.06, 0.12, 0.18, 0.25, 0.37, 0.5, 0.75, 1.0),
+        "noise standard deviations s of the base classifier's Gaussian-noise accuracy curve",
+    )
+    noise_draws: int = opt(10, "noisy copies per example and level of that curve (0 = no curve)")
+    radii: tuple[float, ...] = opt(
+        (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5), "L2 radii of the certified-accuracy table"
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("sigmas", "noise_levels", "radii"):
+            object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
+        if not self.sigmas or any(not math.isfinite(s) or s <= 0 for s in self.sigmas):
+            raise ValueError(f"sigma={self.sigmas}: give one or more noise levels > 0")
+        for name, values in (("sigma", self.sigmas), ("noise_levels", self.noise_levels)):
+            if any(not math.isfinite(s) or s < 0 or s > 4 for s in values):
+                raise ValueError(
+                    f"{name}={values}: standard deviations are in [0,1] pixel units, so values "
+                    "above 4 drown the image (Cohen et al. use 0.12, 0.25, 0.5, 1.0; 25 pixel "
+                    "levels are 25/255)"
+                )
+        if len(set(self.sigmas)) != len(self.sigmas):
+            raise ValueError(f"sigma={self.sigmas} repeats a value")
+        if self.n0 < 1 or self.batch_size < 1 or self.n_test < 0 or self.noise_draws < 0:
+            raise ValueError("need n0 >= 1, batch_size >= 1, n_test >= 0 and noise_draws >= 0")
+        if not 0 < self.alpha < 0.5:
+            raise ValueError(f"alpha={self.alpha} must be in (0, 0.5), e.g. 0.001")
+        # Even n of n on the selected class gives pA_lower = alpha^(1/n), which must reach 1/2.
+        need = math.floor(math.log(self.alpha) / math.log(0.5)) + 1
+        if self.n < need:
+            raise ValueError(
+                f"n={self.n} can never certify at alpha={self.alpha}: with all {self.n} samples "
+                f"on one class pA_lower is {self.alpha ** (1 / self.n):.3f} < 0.5; use n >= {need}"
+            )
+        if self.noise_threads < -1:
+            raise ValueError(f"noise_threads={self.noise_threads}: give -1 (auto), 0 or more")
+        if any(r < 0 for r in self.radii):
+            raise ValueError(f"radii={self.radii} must be >= 0")
+        if self.noise_draws and not self.noise_levels:
+            raise ValueError("noise_levels is empty: give levels or --noise-draws 0")
+
+    def threads(self, device: torch.device) -> int:
+        """Threads drawing noise: ``noise_threads``, or for -1 none on a CPU and 4 on a GPU."""
+        if self.noise_threads >= 0:
+            return self.noise_threads
+        return 0 if device.type == "cpu" else 4
+
+    def stores(self) -> dict[str, dict[str, Any]]:
+        """The settings each kind of unit depends on (its store's meta); the rest (alpha, radii,
+        batch size, the subset, sigmas and levels, which are in the keys) does not change them."""
+        common = {"seed": self.seed, "noise_chunk": NOISE_CHUNK}
+        out = {"certify": {**common, "n0": self.n0, "n": self.n}}
+        if self.predict:
+            out["predict"] = {**common, "n": self.n}
+        if self.noise_draws:
+            out["noise"] = {**common, "levels": list(self.noise_levels), "draws": self.noise_draws}
+        return out
+
+
+def unit_keys(cfg: CertifyConfig, indices: Sequence[int]) -> dict[str, list[str]]:
+    """The unit keys of each store for test images ``indices`` (dataset indices)."""
+    keys = {"certify": [f"sigma={s!r}|i={i}" for s in cfg.sigmas for i in indices]}
+    if cfg.predict:
+        keys["predict"] = [f"predict|sigma={s!r}|i={i}" for s in cfg.sigmas for i in indices]
+    if cfg.noise_draws:
+        keys["noise"] = [f"noise|i={i}" for i in indices]
+    return keys
+
+
+def _fields(key: str) -> dict[str, str]:
+    return dict(f.split("=", 1) for f in key.split("|") if "=" in f)
+
+
+def compute_unit(
+    model: nn.Module, x: torch.Tensor, y: int, key: str, *, cfg: CertifyConfig
+) -> Record:
+    """The record of one unit (see the module): counts, the label, and the seconds it took.
+
+    Args:
+        model: the base classifier on the device (left as it was).
+        x: the unit's test image (C, H, W) float in [0, 1] on the device; y: its label.
+        key: a key of :func:`unit_keys`; cfg: the settings.
+    """
+    f = _fields(key)
+    index = int(f["i"])
+    t0 = time.perf_counter()
+    common = dict(batch_size=cfg.batch_size, workers=cfg.threads(x.device))
+    record: Record = {"index": index, "label": int(y)}
+    if key.startswith("noise|"):
+        seed = unit_seed(cfg.seed, "noise", index)
+        levels = cfg.noise_levels
+        correct = noise_correct(
+            model, x, y, levels=levels, draws=cfg.noise_draws, seed=seed, batch_size=cfg.batch_size
+        )
+        record["correct"] = correct
+    else:
+        sigma = float(f["sigma"])
+        seed = unit_seed(cfg.seed, "certify", index)
+        record["sigma"] = sigma
+        if key.startswith("predict|"):
+            num, phase = cfg.n, "predict"
+        else:
+            record["counts0"] = sample_counts(
+                model, x, sigma=sigma, num=cfg.n0, seed=unit_seed(seed, "select"), **common
+            ).tolist()
+            num, phase = cfg.n, "estimate"
+        record["counts"] = sample_counts(
+            model, x, sigma=sigma, num=num, seed=unit_seed(seed, phase), **common
+        ).tolist()
+    record["seconds"] = time.perf_counter() - t0
+    return record
+
+
+def example_rows(
+    records: Mapping[str, Record],
+    cfg: CertifyConfig,
+    *,
+    predictions: Mapping[str, Record] | None = None,
+) -> list[Record]:
+    """One row per (sigma, example): CERTIFY's decision at ``cfg.alpha`` from the counts.
+
+    Columns: sigma, index, label, prediction (-1 = abstain), radius, correct, abstained,
+    p_lower, count (n_A), n0, n, counts0, counts, seconds; with PREDICT's records also
+    ``predict`` (its class or -1) and ``predict_correct``.
+    """
+    predictions = predictions or {}
+    rows = []
+    for key, r in records.items():
+        cert = certify_from_counts(r["counts0"], r["counts"], sigma=r["sigma"], alpha=cfg.alpha)
+        row = {
+            "sigma": r["sigma"],
+            "index": r["index"],
+            "label": r["label"],
+            "prediction": cert.prediction,
+            "radius": cert.radius,
+            "correct": cert.prediction == r["label"],
+            "abstained": cert.abstained,
+            "p_lower": cert.p_lower,
+            "count": cert.count,
+            "n0": sum(r["counts0"]),
+            "n": sum(r["counts"]),
+            "counts0": r["counts0"],
+            "counts": r["counts"],
+            "seconds": r["seconds"],
+        }
+        p = predictions.get(f"predict|{key}")
+        if p is not None:
+            row["predict"] = predict_from_counts(p["counts"], alpha=cfg.alpha)
+            row["predict_correct"] = row["predict"] == r["label"]
+        rows.append(row)
+    return rows
+
+
+def certified_accuracy(rows: Sequence[Mapping[str, Any]], radii: Sequence[float]) -> list[float]:
+    """Fraction of ``rows`` certified correct with radius >= r, for each r of ``radii``."""
+    if not rows:
+        return [float("nan")] * len(radii)
+    good = [r["radius"] for r in rows if r["correct"] and r["prediction"] != ABSTAIN]
+    return [sum(g >= t for g in good) / len(rows) for t in radii]
+
+
+def accuracy_curve(rows: Sequence[Mapping[str, Any]]) -> list[tuple[float, float]]:
+    """The whole certified-accuracy curve of ``rows`` (one sigma, one model) as its steps:
+    (r, accuracy at r) at r = 0 and at every certified radius; the curve is constant between
+    them and drops just after each r."""
+    radii = sorted({0.0, *(float(r["radius"]) for r in rows if r["correct"])})
+    return list(zip(radii, certified_accuracy(rows, radii)))
+
+
+def summary_rows(
+    rows: Sequence[Mapping[str, Any]], cfg: CertifyConfig, *, confidence: float = 0.95
+) -> list[Record]:
+    """Per sigma: certified accuracy at ``cfg.radii`` (``acc@r`` columns), its value at radius 0
+    with a Clopper-Pearson interval over examples, abstentions, the average certified radius
+    (radius of correct answers, 0 otherwise) and the base classifier's accuracy under that
+    noise (the mean over examples of counts[label] / n)."""
+    out = []
+    for sigma in sorted({r["sigma"] for r in rows}):
+        mine = [r for r in rows if r["sigma"] == sigma]
+        m = len(mine)
+        correct = sum(1 for r in mine if r["correct"])
+        low, high = clopper_pearson(correct, m, confidence)
+        row: Record = {
+            "sigma": sigma,
+            "examples": m,
+            "n0": cfg.n0,
+            "n": cfg.n,
+            "alpha": cfg.alpha,
+            "accuracy": correct / m,
+            "accuracy_low": low,
+            "accuracy_high": high,
+            "abstained": sum(1 for r in mine if r["abstained"]) / m,
+            "acr": sum(r["radius"] for r in mine if r["correct"]) / m,
+            "noise_acc": sum(r["counts"][r["label"]] / r["n"] for r in mine) / m,
+            "max_radius": sigma * _max_z(cfg.n, cfg.alpha),
+        }
+        for t, acc in zip(cfg.radii, certified_accuracy(mine, cfg.radii)):
+            row[f"acc@{t:g}"] = acc
+        if "predict" in mine[0]:
+            row["predict_accuracy"] = sum(1 for r in mine if r["predict_correct"]) / m
+            row["predict_abstained"] = sum(1 for r in mine if r["predict"] == ABSTAIN) / m
+        out.append(row)
+    return out
+
+
+def _max_z(n: int, alpha: float) -> float:
+    """Phi^-1 of the largest pA_lower n samples can give (all n on one class): the largest
+    certifiable radius is sigma times this."""
+    return float(norm.ppf(alpha ** (1 / n)))
+
+
+def noise_rows(records: Mapping[str, Record], cfg: CertifyConfig) -> list[Record]:
+    """The Gaussian-noise accuracy curve from the ``noise|i=..`` records: one row per level."""
+    correct = [r["correct"] for r in records.values()]
+    rows = noise_accuracy_rows(correct, cfg.noise_levels, draws=cfg.noise_draws)
+    return [
+        {"level": a.level, "accuracy": a.accuracy, "low": a.low, "high": a.high,
+         "examples": a.n, "draws": a.draws}
+        for a in rows
+    ]  # fmt: skip

@@ -1,0 +1,387 @@
+"""Curvature of the (robust) loss: top Hessian eigenvalues, trace, eigenvalue density, per layer.
+
+PyHessian's measures, for the mean loss over a fixed seeded subset with BatchNorm in eval mode
+(:mod:`awp.hessian`): with ``loss="adv"`` the inputs are x_adv crafted once at w and held
+fixed. By Danskin's theorem that loss has the robust loss's gradient at w, but not its full
+curvature, which also moves with x_adv (the measured H leaves that term out).
+
+A measurement is cut into units with string keys, each a pure function of its key and the
+settings, kept and skipped by :func:`analysis.store.run_units` (resume), and computed by all
+ranks together (``collective``: each rank sums the products of its share of the batches and
+they are all-reduced):
+
+- ``base``: the loss and accuracy at w, the parameter count and the layers;
+- ``eigs|k=..|tol=..``: the top-k eigenpairs (ARPACK Lanczos), residuals, where each lives;
+- ``trace|i=..``: Hutchinson probe i, z^T H z with Rademacher z, and z_l^T (H z)_l per layer
+  (E = tr H_ll, the layer's diagonal block: the same products give every block's trace);
+- ``slq|steps=..|r=..``: stochastic Lanczos quadrature run r (nodes and weights);
+- ``layer|name=..|tol=..``: the top eigenvalue of one layer's diagonal block;
+- ``power|k=..``: PyHessian's power iteration, for comparison with Lanczos.
+
+Trace probes are added in blocks until the interval is narrow enough
+(:func:`analysis.spectrum.more_probes`), so a rerun with the same settings asks for the same
+probes and a resumed run ends with the numbers of an uninterrupted one. The results made of the
+records (table rows, layers) are :mod:`analysis.curvature`.
+
+Reference: Yao, Gholami, Keutzer, Mahoney, "PyHessian", 2020; Ghorbani, Krishnan, Xiao, ICML
+2019; Danskin 1967.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from analysis.noise import generator_for, unit_seed
+from analysis.spectrum import (
+    more_probes,
+    power_iteration,
+    rademacher,
+    slq_run,
+)
+from awp.config import PGD20_EVAL, AttackConfig, check_choice, opt
+from awp.hessian import HVP_METHODS, LossBatches, LossHessian, loss_batches, top_eigenpairs
+from awp.perturb import PARAM_SETS, select_params
+
+LOSSES = ("adv", "clean")
+SPLITS = ("train", "test")
+DTYPES = ("float32", "float64")
+
+Record = dict[str, Any]
+# PyHessian's defaults (hessian.eigenvalues(maxIter=100, tol=1e-3)).
+POWER_TOL, POWER_ITERS = 1e-3, 100
+RunKeys = Callable[[list[str], str], dict[str, Record]]
+
+
+@dataclass(frozen=True)
+class HessianConfig:
+    """What ``awp hessian`` measures: the loss, its data, the estimators and their sizes."""
+
+    loss: str = opt(
+        "adv",
+        "loss: adv (x_adv crafted at w by the attack and held fixed: the robust loss's "
+        "gradient by Danskin, not its full curvature) | clean",
+    )
+    split: str = opt("train", "data split measured: train | test")
+    n_examples: int = opt(1000, "size of the fixed seeded subset (0 = the whole split)")
+    subset_seed: int = opt(0, "seed choosing the subset")
+    seed: int = opt(0, "seed of the probes, the Lanczos starts and the attacks' random starts")
+    batch_size: int = opt(128, "examples per batch of every Hessian-vector product")
+    params: str = opt("weights", "Hessian coordinates: weights (conv+linear, as AWP) | all")
+    dtype: str = opt("float32", "precision of the products: float32 | float64")
+    method: str = opt(
+        "jvp", "Hessian-vector product: jvp (forward-over-reverse) | double (double backward)"
+    )
+    top_k: int = opt(5, "top eigenvalues by Lanczos (0 = none)")
+    eig_tol: float = opt(1e-4, "relative accuracy of the eigenvalues (ARPACK's tol)")
+    lanczos_vectors: int = opt(
+        0,
+        "Lanczos vectors ARPACK keeps between restarts (ncv; 0 = scipy's max(2k+1, 20)); "
+        "fewer start cheaper (e.g. 8 for k <= 2)",
+    )
+    trace: bool = opt(False, "Hutchinson trace, and the trace of every layer's diagonal block")
+    probes_min: int = opt(10, "Hutchinson probes before the stopping rule is checked (a block)")
+    probes_max: int = opt(100, "most Hutchinson probes")
+    trace_rel_tol: float = opt(
+        0.05, "stop adding probes once the interval's half-width is <= this fraction of |trace|"
+    )
+    density: bool = opt(False, "eigenvalue density by stochastic Lanczos quadrature")
+    slq_runs: int = opt(3, "SLQ runs (Rademacher starts) averaged in the density")
+    slq_steps: int = opt(50, "Lanczos steps per SLQ run")
+    slq_sigma: float = opt(
+        0.01, "Gaussian broadening of the density, as a fraction of the eigenvalues' span"
+    )
+    per_layer: bool = opt(
+        False, "top eigenvalue of every layer's diagonal block (one Lanczos each)"
+    )
+    power: bool = opt(
+        False,
+        "also PyHessian's power iteration for the top-k (tol 1e-3, at most 100 products per "
+        "eigenvalue), to compare values and products with Lanczos",
+    )
+    confidence: float = opt(0.95, "confidence level of the trace intervals")
+    attack: AttackConfig = opt(PGD20_EVAL, "attack crafting x_adv at w (--loss adv)")
+
+    def __post_init__(self) -> None:
+        check_choice(self.loss, LOSSES, "loss")
+        check_choice(self.split, SPLITS, "split")
+        check_choice(self.params, PARAM_SETS, "parameter set")
+        check_choice(self.dtype, DTYPES, "dtype")
+        check_choice(self.method, HVP_METHODS, "HVP method")
+        if self.n_examples < 0 or self.batch_size < 1:
+            raise ValueError(
+                f"need n_examples >= 0 and batch_size >= 1, got {self.n_examples}, "
+                f"{self.batch_size}"
+            )
+        if self.lanczos_vectors and self.lanczos_vectors <= max(self.top_k, 1) + 1:
+            raise ValueError(
+                f"lanczos_vectors={self.lanczos_vectors} must exceed top_k + 1 "
+                f"({self.top_k + 1}); or 0 for scipy's default"
+            )
+        if self.top_k < 0 or not 0 <= self.eig_tol < 1:
+            raise ValueError(
+                f"need top_k >= 0 and 0 <= eig_tol < 1, got {self.top_k}, {self.eig_tol}"
+            )
+        if not 2 <= self.probes_min <= self.probes_max:
+            raise ValueError(
+                f"need 2 <= probes_min <= probes_max (an interval needs 2 probes), got "
+                f"{self.probes_min}, {self.probes_max}"
+            )
+        if not self.trace_rel_tol > 0:
+            raise ValueError(f"trace_rel_tol={self.trace_rel_tol} must be > 0, e.g. 0.05")
+        if self.slq_runs < 1 or self.slq_steps < 2 or not self.slq_sigma > 0:
+            raise ValueError(
+                f"need slq_runs >= 1, slq_steps >= 2 and slq_sigma > 0, got {self.slq_runs}, "
+                f"{self.slq_steps}, {self.slq_sigma}"
+            )
+        if not 0 < self.confidence < 1:
+            raise ValueError(f"confidence={self.confidence} must be in (0, 1), e.g. 0.95")
+        if self.power and not self.top_k:
+            raise ValueError("--power compares with the top-k eigenvalues: set --top-k > 0")
+        if not (self.top_k or self.trace or self.density or self.per_layer):
+            raise ValueError(
+                "nothing to measure: ask for --top-k > 0, --trace, --density or --per-layer"
+            )
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return torch.float64 if self.dtype == "float64" else torch.float32
+
+
+# ----------------------------------------------------------------------------- the problem
+
+
+class HessianProblem:
+    """The loss whose curvature is measured: one model at w and a fixed subset.
+
+    The inputs (x_adv crafted at w, or x) are made on first use, so a run whose units are all
+    finished crafts nothing.
+
+    Args:
+        model: the network at w, in the dtype of the measurement (left as it was).
+        x: (N, C, H, W) uint8 or float in [0, 1] on its device; y: (N,) labels.
+        cfg: the settings.
+        rank, world: this process's share of the batches (every rank computes every unit).
+        on_product: called after every Hessian-vector product (a progress bar).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        cfg: HessianConfig,
+        *,
+        rank: int = 0,
+        world: int = 1,
+        on_product: Callable[[], None] | None = None,
+    ) -> None:
+        self.model, self.x, self.y, self.cfg = model, x, y, cfg
+        self.rank, self.world = rank, world
+        self.on_product = on_product
+        self.params = select_params(model, cfg.params)
+        self._data: LossBatches | None = None
+
+    @property
+    def layer_names(self) -> list[str]:
+        return list(self.params)
+
+    @property
+    def data(self) -> LossBatches:
+        if self._data is None:
+            self._data = loss_batches(
+                self.model,
+                self.x,
+                self.y,
+                attack=self.cfg.attack if self.cfg.loss == "adv" else None,
+                batch_size=self.cfg.batch_size,
+                seed=self.cfg.seed,
+                rank=self.rank,
+                world=self.world,
+            )
+        return self._data
+
+    def operator(self, names: Sequence[str] | None = None) -> LossHessian:
+        """H over every measured tensor, or the diagonal block of ``names``."""
+        params = self.params if names is None else {n: self.params[n] for n in names}
+        return LossHessian(
+            self.model, self.data, params, method=self.cfg.method, on_product=self.on_product
+        )
+
+
+# ----------------------------------------------------------------------------- units
+
+
+def eigs_key(k: int, tol: float, ncv: int = 0) -> str:
+    return f"eigs|k={k}|tol={float(tol)!r}|ncv={ncv}"
+
+
+def trace_key(i: int) -> str:
+    return f"trace|i={i}"
+
+
+def slq_key(steps: int, r: int) -> str:
+    return f"slq|steps={steps}|r={r}"
+
+
+def power_key(k: int) -> str:
+    return f"power|k={k}|tol={POWER_TOL!r}|iters={POWER_ITERS}"
+
+
+def layer_key(name: str, tol: float, ncv: int = 0) -> str:
+    return f"layer|name={name}|tol={float(tol)!r}|ncv={ncv}"
+
+
+def plan_keys(cfg: HessianConfig, layers: Sequence[str]) -> list[str]:
+    """The units of a run, but for the trace probes (added by the stopping rule)."""
+    keys = ["base"]
+    if cfg.top_k:
+        keys.append(eigs_key(cfg.top_k, cfg.eig_tol, cfg.lanczos_vectors))
+    if cfg.power:
+        keys.append(power_key(cfg.top_k))
+    if cfg.density:
+        keys += [slq_key(cfg.slq_steps, r) for r in range(cfg.slq_runs)]
+    if cfg.per_layer:
+        keys += [layer_key(n, cfg.eig_tol, cfg.lanczos_vectors) for n in layers]
+    return keys
+
+
+def _fields(key: str) -> tuple[str, dict[str, str]]:
+    kind, *rest = key.split("|")
+    return kind, dict(f.split("=", 1) for f in rest)
+
+
+def compute_unit(problem: HessianProblem, key: str) -> Record:
+    """The record of one unit, from its key (see the module and :func:`plan_keys`)."""
+    kind, f = _fields(key)
+    if kind == "base":
+        return base_unit(problem)
+    if kind == "eigs":
+        return eigs_unit(problem, k=int(f["k"]), tol=float(f["tol"]), ncv=int(f["ncv"]))
+    if kind == "trace":
+        return trace_unit(problem, int(f["i"]))
+    if kind == "slq":
+        op = problem.operator()
+        nodes, weights = slq_run(
+            op.matvec,
+            op.size,
+            steps=int(f["steps"]),
+            generator=generator_for(problem.cfg.seed, "slq", int(f["r"])),
+            device=op.device,
+        )
+        return {"nodes": nodes.tolist(), "weights": weights.tolist(), "hvps": len(nodes)}
+    if kind == "power":
+        op = problem.operator()
+        res = power_iteration(
+            op.matvec,
+            op.size,
+            k=int(f["k"]),
+            tol=float(f["tol"]),
+            max_iter=int(f["iters"]),
+            generator=generator_for(problem.cfg.seed, "power"),
+            device=op.device,
+        )
+        return {"values": [float(v) for v in res.values], "hvps": res.hvps}
+    if kind == "layer":
+        op = problem.operator([f["name"]])
+        seed = unit_seed(problem.cfg.seed, "layer", f["name"])
+        pairs = top_eigenpairs(op, 1, tol=float(f["tol"]), seed=seed, ncv=_ncv(f["ncv"], op.size))
+        return {"value": float(pairs.values[0]), "hvps": pairs.hvps, "converged": pairs.converged}
+    raise ValueError(f"unknown unit key {key!r}")
+
+
+def base_unit(problem: HessianProblem) -> Record:
+    """The loss and accuracy at w on the subset, the parameter count, the layers."""
+    data = problem.data
+    w2 = sum(float((p.detach().double() ** 2).sum()) for p in problem.params.values())
+    return {
+        "loss": data.loss,
+        "accuracy": data.accuracy,
+        "n": data.n,
+        "p": int(sum(p.numel() for p in problem.params.values())),
+        "weight_norm": math.sqrt(w2),
+        "layers": [[n, int(p.numel())] for n, p in problem.params.items()],
+    }
+
+
+def _ncv(ncv: str | int, size: int) -> int | None:
+    """ARPACK's ncv from a key (0 = scipy's default), at most the operator's size."""
+    return min(int(ncv), size) if int(ncv) else None
+
+
+def eigs_unit(problem: HessianProblem, *, k: int, tol: float, ncv: int = 0) -> Record:
+    """Top-k eigenpairs by Lanczos; each vector's residual ||H v - lambda v|| / |lambda| (one
+    more product each) and its mass per layer (sum of v_l^2, which sums to 1)."""
+    op = problem.operator()
+    seed = unit_seed(problem.cfg.seed, "eigs")
+    pairs = top_eigenpairs(op, k, tol=tol, seed=seed, ncv=_ncv(ncv, op.size))
+    residuals, mass = [], []
+    for j in range(k):
+        v = torch.from_numpy(pairs.vectors[:, j])
+        if not torch.isfinite(v).all():
+            residuals.append(float("nan"))
+            mass.append([float("nan")] * len(op.names))
+            continue
+        hv = op.matvec(v).cpu()
+        lam = float(pairs.values[j])
+        residuals.append(float((hv - lam * v).norm()) / max(abs(lam), 1e-30))
+        mass.append([float((v[a:b] ** 2).sum()) for _, a, b in op.segments()])
+    return {
+        "values": [float(v) for v in pairs.values],
+        "hvps": pairs.hvps,
+        "check_hvps": k,
+        "converged": pairs.converged,
+        "solver": pairs.solver,
+        "residuals": residuals,
+        "layer_mass": mass,
+    }
+
+
+def trace_unit(problem: HessianProblem, i: int) -> Record:
+    """Hutchinson probe i: z^T H z for a Rademacher z, and z_l^T (H z)_l for every layer."""
+    op = problem.operator()
+    z = rademacher(op.size, generator=generator_for(problem.cfg.seed, "trace", i), device=op.device)
+    zhz = z * op.matvec(z)  # (p,) elementwise: sums over segments are the block quadratics
+    layers = [float(zhz[a:b].sum()) for _, a, b in op.segments()]
+    return {"quad": float(zhz.sum()), "layers": layers}
+
+
+def hessian_records(problem: HessianProblem, run_keys: RunKeys, *, label: str) -> dict[str, Record]:
+    """Every unit of a run (trace probes in blocks until the stopping rule holds).
+
+    Args:
+        problem: the loss.
+        run_keys: (keys, description) -> records of those keys, computing the missing ones
+            (:func:`analysis.store.run_units` with the store, ``collective``).
+        label: names the progress bars.
+    """
+    cfg = problem.cfg
+    records = dict(run_keys(plan_keys(cfg, problem.layer_names), f"{label}: curvature"))
+    if cfg.trace:
+        quads: list[float] = []
+        while need := more_probes(
+            quads,
+            rel_tol=cfg.trace_rel_tol,
+            confidence=cfg.confidence,
+            min_probes=cfg.probes_min,
+            max_probes=cfg.probes_max,
+        ):
+            keys = [trace_key(i) for i in range(len(quads), len(quads) + need)]
+            new = run_keys(keys, f"{label}: trace probes")
+            records.update(new)
+            quads += [new[k]["quad"] for k in keys]
+    return records
+
+
+def trace_probes(records: Mapping[str, Record]) -> list[Record]:
+    """The trace probes among ``records``, in order (0, 1, ... while present)."""
+    out, i = [], 0
+    while trace_key(i) in records:
+        out.append(records[trace_key(i)])
+        i += 1
+    return out

@@ -1,0 +1,237 @@
+"""Conclusions over seeds: paired differences with intervals, and stratified correlations.
+
+Every AT vs AT-AWP claim of a replicated run is a paired difference: seed s trains both methods
+from the same initialization and data order, so d_s = (AT-AWP) - (AT) removes what the seed does
+to both. Over the seeds, the mean of d has a Student-t interval (the verdict) and a percentile
+bootstrap interval (shown beside it). With fewer than three seeds no interval is given: with
+two, the t interval has one degree of freedom and is too wide to mean anything, and a bootstrap
+over two values has three outcomes.
+
+The correlation of flatness with the gap pools the checkpoints of all seeds with the seed as a
+stratum: Kendall's tau-b counted over pairs of checkpoints of the same seed only (a seed's level
+shift cannot create or hide an association), with a two-sided permutation p-value that permutes
+the gap within each seed.
+
+Reference: Student (1908); Efron & Tibshirani 1993 (percentile bootstrap); Kendall 1945
+(tau-b with ties); Good 2005 (stratified permutation tests).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from analysis.stats import t_interval
+
+MIN_SEEDS = 3  # fewer seeds: no interval
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """A measure of AT and AT-AWP over paired seeds, and the mean difference AT-AWP - AT.
+
+    ``t_low``/``t_high`` (the verdict) and ``boot_low``/``boot_high`` are None when there are
+    fewer than :data:`MIN_SEEDS` seeds; ``note`` then says so.
+    """
+
+    measure: str
+    seeds: tuple[int, ...]
+    at: tuple[float, ...]
+    awp: tuple[float, ...]
+    mean_at: float
+    mean_awp: float
+    mean_diff: float
+    t_low: float | None
+    t_high: float | None
+    boot_low: float | None
+    boot_high: float | None
+    confidence: float
+    note: str
+
+    @property
+    def n(self) -> int:
+        return len(self.seeds)
+
+    @property
+    def resolved(self) -> bool:
+        """The t interval excludes zero."""
+        return self.t_low is not None and (self.t_low > 0 or self.t_high < 0)
+
+
+def bootstrap_mean_interval(
+    values: Sequence[float], *, confidence: float = 0.95, n_boot: int = 10_000, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of a mean, resampling the values with replacement."""
+    a = np.asarray(values, dtype=np.float64)
+    if a.size < 1:
+        raise ValueError("no values to resample")
+    idx = np.random.default_rng(seed).integers(0, a.size, size=(n_boot, a.size))
+    means = a[idx].mean(axis=1)
+    tail = 100 * (1 - confidence) / 2
+    lo, hi = np.percentile(means, [tail, 100 - tail])
+    return float(lo), float(hi)
+
+
+def paired_difference(
+    measure: str,
+    seeds: Sequence[int],
+    at: Sequence[float],
+    awp: Sequence[float],
+    *,
+    confidence: float = 0.95,
+    n_boot: int = 10_000,
+    seed: int = 0,
+) -> PairedDifference:
+    """The paired difference AT-AWP - AT of a measure over seeds, with its intervals.
+
+    Args:
+        measure: the measure's name (for tables and sentences).
+        seeds: the seeds, one per pair.
+        at, awp: the measure of each method, in the order of ``seeds``.
+        confidence: level of both intervals.
+        n_boot: bootstrap resamples; seed: the bootstrap's seed.
+
+    Raises:
+        ValueError: lengths differ, no seed, or a value that is not finite.
+    """
+    if not (len(seeds) == len(at) == len(awp)) or not seeds:
+        raise ValueError(
+            f"{measure}: need one AT and one AT-AWP value per seed, got {len(seeds)} seeds, "
+            f"{len(at)} and {len(awp)} values"
+        )
+    a, b = np.asarray(at, dtype=np.float64), np.asarray(awp, dtype=np.float64)
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        raise ValueError(f"{measure}: a value is not finite ({list(at)}, {list(awp)})")
+    d = b - a
+    n = len(seeds)
+    t_lo = t_hi = b_lo = b_hi = None
+    note = ""
+    if n < MIN_SEEDS:
+        note = f"no interval possible with {n} seed{'s' if n > 1 else ''}"
+    else:
+        t_lo, t_hi = t_interval(d, confidence)
+        b_lo, b_hi = bootstrap_mean_interval(d, confidence=confidence, n_boot=n_boot, seed=seed)
+    return PairedDifference(
+        measure=measure,
+        seeds=tuple(int(s) for s in seeds),
+        at=tuple(float(v) for v in a),
+        awp=tuple(float(v) for v in b),
+        mean_at=float(a.mean()),
+        mean_awp=float(b.mean()),
+        mean_diff=float(d.mean()),
+        t_low=t_lo,
+        t_high=t_hi,
+        boot_low=b_lo,
+        boot_high=b_hi,
+        confidence=confidence,
+        note=note,
+    )
+
+
+def verdict(pd: PairedDifference, *, digits: int = 3) -> str:
+    """The sentence a paired difference supports, and no more.
+
+    "AT-AWP lower/higher ..., interval excludes zero" only when the t interval excludes zero;
+    otherwise "not resolved at N seeds".
+    """
+    f = f"{{:.{digits}f}}"
+    means = f"AT {f.format(pd.mean_at)}, AT-AWP {f.format(pd.mean_awp)}"
+    diff = f"{pd.mean_diff:+.{digits}f}"
+    if pd.t_low is None or pd.t_high is None:
+        return (
+            f"{pd.measure}: not resolved at {pd.n} seed{'s' if pd.n > 1 else ''} ({means}; "
+            f"AT-AWP minus AT {diff}; {pd.note})."
+        )
+    ci = f"{pd.confidence:.0%} t interval [{f.format(pd.t_low)}, {f.format(pd.t_high)}]"
+    if pd.resolved:
+        side = "higher" if pd.mean_diff > 0 else "lower"
+        return (
+            f"{pd.measure}: AT-AWP {side}, interval excludes zero ({means}; AT-AWP minus AT "
+            f"{diff}, {ci}, {pd.n} seeds)."
+        )
+    return (
+        f"{pd.measure}: not resolved at {pd.n} seeds ({means}; AT-AWP minus AT {diff}, {ci} "
+        "includes zero)."
+    )
+
+
+# --------------------------------------------------------------------------- stratified tau
+@dataclass(frozen=True)
+class StratifiedKendall:
+    """Kendall's tau-b over pairs within strata, with a within-stratum permutation p-value."""
+
+    tau: float
+    pvalue: float
+    n: int  # observations
+    strata: int
+    pairs: int  # within-stratum pairs
+    n_perm: int
+    method: str = (
+        "Kendall tau-b over pairs of checkpoints of the same seed; two-sided p-value from "
+        "permutations of y within each seed"
+    )
+
+
+def _within_counts(x: np.ndarray, y: np.ndarray, strata: np.ndarray) -> tuple[float, int, int, int]:
+    """(concordant - discordant, pairs, pairs tied in x, pairs tied in y) within strata."""
+    s = 0.0
+    pairs = tied_x = tied_y = 0
+    for g in np.unique(strata):
+        m = strata == g
+        xs, ys = x[m], y[m]
+        dx = np.sign(xs[:, None] - xs[None, :])
+        dy = np.sign(ys[:, None] - ys[None, :])
+        upper = np.triu(np.ones_like(dx, dtype=bool), k=1)
+        s += float((dx * dy)[upper].sum())
+        pairs += int(upper.sum())
+        tied_x += int((dx[upper] == 0).sum())
+        tied_y += int((dy[upper] == 0).sum())
+    return s, pairs, tied_x, tied_y
+
+
+def _tau(x: np.ndarray, y: np.ndarray, strata: np.ndarray) -> float:
+    s, pairs, tx, ty = _within_counts(x, y, strata)
+    denom = math.sqrt((pairs - tx) * (pairs - ty))
+    return s / denom if denom > 0 else float("nan")
+
+
+def stratified_kendall(
+    x: Sequence[float],
+    y: Sequence[float],
+    strata: Sequence[object],
+    *,
+    n_perm: int = 5000,
+    seed: int = 0,
+) -> StratifiedKendall:
+    """Kendall's tau-b counting only pairs within the same stratum (e.g. seed).
+
+    tau = sum_s (C_s - D_s) / sqrt((P - T_x)(P - T_y)) with P the within-stratum pairs and T the
+    pairs tied in x or y; with one stratum it is scipy's tau-b. The p-value is the share of
+    permutations (y shuffled within each stratum) with |tau| at least the observed one.
+
+    Raises:
+        ValueError: lengths differ.
+    """
+    a, b = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    g = np.asarray([str(s) for s in strata])
+    if not (a.shape == b.shape == g.shape) or a.ndim != 1:
+        raise ValueError(f"x, y and strata must have equal lengths: {a.shape} {b.shape} {g.shape}")
+    keep = np.isfinite(a) & np.isfinite(b)
+    a, b, g = a[keep], b[keep], g[keep]
+    tau = _tau(a, b, g)
+    _, pairs, _, _ = _within_counts(a, b, g)
+    if not math.isfinite(tau):
+        return StratifiedKendall(float("nan"), float("nan"), int(a.size), len(set(g)), pairs, 0)
+    rng = np.random.default_rng(seed)
+    groups = [np.flatnonzero(g == s) for s in np.unique(g)]
+    hits = 0
+    for _ in range(n_perm):
+        perm = b.copy()
+        for idx in groups:
+            perm[idx] = b[rng.permutation(idx)]
+        hits += abs(_tau(a, perm, g)) >= abs(tau) - 1e-12
+    pvalue = (hits + 1) / (n_perm + 1)
+    return StratifiedKendall(float(tau), float(pvalue), int(a.size), len(groups), pairs, n_perm)

@@ -1,0 +1,352 @@
+"""Hessian-vector products of a model's mean loss over fixed examples, and its top eigenpairs.
+
+H is the Hessian, with respect to chosen parameters w (conv and linear weights by default,
+AWP's set; or every parameter), of the mean cross-entropy over a fixed set of N examples,
+
+    L(w) = (1/N) sum_i CE(f_w(x_i), y_i),
+
+with BatchNorm in eval mode (its running statistics are constants) and the inputs held fixed.
+For the robust loss the inputs are x_adv, crafted once at w by an attack and then held fixed.
+By Danskin's theorem grad L at w is then the gradient of the robust loss
+max_{x' in B(x)} CE(f_w(x'), y); H is *not* its Hessian, which also moves with x_adv(w) (a
+term through d x_adv / d w that this leaves out). What H measures is the curvature in weight
+space of the loss on examples that are adversarial at w.
+
+H v is exact (automatic differentiation, no finite differences), computed batch by batch and
+summed in float64: forward-over-reverse (``torch.func.jvp`` of ``torch.func.grad``, "jvp", the
+default: on a CPU it measured ~15% faster than the other for a PreActResNet-18, see
+benchmarks/hessian.py) or reverse-over-reverse (double backward, "double"). Under torchrun
+each rank takes a round-robin share of the batches and the products are summed over ranks
+(:func:`awp.distributed.all_reduce_sum_`), so every rank holds the same H v as one process
+(the same per-batch products, added in another order).
+
+The top eigenpairs come from ARPACK's implicitly restarted Lanczos method
+(``scipy.sparse.linalg.eigsh``) on a ``LinearOperator`` whose matvec is one H v.
+
+Reference: Pearlmutter, "Fast Exact Multiplication by the Hessian", Neural Computation 1994;
+Yao, Gholami, Keutzer, Mahoney, "PyHessian: Neural Networks Through the Lens of the Hessian",
+2020; Danskin, "The Theory of Max-Min", 1967 (the gradient of a max).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
+from torch import nn
+from torch.func import functional_call, grad, jvp
+
+from awp import distributed
+from awp.augment import as_float
+from awp.config import AttackConfig, check_choice
+from awp.evaluate import attack_outcomes
+from awp.modes import model_mode
+
+HVP_METHODS = ("jvp", "double")
+
+
+def batch_seed(seed: int, index: int) -> int:
+    """The attack seed of batch ``index`` (a pure function: the same on every rank)."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+
+
+@dataclass(frozen=True, eq=False)
+class LossBatches:
+    """The fixed inputs of a loss, batch by batch: this rank's share of them.
+
+    Attributes:
+        batches: (x, y) pairs, x (B, C, H, W) float in [0, 1] in the model's dtype (x_adv
+            crafted at w, or the clean images), y (B,) int64 labels.
+        n: examples over all ranks (the mean's denominator).
+        loss: mean cross-entropy at w over all N examples (nats).
+        accuracy: fraction of the N examples classified right at w (robust accuracy for x_adv).
+        world: ranks sharing the batches (their products are summed when > 1).
+    """
+
+    batches: tuple[tuple[torch.Tensor, torch.Tensor], ...]
+    n: int
+    loss: float
+    accuracy: float
+    world: int = 1
+
+
+def loss_batches(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    attack: AttackConfig | None,
+    batch_size: int = 128,
+    seed: int = 0,
+    rank: int = 0,
+    world: int = 1,
+) -> LossBatches:
+    """Craft the loss's inputs once at the current weights: x_adv batch by batch, or x itself.
+
+    Batch b (examples b*batch_size onwards) belongs to rank b % world, and its attack draws
+    its random start from a CPU generator seeded with :func:`batch_seed` (seed, b), so x_adv of
+    a batch is the same whatever the number of ranks.
+
+    Args:
+        model: classifier on [0, 1] images at w (modes and weights are left as they were).
+        x: (N, C, H, W) uint8 or float in [0, 1] on the model's device; y: (N,) labels.
+        attack: the attack (:func:`awp.evaluate.attack_outcomes`), or None for clean inputs.
+        batch_size: examples per batch (of the attack and of every H v).
+        seed: base seed of the attacks' random starts.
+        rank, world: this process's share (0 of 1 without torchrun); with world > 1 every
+            rank must call this together (the loss and accuracy are summed over ranks).
+
+    Returns:
+        :class:`LossBatches` for this rank.
+    """
+    if len(x) != len(y) or len(y) == 0:
+        raise ValueError(f"need as many labels as images (> 0), got {len(x)} and {len(y)}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be >= 1")
+    dtype = next(model.parameters()).dtype
+    starts = list(enumerate(range(0, len(x), batch_size)))
+    batches, sums = [], [0.0, 0.0]
+    for b, start in distributed.shard(starts, rank, world):
+        xb = as_float(x[start : start + batch_size]).to(dtype)  # (B, C, H, W)
+        yb = y[start : start + batch_size]
+        gen = torch.Generator().manual_seed(batch_seed(seed, b))
+        out = attack_outcomes(
+            model, xb, yb, attack, batch_size=len(yb), generator=gen, keep_adv=True
+        )
+        assert out.x_adv is not None
+        batches.append((out.x_adv.detach(), yb))
+        sums[0] += float(out.loss.sum())
+        sums[1] += float(out.correct.sum())
+    if world > 1:
+        sums = distributed.all_reduce_sums(sums, x.device)
+    return LossBatches(tuple(batches), len(y), sums[0] / len(y), sums[1] / len(y), world)
+
+
+class LossHessian:
+    """H of the mean loss over fixed inputs w.r.t. chosen parameters, as an operator H v.
+
+    Vectors are flat (p,) tensors over the parameters in the order given (each flattened in
+    row-major order). ``matvec`` returns float64; the products themselves run in the
+    parameters' dtype (float32 models give float32 products, float64 models float64).
+
+    Args:
+        model: the network at w (eval mode is used; weights, buffers, ``.grad`` and modes are
+            left as they were).
+        data: the fixed inputs (:func:`loss_batches`); with ``data.world > 1`` every rank must
+            call ``matvec`` together.
+        params: name -> parameter, the Hessian's coordinates (e.g.
+            :func:`awp.perturb.select_params`, or one layer's weight for a diagonal block).
+        method: "jvp" (forward-over-reverse, torch.func) or "double" (double backward).
+        on_product: called after every product (a progress bar's update).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data: LossBatches,
+        params: Mapping[str, torch.Tensor],
+        *,
+        method: str = "jvp",
+        on_product: Callable[[], None] | None = None,
+    ) -> None:
+        check_choice(method, HVP_METHODS, "HVP method")
+        if not params:
+            raise ValueError("the Hessian needs at least one parameter")
+        self.model, self.data, self.method = model, data, method
+        self.names = list(params)
+        self.tensors = [params[n] for n in self.names]
+        self.numels = [t.numel() for t in self.tensors]
+        self.size = int(sum(self.numels))
+        self.dtype = self.tensors[0].dtype
+        self.device = self.tensors[0].device
+        self.hvps = 0  # products computed so far
+        self.on_product = on_product
+
+    def segments(self) -> list[tuple[str, int, int]]:
+        """(name, start, end) of each parameter in a flat vector."""
+        out, start = [], 0
+        for name, k in zip(self.names, self.numels):
+            out.append((name, start, start + k))
+            start += k
+        return out
+
+    def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """A flat (p,) vector as name -> tensor shaped like each parameter (same dtype)."""
+        return {
+            name: flat[a:b].view(t.shape) for (name, a, b), t in zip(self.segments(), self.tensors)
+        }
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        """H v for a flat v (p,) of any float dtype and device; float64 (p,) on the params'
+        device, summed over every batch of every rank."""
+        if v.shape != (self.size,):
+            raise ValueError(f"v has shape {tuple(v.shape)}, the Hessian is {self.size} square")
+        parts = list(v.to(device=self.device, dtype=self.dtype).split(self.numels))
+        vs = [p.view(t.shape) for p, t in zip(parts, self.tensors)]
+        total = torch.zeros(self.size, dtype=torch.float64, device=self.device)
+        hvp = _hvp_jvp if self.method == "jvp" else _hvp_double
+        with model_mode(self.model, "eval"):
+            for xb, yb in self.data.batches:
+                hv = hvp(self.model, xb, yb, self.names, self.tensors, vs, 1.0 / self.data.n)
+                total += torch.cat([h.reshape(-1) for h in hv]).double()
+        if self.data.world > 1:
+            distributed.all_reduce_sum_(total)
+        self.hvps += 1
+        if self.on_product is not None:
+            self.on_product()
+        return total
+
+    def linear_operator(self) -> LinearOperator:
+        """``self`` as a float64 scipy ``LinearOperator`` (numpy vectors on the CPU)."""
+
+        def mv(v: np.ndarray) -> np.ndarray:
+            t = torch.from_numpy(np.ascontiguousarray(v, dtype=np.float64).reshape(-1))
+            return self.matvec(t).cpu().numpy()
+
+        return LinearOperator((self.size, self.size), matvec=mv, dtype=np.float64)
+
+
+def _hvp_double(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    names: Sequence[str],
+    tensors: Sequence[torch.Tensor],
+    vs: Sequence[torch.Tensor],
+    scale: float,
+) -> list[torch.Tensor]:
+    """One batch's H v by double backward: d/dw (grad L(w) . v)."""
+    with torch.enable_grad():
+        loss = F.cross_entropy(model(x), y, reduction="sum") * scale
+        grads = torch.autograd.grad(loss, tensors, create_graph=True, allow_unused=True)
+        dot = sum((g * v).sum() for g, v in zip(grads, vs) if g is not None)
+        if not isinstance(dot, torch.Tensor) or not dot.requires_grad:
+            return [torch.zeros_like(t) for t in tensors]  # the loss is linear in w
+        hv = torch.autograd.grad(dot, tensors, allow_unused=True)
+    return [torch.zeros_like(t) if h is None else h.detach() for h, t in zip(hv, tensors)]
+
+
+def _hvp_jvp(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    names: Sequence[str],
+    tensors: Sequence[torch.Tensor],
+    vs: Sequence[torch.Tensor],
+    scale: float,
+) -> list[torch.Tensor]:
+    """One batch's H v forward-over-reverse: the directional derivative of grad L along v."""
+
+    def loss(p: dict[str, torch.Tensor]) -> torch.Tensor:
+        return F.cross_entropy(functional_call(model, p, (x,)), y, reduction="sum") * scale
+
+    primals = {n: t.detach() for n, t in zip(names, tensors)}
+    tangents = dict(zip(names, vs))
+    with warnings.catch_warnings():
+        # torch's own forward-AD decompositions call the deprecated torch.jit.script when
+        # first loaded; the warning is about torch's internals, not this code.
+        warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)
+        _, hv = jvp(grad(loss), (primals,), (tangents,))
+    return [hv[n].detach() for n in names]
+
+
+class Operator(Protocol):
+    """A symmetric operator on flat vectors (:class:`LossHessian`, or a matrix in tests)."""
+
+    size: int
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class Eigenpairs:
+    """The top eigenpairs of a symmetric operator.
+
+    Attributes:
+        values: (k,) eigenvalues, largest first (NaN where the solver did not converge).
+        vectors: (p, k) float64 unit eigenvectors, column i for ``values[i]``; the sign of each
+            makes its entry of largest magnitude positive (so a run is reproducible).
+        hvps: operator products the solver used.
+        converged: every requested pair converged.
+        solver: "eigsh" (ARPACK Lanczos) or "dense" (p products, then a dense eigensolver,
+            for operators too small for ARPACK).
+    """
+
+    values: np.ndarray
+    vectors: np.ndarray
+    hvps: int
+    converged: bool
+    solver: str
+
+
+def top_eigenpairs(
+    op: Operator,
+    k: int = 1,
+    *,
+    tol: float = 1e-4,
+    seed: int = 0,
+    max_restarts: int | None = None,
+    ncv: int | None = None,
+) -> Eigenpairs:
+    """The k largest (algebraic) eigenvalues of ``op`` and their eigenvectors.
+
+    Lanczos through ``scipy.sparse.linalg.eigsh(which="LA")`` from a seeded Gaussian start;
+    operators with p <= max(2k + 1, 20) are built densely from p products instead (ARPACK
+    needs more Lanczos vectors than that).
+
+    Args:
+        op: symmetric operator (``size`` p, ``matvec`` on flat tensors).
+        k: eigenpairs wanted (1 <= k < p).
+        tol: ARPACK's relative accuracy of the Ritz values (0 = machine precision).
+        seed: seed of the start vector.
+        max_restarts: ARPACK's ``maxiter`` (default: scipy's, p * 10).
+        ncv: Lanczos vectors kept between restarts (default: scipy's, max(2k + 1, 20)).
+
+    Returns:
+        :class:`Eigenpairs`. A solver that runs out of restarts returns the pairs that
+        converged (NaN for the others) with ``converged=False``.
+    """
+    p = int(op.size)
+    if not 1 <= k < p:
+        raise ValueError(f"need 1 <= k < p for the top-k eigenpairs, got k={k}, p={p}")
+    count = [0]
+
+    def mv(v: np.ndarray) -> np.ndarray:
+        count[0] += 1
+        t = torch.from_numpy(np.ascontiguousarray(v, dtype=np.float64).reshape(-1))
+        return op.matvec(t).double().cpu().numpy()
+
+    if p <= max(2 * k + 1, 20):
+        h = np.column_stack([mv(e) for e in np.eye(p)])
+        vals, vecs = np.linalg.eigh((h + h.T) / 2)
+        order = np.argsort(vals)[::-1][:k]
+        return Eigenpairs(vals[order], _fix_signs(vecs[:, order]), count[0], True, "dense")
+    v0 = np.random.default_rng(seed).standard_normal(p)
+    linop = LinearOperator((p, p), matvec=mv, dtype=np.float64)
+    converged = True
+    try:
+        vals, vecs = eigsh(linop, k=k, which="LA", v0=v0, tol=tol, maxiter=max_restarts, ncv=ncv)
+    except ArpackNoConvergence as err:
+        converged = False
+        vals, vecs = err.eigenvalues, err.eigenvectors
+        pad = k - len(vals)
+        vals = np.concatenate([vals, np.full(pad, np.nan)])
+        vecs = np.concatenate([vecs.reshape(p, -1), np.full((p, pad), np.nan)], axis=1)
+    order = np.argsort(-np.nan_to_num(vals, nan=-np.inf))
+    return Eigenpairs(vals[order], _fix_signs(vecs[:, order]), count[0], converged, "eigsh")
+
+
+def _fix_signs(vecs: np.ndarray) -> np.ndarray:
+    """Flip each column so that its entry of largest magnitude is positive."""
+    out = np.array(vecs, dtype=np.float64)
+    for j in range(out.shape[1]):
+        col = out[:, j]
+        if np.isfinite(col).all() and col[np.argmax(np.abs(col))] < 0:
+            out[:, j] = -col
+    return out

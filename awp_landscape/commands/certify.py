@@ -1,0 +1,271 @@
+"""``awp certify``: certified L2 robustness by randomized smoothing, and accuracy under noise.
+
+Finished examples of every checkpoint live in ``<out>/certify/<stem>-<sha8>/`` (one store per
+kind of unit: certify, predict, noise) and are skipped when run again with the same settings;
+under torchrun the examples are split across ranks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from analysis.certify_units import (
+    CertifyConfig,
+    accuracy_curve,
+    compute_unit,
+    example_rows,
+    noise_rows,
+    summary_rows,
+    unit_keys,
+)
+from analysis.store import SampleStore, run_units
+from awp import distributed
+from awp.augment import to_float
+from awp.config import to_dict
+from awp.data import fixed_subset
+from awp.io import exclusive_output, write_csv, write_json
+from awp.models import ModelConfig
+from awp_landscape.commands.common import add_run_arguments, out_folder
+from awp_landscape.console import format_table, say
+from awp_landscape.flags import add_dataclass_arguments, dataclass_from_arguments
+from awp_landscape.inputs import (
+    Inputs,
+    Loaded,
+    add_checkpoint_arguments,
+    check_files,
+    foreign_from,
+    unique_labels,
+)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``awp certify``."""
+    p = sub.add_parser(
+        "certify",
+        help="certified L2 radius by randomized smoothing (Cohen et al.), accuracy under noise",
+        description="CERTIFY (and optionally PREDICT) of the Gaussian-smoothed classifier of "
+        "every checkpoint, for several sigmas, on a fixed seeded test subset: n0 selection and "
+        "n estimation samples per example, a one-sided Clopper-Pearson bound on pA, radius "
+        "sigma * Phi^-1(pA_lower) or abstention; and the base classifier's accuracy under "
+        "x + N(0, s^2) over a range of s. Writes certify.json, certify.csv (per sigma), "
+        "certify_examples.csv, certify_curves.csv, noise_accuracy.csv and figures. Finished "
+        "examples are kept in <out>/certify/ and skipped when run again; under torchrun "
+        "examples are split across ranks.",
+    )
+    p.add_argument("checkpoints", nargs="+", type=Path, help="checkpoints (.pt)")
+    p.add_argument("--labels", nargs="+", help="names in tables and figures")
+    add_dataclass_arguments(p, CertifyConfig)
+    p.add_argument("--no-figures", action="store_true", help="only tables, no PNG/PDF")
+    add_checkpoint_arguments(p)
+    add_run_arguments(p, out_help="results folder (default: <run>/analysis)")
+    p.set_defaults(func=run)
+
+
+def certify_checkpoint(
+    loaded: Loaded,
+    cfg: CertifyConfig,
+    *,
+    out: Path,
+    label: str,
+    progress: bool = False,
+    compute: Callable[..., dict] | None = None,
+) -> dict[str, Any]:
+    """Certify one checkpoint, resumable and sharded; returns its result (on every rank).
+
+    Finished units live in ``out/certify/<stem>-<sha8>/{certify,predict,noise}.rank<r>.json``;
+    the result (per-sigma summary, per-example rows, noise curve) is written there as
+    ``result.json`` by the main rank. ``compute`` replaces
+    :func:`analysis.certify_units.compute_unit` (tests interrupt it).
+    """
+    ctx = distributed.current()
+    split = loaded.data.test
+    if len(split) == 0:
+        raise ValueError(f"the test split of {loaded.data_cfg.dataset!r} is empty")
+    idx = fixed_subset(len(split), cfg.n_test, seed=cfg.subset_seed) if cfg.n_test else None
+    indices = idx.tolist() if idx is not None else list(range(len(split)))
+    where = {i: k for k, i in enumerate(indices)}
+    pick = torch.tensor(indices, device=split.x.device)
+    x_all, y_all = split.x[pick], split.y[pick]
+    ident = {**loaded.identity(), "label": label}
+    folder = out / "certify" / f"{loaded.path.stem}-{loaded.sha256[:8]}"
+    base = {
+        "checkpoint_sha256": loaded.sha256,
+        "data": to_dict(loaded.data_cfg),
+        "split_size": len(split),
+    }
+    unit = compute or compute_unit
+
+    def one(key: str) -> dict:
+        k = where[int(key.rsplit("i=", 1)[1])]
+        x = to_float(x_all[k]) if x_all.dtype == torch.uint8 else x_all[k]
+        return unit(loaded.model, x, int(y_all[k]), key, cfg=cfg)
+
+    keys = unit_keys(cfg, indices)
+    records: dict[str, dict[str, dict]] = {}
+    for kind, meta in cfg.stores().items():
+        store = SampleStore(folder, meta={**base, kind: meta}, name=kind, rank=ctx.rank)
+        records[kind] = run_units(
+            keys[kind], one, store=store, progress=progress, desc=f"{label}: {kind}"
+        )
+    examples = example_rows(records["certify"], cfg, predictions=records.get("predict"))
+    result = {
+        **ident,
+        "settings": {**base, "certify": to_dict(cfg)},
+        "summary": [{**ident, **r} for r in summary_rows(examples, cfg)],
+        # Cohen et al.'s columns: "label" is the true class; "model" names the checkpoint.
+        "examples": [{"model": label, **r} for r in examples],
+        "noise_accuracy": (
+            [{**ident, **r} for r in noise_rows(records["noise"], cfg)]
+            if "noise" in records
+            else []
+        ),
+        # per image: correct draws at each level (paired comparisons of checkpoints use them)
+        "noise_examples": [
+            {
+                **{k: r[k] for k in ("index", "label", "correct")},
+                "model": label,
+                "levels": list(cfg.noise_levels),
+                "draws": cfg.noise_draws,
+            }
+            for r in records.get("noise", {}).values()
+        ],
+    }
+    if ctx.is_main:
+        write_json(folder / "result.json", result)
+    return result
+
+
+def curve_rows(examples: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Certified accuracy against radius, every step, per model and sigma (for plotting
+    elsewhere)."""
+    groups = dict.fromkeys((r["model"], r["sigma"]) for r in examples)
+    return [
+        {"model": model, "sigma": sigma, "radius": radius, "certified_accuracy": acc}
+        for model, sigma in groups
+        for radius, acc in accuracy_curve(
+            [r for r in examples if r["model"] == model and r["sigma"] == sigma]
+        )
+    ]
+
+
+def collect_results(out: Path) -> dict[str, list[dict[str, Any]]]:
+    """Summary, example and noise rows (per level and per image) of every checkpoint's
+    ``result.json`` under ``out/certify``."""
+    tables: dict[str, list[dict[str, Any]]] = {
+        "summary": [],
+        "examples": [],
+        "noise_accuracy": [],
+        "noise_examples": [],
+    }
+    for path in sorted((out / "certify").glob("*/result.json")):
+        result = json.loads(path.read_text())
+        for name, rows in tables.items():
+            rows += result.get(name, [])
+    return tables
+
+
+def measure_certify(
+    checkpoints: Sequence[Path],
+    cfg: CertifyConfig,
+    *,
+    out: Path,
+    labels: Sequence[str] | None = None,
+    device_name: str = "auto",
+    progress: bool = True,
+    dataset: str | None = None,
+    data_root: str | None = None,
+    foreign: tuple[ModelConfig | None, str | None] = (None, None),
+    figures: bool = True,
+) -> list[dict[str, Any]]:
+    """``awp certify`` as a function: each checkpoint's result; ``certify.json`` and the CSV
+    tables (and figures) in ``out`` hold every checkpoint certified there."""
+    check_files(checkpoints)
+    tables = ("certify.json", "certify.csv", "certify_examples.csv", "certify_curves.csv")
+    claim = exclusive_output(
+        out,
+        folder_lock="certify",
+        cleans=[out / "certify", *(out / t for t in (*tables, "noise_accuracy.csv"))],
+    )
+    with distributed.joined(device_name) as ctx, distributed.main_holds(ctx, claim):
+        device = distributed.pick_device(device_name, ctx)
+        inputs = Inputs(
+            device, dataset=dataset, data_root=data_root, foreign=foreign, progress=progress
+        )
+        idents = [inputs.load(p, with_data=False).identity() for p in checkpoints]
+        names = unique_labels(idents, labels)
+        results = [
+            certify_checkpoint(
+                inputs.load(path), cfg, out=out, label=name, progress=progress and ctx.is_main
+            )
+            for path, name in zip(checkpoints, names)
+        ]
+        distributed.barrier()
+        if ctx.is_main:
+            _print_results(results, cfg)
+            _write_tables(out, figures=figures)
+        return results
+
+
+def _write_tables(out: Path, *, figures: bool) -> None:
+    tables = collect_results(out)
+    written = [write_json(out / "certify.json", tables)]
+    written.append(write_csv(out / "certify.csv", tables["summary"]))
+    written.append(write_csv(out / "certify_examples.csv", tables["examples"]))
+    written.append(write_csv(out / "certify_curves.csv", curve_rows(tables["examples"])))
+    if tables["noise_accuracy"]:
+        written.append(write_csv(out / "noise_accuracy.csv", tables["noise_accuracy"]))
+    if figures and tables["examples"]:
+        # matplotlib is imported only when a figure is drawn: `awp` starts without it.
+        from figures.certify import plot_certified_accuracy, plot_noise_accuracy
+        from figures.style import save_figure
+
+        written += save_figure(
+            plot_certified_accuracy(tables["examples"], summary=tables["summary"]),
+            out / "certified_accuracy",
+        )
+        if tables["noise_accuracy"]:
+            written += save_figure(
+                plot_noise_accuracy(tables["noise_accuracy"]), out / "noise_accuracy"
+            )
+    say(f"results: {out} ({', '.join(p.name for p in written)})")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Certify, print the tables, write certify.json/.csv, noise_accuracy.csv and figures."""
+    cfg = dataclass_from_arguments(CertifyConfig, args)
+    measure_certify(
+        args.checkpoints,
+        cfg,
+        out=out_folder(args.out, args.checkpoints),
+        labels=args.labels,
+        device_name=args.device,
+        progress=not args.no_progress,
+        dataset=args.dataset,
+        data_root=args.data_root,
+        foreign=foreign_from(args),
+        figures=not args.no_figures,
+    )
+    return 0
+
+
+def _print_results(results: list[dict[str, Any]], cfg: CertifyConfig) -> None:
+    radii = [f"acc@{t:g}" for t in cfg.radii]
+    say(
+        f"certified accuracy (randomized smoothing, n0={cfg.n0}, n={cfg.n}, alpha={cfg.alpha:g}, "
+        f"{len(results[0]['examples']) // len(cfg.sigmas)} test images; L2 radii in pixel units)"
+    )
+    cols = ["label", "sigma", "accuracy", "abstained", *radii, "acr", "noise_acc"]
+    rows = [r for res in results for r in res["summary"]]
+    if rows and "predict_accuracy" in rows[0]:
+        cols += ["predict_accuracy", "predict_abstained"]
+    say(format_table(rows, cols))
+    noise = [r for res in results for r in res["noise_accuracy"]]
+    if noise:
+        say(f"\nbase classifier under x + N(0, s^2), {cfg.noise_draws} draws per image")
+        say(format_table(noise, ["label", "level", "accuracy", "low", "high"]))

@@ -1,0 +1,279 @@
+"""``awp hessian``: top Hessian eigenvalues, trace, eigenvalue density and per-layer curvature.
+
+PyHessian's measures for the loss of each checkpoint on a fixed seeded subset, with x_adv
+crafted at w and held fixed (``--loss adv``: the robust loss's gradient by Danskin's theorem,
+not its full curvature) or the clean loss. Finished units (each eigen-solve, Hutchinson probe,
+SLQ run and layer block) of every checkpoint live in ``<out>/hessian/<stem>-<sha8>/`` and are
+skipped when run again with the same settings. Under torchrun every rank computes every unit
+together: each sums the Hessian-vector products of its share of the batches, all-reduced.
+
+    awp hessian runs/at/checkpoints/last.pt runs/at_awp/checkpoints/last.pt --labels AT AT-AWP \\
+        --top-k 5 --trace --density --n-examples 1000 --out runs/analysis/curvature
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from analysis.curvature import curvature_statement, summarize
+from analysis.gap import subset
+from analysis.hessian import HessianConfig, HessianProblem, compute_unit, hessian_records
+from analysis.store import SampleStore, run_units
+from awp import distributed
+from awp.config import to_dict
+from awp.data import DataConfig
+from awp.io import exclusive_output, write_csv, write_json
+from awp.models import ModelConfig
+from awp.progress import progress_bar
+from awp_landscape.commands.common import add_run_arguments, out_folder
+from awp_landscape.console import format_table, say
+from awp_landscape.flags import add_dataclass_arguments, dataclass_from_arguments
+from awp_landscape.inputs import (
+    Inputs,
+    Loaded,
+    add_checkpoint_arguments,
+    check_files,
+    foreign_from,
+    identity_of,
+    unique_labels,
+)
+
+# Settings that only add or summarize units (they are part of the unit keys, or only of the
+# summary); every other one changes what a unit computes.
+SETTINGS_EXCLUDED = (
+    "top_k",
+    "eig_tol",
+    "lanczos_vectors",
+    "trace",
+    "probes_min",
+    "probes_max",
+    "trace_rel_tol",
+    "density",
+    "slq_runs",
+    "slq_steps",
+    "slq_sigma",
+    "per_layer",
+    "power",
+    "confidence",
+)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``awp hessian``."""
+    p = sub.add_parser(
+        "hessian",
+        help="top Hessian eigenvalues, trace, eigenvalue density and per-layer curvature",
+        description="Curvature of each checkpoint's loss on a fixed seeded subset (PyHessian's "
+        "measures): top-k eigenvalues by Lanczos (ARPACK), the trace by Hutchinson with an "
+        "interval and a stopping rule, the eigenvalue density by stochastic Lanczos "
+        "quadrature, per-layer block traces and top eigenvalues. --loss adv crafts x_adv at w "
+        "and holds it fixed: by Danskin's theorem that is the robust loss's gradient, not its "
+        "full curvature. Finished units are kept in <out>/hessian/ and skipped when run "
+        "again; under torchrun the Hessian-vector products are summed over ranks.",
+    )
+    p.add_argument("checkpoints", nargs="+", type=Path, help="checkpoints (.pt)")
+    p.add_argument("--labels", nargs="+", help="names in tables and figures")
+    add_dataclass_arguments(p, HessianConfig)
+    p.add_argument("--no-figures", action="store_true", help="only tables, no PNG/PDF")
+    add_checkpoint_arguments(p)
+    add_run_arguments(p, out_help="results folder (default: <run>/analysis)")
+    p.set_defaults(func=run)
+
+
+def _settings(cfg: HessianConfig, data_cfg: DataConfig | None, sha: str, n_split: int) -> dict:
+    """What every stored unit depends on."""
+    kept = {k: v for k, v in to_dict(cfg).items() if k not in SETTINGS_EXCLUDED}
+    return {
+        "checkpoint_sha256": sha,
+        "data": to_dict(data_cfg) if data_cfg is not None else None,
+        "split_size": n_split,
+        "hessian": kept,
+    }
+
+
+def hessian_for_checkpoint(
+    loaded: Loaded,
+    *,
+    cfg: HessianConfig,
+    out: Path,
+    label: str | None = None,
+    progress: bool = False,
+    compute: Callable[[HessianProblem, str], dict] | None = None,
+) -> dict[str, Any]:
+    """The curvature of one checkpoint, resumable and sharded; its result (on every rank).
+
+    Finished units live in ``out/hessian/<stem>-<sha8>/samples.rank0.json`` (written by the
+    main rank); the result is written there as ``result.json``. The model is cast to
+    ``cfg.dtype`` in place. ``compute`` replaces :func:`analysis.hessian.compute_unit` (tests
+    count calls).
+    """
+    ctx = distributed.current()
+    assert loaded.data is not None
+    split = loaded.data.train if cfg.split == "train" else loaded.data.test
+    x, y = subset(split, cfg.n_examples, seed=cfg.subset_seed)
+    if len(y) == 0:
+        raise ValueError(f"the {cfg.split} split of {loaded.data_cfg.dataset!r} is empty")
+    model = loaded.model.to(cfg.torch_dtype)
+    ident = {**loaded.identity(), "label": label or loaded.identity()["method"]}
+    folder = out / "hessian" / f"{loaded.path.stem}-{loaded.sha256[:8]}"
+    settings = _settings(cfg, loaded.data_cfg, loaded.sha256, len(split))
+    store = SampleStore(folder, meta=settings, rank=ctx.rank)
+    # Units can be long (an eigen-solve is tens of products): a second bar counts products.
+    bar = progress_bar(
+        desc=f"{ident['label']}: Hessian-vector products", unit="HVP", enabled=progress
+    )
+    problem = HessianProblem(
+        model, x, y, cfg, rank=ctx.rank, world=ctx.world, on_product=lambda: bar.update(1)
+    )
+    unit = compute or compute_unit
+
+    def run_keys(keys: list[str], desc: str) -> dict[str, dict]:
+        return run_units(
+            keys,
+            lambda k: unit(problem, k),
+            store=store,
+            progress=progress,
+            desc=desc,
+            collective=True,
+        )
+
+    with bar:
+        records = hessian_records(problem, run_keys, label=ident["label"])
+    result = {**summarize(records, cfg, ident), "settings": settings}
+    if ctx.is_main:
+        write_json(folder / "result.json", result)
+    return result
+
+
+def collect_results(out: Path) -> list[dict[str, Any]]:
+    """Every checkpoint's ``result.json`` under ``out/hessian``."""
+    return [json.loads(p.read_text()) for p in sorted((out / "hessian").glob("*/result.json"))]
+
+
+def measure_hessian(
+    checkpoints: Sequence[Path],
+    cfg: HessianConfig,
+    *,
+    out: Path,
+    labels: Sequence[str] | None = None,
+    device_name: str = "auto",
+    progress: bool = True,
+    dataset: str | None = None,
+    data_root: str | None = None,
+    foreign: tuple[ModelConfig | None, str | None] = (None, None),
+    figures: bool = True,
+) -> list[dict[str, Any]]:
+    """``awp hessian`` as a function: each checkpoint's result; ``hessian.json``/``.csv`` (and
+    the figures) in ``out`` hold every checkpoint measured there."""
+    check_files(checkpoints)
+    names = ("hessian.json", "hessian.csv", "hessian_layers.csv")
+    claim = exclusive_output(
+        out, folder_lock="hessian", cleans=[out / "hessian", *(out / n for n in names)]
+    )
+    with distributed.joined(device_name) as ctx, distributed.main_holds(ctx, claim):
+        device = distributed.pick_device(device_name, ctx)
+        inputs = Inputs(
+            device, dataset=dataset, data_root=data_root, foreign=foreign, progress=progress
+        )
+        names = unique_labels([identity_of(p) for p in checkpoints], labels)
+        results = [
+            hessian_for_checkpoint(
+                inputs.load(path),
+                cfg=cfg,
+                out=out,
+                label=label,
+                progress=progress and ctx.is_main,
+            )
+            for path, label in zip(checkpoints, names)
+        ]
+        distributed.barrier()
+        if ctx.is_main:
+            _print_results(results, cfg)
+            write_tables(out, figures=figures)
+        return results
+
+
+def write_tables(out: Path, *, figures: bool) -> list[Path]:
+    """hessian.json (rows, layer rows, full results), hessian.csv, hessian_layers.csv and the
+    figures, from every result in ``out/hessian``."""
+    results = collect_results(out)
+    rows = [r["row"] for r in results]
+    layers = [
+        {**{k: r["row"][k] for k in ("sha256", "label", "method", "epoch")}, **layer}
+        for r in results
+        for layer in r["layers"]
+    ]
+    write_json(out / "hessian.json", {"rows": rows, "layers": layers, "results": results})
+    write_csv(out / "hessian.csv", rows)
+    write_csv(out / "hessian_layers.csv", layers)
+    written = [out / "hessian.json", out / "hessian.csv", out / "hessian_layers.csv"]
+    if figures and results:
+        written += draw_figures(results, out)
+    say(f"results: {out} ({', '.join(p.name for p in written)})")
+    return written
+
+
+def draw_figures(results: list[dict[str, Any]], out: Path) -> list[Path]:
+    """The density overlay, the top-k eigenvalues and the per-layer curvature, where measured."""
+    # matplotlib is imported only when a figure is drawn: `awp` starts without it.
+    from figures.hessian import plot_eigen_density, plot_layer_curvature, plot_top_eigenvalues
+    from figures.style import save_figure
+
+    written: list[Path] = []
+    if any(r.get("density") for r in results):
+        written += save_figure(plot_eigen_density(results), out / "hessian_density")
+    if any(len(r.get("eigenvalues") or ()) > 1 for r in results):  # one value: see the table
+        written += save_figure(plot_top_eigenvalues(results), out / "hessian_eigenvalues")
+    measured = ("trace", "top_eigenvalue")
+    if any(x.get(m) is not None for r in results for x in r["layers"] for m in measured):
+        written += save_figure(plot_layer_curvature(results), out / "hessian_layers")
+    return written
+
+
+def run(args: argparse.Namespace) -> int:
+    """Measure, print the table, write hessian.json/.csv and the figures."""
+    measure_hessian(
+        args.checkpoints,
+        dataclass_from_arguments(HessianConfig, args),
+        out=out_folder(args.out, args.checkpoints),
+        labels=args.labels,
+        device_name=args.device,
+        progress=not args.no_progress,
+        dataset=args.dataset,
+        data_root=args.data_root,
+        foreign=foreign_from(args),
+        figures=not args.no_figures,
+    )
+    return 0
+
+
+def _print_results(results: list[dict[str, Any]], cfg: HessianConfig) -> None:
+    loss = f"loss at x_adv fixed ({cfg.attack.describe()})" if cfg.loss == "adv" else "clean loss"
+    say(
+        f"Hessian of the {loss}, {cfg.split} n={cfg.n_examples or 'all'}, {cfg.params} "
+        f"({cfg.dtype}, {cfg.method} products)"
+    )
+    table = []
+    for res in results:
+        r = res["row"]
+        row: dict[str, Any] = {"label": r["label"], "loss": r["loss"], "acc": r["accuracy"]}
+        for j, v in enumerate(res["eigenvalues"]):
+            row[f"lambda_{j + 1}"] = v
+        if r.get("trace") is not None:
+            row["trace"] = r["trace"]
+            row["ci"] = f"[{r['trace_low']:.4g}, {r['trace_high']:.4g}]"
+            row["probes"] = r["trace_probes"]
+        if r.get("slq_runs"):
+            row["slq trace"] = r["slq_trace"]
+        if r.get("power_top_eigenvalue") is not None:
+            row["power lambda_1"] = r["power_top_eigenvalue"]
+            row["power HVPs"] = r["power_hvps"]
+        row["HVPs"] = r["hvps"]
+        table.append(row)
+    say(format_table(table))
+    for sentence in curvature_statement([res["row"] for res in results]):
+        say(sentence)

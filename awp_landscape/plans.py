@@ -1,0 +1,62 @@
+"""How the demo, its replicates and the gamma sweep train: one set of sizes for all of them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from awp.config import opt
+from awp.data import DataConfig
+from awp.models import ModelConfig
+from awp.train import TrainConfig
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    """The training of every run of a demo or sweep (all but method, AWP, seed and folder).
+
+    The defaults are the demo's: 500 real CIFAR-10 training images without augmentation and a
+    PreActResNet-18 at a quarter width, PGD-3 training for 40 epochs with the paper's piecewise
+    schedule. They were chosen so that AT's test robust loss rises after the first decay on a
+    2-core CPU; nothing was chosen for how AT-AWP, the flatness or the correlation came out.
+    """
+
+    data: DataConfig = opt(DataConfig(dataset="sample", val_size=200, train_size=500), "dataset")
+    model: ModelConfig = opt(ModelConfig(width=0.25), "architecture (small enough for a CPU)")
+    epochs: int = opt(40, "epochs per run")
+    batch_size: int = opt(32, "minibatch size")
+    augment: bool = opt(
+        False, "random crop and flip of training images (off: memorizing shows sooner)"
+    )
+    attack_steps: int = opt(3, "PGD steps of the training attack (the paper: 10)")
+    step_size: float = opt(3 / 255, "step size of the training attack")
+    train_eval_size: int = opt(200, "train subset for the per-epoch robust train accuracy")
+    test_eval_size: int = opt(250, "test subset evaluated per epoch")
+    eval_steps: int = opt(5, "PGD steps of the per-epoch evaluation")
+    eval_every: int = opt(3, "evaluate every k epochs (learning curves, best checkpoint)")
+    save_every: int = opt(5, "keep a checkpoint every k epochs (gap and flatness vs gap)")
+    device: str = opt("auto", "auto | cpu | cuda")
+
+    def train_config(
+        self, out: Path, *, seed: int, awp: bool = False, gamma: float | None = None
+    ) -> TrainConfig:
+        """The TrainConfig of one run: AT, or AT-AWP with ``gamma``."""
+        return TrainConfig(
+            out=str(out),
+            data=self.data,
+            model=self.model,
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            augment=self.augment,
+            attack_steps=self.attack_steps,
+            step_size=self.step_size,
+            save_every=self.save_every,
+            train_eval_size=self.train_eval_size,
+            test_eval_size=self.test_eval_size,
+            eval_steps=self.eval_steps,
+            eval_every=self.eval_every,
+            seed=seed,
+            device=self.device,
+            awp=awp,
+            gamma=gamma if awp else None,
+        )

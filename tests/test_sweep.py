@@ -1,0 +1,55 @@
+"""The gamma sweep on a tiny model: one run per gamma, its measures, figures, and reuse."""
+
+import json
+
+import pytest
+
+from awp_landscape.cli import main
+from awp_landscape.sweep import summarize
+from tests.helpers import make_image_folder
+
+TINY = ["--model", "smallcnn", "--width", "1", "--epochs", "2", "--batch-size", "16",
+        "--val-size", "8", "--train-size", "0", "--train-eval-size", "8", "--test-eval-size", "8",
+        "--eval-steps", "1", "--eval-every", "1", "--save-every", "2", "--eval-n", "8",
+        "--gap-n", "8", "--analysis-steps", "1", "--flatness-n", "8", "--flatness-samples", "1",
+        "--worst-steps", "1", "--no-progress", "--device", "cpu"]  # fmt: skip
+
+
+def test_a_sweep_writes_one_run_per_gamma_its_table_and_figures(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("AWP_CACHE", str(tmp_path / "cache"))
+    data = make_image_folder(tmp_path / "data", n_train=40, n_test=16)
+    out = tmp_path / "sweep"
+    args = ["sweep", "--out", str(out), "--dataset", str(data), *TINY]
+    assert main([*args, "--gammas", "0", "0.01"]) == 0
+    for g in ("gamma_0", "gamma_0.01"):
+        assert (out / "seed0" / g / "checkpoints" / "last.pt").exists()
+        assert (out / "seed0" / "eval" / f"{g}_last.json").exists()
+    cfg0 = json.loads((out / "seed0" / "gamma_0" / "config.json").read_text())
+    cfg1 = json.loads((out / "seed0" / "gamma_0.01" / "config.json").read_text())
+    assert not cfg0["awp"] and cfg1["awp"] and cfg1["gamma"] == 0.01
+    result = json.loads((out / "sweep.json").read_text())
+    assert [r["gamma"] for r in result["rows"]] == [0.0, 0.01]
+    assert all(r["note"] == "no interval with 1 seed(s)" for r in result["summary"])
+    for fig in ("sweep_tradeoff.png", "sweep_gap_flatness.png"):
+        assert (out / fig).read_bytes()[:4] == b"\x89PNG"
+    # One more gamma reuses the two finished runs (their checkpoints are not rewritten).
+    stamp = (out / "seed0" / "gamma_0" / "checkpoints" / "last.pt").stat().st_mtime_ns
+    assert main([*args, "--gammas", "0", "0.01", "0.02"]) == 0
+    assert (out / "seed0" / "gamma_0" / "checkpoints" / "last.pt").stat().st_mtime_ns == stamp
+    assert len(json.loads((out / "sweep.json").read_text())["rows"]) == 3
+    # other training settings in the same folder are refused
+    other = [a if a != "2" else "3" for a in args]
+    assert main([*other, "--gammas", "0"]) == 2
+    assert "other settings" in capsys.readouterr().err
+
+
+def test_the_summary_gives_intervals_from_three_seeds():
+    rows = [
+        {"gamma": 0.0, "seed": s, "robust accuracy (last)": v}
+        for s, v in enumerate([0.2, 0.22, 0.21])
+    ] + [{"gamma": 0.01, "seed": 0, "robust accuracy (last)": 0.25}]
+    summary = {(r["gamma"], r["measure"]): r for r in summarize(rows)}
+    three = summary[(0.0, "robust accuracy (last)")]
+    assert three["n"] == 3 and three["mean"] == pytest.approx(0.21)
+    assert three["low"] < 0.21 < three["high"]
+    assert summary[(0.01, "robust accuracy (last)")]["low"] is None
