@@ -134,6 +134,8 @@ FAULTS = [
     ("eval: out under a file", ["eval", "{ours}", "--out", "{afile}/r.json"],
      r"cannot write into .*notes.txt"),
     ("hist: out under a file", ["hist", "{ours}", "--out", "{afile}/h"], r"cannot write into"),
+    ("spectra: out under a file", ["spectra", "{ours}", "--out", "{afile}/s"],
+     r"cannot write into"),
     ("landscape: out under a file", ["landscape", "{ours}", "--out", "{afile}/l", *LAND],
      r"cannot write into"),
     ("gap: out under a file", ["gap", "{ours}", "--out", "{afile}/g", *GAP],
@@ -147,9 +149,12 @@ FAULTS = [
     # 4. non-finite weights: the tensor is named, nothing is computed
     ("eval: NaN weight", ["eval", "{nan}", "--out", "{out}/n.json"], r"non-finite.*conv1\.weight"),
     ("hist: NaN weight", ["hist", "{nan}", "--out", "{out}/h"], r"conv1\.weight"),
+    ("spectra: NaN weight", ["spectra", "{nan}", "--out", "{out}/s"], r"conv1\.weight"),
     ("flatness: NaN weight", ["flatness", "{nan}", "--out", "{out}/f2", *FLAT], r"conv1\.weight"),
     ("landscape: NaN weight", ["landscape", "{nan}", "--out", "{out}/l2", *LAND],
      r"conv1\.weight"),
+    ("trajectory: two checkpoints", ["landscape", "{ours}", "{ours}", "--kind", "trajectory",
+     "--out", "{out}/t", *LAND], r"at least 3 checkpoints"),  # fmt: skip
     # 5. settings without meaning
     ("flatness: alpha 0", ["flatness", "{ours}", "--out", "{out}/f3", *FLAT, "--alphas", "0"],
      r"alpha = 0 is no noise"),

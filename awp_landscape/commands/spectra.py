@@ -24,7 +24,7 @@ from analysis.spectra import SpectraConfig, esd_layer_name, model_spectra, summa
 from analysis.store import SampleStore, run_units
 from awp import distributed
 from awp.config import to_dict
-from awp.io import sha256_file, write_csv, write_json
+from awp.io import exclusive_output, sha256_file, write_csv, write_json
 from awp.models import ModelConfig
 from awp.modes import unwrap
 from awp_landscape.commands.common import add_run_arguments, out_folder
@@ -135,7 +135,11 @@ def measure_spectra(
         What ``spectra.json`` holds (on every rank).
     """
     check_files(checkpoints)
-    with distributed.joined(device_name) as ctx:
+    names = ("spectra.json", "spectra_stats.csv", "spectra_summary.csv")
+    claim = exclusive_output(
+        out, folder_lock="spectra", cleans=[out / "spectra_units", *(out / n for n in names)]
+    )
+    with distributed.joined(device_name) as ctx, distributed.main_holds(ctx, claim):
         device = distributed.pick_device(device_name, ctx)
         inputs = Inputs(device, dataset=dataset, data_root=data_root, foreign=foreign)
         units = spectra_units(
