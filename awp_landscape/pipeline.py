@@ -52,6 +52,8 @@ from awp_landscape.commands.landscape import compute_landscapes
 from awp_landscape.commands.spectra import measure_spectra
 from awp_landscape.console import epoch_line, say
 from awp_landscape.inputs import Inputs
+from awp_landscape.plans import TrainingPlan
+from awp_landscape.replicate import write_replicates
 from landscape.config import SurfaceConfig
 from landscape.run import safe_name
 
@@ -91,73 +93,73 @@ class AnalysisPlan:
     hessian_probes: int = opt(4, "Hutchinson probes of the curvature stage")
 
 
-def _migrate_flat_model(data: dict[str, Any]) -> dict[str, Any]:
-    """A demo/reproduce config written before the architecture was nested."""
+_TRAINING_KEYS = tuple(f.name for f in dataclasses.fields(TrainingPlan))
+
+
+def _migrate_demo(data: dict[str, Any]) -> dict[str, Any]:
+    """A demo_config.json written before the training sizes were nested (and before seeds)."""
     if isinstance(data.get("model"), str) or "width" in data:
         model = {"name": data.pop("model")} if isinstance(data.get("model"), str) else {}
         if "width" in data:
             model["width"] = data.pop("width")
         data["model"] = model
+    flat = {k: data.pop(k) for k in _TRAINING_KEYS if k in data}
+    if flat:
+        data["training"] = {**flat, **data.get("training", {})}
+    if "seed" in data:
+        data["seeds"] = [data.pop("seed")]
     return data
+
+
+def seed_folder(out: str | Path, seed: int) -> Path:
+    """``<out>/seed<k>``: a complete single-seed demo (runs, eval/, analysis/)."""
+    return Path(out) / f"seed{seed}"
 
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """What ``awp demo`` runs; sized for about a quarter of an hour on a 2-core CPU.
+    """What ``awp demo`` runs: AT and AT-AWP trained once per seed (the same seed for both, so
+    every comparison is paired), each pair measured, then compared over the seeds.
 
-    The defaults are chosen so that AT shows robust overfitting within that budget: 500 real
-    CIFAR-10 training images without augmentation and a PreActResNet-18 at a quarter width
-    (about 0.7M parameters), PGD-3 training for 40 epochs with the paper's piecewise schedule
-    (lr / 10 at 50% and 75%). They were chosen so that AT's test robust loss rises after the
-    first decay and the whole demo fits the time budget (the analysis sizes were cut for time
-    only); nothing was chosen for how AT-AWP, the flatness or the correlation came out.
+    The training plan (:class:`~awp_landscape.plans.TrainingPlan`) is chosen so that AT shows
+    robust overfitting on a 2-core CPU; the analysis sizes were cut for time only; nothing was
+    chosen for how AT-AWP, the flatness or the correlation came out.
     """
 
-    out: str = opt("runs/demo", "demo folder: one run folder per method, analysis/, report.html")
-    data: DataConfig = opt(DataConfig(dataset="sample", val_size=200, train_size=500), "dataset")
-    model: ModelConfig = opt(ModelConfig(width=0.25), "architecture (small enough for a CPU)")
-    epochs: int = opt(40, "epochs per method")
-    batch_size: int = opt(32, "minibatch size")
-    augment: bool = opt(
-        False, "random crop and flip of training images (off: memorizing shows sooner)"
+    out: str = opt(
+        "runs/demo", "demo folder: seed<k>/ per seed (runs, eval/, analysis/), report.html"
     )
-    attack_steps: int = opt(3, "PGD steps of the training attack (the paper: 10)")
-    step_size: float = opt(3 / 255, "step size of the training attack")
-    gamma: float = opt(0.01, "AWP gamma of the AT-AWP run")
-    train_eval_size: int = opt(200, "train subset for the per-epoch robust train accuracy")
-    test_eval_size: int = opt(250, "test subset evaluated per epoch")
-    eval_steps: int = opt(5, "PGD steps of the per-epoch evaluation")
-    eval_every: int = opt(3, "evaluate every k epochs (learning curves, best checkpoint)")
-    save_every: int = opt(5, "keep a checkpoint every k epochs (gap and flatness vs gap)")
-    seed: int = opt(0, "seed shared by both methods")
-    device: str = opt("auto", "auto | cpu | cuda")
+    training: TrainingPlan = opt(TrainingPlan(), "training of every run")
+    gamma: float = opt(0.01, "AWP gamma of the AT-AWP runs")
+    seeds: tuple[int, ...] = opt(
+        (0,), "seeds; AT and AT-AWP are trained once per seed (rerun with more to add seeds)"
+    )
     plan: AnalysisPlan = opt(AnalysisPlan(), "analysis sizes")
 
-    migrate = staticmethod(_migrate_flat_model)
+    migrate = staticmethod(_migrate_demo)
 
-    def train_configs(self) -> dict[str, TrainConfig]:
-        """The AT and AT-AWP training configs, identical but for AWP."""
-        base = TrainConfig(
-            out=str(Path(self.out) / "at"),
-            data=self.data,
-            model=self.model,
-            epochs=self.epochs,
-            batch_size=self.batch_size,
-            augment=self.augment,
-            attack_steps=self.attack_steps,
-            step_size=self.step_size,
-            save_every=self.save_every,
-            train_eval_size=self.train_eval_size,
-            test_eval_size=self.test_eval_size,
-            eval_steps=self.eval_steps,
-            eval_every=self.eval_every,
-            seed=self.seed,
-            device=self.device,
-        )
-        awp = dataclasses.replace(
-            base, out=str(Path(self.out) / "at_awp"), awp=True, gamma=self.gamma
-        )
-        return {"AT": base, "AT-AWP": awp}
+    def __post_init__(self) -> None:
+        _check_seeds(self.seeds)
+        object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
+
+    @property
+    def device(self) -> str:
+        return self.training.device
+
+    def train_configs(self, seed: int) -> dict[str, TrainConfig]:
+        """The AT and AT-AWP training configs of one seed, identical but for AWP."""
+        folder = seed_folder(self.out, seed)
+        return {
+            "AT": self.training.train_config(folder / "at", seed=seed),
+            "AT-AWP": self.training.train_config(
+                folder / "at_awp", seed=seed, awp=True, gamma=self.gamma
+            ),
+        }
+
+
+def _check_seeds(seeds: tuple[int, ...]) -> None:
+    if not seeds or any(int(s) < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds={seeds}: give one or more distinct seeds >= 0")
 
 
 # ----------------------------------------------------------------------------- presets
@@ -202,7 +204,7 @@ class ReproduceConfig:
     epochs: int = opt(0, "override the preset's 200 epochs (0 = the paper's)")
     width: float = opt(1.0, "channel width multiplier (1 = the paper's model)")
     save_every: int = opt(10, "checkpoint every k epochs (for gap and flatness vs gap)")
-    seed: int = opt(0, "seed")
+    seeds: tuple[int, ...] = opt((0,), "seeds; each trains the method with and without AWP")
     device: str = opt("auto", "auto | cuda | cpu")
     plan: AnalysisPlan = opt(
         AnalysisPlan(
@@ -234,18 +236,28 @@ class ReproduceConfig:
             raise ValueError(
                 f"unknown preset {self.preset!r}; choose one of {', '.join(sorted(PRESETS))}"
             )
+        _check_seeds(self.seeds)
+        object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
 
-    def train_configs(self) -> dict[str, TrainConfig]:
-        """The method's training config without and with AWP, the paper's protocol."""
+    @staticmethod
+    def migrate(data: dict[str, Any]) -> dict[str, Any]:
+        """A reproduce_config.json written before seeds."""
+        if "seed" in data:
+            data["seeds"] = [data.pop("seed")]
+        return data
+
+    def train_configs(self, seed: int) -> dict[str, TrainConfig]:
+        """The method's training config without and with AWP (the paper's protocol), one seed."""
         p = PRESETS[self.preset]
+        folder = seed_folder(self.out, seed)
         base = TrainConfig(
-            out=str(Path(self.out) / p.method),
+            out=str(folder / p.method),
             model=ModelConfig(p.model, self.width, p.depth, p.widen_factor),
             method=p.method,
             lr=p.lr,
             epochs=self.epochs or p.epochs,
             save_every=self.save_every,
-            seed=self.seed,
+            seed=seed,
             device=self.device,
             data=DataConfig(
                 dataset=self.dataset or p.dataset,
@@ -254,7 +266,7 @@ class ReproduceConfig:
                 val_size=self.val_size,
             ),
         )
-        awp = dataclasses.replace(base, out=str(Path(self.out) / f"{p.method}_awp"), awp=True)
+        awp = dataclasses.replace(base, out=str(folder / f"{p.method}_awp"), awp=True)
         label = p.method.upper()
         return {label: base, f"{label}-AWP": awp}
 
@@ -535,7 +547,7 @@ def _stage(name: str, fn: Callable[[], None], log: Log) -> None:
     log(f"== {name}: done in {time.perf_counter() - t0:.0f}s")
 
 
-def run_pipeline(
+def run_seed(
     configs: Mapping[str, TrainConfig],
     plan: AnalysisPlan,
     out: Path,
@@ -543,25 +555,19 @@ def run_pipeline(
     device: str = "auto",
     progress: bool = True,
     log: Log = say,
-) -> Path:
-    """Train every config, run every analysis, write the report; returns the report's path.
+) -> None:
+    """Train the runs of one seed (or reuse them) and run every analysis into ``out``.
 
     Args:
         configs: method label (AT, AT-AWP, ...) -> TrainConfig whose ``out`` is inside ``out``.
         plan: sizes of the analyses.
-        out: the folder holding the runs, ``eval/``, ``analysis/`` and ``report.html``.
+        out: the seed's folder: the runs, ``eval/`` and ``analysis/``.
     """
-    # The report draws its figures with matplotlib, imported only when it is written.
-    from awp_landscape.report import write_report
-
     runs = {label: RunFolder(c.out) for label, c in configs.items()}
     _stage("training", lambda: train_all(configs, progress=progress, log=log), log)
     pipe = Pipeline(runs, plan, out, device, progress, log)
     for name, fn in pipe.stages():
         _stage(name, fn, log)
-    html, md = write_report([out], out / "report.html")
-    log(f"\nreport: {html}\nsummary: {md}")
-    return html
 
 
 def record_config(out: Path, name: str, cfg: Any, *, growable: tuple[str, ...] = ()) -> None:
@@ -593,13 +599,26 @@ def record_config(out: Path, name: str, cfg: Any, *, growable: tuple[str, ...] =
 
 
 def run_configured(cfg: DemoConfig | ReproduceConfig, name: str, *, progress: bool) -> Path:
-    """Record ``cfg`` in its folder, then run the whole pipeline; returns the report's path."""
+    """Record ``cfg`` in its folder, run every seed (reusing finished ones), compare the seeds
+    and write the report; returns the report's path."""
+    # The report draws its figures with matplotlib, imported only when it is written.
+    from awp_landscape.report import write_report
+
     out = Path(cfg.out)
     with exclusive_output(out, folder_lock="demo"):
-        record_config(out, name, cfg)
+        record_config(out, name, cfg, growable=("seeds",))
         t0 = time.perf_counter()
-        html = run_pipeline(
-            cfg.train_configs(), cfg.plan, out, device=cfg.device, progress=progress, log=say
+        for i, seed in enumerate(cfg.seeds):
+            say(f"\n######## seed {seed} ({i + 1} of {len(cfg.seeds)})")
+            folder = seed_folder(out, seed)
+            run_seed(
+                cfg.train_configs(seed), cfg.plan, folder, device=cfg.device, progress=progress
+            )
+        p = cfg.plan
+        write_replicates(
+            out, alphas=p.flatness_alphas, gamma=p.worst_gamma, alpha=p.correlate_alpha
         )
+        html, md = write_report([out], out / "report.html")
+    say(f"\nreport: {html}\nsummary: {md}")
     say(f"finished in {(time.perf_counter() - t0) / 60:.1f} min")
     return html

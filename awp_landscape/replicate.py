@@ -11,6 +11,7 @@ The flatness-vs-gap correlation pools the checkpoints of all seeds with the seed
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,9 +24,10 @@ from analysis.replicates import (
     StratifiedKendall,
     paired_difference,
     stratified_kendall,
+    verdict,
 )
 from analysis.tables import join_tables
-from awp.io import read_json
+from awp.io import read_json, write_json
 from awp.runs import RunFolder
 from landscape.storage import read_surface
 
@@ -207,3 +209,24 @@ def pooled_correlation(
 
     by_method = {m: tau([p for p in points if p["method"] == m]) for m in METHODS}
     return PooledCorrelation(x, "gap", alpha, tau(points), by_method)
+
+
+def write_replicates(out: Path, *, alphas: Sequence[float], gamma: float, alpha: float) -> Path:
+    """``out/replicates.json``: every paired measure over the seed folders of ``out`` and the
+    flatness-vs-gap correlation pooled over seeds (stratified by seed)."""
+    rows = paired_measures(out, alphas=alphas, gamma=gamma)
+    pooled = pooled_correlation(out, alpha=alpha)
+    payload = {
+        "seeds": sorted(seed_folders(out)),
+        "measures": [dataclasses.asdict(r) | {"verdict": verdict(r)} for r in rows],
+        "pooled_correlation": None
+        if pooled is None
+        else {
+            "x": pooled.x,
+            "y": pooled.y,
+            "alpha": pooled.alpha,
+            "all": dataclasses.asdict(pooled.result),
+            "by_method": {m: dataclasses.asdict(r) for m, r in pooled.by_method.items()},
+        },
+    }
+    return write_json(out / "replicates.json", payload)

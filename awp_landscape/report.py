@@ -23,6 +23,12 @@ from analysis.curvature import curvature_statement
 from analysis.outcome import Measurements, outcome
 from awp.config import method_of
 from awp.io import atomic_write_text, exclusive_output, read_json
+from awp_landscape.replicate import seed_folders
+from awp_landscape.report_replicates import (
+    replicate_statements,
+    replicates_section,
+    sweep_section,
+)
 from figures.certify import plot_certified_accuracy, plot_noise_accuracy
 from figures.curves import plot_gap_by_epoch, plot_landscape, plot_learning_curves
 from figures.flatness import plot_flatness_curve
@@ -62,6 +68,9 @@ class Results:
     demo_config: dict[str, Any] = field(default_factory=dict)
     figures: dict[str, Path] = field(default_factory=dict)
     curvature: list[dict[str, Any]] = field(default_factory=list)  # hessian.json "results"
+    seeds: list[int] = field(default_factory=list)  # a replicated demo's seeds
+    replicates: dict[str, Any] = field(default_factory=dict)  # replicates.json
+    sweep: dict[str, Any] = field(default_factory=dict)  # sweep.json
 
 
 def _read_runs(path: Path) -> list[Run]:
@@ -94,6 +103,7 @@ def collect(paths: Sequence[str | Path]) -> Results:
                 f"folders holding metrics.jsonl"
             )
     res = Results(root=roots[0])
+    roots = _expand(roots, res)
     analysis_dirs: list[Path] = []
     for root in roots:
         if (root / "demo_config.json").exists():
@@ -139,7 +149,8 @@ def collect(paths: Sequence[str | Path]) -> Results:
         if scatter and "vs_gap" not in res.figures:
             res.figures["vs_gap"] = scatter[0]
     found = (res.runs, res.gap, res.landscapes, res.weights, res.flatness_final, res.curvature)
-    if not (any(found) or res.certify or res.spectra or res.trajectories):
+    others = (res.certify, res.sweep, res.replicates, res.spectra, res.trajectories)
+    if not (any(found) or any(others)):
         raise ValueError(
             f"nothing to report in {', '.join(map(str, roots))}: expected run "
             f"folders (metrics.jsonl) or an analysis folder (gap.json, ...)"
@@ -159,6 +170,30 @@ def _collect_spectra_and_trajectories(d: Path, res: Results) -> None:
             res.trajectories.append(read_surface(h5))
     res.trajectories += [s for s in res.landscapes if s.kind == "trajectory"]
     res.landscapes[:] = [s for s in res.landscapes if s.kind != "trajectory"]
+
+
+def _expand(roots: list[Path], res: Results) -> list[Path]:
+    """The folders whose results are shown in detail: a sweep folder gives its summary only; a
+    replicated demo folder gives its replicate table, and its first seed folder in detail."""
+    detail = []
+    for root in roots:
+        if (root / "sweep.json").exists():
+            res.sweep = read_json(root / "sweep.json")
+            for name in ("sweep_tradeoff", "sweep_gap_flatness"):
+                if (root / f"{name}.png").exists():
+                    res.figures[name] = root / f"{name}.png"
+            continue
+        seeds = seed_folders(root)
+        if not seeds:
+            detail.append(root)
+            continue
+        res.seeds = sorted(seeds)
+        if (root / "demo_config.json").exists():
+            res.demo_config = read_json(root / "demo_config.json")
+        if (root / "replicates.json").exists():
+            res.replicates = read_json(root / "replicates.json")
+        detail.append(seeds[res.seeds[0]])
+    return detail
 
 
 def _best_epoch(history: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
@@ -226,21 +261,22 @@ def measurements(res: Results) -> Measurements:
     )
 
 
-def _intro(cfg: Mapping[str, Any]) -> str:
-    model = cfg.get("model")
-    # demo_config.json of this version nests the architecture; older ones have it flat
+def _intro(cfg: Mapping[str, Any], seeds: Sequence[int]) -> str:
+    training = cfg.get("training", cfg)  # older demo_config.json files are flat
+    model = training.get("model")
     name, width = (
         (model.get("name"), model.get("width"))
         if isinstance(model, Mapping)
-        else (model, cfg.get("width"))
+        else (model, training.get("width"))
     )
-    data = cfg.get("data", {})
+    data = training.get("data", {})
+    seeds = list(seeds) or list(cfg.get("seeds", [cfg.get("seed", 0)]))
     return (
-        f"Trained {name} (width {width}) with AT and AT-AWP "
-        f"(gamma {cfg.get('gamma')}) for {cfg.get('epochs')} epochs on "
-        f"{data.get('dataset')} with the same seed, then measured everything below on "
-        f"this machine. Numbers come from this run only; small data and short training "
-        f"make them noisy."
+        f"Trained {name} (width {width}) with AT and AT-AWP (gamma {cfg.get('gamma')}) for "
+        f"{training.get('epochs')} epochs on {data.get('dataset')}, once per seed "
+        f"({', '.join(map(str, seeds))}; the same seed for both methods), then measured "
+        "everything below on this machine. Small data and short training make single runs "
+        "noisy: the comparisons over seeds say which differences survive the seed."
     )
 
 
@@ -724,17 +760,41 @@ SECTIONS: tuple[tuple[Callable[[Results], Any], Callable[[Results], Section]], .
 
 
 def build_document(res: Results, *, title: str = "AWP: what this run measured") -> Document:
-    """The report's document: the outcome, then a section for every kind of result found."""
+    """The report's document: the outcome, then a section for every kind of result found.
+
+    A replicated demo's outcome is its paired verdicts over seeds; the first seed is then shown
+    in detail, its single-seed statements labelled as such. A sweep adds its own section.
+    """
     doc = Document(title=title)
     if res.demo_config:
-        doc.intro.append(_intro(res.demo_config))
-    statements = outcome(measurements(res))
-    doc.sections.append(
-        Section(
-            "Outcome of this run",
-            paragraphs=[f"NOTE: {s}" for s in statements] or ["Not enough results for an outcome."],
+        doc.intro.append(_intro(res.demo_config, res.seeds))
+    single = outcome(measurements(res)) if res.runs or res.gap or res.flatness_final else []
+    if res.replicates:
+        over_seeds = replicate_statements(res.replicates)
+        doc.sections.append(
+            Section("Outcome over seeds", paragraphs=[f"NOTE: {s}" for s in over_seeds])
         )
-    )
+        doc.sections.append(replicates_section(res.replicates))
+        if single:
+            seed = res.seeds[0] if res.seeds else 0
+            doc.sections.append(
+                Section(
+                    f"Seed {seed} in detail",
+                    paragraphs=[
+                        f"The sections below show seed {seed} alone. Its statements compare "
+                        "two single runs and are not claims over seeds:",
+                        *single,
+                    ],
+                )
+            )
+    elif single:
+        doc.sections.append(
+            Section("Outcome of this run", paragraphs=[f"NOTE: {s}" for s in single])
+        )
+    if res.sweep:
+        doc.sections.append(sweep_section(res.sweep, res.figures))
+    if not doc.sections:
+        doc.sections.append(Section("Outcome", paragraphs=["Not enough results for an outcome."]))
     for present, section in SECTIONS:
         if present(res):
             doc.sections.append(section(res))

@@ -124,7 +124,7 @@ def test_help_of_a_nested_config_shows_the_enclosing_default(capsys):
     # show those, not DataConfig's own defaults (1000, 0)
     from awp_landscape.pipeline import DemoConfig
 
-    data = DemoConfig().data
+    data = DemoConfig().training.data
     with pytest.raises(SystemExit):
         main(["demo", "--help"])
     text = " ".join(capsys.readouterr().out.split())

@@ -89,6 +89,7 @@ def demo(tmp_path_factory):
 
 def test_demo_writes_every_stage_and_the_report(demo):
     out, _ = demo
+    seed0 = out / "seed0"
     for rel in (
         "at/checkpoints/epoch_003.pt",
         "at_awp/checkpoints/epoch_003.pt",
@@ -106,13 +107,17 @@ def test_demo_writes_every_stage_and_the_report(demo):
         "analysis/trajectory/AT-AWP.h5",
         "analysis/certify.json",
         "analysis/curvature/hessian.json",
-        "report.html",
-        "report.md",
     ):
-        assert (out / rel).exists(), rel
+        assert (seed0 / rel).exists(), rel
+    assert (out / "report.html").exists() and (out / "report.md").exists()
+    replicates = json.loads((out / "replicates.json").read_text())
+    assert replicates["seeds"] == [0] and replicates["measures"]
+    assert all("not resolved at 1 seed" in m["verdict"] for m in replicates["measures"])
     html = (out / "report.html").read_text()
     for title in (
-        "Outcome of this run",
+        "Outcome over seeds",
+        "Replicates: AT-AWP minus AT over 1 seed(s)",
+        "Seed 0 in detail",
         "Accuracy and learning curves",
         "Robust generalization gap",
         "Weight loss landscape",
@@ -137,18 +142,33 @@ def test_report_opens_in_chromium_with_every_image_decoded(demo):
     check = open_in_chromium(out / "report.html")
     assert check.images >= 7
     assert check.broken == [] and check.console_errors == []
-    assert "Outcome of this run" in check.text
+    assert "Outcome over seeds" in check.text
 
 
-def test_rerun_reuses_finished_stages(demo, capsys):
+def test_rerun_reuses_finished_stages_and_adds_only_new_seeds(demo, capsys):
     out, data = demo
-    before = {p: p.stat().st_mtime_ns for p in (out / "eval").glob("*.json")}
-    last = (out / "at" / "checkpoints" / "last.pt").stat().st_mtime_ns
+    seed0 = out / "seed0"
+    before = {p: p.stat().st_mtime_ns for p in (seed0 / "eval").glob("*.json")}
+    last = (seed0 / "at" / "checkpoints" / "last.pt").stat().st_mtime_ns
     assert main(["demo", "--out", str(out), "--dataset", str(data), *TINY]) == 0
     text = capsys.readouterr().out
     assert "[AT] reusing the finished run" in text and "[AT-AWP] reusing" in text
-    assert (out / "at" / "checkpoints" / "last.pt").stat().st_mtime_ns == last
-    assert {p: p.stat().st_mtime_ns for p in (out / "eval").glob("*.json")} == before
+    assert (seed0 / "at" / "checkpoints" / "last.pt").stat().st_mtime_ns == last
+    assert {p: p.stat().st_mtime_ns for p in (seed0 / "eval").glob("*.json")} == before
+    # One more seed trains only that seed; the comparison now pairs two seeds.
+    assert (
+        main(["demo", "--out", str(out), "--dataset", str(data), *TINY, "--seeds", "0", "1"]) == 0
+    )
+    text = capsys.readouterr().out
+    assert text.count("reusing the finished run") == 2 and text.count("] training ") == 2
+    assert (seed0 / "at" / "checkpoints" / "last.pt").stat().st_mtime_ns == last
+    assert (out / "seed1" / "at_awp" / "checkpoints" / "last.pt").exists()
+    replicates = json.loads((out / "replicates.json").read_text())
+    assert replicates["seeds"] == [0, 1]
+    assert all("no interval possible with 2 seeds" in m["verdict"] for m in replicates["measures"])
+    pooled = replicates["pooled_correlation"]
+    assert pooled is None or pooled["all"]["n"] == 12  # 2 seeds x 2 methods x 3 checkpoints
+    assert "over 2 seed(s)" in (out / "report.html").read_text()
     # other settings in the same folder are refused, and nothing is touched
     other = list(TINY)
     other[other.index("--epochs") + 1] = "4"
@@ -158,6 +178,7 @@ def test_rerun_reuses_finished_stages(demo, capsys):
 
 def test_outcome_is_computed_from_the_numbers(demo):
     out, _ = demo
+    out = out / "seed0"  # one seed's single-run statements
     res = collect([out])
     said = " ".join(outcome(measurements(res)))
     gap = {r["method"]: r["gap"] for r in res.gap if r["epoch"] == 3}
@@ -191,13 +212,13 @@ def test_report_errors_are_clear(tmp_path, capsys):
 
 def test_reproduce_presets_plumbing(capsys):
     cfg = ReproduceConfig(preset="cifar100-wrn34-10-trades")
-    runs = cfg.train_configs()
+    runs = cfg.train_configs(0)
     assert list(runs) == ["TRADES", "TRADES-AWP"]
     base, awp = runs["TRADES"], runs["TRADES-AWP"]
     assert base.epochs == 200 and base.model.name == "wideresnet" and base.model.depth == 34
     assert base.model.widen_factor == 10 and base.data.dataset == "cifar100" and not base.awp
     assert awp.awp and awp.resolved().gamma == 0.005 and awp.resolved().awp_warmup == 10
-    assert ReproduceConfig(preset="svhn-prn18-at").train_configs()["AT"].lr == 0.01
+    assert ReproduceConfig(preset="svhn-prn18-at").train_configs(0)["AT"].lr == 0.01
     assert len(PRESETS) == 18
     with pytest.raises(ValueError, match="unknown preset"):
         ReproduceConfig(preset="imagenet-vit-at")
@@ -263,7 +284,7 @@ def test_reproduce_one_epoch_tiny_run(tmp_path):
         )
         == 0
     )
-    cfg = json.loads((out / "at_awp" / "config.json").read_text())
+    cfg = json.loads((out / "seed0" / "at_awp" / "config.json").read_text())
     assert cfg["model"]["name"] == "preactresnet18" and cfg["awp"] is True and cfg["epochs"] == 1
     assert (out / "report.html").exists()
 
@@ -302,3 +323,16 @@ def test_robust_overfitting_is_read_from_the_test_robust_loss():
     # a rise within OVERFIT_LOSS_RISE does not count
     assert not robust_overfitting(_history([2.1, 2.11], [1.9, 1.5], [0.2, 0.2])).visible
     assert robust_overfitting([{"epoch": 1, "train_loss": 2.0}]) is None
+
+
+def test_demo_configs_of_older_versions_read_in_the_nested_layout():
+    from awp.config import from_dict, to_dict
+    from awp_landscape.pipeline import DemoConfig
+
+    new = DemoConfig()
+    old = {k: v for k, v in to_dict(new).items() if k not in ("training", "seeds")}
+    old.update(to_dict(new.training), seed=0)
+    old["model"], old["width"] = "preactresnet18", 0.25  # flat, as before the nesting
+    del old["model"]
+    old["model"] = "preactresnet18"
+    assert from_dict(DemoConfig, old) == new

@@ -6,6 +6,7 @@ import pytest
 
 from awp_landscape.cli import main
 from awp_landscape.sweep import summarize
+from tests.browser import open_in_chromium, require_browser
 from tests.helpers import make_image_folder
 
 TINY = ["--model", "smallcnn", "--width", "1", "--epochs", "2", "--batch-size", "16",
@@ -37,6 +38,13 @@ def test_a_sweep_writes_one_run_per_gamma_its_table_and_figures(tmp_path, capsys
     assert main([*args, "--gammas", "0", "0.01", "0.02"]) == 0
     assert (out / "seed0" / "gamma_0" / "checkpoints" / "last.pt").stat().st_mtime_ns == stamp
     assert len(json.loads((out / "sweep.json").read_text())["rows"]) == 3
+    # the report of the sweep folder: its section, both figures decoded in a real browser
+    assert main(["report", str(out)]) == 0
+    html = (out / "report.html").read_text()
+    assert "gamma trade-off (sweep over 3 gammas)" in html
+    require_browser()
+    check = open_in_chromium(out / "report.html")
+    assert check.images == 2 and check.broken == [] and check.console_errors == []
     # other training settings in the same folder are refused
     other = [a if a != "2" else "3" for a in args]
     assert main([*other, "--gammas", "0"]) == 2
