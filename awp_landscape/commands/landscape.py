@@ -25,6 +25,7 @@ from awp.checkpoint import strip_prefixes
 from awp.config import to_dict
 from awp.io import exclusive_output
 from awp.models import ModelConfig
+from awp.perturb import select_params
 from awp.progress import progress_bar
 from awp_landscape.console import format_table, say
 from awp_landscape.flags import add_dataclass_arguments, dataclass_from_arguments
@@ -135,8 +136,9 @@ def compute_landscapes(
             return [_run_job(job, cfg, inputs, resume=resume, progress=progress) for job in jobs]
 
 
-def _path_inputs(job: Job, loaded: Loaded, inputs: Inputs) -> dict[str, Any]:
-    """A trajectory's states and identities (checkpoint, sha256, epoch), in training order."""
+def _path_inputs(job: Job, cfg: SurfaceConfig, loaded: Loaded, inputs: Inputs) -> dict[str, Any]:
+    """A trajectory's tensors (those ``dir_include`` names, kept on the CPU: one model at a time
+    on the device) and identities (checkpoint, sha256, epoch), in training order."""
     states, idents = [], []
     for p in job.path:
         other = loaded if p == job.checkpoint else inputs.load(p, with_data=False)
@@ -145,8 +147,8 @@ def _path_inputs(job: Job, loaded: Loaded, inputs: Inputs) -> dict[str, Any]:
                 f"a trajectory is one model's training path: {p} is a different model "
                 f"({other.spec} vs {loaded.spec})"
             )
-        state = strip_prefixes(other.model.state_dict())
-        states.append({k: v.to(inputs.device) for k, v in state.items()})
+        chosen = select_params(other.model, cfg.dir_include)
+        states.append({k: v.detach().cpu() for k, v in chosen.items()})
         idents.append({k: other.identity()[k] for k in ("checkpoint", "sha256", "epoch")})
     return {"path_states": states, "path_identity": idents}
 
@@ -180,7 +182,7 @@ def _job_inputs(job: Job, cfg: SurfaceConfig, inputs: Inputs) -> JobInputs:
         bn_x=bn_x,
         target_state=target_state,
         target_sha256=target_sha,
-        **(_path_inputs(job, loaded, inputs) if job.path else {}),
+        **(_path_inputs(job, cfg, loaded, inputs) if job.path else {}),
     )
 
 
