@@ -478,6 +478,7 @@ def _trajectory_section(res: Results) -> Section:
                 "epochs": f"{epochs[0]}-{epochs[-1]}" if epochs else "",
                 "PC1": ratio[0],
                 "PC2": ratio[1],
+                "other PCs": 1.0 - ratio[0] - ratio[1],
                 "unit (weight distance)": tr.get("scale"),
                 "in-plane (min)": float(np.min(tr.get("in_plane", [np.nan]))),
             }
