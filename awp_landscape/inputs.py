@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,11 +18,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from awp import distributed
 from awp.augment import as_float
 from awp.checkpoint import check_file, load_checkpoint, load_weights, read_state_dict
 from awp.config import check_choice, from_dict, method_of, opt
 from awp.data import DataBundle, DataConfig, load_data
-from awp.io import sha256_file
+from awp.io import exclusive_output, sha256_file
 from awp.models import ModelConfig, ModelSpec, build_model
 from awp.modes import model_mode
 from awp_landscape.console import CLIError
@@ -317,3 +319,96 @@ def default_label(path: Path) -> str:
 def rows_of(items: Sequence[Any]) -> list[dict[str, Any]]:
     """Dataclass instances or mappings as dict rows."""
     return [dataclasses.asdict(i) if dataclasses.is_dataclass(i) else dict(i) for i in items]
+
+
+@dataclass(frozen=True)
+class Sources:
+    """Where a command's checkpoints are read and measured: the options every command that
+    takes checkpoints shares (device, ``--dataset``, ``--data-root``, checkpoints from
+    elsewhere, progress bars)."""
+
+    device: str = "auto"
+    dataset: str | None = None
+    data_root: str | None = None
+    foreign: tuple[ModelConfig | None, str | None] = (None, None)
+    progress: bool = True
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Sources:
+        return cls(
+            device=getattr(args, "device", "auto"),
+            dataset=getattr(args, "dataset", None),
+            data_root=getattr(args, "data_root", None),
+            foreign=foreign_from(args),
+            progress=not getattr(args, "no_progress", False),
+        )
+
+
+@contextmanager
+def held_inputs(
+    checkpoints: Sequence[Path],
+    *,
+    out: Path,
+    lock: str,
+    cleans: Sequence[Path],
+    sources: Sources,
+) -> Iterator[tuple[Inputs, distributed.DistContext]]:
+    """The start every analysis command shares: the checkpoint files are checked, the torchrun
+    job (if any) is joined, rank 0 holds ``out`` (:func:`awp.io.exclusive_output` with ``lock``
+    and ``cleans``), and the inputs are opened on this rank's device.
+
+    Yields:
+        (inputs, this process's place in the job).
+    """
+    check_files(checkpoints)
+    claim = exclusive_output(out, folder_lock=lock, cleans=cleans)
+    with distributed.joined(sources.device) as ctx, distributed.main_holds(ctx, claim):
+        inputs = Inputs(
+            distributed.pick_device(sources.device, ctx),
+            dataset=sources.dataset,
+            data_root=sources.data_root,
+            foreign=sources.foreign,
+            progress=sources.progress,
+        )
+        yield inputs, ctx
+
+
+def each_checkpoint(
+    checkpoints: Sequence[Path],
+    measure: Callable[[Loaded, str, bool], dict[str, Any]],
+    *,
+    out: Path,
+    lock: str,
+    cleans: Sequence[Path],
+    sources: Sources,
+    labels: Sequence[str] | None = None,
+    finish: Callable[[list[dict[str, Any]]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Measure checkpoints one after the other into ``out``, the way every analysis command
+    does: the files are checked first, rank 0 holds ``out`` (lock ``lock``; temp files of
+    ``cleans`` cleared) while a torchrun job's ranks share the work inside ``measure``, and
+    rank 0 calls ``finish`` with every result at the end.
+
+    Args:
+        checkpoints: the .pt files.
+        measure: ``(loaded checkpoint, label, show progress) -> result`` (every rank).
+        out: the results folder.
+        lock, cleans: see :func:`awp.io.exclusive_output`.
+        sources: device, data and foreign-checkpoint options.
+        labels: one per checkpoint (default: the methods, made unique).
+        finish: rank 0's last step (print the tables, write the summary files).
+
+    Returns:
+        The results, in the order of ``checkpoints`` (on every rank).
+    """
+    with held_inputs(checkpoints, out=out, lock=lock, cleans=cleans, sources=sources) as (
+        inputs,
+        ctx,
+    ):
+        names = unique_labels([identity_of(p) for p in checkpoints], labels)
+        show = sources.progress and ctx.is_main
+        results = [measure(inputs.load(p), name, show) for p, name in zip(checkpoints, names)]
+        distributed.barrier()
+        if ctx.is_main and finish is not None:
+            finish(results)
+        return results

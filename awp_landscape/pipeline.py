@@ -51,7 +51,7 @@ from awp_landscape.commands.hist import weight_histograms
 from awp_landscape.commands.landscape import compute_landscapes
 from awp_landscape.commands.spectra import measure_spectra
 from awp_landscape.console import epoch_line, say
-from awp_landscape.inputs import Inputs
+from awp_landscape.inputs import Inputs, Sources
 from awp_landscape.plans import TrainingPlan
 from awp_landscape.replicate import write_replicates
 from landscape.config import SurfaceConfig
@@ -371,8 +371,7 @@ class Pipeline:
             self.epoch_ckpts(),
             cfg,
             out=self.analysis,
-            device_name=self.device,
-            progress=self.progress,
+            sources=Sources(device=self.device, progress=self.progress),
         )
 
     def landscape(self) -> None:
@@ -403,8 +402,7 @@ class Pipeline:
             self.epoch_ckpts() or self.last,
             SpectraConfig(),
             out=self.analysis / "spectra",
-            device_name=self.device,
-            progress=self.progress,
+            sources=Sources(device=self.device, progress=self.progress),
         )
 
     def trajectory(self) -> None:
@@ -452,8 +450,7 @@ class Pipeline:
             worst=WorstCaseConfig(
                 gammas=(self.plan.worst_gamma,), ascent_steps=self.plan.worst_steps
             ),
-            device_name=self.device,
-            progress=self.progress,
+            sources=Sources(device=self.device, progress=self.progress),
         )
 
     def curvature(self) -> None:
@@ -478,8 +475,7 @@ class Pipeline:
             cfg,
             out=self.analysis / "curvature",
             labels=self.labels,
-            device_name=self.device,
-            progress=self.progress,
+            sources=Sources(device=self.device, progress=self.progress),
         )
 
     def flatness_epochs(self) -> None:
@@ -487,8 +483,7 @@ class Pipeline:
             self.epoch_ckpts(),
             self._flatness_cfg((self.plan.correlate_alpha,), self.plan.correlate_samples),
             out=self.analysis / "flatness_epochs",
-            device_name=self.device,
-            progress=self.progress,
+            sources=Sources(device=self.device, progress=self.progress),
             figures=False,
         )
 
@@ -519,8 +514,7 @@ class Pipeline:
             cfg,
             out=self.analysis,
             labels=self.labels,
-            device_name=self.device,
-            progress=self.progress,
+            sources=Sources(device=self.device, progress=self.progress),
         )
 
     def stages(self) -> list[tuple[str, Callable[[], None]]]:

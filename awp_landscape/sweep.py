@@ -32,7 +32,7 @@ from awp.runs import RunFolder
 from awp_landscape.commands.flatness import measure_flatness
 from awp_landscape.commands.gap import measure_gap
 from awp_landscape.console import say
-from awp_landscape.inputs import Inputs
+from awp_landscape.inputs import Inputs, Sources
 from awp_landscape.pipeline import evaluate_runs, record_config, train_all
 from awp_landscape.plans import TrainingPlan
 
@@ -124,8 +124,7 @@ def _measure_seed(cfg: SweepConfig, seed: int, *, progress: bool) -> list[dict[s
         last,
         GapConfig(n_train=plan.gap_n, n_test=plan.gap_n, attack=attack),
         out=analysis,
-        device_name=device,
-        progress=progress,
+        sources=Sources(device=device, progress=progress),
     )
     flat = FlatnessConfig(
         alphas=(plan.flatness_alpha,),
@@ -139,8 +138,7 @@ def _measure_seed(cfg: SweepConfig, seed: int, *, progress: bool) -> list[dict[s
         out=analysis,
         labels=list(runs),
         worst=WorstCaseConfig(gammas=(plan.worst_gamma,), ascent_steps=plan.worst_steps),
-        device_name=device,
-        progress=progress,
+        sources=Sources(device=device, progress=progress),
         figures=False,
     )
     rows = []

@@ -29,18 +29,15 @@ from awp import distributed
 from awp.augment import to_float
 from awp.config import to_dict
 from awp.data import fixed_subset
-from awp.io import exclusive_output, write_csv, write_json
-from awp.models import ModelConfig
+from awp.io import write_csv, write_json
 from awp_landscape.commands.common import add_run_arguments, out_folder
 from awp_landscape.console import format_table, say
 from awp_landscape.flags import add_dataclass_arguments, dataclass_from_arguments
 from awp_landscape.inputs import (
-    Inputs,
     Loaded,
+    Sources,
     add_checkpoint_arguments,
-    check_files,
-    foreign_from,
-    unique_labels,
+    each_checkpoint,
 )
 
 
@@ -176,40 +173,30 @@ def measure_certify(
     *,
     out: Path,
     labels: Sequence[str] | None = None,
-    device_name: str = "auto",
-    progress: bool = True,
-    dataset: str | None = None,
-    data_root: str | None = None,
-    foreign: tuple[ModelConfig | None, str | None] = (None, None),
+    sources: Sources = Sources(),
     figures: bool = True,
 ) -> list[dict[str, Any]]:
     """``awp certify`` as a function: each checkpoint's result; ``certify.json`` and the CSV
     tables (and figures) in ``out`` hold every checkpoint certified there."""
-    check_files(checkpoints)
+
+    def measure(loaded: Loaded, label: str, show: bool) -> dict[str, Any]:
+        return certify_checkpoint(loaded, cfg, out=out, label=label, progress=show)
+
+    def finish(results: list[dict[str, Any]]) -> None:
+        _print_results(results, cfg)
+        _write_tables(out, figures=figures)
+
     tables = ("certify.json", "certify.csv", "certify_examples.csv", "certify_curves.csv")
-    claim = exclusive_output(
-        out,
-        folder_lock="certify",
+    return each_checkpoint(
+        checkpoints,
+        measure,
+        out=out,
+        lock="certify",
         cleans=[out / "certify", *(out / t for t in (*tables, "noise_accuracy.csv"))],
+        sources=sources,
+        labels=labels,
+        finish=finish,
     )
-    with distributed.joined(device_name) as ctx, distributed.main_holds(ctx, claim):
-        device = distributed.pick_device(device_name, ctx)
-        inputs = Inputs(
-            device, dataset=dataset, data_root=data_root, foreign=foreign, progress=progress
-        )
-        idents = [inputs.load(p, with_data=False).identity() for p in checkpoints]
-        names = unique_labels(idents, labels)
-        results = [
-            certify_checkpoint(
-                inputs.load(path), cfg, out=out, label=name, progress=progress and ctx.is_main
-            )
-            for path, name in zip(checkpoints, names)
-        ]
-        distributed.barrier()
-        if ctx.is_main:
-            _print_results(results, cfg)
-            _write_tables(out, figures=figures)
-        return results
 
 
 def _write_tables(out: Path, *, figures: bool) -> None:
@@ -244,11 +231,7 @@ def run(args: argparse.Namespace) -> int:
         cfg,
         out=out_folder(args.out, args.checkpoints),
         labels=args.labels,
-        device_name=args.device,
-        progress=not args.no_progress,
-        dataset=args.dataset,
-        data_root=args.data_root,
-        foreign=foreign_from(args),
+        sources=Sources.from_args(args),
         figures=not args.no_figures,
     )
     return 0

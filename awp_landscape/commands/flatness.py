@@ -23,20 +23,16 @@ from analysis.worst_case import WorstCaseConfig
 from awp import distributed
 from awp.config import to_dict
 from awp.data import DataConfig
-from awp.io import exclusive_output, write_csv, write_json
-from awp.models import ModelConfig
+from awp.io import write_csv, write_json
 from awp.perturb import select_params
 from awp_landscape.commands.common import add_run_arguments, out_folder
 from awp_landscape.console import format_table, say
 from awp_landscape.flags import add_dataclass_arguments, dataclass_from_arguments
 from awp_landscape.inputs import (
-    Inputs,
     Loaded,
+    Sources,
     add_checkpoint_arguments,
-    check_files,
-    foreign_from,
-    identity_of,
-    unique_labels,
+    each_checkpoint,
 )
 
 # Settings that only add or summarize units; every other one changes what a unit computes.
@@ -205,46 +201,39 @@ def measure_flatness(
     worst: WorstCaseConfig | None = None,
     search: SigmaSearchConfig | None = None,
     pacbayes: PacBayesConfig | None = None,
-    device_name: str = "auto",
-    progress: bool = True,
-    dataset: str | None = None,
-    data_root: str | None = None,
-    foreign: tuple[ModelConfig | None, str | None] = (None, None),
+    sources: Sources = Sources(),
     figures: bool = True,
 ) -> list[dict[str, Any]]:
     """``awp flatness`` as a function: each checkpoint's result; ``flatness.json``/``.csv``
     (and the curve figure) in ``out`` hold every checkpoint measured there."""
-    check_files(checkpoints)
-    claim = exclusive_output(
-        out,
-        folder_lock="flatness",
-        cleans=[out / "flatness", out / "flatness.json", out / "flatness.csv"],
-    )
-    with distributed.joined(device_name) as ctx, distributed.main_holds(ctx, claim):
-        device = distributed.pick_device(device_name, ctx)
-        inputs = Inputs(
-            device, dataset=dataset, data_root=data_root, foreign=foreign, progress=progress
+
+    def measure(loaded: Loaded, label: str, show: bool) -> dict[str, Any]:
+        return flatness_for_checkpoint(
+            loaded,
+            cfg=cfg,
+            worst=worst,
+            search=search,
+            pacbayes=pacbayes,
+            out=out,
+            label=label,
+            progress=show,
         )
-        idents = [identity_of(p) for p in checkpoints]
-        names = unique_labels(idents, labels)
-        results = [
-            flatness_for_checkpoint(
-                inputs.load(path),
-                cfg=cfg,
-                worst=worst,
-                search=search,
-                pacbayes=pacbayes,
-                out=out,
-                label=label,
-                progress=progress and ctx.is_main,
-            )
-            for path, label in zip(checkpoints, names)
-        ]
-        distributed.barrier()
-        if ctx.is_main:
-            _print_results(results, cfg)
-            _write_tables(out, figures=figures)
-        return results
+
+    def finish(results: list[dict[str, Any]]) -> None:
+        _print_results(results, cfg)
+        _write_tables(out, figures=figures)
+
+    tables = [out / "flatness", out / "flatness.json", out / "flatness.csv"]
+    return each_checkpoint(
+        checkpoints,
+        measure,
+        out=out,
+        lock="flatness",
+        cleans=tables,
+        sources=sources,
+        labels=labels,
+        finish=finish,
+    )
 
 
 def _write_tables(out: Path, *, figures: bool) -> None:
@@ -273,11 +262,7 @@ def run(args: argparse.Namespace) -> int:
         worst=dataclass_from_arguments(WorstCaseConfig, args) if args.worst_case else None,
         search=dataclass_from_arguments(SigmaSearchConfig, args) if args.sigma_search else None,
         pacbayes=dataclass_from_arguments(PacBayesConfig, args),
-        device_name=args.device,
-        progress=not args.no_progress,
-        dataset=args.dataset,
-        data_root=args.data_root,
-        foreign=foreign_from(args),
+        sources=Sources.from_args(args),
         figures=not args.no_figures,
     )
     return 0

@@ -12,12 +12,11 @@ from analysis.gap import GapConfig, robust_gap, subset
 from analysis.store import SampleStore, run_units
 from awp import distributed
 from awp.config import to_dict
-from awp.io import exclusive_output, sha256_file, write_csv, write_json
-from awp.models import ModelConfig
+from awp.io import sha256_file, write_csv, write_json
 from awp_landscape.commands.common import add_run_arguments, out_folder
 from awp_landscape.console import format_table, say
 from awp_landscape.flags import add_dataclass_arguments, dataclass_from_arguments
-from awp_landscape.inputs import Inputs, add_checkpoint_arguments, check_files, foreign_from
+from awp_landscape.inputs import Inputs, Sources, add_checkpoint_arguments, held_inputs
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -82,25 +81,15 @@ def measure_gap(
     cfg: GapConfig,
     *,
     out: Path,
-    device_name: str = "auto",
-    progress: bool = True,
-    dataset: str | None = None,
-    data_root: str | None = None,
-    foreign: tuple[ModelConfig | None, str | None] = (None, None),
+    sources: Sources = Sources(),
 ) -> list[dict[str, Any]]:
     """``awp gap`` as a function: the rows of ``checkpoints``; ``gap.json``/``gap.csv`` in
     ``out`` hold every checkpoint measured there with these settings."""
-    check_files(checkpoints)
-    claim = exclusive_output(
-        out, folder_lock="gap", cleans=[out / "gap", out / "gap.json", out / "gap.csv"]
-    )
-    with distributed.joined(device_name) as ctx, distributed.main_holds(ctx, claim):
-        device = distributed.pick_device(device_name, ctx)
-        inputs = Inputs(
-            device, dataset=dataset, data_root=data_root, foreign=foreign, progress=progress
-        )
+    cleans = [out / "gap", out / "gap.json", out / "gap.csv"]
+    held = held_inputs(checkpoints, out=out, lock="gap", cleans=cleans, sources=sources)
+    with held as (inputs, ctx):
         rows = gap_rows(
-            checkpoints, cfg=cfg, out=out, inputs=inputs, progress=progress and ctx.is_main
+            checkpoints, cfg=cfg, out=out, inputs=inputs, progress=sources.progress and ctx.is_main
         )
         distributed.barrier()
         if ctx.is_main:
@@ -122,11 +111,7 @@ def run(args: argparse.Namespace) -> int:
         args.checkpoints,
         cfg,
         out=out,
-        device_name=args.device,
-        progress=not args.no_progress,
-        dataset=args.dataset,
-        data_root=args.data_root,
-        foreign=foreign_from(args),
+        sources=Sources.from_args(args),
     )
     if distributed.env_rank() != 0:
         return 0

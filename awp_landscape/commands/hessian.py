@@ -26,20 +26,16 @@ from analysis.store import SampleStore, run_units
 from awp import distributed
 from awp.config import to_dict
 from awp.data import DataConfig
-from awp.io import exclusive_output, write_csv, write_json
-from awp.models import ModelConfig
+from awp.io import write_csv, write_json
 from awp.progress import progress_bar
 from awp_landscape.commands.common import add_run_arguments, out_folder
 from awp_landscape.console import format_table, say
 from awp_landscape.flags import add_dataclass_arguments, dataclass_from_arguments
 from awp_landscape.inputs import (
-    Inputs,
     Loaded,
+    Sources,
     add_checkpoint_arguments,
-    check_files,
-    foreign_from,
-    identity_of,
-    unique_labels,
+    each_checkpoint,
 )
 
 # Settings that only add or summarize units (they are part of the unit keys, or only of the
@@ -160,41 +156,30 @@ def measure_hessian(
     *,
     out: Path,
     labels: Sequence[str] | None = None,
-    device_name: str = "auto",
-    progress: bool = True,
-    dataset: str | None = None,
-    data_root: str | None = None,
-    foreign: tuple[ModelConfig | None, str | None] = (None, None),
+    sources: Sources = Sources(),
     figures: bool = True,
 ) -> list[dict[str, Any]]:
     """``awp hessian`` as a function: each checkpoint's result; ``hessian.json``/``.csv`` (and
     the figures) in ``out`` hold every checkpoint measured there."""
-    check_files(checkpoints)
+
+    def measure(loaded: Loaded, label: str, show: bool) -> dict[str, Any]:
+        return hessian_for_checkpoint(loaded, cfg=cfg, out=out, label=label, progress=show)
+
+    def finish(results: list[dict[str, Any]]) -> None:
+        _print_results(results, cfg)
+        write_tables(out, figures=figures)
+
     names = ("hessian.json", "hessian.csv", "hessian_layers.csv")
-    claim = exclusive_output(
-        out, folder_lock="hessian", cleans=[out / "hessian", *(out / n for n in names)]
+    return each_checkpoint(
+        checkpoints,
+        measure,
+        out=out,
+        lock="hessian",
+        cleans=[out / "hessian", *(out / n for n in names)],
+        sources=sources,
+        labels=labels,
+        finish=finish,
     )
-    with distributed.joined(device_name) as ctx, distributed.main_holds(ctx, claim):
-        device = distributed.pick_device(device_name, ctx)
-        inputs = Inputs(
-            device, dataset=dataset, data_root=data_root, foreign=foreign, progress=progress
-        )
-        names = unique_labels([identity_of(p) for p in checkpoints], labels)
-        results = [
-            hessian_for_checkpoint(
-                inputs.load(path),
-                cfg=cfg,
-                out=out,
-                label=label,
-                progress=progress and ctx.is_main,
-            )
-            for path, label in zip(checkpoints, names)
-        ]
-        distributed.barrier()
-        if ctx.is_main:
-            _print_results(results, cfg)
-            write_tables(out, figures=figures)
-        return results
 
 
 def write_tables(out: Path, *, figures: bool) -> list[Path]:
@@ -241,11 +226,7 @@ def run(args: argparse.Namespace) -> int:
         dataclass_from_arguments(HessianConfig, args),
         out=out_folder(args.out, args.checkpoints),
         labels=args.labels,
-        device_name=args.device,
-        progress=not args.no_progress,
-        dataset=args.dataset,
-        data_root=args.data_root,
-        foreign=foreign_from(args),
+        sources=Sources.from_args(args),
         figures=not args.no_figures,
     )
     return 0

@@ -24,17 +24,16 @@ from analysis.spectra import SpectraConfig, esd_layer_name, model_spectra, summa
 from analysis.store import SampleStore, run_units
 from awp import distributed
 from awp.config import to_dict
-from awp.io import exclusive_output, sha256_file, write_csv, write_json
-from awp.models import ModelConfig
+from awp.io import sha256_file, write_csv, write_json
 from awp.modes import unwrap
 from awp_landscape.commands.common import add_run_arguments, out_folder
 from awp_landscape.console import format_table, say
 from awp_landscape.flags import add_dataclass_arguments, dataclass_from_arguments
 from awp_landscape.inputs import (
     Inputs,
+    Sources,
     add_checkpoint_arguments,
-    check_files,
-    foreign_from,
+    held_inputs,
     rows_of,
     unique_labels,
 )
@@ -120,11 +119,7 @@ def measure_spectra(
     out: Path,
     labels: list[str] | None = None,
     figures: bool = True,
-    device_name: str = "auto",
-    progress: bool = True,
-    dataset: str | None = None,
-    data_root: str | None = None,
-    foreign: tuple[ModelConfig | None, str | None] = (None, None),
+    sources: Sources = Sources(),
 ) -> dict[str, Any]:
     """``awp spectra`` as a function: spectra.json, the CSV tables and the figures in ``out``.
 
@@ -134,16 +129,12 @@ def measure_spectra(
     Returns:
         What ``spectra.json`` holds (on every rank).
     """
-    check_files(checkpoints)
     names = ("spectra.json", "spectra_stats.csv", "spectra_summary.csv")
-    claim = exclusive_output(
-        out, folder_lock="spectra", cleans=[out / "spectra_units", *(out / n for n in names)]
-    )
-    with distributed.joined(device_name) as ctx, distributed.main_holds(ctx, claim):
-        device = distributed.pick_device(device_name, ctx)
-        inputs = Inputs(device, dataset=dataset, data_root=data_root, foreign=foreign)
+    cleans = [out / "spectra_units", *(out / n for n in names)]
+    held = held_inputs(checkpoints, out=out, lock="spectra", cleans=cleans, sources=sources)
+    with held as (inputs, ctx):
         units = spectra_units(
-            checkpoints, cfg, out=out, inputs=inputs, progress=progress and ctx.is_main
+            checkpoints, cfg, out=out, inputs=inputs, progress=sources.progress and ctx.is_main
         )
         result = spectra_result(units, cfg, labels=labels)
         distributed.barrier()
@@ -229,10 +220,6 @@ def run(args: argparse.Namespace) -> int:
         out=out_folder(args.out, args.checkpoints),
         labels=args.labels,
         figures=not args.no_figures,
-        device_name=args.device,
-        progress=not args.no_progress,
-        dataset=args.dataset,
-        data_root=args.data_root,
-        foreign=foreign_from(args),
+        sources=Sources.from_args(args),
     )
     return 0
