@@ -30,7 +30,12 @@ from awp_landscape.report_replicates import (
     sweep_section,
 )
 from figures.certify import plot_certified_accuracy, plot_noise_accuracy
-from figures.curves import plot_gap_by_epoch, plot_landscape, plot_learning_curves
+from figures.curves import (
+    plot_gap_by_epoch,
+    plot_landscape,
+    plot_learning_curves,
+    plot_seed_curves,
+)
 from figures.flatness import plot_flatness_curve
 from figures.hessian import plot_eigen_density, plot_layer_curvature, plot_top_eigenvalues
 from figures.html import Document, FigureBlock, Section, Table, render_html, render_markdown
@@ -69,6 +74,7 @@ class Results:
     figures: dict[str, Path] = field(default_factory=dict)
     curvature: list[dict[str, Any]] = field(default_factory=list)  # hessian.json "results"
     seeds: list[int] = field(default_factory=list)  # a replicated demo's seeds
+    seed_histories: dict[int, dict[str, list[dict[str, Any]]]] = field(default_factory=dict)
     replicates: dict[str, Any] = field(default_factory=dict)  # replicates.json
     sweep: dict[str, Any] = field(default_factory=dict)  # sweep.json
 
@@ -188,6 +194,9 @@ def _expand(roots: list[Path], res: Results) -> list[Path]:
             detail.append(root)
             continue
         res.seeds = sorted(seeds)
+        res.seed_histories = {
+            k: {r.label: r.history for r in _read_runs(f)} for k, f in seeds.items()
+        }
         if (root / "demo_config.json").exists():
             res.demo_config = read_json(root / "demo_config.json")
         if (root / "replicates.json").exists():
@@ -775,7 +784,17 @@ def build_document(res: Results, *, title: str = "AWP: what this run measured") 
         doc.sections.append(
             Section("Outcome over seeds", paragraphs=[f"NOTE: {s}" for s in over_seeds])
         )
-        doc.sections.append(replicates_section(res.replicates))
+        section = replicates_section(res.replicates)
+        if res.seed_histories:
+            section.figures.append(
+                FigureBlock.from_figure(
+                    plot_seed_curves(res.seed_histories),
+                    "Test (solid) and train (dashed) robust loss of every seed: robust "
+                    "overfitting is the test loss rising while the train loss falls.",
+                    "robust loss of every seed",
+                )
+            )
+        doc.sections.append(section)
         if single:
             seed = res.seeds[0] if res.seeds else 0
             doc.sections.append(

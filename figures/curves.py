@@ -100,3 +100,36 @@ def plot_landscape(surfaces: Sequence[Any], split: str) -> Figure:
     ax.set_ylabel(f"{split} adversarial loss")
     ax.legend(frameon=False)
     return fig
+
+
+def plot_seed_curves(
+    histories: Mapping[int, Mapping[str, Sequence[Mapping[str, Any]]]], key: str = "robust_loss"
+) -> Figure:
+    """Test (solid) and train (dashed) ``key`` per evaluated epoch of every seed, one colour per
+    method and one marker per seed: what the replicate table summarizes, curve by curve.
+
+    Args:
+        histories: seed -> method label -> the run's per-epoch records.
+        key: ``robust_loss`` or ``robust_acc``.
+    """
+    fig, axes = new_figure(1, 2, width=4.2, height=3.2)
+    markers = ("o", "s", "^", "D", "v", "P")
+    for ax, split in zip(axes, ("test", "train")):
+        for j, (seed, runs) in enumerate(sorted(histories.items())):
+            for i, (label, history) in enumerate(runs.items()):
+                rows = [r for r in history if f"{split}_{key}" in r]
+                ax.plot(
+                    [r["epoch"] for r in rows],
+                    [r[f"{split}_{key}"] for r in rows],
+                    color=color_for(label, i),
+                    marker=markers[j % len(markers)],
+                    markersize=3,
+                    linestyle="-" if split == "test" else "--",
+                    linewidth=1.0,
+                    label=f"{label} seed {seed}",
+                )
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(f"{split} {key.replace('_', ' ')} (PGD)")
+    axes[0].legend(frameon=False, fontsize=7)
+    return fig
