@@ -14,9 +14,10 @@ import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
+from awp.io import exclusive_output
 from landscape.grid import PLANES
 from landscape.run import safe_name
-from landscape.storage import read_surface
+from landscape.storage import Surface, read_surface
 
 PLOTS = ("auto", "curve", "contour", "contourf", "heatmap", "surface")
 
@@ -73,11 +74,6 @@ def default_metrics(names: Sequence[str]) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     """Read every file, draw the figures, save them; prints the paths written."""
-    # matplotlib is imported only when `awp plot` runs: `awp` starts without it.
-    from figures.landscape import Curve, metric_label, plot_curves, plot_surface_views
-    from figures.style import new_figure, save_figure
-    from figures.trajectory import plot_trajectories, trajectory_panel
-
     # A shell glob like landscape/*.h5 also matches the NAME.directions.h5 companions: skip them
     # (a directions file given alone still gets read_surface's clear error).
     files = [f for f in args.files if not str(f).endswith(".directions.h5")] or list(args.files)
@@ -86,6 +82,22 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"got {len(args.labels)} labels for {len(surfaces)} files")
     labels = args.labels or [s.label for s in surfaces]
     out_dir = args.out or files[0].parent
+    with exclusive_output(out_dir, folder_lock="plot"):
+        written = _draw(args, surfaces, labels, out_dir)
+    for path in written:
+        print(path)
+    return 0
+
+
+def _draw(
+    args: argparse.Namespace, surfaces: list[Surface], labels: list[str], out_dir: Path
+) -> list[Path]:
+    """Every figure the files and flags ask for, saved into ``out_dir``."""
+    # matplotlib is imported only when `awp plot` runs: `awp` starts without it.
+    from figures.landscape import Curve, metric_label, plot_curves, plot_surface_views
+    from figures.style import new_figure, save_figure
+    from figures.trajectory import plot_trajectories, trajectory_panel
+
     plots = set(args.plots)
     curves_wanted = bool(plots & {"auto", "curve"})
     views = [
@@ -138,9 +150,7 @@ def run(args: argparse.Namespace) -> int:
             f"nothing to draw: --plots {' '.join(args.plots)} does not apply to these files "
             f"(kinds: {', '.join(sorted({s.kind for s in surfaces}))})"
         )
-    for path in written:
-        print(path)
-    return 0
+    return written
 
 
 def _check_metrics(metrics: Sequence[str], files) -> None:
