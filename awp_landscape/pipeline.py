@@ -52,7 +52,7 @@ from awp_landscape.commands.landscape import compute_landscapes
 from awp_landscape.commands.spectra import measure_spectra
 from awp_landscape.console import epoch_line, say
 from awp_landscape.inputs import Inputs, Sources
-from awp_landscape.plans import TrainingPlan
+from awp_landscape.plans import MeasurePlan, TrainingPlan
 from awp_landscape.replicate import write_replicates
 from landscape.config import SurfaceConfig
 from landscape.run import safe_name
@@ -61,23 +61,17 @@ Log = Callable[[str], None]
 
 
 @dataclass(frozen=True)
-class AnalysisPlan:
-    """Sizes of the measurements after training (subsets, attacks, samples)."""
+class AnalysisPlan(MeasurePlan):
+    """Sizes of the measurements after training (subsets, attacks, samples); the shared ones
+    (evaluation, gap, flatness, worst case) come from :class:`MeasurePlan`."""
 
-    eval_n: int = opt(500, "test images for the final PGD-20 / CW-20 evaluation (0 = all)")
-    gap_n: int = opt(200, "train and test images for the robust gap of each checkpoint")
-    analysis_steps: int = opt(5, "PGD steps of gap, landscape and flatness attacks")
     landscape_points: int = opt(11, "alphas in [-1, 1] of the 1-D landscape")
     landscape_n: int = opt(200, "test images per landscape point")
-    flatness_n: int = opt(200, "train images of the flatness estimates")
     flatness_alphas: tuple[float, ...] = opt(
         (0.05, 0.1, 0.2), "noise scales of the flatness curve (layer mode)"
     )
-    flatness_samples: int = opt(4, "noise draws per alpha (final checkpoints)")
     correlate_alpha: float = opt(0.1, "alpha of the per-checkpoint flatness (vs gap)")
     correlate_samples: int = opt(2, "noise draws per checkpoint for flatness vs gap")
-    worst_gamma: float = opt(0.01, "radius of the worst-case flatness")
-    worst_steps: int = opt(5, "ascent steps of the worst-case flatness")
     trajectory_points: int = opt(7, "grid points per axis of the training-trajectory plane")
     trajectory_n: int = opt(50, "test images per point of the training-trajectory plane")
     trajectory_bn: int = opt(128, "training images re-estimating BatchNorm at each such point")

@@ -1,4 +1,5 @@
-"""How the demo, its replicates and the gamma sweep train: one set of sizes for all of them."""
+"""How the demo, its replicates and the gamma sweep train and measure: one set of sizes for all
+of them (the training, and the measurements both make)."""
 
 from __future__ import annotations
 
@@ -60,3 +61,20 @@ class TrainingPlan:
             awp=awp,
             gamma=gamma if awp else None,
         )
+
+
+@dataclass(frozen=True)
+class MeasurePlan:
+    """The measurement sizes that the demo and the gamma sweep share (one default each).
+
+    The demo's :class:`~awp_landscape.pipeline.AnalysisPlan` and the sweep's
+    :class:`~awp_landscape.sweep.SweepPlan` extend it with their own stages.
+    """
+
+    eval_n: int = opt(500, "test images of the final evaluation (natural, PGD-20, ...; 0 = all)")
+    gap_n: int = opt(200, "train and test images of the robust gap of each checkpoint")
+    analysis_steps: int = opt(5, "PGD steps of the analysis attacks (gap, flatness, landscape)")
+    flatness_n: int = opt(200, "train images of the flatness estimates")
+    flatness_samples: int = opt(4, "noise draws per alpha of the expected flatness")
+    worst_gamma: float = opt(0.01, "radius of the worst-case flatness")
+    worst_steps: int = opt(5, "ascent steps of the worst-case flatness")

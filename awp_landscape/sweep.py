@@ -34,23 +34,17 @@ from awp_landscape.commands.gap import measure_gap
 from awp_landscape.console import say
 from awp_landscape.inputs import Inputs, Sources
 from awp_landscape.pipeline import evaluate_runs, record_config, train_all
-from awp_landscape.plans import TrainingPlan
+from awp_landscape.plans import MeasurePlan, TrainingPlan
 
 MIN_SEEDS = 3  # an interval from three seeds on
 
 
 @dataclass(frozen=True)
-class SweepPlan:
-    """Sizes of the measurements of every run of a sweep."""
+class SweepPlan(MeasurePlan):
+    """Sizes of the measurements of every run of a sweep: those of :class:`MeasurePlan`, and
+    the one noise scale of its expected flatness."""
 
-    eval_n: int = opt(500, "test images of the final natural / PGD-20 evaluation (0 = all)")
-    gap_n: int = opt(200, "train and test images of the robust gap")
-    analysis_steps: int = opt(5, "PGD steps of the gap and flatness attacks")
-    flatness_n: int = opt(200, "train images of the flatness estimates")
     flatness_alpha: float = opt(0.1, "noise scale of the expected flatness (layer mode)")
-    flatness_samples: int = opt(4, "noise draws of the expected flatness")
-    worst_gamma: float = opt(0.01, "radius of the worst-case flatness")
-    worst_steps: int = opt(5, "ascent steps of the worst-case flatness")
 
 
 @dataclass(frozen=True)
