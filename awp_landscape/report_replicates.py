@@ -15,29 +15,6 @@ from typing import Any
 from figures.html import FigureBlock, Section, Table
 
 
-def replicate_statements(replicates: Mapping[str, Any]) -> list[str]:
-    """The outcome of a replicated demo: one verdict per measure, then the pooled correlation."""
-    out = [m["verdict"] for m in replicates.get("measures", [])]
-    pooled = replicates.get("pooled_correlation")
-    if pooled:
-        r = pooled["all"]
-        tau, p = r["tau"], r["pvalue"]
-        if tau is None:
-            out.append("Flatness vs gap pooled over seeds: Kendall tau undefined.")
-        else:
-            verdict = (
-                "a significant positive association, as the PAC-Bayes argument predicts"
-                if tau > 0 and p < 0.05
-                else "no significant positive association"
-            )
-            out.append(
-                f"Flatness vs gap pooled over {len(replicates.get('seeds', []))} seed(s), "
-                f"{r['n']} checkpoints, the seed as a stratum: Kendall tau = {tau:.3f} "
-                f"(permutation p = {p:.3g}); {verdict}."
-            )
-    return out
-
-
 def _fmt_values(values: Sequence[float]) -> str:
     return ", ".join(f"{v:.4g}" for v in values)
 
