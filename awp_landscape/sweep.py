@@ -40,7 +40,7 @@ from analysis.worst_case import WorstCaseConfig
 from awp import distributed
 from awp.config import PGD20_EVAL, opt
 from awp.evaluate import EvalConfig
-from awp.io import exclusive_output, read_json, write_csv, write_json
+from awp.io import atomic_write_text, exclusive_output, read_json, write_csv, write_json
 from awp.runs import RunFolder
 from awp_landscape.commands.flatness import measure_flatness
 from awp_landscape.commands.gap import measure_gap
@@ -430,6 +430,63 @@ def paired(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+REGIME_DIFFS = (
+    ("robust gap (last)", "gap"),
+    ("expected flatness (last)", "expected flatness"),
+    ("worst-case flatness (last)", "worst-case flatness"),
+    ("landscape sharpness (last)", "landscape sharpness"),
+    ("deepest conv mean |w| (last)", "deepest conv mean abs(w)"),
+    ("deepest conv |skewness| (last)", "deepest conv abs(skewness)"),
+)
+
+
+def _mean_of(values: Sequence[float | None]) -> str:
+    v = [x for x in values if x is not None]
+    if not v:
+        return "–"
+    return f"{sum(v) / len(v):.3g} ({', '.join(f'{x:.3g}' for x in v)})"
+
+
+def regime_table(rows: Sequence[dict[str, Any]], pairs: Sequence[dict[str, Any]]) -> str:
+    """A markdown table, one row per grid point and AWP gamma: whether AT overfits there (its
+    last-epoch train robust accuracy, the rise of its test robust loss after the minimum, its
+    best and best-minus-last PGD-20 accuracy; mean and per seed) and AT-AWP minus AT with the
+    95% t interval over seeds for the gap, flatness, sharpness and deepest-layer statistics,
+    then the seconds per seed (every gamma's run and measurement)."""
+    head = ["grid point", "gamma", "seeds", "AT train robust acc. (last epoch)",
+            "AT test robust loss rise", "AT best robust acc.", "AT best minus last"]  # fmt: skip
+    head += [f"{name}: AT-AWP minus AT" for _, name in REGIME_DIFFS] + ["seconds per seed"]
+    lines = ["| " + " | ".join(h.replace("|", "\\|") for h in head) + " |"]
+    lines.append("|" + "|".join("---" for _ in head) + "|")
+    by_pair = {(p["point"], p["gamma"], p["measure"]): p for p in pairs}
+    for point, gamma in sorted({(p["point"], p["gamma"]) for p in pairs}):
+        at = [r for r in rows if str(r.get("point", "")) == point and r["gamma"] == 0]
+        seeds = sorted({r["seed"] for r in at})
+        per_seed = [
+            sum(r["seconds per run"] or 0 for r in rows
+                if str(r.get("point", "")) == point and r["seed"] == s and r["gamma"] in (0, gamma))
+            for s in seeds
+        ]  # fmt: skip
+        cells = [point or "(flags)", f"{gamma:g}", str(len(seeds))]
+        for m in ("train robust accuracy (last epoch)", "test robust loss rise after its minimum",
+                  "robust accuracy (best)", "best minus last robust accuracy"):  # fmt: skip
+            cells.append(_mean_of([r.get(m) for r in at]))
+        for measure, _ in REGIME_DIFFS:
+            p = by_pair.get((point, gamma, measure))
+            if p is None:
+                cells.append("–")
+            elif p["t_low"] is None:
+                cells.append(f"{p['mean_diff']:+.3g} (no interval, {len(p['seeds'])} seed(s))")
+            else:
+                mark = "**" if p["t_low"] > 0 or p["t_high"] < 0 else ""
+                cells.append(
+                    f"{mark}{p['mean_diff']:+.3g} [{p['t_low']:+.3g}, {p['t_high']:+.3g}]{mark}"
+                )
+        cells.append(f"{sum(per_seed) / len(per_seed):.0f}" if per_seed else "–")
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def merged_rows(path: Path, new: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """The rows of an earlier ``sweep.json`` with ``new`` merged in by (point, gamma, seed): a
     rerun with fewer gammas, seeds or grid values keeps what the earlier calls measured."""
@@ -473,6 +530,9 @@ def run_sweep(cfg: SweepConfig, *, progress: bool = True) -> Path:
             },
         )
         write_csv(out / "sweep.csv", rows)
+        pairs = paired(rows)
+        if pairs:
+            atomic_write_text(out / "sweep_regime.md", regime_table(rows, pairs))
         for name in names:
             _figures([r for r in summary if r["point"] == name], out, name)
         for r in summary:

@@ -131,3 +131,22 @@ def test_the_grid_refuses_unknown_fields_and_wrong_values_in_one_line(
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
     assert not out.exists()
+
+
+def test_the_regime_table_reports_at_overfitting_and_paired_differences():
+    from awp_landscape.sweep import paired, regime_table
+
+    rows = []
+    for s, (gap_at, gap_awp) in enumerate([(0.5, 0.2), (0.6, 0.25), (0.55, 0.3)]):
+        base = {"point": "epochs=60", "seed": s, "seconds per run": 100.0}
+        at = {"train robust accuracy (last epoch)": 0.9, "robust accuracy (best)": 0.22}
+        rows.append({**base, **at, "gamma": 0.0, "robust gap (last)": gap_at})
+        rows.append({**base, "gamma": 0.02, "robust gap (last)": gap_awp})
+    table = regime_table(rows, paired(rows))
+    header, rule, row = table.strip().splitlines()
+    assert header.count("|") == row.count("|") == rule.count("|")
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[:3] == ["epochs=60", "0.02", "3"]
+    assert cells[3] == "0.9 (0.9, 0.9, 0.9)" and cells[5].startswith("0.22")
+    assert cells[7].startswith("**-0.3 [") and cells[7].endswith("]**")  # resolved: bold
+    assert cells[-1] == "200"  # AT and AT-AWP of a seed
