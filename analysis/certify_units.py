@@ -62,7 +62,11 @@ class CertifyConfig:
     n_test: int = opt(500, "test images certified: a fixed seeded subset (0 = the whole split)")
     subset_seed: int = opt(0, "seed choosing the subset")
     seed: int = opt(0, "seed of every example's noise (the same for every checkpoint)")
-    batch_size: int = opt(1000, "noisy copies per forward pass (does not change any result)")
+    batch_size: int = opt(
+        0,
+        "noisy copies per forward pass (0: 400 on a CPU, 1000 on a GPU, as measured; it does "
+        "not change any result)",
+    )
     noise_threads: int = opt(
         -1, "CPU threads drawing noise ahead of the device (-1: none on a CPU, 4 on a GPU)"
     )
@@ -90,8 +94,10 @@ class CertifyConfig:
                 )
         if len(set(self.sigmas)) != len(self.sigmas):
             raise ValueError(f"sigma={self.sigmas} repeats a value")
-        if self.n0 < 1 or self.batch_size < 1 or self.n_test < 0 or self.noise_draws < 0:
-            raise ValueError("need n0 >= 1, batch_size >= 1, n_test >= 0 and noise_draws >= 0")
+        if self.n0 < 1 or self.batch_size < 0 or self.n_test < 0 or self.noise_draws < 0:
+            raise ValueError(
+                "need n0 >= 1, batch_size >= 0 (0 = by device), n_test >= 0 and noise_draws >= 0"
+            )
         if not 0 < self.alpha < 0.5:
             raise ValueError(f"alpha={self.alpha} must be in (0, 0.5), e.g. 0.001")
         # Even n of n on the selected class gives pA_lower = alpha^(1/n), which must reach 1/2.
@@ -113,6 +119,14 @@ class CertifyConfig:
         if self.noise_threads >= 0:
             return self.noise_threads
         return 0 if device.type == "cpu" else 4
+
+    def batch(self, device: torch.device) -> int:
+        """Noisy copies per forward pass: ``batch_size``, or for 0 the measured default of the
+        device (a 2-core CPU: 1000 copies cost 1.8 s per image at n0=100, n=1000, 400 cost
+        0.96 s; a GPU keeps 1000)."""
+        if self.batch_size > 0:
+            return self.batch_size
+        return 400 if device.type == "cpu" else 1000
 
     def stores(self) -> dict[str, dict[str, Any]]:
         """The settings each kind of unit depends on (its store's meta); the rest (alpha, radii,
@@ -153,13 +167,19 @@ def compute_unit(
     f = _fields(key)
     index = int(f["i"])
     t0 = time.perf_counter()
-    common = dict(batch_size=cfg.batch_size, workers=cfg.threads(x.device))
+    common = dict(batch_size=cfg.batch(x.device), workers=cfg.threads(x.device))
     record: Record = {"index": index, "label": int(y)}
     if key.startswith("noise|"):
         seed = unit_seed(cfg.seed, "noise", index)
         levels = cfg.noise_levels
         correct = noise_correct(
-            model, x, y, levels=levels, draws=cfg.noise_draws, seed=seed, batch_size=cfg.batch_size
+            model,
+            x,
+            y,
+            levels=levels,
+            draws=cfg.noise_draws,
+            seed=seed,
+            batch_size=cfg.batch(x.device),
         )
         record["correct"] = correct
     else:

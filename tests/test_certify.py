@@ -319,3 +319,13 @@ def test_outcome_statements_follow_the_paired_numbers():
     assert "AT-AWP SMALLER" in said and "s = 0.25 (AT-AWP LOWER)" in said
     said = " ".join(certification_statements(tables(0.2, 2)))  # identical: nothing resolved
     assert "not resolved" in said and "Resolved (interval excludes 0) at no level" in said
+
+
+def test_the_default_batch_follows_the_device_and_an_explicit_one_is_kept():
+    from analysis.certify_units import CertifyConfig
+
+    assert CertifyConfig().batch(torch.device("cpu")) == 400
+    assert CertifyConfig().batch(torch.device("cuda", 0)) == 1000
+    assert CertifyConfig(batch_size=128).batch(torch.device("cpu")) == 128
+    with pytest.raises(ValueError, match="batch_size >= 0"):
+        CertifyConfig(batch_size=-1)
