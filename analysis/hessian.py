@@ -75,7 +75,9 @@ class HessianConfig:
     params: str = opt("weights", "Hessian coordinates: weights (conv+linear, as AWP) | all")
     dtype: str = opt("float32", "precision of the products: float32 | float64")
     method: str = opt(
-        "jvp", "Hessian-vector product: jvp (forward-over-reverse) | double (double backward)"
+        "jvp",
+        "Hessian-vector product: jvp (forward-over-reverse) | double (double backward) | graph "
+        "(double backward through gradient graphs kept in memory, one per batch: fastest)",
     )
     top_k: int = opt(5, "top eigenvalues by Lanczos (0 = none)")
     eig_tol: float = opt(1e-4, "relative accuracy of the eigenvalues (ARPACK's tol)")

@@ -52,7 +52,7 @@ from awp.config import AttackConfig, check_choice
 from awp.evaluate import attack_outcomes
 from awp.modes import model_mode
 
-HVP_METHODS = ("jvp", "double")
+HVP_METHODS = ("jvp", "double", "graph")
 
 
 def batch_seed(seed: int, index: int) -> int:
@@ -146,7 +146,9 @@ class LossHessian:
             call ``matvec`` together.
         params: name -> parameter, the Hessian's coordinates (e.g.
             :func:`awp.perturb.select_params`, or one layer's weight for a diagonal block).
-        method: "jvp" (forward-over-reverse, torch.func) or "double" (double backward).
+        method: "jvp" (forward-over-reverse, torch.func), "double" (double backward) or
+            "graph" (double backward through every batch's gradient graph, built once and kept:
+            the fastest for a few products, PyHessian's way, but it holds one graph per batch).
         on_product: called after every product (a progress bar's update).
     """
 
@@ -171,6 +173,7 @@ class LossHessian:
         self.device = self.tensors[0].device
         self.hvps = 0  # products computed so far
         self.on_product = on_product
+        self._graphs: list[tuple[torch.Tensor | None, ...]] | None = None
 
     def segments(self) -> list[tuple[str, int, int]]:
         """(name, start, end) of each parameter in a flat vector."""
@@ -194,17 +197,40 @@ class LossHessian:
         parts = list(v.to(device=self.device, dtype=self.dtype).split(self.numels))
         vs = [p.view(t.shape) for p, t in zip(parts, self.tensors)]
         total = torch.zeros(self.size, dtype=torch.float64, device=self.device)
-        hvp = _hvp_jvp if self.method == "jvp" else _hvp_double
-        with model_mode(self.model, "eval"):
-            for xb, yb in self.data.batches:
-                hv = hvp(self.model, xb, yb, self.names, self.tensors, vs, 1.0 / self.data.n)
+        if self.method == "graph":
+            for grads in self._gradient_graphs():
+                hv = _hvp_graph(grads, self.tensors, vs)
                 total += torch.cat([h.reshape(-1) for h in hv]).double()
+        else:
+            hvp = _hvp_jvp if self.method == "jvp" else _hvp_double
+            with model_mode(self.model, "eval"):
+                for xb, yb in self.data.batches:
+                    hv = hvp(self.model, xb, yb, self.names, self.tensors, vs, 1.0 / self.data.n)
+                    total += torch.cat([h.reshape(-1) for h in hv]).double()
         if self.data.world > 1:
             distributed.all_reduce_sum_(total)
         self.hvps += 1
         if self.on_product is not None:
             self.on_product()
         return total
+
+    def _gradient_graphs(self) -> list[tuple[torch.Tensor | None, ...]]:
+        """Every batch's gradient with its graph (method "graph"), built on first use and kept:
+        each product is then one backward through it, as PyHessian does, at the memory of one
+        double-backward graph per batch."""
+        if self._graphs is None:
+            self._graphs = []
+            with model_mode(self.model, "eval"), torch.enable_grad():
+                for xb, yb in self.data.batches:
+                    out = self.model(xb)
+                    loss = F.cross_entropy(out, yb, reduction="sum") / self.data.n
+                    grads = torch.autograd.grad(
+                        loss, self.tensors, create_graph=True, allow_unused=True
+                    )
+                    self._graphs.append(
+                        tuple(g if g is not None and g.requires_grad else None for g in grads)
+                    )
+        return self._graphs
 
     def linear_operator(self) -> LinearOperator:
         """``self`` as a float64 scipy ``LinearOperator`` (numpy vectors on the CPU)."""
@@ -233,6 +259,26 @@ def _hvp_double(
         if not isinstance(dot, torch.Tensor) or not dot.requires_grad:
             return [torch.zeros_like(t) for t in tensors]  # the loss is linear in w
         hv = torch.autograd.grad(dot, tensors, allow_unused=True)
+    return [torch.zeros_like(t) if h is None else h.detach() for h, t in zip(hv, tensors)]
+
+
+def _hvp_graph(
+    grads: Sequence[torch.Tensor | None],
+    tensors: Sequence[torch.Tensor],
+    vs: Sequence[torch.Tensor],
+) -> list[torch.Tensor]:
+    """One batch's H v from its kept gradient graph: d/dw (grad L(w) . v), graph retained."""
+    pairs = [(g, v) for g, v in zip(grads, vs) if g is not None]
+    if not pairs:
+        return [torch.zeros_like(t) for t in tensors]  # the loss is linear in w
+    with torch.enable_grad():
+        hv = torch.autograd.grad(
+            [g for g, _ in pairs],
+            tensors,
+            grad_outputs=[v for _, v in pairs],
+            retain_graph=True,
+            allow_unused=True,
+        )
     return [torch.zeros_like(t) if h is None else h.detach() for h, t in zip(hv, tensors)]
 
 

@@ -69,7 +69,7 @@ def problem():
     return model, x, y, data, x_adv, exact_hessian(model, x_adv, y, names)
 
 
-@pytest.mark.parametrize("method", ["jvp", "double"])
+@pytest.mark.parametrize("method", ["jvp", "double", "graph"])
 @pytest.mark.parametrize("which", ["weights", "all"])
 def test_hvp_equals_the_exact_hessian_times_v(problem, method, which):
     model, _, y, data, x_adv, _ = problem
