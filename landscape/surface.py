@@ -449,6 +449,57 @@ def surface_evaluator(
         ``evaluate(index)`` returning {metric name: value} for that point.
     """
     _check_setup(directions, grid, bn=bn, bn_x=bn_x, fixed=fixed, attack=attack)
+    with grid_points(model, directions, grid, bn=bn, bn_x=bn_x, batch_size=batch_size) as goto:
+        fixed_adv = {  # crafted at theta0: no point has been written yet
+            es.name: craft_fixed(
+                model,
+                es,
+                attack=attack,
+                seed=fixed_seed(attack_seed, es.name),
+                batch_size=batch_size,
+            )
+            for es in evalsets
+            if fixed and attack is not None
+        }
+
+        def evaluate(index: int) -> dict[str, float]:
+            goto(index)
+            metrics: dict[str, float] = {}
+            for es in evalsets:
+                metrics.update(
+                    split_metrics(
+                        model,
+                        es,
+                        attack=attack,
+                        seed=point_seed(attack_seed, index, es.name),
+                        batch_size=batch_size,
+                        x_adv_fixed=fixed_adv.get(es.name),
+                    )
+                )
+            return metrics
+
+        yield evaluate
+
+
+@contextmanager
+def grid_points(
+    model: nn.Module,
+    directions: Sequence[Direction],
+    grid: Grid,
+    *,
+    bn: str = "eval",
+    bn_x: torch.Tensor | None = None,
+    batch_size: int = 256,
+) -> Iterator[Callable[[int], None]]:
+    """Yields ``goto(index)``, which writes theta0 + sum c_i d_i of that grid point into the
+    model (and re-estimates BatchNorm statistics on ``bn_x`` when ``bn="recompute"``).
+
+    On entry theta0 is stored for every tensor a direction moves (and the BatchNorm buffers
+    when recomputed); on exit it is restored bit for bit, also after an exception. Arguments
+    as for :func:`surface_evaluator`; every measurement over a grid (the surface's metrics, the
+    curvature map's eigenvalues) moves the model through this.
+    """
+    _check_setup(directions, grid, bn=bn, bn_x=bn_x, fixed=False, attack=None)
     names = sorted({n for d in directions for n in d})
     for d in directions:
         check_direction(d, model)
@@ -465,40 +516,16 @@ def surface_evaluator(
     # variances can turn negative, and BatchNorm then gives NaN.
     variances = [n for n in names if n.endswith("running_var")]
     with anchored(model, anchor) as theta0:
-        fixed_adv = {
-            es.name: craft_fixed(
-                model,
-                es,
-                attack=attack,
-                seed=fixed_seed(attack_seed, es.name),
-                batch_size=batch_size,
-            )
-            for es in evalsets
-            if fixed and attack is not None
-        }
 
-        def evaluate(index: int) -> dict[str, float]:
+        def goto(index: int) -> None:
             set_point(tensors, theta0, dirs, grid.coefficients(index))
             if bn == "eval" and variances:
                 _warn_negative_variances(tensors, variances, grid.coefficients(index))
             if bn == "recompute":
                 assert bn_x is not None
                 recompute_bn_stats(model, bn_x, batch_size=batch_size)
-            metrics: dict[str, float] = {}
-            for es in evalsets:
-                metrics.update(
-                    split_metrics(
-                        model,
-                        es,
-                        attack=attack,
-                        seed=point_seed(attack_seed, index, es.name),
-                        batch_size=batch_size,
-                        x_adv_fixed=fixed_adv.get(es.name),
-                    )
-                )
-            return metrics
 
-        yield evaluate
+        yield goto
 
 
 def _warn_negative_variances(
