@@ -234,7 +234,8 @@ def _model_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return dict(unwrap(model).state_dict(keep_vars=True))
 
 
-def _bn_buffers(model: nn.Module) -> list[str]:
+def bn_buffer_names(model: nn.Module) -> list[str]:
+    """State names of every tracked BatchNorm buffer (running mean/var, batch count)."""
     names = []
     for prefix, m in unwrap(model).named_modules():
         if isinstance(m, _BatchNorm) and m.track_running_stats:
@@ -510,7 +511,7 @@ def grid_points(
     ]
     tensors = {n: state[n] for n in names}
     # BatchNorm recomputation overwrites the buffers at every point: store them too.
-    extra = _bn_buffers(model) if bn == "recompute" else []
+    extra = bn_buffer_names(model) if bn == "recompute" else []
     anchor = names + [b for b in extra if b not in names]
     # Buffers that move with the grid (an interpolation's "all state"): extrapolated running
     # variances can turn negative, and BatchNorm then gives NaN.
