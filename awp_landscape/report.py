@@ -665,11 +665,13 @@ def _connect_section(res: Results) -> Section:
     a, b = c["a"]["label"], c["b"]["label"]
     s = Section(f"Mode connectivity: {a} to {b}")
     cfg = c["settings"]["connect"]
+    training = c.get("curve_settings") or {}
     s.paragraphs.append(
         f"Natural and robust ({c['attack']}, regenerated on every model) loss and accuracy at "
         f"{cfg['points']} points of the straight line from {a} to {b} and of a quadratic Bezier "
-        f"curve whose middle point was trained for {cfg['epochs']} epoch(s) on the "
-        f"{cfg['objective']} loss, t uniform per batch; BatchNorm statistics re-estimated at "
+        f"curve whose middle point was trained for {training.get('epochs', '?')} epoch(s) on the "
+        f"{training.get('objective', '?')} loss, t uniform per batch; BatchNorm statistics "
+        "re-estimated at "
         "every point. Barrier: the maximum along the path minus the mean of the ends (for an "
         "accuracy, the drop below the ends' mean)."
     )

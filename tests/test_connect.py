@@ -142,13 +142,21 @@ def test_connect_command_end_to_end_and_resume(ckpts, tmp_path, capsys):  # noqa
     args = ["connect", *map(str, ckpts), "--out", str(out), "--points", "3", "--epochs", "1"]
     args += ["--n-fit", "64", "--batch-size", "32", "--n-test", "16", "--n-bn", "16"]
     args += ["--attack-steps", "1", "--train-steps", "1", "--no-progress", "--formats", "png"]
+    assert main([*args, "--no-curve"]) == 0  # the line alone first: its points are reused
+    with h5py.File(out / "connect.h5") as f:
+        assert set(f) == {"line"}
+        line_first = f["line/test_adv_loss"][:]
+    units = out / "units" / "line.rank0.json"
+    line_mtime = units.stat().st_mtime_ns
     assert main(args) == 0
+    assert units.stat().st_mtime_ns == line_mtime
     text = capsys.readouterr().out
     assert "barrier" in text and (out / "connect.png").is_file()
     with h5py.File(out / "connect.h5") as f:
         assert set(f) == {"line", "curve"}
         np.testing.assert_array_equal(f["curve/t"][:], [0.0, 0.5, 1.0])
         line_adv = f["line/test_adv_loss"][:]
+        np.testing.assert_array_equal(line_adv, line_first)
         assert np.isfinite(line_adv).all() and np.isfinite(f["curve/test_adv_acc"][:]).all()
         bars = json.loads(f.attrs["barriers"])
     # The ends of both paths are the same models: the same numbers at t = 0 and t = 1.

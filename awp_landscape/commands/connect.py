@@ -58,6 +58,7 @@ CURVE_FORMAT = "awp-landscape/curve"
 # Settings the curve's training depends on (the evaluation's may change without retraining).
 TRAINING = ("objective", "epochs", "batch_size", "lr", "schedule", "momentum", "weight_decay")
 TRAINING += ("augment", "train_steps", "train_step_size", "n_fit", "seed", "attack")
+_TRAINING_ONLY = tuple(k for k in TRAINING if k not in ("seed", "attack")) + ("curve",)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -174,15 +175,19 @@ def connect(
             a.data, n_train=cfg.n_train, n_test=cfg.n_test, seed=cfg.subset_seed
         )
         bn_x = bn_images(a.data, n=cfg.n_bn, seed=cfg.subset_seed)
+        # The points depend on the evaluation's settings only (a line measured with --no-curve
+        # is reused when the curve is added); the curve's on its training settings too.
+        evaluation = {k: v for k, v in to_dict(cfg).items() if k not in _TRAINING_ONLY}
         meta = {
-            "connect": to_dict(cfg),
+            "connect": evaluation,
             "a_sha256": a.sha256,
             "b_sha256": b.sha256,
             "dataset": to_dict(a.data_cfg) if a.data_cfg else None,
         }
         curve: CurveState | None = None
+        train_meta: dict[str, Any] = {}
         if cfg.curve:
-            train_meta = {**meta, "connect": {k: meta["connect"][k] for k in TRAINING}}
+            train_meta = {**meta, "connect": {k: to_dict(cfg)[k] for k in TRAINING}}
             curve = _curve(out / "curve.pt", cfg, train_meta, a, ends, progress=progress)
         paths = {p: [] for p in PATHS if p == "line" or curve is not None}
         for path in paths:
@@ -213,6 +218,7 @@ def connect(
             "a": {**a.identity(), "label": names[0]},
             "b": {**b.identity(), "label": names[1]},
             "settings": meta,
+            "curve_settings": train_meta.get("connect"),
             "attack": cfg.attack.describe(),
             "paths": paths,
             "barriers": [asdict(r) for p, rows in paths.items() for r in barriers(p, rows)],
