@@ -75,14 +75,20 @@ class HessianConfig:
     params: str = opt("weights", "Hessian coordinates: weights (conv+linear, as AWP) | all")
     dtype: str = opt("float32", "precision of the products: float32 | float64")
     method: str = opt(
-        "jvp", "Hessian-vector product: jvp (forward-over-reverse) | double (double backward)"
+        "jvp",
+        "Hessian-vector product: jvp (forward-over-reverse) | double (double backward) | graph "
+        "(double backward through gradient graphs kept in memory, one per batch: fastest)",
     )
     top_k: int = opt(5, "top eigenvalues by Lanczos (0 = none)")
-    eig_tol: float = opt(1e-4, "relative accuracy of the eigenvalues (ARPACK's tol)")
+    eig_tol: float = opt(
+        1e-4,
+        "relative accuracy of the eigenvalues (Lanczos stops at the first product that meets "
+        "it; ARPACK's tol beyond)",
+    )
     lanczos_vectors: int = opt(
         0,
-        "Lanczos vectors ARPACK keeps between restarts (ncv; 0 = scipy's max(2k+1, 20)); "
-        "fewer start cheaper (e.g. 8 for k <= 2)",
+        "Lanczos vectors (ncv): the most products before ARPACK's restarts take over, and the "
+        "vectors ARPACK keeps between restarts (0 = scipy's max(2k+1, 20))",
     )
     trace: bool = opt(False, "Hutchinson trace, and the trace of every layer's diagonal block")
     probes_min: int = opt(10, "Hutchinson probes before the stopping rule is checked (a block)")

@@ -4,8 +4,9 @@ Lanczos quadrature (the eigenvalue density) and power iteration (PyHessian's top
 Everything here sees the operator only through ``matvec`` (a flat float64 (p,) tensor in, the
 product out), so it applies to :class:`awp.hessian.LossHessian` and, in the tests, to an
 explicit matrix. Random vectors come from CPU generators the caller seeds, so a result is the
-same on every device and rank. The top eigenpairs themselves come from ARPACK
-(:func:`awp.hessian.top_eigenpairs`); power iteration is here for comparison.
+same on every device and rank. The top eigenpairs themselves come from
+:func:`awp.hessian.top_eigenpairs` (Lanczos checked after every product, or ARPACK); power
+iteration is here for comparison.
 
 Reference: Hutchinson, "A stochastic estimator of the trace of the influence matrix for
 Laplacian smoothing splines", 1990; Ghorbani, Krishnan, Xiao, "An Investigation into Neural
@@ -24,6 +25,7 @@ import torch
 from scipy.linalg import eigh_tridiagonal
 
 from analysis.stats import t_interval
+from awp.hessian import lanczos_basis
 
 Matvec = Callable[[torch.Tensor], torch.Tensor]
 
@@ -101,47 +103,10 @@ def more_probes(
 
 
 def lanczos(matvec: Matvec, v0: torch.Tensor, steps: int) -> tuple[np.ndarray, np.ndarray]:
-    """The Lanczos tridiagonalization of H from v0, with full reorthogonalization.
-
-    Every new vector is orthogonalized twice (classical Gram-Schmidt) against all previous
-    ones, as PyHessian's SLQ does; without it round-off makes copies of converged eigenvalues
-    ("ghosts") and the quadrature weights wrong. Stops early when the Krylov space becomes
-    invariant (beta below 1e-10 of the largest coefficient so far).
-
-    Args:
-        matvec: H v on flat float64 tensors.
-        v0: (p,) start vector (normalized here).
-        steps: m, Lanczos steps (products); at most p are useful.
-
-    Returns:
-        (alpha (m',), beta (m'-1,)): the diagonal and off-diagonal of T, m' <= m.
-    """
-    if steps < 1:
-        raise ValueError(f"steps={steps}: Lanczos needs at least one step")
-    p = v0.numel()
-    m = min(steps, p)
-    basis = torch.zeros(m, p, dtype=torch.float64, device=v0.device)  # (m, p) the q_j
-    basis[0] = v0.double() / v0.double().norm()
-    alpha: list[float] = []
-    beta: list[float] = []
-    scale = 0.0
-    for j in range(m):
-        w = matvec(basis[j]).to(basis)
-        a = float(w @ basis[j])
-        alpha.append(a)
-        w -= a * basis[j]
-        if j > 0:
-            w -= beta[-1] * basis[j - 1]
-        q = basis[: j + 1]
-        for _ in range(2):
-            w -= q.T @ (q @ w)
-        b = float(w.norm())
-        scale = max(scale, abs(a), b)
-        if j == m - 1 or b <= 1e-10 * scale:
-            break
-        beta.append(b)
-        basis[j + 1] = w / b
-    return np.array(alpha), np.array(beta)
+    """The Lanczos tridiagonalization of H from v0 (:func:`awp.hessian.lanczos_basis`, with full
+    reorthogonalization), without its basis: (alpha (m',), beta (m'-1,)), m' <= ``steps``."""
+    alpha, beta, _ = lanczos_basis(matvec, v0, steps)
+    return alpha, beta
 
 
 def gauss_quadrature(alpha: np.ndarray, beta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

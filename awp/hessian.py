@@ -20,8 +20,11 @@ each rank takes a round-robin share of the batches and the products are summed o
 (:func:`awp.distributed.all_reduce_sum_`), so every rank holds the same H v as one process
 (the same per-batch products, added in another order).
 
-The top eigenpairs come from ARPACK's implicitly restarted Lanczos method
-(``scipy.sparse.linalg.eigsh``) on a ``LinearOperator`` whose matvec is one H v.
+The top eigenpairs come from Lanczos with full reorthogonalization whose Ritz values and
+residuals are checked after every product, so it stops at the accuracy asked for (a
+well-separated top eigenvalue in a few products, fewer than PyHessian's power iteration); where
+k is large or that needs more vectors than it may keep, from ARPACK's implicitly restarted
+Lanczos method (``scipy.sparse.linalg.eigsh``) on a ``LinearOperator`` whose matvec is one H v.
 
 Reference: Pearlmutter, "Fast Exact Multiplication by the Hessian", Neural Computation 1994;
 Yao, Gholami, Keutzer, Mahoney, "PyHessian: Neural Networks Through the Lens of the Hessian",
@@ -38,6 +41,7 @@ from typing import Protocol
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.linalg import eigh_tridiagonal
 from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 from torch import nn
 from torch.func import functional_call, grad, jvp
@@ -48,7 +52,7 @@ from awp.config import AttackConfig, check_choice
 from awp.evaluate import attack_outcomes
 from awp.modes import model_mode
 
-HVP_METHODS = ("jvp", "double")
+HVP_METHODS = ("jvp", "double", "graph")
 
 
 def batch_seed(seed: int, index: int) -> int:
@@ -142,7 +146,9 @@ class LossHessian:
             call ``matvec`` together.
         params: name -> parameter, the Hessian's coordinates (e.g.
             :func:`awp.perturb.select_params`, or one layer's weight for a diagonal block).
-        method: "jvp" (forward-over-reverse, torch.func) or "double" (double backward).
+        method: "jvp" (forward-over-reverse, torch.func), "double" (double backward) or
+            "graph" (double backward through every batch's gradient graph, built once and kept:
+            the fastest for a few products, PyHessian's way, but it holds one graph per batch).
         on_product: called after every product (a progress bar's update).
     """
 
@@ -167,6 +173,7 @@ class LossHessian:
         self.device = self.tensors[0].device
         self.hvps = 0  # products computed so far
         self.on_product = on_product
+        self._graphs: list[tuple[torch.Tensor | None, ...]] | None = None
 
     def segments(self) -> list[tuple[str, int, int]]:
         """(name, start, end) of each parameter in a flat vector."""
@@ -190,17 +197,40 @@ class LossHessian:
         parts = list(v.to(device=self.device, dtype=self.dtype).split(self.numels))
         vs = [p.view(t.shape) for p, t in zip(parts, self.tensors)]
         total = torch.zeros(self.size, dtype=torch.float64, device=self.device)
-        hvp = _hvp_jvp if self.method == "jvp" else _hvp_double
-        with model_mode(self.model, "eval"):
-            for xb, yb in self.data.batches:
-                hv = hvp(self.model, xb, yb, self.names, self.tensors, vs, 1.0 / self.data.n)
+        if self.method == "graph":
+            for grads in self._gradient_graphs():
+                hv = _hvp_graph(grads, self.tensors, vs)
                 total += torch.cat([h.reshape(-1) for h in hv]).double()
+        else:
+            hvp = _hvp_jvp if self.method == "jvp" else _hvp_double
+            with model_mode(self.model, "eval"):
+                for xb, yb in self.data.batches:
+                    hv = hvp(self.model, xb, yb, self.names, self.tensors, vs, 1.0 / self.data.n)
+                    total += torch.cat([h.reshape(-1) for h in hv]).double()
         if self.data.world > 1:
             distributed.all_reduce_sum_(total)
         self.hvps += 1
         if self.on_product is not None:
             self.on_product()
         return total
+
+    def _gradient_graphs(self) -> list[tuple[torch.Tensor | None, ...]]:
+        """Every batch's gradient with its graph (method "graph"), built on first use and kept:
+        each product is then one backward through it, as PyHessian does, at the memory of one
+        double-backward graph per batch."""
+        if self._graphs is None:
+            self._graphs = []
+            with model_mode(self.model, "eval"), torch.enable_grad():
+                for xb, yb in self.data.batches:
+                    out = self.model(xb)
+                    loss = F.cross_entropy(out, yb, reduction="sum") / self.data.n
+                    grads = torch.autograd.grad(
+                        loss, self.tensors, create_graph=True, allow_unused=True
+                    )
+                    self._graphs.append(
+                        tuple(g if g is not None and g.requires_grad else None for g in grads)
+                    )
+        return self._graphs
 
     def linear_operator(self) -> LinearOperator:
         """``self`` as a float64 scipy ``LinearOperator`` (numpy vectors on the CPU)."""
@@ -229,6 +259,26 @@ def _hvp_double(
         if not isinstance(dot, torch.Tensor) or not dot.requires_grad:
             return [torch.zeros_like(t) for t in tensors]  # the loss is linear in w
         hv = torch.autograd.grad(dot, tensors, allow_unused=True)
+    return [torch.zeros_like(t) if h is None else h.detach() for h, t in zip(hv, tensors)]
+
+
+def _hvp_graph(
+    grads: Sequence[torch.Tensor | None],
+    tensors: Sequence[torch.Tensor],
+    vs: Sequence[torch.Tensor],
+) -> list[torch.Tensor]:
+    """One batch's H v from its kept gradient graph: d/dw (grad L(w) . v), graph retained."""
+    pairs = [(g, v) for g, v in zip(grads, vs) if g is not None]
+    if not pairs:
+        return [torch.zeros_like(t) for t in tensors]  # the loss is linear in w
+    with torch.enable_grad():
+        hv = torch.autograd.grad(
+            [g for g, _ in pairs],
+            tensors,
+            grad_outputs=[v for _, v in pairs],
+            retain_graph=True,
+            allow_unused=True,
+        )
     return [torch.zeros_like(t) if h is None else h.detach() for h, t in zip(hv, tensors)]
 
 
@@ -274,8 +324,9 @@ class Eigenpairs:
             makes its entry of largest magnitude positive (so a run is reproducible).
         hvps: operator products the solver used.
         converged: every requested pair converged.
-        solver: "eigsh" (ARPACK Lanczos) or "dense" (p products, then a dense eigensolver,
-            for operators too small for ARPACK).
+        solver: "lanczos" (Lanczos checked after every product, :func:`lanczos_top`),
+            "eigsh" (ARPACK's restarted Lanczos) or "dense" (p products, then a dense
+            eigensolver, for operators too small for ARPACK).
     """
 
     values: np.ndarray
@@ -283,6 +334,162 @@ class Eigenpairs:
     hvps: int
     converged: bool
     solver: str
+
+
+# Lanczos without restarts: k <= this many eigenpairs; ARPACK for more (see top_eigenpairs).
+LANCZOS_MAX_K = 3
+WHICH = ("LA", "SA")
+
+
+def lanczos_basis(
+    matvec: Callable[[torch.Tensor], torch.Tensor],
+    v0: torch.Tensor,
+    steps: int,
+    *,
+    stop: Callable[[np.ndarray, np.ndarray, float], bool] | None = None,
+) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+    """The Lanczos tridiagonalization of H from v0, with full reorthogonalization.
+
+    Every new vector is orthogonalized twice (classical Gram-Schmidt) against all previous
+    ones, as PyHessian's SLQ does; without it round-off makes copies of converged eigenvalues
+    ("ghosts"). Stops early when the Krylov space becomes invariant (beta below 1e-10 of the
+    largest coefficient so far), or when ``stop`` says so.
+
+    Args:
+        matvec: H v on flat float64 tensors.
+        v0: (p,) start vector (normalized here).
+        steps: m, most Lanczos steps (products); at most p are useful.
+        stop: called after every product j with (alpha (j+1,), beta (j,), b), b the norm of
+            the next residual vector (the last Ritz residuals are b * |last components| of the
+            eigenvectors of T); True ends the iteration there.
+
+    Returns:
+        (alpha (m',), beta (m'-1,), basis (m', p)): the diagonal and off-diagonal of T and the
+        orthonormal Lanczos vectors, m' <= m.
+    """
+    if steps < 1:
+        raise ValueError(f"steps={steps}: Lanczos needs at least one step")
+    p = v0.numel()
+    m = min(steps, p)
+    basis = torch.zeros(m, p, dtype=torch.float64, device=v0.device)  # (m, p) the q_j
+    basis[0] = v0.double() / v0.double().norm()
+    alpha: list[float] = []
+    beta: list[float] = []
+    scale = 0.0
+    for j in range(m):
+        w = matvec(basis[j]).to(basis)
+        a = float(w @ basis[j])
+        alpha.append(a)
+        w -= a * basis[j]
+        if j > 0:
+            w -= beta[-1] * basis[j - 1]
+        q = basis[: j + 1]
+        for _ in range(2):
+            w -= q.T @ (q @ w)
+        b = float(w.norm())
+        scale = max(scale, abs(a), b)
+        if b <= 1e-10 * scale:  # invariant: T's eigenvalues are exact eigenvalues of H
+            break
+        if stop is not None and stop(np.array(alpha), np.array(beta), b):
+            break
+        if j == m - 1:
+            break
+        beta.append(b)
+        basis[j + 1] = w / b
+    n = len(alpha)
+    return np.array(alpha), np.array(beta), basis[:n]
+
+
+def ritz_errors(theta: np.ndarray, residuals: np.ndarray, k: int) -> np.ndarray:
+    """Error estimates of the top k Ritz values (``theta`` descending, their ``residuals``).
+
+    A Ritz value theta with residual r = ||H y - theta y|| is within r of an eigenvalue, and
+    within r^2 / gap when the rest of the spectrum is at least ``gap`` away (Kato-Temple;
+    the gap is estimated by the distance to the nearest other Ritz value, as ARPACK and
+    Parlett do). The estimate is the smaller of the two.
+
+    Reference: Parlett, "The Symmetric Eigenvalue Problem", 1998, Sec. 11-7 and 13-2.
+    """
+    err = np.array(residuals[:k], dtype=np.float64)
+    if len(theta) > k:
+        for i in range(k):
+            others = np.delete(theta, i)
+            gap = float(np.min(np.abs(others - theta[i])))
+            if gap > err[i]:
+                err[i] = min(err[i], err[i] ** 2 / gap)
+    return err
+
+
+def lanczos_top(
+    op: Operator, k: int = 1, *, tol: float, seed: int = 0, steps: int = 20
+) -> Eigenpairs:
+    """The k largest eigenpairs by Lanczos, checked after every product, stopped at ``tol``.
+
+    After each product j the top k Ritz values of T_j are checked: each one's error estimate
+    (:func:`ritz_errors`, from the residuals beta_j * |s_ij|, no extra products) must be at most
+    ``tol`` * |theta_i|. That needs as many products as the accuracy asks for, where ARPACK
+    cannot stop before ncv + 1 and power iteration converges at the rate lambda_2 / lambda_1.
+    The iteration keeps every Lanczos vector, so ``steps`` bounds both products and memory
+    (steps * p float64); :func:`top_eigenpairs` hands on to ARPACK's restarts beyond it.
+
+    Args:
+        op: symmetric operator; k: eigenpairs (1 <= k < p); tol: relative accuracy (> 0).
+        seed: seed of the Gaussian start vector; steps: most products.
+
+    Returns:
+        :class:`Eigenpairs` with solver "lanczos"; ``converged`` False if ``steps`` products
+        did not reach ``tol`` (the values are then the last Ritz values).
+    """
+    p = int(op.size)
+    if not 1 <= k < p or not tol > 0 or steps < k:
+        raise ValueError(f"need 1 <= k < p, tol > 0 and steps >= k, got {k}, {p}, {tol}, {steps}")
+    v0 = torch.from_numpy(np.random.default_rng(seed).standard_normal(p))
+    hvps, done = [0], [False]
+
+    def matvec(v: torch.Tensor) -> torch.Tensor:
+        hvps[0] += 1
+        return op.matvec(v).double()
+
+    def stop(alpha: np.ndarray, beta: np.ndarray, b: float) -> bool:
+        if len(alpha) < k:
+            return False
+        theta, s = _tridiagonal_eigh(alpha, beta)
+        err = ritz_errors(theta, b * np.abs(s[-1]), k)
+        done[0] = bool(np.all(err <= tol * np.abs(theta[:k])))
+        return done[0]
+
+    alpha, beta, basis = lanczos_basis(matvec, v0.to(_device(op)), steps, stop=stop)
+    theta, s = _tridiagonal_eigh(alpha, beta)
+    invariant = len(alpha) < min(steps, p) and not done[0]  # an exact (invariant) Krylov space
+    k_found = min(k, len(theta))
+    vecs = (basis.T @ torch.from_numpy(s[:, :k_found]).to(basis)).cpu().numpy()  # (p, k)
+    vals = np.concatenate([theta[:k_found], np.full(k - k_found, np.nan)])
+    vecs = np.concatenate([vecs, np.full((p, k - k_found), np.nan)], axis=1)
+    converged = (done[0] or invariant) and k_found == k
+    return Eigenpairs(vals, _fix_signs(vecs), hvps[0], converged, "lanczos")
+
+
+def _tridiagonal_eigh(alpha: np.ndarray, beta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (descending) and eigenvectors (columns) of the tridiagonal T."""
+    if len(alpha) == 1:
+        return np.asarray(alpha, dtype=np.float64), np.ones((1, 1))
+    theta, s = eigh_tridiagonal(alpha, beta)
+    return theta[::-1].copy(), s[:, ::-1].copy()
+
+
+def _device(op: Operator) -> torch.device:
+    return getattr(op, "device", torch.device("cpu"))
+
+
+class Negated:
+    """-H as an operator: its largest eigenvalues are the negated smallest of H."""
+
+    def __init__(self, op: Operator) -> None:
+        self.op, self.size = op, op.size
+        self.device = _device(op)
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        return -self.op.matvec(v)
 
 
 def top_eigenpairs(
@@ -293,25 +500,38 @@ def top_eigenpairs(
     seed: int = 0,
     max_restarts: int | None = None,
     ncv: int | None = None,
+    which: str = "LA",
 ) -> Eigenpairs:
-    """The k largest (algebraic) eigenvalues of ``op`` and their eigenvectors.
+    """The k largest (algebraic; ``which="SA"``: smallest) eigenvalues of ``op`` and their
+    eigenvectors.
 
-    Lanczos through ``scipy.sparse.linalg.eigsh(which="LA")`` from a seeded Gaussian start;
-    operators with p <= max(2k + 1, 20) are built densely from p products instead (ARPACK
-    needs more Lanczos vectors than that).
+    Three solvers, the cheapest that applies:
+    - operators with p <= max(2k + 1, 20): built densely from p products ("dense");
+    - k <= ``LANCZOS_MAX_K`` and tol > 0: :func:`lanczos_top`, which stops after the first
+      product at which the Ritz values are within ``tol`` ("lanczos");
+    - otherwise, or when that has not converged within ncv products: ARPACK's implicitly
+      restarted Lanczos, ``scipy.sparse.linalg.eigsh(which="LA")`` ("eigsh"), started from
+      the Lanczos run's top Ritz vector (its products are counted in ``hvps``).
 
     Args:
         op: symmetric operator (``size`` p, ``matvec`` on flat tensors).
         k: eigenpairs wanted (1 <= k < p).
-        tol: ARPACK's relative accuracy of the Ritz values (0 = machine precision).
+        tol: relative accuracy of the eigenvalues (ARPACK's tol; 0 = machine precision, ARPACK).
         seed: seed of the start vector.
         max_restarts: ARPACK's ``maxiter`` (default: scipy's, p * 10).
-        ncv: Lanczos vectors kept between restarts (default: scipy's, max(2k + 1, 20)).
+        ncv: Lanczos vectors: the Lanczos run's most products, and ARPACK's vectors kept
+            between restarts (default: scipy's, max(2k + 1, 20)).
+        which: "LA" (largest algebraic) or "SA" (smallest: the top of -H, negated back).
 
     Returns:
-        :class:`Eigenpairs`. A solver that runs out of restarts returns the pairs that
+        :class:`Eigenpairs`, values ordered from the extreme inward (largest first for "LA",
+        smallest first for "SA"). A solver that runs out of restarts returns the pairs that
         converged (NaN for the others) with ``converged=False``.
     """
+    check_choice(which, WHICH, "eigenvalue end")
+    if which == "SA":
+        neg = top_eigenpairs(Negated(op), k, tol=tol, seed=seed, max_restarts=max_restarts, ncv=ncv)
+        return Eigenpairs(-neg.values, neg.vectors, neg.hvps, neg.converged, neg.solver)
     p = int(op.size)
     if not 1 <= k < p:
         raise ValueError(f"need 1 <= k < p for the top-k eigenpairs, got k={k}, p={p}")
@@ -328,6 +548,13 @@ def top_eigenpairs(
         order = np.argsort(vals)[::-1][:k]
         return Eigenpairs(vals[order], _fix_signs(vecs[:, order]), count[0], True, "dense")
     v0 = np.random.default_rng(seed).standard_normal(p)
+    if k <= LANCZOS_MAX_K and tol > 0:
+        first = lanczos_top(op, k, tol=tol, seed=seed, steps=min(ncv or max(2 * k + 1, 20), p))
+        if first.converged:
+            return first
+        count[0] += first.hvps
+        if np.isfinite(first.vectors[:, 0]).all():
+            v0 = first.vectors[:, 0]
     linop = LinearOperator((p, p), matvec=mv, dtype=np.float64)
     converged = True
     try:

@@ -13,6 +13,7 @@ from awp.distributed import PeerError
 from awp.io import OutputBusy
 from awp_landscape.commands import (
     certify,
+    connect,
     correlate,
     demo,
     evaluate,
@@ -34,6 +35,7 @@ COMMANDS = (
     train,
     evaluate,
     landscape,
+    connect,
     plot,
     hist,
     spectra,

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from analysis.certify_units import CertifyConfig
+from analysis.connect import ConnectConfig
 from analysis.flatness import FlatnessConfig
 from analysis.gap import GapConfig
 from analysis.hessian import HessianConfig
@@ -42,6 +43,7 @@ from awp.models import ModelConfig
 from awp.runs import RunFolder
 from awp.train import TrainConfig, train
 from awp_landscape.commands.certify import measure_certify
+from awp_landscape.commands.connect import connect
 from awp_landscape.commands.correlate import correlate_tables
 from awp_landscape.commands.evaluate import evaluate_checkpoint
 from awp_landscape.commands.flatness import measure_flatness
@@ -530,6 +532,32 @@ class Pipeline:
             sources=Sources(device=self.device, progress=self.progress),
         )
 
+    def connect(self) -> None:
+        # Small on purpose (no plan field yet): 5 points per path, the curve trained for 2
+        # epochs on 512 training images with the analysis attack's PGD, evaluated on the
+        # landscape's test subset.
+        if len(self.last) != 2:
+            self.log(f"skipped: connectivity joins two runs, these are {len(self.last)}")
+            return
+        steps = self.plan.analysis_steps
+        cfg = ConnectConfig(
+            points=5,
+            epochs=2,
+            batch_size=32,
+            n_fit=512,
+            train_steps=steps,
+            n_test=self.plan.landscape_n,
+            n_bn=self.plan.trajectory_bn,
+            attack=dataclasses.replace(PGD20_EVAL, steps=steps),
+        )
+        connect(
+            self.last,
+            cfg,
+            out=self.analysis / "connect",
+            labels=self.labels,
+            sources=Sources(device=self.device, progress=self.progress),
+        )
+
     def stages(self) -> list[tuple[str, Callable[[], None]]]:
         """The analyses in order, each with its heading."""
         return [
@@ -544,6 +572,7 @@ class Pipeline:
             ("flatness of every checkpoint", self.flatness_epochs),
             ("flatness versus gap", self.correlate),
             ("randomized smoothing: certified radius, accuracy under noise", self.certify),
+            ("mode connectivity: the line and a trained curve from AT to AT-AWP", self.connect),
         ]
 
 

@@ -30,6 +30,7 @@ from awp_landscape.report_replicates import (
     sweep_section,
 )
 from figures.certify import plot_certified_accuracy, plot_noise_accuracy
+from figures.connect import plot_connect
 from figures.curves import (
     plot_gap_by_epoch,
     plot_landscape,
@@ -73,6 +74,7 @@ class Results:
     demo_config: dict[str, Any] = field(default_factory=dict)
     figures: dict[str, Path] = field(default_factory=dict)
     curvature: list[dict[str, Any]] = field(default_factory=list)  # hessian.json "results"
+    connect: dict[str, Any] = field(default_factory=dict)  # connect/connect.json
     seeds: list[int] = field(default_factory=list)  # a replicated demo's seeds
     seed_histories: dict[int, dict[str, list[dict[str, Any]]]] = field(default_factory=dict)
     replicates: dict[str, Any] = field(default_factory=dict)  # replicates.json
@@ -144,6 +146,8 @@ def collect(paths: Sequence[str | Path]) -> Results:
             f = d / sub / "hessian.json"
             if f.exists() and not res.curvature:
                 res.curvature += read_json(f).get("results", [])
+        if (d / "connect" / "connect.json").exists() and not res.connect:
+            res.connect = read_json(d / "connect" / "connect.json")
         for h5 in sorted((d / "landscape").glob("*.h5")) if (d / "landscape").is_dir() else []:
             if not h5.name.endswith(".directions.h5"):
                 res.landscapes.append(read_surface(h5))
@@ -605,7 +609,7 @@ def _curvature_sizes(row: Mapping[str, Any]) -> str:
     ]
     if k:
         what = "the top eigenvalue" if k == 1 else f"the top {k} eigenvalues"
-        parts.append(f"{what} by Lanczos (ARPACK)")
+        parts.append(f"{what} by Lanczos")
     if row.get("trace_probes"):
         parts.append(
             f"the trace by Hutchinson with {row['trace_probes']} Rademacher probes "
@@ -653,6 +657,47 @@ def _curvature_section(res: Results) -> Section:
                 "per-layer curvature",
             )
         )
+    return s
+
+
+def _connect_section(res: Results) -> Section:
+    c = res.connect
+    a, b = c["a"]["label"], c["b"]["label"]
+    s = Section(f"Mode connectivity: {a} to {b}")
+    cfg = c["settings"]["connect"]
+    training = c.get("curve_settings") or {}
+    s.paragraphs.append(
+        f"Natural and robust ({c['attack']}, regenerated on every model) loss and accuracy at "
+        f"{cfg['points']} points of the straight line from {a} to {b} and of a quadratic Bezier "
+        f"curve whose middle point was trained for {training.get('epochs', '?')} epoch(s) on the "
+        f"{training.get('objective', '?')} loss, t uniform per batch; BatchNorm statistics "
+        "re-estimated at "
+        "every point. Barrier: the maximum along the path minus the mean of the ends (for an "
+        "accuracy, the drop below the ends' mean)."
+    )
+    split = "test" if cfg["n_test"] else "train"
+    by = {(r["path"], r["metric"]): r for r in c["barriers"]}
+    line, curve = by.get(("line", f"{split}_adv_loss")), by.get(("curve", f"{split}_adv_loss"))
+    if line and curve:
+        word = "lower" if curve["barrier"] < line["barrier"] else "NOT lower"
+        s.paragraphs.append(
+            f"The trained curve's robust-loss barrier is {word} than the straight line's "
+            f"({curve['barrier']:.4g} at t={curve['t']:.2g} vs {line['barrier']:.4g} at "
+            f"t={line['t']:.2g}; one pair, one evaluation subset: no interval)."
+        )
+    rows = [
+        {"path": r["path"], "metric": r["metric"], "barrier": r["barrier"], "t": r["t"]}
+        for r in c["barriers"]
+        if r["metric"].startswith(split)
+    ]
+    s.tables.append(Table(rows, columns=["path", "metric", "barrier", "t"], caption="Barriers"))
+    s.figures.append(
+        FigureBlock.from_figure(
+            plot_connect(c["paths"], split=split),
+            f"Loss and accuracy along the paths from {a} (t=0) to {b} (t=1).",
+            "mode connectivity",
+        )
+    )
     return s
 
 
@@ -766,6 +811,7 @@ SECTIONS: tuple[tuple[Callable[[Results], Any], Callable[[Results], Section]], .
     (lambda r: r.correlation, _correlation_section),
     (lambda r: r.certify.get("summary"), _certify_section),
     (lambda r: r.certify.get("noise_accuracy"), _noise_section),
+    (lambda r: r.connect, _connect_section),
 )
 
 

@@ -20,6 +20,7 @@ from matplotlib import cm
 from matplotlib.figure import Figure
 
 from figures.style import color_for, new_figure
+from landscape.curvature_map import eig_ratio
 
 BANDS = ("std", "minmax", "none")
 SURFACE_PLOTS = ("contour", "contourf", "heatmap", "surface")
@@ -240,6 +241,28 @@ def plot_heatmap(
     ax.set_title(title or zlabel)
     ax.grid(False)
     return fig
+
+
+def plot_eig_ratio(
+    x: np.ndarray,
+    y: np.ndarray,
+    max_eig: np.ndarray,
+    min_eig: np.ndarray,
+    *,
+    title: str | None = None,
+) -> Figure:
+    """loss-landscape's curvature map: |lambda_min / lambda_max| at every point of a surface
+    (near 0: locally convex; large: strongly non-convex), NaN cells left blank.
+
+    Args:
+        x: (nx,), y: (ny,) coordinates; max_eig, min_eig: (ny, nx) extreme eigenvalues.
+        title: a label (the file's).
+
+    Reference: Li et al., NeurIPS 2018, Fig. 7 (plot_2D.plot_2d_eig_ratio).
+    """
+    ratio = eig_ratio(max_eig, min_eig)
+    name = r"$|\lambda_{min} / \lambda_{max}|$"
+    return plot_heatmap(x, y, ratio, zlabel=name, title=f"{title}: {name}" if title else name)
 
 
 def plot_surface3d(

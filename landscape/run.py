@@ -22,14 +22,22 @@ import torch
 from torch import nn
 
 from awp import distributed
-from awp.config import to_dict
+from awp.config import config_diff, to_dict
 from awp.io import library_versions
 from awp.modes import unwrap
 from awp.perturb import select_params
 from landscape import storage
 from landscape.config import SurfaceConfig
+from landscape.curvature_map import EIG_ATTR, EIG_NAMES, EigenMapConfig, extreme_eigenvalues
 from landscape.grid import PLANES
-from landscape.surface import EvalSet, make_directions, metric_names, surface_evaluator
+from landscape.surface import (
+    EvalSet,
+    grid_points,
+    make_directions,
+    metric_names,
+    point_seed,
+    surface_evaluator,
+)
 from landscape.trajectory import PathPCA, path_pca
 
 log = logging.getLogger(__name__)
@@ -256,11 +264,7 @@ def fill_job(
     Returns:
         The surface (complete on rank 0).
     """
-    ctx = distributed.current()
     directions, _ = storage.read_directions(storage.directions_path(job.out), device=device)
-    pending = surface.pending()
-    mine = distributed.shard(pending, ctx.rank, ctx.world)
-    rounds = math.ceil(len(pending) / ctx.world)
     with surface_evaluator(
         inputs.model,
         directions,
@@ -273,17 +277,132 @@ def fill_job(
         bn_x=inputs.bn_x,
         batch_size=cfg.batch_size,
     ) as evaluate:
-        for r in range(rounds):
-            result = (mine[r], evaluate(mine[r])) if r < len(mine) else None
-            gathered = distributed.gather_to_main(result)
-            if gathered is None:
-                continue
-            finished = [g for g in gathered if g is not None]
-            for index, values in finished:
-                surface.record(index, values)
-            storage.write_surface(job.out, surface)  # every finished point is on disk now
-            if on_points is not None:
-                on_points(len(finished))
+        fill_points(job.out, surface, surface.pending(), evaluate, surface.record, on_points)
+    return surface
+
+
+def fill_points(
+    out: Path,
+    surface: storage.Surface,
+    pending: Sequence[int],
+    evaluate: Callable[[int], Mapping[str, float]],
+    record: Callable[[int, Mapping[str, float]], None],
+    on_points: Callable[[int], None] | None = None,
+) -> None:
+    """Evaluate ``pending`` points round robin across the ranks; after every round rank 0
+    records them (``record(index, values)``) and rewrites ``out`` atomically.
+
+    A point's value depends only on its index, so the result equals a 1-process run, and a
+    kill loses at most the points in flight.
+    """
+    ctx = distributed.current()
+    mine = distributed.shard(list(pending), ctx.rank, ctx.world)
+    rounds = math.ceil(len(pending) / ctx.world)
+    for r in range(rounds):
+        result = (mine[r], dict(evaluate(mine[r]))) if r < len(mine) else None
+        gathered = distributed.gather_to_main(result)
+        if gathered is None:
+            continue
+        finished = [g for g in gathered if g is not None]
+        for index, values in finished:
+            record(index, values)
+        storage.write_surface(out, surface)  # every finished point is on disk now
+        if on_points is not None:
+            on_points(len(finished))
+
+
+def open_eigen_map(job: Job, eig: EigenMapConfig) -> storage.Surface:
+    """Add the curvature map's datasets (NaN) and settings to a surface file (rank 0), or check
+    that those already there were made with the same settings; every rank returns the file.
+
+    Raises:
+        storage.SurfaceFileError: the file holds a map made with other settings, or is
+            loss-landscape's.
+    """
+    error: BaseException | None = None
+    if distributed.current().is_main:
+        try:
+            surface = storage.read_surface(job.out)
+            saved = surface.attrs.get(EIG_ATTR)
+            if surface.foreign:
+                raise storage.SurfaceFileError(
+                    f"{job.out} was written by loss-landscape; it can be read, not extended"
+                )
+            if saved:
+                problems = config_diff(saved, to_dict(eig), saved_as="in the file")
+                if problems:
+                    raise storage.SurfaceFileError(
+                        f"cannot resume the curvature map of {job.out}: "
+                        + "; ".join(problems)
+                        + ". Use the same --eig-* settings, or write the surface to another --out."
+                    )
+            else:
+                surface.attrs[EIG_ATTR] = to_dict(eig)
+                for name in EIG_NAMES:
+                    surface.values[name] = np.full(surface.computed.shape, np.nan)
+                storage.write_surface(job.out, surface)
+        except BaseException as err:  # reported on every rank by agree()
+            error = err
+    distributed.agree(error)
+    distributed.barrier()
+    return storage.read_surface(job.out)
+
+
+def eigen_pending(surface: storage.Surface) -> list[int]:
+    """Flat indices of the points whose curvature-map values are missing (NaN), in order."""
+    missing = np.zeros(surface.computed.shape, dtype=bool)
+    for name in EIG_NAMES:
+        missing |= np.isnan(surface.values[name])
+    return [int(i) for i in np.flatnonzero(missing.ravel())]
+
+
+def fill_eigen_map(
+    job: Job,
+    cfg: SurfaceConfig,
+    eig: EigenMapConfig,
+    inputs: JobInputs,
+    surface: storage.Surface,
+    *,
+    device: torch.device,
+    on_points: Callable[[int], None] | None = None,
+) -> storage.Surface:
+    """Compute the curvature map's missing points (:func:`open_eigen_map` first), sharded
+    across ranks like the surface; each point's eigenvalues are computed by one rank.
+
+    The model is moved to each point as the surface's metrics were (the same directions and
+    BatchNorm mode); x_adv of ``--eig-loss adv`` is crafted there by the surface's attack with
+    the point's seed.
+    """
+    evalset = next((es for es in inputs.evalsets if es.name == eig.eig_split), None)
+    if evalset is None:
+        raise ValueError(
+            f"--eig-split {eig.eig_split} needs {eig.eig_split} images: set --n-{eig.eig_split}"
+        )
+    if eig.eig_loss == "adv" and cfg.attack is None:
+        raise ValueError("--eig-loss adv crafts x_adv with --attack: give one, or --eig-loss clean")
+    n = eig.eig_examples or len(evalset.y)
+    x, y = evalset.x[:n], evalset.y[:n]
+    directions, _ = storage.read_directions(storage.directions_path(job.out), device=device)
+    with grid_points(
+        inputs.model, directions, cfg.grid(), bn=cfg.bn, bn_x=inputs.bn_x, batch_size=cfg.batch_size
+    ) as goto:
+
+        def evaluate(index: int) -> dict[str, float]:
+            goto(index)
+            return extreme_eigenvalues(
+                inputs.model,
+                x,
+                y,
+                attack=cfg.attack if eig.eig_loss == "adv" else None,
+                params=eig.eig_params,
+                tol=eig.eig_tol,
+                batch_size=cfg.batch_size,
+                seed=point_seed(cfg.attack_seed, index, eig.eig_split),
+            )
+
+        fill_points(
+            job.out, surface, eigen_pending(surface), evaluate, surface.set_values, on_points
+        )
     return surface
 
 

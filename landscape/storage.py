@@ -63,6 +63,7 @@ COMPUTED = "computed"
 # Attributes stored as JSON text (h5 attributes hold strings and numbers, not nested data).
 JSON_ATTRS = ("config", "direction_seeds", "direction_types", "data", "model_spec", "versions")
 JSON_ATTRS += ("trajectory",)  # a trajectory's path: checkpoints, coordinates, variances
+JSON_ATTRS += ("hessian_eigs",)  # the curvature map's settings (landscape.curvature_map)
 # loss-landscape's datasets that are not metrics.
 _FOREIGN_SKIP = (*COORDINATES, "dir_file")
 
@@ -120,13 +121,19 @@ class Surface:
 
     def record(self, index: int, metrics: Mapping[str, float]) -> None:
         """Store one point's metrics (names must be the file's) and mark it computed."""
+        self.set_values(index, metrics)
+        self.computed[divmod(int(index), len(self.x))] = True
+
+    def set_values(self, index: int, values: Mapping[str, float]) -> None:
+        """Store one point's values (names must be the file's) without marking it computed:
+        the datasets added to a surface later (a curvature map) say themselves, by NaN, which
+        of their points are missing."""
         cell = divmod(int(index), len(self.x))
-        unknown = [k for k in metrics if k not in self.values]
+        unknown = [k for k in values if k not in self.values]
         if unknown:
             raise KeyError(f"metrics {unknown} are not in this surface ({sorted(self.values)})")
-        for k, v in metrics.items():
+        for k, v in values.items():
             self.values[k][cell] = v
-        self.computed[cell] = True
 
 
 def new_surface(grid: Grid, metrics: Sequence[str], attrs: Mapping[str, Any]) -> Surface:

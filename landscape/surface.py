@@ -234,7 +234,8 @@ def _model_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return dict(unwrap(model).state_dict(keep_vars=True))
 
 
-def _bn_buffers(model: nn.Module) -> list[str]:
+def bn_buffer_names(model: nn.Module) -> list[str]:
+    """State names of every tracked BatchNorm buffer (running mean/var, batch count)."""
     names = []
     for prefix, m in unwrap(model).named_modules():
         if isinstance(m, _BatchNorm) and m.track_running_stats:
@@ -449,23 +450,8 @@ def surface_evaluator(
         ``evaluate(index)`` returning {metric name: value} for that point.
     """
     _check_setup(directions, grid, bn=bn, bn_x=bn_x, fixed=fixed, attack=attack)
-    names = sorted({n for d in directions for n in d})
-    for d in directions:
-        check_direction(d, model)
-    state = _model_state(model)
-    dirs = [
-        {n: t.detach().to(device=state[n].device, dtype=state[n].dtype) for n, t in d.items()}
-        for d in directions
-    ]
-    tensors = {n: state[n] for n in names}
-    # BatchNorm recomputation overwrites the buffers at every point: store them too.
-    extra = _bn_buffers(model) if bn == "recompute" else []
-    anchor = names + [b for b in extra if b not in names]
-    # Buffers that move with the grid (an interpolation's "all state"): extrapolated running
-    # variances can turn negative, and BatchNorm then gives NaN.
-    variances = [n for n in names if n.endswith("running_var")]
-    with anchored(model, anchor) as theta0:
-        fixed_adv = {
+    with grid_points(model, directions, grid, bn=bn, bn_x=bn_x, batch_size=batch_size) as goto:
+        fixed_adv = {  # crafted at theta0: no point has been written yet
             es.name: craft_fixed(
                 model,
                 es,
@@ -478,12 +464,7 @@ def surface_evaluator(
         }
 
         def evaluate(index: int) -> dict[str, float]:
-            set_point(tensors, theta0, dirs, grid.coefficients(index))
-            if bn == "eval" and variances:
-                _warn_negative_variances(tensors, variances, grid.coefficients(index))
-            if bn == "recompute":
-                assert bn_x is not None
-                recompute_bn_stats(model, bn_x, batch_size=batch_size)
+            goto(index)
             metrics: dict[str, float] = {}
             for es in evalsets:
                 metrics.update(
@@ -499,6 +480,53 @@ def surface_evaluator(
             return metrics
 
         yield evaluate
+
+
+@contextmanager
+def grid_points(
+    model: nn.Module,
+    directions: Sequence[Direction],
+    grid: Grid,
+    *,
+    bn: str = "eval",
+    bn_x: torch.Tensor | None = None,
+    batch_size: int = 256,
+) -> Iterator[Callable[[int], None]]:
+    """Yields ``goto(index)``, which writes theta0 + sum c_i d_i of that grid point into the
+    model (and re-estimates BatchNorm statistics on ``bn_x`` when ``bn="recompute"``).
+
+    On entry theta0 is stored for every tensor a direction moves (and the BatchNorm buffers
+    when recomputed); on exit it is restored bit for bit, also after an exception. Arguments
+    as for :func:`surface_evaluator`; every measurement over a grid (the surface's metrics, the
+    curvature map's eigenvalues) moves the model through this.
+    """
+    _check_setup(directions, grid, bn=bn, bn_x=bn_x, fixed=False, attack=None)
+    names = sorted({n for d in directions for n in d})
+    for d in directions:
+        check_direction(d, model)
+    state = _model_state(model)
+    dirs = [
+        {n: t.detach().to(device=state[n].device, dtype=state[n].dtype) for n, t in d.items()}
+        for d in directions
+    ]
+    tensors = {n: state[n] for n in names}
+    # BatchNorm recomputation overwrites the buffers at every point: store them too.
+    extra = bn_buffer_names(model) if bn == "recompute" else []
+    anchor = names + [b for b in extra if b not in names]
+    # Buffers that move with the grid (an interpolation's "all state"): extrapolated running
+    # variances can turn negative, and BatchNorm then gives NaN.
+    variances = [n for n in names if n.endswith("running_var")]
+    with anchored(model, anchor) as theta0:
+
+        def goto(index: int) -> None:
+            set_point(tensors, theta0, dirs, grid.coefficients(index))
+            if bn == "eval" and variances:
+                _warn_negative_variances(tensors, variances, grid.coefficients(index))
+            if bn == "recompute":
+                assert bn_x is not None
+                recompute_bn_stats(model, bn_x, batch_size=batch_size)
+
+        yield goto
 
 
 def _warn_negative_variances(

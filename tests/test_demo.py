@@ -107,6 +107,8 @@ def test_demo_writes_every_stage_and_the_report(demo):
         "analysis/trajectory/AT-AWP.h5",
         "analysis/certify.json",
         "analysis/curvature/hessian.json",
+        "analysis/connect/connect.json",
+        "analysis/connect/connect.h5",
     ):
         assert (seed0 / rel).exists(), rel
     assert (out / "report.html").exists() and (out / "report.md").exists()
@@ -131,6 +133,7 @@ def test_demo_writes_every_stage_and_the_report(demo):
         "Weight spectra",
         "Certified robustness (randomized smoothing)",
         "Accuracy under Gaussian input noise",
+        "Mode connectivity: AT to AT-AWP",
     ):
         assert title in html
     assert "http://" not in html and "https://" not in html  # nothing fetched to view it

@@ -24,7 +24,7 @@ from analysis.spectrum import (
     summarize_trace,
 )
 from awp.config import AttackConfig
-from awp.hessian import LossHessian, loss_batches, top_eigenpairs
+from awp.hessian import LossHessian, lanczos_top, loss_batches, ritz_errors, top_eigenpairs
 from awp.perturb import select_params
 from tests.helpers import assert_same_state, snapshot, tiny_batch, tiny_model
 
@@ -69,7 +69,7 @@ def problem():
     return model, x, y, data, x_adv, exact_hessian(model, x_adv, y, names)
 
 
-@pytest.mark.parametrize("method", ["jvp", "double"])
+@pytest.mark.parametrize("method", ["jvp", "double", "graph"])
 @pytest.mark.parametrize("which", ["weights", "all"])
 def test_hvp_equals_the_exact_hessian_times_v(problem, method, which):
     model, _, y, data, x_adv, _ = problem
@@ -119,6 +119,58 @@ def test_top_eigenvalues_match_the_exact_spectrum(problem):
     dense = top_eigenpairs(small, 2)
     assert dense.solver == "dense" and dense.hvps == 12
     np.testing.assert_allclose(dense.values, torch.linalg.eigvalsh(h[:12, :12]).numpy()[::-1][:2])
+
+
+@pytest.mark.parametrize("tol", [1e-3, 1e-6])
+def test_lanczos_stops_at_the_requested_accuracy(problem, tol):
+    model, _, _, data, _, h = problem
+    exact = torch.linalg.eigvalsh(h).numpy()
+    op = LossHessian(model, data, select_params(model, "weights"))
+    pairs = top_eigenpairs(op, 1, tol=tol, seed=0)
+    assert pairs.solver == "lanczos" and pairs.converged and pairs.hvps == op.hvps
+    # Ours is within the tolerance asked for, judged against the exact spectrum.
+    assert abs(pairs.values[0] - exact[-1]) <= tol * abs(exact[-1])
+    # A looser tolerance stops earlier: the check runs after every product.
+    looser = lanczos_top(op, 1, tol=tol * 100, seed=0)
+    assert looser.hvps < pairs.hvps or pairs.hvps <= 3
+    # The smallest eigenvalue by the same Lanczos on -H (curvature maps use it).
+    low = top_eigenpairs(op, 1, tol=tol, seed=0, which="SA")
+    assert low.converged and abs(low.values[0] - exact[0]) <= tol * abs(exact[-1])
+    v = torch.from_numpy(low.vectors[:, 0])
+    assert float((h @ v - exact[0] * v).norm()) < 1e-2 * abs(exact[-1]) ** 0.5 + 1e-6
+
+
+def test_lanczos_needs_fewer_products_than_power_iteration_when_separated():
+    # A well-separated spectrum (lambda_2 / lambda_1 = 0.5): Lanczos reaches 1e-6 in a few
+    # products; power iteration gains a factor 0.25 in the Rayleigh quotient per product.
+    g = torch.Generator().manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(60, 60, generator=g, dtype=torch.float64))
+    vals = torch.cat([torch.tensor([10.0, 5.0]), torch.linspace(-1, 4, 58)]).double()
+    op = Matrix(q @ torch.diag(vals) @ q.T)
+    ours = lanczos_top(op, 1, tol=1e-6, seed=0)
+    power = power_iteration(op.matvec, 60, tol=1e-6, max_iter=200, generator=generator_for(0))
+    assert ours.converged and abs(ours.values[0] - 10) <= 1e-5
+    assert ours.hvps < power.hvps
+
+
+def test_clustered_top_hands_on_to_arpack_and_ritz_errors():
+    # Top eigenvalues 1 and 1 - 1e-7 with a budget of 4 vectors: Lanczos cannot resolve them,
+    # ARPACK's restarts do (started from the Lanczos run's Ritz vector).
+    g = torch.Generator().manual_seed(1)
+    q, _ = torch.linalg.qr(torch.randn(40, 40, generator=g, dtype=torch.float64))
+    vals = torch.cat([torch.tensor([1.0, 1 - 1e-7]), torch.linspace(0, 0.99, 38)]).double()
+    op = Matrix(q @ torch.diag(vals) @ q.T)
+    pairs = top_eigenpairs(op, 1, tol=1e-10, seed=0, ncv=4)
+    assert pairs.solver == "eigsh" and pairs.converged
+    assert abs(pairs.values[0] - 1.0) <= 1e-7
+    # Error estimates: the residual alone, or r^2 / gap when the gap is larger than r.
+    err = ritz_errors(np.array([3.0, 1.0]), np.array([0.1, 0.1]), 1)
+    assert err[0] == pytest.approx(0.01 / 2)
+    assert ritz_errors(np.array([3.0, 2.95]), np.array([0.1, 0.1]), 1)[0] == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="tol > 0"):
+        lanczos_top(op, 1, tol=0)
+    with pytest.raises(ValueError, match="eigenvalue end"):
+        top_eigenpairs(op, 1, which="LM")
 
 
 def test_power_iteration_finds_the_largest_magnitude_eigenvalue(problem):

@@ -8,6 +8,7 @@ across the ranks of a torchrun job:
     awp landscape A.pt --kind 2d --x=-1:1:21 --y=-1:1:11 --attack none
     awp landscape A.pt B.pt --kind interp
     awp landscape runs/at/checkpoints/epoch_*.pt --kind trajectory --out land/AT.h5
+    awp landscape A.pt --kind 2d --x=-1:1:11 --y=-1:1:11 --hessian-eigs --eig-loss adv
     torchrun --nproc_per_node 4 -m awp_landscape landscape A.pt --kind 2d --out land
 """
 
@@ -38,7 +39,18 @@ from awp_landscape.inputs import (
     foreign_from,
 )
 from landscape.config import SurfaceConfig
-from landscape.run import Job, JobInputs, fill_job, open_job, plan_jobs, summary_rows
+from landscape.curvature_map import EIG_NAMES, EigenMapConfig, eig_ratio
+from landscape.run import (
+    Job,
+    JobInputs,
+    eigen_pending,
+    fill_eigen_map,
+    fill_job,
+    open_eigen_map,
+    open_job,
+    plan_jobs,
+    summary_rows,
+)
 from landscape.storage import Surface, directions_path
 from landscape.surface import bn_images, make_evalsets
 
@@ -82,6 +94,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_dataclass_arguments(p, SurfaceConfig, skip=("dataset", "data_root"))
+    add_dataclass_arguments(p.add_argument_group("curvature map"), EigenMapConfig)
     add_checkpoint_arguments(
         p, dataset_help="dataset (default: the one the checkpoint was trained on)"
     )
@@ -97,6 +110,7 @@ def compute_landscapes(
     resume: bool = False,
     progress: bool = True,
     foreign: tuple[ModelConfig | None, str | None] = (None, None),
+    eig: EigenMapConfig | None = None,
 ) -> list[Surface]:
     """Every result file of a call, in turn, each sharded across the torchrun ranks.
 
@@ -108,6 +122,8 @@ def compute_landscapes(
         resume: compute only the missing points of existing files.
         progress: show a bar (rank 0).
         foreign: architecture and input convention of checkpoints from elsewhere.
+        eig: with ``hessian_eigs`` on, also the curvature map of every file (its missing
+            points; a finished surface only gains the map).
 
     Returns:
         The surfaces (complete on rank 0).
@@ -133,7 +149,10 @@ def compute_landscapes(
             exclusive_output(job.out, cleans=[job.out, directions_path(job.out)]) for job in jobs
         ]
         with distributed.main_holds(ctx, *claims):
-            return [_run_job(job, cfg, inputs, resume=resume, progress=progress) for job in jobs]
+            return [
+                _run_job(job, cfg, inputs, resume=resume, progress=progress, eig=eig)
+                for job in jobs
+            ]
 
 
 def _path_inputs(job: Job, cfg: SurfaceConfig, loaded: Loaded, inputs: Inputs) -> dict[str, Any]:
@@ -187,7 +206,13 @@ def _job_inputs(job: Job, cfg: SurfaceConfig, inputs: Inputs) -> JobInputs:
 
 
 def _run_job(
-    job: Job, cfg: SurfaceConfig, inputs: Inputs, *, resume: bool, progress: bool
+    job: Job,
+    cfg: SurfaceConfig,
+    inputs: Inputs,
+    *,
+    resume: bool,
+    progress: bool,
+    eig: EigenMapConfig | None = None,
 ) -> Surface:
     ctx = distributed.current()
     job_inputs = _job_inputs(job, cfg, inputs)
@@ -208,11 +233,50 @@ def _run_job(
         surface = fill_job(
             job, cfg, job_inputs, surface, device=inputs.device, on_points=bar.update
         )
+    if eig is not None and eig.hessian_eigs:
+        surface = _curvature_map(job, cfg, eig, job_inputs, inputs, progress=progress)
     if ctx.is_main:
         if job.path:
             say(trajectory_lines(surface))
         say(format_table(summary_rows(surface)))
         say(f"saved {job.out} (directions: {directions_path(job.out).name})")
+    return surface
+
+
+def _curvature_map(
+    job: Job,
+    cfg: SurfaceConfig,
+    eig: EigenMapConfig,
+    job_inputs: JobInputs,
+    inputs: Inputs,
+    *,
+    progress: bool,
+) -> Surface:
+    """The curvature map's missing points of one file, with its own bar and summary line."""
+    ctx = distributed.current()
+    surface = open_eigen_map(job, eig)
+    pending = eigen_pending(surface)
+    if ctx.is_main:
+        say(
+            f"{job.label}: curvature map (lambda_max, lambda_min of the {eig.eig_loss} loss on "
+            f"{eig.eig_examples or 'all'} {eig.eig_split} images, tol {eig.eig_tol:g}), "
+            f"{len(pending)} of {surface.computed.size} points to compute"
+        )
+    bar = progress_bar(
+        total=len(pending), desc=f"{job.label} eigs", enabled=progress and ctx.is_main
+    )
+    with bar:
+        surface = fill_eigen_map(
+            job, cfg, eig, job_inputs, surface, device=inputs.device, on_points=bar.update
+        )
+    if ctx.is_main:
+        hi, lo = (surface.values[n] for n in EIG_NAMES)
+        ratio = eig_ratio(hi, lo)
+        say(
+            f"lambda_max in [{np.nanmin(hi):.4g}, {np.nanmax(hi):.4g}], lambda_min in "
+            f"[{np.nanmin(lo):.4g}, {np.nanmax(lo):.4g}], |lambda_min/lambda_max| median "
+            f"{np.nanmedian(ratio):.3g}, max {np.nanmax(ratio):.3g} ('awp plot' draws the map)"
+        )
     return surface
 
 
@@ -254,5 +318,6 @@ def run(args: argparse.Namespace) -> int:
         resume=args.resume,
         progress=not args.no_progress,
         foreign=foreign_from(args),
+        eig=dataclass_from_arguments(EigenMapConfig, args),
     )
     return 0

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from awp.io import exclusive_output
+from landscape.curvature_map import EIG_NAMES
 from landscape.grid import PLANES
 from landscape.run import safe_name
 from landscape.storage import Surface, read_surface
@@ -94,7 +95,13 @@ def _draw(
 ) -> list[Path]:
     """Every figure the files and flags ask for, saved into ``out_dir``."""
     # matplotlib is imported only when `awp plot` runs: `awp` starts without it.
-    from figures.landscape import Curve, metric_label, plot_curves, plot_surface_views
+    from figures.landscape import (
+        Curve,
+        metric_label,
+        plot_curves,
+        plot_eig_ratio,
+        plot_surface_views,
+    )
     from figures.style import new_figure, save_figure
     from figures.trajectory import plot_trajectories, trajectory_panel
 
@@ -145,6 +152,10 @@ def _draw(
                 for view, fig in figs.items():
                     stem = out_dir / f"{safe_name(lab)}_{metric}_{view}"
                     written += save_figure(fig, stem, args.formats)
+            if all(n in s.values for n in EIG_NAMES):  # a curvature map (--hessian-eigs)
+                fig = plot_eig_ratio(s.x, s.y, *(s.values[n] for n in EIG_NAMES), title=lab)
+                stem = out_dir / f"{safe_name(lab)}_min_eig_max_eig_abs_ratio"
+                written += save_figure(fig, stem, args.formats)
     if not written:
         raise ValueError(
             f"nothing to draw: --plots {' '.join(args.plots)} does not apply to these files "

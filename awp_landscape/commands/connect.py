@@ -1,0 +1,280 @@
+"""``awp connect A B``: mode connectivity of two checkpoints, robust and natural.
+
+The straight line from A to B and a quadratic Bezier curve whose middle point is trained
+(:mod:`analysis.connect`), evaluated at ``--points`` values of t with BatchNorm re-estimated and
+the attack regenerated at every point; the barriers, an h5 file and a figure:
+
+    awp connect runs/at/checkpoints/last.pt runs/at_awp/checkpoints/last.pt --out connect/at_awp
+    awp connect A.pt B.pt --no-curve                 # the straight line only
+    awp connect A.pt B.pt --objective clean --epochs 20
+    torchrun --nproc_per_node 4 -m awp_landscape connect A.pt B.pt ...   # points sharded
+
+Resumable: the curve's state is saved after every epoch (``curve.pt``) and every evaluated point
+is a unit of ``units/`` (:func:`analysis.store.run_units`, sharded across torchrun ranks); a
+rerun with the same settings continues where a killed one stopped. The curve is trained on
+rank 0 (one process); the other ranks wait for it, then share the points.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+
+from analysis.connect import (
+    PATHS,
+    ConnectConfig,
+    CurveState,
+    barriers,
+    point_key,
+    point_metrics,
+    train_curve,
+)
+from analysis.store import SampleStore, run_units
+from awp import distributed
+from awp.checkpoint import safe_torch_load
+from awp.config import config_diff, to_dict
+from awp.io import atomic_torch_save, atomic_write_with, sha256_file, write_json
+from awp.progress import progress_bar
+from awp_landscape.commands.common import add_run_arguments
+from awp_landscape.console import CLIError, format_table, say
+from awp_landscape.flags import add_dataclass_arguments, dataclass_from_arguments
+from awp_landscape.inputs import (
+    Loaded,
+    Sources,
+    add_checkpoint_arguments,
+    default_label,
+    held_inputs,
+)
+from landscape.surface import bn_images, make_evalsets
+
+CURVE_FORMAT = "awp-landscape/curve"
+# Settings the curve's training depends on (the evaluation's may change without retraining).
+TRAINING = ("objective", "epochs", "batch_size", "lr", "schedule", "momentum", "weight_decay")
+TRAINING += ("augment", "train_steps", "train_step_size", "n_fit", "seed", "attack")
+_TRAINING_ONLY = tuple(k for k in TRAINING if k not in ("seed", "attack")) + ("curve",)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``awp connect``."""
+    p = sub.add_parser(
+        "connect",
+        help="mode connectivity of two checkpoints: the line, a trained curve, the barriers",
+        description="Natural and robust loss and accuracy along the straight line from A to B "
+        "and along a quadratic Bezier curve whose middle point is trained (robust or clean "
+        "objective), BatchNorm re-estimated and the attack regenerated at every point; the "
+        "barrier (max along the path minus the mean of the ends) with its t. Writes "
+        "connect.h5, connect.json and a figure into --out; resumable, points sharded under "
+        "torchrun.",
+    )
+    p.add_argument("checkpoints", nargs=2, type=Path, help="the two ends A and B (.pt)")
+    p.add_argument("--labels", nargs=2, default=None, help="names of A and B")
+    add_dataclass_arguments(p, ConnectConfig)
+    add_checkpoint_arguments(p, dataset_help="dataset (default: A's)")
+    add_run_arguments(p, out_help="results folder (required)")
+    p.add_argument("--formats", nargs="+", default=["png", "pdf"], choices=("png", "pdf", "svg"))
+    p.set_defaults(func=run)
+
+
+def _ends(a: Loaded, b: Loaded) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    if a.spec != b.spec:
+        raise CLIError(
+            f"cannot connect {a.path} and {b.path}: different models ({a.spec} vs {b.spec})"
+        )
+    a_state, b_state = (
+        {n: p.detach().clone() for n, p in loaded.model.named_parameters()} for loaded in (a, b)
+    )
+    return a_state, b_state
+
+
+def _curve(
+    path: Path, cfg: ConnectConfig, meta: dict[str, Any], a: Loaded, ends, *, progress: bool
+) -> CurveState:
+    """Train (or resume, or read) the curve on rank 0; every rank returns the final state."""
+    ctx = distributed.current()
+    error: BaseException | None = None
+    if ctx.is_main:
+        try:
+            start = None
+            if path.exists():
+                saved = safe_torch_load(path, what="curve state")
+                if saved.get("format") != CURVE_FORMAT:
+                    raise CLIError(f"{path} is not a curve state; move it away or use --out")
+                diffs = config_diff(saved["meta"], meta, saved_as="in the file")
+                if diffs:
+                    raise CLIError(
+                        f"cannot resume {path}: " + "; ".join(diffs) + ". Use the same "
+                        "settings, or another --out."
+                    )
+                start = CurveState(saved["theta"], saved["optimizer"], int(saved["epoch"]))
+            if start is None or start.epoch < cfg.epochs:
+                n = len(a.data.train) if not cfg.n_fit else min(cfg.n_fit, len(a.data.train))
+                total = (cfg.epochs - (start.epoch if start else 0)) * (n // cfg.batch_size)
+                bar = progress_bar(total=total * cfg.batch_size, desc="curve", enabled=progress)
+
+                def save(state: CurveState) -> None:
+                    atomic_torch_save(
+                        {
+                            "format": CURVE_FORMAT,
+                            "meta": meta,
+                            "theta": {k: v.cpu() for k, v in state.theta.items()},
+                            "optimizer": state.optimizer,
+                            "epoch": state.epoch,
+                        },
+                        path,
+                    )
+
+                with bar:
+                    train_curve(
+                        a.model,
+                        *ends,
+                        a.data.train.x[:n],
+                        a.data.train.y[:n],
+                        cfg,
+                        start=start,
+                        on_epoch=save,
+                        on_batch=bar.update,
+                    )
+                if not path.exists():  # zero epochs: theta = (A + B) / 2, still a curve
+                    mid = {k: (ends[0][k] + ends[1][k]) / 2 for k in ends[0]}
+                    save(CurveState(mid, None, 0))
+        except BaseException as err:  # reported on every rank by agree()
+            error = err
+    distributed.agree(error)
+    distributed.barrier()
+    saved = safe_torch_load(path, what="curve state")
+    device = next(a.model.parameters()).device
+    theta = {k: v.to(device) for k, v in saved["theta"].items()}
+    return CurveState(theta, None, int(saved["epoch"]))
+
+
+def connect(
+    checkpoints: list[Path],
+    cfg: ConnectConfig,
+    *,
+    out: Path,
+    labels: list[str] | None = None,
+    sources: Sources = Sources(),
+) -> dict[str, Any]:
+    """``awp connect`` as a function: the records along each path and the barriers (every
+    rank); rank 0 writes ``connect.h5`` and ``connect.json`` in ``out``."""
+    cleans = [out / "units", out / "curve.pt", out / "connect.h5", out / "connect.json"]
+    held = held_inputs(checkpoints, out=out, lock="connect", cleans=cleans, sources=sources)
+    with held as (inputs, ctx):
+        progress = sources.progress and ctx.is_main
+        a, b = (inputs.load(p) for p in checkpoints)
+        ends = _ends(a, b)
+        names = labels or [default_label(p) for p in checkpoints]
+        evalsets = make_evalsets(
+            a.data, n_train=cfg.n_train, n_test=cfg.n_test, seed=cfg.subset_seed
+        )
+        bn_x = bn_images(a.data, n=cfg.n_bn, seed=cfg.subset_seed)
+        # The points depend on the evaluation's settings only (a line measured with --no-curve
+        # is reused when the curve is added); the curve's on its training settings too.
+        evaluation = {k: v for k, v in to_dict(cfg).items() if k not in _TRAINING_ONLY}
+        meta = {
+            "connect": evaluation,
+            "a_sha256": a.sha256,
+            "b_sha256": b.sha256,
+            "dataset": to_dict(a.data_cfg) if a.data_cfg else None,
+        }
+        curve: CurveState | None = None
+        train_meta: dict[str, Any] = {}
+        if cfg.curve:
+            train_meta = {**meta, "connect": {k: to_dict(cfg)[k] for k in TRAINING}}
+            curve = _curve(out / "curve.pt", cfg, train_meta, a, ends, progress=progress)
+        paths = {p: [] for p in PATHS if p == "line" or curve is not None}
+        for path in paths:
+            path_meta = dict(meta)
+            if path == "curve":
+                path_meta["curve_sha256"] = sha256_file(out / "curve.pt")
+            store = SampleStore(out / "units", meta=path_meta, name=path, rank=ctx.rank)
+            mids = (ends[0], curve.theta if curve else None, ends[1])
+
+            def compute(key: str, path=path, mids=mids) -> dict[str, float]:
+                t = float(key.split("t=")[1])
+                return point_metrics(
+                    a.model,
+                    mids,
+                    path,
+                    t,
+                    evalsets,
+                    bn_x=bn_x,
+                    attack=cfg.attack,
+                    seed=cfg.seed,
+                    batch_size=cfg.eval_batch_size,
+                )
+
+            keys = [point_key(path, t) for t in cfg.ts]
+            records = run_units(keys, compute, store=store, progress=progress, desc=path)
+            paths[path] = [records[k] for k in keys]
+        result = {
+            "a": {**a.identity(), "label": names[0]},
+            "b": {**b.identity(), "label": names[1]},
+            "settings": meta,
+            "curve_settings": train_meta.get("connect"),
+            "attack": cfg.attack.describe(),
+            "paths": paths,
+            "barriers": [asdict(r) for p, rows in paths.items() for r in barriers(p, rows)],
+        }
+        if ctx.is_main:
+            write_json(out / "connect.json", result)
+            write_connect_h5(out / "connect.h5", result)
+        return result
+
+
+def write_connect_h5(path: Path, result: dict[str, Any]) -> Path:
+    """One group per path (``t`` and every metric, (points,) float64), the barriers and the
+    settings as JSON attributes; written atomically."""
+
+    def fill(tmp: str) -> None:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["format"] = "awp-landscape/connect"
+            for key in ("a", "b", "settings", "barriers"):
+                f.attrs[key] = json.dumps(result[key], sort_keys=True)
+            f.attrs["attack"] = result["attack"]
+            for name, rows in result["paths"].items():
+                g = f.create_group(name)
+                for m in rows[0]:
+                    g.create_dataset(m, data=np.array([r[m] for r in rows], dtype=np.float64))
+
+    return atomic_write_with(path, fill)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train, measure, print the barriers, write the files and the figure."""
+    if args.out is None:
+        raise CLIError("awp connect needs --out (a results folder)")
+    cfg = dataclass_from_arguments(ConnectConfig, args)
+    result = connect(
+        list(args.checkpoints),
+        cfg,
+        out=args.out,
+        labels=args.labels,
+        sources=Sources.from_args(args),
+    )
+    if distributed.env_rank() != 0:
+        return 0
+    from figures.connect import plot_connect  # matplotlib only when drawing
+    from figures.style import save_figure
+
+    split = "test" if cfg.n_test else "train"
+    title = f"{result['a']['label']} -> {result['b']['label']} ({result['attack']})"
+    written = save_figure(
+        plot_connect(result["paths"], split=split, title=title), args.out / "connect", args.formats
+    )
+    rows = [
+        {"path": r["path"], "metric": r["metric"], "barrier": r["barrier"], "at t": r["t"]}
+        for r in result["barriers"]
+        if r["metric"].startswith(split)
+    ]
+    say(f"mode connectivity {title}")
+    say(format_table(rows))
+    say(f"saved {args.out / 'connect.h5'}, connect.json, {', '.join(p.name for p in written)}")
+    return 0
