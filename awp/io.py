@@ -184,6 +184,37 @@ def read_json(path: str | os.PathLike, *, what: str = "results file") -> Any:
         ) from None
 
 
+def read_json_lines(
+    path: str | os.PathLike, *, what: str = "metrics file", fix: str = "rerun the stage"
+) -> list[Any]:
+    """The records of a JSON-lines file (blank lines skipped); a line that is not JSON gets an
+    error naming the file, the line and ``fix``.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: a line that is not valid JSON (a run cut while it wrote it).
+    """
+    path = Path(path)
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} {path} does not exist") from None
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{what} {path} is not text ({err}); {fix}") from None
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            raise ValueError(
+                f"{what} {path} line {number} is not valid JSON ({err.msg}, column {err.colno}; "
+                f"cut while it was written?); {fix}"
+            ) from None
+    return records
+
+
 def csv_text(rows: Sequence[dict[str, Any]]) -> str:
     """CSV with the union of the rows' columns (first-seen order); lists and dicts as JSON,
     missing numbers (None, NaN, infinities) as empty cells."""

@@ -16,7 +16,7 @@ import types
 import typing
 from typing import Any, TypeVar
 
-from awp.config import parse_number, resolve_type
+from awp.config import bounds_text, parse_number, resolve_type
 
 T = TypeVar("T")
 
@@ -110,6 +110,8 @@ def add_dataclass_arguments(
             nargs = "+"
         if nullable and f.metadata.get("selects"):
             help_ += " | none"
+        if f.metadata.get("bounds"):  # the range check_bounds enforces
+            help_ += f"; range [{bounds_text(f.metadata['bounds'])}]"
         # A field whose default depends on another (None = "the method's default") says so.
         default_shown = defaults is None or value == _field_default(f)
         shown = f.metadata["shown"] if "shown" in f.metadata and default_shown else _show(value)

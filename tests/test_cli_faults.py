@@ -305,3 +305,112 @@ def test_progress_in_a_log_file_is_a_line_every_few_percent(world, tmp_path):
     assert code == 0 and "\r" not in text
     percents = re.findall(r"^AT: +(\d+)% \((\d+)/11\)", text, flags=re.M)
     assert percents and percents[-1] == ("100", "11") and len(percents) <= 11
+
+
+# ------------------------------------------------------------------ the report of what is there
+# The demo's stages in order, each with the summary files it writes last and the unit folders
+# it fills while it runs (in a seed folder). A demo killed in a stage holds the files of the
+# stages before it and that stage's unit folders, half filled.
+DEMO_STAGES = [
+    ("evaluate", ["eval"], []),
+    ("gap", ["analysis/gap.json", "analysis/gap.csv"], ["analysis/gap"]),
+    ("landscape", [], ["analysis/landscape"]),
+    ("trajectory", [], ["analysis/trajectory"]),
+    ("hist", ["analysis/weights.json", "analysis/weights_hist.png"], []),
+    ("spectra", ["analysis/spectra/spectra.json"], ["analysis/spectra"]),
+    ("flatness", ["analysis/flatness_final/flatness.json"], ["analysis/flatness_final"]),
+    ("curvature", ["analysis/curvature/hessian.json"], ["analysis/curvature"]),
+    ("flatness_epochs", ["analysis/flatness_epochs/flatness.json"], ["analysis/flatness_epochs"]),
+    ("correlate", ["analysis/correlation.json", "analysis/flatness_loss_vs_gap.png"], []),
+    ("certify", ["analysis/certify.json"], ["analysis/certify"]),
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_demo(tmp_path_factory):
+    """A demo as small as it runs (smallcnn at width 1/4, 3 epochs): its layers are too small
+    for a power-law fit, so spectra.json holds "alpha": null."""
+    from tests.test_demo import TINY
+
+    root = tmp_path_factory.mktemp("tiny_demo")
+    data = make_image_folder(root / "data", classes=4, n_train=48, n_test=16)
+    args = list(TINY)
+    args[args.index("--width") + 1] = "0.25"
+    proc = awp("demo", "--out", root / "out", "--dataset", data, *args, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root / "out"
+
+
+def test_the_report_of_a_tiny_demo_says_no_fit(tiny_demo):
+    spectra = json.loads((tiny_demo / "seed0/analysis/spectra/spectra.json").read_text())
+    assert any(r["alpha"] is None for r in spectra["esd"])  # what crashed the report
+    md = (tiny_demo / "report.md").read_text()
+    assert "Weight spectra" in md and "no fit" in md and "Not measured" not in md
+    (tiny_demo / "report.html").unlink()
+    proc = awp("report", tiny_demo)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert (tiny_demo / "report.html").exists()
+
+
+def _killed(demo: Path, dest: Path, stage: int) -> Path:
+    """A copy of ``demo`` as a demo killed in stage ``stage`` (-1: in AT-AWP's training)."""
+    import shutil
+
+    shutil.copytree(demo, dest, ignore=shutil.ignore_patterns("report.*", "replicates.json", ".*.lock"))
+    seed = dest / "seed0"
+    if stage < 0:  # AT trained, AT-AWP killed after its first epoch: no analysis at all
+        shutil.rmtree(seed / "eval")
+        shutil.rmtree(seed / "analysis")
+        run = seed / "at_awp"
+        lines = (run / "metrics.jsonl").read_text().splitlines()
+        (run / "metrics.jsonl").write_text(lines[0] + "\n")
+        for name in ("epoch_002.pt", "epoch_003.pt", "best.pt"):
+            (run / "checkpoints" / name).unlink()
+        (run / "checkpoints" / "epoch_001.pt").replace(run / "checkpoints" / "last.pt")
+        return dest
+    for k, (_, summaries, units) in enumerate(DEMO_STAGES):
+        if k < stage:
+            continue
+        for rel in summaries + (units if k > stage else []):
+            path = seed / rel
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+    name, _, units = DEMO_STAGES[stage]
+    if name in ("landscape", "trajectory"):  # a surface killed at its first points
+        import h5py
+
+        for h5 in (seed / units[0]).glob("*.h5"):
+            if h5.name.endswith(".directions.h5"):
+                continue
+            with h5py.File(h5, "r+") as f:
+                computed = f["computed"][()]
+                computed.reshape(-1)[1:] = 0
+                f["computed"][...] = computed
+                for key in f:
+                    if key.endswith(("_loss", "_acc")):
+                        values = f[key][()].astype("float64")
+                        values.reshape(-1)[1:] = float("nan")
+                        f[key][...] = values
+    return dest
+
+
+@pytest.mark.parametrize(
+    "stage", range(-1, len(DEMO_STAGES)), ids=["training"] + [s[0] for s in DEMO_STAGES]
+)
+def test_the_report_of_a_demo_killed_in_a_stage_shows_what_exists(tiny_demo, tmp_path, stage):
+    from awp_landscape.cli import main
+
+    folder = _killed(tiny_demo, tmp_path / "demo", stage)
+    before = snapshot(folder)
+    assert main(["report", str(folder)]) == 0
+    md = (folder / "report.md").read_text()
+    assert (folder / "report.html").exists() and "Traceback" not in md
+    after = snapshot(folder)
+    assert {k: v for k, v in after.items() if k in before} == before
+    if stage < len(DEMO_STAGES) - 1 or stage < 0:
+        assert "## Not measured" in md
+        assert "analysis/certify.json (awp certify)" in md  # the last stage is always missing
+    if stage > 1:
+        assert "Robust generalization gap" in md  # what exists is shown
