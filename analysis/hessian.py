@@ -102,9 +102,7 @@ class HessianConfig:
         bounds=(0, MAX_EIGENPAIRS),
         why=EIG_WHY,
     )
-    eig_tol: float = opt(
-        1e-4, "relative accuracy of the eigenvalues (ARPACK's tol)", bounds=(0, 1)
-    )
+    eig_tol: float = opt(1e-4, "relative accuracy of the eigenvalues (ARPACK's tol)", bounds=(0, 1))
     lanczos_vectors: int = opt(
         0,
         "Lanczos vectors ARPACK keeps between restarts (ncv; 0 = scipy's max(2k+1, 20)); "
@@ -119,9 +117,7 @@ class HessianConfig:
         bounds=(2, MAX_PRODUCTS),
         why=HVP_WHY,
     )
-    probes_max: int = opt(
-        100, "most Hutchinson probes", bounds=(2, MAX_PRODUCTS), why=HVP_WHY
-    )
+    probes_max: int = opt(100, "most Hutchinson probes", bounds=(2, MAX_PRODUCTS), why=HVP_WHY)
     trace_rel_tol: float = opt(
         0.05,
         "stop adding probes once the interval's half-width is <= this fraction of |trace|",

@@ -91,8 +91,10 @@ def check_bounds(config: Any) -> None:
             continue
         low, high = bounds
         for v in value if isinstance(value, (tuple, list)) else (value,):
-            if not math.isfinite(v) or (low is not None and v < low) or (
-                high is not None and v > high
+            if (
+                not math.isfinite(v)
+                or (low is not None and v < low)
+                or (high is not None and v > high)
             ):
                 flag = "--" + f.metadata.get("flag", f.name).replace("_", "-")
                 why = f.metadata.get("why", "")

@@ -11,8 +11,8 @@ when AT-AWP did *not* come out flatter or with the smaller gap; the figures are 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
 import logging
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -785,7 +785,12 @@ SECTIONS: tuple[tuple[Callable[[Results], Any], Callable[[Results], Section], st
         "Training trajectory",
         "analysis/trajectory/*.h5 (awp landscape --kind trajectory)",
     ),
-    (lambda r: r.weights, _weights_section, "Weight histograms", "analysis/weights.json (awp hist)"),
+    (
+        lambda r: r.weights,
+        _weights_section,
+        "Weight histograms",
+        "analysis/weights.json (awp hist)",
+    ),
     (
         lambda r: r.spectra,
         _spectra_section,

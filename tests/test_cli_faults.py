@@ -356,7 +356,8 @@ def _killed(demo: Path, dest: Path, stage: int) -> Path:
     """A copy of ``demo`` as a demo killed in stage ``stage`` (-1: in AT-AWP's training)."""
     import shutil
 
-    shutil.copytree(demo, dest, ignore=shutil.ignore_patterns("report.*", "replicates.json", ".*.lock"))
+    skip = shutil.ignore_patterns("report.*", "replicates.json", ".*.lock")
+    shutil.copytree(demo, dest, ignore=skip)
     seed = dest / "seed0"
     if stage < 0:  # AT trained, AT-AWP killed after its first epoch: no analysis at all
         shutil.rmtree(seed / "eval")
