@@ -11,28 +11,40 @@ Wu, Xia, Wang, NeurIPS 2020 (robust generalization gap, Sec. 3).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from awp.config import PGD20_EVAL, AttackConfig, opt
+from awp.config import PGD20_EVAL, AttackConfig, check_bounds, opt
 from awp.data import Split, fixed_subset
 from awp.evaluate import evaluate_attack
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class GapConfig:
     """Subsets, attack and seeds of a robust-gap measurement."""
 
-    n_train: int = opt(1000, "fixed seeded train subset size (0 = the whole train split)")
-    n_test: int = opt(1000, "fixed seeded test subset size (0 = the whole test split)")
-    subset_seed: int = opt(0, "seed choosing both subsets")
-    seed: int = opt(0, "seed of the attack's random start")
-    batch_size: int = opt(256, "examples per forward pass")
+    n_train: int = opt(
+        1000,
+        "fixed seeded train subset size (0 = the whole train split; more is capped to it)",
+        bounds=(0, None),
+    )
+    n_test: int = opt(
+        1000,
+        "fixed seeded test subset size (0 = the whole test split; more is capped to it)",
+        bounds=(0, None),
+    )
+    subset_seed: int = opt(0, "seed choosing both subsets", bounds=(0, None))
+    seed: int = opt(0, "seed of the attack's random start", bounds=(0, None))
+    batch_size: int = opt(256, "examples per forward pass", bounds=(1, None))
     attack: AttackConfig = opt(PGD20_EVAL, "attack used on both splits")
 
     def __post_init__(self) -> None:
+        check_bounds(self)
         if self.n_train < 0 or self.n_test < 0:
             raise ValueError(
                 f"need n_train, n_test >= 0 (0 = whole split), got {self.n_train}, {self.n_test}"
@@ -41,11 +53,32 @@ class GapConfig:
             raise ValueError(f"batch_size={self.batch_size} must be >= 1")
 
 
-def subset(split: Split, n: int, *, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The fixed seeded subset of ``n`` examples of a split (all for n = 0): (x, y)."""
+def subset(
+    split: Split, n: int, *, seed: int, flag: str = ""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fixed seeded subset of ``n`` examples of a split (all for n = 0): (x, y).
+
+    A request larger than the split takes all of it, and ``flag`` (the setting's name, e.g.
+    ``--n-examples``) is named in a notice that says so.
+    """
+    capped_notice(n, len(split), flag=flag)
     idx = fixed_subset(len(split), n, seed=seed) if n else torch.arange(len(split))
     idx = idx.to(split.x.device)
     return split.x[idx], split.y[idx]
+
+
+def capped_notice(n: int, available: int, *, flag: str) -> int:
+    """The examples a request for ``n`` gets (0 = all): ``available`` at most, with a notice
+    naming ``flag`` when it asked for more."""
+    if n > available:
+        log.warning(
+            "%s %d asks for more than the %d images of the split: all %d are used",
+            flag or "the subset size",
+            n,
+            available,
+            available,
+        )
+    return available if n == 0 else min(n, available)
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from analysis.certify_units import (
     summary_rows,
     unit_keys,
 )
+from analysis.gap import capped_notice
 from analysis.store import SampleStore, run_units
 from awp import distributed
 from awp.augment import to_float
@@ -84,6 +85,7 @@ def certify_checkpoint(
     split = loaded.data.test
     if len(split) == 0:
         raise ValueError(f"the test split of {loaded.data_cfg.dataset!r} is empty")
+    capped_notice(cfg.n_test, len(split), flag="--n-test")
     idx = fixed_subset(len(split), cfg.n_test, seed=cfg.subset_seed) if cfg.n_test else None
     indices = idx.tolist() if idx is not None else list(range(len(split)))
     where = {i: k for k, i in enumerate(indices)}

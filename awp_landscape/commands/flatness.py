@@ -100,7 +100,7 @@ def flatness_for_checkpoint(
     ctx = distributed.current()
     pacbayes = pacbayes or PacBayesConfig()
     split = loaded.data.train if cfg.split == "train" else loaded.data.test
-    x, y = subset(split, cfg.n_examples, seed=cfg.subset_seed)
+    x, y = subset(split, cfg.n_examples, seed=cfg.subset_seed, flag="--n-examples")
     if len(y) == 0:
         raise ValueError(f"the {cfg.split} split of {loaded.data_cfg.dataset!r} is empty")
     ident = {**loaded.identity(), "label": label or loaded.identity()["method"]}
@@ -272,7 +272,8 @@ def _print_results(results: list[dict[str, Any]], cfg: FlatnessConfig) -> None:
     rows = [r for res in results for r in res["rows"]]
     say(
         f"expected flatness ({cfg.noise} noise, M={cfg.samples}, {cfg.split} "
-        f"n={cfg.n_examples or 'all'}, {cfg.attack.describe()} regenerated on every w+u)"
+        f"n={'/'.join(dict.fromkeys(str(r.get('n')) for r in rows)) or 'none'}, "
+        f"{cfg.attack.describe()} regenerated on every w+u)"
     )
     say(
         format_table(

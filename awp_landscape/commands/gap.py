@@ -51,8 +51,8 @@ def gap_rows(
 
     def compute(sha: str) -> dict[str, Any]:
         loaded = inputs.load(shas[sha])
-        xtr, ytr = subset(loaded.data.train, cfg.n_train, seed=cfg.subset_seed)
-        xte, yte = subset(loaded.data.test, cfg.n_test, seed=cfg.subset_seed)
+        xtr, ytr = subset(loaded.data.train, cfg.n_train, seed=cfg.subset_seed, flag="--n-train")
+        xte, yte = subset(loaded.data.test, cfg.n_test, seed=cfg.subset_seed, flag="--n-test")
         rec = robust_gap(
             loaded.model,
             xtr,

@@ -110,7 +110,7 @@ def hessian_for_checkpoint(
     ctx = distributed.current()
     assert loaded.data is not None
     split = loaded.data.train if cfg.split == "train" else loaded.data.test
-    x, y = subset(split, cfg.n_examples, seed=cfg.subset_seed)
+    x, y = subset(split, cfg.n_examples, seed=cfg.subset_seed, flag="--n-examples")
     if len(y) == 0:
         raise ValueError(f"the {cfg.split} split of {loaded.data_cfg.dataset!r} is empty")
     model = loaded.model.to(cfg.torch_dtype)
@@ -232,10 +232,15 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sizes(results: list[dict[str, Any]]) -> str:
+    """The subset sizes measured (the request capped to each split)."""
+    return "/".join(dict.fromkeys(str(r["row"]["n"]) for r in results)) or "none"
+
+
 def _print_results(results: list[dict[str, Any]], cfg: HessianConfig) -> None:
     loss = f"loss at x_adv fixed ({cfg.attack.describe()})" if cfg.loss == "adv" else "clean loss"
     say(
-        f"Hessian of the {loss}, {cfg.split} n={cfg.n_examples or 'all'}, {cfg.params} "
+        f"Hessian of the {loss}, {cfg.split} n={_sizes(results)}, {cfg.params} "
         f"({cfg.dtype}, {cfg.method} products)"
     )
     table = []
