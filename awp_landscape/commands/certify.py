@@ -8,7 +8,6 @@ under torchrun the examples are split across ranks.
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,8 +29,8 @@ from awp import distributed
 from awp.augment import to_float
 from awp.config import to_dict
 from awp.data import fixed_subset
-from awp.io import write_csv, write_json
-from awp_landscape.commands.common import add_run_arguments, out_folder
+from awp.io import atomic_write_set, csv_text, json_text, write_json
+from awp_landscape.commands.common import add_run_arguments, current_results, out_folder
 from awp_landscape.console import format_table, say
 from awp_landscape.flags import add_dataclass_arguments, dataclass_from_arguments
 from awp_landscape.inputs import (
@@ -162,8 +161,7 @@ def collect_results(out: Path) -> dict[str, list[dict[str, Any]]]:
         "noise_accuracy": [],
         "noise_examples": [],
     }
-    for path in sorted((out / "certify").glob("*/result.json")):
-        result = json.loads(path.read_text())
+    for result in current_results(out / "certify", what="certify"):
         for name, rows in tables.items():
             rows += result.get(name, [])
     return tables
@@ -203,12 +201,15 @@ def measure_certify(
 
 def _write_tables(out: Path, *, figures: bool) -> None:
     tables = collect_results(out)
-    written = [write_json(out / "certify.json", tables)]
-    written.append(write_csv(out / "certify.csv", tables["summary"]))
-    written.append(write_csv(out / "certify_examples.csv", tables["examples"]))
-    written.append(write_csv(out / "certify_curves.csv", curve_rows(tables["examples"])))
+    files = {
+        out / "certify.json": json_text(tables),
+        out / "certify.csv": csv_text(tables["summary"]),
+        out / "certify_examples.csv": csv_text(tables["examples"]),
+        out / "certify_curves.csv": csv_text(curve_rows(tables["examples"])),
+    }
     if tables["noise_accuracy"]:
-        written.append(write_csv(out / "noise_accuracy.csv", tables["noise_accuracy"]))
+        files[out / "noise_accuracy.csv"] = csv_text(tables["noise_accuracy"])
+    written = atomic_write_set(files)  # the tables always agree, also after a full disk
     if figures and tables["examples"]:
         # matplotlib is imported only when a figure is drawn: `awp` starts without it.
         from figures.certify import plot_certified_accuracy, plot_noise_accuracy
