@@ -340,6 +340,7 @@ def _landscape_section(res: Results) -> Section:
         "perturbed model (solid). Dashed: adversarial examples crafted once at "
         "theta0 and reused, which underestimates the loss."
     )
+    s.paragraphs += _incomplete(res.landscapes)
     for split in ("test", "train"):
         have = [
             x
@@ -355,6 +356,16 @@ def _landscape_section(res: Results) -> Section:
                 )
             )
     return s
+
+
+def _incomplete(surfaces: Sequence[Surface]) -> list[str]:
+    """A sentence for every surface file not complete (a stage stopped midway)."""
+    return [
+        f"{s.label}: {int(s.computed.sum())} of {s.computed.size} points computed (the stage "
+        "was stopped midway; the others are missing from the figure)."
+        for s in surfaces
+        if not s.computed.all()
+    ]
 
 
 WEIGHT_STATS = ("label", "layer", "n", "norm", "std", "mean_abs", "skewness", "excess_kurtosis")
@@ -490,6 +501,7 @@ def _trajectory_section(res: Results) -> Section:
         f"fraction. Sizes: {len(trajs[0].x)} x {trajs[0].rows} points, "
         f"{cfg.get('n_test')} test images, {attack}; {bn}."
     )
+    s.paragraphs += _incomplete(trajs)
     rows = []
     for t in trajs:
         tr = t.attrs.get("trajectory") or {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -159,6 +160,31 @@ class SurfaceConfig:
             raise ValueError(f"attack must be an AttackConfig or None, got {self.attack!r}")
         if self.fixed and self.attack is None:
             raise ValueError("--fixed reuses adversarial examples: it needs an --attack")
+        for name, what in self._ignored().items():
+            if getattr(self, name) != _DEFAULTS[name]:
+                flag = "--" + name.replace("_", "-")
+                raise ValueError(
+                    f"{flag} {getattr(self, name)} has no effect on {what}: drop {flag}"
+                )
+
+    def _ignored(self) -> dict[str, str]:
+        """The settings this kind and direction do not use, each with what makes them unused:
+        a value other than the default would be silently ignored, so it is refused."""
+        ignored = {}
+        if self.kind != "multi":
+            ignored["n_directions"] = f"kind {self.kind} (it is the number of kind multi's curves)"
+        if self.kind in ("interp", "trajectory"):
+            what = {
+                "interp": "kind interp (its direction is the second checkpoint minus the first)",
+                "trajectory": "a trajectory (its directions are the path's PCA)",
+            }
+            ignored.update(dict.fromkeys(("dir_norm", "seed"), what[self.kind]))
+        elif self.direction == "hessian":  # v1 (and v2) scaled to ||d|| = ||w||
+            ignored["dir_norm"] = "--direction hessian (its directions are scaled to ||d|| = ||w||)"
+        elif self.direction == "awp" and self.kind == "1d":  # no random direction at all
+            what = "--direction awp of kind 1d (AWP's direction is layer-normalized, not random)"
+            ignored.update(dict.fromkeys(("dir_norm", "seed"), what))
+        return ignored
 
     @staticmethod
     def migrate(data: dict[str, Any]) -> dict[str, Any]:
@@ -195,3 +221,11 @@ class SurfaceConfig:
     def to_json(self) -> str:
         """Canonical JSON (sorted keys), as stored in the result file."""
         return json.dumps(to_dict(self), sort_keys=True)
+
+
+# The defaults a setting keeps when a kind or direction does not use it (SurfaceConfig._ignored).
+_DEFAULTS = {
+    f.name: f.default
+    for f in dataclasses.fields(SurfaceConfig)
+    if f.name in ("n_directions", "dir_norm", "seed")
+}

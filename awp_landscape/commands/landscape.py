@@ -36,6 +36,7 @@ from awp_landscape.inputs import (
     check_files,
     default_label,
     foreign_from,
+    run_folder_of,
 )
 from landscape.config import SurfaceConfig
 from landscape.run import Job, JobInputs, fill_job, open_job, plan_jobs, summary_rows
@@ -80,6 +81,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="compute only the missing points of existing files (same checkpoint and settings)",
     )
+    p.add_argument(
+        "--allow-mixed",
+        action="store_true",
+        help="trajectory: accept checkpoints out of epoch order or from several runs (a "
+        "warning says which); without it they are refused, as theta0 is the last one given",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_dataclass_arguments(p, SurfaceConfig, skip=("dataset", "data_root"))
     add_checkpoint_arguments(
@@ -97,6 +104,7 @@ def compute_landscapes(
     resume: bool = False,
     progress: bool = True,
     foreign: tuple[ModelConfig | None, str | None] = (None, None),
+    allow_mixed: bool = False,
 ) -> list[Surface]:
     """Every result file of a call, in turn, each sharded across the torchrun ranks.
 
@@ -108,6 +116,8 @@ def compute_landscapes(
         resume: compute only the missing points of existing files.
         progress: show a bar (rank 0).
         foreign: architecture and input convention of checkpoints from elsewhere.
+        allow_mixed: a trajectory's checkpoints may be out of epoch order or from several runs
+            (with a warning); else that is refused.
 
     Returns:
         The surfaces (complete on rank 0).
@@ -133,13 +143,18 @@ def compute_landscapes(
             exclusive_output(job.out, cleans=[job.out, directions_path(job.out)]) for job in jobs
         ]
         with distributed.main_holds(ctx, *claims):
-            return [_run_job(job, cfg, inputs, resume=resume, progress=progress) for job in jobs]
+            return [
+                _run_job(job, cfg, inputs, resume=resume, progress=progress, mixed=allow_mixed)
+                for job in jobs
+            ]
 
 
-def _path_inputs(job: Job, cfg: SurfaceConfig, loaded: Loaded, inputs: Inputs) -> dict[str, Any]:
+def _path_inputs(
+    job: Job, cfg: SurfaceConfig, loaded: Loaded, inputs: Inputs, *, mixed: bool
+) -> dict[str, Any]:
     """A trajectory's tensors (those ``dir_include`` names, kept on the CPU: one model at a time
     on the device) and identities (checkpoint, sha256, epoch), in training order."""
-    states, idents = [], []
+    states, idents, runs = [], [], []
     for p in job.path:
         other = loaded if p == job.checkpoint else inputs.load(p, with_data=False)
         if other.spec != loaded.spec:
@@ -150,10 +165,40 @@ def _path_inputs(job: Job, cfg: SurfaceConfig, loaded: Loaded, inputs: Inputs) -
         chosen = select_params(other.model, cfg.dir_include)
         states.append({k: v.detach().cpu() for k, v in chosen.items()})
         idents.append({k: other.identity()[k] for k in ("checkpoint", "sha256", "epoch")})
+        runs.append(str(other.config.get("out") or run_folder_of(p)))
+    check_path(idents, runs, mixed=mixed)
     return {"path_states": states, "path_identity": idents}
 
 
-def _job_inputs(job: Job, cfg: SurfaceConfig, inputs: Inputs) -> JobInputs:
+def check_path(idents: list[dict[str, Any]], runs: list[str], *, mixed: bool) -> None:
+    """Refuse a trajectory whose checkpoints are not one run's, in epoch order (theta0 is the
+    last one given, the PCA is over the path as given); with ``mixed`` only warn.
+
+    Raises:
+        ValueError: naming the epochs or the runs, and --allow-mixed.
+    """
+    epochs = [int(i["epoch"]) for i in idents]
+    problems = []
+    if any(b <= a for a, b in zip(epochs, epochs[1:])) and any(epochs):
+        problems.append(
+            f"its checkpoints are not in epoch order (epochs {', '.join(map(str, epochs))}; "
+            f"theta0 would be epoch {epochs[-1]}, not the last epoch)"
+        )
+    if len(set(runs)) > 1:
+        names = ", ".join(dict.fromkeys(runs))
+        problems.append(f"its checkpoints come from {len(set(runs))} runs ({names})")
+    if not problems:
+        return
+    text = "a trajectory is one run's training path, but " + " and ".join(problems)
+    if not mixed:
+        raise ValueError(
+            f"{text}: give one run's epoch checkpoints in order (e.g. runs/at/checkpoints/"
+            "epoch_*.pt), or pass --allow-mixed"
+        )
+    log.warning("%s (--allow-mixed: computed as given)", text)
+
+
+def _job_inputs(job: Job, cfg: SurfaceConfig, inputs: Inputs, *, mixed: bool) -> JobInputs:
     loaded = inputs.load(job.checkpoint)
     target_state, target_sha = None, None
     if job.target is not None:
@@ -182,15 +227,15 @@ def _job_inputs(job: Job, cfg: SurfaceConfig, inputs: Inputs) -> JobInputs:
         bn_x=bn_x,
         target_state=target_state,
         target_sha256=target_sha,
-        **(_path_inputs(job, cfg, loaded, inputs) if job.path else {}),
+        **(_path_inputs(job, cfg, loaded, inputs, mixed=mixed) if job.path else {}),
     )
 
 
 def _run_job(
-    job: Job, cfg: SurfaceConfig, inputs: Inputs, *, resume: bool, progress: bool
+    job: Job, cfg: SurfaceConfig, inputs: Inputs, *, resume: bool, progress: bool, mixed: bool
 ) -> Surface:
     ctx = distributed.current()
-    job_inputs = _job_inputs(job, cfg, inputs)
+    job_inputs = _job_inputs(job, cfg, inputs, mixed=mixed)
     surface = open_job(job, cfg, job_inputs, resume=resume)
     pending = len(surface.pending())
     if ctx.is_main:
@@ -254,5 +299,6 @@ def run(args: argparse.Namespace) -> int:
         resume=args.resume,
         progress=not args.no_progress,
         foreign=foreign_from(args),
+        allow_mixed=args.allow_mixed,
     )
     return 0
