@@ -138,6 +138,10 @@ def prepare_run(cfg: Any, *, resume: bool, resume_from: Path | None = None) -> R
             f"cannot resume: {run.root} holds no run (no {run.last.name}, no "
             f"{run.metrics.name}); start it without --resume"
         )
+    if source.is_dir():
+        raise FileNotFoundError(
+            f"cannot resume: {source} is a directory; pass a checkpoint file. {continue_hint(run)}"
+        )
     if resume_source(source) is None:
         what = "is missing" if not source.exists() else "cannot be continued from"
         why = "" if source == run.last else " (a checkpoint without the optimizer and RNG states?)"

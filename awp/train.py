@@ -62,7 +62,7 @@ from awp.data import DataBundle, DataConfig, Split, fixed_subset, iterate_batche
 from awp.distributed import DistContext
 from awp.evaluate import evaluate_attack
 from awp.extra_data import batches_per_epoch, load_extra_data, mixed_batches
-from awp.io import atomic_write_text, exclusive_output, sha256_file
+from awp.io import atomic_write_bytes, atomic_write_text, exclusive_output, sha256_file
 from awp.models import ModelConfig, ModelSpec, build_model
 from awp.objectives import AttackLossFactory, ObjectiveFn, get_attack_loss, get_objective
 from awp.perturb import perturbed, select_params, weight_ascent
@@ -629,6 +629,12 @@ def _restore(s: _Session, source: Path) -> None:
     s.history = [r for r in s.run.read_metrics() if r["epoch"] <= s.start_epoch]
     if s.ctx.is_main:
         s.run.rewrite_metrics(s.history)
+    if s.ctx.is_main and source.resolve() != s.run.last.resolve():
+        # An epoch checkpoint holds last.pt's state of its epoch: it becomes last.pt now, so a
+        # corrupt or missing last.pt is repaired even when no epoch is left to train, and
+        # --resume continues from here.
+        atomic_write_bytes(s.run.last, source.read_bytes())
+        log.info("%s rewritten from %s", s.run.last, source.name)
     log.info("resuming %s at epoch %d from %s", s.run.root, s.start_epoch, source.name)
 
 
