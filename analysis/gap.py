@@ -53,9 +53,7 @@ class GapConfig:
             raise ValueError(f"batch_size={self.batch_size} must be >= 1")
 
 
-def subset(
-    split: Split, n: int, *, seed: int, flag: str = ""
-) -> tuple[torch.Tensor, torch.Tensor]:
+def subset(split: Split, n: int, *, seed: int, flag: str = "") -> tuple[torch.Tensor, torch.Tensor]:
     """The fixed seeded subset of ``n`` examples of a split (all for n = 0): (x, y).
 
     A request larger than the split takes all of it, and ``flag`` (the setting's name, e.g.
