@@ -150,12 +150,15 @@ class AttackConfig:
         "pgd", "attack: pgd | fgsm | cw (CW-inf margin loss)", flag="attack", selects=True
     )
     norm: str = opt("linf", "threat model: linf | l2")
-    eps: float = opt(8 / 255, "radius in [0,1] pixel units (8/255 for linf, 0.5 for l2)")
+    eps: float = opt(
+        8 / 255, "radius in [0,1] pixel units (8/255 for linf, 0.5 for l2)", bounds=(0, None)
+    )
     step_size: float = opt(
         2 / 255,
         "attack step size in pixel units (eps/4 when only --norm/--eps change)",
         flag="attack_step_size",
         aliases=("step_size",),
+        bounds=(0, None),
     )
     steps: int = opt(
         10,

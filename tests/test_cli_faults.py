@@ -623,3 +623,39 @@ def test_resume_from_repairs_a_corrupt_last_pt(world, tmp_path):
     assert last.read_bytes() == epoch2.read_bytes()  # the state of epoch 2, whole again
     proc = awp(*args, "--resume")  # no loop back to --resume-from
     assert proc.returncode == 0 and "--resume-from" not in proc.stderr, proc.stderr[-2000:]
+
+
+def test_every_numeric_flag_of_the_measurement_configs_has_a_range():
+    """A number the CLI accepts has its valid range declared with it (opt(..., bounds=...))."""
+    import dataclasses
+    import typing
+
+    from analysis.certify_units import CertifyConfig
+    from analysis.flatness import FlatnessConfig
+    from analysis.gap import GapConfig
+    from analysis.hessian import HessianConfig
+    from analysis.pacbayes import PacBayesConfig
+    from analysis.sigma import SigmaSearchConfig
+    from analysis.spectra import SpectraConfig
+    from analysis.worst_case import WorstCaseConfig
+    from awp.config import AttackConfig, AWPConfig, resolve_type
+    from awp.evaluate import EvalConfig
+    from awp.models import ModelConfig
+    from landscape.config import SurfaceConfig
+
+    def numeric(tp: object) -> bool:
+        tp = resolve_type(tp)
+        return tp in (int, float) or (
+            typing.get_origin(tp) is tuple and typing.get_args(tp)[0] in (int, float)
+        )
+
+    configs = (AttackConfig, AWPConfig, TrainConfig, ModelConfig, EvalConfig, SurfaceConfig,
+               GapConfig, FlatnessConfig, WorstCaseConfig, SigmaSearchConfig, PacBayesConfig,
+               HessianConfig, SpectraConfig, CertifyConfig)  # fmt: skip
+    missing = [
+        f"{cls.__name__}.{f.name}"
+        for cls in configs
+        for f in dataclasses.fields(cls)
+        if numeric(typing.get_type_hints(cls)[f.name]) and "bounds" not in f.metadata
+    ]
+    assert not missing, missing
