@@ -11,17 +11,14 @@ Wu, Xia, Wang, NeurIPS 2020 (robust generalization gap, Sec. 3).
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from awp.config import PGD20_EVAL, AttackConfig, check_bounds, opt
-from awp.data import Split, fixed_subset
+from awp.data import Split, capped_notice, fixed_subset
 from awp.evaluate import evaluate_attack
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -63,20 +60,6 @@ def subset(split: Split, n: int, *, seed: int, flag: str = "") -> tuple[torch.Te
     idx = fixed_subset(len(split), n, seed=seed) if n else torch.arange(len(split))
     idx = idx.to(split.x.device)
     return split.x[idx], split.y[idx]
-
-
-def capped_notice(n: int, available: int, *, flag: str) -> int:
-    """The examples a request for ``n`` gets (0 = all): ``available`` at most, with a notice
-    naming ``flag`` when it asked for more."""
-    if n > available:
-        log.warning(
-            "%s %d asks for more than the %d images of the split: all %d are used",
-            flag or "the subset size",
-            n,
-            available,
-            available,
-        )
-    return available if n == 0 else min(n, available)
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ Reference: Yao, Gholami, Keutzer, Mahoney, "PyHessian", 2020; Ghorbani, Krishnan
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -47,6 +48,8 @@ from analysis.spectrum import (
 from awp.config import PGD20_EVAL, AttackConfig, check_bounds, check_choice, opt
 from awp.hessian import HVP_METHODS, LossBatches, LossHessian, loss_batches, top_eigenpairs
 from awp.perturb import PARAM_SETS, select_params
+
+log = logging.getLogger(__name__)
 
 LOSSES = ("adv", "clean")
 SPLITS = ("train", "test")
@@ -214,6 +217,16 @@ class HessianConfig:
             raise ValueError(
                 f"lanczos_vectors={self.lanczos_vectors} is more than the {p:,} Hessian "
                 f"coordinates (--lanczos-vectors {p} at most, or 0 for scipy's default)"
+            )
+        vectors = max(self.lanczos_vectors, 2 * self.top_k + 1, 20) if self.top_k else 0
+        gib = max(vectors, self.slq_steps if self.density else 0) * p * 8 / 2**30
+        if gib > 1:
+            log.warning(
+                "the Lanczos vectors of %d coordinates take %.1f GiB (%d vectors of float64); "
+                "lower --top-k, --lanczos-vectors or --slq-steps to use less",
+                p,
+                gib,
+                max(vectors, self.slq_steps if self.density else 0),
             )
 
 

@@ -659,3 +659,17 @@ def test_every_numeric_flag_of_the_measurement_configs_has_a_range():
         if numeric(typing.get_type_hints(cls)[f.name]) and "bounds" not in f.metadata
     ]
     assert not missing, missing
+
+
+def test_sizes_that_cost_time_or_memory_say_the_cost(caplog):
+    from analysis.certify_units import CertifyConfig
+    from analysis.hessian import HessianConfig
+    from awp_landscape.commands.certify import _say_cost
+
+    _say_cost(CertifyConfig(n=100_000), 500, "AT")  # the published protocol: 2e8 passes
+    assert "AT: 2e+08 noisy forward passes (500 images x 4e+05 each" in caplog.text
+    caplog.clear()
+    _say_cost(CertifyConfig(n=1000, n_test=10), 10, "AT")
+    assert caplog.text == ""
+    HessianConfig(top_k=5).check_sizes(55_000_000)  # a WRN-34-10's weights
+    assert "take 8.2 GiB (20 vectors of float64)" in caplog.text

@@ -8,6 +8,7 @@ under torchrun the examples are split across ranks.
 from __future__ import annotations
 
 import argparse
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,12 +24,11 @@ from analysis.certify_units import (
     summary_rows,
     unit_keys,
 )
-from analysis.gap import capped_notice
 from analysis.store import SampleStore, run_units
 from awp import distributed
 from awp.augment import to_float
 from awp.config import to_dict
-from awp.data import fixed_subset
+from awp.data import capped_notice, fixed_subset
 from awp.io import atomic_write_set, csv_text, json_text, write_json
 from awp_landscape.commands.common import add_run_arguments, current_results, out_folder
 from awp_landscape.console import format_table, say
@@ -39,6 +39,8 @@ from awp_landscape.inputs import (
     add_checkpoint_arguments,
     each_checkpoint,
 )
+
+log = logging.getLogger(__name__)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -87,6 +89,7 @@ def certify_checkpoint(
     capped_notice(cfg.n_test, len(split), flag="--n-test")
     idx = fixed_subset(len(split), cfg.n_test, seed=cfg.subset_seed) if cfg.n_test else None
     indices = idx.tolist() if idx is not None else list(range(len(split)))
+    _say_cost(cfg, len(indices), label)
     where = {i: k for k, i in enumerate(indices)}
     pick = torch.tensor(indices, device=split.x.device)
     x_all, y_all = split.x[pick], split.y[pick]
@@ -137,6 +140,25 @@ def certify_checkpoint(
     if ctx.is_main:
         write_json(folder / "result.json", result)
     return result
+
+
+# More noisy forward passes than this per checkpoint get a warning that states the count.
+COSTLY_PASSES = 10**8
+
+
+def _say_cost(cfg: CertifyConfig, images: int, label: str) -> None:
+    """Warn when the sample counts make a long run: every sample is one forward pass."""
+    per_image = len(cfg.sigmas) * (cfg.n0 + cfg.n * (2 if cfg.predict else 1))
+    per_image += cfg.noise_draws * len(cfg.noise_levels)
+    if per_image * images > COSTLY_PASSES:
+        log.warning(
+            "%s: %.3g noisy forward passes (%d images x %.3g each: n0 + n per sigma, and the "
+            "noise curve); lower --n or --n-test for a shorter run",
+            label,
+            per_image * images,
+            images,
+            per_image,
+        )
 
 
 def curve_rows(examples: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
