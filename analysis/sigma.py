@@ -20,10 +20,10 @@ class SigmaSearchConfig:
         0.1, "accepted drop of robust accuracy (absolute, in [0, 1])", bounds=(0, 1)
     )
     alpha_low: float = opt(
-        0.0, "lower end of the bracket (its drop must be <= target)", bounds=(0, 1)
+        0.0, "lower end of the bracket (its drop must be <= target)", bounds=(0, None)
     )
     alpha_high: float = opt(
-        1.0, "upper end of the bracket (its drop should exceed target)", bounds=(0, 1)
+        1.0, "upper end of the bracket (its drop should exceed target)", bounds=(0, None)
     )
     depth: int = opt(
         10,
