@@ -197,6 +197,8 @@ class TrainConfig:
         "objective sees, after the attack (with --eps 0: the base classifier of randomized "
         "smoothing, Cohen et al. 2019); 0 = none",
         bounds=(0, 4),
+        why="a standard deviation in [0,1] pixel units (Cohen et al. use 0.12, 0.25, 0.5, 1.0; "
+        "25 pixel levels are 25/255)",
     )
     seed: int = opt(0, "seed of weights, shuffling, augmentation and attacks", bounds=(0, None))
     device: str = opt("auto", "auto | cpu | cuda | cuda:N")
@@ -238,11 +240,6 @@ class TrainConfig:
             raise ValueError(
                 f"batch_size={self.batch_size} with extra_fraction={self.extra_fraction} leaves no "
                 "training images in a batch; raise --batch-size or lower --extra-fraction"
-            )
-        if not 0 <= self.noise_sd <= 4:
-            raise ValueError(
-                f"noise_sd={self.noise_sd} must be in [0, 4]: a standard deviation in [0,1] pixel "
-                "units (Cohen et al. use 0.12, 0.25, 0.5, 1.0; 25 pixel levels are 25/255)"
             )
         if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1:
             raise ValueError("need lr > 0, weight_decay >= 0 and 0 <= momentum < 1")
