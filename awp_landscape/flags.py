@@ -21,6 +21,21 @@ from awp.config import bounds_text, parse_number, resolve_type
 T = TypeVar("T")
 
 
+def integer(text: str) -> int:
+    """An integer flag's value: ``100000``, or ``1e5`` when it is a whole number.
+
+    Raises:
+        ValueError: (argparse then says "invalid integer value") for text that is no integer.
+    """
+    try:
+        return int(text)
+    except ValueError:
+        value = float(text)
+        if not value.is_integer():
+            raise
+        return int(value)
+
+
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -102,11 +117,11 @@ def add_dataclass_arguments(
                 help=_with_default(help_, value),
             )
             continue
-        conv: Any = {float: parse_number, int: int, str: str}.get(tp, str)
+        conv: Any = {float: parse_number, int: integer, str: str}.get(tp, str)
         nargs = None
         if typing.get_origin(tp) is tuple:
             inner = typing.get_args(tp)[0]
-            conv = parse_number if inner is float else inner
+            conv = {float: parse_number, int: integer}.get(inner, inner)
             nargs = "+"
         if nullable and f.metadata.get("selects"):
             help_ += " | none"
