@@ -31,7 +31,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -298,19 +298,6 @@ def _cell(v: Any) -> Any:
 def write_csv(path: str | os.PathLike, rows: Sequence[dict[str, Any]]) -> Path:
     """Atomic CSV of dict rows (see :func:`csv_text`)."""
     return atomic_write_text(path, csv_text(rows))
-
-
-def merge_rows(
-    kept: Sequence[Mapping[str, Any]],
-    new: Sequence[Mapping[str, Any]],
-    key: Callable[[Mapping[str, Any]], Hashable],
-) -> list[dict[str, Any]]:
-    """A summary's rows after a rerun: every kept row, the one with a new row's key replaced by
-    it, and the new keys added. A rerun over a subset (fewer gammas, one checkpoint) updates
-    the summary and never shrinks it."""
-    fresh = {key(r): dict(r) for r in new}
-    merged = [fresh.pop(key(r), dict(r)) for r in kept]
-    return merged + list(fresh.values())
 
 
 # --------------------------------------------------------------------------- outputs

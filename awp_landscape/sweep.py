@@ -27,7 +27,7 @@ from analysis.worst_case import WorstCaseConfig
 from awp import distributed
 from awp.config import PGD20_EVAL, opt
 from awp.evaluate import EvalConfig
-from awp.io import atomic_write_set, csv_text, exclusive_output, json_text, merge_rows, read_json
+from awp.io import exclusive_output, read_json, write_csv, write_json
 from awp.runs import RunFolder
 from awp_landscape.commands.flatness import measure_flatness
 from awp_landscape.commands.gap import measure_gap
@@ -142,7 +142,6 @@ def _measure_seed(cfg: SweepConfig, seed: int, *, progress: bool) -> list[dict[s
         by_kind = {r["kind"]: r for r in res["rows"]}
         rows.append(
             {
-                "run": name,
                 "gamma": gamma,
                 "seed": seed,
                 "natural accuracy (best)": best.get("natural"),
@@ -190,30 +189,18 @@ def run_sweep(cfg: SweepConfig, *, progress: bool = True) -> Path:
     with exclusive_output(out, folder_lock="sweep"):
         record_config(out, "sweep_config.json", cfg, growable=("gammas", "seeds"))
         rows = [row for seed in cfg.seeds for row in _measure_seed(cfg, seed, progress=progress)]
-        rows = _merged(out / "sweep.json", rows)
         summary = summarize(rows)
-        gammas = sorted({r["gamma"] for r in rows})
-        seeds = sorted({r["seed"] for r in rows})
-        table = {"gammas": gammas, "seeds": seeds, "rows": rows, "summary": summary}
-        atomic_write_set({out / "sweep.json": json_text(table), out / "sweep.csv": csv_text(rows)})
+        write_json(
+            out / "sweep.json",
+            {"gammas": cfg.gammas, "seeds": cfg.seeds, "rows": rows, "summary": summary},
+        )
+        write_csv(out / "sweep.csv", rows)
         _figures(summary, out)
         for r in summary:
             if r["measure"] in ("robust accuracy (last)", "natural accuracy (last)"):
                 ci = f" [{r['low']:.3f}, {r['high']:.3f}]" if r["low"] is not None else ""
                 say(f"gamma {r['gamma']:g}: {r['measure']} {r['mean']:.3f}{ci} (n={r['n']})")
     return out / "sweep.json"
-
-
-def _merged(path: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """``rows`` merged into the rows of the sweep already in ``path``, one per (run, gamma,
-    seed): a sweep run again with fewer gammas or seeds updates those and keeps the others."""
-    old = read_json(path, what="sweep summary")["rows"] if path.exists() else []
-    old = [{"run": run_name(r["gamma"]), **r} for r in old]  # older files have no run column
-    merged = merge_rows(old, rows, key=lambda r: (r["run"], r["gamma"], r["seed"]))
-    kept = len(merged) - len(rows)
-    if kept:
-        say(f"sweep: {kept} row(s) of earlier runs in {path.name} kept beside the {len(rows)} new")
-    return sorted(merged, key=lambda r: (r["gamma"], r["seed"]))
 
 
 def _figures(summary: list[dict[str, Any]], out: Path) -> None:

@@ -38,19 +38,6 @@ def test_a_sweep_writes_one_run_per_gamma_its_table_and_figures(tmp_path, capsys
     assert main([*args, "--gammas", "0", "0.01", "0.02"]) == 0
     assert (out / "seed0" / "gamma_0" / "checkpoints" / "last.pt").stat().st_mtime_ns == stamp
     assert len(json.loads((out / "sweep.json").read_text())["rows"]) == 3
-    # A subset of the gammas updates its rows and keeps the others (the help: more add runs).
-    before = json.loads((out / "sweep.json").read_text())["rows"]
-    (out / "sweep.json").write_text(
-        json.dumps({"rows": [{k: v for k, v in r.items() if k != "run"} for r in before]})
-    )  # rows of a version without the run column are merged by their gamma
-    assert main([*args, "--gammas", "0.02"]) == 0
-    assert "2 row(s) of earlier runs in sweep.json kept" in capsys.readouterr().out
-    after = json.loads((out / "sweep.json").read_text())
-    assert [(r["run"], r["gamma"], r["seed"]) for r in after["rows"]] == [
-        ("gamma_0", 0.0, 0), ("gamma_0.01", 0.01, 0), ("gamma_0.02", 0.02, 0)
-    ]  # fmt: skip
-    assert after["rows"] == before and after["gammas"] == [0.0, 0.01, 0.02]
-    assert len((out / "sweep.csv").read_text().splitlines()) == 4
     # the report of the sweep folder: its section, both figures decoded in a real browser
     assert main(["report", str(out)]) == 0
     html = (out / "report.html").read_text()
