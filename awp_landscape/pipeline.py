@@ -65,8 +65,6 @@ class AnalysisPlan(MeasurePlan):
     """Sizes of the measurements after training (subsets, attacks, samples); the shared ones
     (evaluation, gap, flatness, worst case) come from :class:`MeasurePlan`."""
 
-    landscape_points: int = opt(11, "alphas in [-1, 1] of the 1-D landscape")
-    landscape_n: int = opt(200, "test images per landscape point")
     flatness_alphas: tuple[float, ...] = opt(
         (0.05, 0.1, 0.2), "noise scales of the flatness curve (layer mode)"
     )
@@ -307,6 +305,37 @@ def evaluate_runs(
             log_accuracies(label, which, result)
 
 
+def final_landscapes(
+    checkpoints: list[Path],
+    labels: list[str],
+    *,
+    folder: Path,
+    plan: MeasurePlan,
+    device: str,
+    progress: bool,
+) -> None:
+    """The 1-D landscapes of the final checkpoints (attacks regenerated, and the fixed mode for
+    contrast) into ``folder/<label>.h5``, resumed when the files exist: the demo's and the
+    sweep's one landscape."""
+    cfg = SurfaceConfig(
+        kind="1d",
+        x=f"-1:1:{plan.landscape_points}",
+        n_test=plan.landscape_n,
+        n_train=0,
+        attack=dataclasses.replace(PGD10_EVAL, steps=plan.analysis_steps),
+        fixed=True,
+        device=device,
+    )
+    compute_landscapes(
+        checkpoints,
+        cfg,
+        out=folder,
+        labels=labels,
+        resume=any(folder.glob("*.h5")),
+        progress=progress,
+    )
+
+
 def log_accuracies(label: str, which: str, result: Mapping[str, Any]) -> None:
     """One line with the accuracies of an evaluation."""
     accs = ", ".join(f"{r['attack']} {r['accuracy']:.4f}" for r in result["results"])
@@ -369,22 +398,12 @@ class Pipeline:
         )
 
     def landscape(self) -> None:
-        folder = self.analysis / "landscape"
-        cfg = SurfaceConfig(
-            kind="1d",
-            x=f"-1:1:{self.plan.landscape_points}",
-            n_test=self.plan.landscape_n,
-            n_train=0,
-            attack=dataclasses.replace(PGD10_EVAL, steps=self.plan.analysis_steps),
-            fixed=True,
-            device=self.device,
-        )
-        compute_landscapes(
+        final_landscapes(
             self.last,
-            cfg,
-            out=folder,
-            labels=self.labels,
-            resume=any(folder.glob("*.h5")),
+            self.labels,
+            folder=self.analysis / "landscape",
+            plan=self.plan,
+            device=self.device,
             progress=self.progress,
         )
 

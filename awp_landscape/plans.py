@@ -78,3 +78,5 @@ class MeasurePlan:
     flatness_samples: int = opt(4, "noise draws per alpha of the expected flatness")
     worst_gamma: float = opt(0.01, "radius of the worst-case flatness")
     worst_steps: int = opt(5, "ascent steps of the worst-case flatness")
+    landscape_points: int = opt(11, "alphas in [-1, 1] of the 1-D landscape")
+    landscape_n: int = opt(200, "test images per landscape point")

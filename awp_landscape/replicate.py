@@ -97,7 +97,7 @@ def _sharpness(folder: Path, method: str) -> float | None:
     return landscape_rise(read_surface(path)) if path.exists() else None
 
 
-def _last_conv(stat: str) -> Measure:
+def deepest_conv(stat: str) -> Measure:
     def get(folder: Path, method: str) -> float | None:
         path = folder / "analysis" / "weights.json"
         if not path.exists():
@@ -143,8 +143,8 @@ def measures(alphas: Sequence[float], gamma: float) -> list[tuple[str, Measure]]
             _flatness("worst", "gamma", gamma),
         ),
         ("landscape sharpness (adversarial loss rise along the direction)", _sharpness),
-        ("mean |w| of the deepest conv layer", _last_conv("mean_abs")),
-        ("|skewness| of the deepest conv layer (asymmetry)", _last_conv("skewness")),
+        ("mean |w| of the deepest conv layer", deepest_conv("mean_abs")),
+        ("|skewness| of the deepest conv layer (asymmetry)", deepest_conv("skewness")),
         ("Kendall tau of flatness vs gap within the method", _tau),
     ]
     return out

@@ -21,12 +21,12 @@ import numpy as np
 
 from analysis.curvature import curvature_statement
 from analysis.outcome import Measurements, outcome
+from analysis.replicates import MIN_SEEDS
 from awp.config import method_of
 from awp.io import atomic_write_text, exclusive_output, read_json
 from awp.runs import RunFolder
 from awp_landscape.replicate import seed_folders
 from awp_landscape.report_replicates import (
-    replicate_statements,
     replicates_section,
     sweep_section,
 )
@@ -35,7 +35,7 @@ from figures.curves import (
     plot_gap_by_epoch,
     plot_landscape,
     plot_learning_curves,
-    plot_seed_curves,
+    plot_story_curves,
 )
 from figures.flatness import plot_flatness_curve
 from figures.hessian import plot_eigen_density, plot_layer_curvature, plot_top_eigenvalues
@@ -881,6 +881,87 @@ def _not_measured(res: Results, absent: Sequence[tuple[str, str]]) -> Section:
     )
 
 
+def _per_epoch_eval(res: Results) -> str:
+    """What the per-epoch curves measured, e.g. "PGD-5; 250 test, 200 train images"."""
+    cfg = res.demo_config.get("training") or (res.runs[0].config if res.runs else {})
+    steps, n_test = cfg.get("eval_steps"), cfg.get("test_eval_size")
+    n_train = cfg.get("train_eval_size")
+    if steps is None:
+        return "PGD"
+    test = "all test images" if not n_test else f"{n_test} test images"
+    return f"PGD-{steps} per evaluated epoch; {test}, {n_train} train images"
+
+
+def _story_rows(replicates: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One row per measure: AT, AT-AWP (means over seeds), the difference, its interval and a
+    short verdict that follows the interval."""
+    rows = []
+    for m in replicates.get("measures", []):
+        n = len(m["seeds"])
+        resolved = m["t_low"] is not None and (m["t_low"] > 0 or m["t_high"] < 0)
+        if resolved:
+            verdict = f"AT-AWP {'higher' if m['mean_diff'] > 0 else 'lower'}"
+        elif m["t_low"] is not None:
+            verdict = f"not resolved at {n} seeds"
+        else:
+            verdict = "single run, no interval" if n == 1 else f"{n} seeds, no interval"
+        interval = "–" if m["t_low"] is None else f"[{m['t_low']:+.4g}, {m['t_high']:+.4g}]"
+        rows.append(
+            {
+                "measure": m["measure"],
+                "AT": m["mean_at"],
+                "AT-AWP": m["mean_awp"],
+                "AT-AWP minus AT": m["mean_diff"],
+                f"{m['confidence']:.0%} t interval over seeds": interval,
+                "verdict": verdict,
+            }
+        )
+    return rows
+
+
+def _story_section(res: Results) -> Section | None:
+    """The first screen: both methods' learning curves (every seed) and one outcome table."""
+    histories = res.seed_histories or (
+        {0: {r.label: r.history for r in res.runs}} if res.runs else {}
+    )
+    if not histories and not res.replicates:
+        return None
+    n = len(res.seeds) or 1
+    s = Section("AT against AT-AWP: learning curves and outcome")
+    if n < MIN_SEEDS:
+        s.paragraphs.append(
+            f"This is {'one run' if n == 1 else f'{n} seeds'} of each method. A claim over "
+            f"seeds needs {MIN_SEEDS} seeds (awp demo --seeds 0 1 2); the table below compares "
+            "the runs as they came out, without intervals."
+        )
+    else:
+        s.paragraphs.append(
+            f"{n} seeds of each method, paired by seed. A difference is called only when its "
+            "95% Student-t interval over seeds excludes zero."
+        )
+    what = _per_epoch_eval(res)
+    if histories:
+        s.figures.append(
+            FigureBlock.from_figure(
+                plot_story_curves(histories, what=what.split(";")[0]),
+                f"Robust loss and robust accuracy per evaluated epoch ({what}): test solid, "
+                "train dashed, one line per seed. Robust overfitting is the test loss rising "
+                "while the train loss keeps falling.",
+                "learning curves of AT and AT-AWP",
+            )
+        )
+    rows = _story_rows(res.replicates) if res.replicates else []
+    if rows:
+        s.tables.append(
+            Table(
+                rows,
+                caption="Outcome: the last checkpoint of each run unless the measure says "
+                "otherwise; AT and AT-AWP are means over seeds",
+            )
+        )
+    return s
+
+
 def build_document(res: Results, *, title: str = "AWP: what this run measured") -> Document:
     """The report's document: the outcome, then a section for every kind of result found.
 
@@ -891,22 +972,12 @@ def build_document(res: Results, *, title: str = "AWP: what this run measured") 
     if res.demo_config:
         doc.intro.append(_intro(res.demo_config, res.seeds))
     single = outcome(measurements(res)) if res.runs or res.gap or res.flatness_final else []
+    story = _story_section(res)
+    if story is not None:
+        doc.sections.append(story)
     if res.replicates:
-        over_seeds = replicate_statements(res.replicates)
-        doc.sections.append(
-            Section("Outcome over seeds", paragraphs=[f"NOTE: {s}" for s in over_seeds])
-        )
-        section = replicates_section(res.replicates)
-        if res.seed_histories:
-            section.figures.append(
-                FigureBlock.from_figure(
-                    plot_seed_curves(res.seed_histories),
-                    "Test (solid) and train (dashed) robust loss of every seed: robust "
-                    "overfitting is the test loss rising while the train loss falls.",
-                    "robust loss of every seed",
-                )
-            )
-        doc.sections.append(section)
+        if len(res.seeds) >= MIN_SEEDS:
+            doc.sections.append(replicates_section(res.replicates))
         if single:
             seed = res.seeds[0] if res.seeds else 0
             doc.sections.append(

@@ -1,20 +1,31 @@
-"""``awp sweep``: AWP's gamma trade-off (rebuttal R#2 Q3), one run per gamma and seed.
+"""``awp sweep``: AWP's gamma trade-off, and any grid of training or measurement settings.
 
 Every gamma (0 is plain AT) is trained with the demo's training plan and every seed, then each
 run's best and last checkpoint are evaluated (natural and PGD-20), and the last checkpoint's
-robust gap and expected and worst-case flatness measured, with the same functions as the demo.
-Per gamma the seeds give a mean and, from three seeds on, a t interval. Everything is kept in
-the output folder and reused when the sweep is run again (more gammas or seeds add runs).
+robust gap, expected and worst-case flatness, 1-D landscape sharpness and deepest-layer weight
+statistics measured, with the same functions as the demo. Per gamma the seeds give a mean and,
+from three seeds on, a t interval; with gamma 0 in the sweep, every other gamma is also compared
+with it seed by seed (AT-AWP minus AT, paired over seeds).
 
-    out/seed<k>/gamma_<g>/   a run folder (config.json, metrics.jsonl, checkpoints/)
-    out/seed<k>/eval/        gamma_<g>_{best,last}.json
-    out/seed<k>/analysis/    gap.json, flatness/ (last checkpoints)
+``--grid NAME=V1,V2 ...`` varies any field of the training plan or of the measurement sizes (the
+names of their flags: ``--grid train_size=250,500 epochs=60,100``): every combination is a grid
+point, trained and measured with every gamma and seed in a folder of its own named by the values
+that differ from the other flags (the point equal to them is the folder itself). Everything is
+kept and reused when the sweep is run again: more gammas, seeds or grid values add runs, and the
+summary merges by (point, gamma, seed), never losing rows of earlier calls.
+
+    out/[<point>/]seed<k>/gamma_<g>/   a run folder (config.json, metrics.jsonl, checkpoints/)
+    out/[<point>/]seed<k>/eval/        gamma_<g>_{best,last}.json
+    out/[<point>/]seed<k>/analysis/    gap.json, flatness/, landscape/, weights.json
     out/sweep.json, sweep.csv, sweep_*.png
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import itertools
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +33,8 @@ from typing import Any
 
 from analysis.flatness import FlatnessConfig
 from analysis.gap import GapConfig
+from analysis.outcome import landscape_rise, robust_overfitting
+from analysis.replicates import MIN_SEEDS, paired_difference, verdict
 from analysis.stats import t_interval
 from analysis.worst_case import WorstCaseConfig
 from awp import distributed
@@ -31,12 +44,14 @@ from awp.io import exclusive_output, read_json, write_csv, write_json
 from awp.runs import RunFolder
 from awp_landscape.commands.flatness import measure_flatness
 from awp_landscape.commands.gap import measure_gap
+from awp_landscape.commands.hist import weight_histograms
 from awp_landscape.console import say
+from awp_landscape.flags import add_dataclass_arguments, dataclass_from_arguments
 from awp_landscape.inputs import Inputs, Sources
-from awp_landscape.pipeline import evaluate_runs, record_config, train_all
+from awp_landscape.pipeline import evaluate_runs, final_landscapes, record_config, train_all
 from awp_landscape.plans import MeasurePlan, TrainingPlan
-
-MIN_SEEDS = 3  # an interval from three seeds on
+from awp_landscape.replicate import deepest_conv
+from landscape.storage import read_surface
 
 
 @dataclass(frozen=True)
@@ -56,18 +71,25 @@ class SweepConfig:
         (0.0, 0.0025, 0.005, 0.01, 0.02), "AWP radii to train (0 = AT without AWP)"
     )
     seeds: tuple[int, ...] = opt((0,), "seeds; every gamma is trained with each")
+    grid: tuple[str, ...] = opt(
+        (),
+        "settings to vary, each NAME=V1,V2,... with NAME a training or measurement flag "
+        "(train_size=250,500 epochs=60,100): every combination is trained and measured",
+    )
     training: TrainingPlan = opt(TrainingPlan(), "training of every run")
     plan: SweepPlan = opt(SweepPlan(), "measurement sizes")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "gammas", tuple(float(g) for g in self.gammas))
         object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
+        object.__setattr__(self, "grid", tuple(str(g) for g in self.grid))
         if not self.gammas or any(not 0 <= g < 1 for g in self.gammas):
             raise ValueError(f"gammas={self.gammas}: give values in [0, 1) (0 = AT)")
         if len(set(self.gammas)) != len(self.gammas) or len(set(self.seeds)) != len(self.seeds):
             raise ValueError("gammas and seeds must not repeat")
         if not self.seeds or any(s < 0 for s in self.seeds):
             raise ValueError(f"seeds={self.seeds}: give one or more seeds >= 0")
+        grid_points(self)  # refuses an unknown field or a value of the wrong type
 
 
 def run_name(gamma: float) -> str:
@@ -75,15 +97,166 @@ def run_name(gamma: float) -> str:
     return f"gamma_{gamma:g}"
 
 
+# --------------------------------------------------------------------------- the grid
+@dataclass(frozen=True)
+class GridPoint:
+    """One combination of the grid: every grid field's value, and the plans it gives.
+
+    ``name`` lists the values that differ from the sweep's other flags (``epochs=60,width=0.5``)
+    and is the point's folder under the sweep folder; "" is the sweep folder itself, so a sweep
+    without a grid keeps the layout it always had and a grid that grows reuses its points."""
+
+    values: dict[str, Any]
+    name: str
+    training: TrainingPlan
+    plan: SweepPlan
+
+    def folder(self, out: str | Path) -> Path:
+        return Path(out) / self.name if self.name else Path(out)
+
+
+class _GridError(ValueError):
+    pass
+
+
+class _RaisingParser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse would print usage and exit
+        raise _GridError(message.replace("invalid parse_number value", "not a number"))
+
+
+_RESERVED = {"gamma": "--gammas", "gammas": "--gammas", "seed": "--seeds", "seeds": "--seeds"}
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+def _grid_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Action]]:
+    parser = _RaisingParser(add_help=False)
+    add_dataclass_arguments(parser, TrainingPlan)
+    add_dataclass_arguments(parser, SweepPlan)
+    return parser, {a.dest: a for a in parser._actions}
+
+
+def _value_text(v: Any) -> str:
+    if isinstance(v, bool):
+        return str(v).lower()
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def parse_grid(grid: Sequence[str]) -> dict[str, list[str]]:
+    """``("train_size=250,500", "epochs=60")`` -> ``{"train_size": ["250", "500"], ...}``,
+    with the names checked against the training and measurement flags (one-line errors)."""
+    _, actions = _grid_parser()
+    out: dict[str, list[str]] = {}
+    for item in grid:
+        name, sep, values = item.partition("=")
+        name = name.strip().lstrip("-").replace("-", "_")
+        if not sep or not name:
+            raise ValueError(f"--grid {item!r}: write NAME=V1,V2 (for example epochs=60,100)")
+        if name in _RESERVED:
+            raise ValueError(f"--grid {item!r}: vary {name} with {_RESERVED[name]}, not the grid")
+        if name not in actions:
+            known = ", ".join(sorted(a for a in actions if a != "help"))
+            raise ValueError(f"--grid {item!r}: unknown field {name!r}; fields: {known}")
+        if actions[name].nargs == "+":
+            raise ValueError(f"--grid {item!r}: {name} takes several values; set it with its flag")
+        if name in out:
+            raise ValueError(f"--grid names {name} twice; give all its values in one NAME=V1,V2")
+        vals = [v.strip() for v in values.split(",")]
+        if not values or any(not v for v in vals) or len(set(vals)) != len(vals):
+            raise ValueError(f"--grid {item!r}: give distinct values separated by commas")
+        out[name] = vals
+    return out
+
+
+def _argv(action: argparse.Action, value: str) -> list[str]:
+    flag = action.option_strings[0]
+    if isinstance(action, argparse.BooleanOptionalAction):
+        low = value.lower()
+        if low not in _TRUE + _FALSE:
+            raise _GridError(f"argument {flag}: expected true or false, got {value!r}")
+        return [flag] if low in _TRUE else ["--no-" + flag[2:]]
+    return [flag, value]
+
+
+def grid_points(cfg: SweepConfig) -> list[GridPoint]:
+    """Every combination of ``cfg.grid`` (in the order given), each with its plans and folder.
+
+    Raises:
+        ValueError: an unknown field, a value of the wrong type, or settings that the training
+            or measurement configs refuse; the message names the grid entry.
+    """
+    if not cfg.grid:  # the sweep's own settings
+        return [GridPoint({}, "", cfg.training, cfg.plan)]
+    grid = parse_grid(cfg.grid)
+    parser, actions = _grid_parser()
+    points = []
+    for combo in itertools.product(*grid.values()):
+        argv: list[str] = []
+        for name, value in zip(grid, combo):
+            try:
+                argv += _argv(actions[name], value)
+            except _GridError as e:
+                raise ValueError(f"--grid {name}={value}: {e}") from None
+        try:
+            ns = parser.parse_args(argv)
+            training = dataclass_from_arguments(TrainingPlan, ns, cfg.training)
+            plan = dataclass_from_arguments(SweepPlan, ns, cfg.plan)
+            training.train_config(Path(cfg.out), seed=0)  # TrainConfig's own checks
+        except (_GridError, ValueError, TypeError) as e:
+            shown = ",".join(f"{n}={v}" for n, v in zip(grid, combo))
+            raise ValueError(f"--grid point {shown}: {e}") from None
+        values = {n: _current(n, training, plan) for n in grid}
+        name = ",".join(
+            f"{n}={_value_text(values[n])}"
+            for n in sorted(grid)
+            if values[n] != _current(n, cfg.training, cfg.plan)
+        )
+        points.append(GridPoint(values, name, training, plan))
+    return points
+
+
+def _current(name: str, training: TrainingPlan, plan: SweepPlan) -> Any:
+    """The value of the flag ``name`` in the training plan or the measurement plan."""
+    for root in (training, plan):
+        found = _find(root, name)
+        if found is not _MISSING:
+            return found
+    raise KeyError(name)
+
+
+_MISSING = object()
+
+
+def _find(obj: Any, name: str) -> Any:
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            found = _find(value, name)
+            if found is not _MISSING:
+                return found
+        elif f.metadata.get("flag", f.name) == name:
+            return value
+    return _MISSING
+
+
+# --------------------------------------------------------------------------- measures
 MEASURES = (
     "natural accuracy (best)",
     "natural accuracy (last)",
     "robust accuracy (best)",
     "robust accuracy (last)",
+    "best minus last robust accuracy",
+    "train robust accuracy (last epoch)",
+    "test robust loss rise after its minimum",
     "robust gap (last)",
     "expected flatness (last)",
     "worst-case flatness (last)",
+    "landscape sharpness (last)",
+    "deepest conv mean |w| (last)",
+    "deepest conv |skewness| (last)",
+    "seconds per run",
 )
+#: The measures compared AT-AWP minus AT, seed by seed (gamma 0 against every other gamma).
+PAIRED = MEASURES[2:-1]
 
 
 def _accuracies(path: Path) -> dict[str, float]:
@@ -97,28 +270,52 @@ def _accuracies(path: Path) -> dict[str, float]:
     return out
 
 
-def _measure_seed(cfg: SweepConfig, seed: int, *, progress: bool) -> list[dict[str, Any]]:
-    """Train (or reuse) every gamma of one seed, then measure it; one row per gamma."""
-    folder = Path(cfg.out) / f"seed{seed}"
+def _training_measures(run: RunFolder) -> dict[str, float | None]:
+    """From a run's per-epoch records: train robust accuracy at the last evaluated epoch, the
+    rise of the test robust loss after its minimum, and the run's seconds (training and
+    per-epoch evaluation)."""
+    history = run.read_metrics()
+    evaluated = [r for r in history if "train_robust_acc" in r]
+    ro = robust_overfitting(history)
+    return {
+        "train robust accuracy (last epoch)": (
+            float(evaluated[-1]["train_robust_acc"]) if evaluated else None
+        ),
+        "test robust loss rise after its minimum": None if ro is None else ro.loss_rise,
+        "train seconds": sum(r.get("seconds", 0.0) + r.get("eval_seconds", 0.0) for r in history),
+    }
+
+
+def _measure_seed(
+    cfg: SweepConfig, point: GridPoint, seed: int, *, progress: bool
+) -> list[dict[str, Any]]:
+    """Train (or reuse) every gamma of one seed at one grid point, then measure it; one row per
+    gamma."""
+    folder = point.folder(cfg.out) / f"seed{seed}"
     configs = {
-        run_name(g): cfg.training.train_config(folder / run_name(g), seed=seed, awp=g > 0, gamma=g)
+        run_name(g): point.training.train_config(
+            folder / run_name(g), seed=seed, awp=g > 0, gamma=g
+        )
         for g in cfg.gammas
     }
     train_all(configs, progress=progress, log=say)
+    t0 = time.perf_counter()
     runs = {name: RunFolder(c.out) for name, c in configs.items()}
-    inputs = Inputs(distributed.pick_device(cfg.training.device), progress=progress)
-    plan = cfg.plan
+    labels = list(runs)
+    device = point.training.device
+    inputs = Inputs(distributed.pick_device(device), progress=progress)
+    plan = point.plan
     cfg_eval = EvalConfig(attacks=("natural", "pgd20"), n=plan.eval_n, cascade=False)
     evaluate_runs(runs, folder, cfg=cfg_eval, inputs=inputs, progress=progress)
     last = [r.last for r in runs.values()]
     attack = dataclasses.replace(PGD20_EVAL, steps=plan.analysis_steps)
     analysis = folder / "analysis"
-    device = cfg.training.device
+    sources = Sources(device=device, progress=progress)
     gaps = measure_gap(
         last,
         GapConfig(n_train=plan.gap_n, n_test=plan.gap_n, attack=attack),
         out=analysis,
-        sources=Sources(device=device, progress=progress),
+        sources=sources,
     )
     flat = FlatnessConfig(
         alphas=(plan.flatness_alpha,),
@@ -130,37 +327,63 @@ def _measure_seed(cfg: SweepConfig, seed: int, *, progress: bool) -> list[dict[s
         last,
         flat,
         out=analysis,
-        labels=list(runs),
+        labels=labels,
         worst=WorstCaseConfig(gammas=(plan.worst_gamma,), ascent_steps=plan.worst_steps),
-        sources=Sources(device=device, progress=progress),
+        sources=sources,
         figures=False,
     )
+    final_landscapes(
+        last, labels, folder=analysis / "landscape", plan=plan, device=device, progress=progress
+    )
+    weight_histograms(last, out=analysis, labels=labels, figures=False, progress=progress)
+    measured = (time.perf_counter() - t0) / len(runs)
     rows = []
     for (name, gamma), gap, res in zip(zip(runs, cfg.gammas), gaps, results):
         best = _accuracies(folder / "eval" / f"{name}_best.json")
         last_acc = _accuracies(folder / "eval" / f"{name}_last.json")
         by_kind = {r["kind"]: r for r in res["rows"]}
+        trained = _training_measures(runs[name])
+        surface = read_surface(analysis / "landscape" / f"{name}.h5")
+        robust = (best.get("pgd20"), last_acc.get("pgd20"))
         rows.append(
             {
+                "point": point.name,
+                **point.values,
                 "gamma": gamma,
                 "seed": seed,
                 "natural accuracy (best)": best.get("natural"),
                 "natural accuracy (last)": last_acc.get("natural"),
-                "robust accuracy (best)": best.get("pgd20"),
-                "robust accuracy (last)": last_acc.get("pgd20"),
+                "robust accuracy (best)": robust[0],
+                "robust accuracy (last)": robust[1],
+                "best minus last robust accuracy": (
+                    None if None in robust else robust[0] - robust[1]
+                ),
+                "train robust accuracy (last epoch)": trained["train robust accuracy (last epoch)"],
+                "test robust loss rise after its minimum": trained[
+                    "test robust loss rise after its minimum"
+                ],
                 "robust gap (last)": gap["gap"],
                 "expected flatness (last)": by_kind["expected"]["flatness_loss"],
                 "worst-case flatness (last)": by_kind["worst"]["flatness_loss"],
+                "landscape sharpness (last)": landscape_rise(surface),
+                "deepest conv mean |w| (last)": deepest_conv("mean_abs")(folder, name),
+                "deepest conv |skewness| (last)": deepest_conv("skewness")(folder, name),
+                "seconds per run": trained["train seconds"] + measured,
             }
         )
     return rows
 
 
+def _key(row: dict[str, Any]) -> tuple[str, float, int]:
+    return (str(row.get("point", "")), float(row["gamma"]), int(row["seed"]))
+
+
 def summarize(rows: Sequence[dict[str, Any]], confidence: float = 0.95) -> list[dict[str, Any]]:
-    """Per gamma and measure: the seeds' values, their mean, and a t interval from three seeds."""
+    """Per grid point, gamma and measure: the seeds' values, their mean, and a t interval from
+    three seeds."""
     out = []
-    for gamma in sorted({r["gamma"] for r in rows}):
-        mine = [r for r in rows if r["gamma"] == gamma]
+    for point, gamma in sorted({(str(r.get("point", "")), r["gamma"]) for r in rows}):
+        mine = [r for r in rows if r["gamma"] == gamma and str(r.get("point", "")) == point]
         for measure in MEASURES:
             values = [float(r[measure]) for r in mine if r.get(measure) is not None]
             if not values:
@@ -170,6 +393,7 @@ def summarize(rows: Sequence[dict[str, Any]], confidence: float = 0.95) -> list[
                 low, high = t_interval(values, confidence)
             out.append(
                 {
+                    "point": point,
                     "gamma": gamma,
                     "measure": measure,
                     "n": len(values),
@@ -183,31 +407,88 @@ def summarize(rows: Sequence[dict[str, Any]], confidence: float = 0.95) -> list[
     return out
 
 
+def paired(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per grid point and gamma > 0: every measure of :data:`PAIRED` as AT-AWP (that gamma)
+    minus AT (gamma 0) of the same seed, over the seeds both have, with the t interval and the
+    verdict of :func:`analysis.replicates.paired_difference` (none below three seeds)."""
+    by = {_key(r): r for r in rows}
+    out = []
+    for point, gamma in sorted({(k[0], k[1]) for k in by if k[1] > 0}):
+        seeds = sorted(s for p, g, s in by if (p, g) == (point, gamma) and (p, 0.0, s) in by)
+        for measure in PAIRED:
+            pairs = [(s, by[(point, 0.0, s)].get(measure), by[(point, gamma, s)].get(measure))
+                     for s in seeds]  # fmt: skip
+            pairs = [p for p in pairs if p[1] is not None and p[2] is not None]
+            if not pairs:
+                continue
+            pd = paired_difference(
+                measure, [p[0] for p in pairs], [p[1] for p in pairs], [p[2] for p in pairs]
+            )
+            out.append(
+                {"point": point, "gamma": gamma, **dataclasses.asdict(pd), "verdict": verdict(pd)}
+            )
+    return out
+
+
+def merged_rows(path: Path, new: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows of an earlier ``sweep.json`` with ``new`` merged in by (point, gamma, seed): a
+    rerun with fewer gammas, seeds or grid values keeps what the earlier calls measured."""
+    old = read_json(path, what="sweep summary")["rows"] if path.exists() else []
+    merged = {_key(r): r for r in old}
+    replaced = sum(_key(r) in merged for r in new)
+    merged.update({_key(r): r for r in new})
+    kept = len(merged) - len(new)
+    if kept:
+        say(f"sweep: kept {kept} row(s) of earlier calls in {path.name}; {replaced} remeasured")
+    return sorted(merged.values(), key=_key)
+
+
 def run_sweep(cfg: SweepConfig, *, progress: bool = True) -> Path:
-    """Train and measure every gamma and seed, write sweep.json/.csv and the figures."""
+    """Train and measure every grid point, gamma and seed; write sweep.json/.csv and figures."""
     out = Path(cfg.out)
+    points = grid_points(cfg)
     with exclusive_output(out, folder_lock="sweep"):
-        record_config(out, "sweep_config.json", cfg, growable=("gammas", "seeds"))
-        rows = [row for seed in cfg.seeds for row in _measure_seed(cfg, seed, progress=progress)]
+        record_config(out, "sweep_config.json", cfg, growable=("gammas", "seeds", "grid"))
+        new = []
+        for point in points:
+            if point.name:
+                say(f"\n######## grid point {point.name}")
+            for seed in cfg.seeds:
+                new += _measure_seed(cfg, point, seed, progress=progress)
+        rows = merged_rows(out / "sweep.json", new)
         summary = summarize(rows)
+        gammas = sorted({float(r["gamma"]) for r in rows})
+        seeds = sorted({int(r["seed"]) for r in rows})
+        names = sorted({str(r.get("point", "")) for r in rows})
         write_json(
             out / "sweep.json",
-            {"gammas": cfg.gammas, "seeds": cfg.seeds, "rows": rows, "summary": summary},
+            {
+                "gammas": gammas,
+                "seeds": seeds,
+                "grid": list(cfg.grid),
+                "points": names,
+                "rows": rows,
+                "summary": summary,
+                "paired": paired(rows),
+            },
         )
         write_csv(out / "sweep.csv", rows)
-        _figures(summary, out)
+        for name in names:
+            _figures([r for r in summary if r["point"] == name], out, name)
         for r in summary:
             if r["measure"] in ("robust accuracy (last)", "natural accuracy (last)"):
                 ci = f" [{r['low']:.3f}, {r['high']:.3f}]" if r["low"] is not None else ""
-                say(f"gamma {r['gamma']:g}: {r['measure']} {r['mean']:.3f}{ci} (n={r['n']})")
+                where = f"{r['point']}: " if r["point"] else ""
+                say(f"{where}gamma {r['gamma']:g}: {r['measure']} {r['mean']:.3f}{ci} (n={r['n']})")
     return out / "sweep.json"
 
 
-def _figures(summary: list[dict[str, Any]], out: Path) -> None:
+def _figures(summary: list[dict[str, Any]], out: Path, point: str = "") -> None:
     # matplotlib is imported only when figures are drawn: `awp` starts without it.
     from figures.style import save_figure
     from figures.sweep import plot_tradeoff, plot_vs_gamma
 
-    save_figure(plot_tradeoff(summary), out / "sweep_tradeoff")
+    suffix = f"_{point}" if point else ""
+    save_figure(plot_tradeoff(summary), out / f"sweep_tradeoff{suffix}")
     panels = ("robust gap (last)", "expected flatness (last)", "worst-case flatness (last)")
-    save_figure(plot_vs_gamma(summary, panels), out / "sweep_gap_flatness")
+    save_figure(plot_vs_gamma(summary, panels), out / f"sweep_gap_flatness{suffix}")

@@ -102,34 +102,40 @@ def plot_landscape(surfaces: Sequence[Any], split: str) -> Figure:
     return fig
 
 
-def plot_seed_curves(
-    histories: Mapping[int, Mapping[str, Sequence[Mapping[str, Any]]]], key: str = "robust_loss"
+def plot_story_curves(
+    histories: Mapping[int, Mapping[str, Sequence[Mapping[str, Any]]]], *, what: str = "PGD"
 ) -> Figure:
-    """Test (solid) and train (dashed) ``key`` per evaluated epoch of every seed, one colour per
-    method and one marker per seed: what the replicate table summarizes, curve by curve.
+    """The story on one figure: robust loss (left) and robust accuracy (right) per evaluated
+    epoch, test solid and train dashed, one colour per method and one line per seed.
+
+    Robust overfitting is the test loss rising (and test accuracy falling) while the train
+    curves keep improving; AWP's claim is that it keeps the two closer.
 
     Args:
-        histories: seed -> method label -> the run's per-epoch records.
-        key: ``robust_loss`` or ``robust_acc``.
+        histories: seed -> method label -> the run's per-epoch records (``train_robust_loss``,
+            ``test_robust_acc``, ...).
+        what: the per-epoch evaluation, for the axis labels (e.g. "PGD-5, 250 test images").
     """
-    fig, axes = new_figure(1, 2, width=4.2, height=3.2)
+    fig, axes = new_figure(1, 2, width=4.4, height=3.3)
     markers = ("o", "s", "^", "D", "v", "P")
-    for ax, split in zip(axes, ("test", "train")):
-        for j, (seed, runs) in enumerate(sorted(histories.items())):
+    for ax, key in zip(axes, ("robust_loss", "robust_acc")):
+        for j, (_, runs) in enumerate(sorted(histories.items())):
             for i, (label, history) in enumerate(runs.items()):
-                rows = [r for r in history if f"{split}_{key}" in r]
-                ax.plot(
-                    [r["epoch"] for r in rows],
-                    [r[f"{split}_{key}"] for r in rows],
-                    color=color_for(label, i),
-                    marker=markers[j % len(markers)],
-                    markersize=3,
-                    linestyle="-" if split == "test" else "--",
-                    linewidth=1.0,
-                    label=f"{label} seed {seed}",
-                )
+                for split in ("test", "train"):
+                    rows = [r for r in history if f"{split}_{key}" in r]
+                    ax.plot(
+                        [r["epoch"] for r in rows],
+                        [r[f"{split}_{key}"] for r in rows],
+                        color=color_for(label, i),
+                        marker=markers[j % len(markers)],
+                        markersize=2.5,
+                        linestyle="-" if split == "test" else "--",
+                        linewidth=1.0,
+                        alpha=0.9 if j == 0 else 0.6,
+                        label=f"{label} {split}" if j == 0 else None,
+                    )
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylabel(f"{split} {key.replace('_', ' ')} (PGD)")
-    axes[0].legend(frameon=False, fontsize=7)
+        ax.set_ylabel(f"{key.replace('_', ' ').replace('acc', 'accuracy')} ({what})")
+    axes[1].legend(frameon=False, fontsize=7)
     return fig

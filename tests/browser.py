@@ -69,3 +69,37 @@ def open_in_chromium(path: Path) -> PageCheck:
         )
     finally:
         driver.quit()
+
+
+def first_section(path: Path) -> dict:
+    """What the first section (the first h2 up to the next) of ``path`` shows in Chromium: its
+    title, the decoded images in it, and the header cells of each of its tables."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+        opts.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    try:
+        driver.get(Path(path).resolve().as_uri())
+        return driver.execute_script("""
+            const h = document.querySelector('h2');
+            const out = {title: h ? h.textContent : null, images: 0, tables: []};
+            for (let e = h && h.nextElementSibling; e && e.tagName !== 'H2';
+                 e = e.nextElementSibling) {
+                for (const img of [e, ...e.querySelectorAll('*')]) {
+                    if (img.tagName === 'IMG' && img.complete && img.naturalWidth > 0) out.images++;
+                }
+                for (const t of [e, ...e.querySelectorAll('table')]) {
+                    if (t.tagName === 'TABLE') {
+                        const cells = Array.from(t.querySelectorAll('th'));
+                        out.tables.push(cells.map(c => c.textContent));
+                    }
+                }
+            }
+            return out;
+        """)
+    finally:
+        driver.quit()

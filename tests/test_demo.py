@@ -9,7 +9,7 @@ from analysis.outcome import outcome
 from awp_landscape.cli import main
 from awp_landscape.pipeline import PRESETS, ReproduceConfig
 from awp_landscape.report import collect, measurements
-from tests.browser import open_in_chromium, require_browser
+from tests.browser import first_section, open_in_chromium, require_browser
 from tests.helpers import make_image_folder
 
 TINY = [
@@ -114,9 +114,11 @@ def test_demo_writes_every_stage_and_the_report(demo):
     assert replicates["seeds"] == [0] and replicates["measures"]
     assert all("not resolved at 1 seed" in m["verdict"] for m in replicates["measures"])
     html = (out / "report.html").read_text()
+    assert html.index("<h2>") == html.index("<h2>AT against AT-AWP: learning curves and outcome")
+    # one seed: said once, no box per measure, no replicate table of one seed
+    assert html.count("A claim over seeds needs 3 seeds") == 1
+    assert "not resolved at 1 seed" not in html and "Replicates:" not in html
     for title in (
-        "Outcome over seeds",
-        "Replicates: AT-AWP minus AT over 1 seed(s)",
         "Seed 0 in detail",
         "Accuracy and learning curves",
         "Robust generalization gap",
@@ -142,7 +144,11 @@ def test_report_opens_in_chromium_with_every_image_decoded(demo):
     check = open_in_chromium(out / "report.html")
     assert check.images >= 7
     assert check.broken == [] and check.console_errors == []
-    assert "Outcome over seeds" in check.text
+    first = first_section(out / "report.html")
+    assert first["title"] == "AT against AT-AWP: learning curves and outcome"
+    assert first["images"] == 1  # the learning curves of both methods
+    header = ["measure", "AT", "AT-AWP", "AT-AWP minus AT", "95% t interval over seeds", "verdict"]
+    assert header in first["tables"]
 
 
 def test_rerun_reuses_finished_stages_and_adds_only_new_seeds(demo, capsys):
@@ -168,7 +174,7 @@ def test_rerun_reuses_finished_stages_and_adds_only_new_seeds(demo, capsys):
     assert all("no interval possible with 2 seeds" in m["verdict"] for m in replicates["measures"])
     pooled = replicates["pooled_correlation"]
     assert pooled is None or pooled["all"]["n"] == 12  # 2 seeds x 2 methods x 3 checkpoints
-    assert "over 2 seed(s)" in (out / "report.html").read_text()
+    assert "This is 2 seeds of each method" in (out / "report.html").read_text()
     # other settings in the same folder are refused, and nothing is touched
     other = list(TINY)
     other[other.index("--epochs") + 1] = "4"

@@ -61,3 +61,73 @@ def test_the_summary_gives_intervals_from_three_seeds():
     assert three["n"] == 3 and three["mean"] == pytest.approx(0.21)
     assert three["low"] < 0.21 < three["high"]
     assert summary[(0.01, "robust accuracy (last)")]["low"] is None
+
+
+def test_a_grid_trains_one_folder_per_point_and_reuses_them_when_it_grows(
+    tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setenv("AWP_CACHE", str(tmp_path / "cache"))
+    data = make_image_folder(tmp_path / "data", n_train=40, n_test=16)
+    out = tmp_path / "sweep"
+    tiny = [*TINY, "--landscape-points", "3", "--landscape-n", "8"]
+    args = ["sweep", "--out", str(out), "--dataset", str(data), *tiny, "--gammas", "0", "0.01"]
+    # epochs=2 is the flags' own value: that point is the sweep folder itself
+    assert main([*args, "--grid", "epochs=2,1"]) == 0
+    for point in (out, out / "epochs=1"):
+        for g in ("gamma_0", "gamma_0.01"):
+            assert (point / "seed0" / g / "checkpoints" / "last.pt").exists()
+    assert (
+        json.loads((out / "epochs=1" / "seed0" / "gamma_0" / "config.json").read_text())["epochs"]
+        == 1
+    )
+    result = json.loads((out / "sweep.json").read_text())
+    assert result["points"] == ["", "epochs=1"]
+    assert sorted((r["point"], r["epochs"], r["gamma"]) for r in result["rows"]) == [
+        ("", 2, 0.0), ("", 2, 0.01), ("epochs=1", 1, 0.0), ("epochs=1", 1, 0.01)
+    ]  # fmt: skip
+    row = result["rows"][0]
+    for m in ("landscape sharpness (last)", "deepest conv mean |w| (last)",
+              "train robust accuracy (last epoch)", "seconds per run"):  # fmt: skip
+        assert isinstance(row[m], float), m
+    # AT-AWP minus AT, seed by seed, per point (one seed: no interval)
+    pairs = {(p["point"], p["measure"]): p for p in result["paired"]}
+    gap = pairs[("epochs=1", "robust gap (last)")]
+    rows = {(r["point"], r["gamma"]): r for r in result["rows"]}
+    expect = (
+        rows[("epochs=1", 0.01)]["robust gap (last)"] - rows[("epochs=1", 0.0)]["robust gap (last)"]
+    )
+    assert gap["mean_diff"] == pytest.approx(expect) and gap["t_low"] is None
+    # A grown grid (a new field whose values include the flags' own) reuses every finished run.
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("last.pt")}
+    assert main([*args, "--grid", "epochs=2,1", "batch_size=16,8"]) == 0
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
+    assert (
+        out / "batch_size=8,epochs=1" / "seed0" / "gamma_0" / "checkpoints" / "last.pt"
+    ).exists()
+    # A call with a smaller grid keeps the rows of the earlier ones (the summary never shrinks).
+    assert main([*args, "--grid", "epochs=1"]) == 0
+    result = json.loads((out / "sweep.json").read_text())
+    assert len(result["rows"]) == 8 and len(result["points"]) == 4
+    assert "kept 6 row(s) of earlier calls" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("grid", "message"),
+    [
+        ("widht=0.5", "unknown field 'widht'"),
+        ("epochs=ten", "invalid int value: 'ten'"),
+        ("width=0.5,big", "--width: not a number: 'big'"),
+        ("augment=maybe", "expected true or false"),
+        ("gamma=0.01", "vary gamma with --gammas"),
+        ("epochs", "write NAME=V1,V2"),
+        ("epochs=0", "epochs=0 must be >= 1"),
+    ],
+)
+def test_the_grid_refuses_unknown_fields_and_wrong_values_in_one_line(
+    tmp_path, capsys, grid, message
+):
+    out = tmp_path / "sweep"
+    assert main(["sweep", "--out", str(out), "--grid", grid]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert not out.exists()
