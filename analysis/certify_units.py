@@ -37,9 +37,19 @@ from analysis.certify import (
 )
 from analysis.noise import unit_seed
 from analysis.stats import clopper_pearson
-from awp.config import opt
+from awp.config import check_bounds, opt
 
 Record = dict[str, Any]
+# Upper bounds of the sample counts: every sample is a forward pass per image and sigma.
+MAX_SAMPLES = 10_000_000
+N_WHY = (
+    "every sample is one forward pass per image and sigma (Cohen et al. use n = 100,000 and "
+    "n0 = 100)"
+)
+SD_WHY = (
+    "standard deviations are in [0,1] pixel units, so values above 4 drown the image (Cohen et "
+    "al. use 0.12, 0.25, 0.5, 1.0; 25 pixel levels are 25/255)"
+)
 
 
 @dataclass(frozen=True)
@@ -50,48 +60,70 @@ class CertifyConfig:
         (0.12, 0.25, 0.5, 1.0),
         "noise standard deviations sigma of the smoothed classifiers, pixel units ([0,1] scale)",
         flag="sigma",
+        bounds=(0, 4),
+        why=SD_WHY,
     )
-    n0: int = opt(100, "selection samples per example (CERTIFY's n0)")
+    n0: int = opt(
+        100, "selection samples per example (CERTIFY's n0)", bounds=(1, MAX_SAMPLES), why=N_WHY
+    )
     n: int = opt(
         100_000,
         "estimation samples per example (CERTIFY's n; under torchrun write --n-samples, as "
         "torchrun reads --n as an abbreviation of its own options)",
         aliases=("n_samples",),
+        bounds=(1, MAX_SAMPLES),
+        why=N_WHY,
     )
-    alpha: float = opt(0.001, "each certificate is wrong with probability at most alpha")
-    n_test: int = opt(500, "test images certified: a fixed seeded subset (0 = the whole split)")
-    subset_seed: int = opt(0, "seed choosing the subset")
-    seed: int = opt(0, "seed of every example's noise (the same for every checkpoint)")
+    alpha: float = opt(
+        0.001, "each certificate is wrong with probability at most alpha", bounds=(0, 0.5)
+    )
+    n_test: int = opt(
+        500,
+        "test images certified: a fixed seeded subset (0 = the whole split; more than the split "
+        "is capped to it)",
+        bounds=(0, None),
+    )
+    subset_seed: int = opt(0, "seed choosing the subset", bounds=(0, None))
+    seed: int = opt(
+        0, "seed of every example's noise (the same for every checkpoint)", bounds=(0, None)
+    )
     batch_size: int = opt(
         0,
         "noisy copies per forward pass (0: 400 on a CPU, 1000 on a GPU, as measured; it does "
         "not change any result)",
+        bounds=(0, 1_000_000),
+        why="one forward pass holds batch_size noisy images at once",
     )
     noise_threads: int = opt(
-        -1, "CPU threads drawing noise ahead of the device (-1: none on a CPU, 4 on a GPU)"
+        -1,
+        "CPU threads drawing noise ahead of the device (-1: none on a CPU, 4 on a GPU)",
+        bounds=(-1, 64),
     )
     predict: bool = opt(False, "also run PREDICT (n fresh samples per example and sigma)")
     noise_levels: tuple[float, ...] = opt(
         (0.0, 0.06, 0.12, 0.18, 0.25, 0.37, 0.5, 0.75, 1.0),
         "noise standard deviations s of the base classifier's Gaussian-noise accuracy curve",
+        bounds=(0, 4),
+        why=SD_WHY,
     )
-    noise_draws: int = opt(10, "noisy copies per example and level of that curve (0 = no curve)")
+    noise_draws: int = opt(
+        10,
+        "noisy copies per example and level of that curve (0 = no curve)",
+        bounds=(0, MAX_SAMPLES),
+        why=N_WHY,
+    )
     radii: tuple[float, ...] = opt(
-        (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5), "L2 radii of the certified-accuracy table"
+        (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5),
+        "L2 radii of the certified-accuracy table",
+        bounds=(0, None),
     )
 
     def __post_init__(self) -> None:
         for name in ("sigmas", "noise_levels", "radii"):
             object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
-        if not self.sigmas or any(not math.isfinite(s) or s <= 0 for s in self.sigmas):
+        check_bounds(self)
+        if not self.sigmas or any(s <= 0 for s in self.sigmas):
             raise ValueError(f"sigma={self.sigmas}: give one or more noise levels > 0")
-        for name, values in (("sigma", self.sigmas), ("noise_levels", self.noise_levels)):
-            if any(not math.isfinite(s) or s < 0 or s > 4 for s in values):
-                raise ValueError(
-                    f"{name}={values}: standard deviations are in [0,1] pixel units, so values "
-                    "above 4 drown the image (Cohen et al. use 0.12, 0.25, 0.5, 1.0; 25 pixel "
-                    "levels are 25/255)"
-                )
         if len(set(self.sigmas)) != len(self.sigmas):
             raise ValueError(f"sigma={self.sigmas} repeats a value")
         if self.n0 < 1 or self.batch_size < 0 or self.n_test < 0 or self.noise_draws < 0:

@@ -35,7 +35,7 @@ from torch import nn
 
 from analysis.noise import NOISE_MODES, draw_noise, generator_for, global_norm, noise_scales
 from analysis.stats import clopper_pearson, t_interval
-from awp.config import PGD20_EVAL, AttackConfig, opt
+from awp.config import PGD20_EVAL, AttackConfig, check_bounds, opt
 from awp.evaluate import Outcomes, attack_outcomes
 from awp.perturb import PARAM_SETS, perturbed, select_params
 
@@ -53,19 +53,44 @@ class FlatnessConfig:
         "noise scale: global (sigma = alpha ||w||, the rebuttal's) | layer (||u_l|| ~ alpha "
         "||w_l||) | filter (per output filter) | element (sigma_i = alpha |w_i|)",
     )
-    alphas: tuple[float, ...] = opt((0.05, 0.1, 0.2), "relative noise scales alpha (a curve)")
+    alphas: tuple[float, ...] = opt(
+        (0.05, 0.1, 0.2), "relative noise scales alpha (a curve)", bounds=(0, 1)
+    )
     params: str = opt("weights", "perturbed tensors: weights (conv+linear, as AWP) | all")
-    samples: int = opt(10, "M: noise draws per alpha")
+    samples: int = opt(
+        10,
+        "M: noise draws per alpha",
+        bounds=(1, 100_000),
+        why="every draw attacks every example on its own perturbed model",
+    )
     per_example: bool = opt(False, "a fresh u per example (exact Clopper-Pearson interval)")
-    confidence: float = opt(0.95, "confidence level of the intervals")
+    confidence: float = opt(0.95, "confidence level of the intervals", bounds=(0, 1))
     split: str = opt("train", "data split measured: train | test")
-    n_examples: int = opt(1000, "size of the fixed seeded subset (0 = the whole split)")
-    subset_seed: int = opt(0, "seed choosing the subset")
-    seed: int = opt(0, "seed of the noise draws and of the attacks' random starts")
-    batch_size: int = opt(256, "examples per forward pass")
+    n_examples: int = opt(
+        1000,
+        "size of the fixed seeded subset (0 = the whole split; more is capped to it)",
+        bounds=(0, None),
+    )
+    subset_seed: int = opt(0, "seed choosing the subset", bounds=(0, None))
+    seed: int = opt(
+        0, "seed of the noise draws and of the attacks' random starts", bounds=(0, None)
+    )
+    batch_size: int = opt(256, "examples per forward pass", bounds=(1, None))
     attack: AttackConfig = opt(PGD20_EVAL, "attack regenerated on every perturbed model")
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "alphas", tuple(float(a) for a in self.alphas))
+        if any(a == 0 for a in self.alphas):  # said before the range: what 0 means
+            raise ValueError(
+                f"alphas={self.alphas}: alpha = 0 is no noise: its flatness is 0 by definition "
+                "and its PAC-Bayes KL infinite; give noise scales > 0"
+            )
+        if max(self.alphas, default=0) > 1:
+            raise ValueError(
+                f"alphas={self.alphas}: alpha is the noise relative to the weights (0.05 = 5%); "
+                f"above 1 the noise outweighs the weights. Did you mean {max(self.alphas) / 100:g}?"
+            )
+        check_bounds(self)
         if self.noise not in NOISE_MODES:
             raise ValueError(f"unknown noise mode {self.noise!r}; choose one of {NOISE_MODES}")
         if self.params not in PARAM_SETS:

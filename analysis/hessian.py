@@ -29,6 +29,7 @@ Reference: Yao, Gholami, Keutzer, Mahoney, "PyHessian", 2020; Ghorbani, Krishnan
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -44,9 +45,11 @@ from analysis.spectrum import (
     rademacher,
     slq_run,
 )
-from awp.config import PGD20_EVAL, AttackConfig, check_choice, opt
+from awp.config import PGD20_EVAL, AttackConfig, check_bounds, check_choice, opt
 from awp.hessian import HVP_METHODS, LossBatches, LossHessian, loss_batches, top_eigenpairs
 from awp.perturb import PARAM_SETS, select_params
+
+log = logging.getLogger(__name__)
 
 LOSSES = ("adv", "clean")
 SPLITS = ("train", "test")
@@ -55,6 +58,14 @@ DTYPES = ("float32", "float64")
 Record = dict[str, Any]
 # PyHessian's defaults (hessian.eigenvalues(maxIter=100, tol=1e-3)).
 POWER_TOL, POWER_ITERS = 1e-3, 100
+# Upper bounds of the sizes that set time and memory (the problem's own bound, the number of
+# coordinates p, is checked when the model is known: check_sizes).
+MAX_EIGENPAIRS, MAX_PRODUCTS = 1000, 100_000
+EIG_WHY = (
+    "ARPACK keeps max(2k+1, ncv) vectors of p numbers and restarts over them; PyHessian's "
+    "top-k is a handful"
+)
+HVP_WHY = "each one is a Hessian-vector product over the whole subset"
 RunKeys = Callable[[list[str], str], dict[str, Record]]
 
 
@@ -68,10 +79,21 @@ class HessianConfig:
         "gradient by Danskin, not its full curvature) | clean",
     )
     split: str = opt("train", "data split measured: train | test")
-    n_examples: int = opt(1000, "size of the fixed seeded subset (0 = the whole split)")
-    subset_seed: int = opt(0, "seed choosing the subset")
-    seed: int = opt(0, "seed of the probes, the Lanczos starts and the attacks' random starts")
-    batch_size: int = opt(128, "examples per batch of every Hessian-vector product")
+    n_examples: int = opt(
+        1000,
+        "size of the fixed seeded subset (0 = the whole split; more than the split is capped to "
+        "it)",
+        bounds=(0, None),
+    )
+    subset_seed: int = opt(0, "seed choosing the subset", bounds=(0, None))
+    seed: int = opt(
+        0,
+        "seed of the probes, the Lanczos starts and the attacks' random starts",
+        bounds=(0, None),
+    )
+    batch_size: int = opt(
+        128, "examples per batch of every Hessian-vector product", bounds=(1, None)
+    )
     params: str = opt("weights", "Hessian coordinates: weights (conv+linear, as AWP) | all")
     dtype: str = opt("float32", "precision of the products: float32 | float64")
     method: str = opt(
@@ -79,28 +101,56 @@ class HessianConfig:
         "Hessian-vector product: jvp (forward-over-reverse) | double (double backward) | graph "
         "(double backward through gradient graphs kept in memory, one per batch: fastest)",
     )
-    top_k: int = opt(5, "top eigenvalues by Lanczos (0 = none)")
+    top_k: int = opt(
+        5,
+        "top eigenvalues by Lanczos (0 = none; fewer than the number of coordinates p)",
+        bounds=(0, MAX_EIGENPAIRS),
+        why=EIG_WHY,
+    )
     eig_tol: float = opt(
         1e-4,
         "relative accuracy of the eigenvalues (Lanczos stops at the first product that meets "
         "it; ARPACK's tol beyond)",
+        bounds=(0, 1),
     )
     lanczos_vectors: int = opt(
         0,
         "Lanczos vectors (ncv): the most products before ARPACK's restarts take over, and the "
-        "vectors ARPACK keeps between restarts (0 = scipy's max(2k+1, 20))",
+        "vectors ARPACK keeps between restarts (0 = scipy's max(2k+1, 20)); at most the number "
+        "of coordinates p",
+        bounds=(0, 2 * MAX_EIGENPAIRS + 1),
+        why=EIG_WHY,
     )
     trace: bool = opt(False, "Hutchinson trace, and the trace of every layer's diagonal block")
-    probes_min: int = opt(10, "Hutchinson probes before the stopping rule is checked (a block)")
-    probes_max: int = opt(100, "most Hutchinson probes")
+    probes_min: int = opt(
+        10,
+        "Hutchinson probes before the stopping rule is checked (a block)",
+        bounds=(2, MAX_PRODUCTS),
+        why=HVP_WHY,
+    )
+    probes_max: int = opt(100, "most Hutchinson probes", bounds=(2, MAX_PRODUCTS), why=HVP_WHY)
     trace_rel_tol: float = opt(
-        0.05, "stop adding probes once the interval's half-width is <= this fraction of |trace|"
+        0.05,
+        "stop adding probes once the interval's half-width is <= this fraction of |trace|",
+        bounds=(0, None),
     )
     density: bool = opt(False, "eigenvalue density by stochastic Lanczos quadrature")
-    slq_runs: int = opt(3, "SLQ runs (Rademacher starts) averaged in the density")
-    slq_steps: int = opt(50, "Lanczos steps per SLQ run")
+    slq_runs: int = opt(
+        3,
+        "SLQ runs (Rademacher starts) averaged in the density",
+        bounds=(1, MAX_PRODUCTS),
+        why=HVP_WHY,
+    )
+    slq_steps: int = opt(
+        50,
+        "Lanczos steps per SLQ run",
+        bounds=(2, MAX_EIGENPAIRS),
+        why="each step is a Hessian-vector product and keeps a vector of p numbers",
+    )
     slq_sigma: float = opt(
-        0.01, "Gaussian broadening of the density, as a fraction of the eigenvalues' span"
+        0.01,
+        "Gaussian broadening of the density, as a fraction of the eigenvalues' span",
+        bounds=(0, None),
     )
     per_layer: bool = opt(
         False, "top eigenvalue of every layer's diagonal block (one Lanczos each)"
@@ -110,10 +160,11 @@ class HessianConfig:
         "also PyHessian's power iteration for the top-k (tol 1e-3, at most 100 products per "
         "eigenvalue), to compare values and products with Lanczos",
     )
-    confidence: float = opt(0.95, "confidence level of the trace intervals")
+    confidence: float = opt(0.95, "confidence level of the trace intervals", bounds=(0, 1))
     attack: AttackConfig = opt(PGD20_EVAL, "attack crafting x_adv at w (--loss adv)")
 
     def __post_init__(self) -> None:
+        check_bounds(self)
         check_choice(self.loss, LOSSES, "loss")
         check_choice(self.split, SPLITS, "split")
         check_choice(self.params, PARAM_SETS, "parameter set")
@@ -158,6 +209,34 @@ class HessianConfig:
     def torch_dtype(self) -> torch.dtype:
         return torch.float64 if self.dtype == "float64" else torch.float32
 
+    def check_sizes(self, p: int) -> None:
+        """Refuse an eigen-solve larger than the problem: ARPACK finds k < p eigenpairs with at
+        most p Lanczos vectors, ``p`` being the number of Hessian coordinates.
+
+        Raises:
+            ValueError: naming the flag, its value and p.
+        """
+        if self.top_k >= p:
+            raise ValueError(
+                f"top_k={self.top_k} needs fewer eigenpairs than the {p:,} Hessian coordinates "
+                f"(--top-k {max(p - 1, 0)} at most; a handful is usual)"
+            )
+        if self.lanczos_vectors > p:
+            raise ValueError(
+                f"lanczos_vectors={self.lanczos_vectors} is more than the {p:,} Hessian "
+                f"coordinates (--lanczos-vectors {p} at most, or 0 for scipy's default)"
+            )
+        vectors = max(self.lanczos_vectors, 2 * self.top_k + 1, 20) if self.top_k else 0
+        gib = max(vectors, self.slq_steps if self.density else 0) * p * 8 / 2**30
+        if gib > 1:
+            log.warning(
+                "the Lanczos vectors of %d coordinates take %.1f GiB (%d vectors of float64); "
+                "lower --top-k, --lanczos-vectors or --slq-steps to use less",
+                p,
+                gib,
+                max(vectors, self.slq_steps if self.density else 0),
+            )
+
 
 # ----------------------------------------------------------------------------- the problem
 
@@ -191,6 +270,7 @@ class HessianProblem:
         self.rank, self.world = rank, world
         self.on_product = on_product
         self.params = select_params(model, cfg.params)
+        cfg.check_sizes(sum(t.numel() for t in self.params.values()))
         self._data: LossBatches | None = None
 
     @property

@@ -34,17 +34,20 @@ from dataclasses import dataclass
 import torch
 
 from analysis.noise import noise_scales
-from awp.config import opt
+from awp.config import check_bounds, opt
 
 
 @dataclass(frozen=True)
 class PacBayesConfig:
     """The bound's confidence and training-set size."""
 
-    delta: float = opt(0.05, "the bound holds with probability 1 - delta")
-    n_bound: int = opt(0, "training examples n in the bound (0 = size of the train split)")
+    delta: float = opt(0.05, "the bound holds with probability 1 - delta", bounds=(0, 1))
+    n_bound: int = opt(
+        0, "training examples n in the bound (0 = size of the train split)", bounds=(0, None)
+    )
 
     def __post_init__(self) -> None:
+        check_bounds(self)
         if not 0 < self.delta < 1:
             raise ValueError(f"delta={self.delta} must be in (0, 1), e.g. 0.05")
         if self.n_bound < 0:

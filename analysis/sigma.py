@@ -9,20 +9,33 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from awp.config import opt
+from awp.config import check_bounds, opt
 
 
 @dataclass(frozen=True)
 class SigmaSearchConfig:
     """Sigma search: the largest alpha whose expected robust accuracy drop is <= target."""
 
-    target: float = opt(0.1, "accepted drop of robust accuracy (absolute, in [0, 1])")
-    alpha_low: float = opt(0.0, "lower end of the bracket (its drop must be <= target)")
-    alpha_high: float = opt(1.0, "upper end of the bracket (its drop should exceed target)")
-    depth: int = opt(10, "bisection steps at most", flag="search_depth")
-    tolerance: float = opt(0.01, "stop when |drop - target| <= tolerance")
+    target: float = opt(
+        0.1, "accepted drop of robust accuracy (absolute, in [0, 1])", bounds=(0, 1)
+    )
+    alpha_low: float = opt(
+        0.0, "lower end of the bracket (its drop must be <= target)", bounds=(0, None)
+    )
+    alpha_high: float = opt(
+        1.0, "upper end of the bracket (its drop should exceed target)", bounds=(0, None)
+    )
+    depth: int = opt(
+        10,
+        "bisection steps at most",
+        flag="search_depth",
+        bounds=(1, 100),
+        why="every step is a flatness measurement",
+    )
+    tolerance: float = opt(0.01, "stop when |drop - target| <= tolerance", bounds=(0, 1))
 
     def __post_init__(self) -> None:
+        check_bounds(self)
         if not 0 < self.target < 1:
             raise ValueError(f"target={self.target} must be in (0, 1), e.g. 0.1")
         if not 0 <= self.alpha_low < self.alpha_high:

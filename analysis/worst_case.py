@@ -24,7 +24,7 @@ from analysis.flatness import FlatnessConfig, Record, one_by_one
 from analysis.noise import Params, generator_for, global_norm
 from awp.attacks import run_attack
 from awp.augment import as_float
-from awp.config import AttackConfig, opt
+from awp.config import AttackConfig, check_bounds, opt
 from awp.evaluate import attack_outcomes
 from awp.modes import model_mode
 from awp.perturb import perturbed, select_params, weight_ascent
@@ -34,14 +34,27 @@ from awp.perturb import perturbed, select_params, weight_ascent
 class WorstCaseConfig:
     """Worst-case flatness: radius, projected ascent on v, restarts, shared or per-batch v."""
 
-    gammas: tuple[float, ...] = opt((0.005, 0.01), "relative radii: ||v_l|| <= gamma*||w_l||")
-    ascent_steps: int = opt(5, "projected ascent steps on v (x_adv regenerated every step)")
-    step_fraction: float = opt(0.5, "ascent step as a fraction of gamma*||w_l||")
-    ascent_restarts: int = opt(1, "restarts (the first from v=0, the others random in the ball)")
+    gammas: tuple[float, ...] = opt(
+        (0.005, 0.01), "relative radii: ||v_l|| <= gamma*||w_l||", bounds=(0, 1)
+    )
+    ascent_steps: int = opt(
+        5,
+        "projected ascent steps on v (x_adv regenerated every step)",
+        bounds=(1, 10_000),
+        why="every step regenerates x_adv on every example",
+    )
+    step_fraction: float = opt(0.5, "ascent step as a fraction of gamma*||w_l||", bounds=(0, 1))
+    ascent_restarts: int = opt(
+        1,
+        "restarts (the first from v=0, the others random in the ball)",
+        bounds=(1, 1000),
+        why="every restart repeats the whole ascent",
+    )
     per_batch: bool = opt(False, "one v per batch instead of one v for the whole subset")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "gammas", tuple(float(g) for g in self.gammas))
+        check_bounds(self)
         if not self.gammas or any(not 0 < g < 1 for g in self.gammas):
             raise ValueError(
                 f"gammas={self.gammas}: give one or more relative radii in (0, 1) (gamma = 0 is "

@@ -36,7 +36,11 @@ def opt(default: Any, help: str, **kwargs: Any) -> Any:  # noqa: A002 - mirrors 
     - ``flag="name"`` names the flag (``--name``) instead of the field name, e.g. the attack
       config's ``name`` is ``--attack``;
     - ``aliases=("old_name", ...)`` are further flags accepted for the field;
-    - ``cli=False`` keeps the field off the command line.
+    - ``cli=False`` keeps the field off the command line;
+    - ``bounds=(low, high)`` is the field's valid range, inclusive (None: unbounded on that
+      side; a tuple field bounds each of its values), checked by :func:`check_bounds` in the
+      config's ``__post_init__`` and shown by ``--help``; ``why="..."`` says where an upper
+      bound comes from (the memory or time it would take).
     """
     if isinstance(default, (list, dict, set)):
         return field(
@@ -69,6 +73,45 @@ def parse_number(text: str | float | int) -> float:
     if not math.isfinite(value):
         raise ValueError(f"{text!r} is not a finite number")
     return value
+
+
+def check_bounds(config: Any) -> None:
+    """Refuse a numeric field outside the range declared with it (``opt(..., bounds=...)``).
+
+    Called first in a config's ``__post_init__``, so the CLI and the Python API refuse the same
+    values with the same line.
+
+    Raises:
+        ValueError: naming the field, its flag, the value and the range (and ``why``).
+    """
+    for f in dataclasses.fields(config):
+        bounds = f.metadata.get("bounds")
+        value = getattr(config, f.name)
+        if bounds is None or value is None:
+            continue
+        low, high = bounds
+        for v in value if isinstance(value, (tuple, list)) else (value,):
+            if (
+                not math.isfinite(v)
+                or (low is not None and v < low)
+                or (high is not None and v > high)
+            ):
+                flag = "--" + f.metadata.get("flag", f.name).replace("_", "-")
+                why = f.metadata.get("why", "")
+                raise ValueError(
+                    f"{f.name}={_num(v)} is outside [{bounds_text(bounds)}] ({flag})"
+                    + (f": {why}" if why and high is not None and v > high else "")
+                )
+
+
+def bounds_text(bounds: tuple[float | None, float | None]) -> str:
+    """``low, high`` of a range as a user reads it (``1, 10000000``; ``0, inf``)."""
+    low, high = bounds
+    return f"{'-inf' if low is None else _num(low)}, {'inf' if high is None else _num(high)}"
+
+
+def _num(v: float) -> str:
+    return str(v) if isinstance(v, int) or float(v).is_integer() and abs(v) < 1e15 else f"{v:g}"
 
 
 def check_eps(eps: float, norm: str, what: str = "eps") -> None:
@@ -107,25 +150,39 @@ class AttackConfig:
         "pgd", "attack: pgd | fgsm | cw (CW-inf margin loss)", flag="attack", selects=True
     )
     norm: str = opt("linf", "threat model: linf | l2")
-    eps: float = opt(8 / 255, "radius in [0,1] pixel units (8/255 for linf, 0.5 for l2)")
+    eps: float = opt(
+        8 / 255, "radius in [0,1] pixel units (8/255 for linf, 0.5 for l2)", bounds=(0, None)
+    )
     step_size: float = opt(
         2 / 255,
         "attack step size in pixel units (eps/4 when only --norm/--eps change)",
         flag="attack_step_size",
         aliases=("step_size",),
+        bounds=(0, None),
     )
-    steps: int = opt(10, "number of attack steps", flag="attack_steps")
+    steps: int = opt(
+        10,
+        "number of attack steps",
+        flag="attack_steps",
+        bounds=(1, 10_000),
+        why="every step is a forward and a backward pass of every example",
+    )
     restarts: int = opt(
         1,
         "random restarts; the worst case per example is kept",
         flag="attack_restarts",
         aliases=("restarts",),
+        bounds=(1, 1000),
+        why="every restart repeats the whole attack",
     )
     random_start: str = opt("uniform", "uniform | gaussian | none", flag="attack_start")
     mode: str = opt("eval", "model mode during the attack: train | eval", flag="attack_mode")
-    kappa: float = opt(50.0, "CW margin confidence (official AWP eval uses 50)", flag="cw_kappa")
+    kappa: float = opt(
+        50.0, "CW margin confidence (official AWP eval uses 50)", flag="cw_kappa", bounds=(0, None)
+    )
 
     def __post_init__(self) -> None:
+        check_bounds(self)
         check_choice(self.name, ATTACK_NAMES, "attack")
         check_choice(self.norm, NORMS, "norm")
         check_choice(self.random_start, RANDOM_STARTS, "random_start")
@@ -239,6 +296,9 @@ def _diff(a: Any, b: Any, prefix: str, ignore: tuple[str, ...], saved_as: str) -
     return [] if a == b else [f"{prefix.rstrip('.')}: {a!r} {saved_as}, {b!r} now"]
 
 
+ASCENT_WHY = "every one adds a forward and a backward pass to every training step"
+
+
 @dataclass(frozen=True)
 class AWPConfig:
     """Adversarial Weight Perturbation: radius, schedule and warm-up.
@@ -246,12 +306,24 @@ class AWPConfig:
     Defaults are the paper's (A=1, K1=10 input steps set by the training attack, K2=1).
     """
 
-    gamma: float = opt(0.01, "relative radius: ||v_l|| <= gamma * ||w_l|| (0.01 AT, 0.005 TRADES)")
-    warmup: int = opt(0, "epochs trained without AWP before it starts")
-    steps: int = opt(1, "K2: weight ascent steps (projected for K2 > 1)")
-    alternations: int = opt(1, "A: alternations; A > 1 regenerates x_adv on w+v between ascents")
+    gamma: float = opt(
+        0.01,
+        "relative radius: ||v_l|| <= gamma * ||w_l|| (0.01 AT, 0.005 TRADES)",
+        bounds=(0, 1),
+    )
+    warmup: int = opt(0, "epochs trained without AWP before it starts", bounds=(0, None))
+    steps: int = opt(
+        1, "K2: weight ascent steps (projected for K2 > 1)", bounds=(1, 1000), why=ASCENT_WHY
+    )
+    alternations: int = opt(
+        1,
+        "A: alternations; A > 1 regenerates x_adv on w+v between ascents",
+        bounds=(1, 1000),
+        why=ASCENT_WHY,
+    )
 
     def __post_init__(self) -> None:
+        check_bounds(self)
         if not 0 <= self.gamma < 1:
             raise ValueError(f"gamma={self.gamma} must be in [0, 1): it is relative to ||w_l||")
         if self.warmup < 0 or self.steps < 1 or self.alternations < 1:

@@ -242,6 +242,20 @@ def iterate_batches(
         yield order[start : start + batch_size]
 
 
+def capped_notice(n: int, available: int, *, flag: str) -> int:
+    """The examples a request for ``n`` gets (0 = all): ``available`` at most, with a notice
+    naming ``flag`` (e.g. ``--n-examples``) when it asked for more than the split holds."""
+    if n > available:
+        logger.warning(
+            "%s %d asks for more than the %d images of the split: all %d are used",
+            flag or "the subset size",
+            n,
+            available,
+            available,
+        )
+    return available if n == 0 else min(n, available)
+
+
 def fixed_subset(n: int, k: int, *, seed: int) -> torch.Tensor:
     """Pick k distinct indices from range(n), the same ones for the same seed.
 

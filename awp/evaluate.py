@@ -21,7 +21,7 @@ from torch import nn
 
 from awp.attacks import run_attack
 from awp.augment import as_float
-from awp.config import AttackConfig, check_eps, opt
+from awp.config import AttackConfig, check_bounds, check_eps, opt
 from awp.modes import model_mode
 
 
@@ -405,18 +405,26 @@ class EvalConfig:
         ("natural", "pgd20", "cw20"), f"attacks, in order: {' | '.join(EVAL_ATTACKS)}"
     )
     norm: str = opt("linf", "threat model: linf | l2")
-    eps: float | None = opt(None, "radius in [0,1] pixel units", shown="8/255 linf, 0.5 l2")
-    step_size: float | None = opt(None, "PGD/CW step size", shown="eps/4")
-    restarts: int = opt(1, "random restarts of PGD-20 and CW-20 (worst case kept)")
+    eps: float | None = opt(
+        None, "radius in [0,1] pixel units", shown="8/255 linf, 0.5 l2", bounds=(0, None)
+    )
+    step_size: float | None = opt(None, "PGD/CW step size", shown="eps/4", bounds=(0, None))
+    restarts: int = opt(
+        1,
+        "random restarts of PGD-20 and CW-20 (worst case kept)",
+        bounds=(1, 1000),
+        why="every restart repeats the whole attack",
+    )
     cascade: bool = opt(True, "attack only the points still robust (AutoAttack's way)")
     split: str = opt("test", "split: train | val | test")
-    n: int = opt(0, "seeded subset of the split (0 = the whole split)")
-    batch_size: int = opt(256, "examples per batch")
-    seed: int = opt(0, "seed of the subset and the attacks' random starts")
+    n: int = opt(0, "seeded subset of the split (0 = the whole split)", bounds=(0, None))
+    batch_size: int = opt(256, "examples per batch", bounds=(1, None))
+    seed: int = opt(0, "seed of the subset and the attacks' random starts", bounds=(0, None))
     aa_version: str = opt("standard", "AutoAttack version: standard | plus | rand")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "attacks", tuple(self.attacks))
+        check_bounds(self)
         unknown = [a for a in self.attacks if a not in EVAL_ATTACKS]
         if unknown or not self.attacks:
             raise ValueError(

@@ -31,7 +31,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,33 +57,90 @@ def atomic_write_with(path: str | os.PathLike, fill: Callable[[str], None]) -> P
         ``path`` as a :class:`~pathlib.Path`.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = _filled_temp(path, fill)
     try:
-        fill(tmp)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
+        with _naming(path):
+            os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        _unlink_quietly(tmp)
         raise
     return path
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` atomically; see :func:`atomic_write_with`."""
+def atomic_write_set(files: Mapping[str | os.PathLike, str | bytes]) -> list[Path]:
+    """Write files that must agree (a table's JSON and its CSV) as a set.
 
+    Every file goes to its temp file first (``fill`` and fsync, as :func:`atomic_write_with`);
+    only when all are written are they renamed over their targets. A failure while writing (a
+    full disk) leaves every old file as it was, so the set never mixes two versions.
+
+    Returns:
+        The paths written, in the order given.
+    """
+    temps: dict[Path, str] = {}
+    try:
+        for path, data in files.items():
+            blob = data.encode("utf-8") if isinstance(data, str) else data
+            temps[Path(path)] = _filled_temp(Path(path), _bytes_filler(blob))
+        for path, tmp in temps.items():
+            with _naming(path):
+                os.replace(tmp, path)
+    except BaseException:
+        for tmp in temps.values():
+            _unlink_quietly(tmp)
+        raise
+    return list(temps)
+
+
+def _bytes_filler(data: bytes) -> Callable[[str], None]:
     def fill(tmp: str) -> None:
         with open(tmp, "wb") as fh:
             fh.write(data)
 
-    return atomic_write_with(path, fill)
+    return fill
+
+
+def _filled_temp(path: Path, fill: Callable[[str], None]) -> str:
+    """A temp file beside ``path`` filled by ``fill``, fsync'd, with the usual permissions."""
+    with _naming(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+    try:
+        with _naming(path):
+            fill(tmp)
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.chmod(tmp, 0o666 & ~_umask())
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+    return tmp
+
+
+@contextlib.contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """An OSError without a file name (``[Errno 27] File too large`` from a write) gets
+    ``path``, so the one error line says which file could not be written."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is None or str(err.filename).endswith(".tmp"):
+            raise type(err)(err.errno, err.strerror or str(err), str(path)) from err
+        raise
+
+
+def _unlink_quietly(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` atomically; see :func:`atomic_write_with`."""
+    return atomic_write_with(path, _bytes_filler(data))
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
@@ -182,6 +239,37 @@ def read_json(path: str | os.PathLike, *, what: str = "results file") -> Any:
         raise ValueError(
             f"{what} {path} is not valid JSON ({err}); rerun the stage that writes it"
         ) from None
+
+
+def read_json_lines(
+    path: str | os.PathLike, *, what: str = "metrics file", fix: str = "rerun the stage"
+) -> list[Any]:
+    """The records of a JSON-lines file (blank lines skipped); a line that is not JSON gets an
+    error naming the file, the line and ``fix``.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: a line that is not valid JSON (a run cut while it wrote it).
+    """
+    path = Path(path)
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} {path} does not exist") from None
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{what} {path} is not text ({err}); {fix}") from None
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            raise ValueError(
+                f"{what} {path} line {number} is not valid JSON ({err.msg}, column {err.colno}; "
+                f"cut while it was written?); {fix}"
+            ) from None
+    return records
 
 
 def csv_text(rows: Sequence[dict[str, Any]]) -> str:

@@ -17,10 +17,16 @@ import torch
 
 from awp.checkpoint import CheckpointError, load_checkpoint
 from awp.config import config_diff, from_dict, to_dict
-from awp.io import atomic_write_text
+from awp.io import atomic_write_text, read_json_lines
 
 # Keys that may differ between a run and its resumption without changing the result's meaning.
 RESUME_MUTABLE = ("device", "out")
+
+
+METRICS_FIX = (
+    "delete that line (and the epochs after it) and rerun awp train with --resume, which "
+    "retrains from the last checkpoint"
+)
 
 
 class RunFolder:
@@ -46,7 +52,7 @@ class RunFolder:
         """The per-epoch records of ``metrics.jsonl`` (empty when there is none)."""
         if not self.metrics.exists():
             return []
-        return [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
+        return read_json_lines(self.metrics, what="metrics file", fix=METRICS_FIX)
 
     def append_metrics(self, record: Mapping[str, Any]) -> None:
         """Add one epoch's record to ``metrics.jsonl``."""
@@ -131,6 +137,10 @@ def prepare_run(cfg: Any, *, resume: bool, resume_from: Path | None = None) -> R
         raise FileNotFoundError(
             f"cannot resume: {run.root} holds no run (no {run.last.name}, no "
             f"{run.metrics.name}); start it without --resume"
+        )
+    if source.is_dir():
+        raise FileNotFoundError(
+            f"cannot resume: {source} is a directory; pass a checkpoint file. {continue_hint(run)}"
         )
     if resume_source(source) is None:
         what = "is missing" if not source.exists() else "cannot be continued from"

@@ -52,6 +52,7 @@ from awp.config import (
     RANDOM_STARTS,
     AttackConfig,
     AWPConfig,
+    check_bounds,
     check_eps,
     method_defaults,
     method_of,
@@ -62,7 +63,7 @@ from awp.data import DataBundle, DataConfig, Split, fixed_subset, iterate_batche
 from awp.distributed import DistContext
 from awp.evaluate import evaluate_attack
 from awp.extra_data import batches_per_epoch, load_extra_data, mixed_batches
-from awp.io import atomic_write_text, exclusive_output, sha256_file
+from awp.io import atomic_write_bytes, atomic_write_text, exclusive_output, sha256_file
 from awp.models import ModelConfig, ModelSpec, build_model
 from awp.objectives import AttackLossFactory, ObjectiveFn, get_attack_loss, get_objective
 from awp.perturb import perturbed, select_params, weight_ascent
@@ -97,31 +98,55 @@ class TrainConfig:
     normalize: bool = opt(True, "the model normalizes inputs with the dataset's mean/std")
     method: str = opt("at", "training objective: at | trades | mart")
     beta: float | None = opt(
-        None, "weight of the KL term of trades and mart", shown="6 for trades and mart"
+        None,
+        "weight of the KL term of trades and mart",
+        shown="6 for trades and mart",
+        bounds=(0, None),
     )
     awp: bool = opt(False, "use Adversarial Weight Perturbation (ascends the method's objective)")
     gamma: float | None = opt(
-        None, "AWP relative radius gamma", shown="0.01 for at, 0.005 for trades and mart"
+        None,
+        "AWP relative radius gamma",
+        shown="0.01 for at, 0.005 for trades and mart",
+        bounds=(0, 1),
     )
     awp_warmup: int | None = opt(
-        None, "epochs without AWP at the start", shown="0 for at and mart, 10 for trades"
+        None,
+        "epochs without AWP at the start",
+        shown="0 for at and mart, 10 for trades",
+        bounds=(0, None),
     )
-    awp_steps: int = opt(1, "K2: AWP weight ascent steps (projected for K2 > 1)")
+    awp_steps: int = opt(
+        1,
+        "K2: AWP weight ascent steps (projected for K2 > 1)",
+        bounds=(1, 1000),
+        why="every one adds a forward and a backward pass to every training step",
+    )
     awp_alternations: int = opt(
-        1, "A: AWP alternations; A > 1 regenerates x_adv on w+v before the next weight ascent"
+        1,
+        "A: AWP alternations; A > 1 regenerates x_adv on w+v before the next weight ascent",
+        bounds=(1, 1000),
+        why="every one adds a forward and a backward pass to every training step",
     )
-    epochs: int = opt(200, "training epochs")
-    batch_size: int = opt(128, "minibatch size")
-    lr: float = opt(0.1, "peak learning rate")
-    momentum: float = opt(0.9, "SGD momentum")
-    weight_decay: float = opt(5e-4, "SGD weight decay")
+    epochs: int = opt(200, "training epochs", bounds=(1, 100_000))
+    batch_size: int = opt(128, "minibatch size", bounds=(1, None))
+    lr: float = opt(0.1, "peak learning rate", bounds=(0, None))
+    momentum: float = opt(0.9, "SGD momentum", bounds=(0, 1))
+    weight_decay: float = opt(5e-4, "SGD weight decay", bounds=(0, None))
     schedule: str = opt(
         "piecewise", "lr schedule: piecewise (/10 at 50% and 75%) | cosine | constant"
     )
     norm: str = opt(PGD10_TRAIN.norm, "threat model: linf | l2")
-    eps: float = opt(PGD10_TRAIN.eps, "attack radius in [0,1] pixel units (8/255 linf, 0.5 l2)")
-    step_size: float = opt(PGD10_TRAIN.step_size, "training attack step size")
-    attack_steps: int = opt(PGD10_TRAIN.steps, "K1: training attack (PGD) steps")
+    eps: float = opt(
+        PGD10_TRAIN.eps, "attack radius in [0,1] pixel units (8/255 linf, 0.5 l2)", bounds=(0, None)
+    )
+    step_size: float = opt(PGD10_TRAIN.step_size, "training attack step size", bounds=(0, None))
+    attack_steps: int = opt(
+        PGD10_TRAIN.steps,
+        "K1: training attack (PGD) steps",
+        bounds=(1, 10_000),
+        why="every step is a forward and a backward pass of every example",
+    )
     attack_mode: str | None = opt(
         None,
         "model mode during the training attack: train | eval",
@@ -135,34 +160,51 @@ class TrainConfig:
     extra_data: str = opt(
         "", "extra images and (pseudo-)labels, .npz or .pt, mixed into every batch (RST)"
     )
-    extra_fraction: float = opt(0.5, "share of every batch drawn from --extra-data")
+    extra_fraction: float = opt(0.5, "share of every batch drawn from --extra-data", bounds=(0, 1))
     init: str = opt(
         "",
         "start from these weights (a checkpoint of ours, official AWP, Rice et al. or "
         "RobustBench); fresh optimizer and schedule",
     )
-    eval_steps: int = opt(PGD20_EVAL.steps, "PGD steps of the per-epoch robust evaluation")
+    eval_steps: int = opt(
+        PGD20_EVAL.steps,
+        "PGD steps of the per-epoch robust evaluation",
+        bounds=(1, 10_000),
+        why="every step is a forward and a backward pass of every example",
+    )
     eval_step_size: float = opt(
-        PGD20_EVAL.step_size, "step size of the per-epoch robust evaluation"
+        PGD20_EVAL.step_size, "step size of the per-epoch robust evaluation", bounds=(0, None)
     )
-    train_eval_size: int = opt(1000, "fixed train subset for the train robust accuracy (0 = none)")
-    test_eval_size: int = opt(0, "test subset evaluated per epoch (0 = the whole test split)")
-    eval_batch_size: int = opt(256, "batch size of evaluations")
+    train_eval_size: int = opt(
+        1000, "fixed train subset for the train robust accuracy (0 = none)", bounds=(0, None)
+    )
+    test_eval_size: int = opt(
+        0, "test subset evaluated per epoch (0 = the whole test split)", bounds=(0, None)
+    )
+    eval_batch_size: int = opt(256, "batch size of evaluations", bounds=(1, None))
     eval_every: int = opt(
-        1, "evaluate every k epochs and at the last (best.pt is chosen among evaluated epochs)"
+        1,
+        "evaluate every k epochs and at the last (best.pt is chosen among evaluated epochs)",
+        bounds=(0, None),
     )
-    save_every: int = opt(0, "also keep a checkpoint every k epochs (0 = only last and best)")
+    save_every: int = opt(
+        0, "also keep a checkpoint every k epochs (0 = only last and best)", bounds=(0, None)
+    )
     augment: bool = opt(True, "random crop (4 px reflect pad) and flip of training images")
     noise_sd: float = opt(
         0.0,
         "Gaussian data augmentation: N(0, noise_sd^2) noise (pixel units) added to the inputs the "
         "objective sees, after the attack (with --eps 0: the base classifier of randomized "
         "smoothing, Cohen et al. 2019); 0 = none",
+        bounds=(0, 4),
+        why="a standard deviation in [0,1] pixel units (Cohen et al. use 0.12, 0.25, 0.5, 1.0; "
+        "25 pixel levels are 25/255)",
     )
-    seed: int = opt(0, "seed of weights, shuffling, augmentation and attacks")
+    seed: int = opt(0, "seed of weights, shuffling, augmentation and attacks", bounds=(0, None))
     device: str = opt("auto", "auto | cpu | cuda | cuda:N")
 
     def __post_init__(self) -> None:
+        check_bounds(self)
         check_eps(self.eps, self.norm)
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {self.schedule!r}; choose one of {SCHEDULES}")
@@ -198,11 +240,6 @@ class TrainConfig:
             raise ValueError(
                 f"batch_size={self.batch_size} with extra_fraction={self.extra_fraction} leaves no "
                 "training images in a batch; raise --batch-size or lower --extra-fraction"
-            )
-        if not 0 <= self.noise_sd <= 4:
-            raise ValueError(
-                f"noise_sd={self.noise_sd} must be in [0, 4]: a standard deviation in [0,1] pixel "
-                "units (Cohen et al. use 0.12, 0.25, 0.5, 1.0; 25 pixel levels are 25/255)"
             )
         if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1:
             raise ValueError("need lr > 0, weight_decay >= 0 and 0 <= momentum < 1")
@@ -629,6 +666,12 @@ def _restore(s: _Session, source: Path) -> None:
     s.history = [r for r in s.run.read_metrics() if r["epoch"] <= s.start_epoch]
     if s.ctx.is_main:
         s.run.rewrite_metrics(s.history)
+    if s.ctx.is_main and source.resolve() != s.run.last.resolve():
+        # An epoch checkpoint holds last.pt's state of its epoch: it becomes last.pt now, so a
+        # corrupt or missing last.pt is repaired even when no epoch is left to train, and
+        # --resume continues from here.
+        atomic_write_bytes(s.run.last, source.read_bytes())
+        log.info("%s rewritten from %s", s.run.last, source.name)
     log.info("resuming %s at epoch %d from %s", s.run.root, s.start_epoch, source.name)
 
 

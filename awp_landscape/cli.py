@@ -96,12 +96,14 @@ def message(err: BaseException) -> str:
     (read-only, permission, disk full), without Python's errno prefix."""
     if isinstance(err, OSError) and err.filename is not None and err.strerror:
         verb = "cannot write" if err.errno in _WRITE_ERRORS else "cannot use"
-        return f"{verb} {err.filename}: {err.strerror}"
+        fix = "; free space or choose another --out" if err.errno in _FULL else ""
+        return f"{verb} {err.filename}: {err.strerror}{fix}"
     text = str(err).strip().splitlines()
     return text[0] if text else type(err).__name__
 
 
-_WRITE_ERRORS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR)
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+_WRITE_ERRORS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, *_FULL)
 
 
 if __name__ == "__main__":

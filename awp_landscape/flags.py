@@ -16,9 +16,24 @@ import types
 import typing
 from typing import Any, TypeVar
 
-from awp.config import parse_number, resolve_type
+from awp.config import bounds_text, parse_number, resolve_type
 
 T = TypeVar("T")
+
+
+def integer(text: str) -> int:
+    """An integer flag's value: ``100000``, or ``1e5`` when it is a whole number.
+
+    Raises:
+        ValueError: (argparse then says "invalid integer value") for text that is no integer.
+    """
+    try:
+        return int(text)
+    except ValueError:
+        value = float(text)
+        if not value.is_integer():
+            raise
+        return int(value)
 
 
 def _flag(name: str) -> str:
@@ -102,14 +117,16 @@ def add_dataclass_arguments(
                 help=_with_default(help_, value),
             )
             continue
-        conv: Any = {float: parse_number, int: int, str: str}.get(tp, str)
+        conv: Any = {float: parse_number, int: integer, str: str}.get(tp, str)
         nargs = None
         if typing.get_origin(tp) is tuple:
             inner = typing.get_args(tp)[0]
-            conv = parse_number if inner is float else inner
+            conv = {float: parse_number, int: integer}.get(inner, inner)
             nargs = "+"
         if nullable and f.metadata.get("selects"):
             help_ += " | none"
+        if f.metadata.get("bounds"):  # the range check_bounds enforces
+            help_ += f"; range [{bounds_text(f.metadata['bounds'])}]"
         # A field whose default depends on another (None = "the method's default") says so.
         default_shown = defaults is None or value == _field_default(f)
         shown = f.metadata["shown"] if "shown" in f.metadata and default_shown else _show(value)

@@ -11,7 +11,7 @@ when AT-AWP did *not* come out flatter or with the smaller gap; the figures are 
 
 from __future__ import annotations
 
-import json
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +24,7 @@ from analysis.outcome import Measurements, outcome
 from analysis.replicates import MIN_SEEDS
 from awp.config import method_of
 from awp.io import atomic_write_text, exclusive_output, read_json
+from awp.runs import RunFolder
 from awp_landscape.replicate import seed_folders
 from awp_landscape.report_replicates import (
     replicates_section,
@@ -43,6 +44,8 @@ from figures.html import Document, FigureBlock, Section, Table, render_html, ren
 from figures.spectra import plot_esd, plot_spectra_depth, plot_spectra_epochs
 from figures.trajectory import plot_trajectories, trajectory_panel
 from landscape.storage import Surface, read_surface
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -91,7 +94,7 @@ def _read_runs(path: Path) -> list[Run]:
     runs = []
     for p in candidates:
         cfg = read_json(p / "config.json") if (p / "config.json").exists() else {}
-        hist = [json.loads(x) for x in (p / "metrics.jsonl").read_text().splitlines() if x.strip()]
+        hist = RunFolder(p).read_metrics()
         runs.append(Run(method_of(cfg), p, cfg, hist))
     return runs
 
@@ -341,6 +344,7 @@ def _landscape_section(res: Results) -> Section:
         "perturbed model (solid). Dashed: adversarial examples crafted once at "
         "theta0 and reused, which underestimates the loss."
     )
+    s.paragraphs += _incomplete(res.landscapes)
     for split in ("test", "train"):
         have = [
             x
@@ -356,6 +360,16 @@ def _landscape_section(res: Results) -> Section:
                 )
             )
     return s
+
+
+def _incomplete(surfaces: Sequence[Surface]) -> list[str]:
+    """A sentence for every surface file not complete (a stage stopped midway)."""
+    return [
+        f"{s.label}: {int(s.computed.sum())} of {s.computed.size} points computed (the stage "
+        "was stopped midway; the others are missing from the figure)."
+        for s in surfaces
+        if not s.computed.all()
+    ]
 
 
 WEIGHT_STATS = ("label", "layer", "n", "norm", "std", "mean_abs", "skewness", "excess_kurtosis")
@@ -426,7 +440,14 @@ def _spectra_section(res: Results) -> Section:
             f"power-iteration lower bound) by up to {gap:.1%} ({r['label']}, {r['layer']}, "
             f"{r['fft_size']} x {r['fft_size']} inputs): on small inputs wrap-around matters."
         )
-    s.tables.append(Table(final, columns=SPECTRA_COLUMNS, caption="Per layer, last checkpoints"))
+    s.tables.append(
+        Table(
+            final,
+            columns=SPECTRA_COLUMNS,
+            caption="Per layer, last checkpoints (no fit: fewer than min_tail eigenvalues)",
+            missing={"alpha": "no fit", "alpha_se": "no fit", "n_tail": "no fit"},
+        )
+    )
     summary = sp.get("summary", [])
     esd = [r for r in sp.get("esd", []) if r["label"] in finals]
     if esd:
@@ -448,7 +469,12 @@ def _spectra_section(res: Results) -> Section:
     )
     if len(summary) > len(finals):  # several checkpoints of a run: over epochs
         s.tables.append(
-            Table(summary, columns=SPECTRA_SUMMARY, caption="Layer means per checkpoint")
+            Table(
+                summary,
+                columns=SPECTRA_SUMMARY,
+                caption="Layer means per checkpoint",
+                missing={"alpha_mean": "no fit"},
+            )
         )
         s.figures.append(
             FigureBlock.from_figure(
@@ -479,6 +505,7 @@ def _trajectory_section(res: Results) -> Section:
         f"fraction. Sizes: {len(trajs[0].x)} x {trajs[0].rows} points, "
         f"{cfg.get('n_test')} test images, {attack}; {bn}."
     )
+    s.paragraphs += _incomplete(trajs)
     rows = []
     for t in trajs:
         tr = t.attrs.get("trajectory") or {}
@@ -798,21 +825,111 @@ def _noise_section(res: Results) -> Section:
     return s
 
 
-# Sections in reading order, each drawn when its results are there.
-SECTIONS: tuple[tuple[Callable[[Results], Any], Callable[[Results], Section]], ...] = (
-    (lambda r: r.runs, _accuracy_section),
-    (lambda r: r.gap, _gap_section),
-    (lambda r: r.landscapes, _landscape_section),
-    (lambda r: r.trajectories, _trajectory_section),
-    (lambda r: r.weights, _weights_section),
-    (lambda r: r.spectra, _spectra_section),
-    (lambda r: r.flatness_final, _flatness_section),
-    (lambda r: r.curvature, _curvature_section),
-    (lambda r: r.correlation, _correlation_section),
-    (lambda r: r.certify.get("summary"), _certify_section),
-    (lambda r: r.certify.get("noise_accuracy"), _noise_section),
-    (lambda r: r.connect, _connect_section),
+# Sections in reading order, each drawn when its results are there: (present, section, title,
+# the files it reads and the command that writes them, for the list of what is not measured).
+SECTIONS: tuple[tuple[Callable[[Results], Any], Callable[[Results], Section], str, str], ...] = (
+    (lambda r: r.runs, _accuracy_section, "Accuracy", "metrics.jsonl of each run (awp train)"),
+    (lambda r: r.gap, _gap_section, "Robust generalization gap", "analysis/gap.json (awp gap)"),
+    (
+        lambda r: r.landscapes,
+        _landscape_section,
+        "Weight loss landscape",
+        "analysis/landscape/*.h5 (awp landscape)",
+    ),
+    (
+        lambda r: r.trajectories,
+        _trajectory_section,
+        "Training trajectory",
+        "analysis/trajectory/*.h5 (awp landscape --kind trajectory)",
+    ),
+    (
+        lambda r: r.weights,
+        _weights_section,
+        "Weight histograms",
+        "analysis/weights.json (awp hist)",
+    ),
+    (
+        lambda r: r.spectra,
+        _spectra_section,
+        "Weight spectra",
+        "analysis/spectra/spectra.json (awp spectra)",
+    ),
+    (
+        lambda r: r.flatness_final,
+        _flatness_section,
+        "Flatness",
+        "analysis/flatness_final/flatness.json (awp flatness)",
+    ),
+    (
+        lambda r: r.curvature,
+        _curvature_section,
+        "Curvature",
+        "analysis/curvature/hessian.json (awp hessian)",
+    ),
+    (
+        lambda r: r.correlation,
+        _correlation_section,
+        "Flatness versus the robust gap",
+        "analysis/correlation.json (awp correlate)",
+    ),
+    (
+        lambda r: r.certify.get("summary"),
+        _certify_section,
+        "Certified robustness",
+        "analysis/certify.json (awp certify)",
+    ),
+    (
+        lambda r: r.certify.get("noise_accuracy"),
+        _noise_section,
+        "Accuracy under Gaussian input noise",
+        "analysis/certify.json with --noise-draws > 0 (awp certify)",
+    ),
+    (
+        lambda r: r.connect,
+        _connect_section,
+        "Mode connectivity",
+        "analysis/connect/connect.json (awp connect)",
+    ),
 )
+
+
+def _drawn(section: Callable[[Results], Section], res: Results, title: str, files: str) -> Section:
+    """A section, or where its files hold values it cannot read (a stage killed while it wrote
+    them, a file of another version), the section saying so: the report is still written."""
+    try:
+        drawn = section(res)
+    except (KeyError, TypeError, ValueError, IndexError, ZeroDivisionError) as err:
+        log.warning("report: the %s section could not be drawn from %s: %r", title, files, err)
+        return Section(
+            title,
+            paragraphs=[
+                f"Not shown: {files} holds values this section cannot read ({err!r}); rerun that "
+                "command (or awp demo, which reruns the unfinished stages) to replace it."
+            ],
+        )
+    for table in drawn.tables:  # a number a stage wrote as null was not measured
+        if table.missing == "–":
+            table.missing = "not measured"
+    return drawn
+
+
+def _not_measured(res: Results, absent: Sequence[tuple[str, str]]) -> Section:
+    """What a demo folder does not hold yet (a demo stopped or still running)."""
+    where = res.root
+    return Section(
+        "Not measured",
+        paragraphs=[
+            f"These parts of the demo are not measured in {where}: the demo was stopped before "
+            "their stages, or they failed. Run the same awp demo command again to finish them "
+            "(finished stages are reused), then awp report."
+        ],
+        tables=[
+            Table(
+                [{"part": title, "reads": files} for title, files in absent],
+                caption="Not measured",
+            )
+        ],
+    )
 
 
 def _per_epoch_eval(res: Results) -> str:
@@ -932,9 +1049,14 @@ def build_document(res: Results, *, title: str = "AWP: what this run measured") 
         doc.sections.append(sweep_section(res.sweep, res.figures))
     if not doc.sections:
         doc.sections.append(Section("Outcome", paragraphs=["Not enough results for an outcome."]))
-    for present, section in SECTIONS:
+    absent = []
+    for present, section, title, files in SECTIONS:
         if present(res):
-            doc.sections.append(section(res))
+            doc.sections.append(_drawn(section, res, title, files))
+        else:
+            absent.append((title, files))
+    if absent and (res.demo_config or res.seeds):
+        doc.sections.append(_not_measured(res, absent))
     return doc
 
 

@@ -19,11 +19,21 @@ from matplotlib.figure import Figure
 
 @dataclass
 class Table:
-    """Rows of a table; ``columns`` fixes the order (default: the first row's keys)."""
+    """Rows of a table; ``columns`` fixes the order (default: the first row's keys).
+
+    ``missing`` is written where a value is None or NaN: one text for every column, or a text
+    per column (e.g. ``{"alpha": "no fit"}``; other columns get an en dash).
+    """
 
     rows: Sequence[Mapping[str, Any]]
     columns: Sequence[str] | None = None
     caption: str = ""
+    missing: str | Mapping[str, str] = "–"
+
+    def cell(self, row: Mapping[str, Any], column: str) -> str:
+        """One cell as text (see :func:`fmt`)."""
+        missing = self.missing if isinstance(self.missing, str) else self.missing.get(column, "–")
+        return fmt(row.get(column), missing=missing)
 
     def cols(self) -> list[str]:
         if self.columns is not None:
@@ -66,15 +76,15 @@ class Document:
     sections: list[Section] = field(default_factory=list)
 
 
-def fmt(value: Any) -> str:
-    """A cell as text: floats with 4 significant digits, None/NaN as an en dash."""
+def fmt(value: Any, *, missing: str = "–") -> str:
+    """A cell as text: floats with 4 significant digits, None/NaN as ``missing``."""
     if value is None:
-        return "–"
+        return missing
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):
         if value != value:  # NaN
-            return "–"
+            return missing
         return f"{value:.4g}"
     return str(value)
 
@@ -97,7 +107,7 @@ def _table_html(t: Table) -> str:
     cols = t.cols()
     head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(fmt(r.get(c)))}</td>" for c in cols) + "</tr>"
+        "<tr>" + "".join(f"<td>{html.escape(t.cell(r, c))}</td>" for c in cols) + "</tr>"
         for r in t.rows
     )
     cap = f"<caption>{html.escape(t.caption)}</caption>" if t.caption else ""
@@ -142,7 +152,7 @@ def _md_table(t: Table) -> str:
     lines = [f"**{t.caption}**", ""] if t.caption else []
     lines.append("| " + " | ".join(cols) + " |")
     lines.append("|" + "|".join("---" for _ in cols) + "|")
-    lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in t.rows]
+    lines += ["| " + " | ".join(t.cell(r, c) for c in cols) + " |" for r in t.rows]
     return "\n".join(lines)
 
 

@@ -38,6 +38,11 @@ def _color(row: Mapping[str, Any], index: int) -> str:
     return color_for(str(row.get("method") or row["label"]), index)
 
 
+def _number(value: Any) -> float:
+    """A record's number, NaN where it is missing (``null`` in JSON: e.g. no power-law fit)."""
+    return np.nan if value is None else float(value)
+
+
 def plot_esd(esds: Sequence[Any], *, bins: int = 30) -> Figure:
     """Eigenvalue densities of one layer (log-log) with each fitted power law.
 
@@ -65,13 +70,13 @@ def plot_esd(esds: Sequence[Any], *, bins: int = 30) -> Figure:
         counts, _ = np.histogram(e, bins=edges)
         density = counts / (e.size * np.diff(edges))
         ax.stairs(np.where(density > 0, density, np.nan), edges, color=color, linewidth=1.2)
-        alpha, xmin = float(r.get("alpha", np.nan)), float(r.get("xmin", np.nan))
-        if np.isfinite(alpha) and np.isfinite(xmin):
+        alpha, xmin, se = (_number(r.get(k)) for k in ("alpha", "xmin", "alpha_se"))
+        if np.isfinite(alpha) and np.isfinite(xmin) and r.get("n_tail"):
             x = np.geomspace(xmin, e.max(), 50)
             scale = int(r["n_tail"]) / e.size * (alpha - 1) / xmin
             ax.plot(x, scale * (x / xmin) ** -alpha, color=color, linestyle="--", linewidth=1.0)
             ax.axvline(xmin, color=color, linestyle=":", linewidth=0.8)
-            label = f"{r['label']}: $\\alpha$ = {alpha:.2f} $\\pm$ {float(r['alpha_se']):.2f}"
+            label = f"{r['label']}: $\\alpha$ = {alpha:.2f} $\\pm$ {se:.2f}"
         else:
             label = f"{r['label']}: no fit"
         ax.plot([], [], color=color, label=label)
@@ -113,10 +118,10 @@ def plot_spectra_depth(
         for i, label in enumerate(labels):
             mine = sorted((r for r in rows if str(r["label"]) == label), key=lambda r: r["depth"])
             depth = [r["depth"] for r in mine]
-            y = np.array([r[name] for r in mine], dtype=np.float64)
+            y = np.array([_number(r.get(name)) for r in mine], dtype=np.float64)
             color = _color(mine[0], i)
             if name == "alpha":
-                err = np.array([r["alpha_se"] for r in mine], dtype=np.float64)
+                err = np.array([_number(r.get("alpha_se")) for r in mine], dtype=np.float64)
                 ax.errorbar(
                     depth,
                     y,
@@ -130,7 +135,7 @@ def plot_spectra_depth(
             else:
                 ax.plot(depth, y, marker="o", markersize=3, color=color, label=label)
             if name == "op_norm_circular":
-                bound = [r["op_norm_zero_bound"] for r in mine]
+                bound = [_number(r.get("op_norm_zero_bound")) for r in mine]
                 ax.plot(depth, bound, linestyle=":", color=color, linewidth=1.0)
         ax.set_xlabel("layer (depth)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -173,7 +178,7 @@ def plot_spectra_epochs(
             label = method if methods.count(method) == 1 else f"{method} ({run})"
             ax.plot(
                 [r["epoch"] for r in mine],
-                [r[name] for r in mine],
+                [_number(r.get(name)) for r in mine],
                 marker="o",
                 markersize=3,
                 color=color_for(method, i),

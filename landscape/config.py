@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from typing import Any
 
-from awp.config import PGD10_EVAL, AttackConfig, check_choice, opt, to_dict
+from awp.config import PGD10_EVAL, AttackConfig, check_bounds, check_choice, opt, to_dict
 from landscape.directions import INCLUDES, NORMS
 from landscape.grid import (
     DEFAULT_INTERP_RANGE,
@@ -61,8 +62,17 @@ class SurfaceConfig:
         "y coordinates of a 2d or trajectory surface, min:max:num (default -1:1:21; "
         "trajectory -0.8:0.8:17)",
     )
-    n_directions: int = opt(5, "number of random directions of kind multi")
-    seed: int = opt(0, "seed of the first random direction; direction i is drawn from seed + i")
+    n_directions: int = opt(
+        5,
+        "number of random directions of kind multi",
+        bounds=(1, 1000),
+        why="every direction is a whole curve",
+    )
+    seed: int = opt(
+        0,
+        "seed of the first random direction; direction i is drawn from seed + i",
+        bounds=(0, None),
+    )
     direction: str = opt(
         "random",
         "x direction: random | awp (AWP's worst-case direction at w0, layer-normalized) | "
@@ -76,13 +86,19 @@ class SurfaceConfig:
         "trajectory, the tensors the PCA runs over",
     )
     orthogonalize: bool = opt(False, "make the y direction of a 2d surface orthogonal to x")
-    n_test: int = opt(1000, "fixed seeded subset of test images (0 = no test metrics)")
-    n_train: int = opt(1000, "fixed seeded subset of training images (0 = no train metrics)")
-    subset_seed: int = opt(0, "seed of the evaluation subsets")
+    n_test: int = opt(
+        1000, "fixed seeded subset of test images (0 = no test metrics)", bounds=(0, None)
+    )
+    n_train: int = opt(
+        1000, "fixed seeded subset of training images (0 = no train metrics)", bounds=(0, None)
+    )
+    subset_seed: int = opt(0, "seed of the evaluation subsets", bounds=(0, None))
     attack: AttackConfig | None = opt(
         PGD10_EVAL, "attack regenerated at every point (--attack none: clean metrics only)"
     )
-    attack_seed: int = opt(0, "seed of the attacks' random starts (one stream per point)")
+    attack_seed: int = opt(
+        0, "seed of the attacks' random starts (one stream per point)", bounds=(0, None)
+    )
     fixed: bool = opt(
         False, "also reuse x_adv crafted once at w0 (*_adv_fixed_*: shows the underestimate)"
     )
@@ -92,13 +108,16 @@ class SurfaceConfig:
         "the end points variances can turn negative) | recompute (on training images at every "
         "point; restored afterwards)",
     )
-    n_bn: int = opt(1000, "training images used to recompute BatchNorm statistics")
-    batch_size: int = opt(256, "examples per forward pass")
+    n_bn: int = opt(
+        1000, "training images used to recompute BatchNorm statistics", bounds=(0, None)
+    )
+    batch_size: int = opt(256, "examples per forward pass", bounds=(1, None))
     dataset: str = opt("", "dataset (default: the one the checkpoint was trained on)")
     data_root: str = opt("", "where torchvision datasets live (default: the checkpoint's)")
     device: str = opt("auto", "auto | cpu | cuda | cuda:N (under torchrun: one GPU per rank)")
 
     def __post_init__(self) -> None:
+        check_bounds(self)
         check_choice(self.kind, KINDS, "kind")
         check_choice(self.direction, DIRECTION_TYPES, "direction")
         check_choice(self.dir_norm, NORMS, "dir_norm")
@@ -159,6 +178,31 @@ class SurfaceConfig:
             raise ValueError(f"attack must be an AttackConfig or None, got {self.attack!r}")
         if self.fixed and self.attack is None:
             raise ValueError("--fixed reuses adversarial examples: it needs an --attack")
+        for name, what in self._ignored().items():
+            if getattr(self, name) != _DEFAULTS[name]:
+                flag = "--" + name.replace("_", "-")
+                raise ValueError(
+                    f"{flag} {getattr(self, name)} has no effect on {what}: drop {flag}"
+                )
+
+    def _ignored(self) -> dict[str, str]:
+        """The settings this kind and direction do not use, each with what makes them unused:
+        a value other than the default would be silently ignored, so it is refused."""
+        ignored = {}
+        if self.kind != "multi":
+            ignored["n_directions"] = f"kind {self.kind} (it is the number of kind multi's curves)"
+        if self.kind in ("interp", "trajectory"):
+            what = {
+                "interp": "kind interp (its direction is the second checkpoint minus the first)",
+                "trajectory": "a trajectory (its directions are the path's PCA)",
+            }
+            ignored.update(dict.fromkeys(("dir_norm", "seed"), what[self.kind]))
+        elif self.direction == "hessian":  # v1 (and v2) scaled to ||d|| = ||w||
+            ignored["dir_norm"] = "--direction hessian (its directions are scaled to ||d|| = ||w||)"
+        elif self.direction == "awp" and self.kind == "1d":  # no random direction at all
+            what = "--direction awp of kind 1d (AWP's direction is layer-normalized, not random)"
+            ignored.update(dict.fromkeys(("dir_norm", "seed"), what))
+        return ignored
 
     @staticmethod
     def migrate(data: dict[str, Any]) -> dict[str, Any]:
@@ -195,3 +239,11 @@ class SurfaceConfig:
     def to_json(self) -> str:
         """Canonical JSON (sorted keys), as stored in the result file."""
         return json.dumps(to_dict(self), sort_keys=True)
+
+
+# The defaults a setting keeps when a kind or direction does not use it (SurfaceConfig._ignored).
+_DEFAULTS = {
+    f.name: f.default
+    for f in dataclasses.fields(SurfaceConfig)
+    if f.name in ("n_directions", "dir_norm", "seed")
+}

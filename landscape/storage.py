@@ -246,11 +246,19 @@ def read_surface(path: str | os.PathLike) -> Surface:
                 f"{path} has no 'xcoordinates' dataset: it is not a landscape surface file "
                 "(a .directions.h5 file holds directions, not values)"
             )
-        attrs = _decode_attrs(f.attrs)
-        if attrs.get("format") == FORMAT:
-            surface = _read_ours(f, attrs, path)
-        else:
-            surface = _read_foreign(f, attrs, path)
+        try:
+            attrs = _decode_attrs(f.attrs)
+            if attrs.get("format") == FORMAT:
+                surface = _read_ours(f, attrs, path)
+            else:
+                surface = _read_foreign(f, attrs, path)
+        except SurfaceFileError:
+            raise
+        except (ValueError, TypeError, KeyError, OSError) as err:  # h5py's and numpy's errors
+            raise SurfaceFileError(
+                f"{path} holds datasets that are not a landscape's numbers ({err}); coordinates "
+                "and values must be numeric arrays: recompute it with awp landscape"
+            ) from None
     surface.path = path
     return surface
 

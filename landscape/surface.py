@@ -29,7 +29,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from awp.augment import to_float
 from awp.config import AttackConfig, check_choice
-from awp.data import DataBundle, fixed_subset
+from awp.data import DataBundle, capped_notice, fixed_subset
 from awp.evaluate import attack_outcomes
 from awp.modes import batchnorms, kept_modes, unwrap
 from landscape.config import BN_MODES, SurfaceConfig
@@ -91,6 +91,7 @@ def make_evalsets(data: DataBundle, *, n_train: int, n_test: int, seed: int) -> 
         split = getattr(data, name)
         if len(split) == 0:
             raise ValueError(f"the {name} split of {data.name} is empty; set --n-{name} 0")
+        capped_notice(n, len(split), flag=f"--n-{name}")
         idx = fixed_subset(len(split), n, seed=seed).to(split.x.device)
         sets.append(EvalSet(name, to_float(split.x[idx]), split.y[idx]))
     return sets

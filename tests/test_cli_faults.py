@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -44,10 +45,27 @@ def env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
 
 
-def awp(*args: object, timeout: float = 180) -> subprocess.CompletedProcess:
-    """The real command in a subprocess (one torch thread, as the suite)."""
+def awp(
+    *args: object, timeout: float = 180, max_file_bytes: int | None = None
+) -> subprocess.CompletedProcess:
+    """The real command in a subprocess (one torch thread, as the suite); ``max_file_bytes``
+    limits the size of every file it writes (RLIMIT_FSIZE: a write beyond it fails with EFBIG,
+    "File too large", as on a full or quota-limited disk)."""
     cmd = [sys.executable, "-m", "awp_landscape", *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env(), timeout=timeout)
+
+    def limit() -> None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
+
+    return subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        env=env(),
+        timeout=timeout,
+        preexec_fn=limit if max_file_bytes is not None else None,
+    )
 
 
 def error_line(proc: subprocess.CompletedProcess, command: str) -> str:
@@ -108,10 +126,35 @@ def world(tmp_path_factory):
     record = {"epoch": 1, "lr": 0.1, "train_loss": 2.0, "train_acc": 0.3, "test_robust_acc": 0.2,
               "test_robust_loss": 2.1, "seconds": 1.0, "eval_seconds": 1.0}  # fmt: skip
     (reported / "metrics.jsonl").write_text(json.dumps(record) + "\n")
+    truncated = root / "truncated"  # a run killed while it appended its metrics
+    truncated.mkdir()
+    (truncated / "config.json").write_text(json.dumps({"method": "at", "awp": False}))
+    (truncated / "metrics.jsonl").write_text(json.dumps(record)[:-9] + "\n")
+    path = root / "path" / "checkpoints"  # a training path of three epochs, and another run's
+    epochs = [save(path / f"epoch_00{k}.pt", classes=3, data=data3, seed=k, epoch=k)
+              for k in (1, 2, 3)]  # fmt: skip
+    stranger = save(root / "other" / "checkpoints" / "epoch_003.pt", classes=3, data=data3,
+                    seed=9, epoch=3)  # fmt: skip
+    surfaces = root / "surfaces"
+    surfaces.mkdir()
+    _h5(surfaces / "allnan.h5", np.full(41, np.nan))
+    _h5(surfaces / "strx.h5", np.arange(3.0), x=np.array([b"a", b"b", b"c"]))
     return dict(
         root=root, data3=data3, data4=data4, ours=ours, five=five, nan=nan, corrupt=corrupt,
         foreign=foreign, afile=afile, out=out, rundir=root / "run", reported=reported,
+        truncated=truncated, e1=epochs[0], e2=epochs[1], e3=epochs[2], stranger=stranger,
+        allnan=surfaces / "allnan.h5", strx=surfaces / "strx.h5",
     )  # fmt: skip
+
+
+def _h5(path: Path, loss: np.ndarray, x: np.ndarray | None = None) -> Path:
+    """A loss-landscape style 1-D file (xcoordinates, train_loss); NaN where not computed."""
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        f["xcoordinates"] = np.linspace(-1, 1, len(loss)) if x is None else x
+        f["train_loss"] = loss
+    return path
 
 
 LAND = ["--n-train", "0", "--n-test", "4", "--x=-1:1:3", "--attack-steps", "1"]
@@ -164,13 +207,55 @@ FAULTS = [
     ("eval: a directory", ["eval", "{rundir}"], r"is a directory; pass a \.pt file, e\.g\."),
     ("eval: corrupt checkpoint", ["eval", "{corrupt}", "--out", "{out}/c.json"],
      r"truncated or corrupt.*use another checkpoint of .*epoch_001\.pt"),
+    # 8. numeric flags out of their range (declared with the field; the Python API refuses
+    # the same values): nothing computed, nothing written
+    ("certify: n 0", ["certify", "{ours}", "--out", "{out}/c1", "--n", "0"],
+     r"n=0 is outside \[1, 10000000\] \(--n\)"),
+    ("certify: n negative", ["certify", "{ours}", "--out", "{out}/c2", "--n=-5"],
+     r"n=-5 is outside \[1, 10000000\]"),
+    ("certify: n 1e11", ["certify", "{ours}", "--out", "{out}/c3", "--n", "1e11"],
+     r"n=100000000000 is outside .*: every sample is one forward pass"),
+    ("certify: noise level < 0", ["certify", "{ours}", "--out", "{out}/c4",
+     "--noise-levels=-0.5"], r"noise_levels=-0.5 is outside \[0, 4\]"),  # fmt: skip
+    ("spectra: image size", ["spectra", "{ours}", "--out", "{out}/s3", "--image-size",
+     "100000"], r"image_size=100000 is outside \[1, 2048\].*activations"),  # fmt: skip
+    ("spectra: fft size", ["spectra", "{ours}", "--out", "{out}/s4", "--fft-size", "100000"],
+     r"fft_size=100000 is outside \[0, 1024\].*c_out x c_in x n\^2"),
+    ("hessian: lanczos vectors", ["hessian", "{ours}", "--out", "{out}/h5",
+     "--lanczos-vectors", "100000"], r"lanczos_vectors=100000 is outside"),  # fmt: skip
+    ("hessian: top-k", ["hessian", "{ours}", "--out", "{out}/h6", "--top-k", "5135"],
+     r"top_k=5135 is outside \[0, 1000\]"),
+    ("flatness: samples 0", ["flatness", "{ours}", "--out", "{out}/f5", *FLAT, "--samples", "0"],
+     r"samples=0 is outside \[1, 100000\]"),
+    # 9. inputs that change the meaning
+    ("trajectory: epochs out of order", ["landscape", "{e3}", "{e1}", "{e2}", "--kind",
+     "trajectory", "--out", "{out}/t2", *LAND],
+     r"not in epoch order \(epochs 3, 1, 2; theta0 would be epoch 2.*--allow-mixed"),  # fmt: skip
+    ("trajectory: another run", ["landscape", "{e1}", "{e2}", "{stranger}", "--kind",
+     "trajectory", "--out", "{out}/t3", *LAND], r"come from 2 runs .*--allow-mixed"),  # fmt: skip
+    ("landscape: --dir-norm with hessian", ["landscape", "{ours}", "--out", "{out}/l4", *LAND,
+     "--n-train", "4", "--direction", "hessian", "--dir-norm", "layer"],
+     r"--dir-norm layer has no effect on --direction hessian"),  # fmt: skip
+    ("landscape: --seed of a trajectory", ["landscape", "{e1}", "{e2}", "{e3}", "--kind",
+     "trajectory", "--seed", "3", "--out", "{out}/t4", *LAND],
+     r"--seed 3 has no effect on a trajectory"),  # fmt: skip
+    ("plot: an all-NaN surface", ["plot", "{allnan}"],
+     r"allnan\.h5 has no value of train_loss \(0 of 41 points computed"),
+    # 10. files that cannot be read name themselves and the fix
+    ("plot: string coordinates", ["plot", "{strx}"],
+     r"strx\.h5 holds datasets that are not a landscape's numbers.*recompute it"),
+    ("report: truncated metrics.jsonl", ["report", "{truncated}", "--out", "{out}/r.html"],
+     r"metrics file .*truncated/metrics\.jsonl line 1 is not valid JSON.*--resume"),
+    ("train: --resume-from a directory", ["train", "--dataset", "{data3}", "--model", "smallcnn",
+     "--out", "{rundir}", "--epochs", "1", "--resume-from", "{rundir}"],
+     r"cannot resume: .*run is a directory; pass a checkpoint file"),  # fmt: skip
 ]
 
 
 @pytest.mark.parametrize("case,argv,said", FAULTS, ids=[f[0] for f in FAULTS])
 def test_a_fault_is_one_line_and_loses_nothing(world, case, argv, said):
     args = [a.format(**world) for a in argv]
-    if args[0] != "report":
+    if args[0] not in ("report", "plot"):
         args += QUICK
     before = snapshot(world["root"])
     proc = awp(*args)
@@ -305,3 +390,286 @@ def test_progress_in_a_log_file_is_a_line_every_few_percent(world, tmp_path):
     assert code == 0 and "\r" not in text
     percents = re.findall(r"^AT: +(\d+)% \((\d+)/11\)", text, flags=re.M)
     assert percents and percents[-1] == ("100", "11") and len(percents) <= 11
+
+
+# ------------------------------------------------------------------ the report of what is there
+# The demo's stages in order, each with the summary files it writes last and the unit folders
+# it fills while it runs (in a seed folder). A demo killed in a stage holds the files of the
+# stages before it and that stage's unit folders, half filled.
+DEMO_STAGES = [
+    ("evaluate", ["eval"], []),
+    ("gap", ["analysis/gap.json", "analysis/gap.csv"], ["analysis/gap"]),
+    ("landscape", [], ["analysis/landscape"]),
+    ("trajectory", [], ["analysis/trajectory"]),
+    ("hist", ["analysis/weights.json", "analysis/weights_hist.png"], []),
+    ("spectra", ["analysis/spectra/spectra.json"], ["analysis/spectra"]),
+    ("flatness", ["analysis/flatness_final/flatness.json"], ["analysis/flatness_final"]),
+    ("curvature", ["analysis/curvature/hessian.json"], ["analysis/curvature"]),
+    ("flatness_epochs", ["analysis/flatness_epochs/flatness.json"], ["analysis/flatness_epochs"]),
+    ("correlate", ["analysis/correlation.json", "analysis/flatness_loss_vs_gap.png"], []),
+    ("certify", ["analysis/certify.json"], ["analysis/certify"]),
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_demo(tmp_path_factory):
+    """A demo as small as it runs (smallcnn at width 1/4, 3 epochs): its layers are too small
+    for a power-law fit, so spectra.json holds "alpha": null."""
+    from tests.test_demo import TINY
+
+    root = tmp_path_factory.mktemp("tiny_demo")
+    data = make_image_folder(root / "data", classes=4, n_train=48, n_test=16)
+    args = list(TINY)
+    args[args.index("--width") + 1] = "0.25"
+    proc = awp("demo", "--out", root / "out", "--dataset", data, *args, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root / "out"
+
+
+def test_the_report_of_a_tiny_demo_says_no_fit(tiny_demo):
+    spectra = json.loads((tiny_demo / "seed0/analysis/spectra/spectra.json").read_text())
+    assert any(r["alpha"] is None for r in spectra["esd"])  # what crashed the report
+    md = (tiny_demo / "report.md").read_text()
+    assert "Weight spectra" in md and "no fit" in md and "Not measured" not in md
+    (tiny_demo / "report.html").unlink()
+    proc = awp("report", tiny_demo)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert (tiny_demo / "report.html").exists()
+
+
+def _killed(demo: Path, dest: Path, stage: int) -> Path:
+    """A copy of ``demo`` as a demo killed in stage ``stage`` (-1: in AT-AWP's training)."""
+    import shutil
+
+    skip = shutil.ignore_patterns("report.*", "replicates.json", ".*.lock")
+    shutil.copytree(demo, dest, ignore=skip)
+    seed = dest / "seed0"
+    if stage < 0:  # AT trained, AT-AWP killed after its first epoch: no analysis at all
+        shutil.rmtree(seed / "eval")
+        shutil.rmtree(seed / "analysis")
+        run = seed / "at_awp"
+        lines = (run / "metrics.jsonl").read_text().splitlines()
+        (run / "metrics.jsonl").write_text(lines[0] + "\n")
+        for name in ("epoch_002.pt", "epoch_003.pt", "best.pt"):
+            (run / "checkpoints" / name).unlink()
+        (run / "checkpoints" / "epoch_001.pt").replace(run / "checkpoints" / "last.pt")
+        return dest
+    for k, (_, summaries, units) in enumerate(DEMO_STAGES):
+        if k < stage:
+            continue
+        for rel in summaries + (units if k > stage else []):
+            path = seed / rel
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+    name, _, units = DEMO_STAGES[stage]
+    if name in ("landscape", "trajectory"):  # a surface killed at its first points
+        import h5py
+
+        for h5 in (seed / units[0]).glob("*.h5"):
+            if h5.name.endswith(".directions.h5"):
+                continue
+            with h5py.File(h5, "r+") as f:
+                computed = f["computed"][()]
+                computed.reshape(-1)[1:] = 0
+                f["computed"][...] = computed
+                for key in f:
+                    if key.endswith(("_loss", "_acc")):
+                        values = f[key][()].astype("float64")
+                        values.reshape(-1)[1:] = float("nan")
+                        f[key][...] = values
+    return dest
+
+
+@pytest.mark.parametrize(
+    "stage", range(-1, len(DEMO_STAGES)), ids=["training"] + [s[0] for s in DEMO_STAGES]
+)
+def test_the_report_of_a_demo_killed_in_a_stage_shows_what_exists(tiny_demo, tmp_path, stage):
+    from awp_landscape.cli import main
+
+    folder = _killed(tiny_demo, tmp_path / "demo", stage)
+    before = snapshot(folder)
+    assert main(["report", str(folder)]) == 0
+    md = (folder / "report.md").read_text()
+    assert (folder / "report.html").exists() and "Traceback" not in md
+    after = snapshot(folder)
+    assert {k: v for k, v in after.items() if k in before} == before
+    if stage < len(DEMO_STAGES) - 1 or stage < 0:
+        assert "## Not measured" in md
+        assert "analysis/certify.json (awp certify)" in md  # the last stage is always missing
+    if stage > 1:
+        assert "Robust generalization gap" in md  # what exists is shown
+
+
+# ------------------------------------------------------------------ ranges, merges, sets, resume
+def test_the_python_api_refuses_what_the_cli_refuses():
+    """The range lives with the field: the config raises the line the CLI prints."""
+    from analysis.certify_units import CertifyConfig
+    from analysis.hessian import HessianConfig
+    from analysis.spectra import SpectraConfig
+
+    for make, said in (
+        (lambda: CertifyConfig(n=0), "n=0 is outside [1, 10000000] (--n)"),
+        (lambda: CertifyConfig(noise_levels=(-0.5,)), "noise_levels=-0.5 is outside [0, 4]"),
+        (lambda: CertifyConfig(sigmas=(float("nan"),)), "sigmas=nan is outside [0, 4] (--sigma)"),
+        (lambda: SpectraConfig(fft_size=100000), "fft_size=100000 is outside [0, 1024]"),
+        (lambda: HessianConfig(lanczos_vectors=100000), "lanczos_vectors=100000 is outside"),
+    ):
+        with pytest.raises(ValueError) as err:
+            make()
+        assert str(err.value).startswith(said), str(err.value)
+    from awp_landscape.cli import build_parser
+
+    sub = build_parser()._subparsers._group_actions[0].choices["certify"]
+    assert "range [1, 10000000]" in " ".join(sub.format_help().split())  # and in --help
+
+
+def test_a_request_larger_than_the_split_is_capped_with_a_notice(world, tmp_path):
+    args = ["--n-examples", "100000", "--top-k", "1", "--lanczos-vectors", "8", "--eig-tol",
+            "1e-2", "--attack-steps", "1", "--out", tmp_path / "h", "--no-figures",
+            *QUICK]  # fmt: skip
+    proc = awp("hessian", world["ours"], *args)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "--n-examples 100000 asks for more than the 20 images of the split" in proc.stderr
+    assert "train n=20," in proc.stdout and "100000" not in proc.stdout
+    rows = json.loads((tmp_path / "h" / "hessian.json").read_text())["rows"]
+    assert [r["n"] for r in rows] == [20]
+
+
+def test_hessian_on_an_overwritten_checkpoint_replaces_its_row_and_keeps_the_others(
+    world, tmp_path
+):
+    from awp.io import sha256_file
+
+    ck = save(tmp_path / "a" / "checkpoints" / "last.pt", classes=3, data=world["data3"], seed=1)
+    other = save(tmp_path / "b" / "checkpoints" / "last.pt", classes=3, data=world["data3"],
+                 seed=2)  # fmt: skip
+    out = tmp_path / "h"
+    args = ["--n-examples", "4", "--top-k", "1", "--lanczos-vectors", "8", "--eig-tol", "1e-2",
+            "--attack-steps", "1", "--out", out, "--no-figures", *QUICK]  # fmt: skip
+    assert awp("hessian", ck, other, *args).returncode == 0
+    old = sha256_file(ck)
+    save(ck, classes=3, data=world["data3"], seed=3)  # retrained in place
+    proc = awp("hessian", ck, *args)  # only the changed checkpoint
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"changed since it was measured (sha256 {old[:8]}" in proc.stderr
+    rows = json.loads((out / "hessian.json").read_text())["rows"]
+    assert sorted(r["checkpoint"] for r in rows) == sorted([str(ck), str(other)])
+    assert {r["sha256"] for r in rows} == {sha256_file(ck), sha256_file(other)}
+    assert len((out / "hessian.csv").read_text().splitlines()) == 3  # header + one per file
+
+
+def test_a_full_disk_names_the_file_and_leaves_the_tables_as_they_were(world, tmp_path):
+    out = tmp_path / "h"
+    assert awp("hist", world["ours"], "--out", out, "--no-figures", *QUICK).returncode == 0
+    before = snapshot(out)
+    proc = awp("hist", world["e1"], "--out", out, "--no-figures", *QUICK, max_file_bytes=512)
+    assert proc.returncode == 2
+    line = error_line(proc, "hist")
+    assert re.search(r"cannot write .*/h/\S+: File too large; free space or choose", line), line
+    after = snapshot(out)
+    assert not [k for k in after if k.endswith(".tmp")]  # no temp file left
+    visible = {k: v for k, v in after.items() if not Path(k).name.startswith(".")}
+    assert visible == {k: v for k, v in before.items() if not Path(k).name.startswith(".")}
+
+
+def test_a_result_set_is_renamed_only_when_every_file_is_written(tmp_path):
+    from awp.io import atomic_write_set
+
+    good, bad = tmp_path / "t.json", tmp_path / "afile" / "t.csv"
+    good.write_text("old\n")
+    (tmp_path / "afile").write_text("a file, not a folder")
+    with pytest.raises(OSError) as err:
+        atomic_write_set({good: "new\n", bad: "new\n"})
+    assert str(bad.parent) in str(err.value)  # the path in the way
+    assert good.read_text() == "old\n" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "afile", "t.json"
+    ]  # fmt: skip
+    atomic_write_set({good: "new\n", tmp_path / "t.csv": "new\n"})
+    assert good.read_text() == (tmp_path / "t.csv").read_text() == "new\n"
+
+
+def test_plot_marks_an_incomplete_surface(tmp_path):
+    loss = np.where(np.arange(41) < 15, np.linspace(1, 2, 41), np.nan)
+    path = _h5(tmp_path / "half.h5", loss)
+    proc = awp("plot", path, "--formats", "png")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "half.h5 is incomplete: 15 of 41 points computed" in proc.stdout
+    from awp_landscape.commands.plot import _marked
+    from landscape.storage import read_surface
+
+    assert _marked(read_surface(path), "A") == "A (15 of 41 points)"
+
+
+def test_a_mixed_trajectory_runs_with_allow_mixed_and_says_so(world, tmp_path):
+    args = [world["e1"], world["e2"], world["stranger"], "--kind", "trajectory", "--out",
+            tmp_path / "t.h5", "--n-train", "0", "--n-test", "4", "--x=-1:1:2", "--y=-1:1:2",
+            "--attack", "none", "--allow-mixed", *QUICK]  # fmt: skip
+    proc = awp("landscape", *args)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert re.search(r"WARNING .*come from 2 runs .*--allow-mixed: computed as given", proc.stderr)
+
+
+def test_resume_from_repairs_a_corrupt_last_pt(world, tmp_path):
+    out = tmp_path / "run"
+    args = _train_args(world["data3"], out, "--save-every", "1", "--epochs", "2")
+    assert awp(*args).returncode == 0
+    last, epoch2 = out / "checkpoints" / "last.pt", out / "checkpoints" / "epoch_002.pt"
+    last.write_bytes(last.read_bytes()[:300])  # truncated
+    proc = awp(*args, "--resume-from", epoch2)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "last.pt rewritten from epoch_002.pt" in proc.stderr
+    assert last.read_bytes() == epoch2.read_bytes()  # the state of epoch 2, whole again
+    proc = awp(*args, "--resume")  # no loop back to --resume-from
+    assert proc.returncode == 0 and "--resume-from" not in proc.stderr, proc.stderr[-2000:]
+
+
+def test_every_numeric_flag_of_the_measurement_configs_has_a_range():
+    """A number the CLI accepts has its valid range declared with it (opt(..., bounds=...))."""
+    import dataclasses
+    import typing
+
+    from analysis.certify_units import CertifyConfig
+    from analysis.flatness import FlatnessConfig
+    from analysis.gap import GapConfig
+    from analysis.hessian import HessianConfig
+    from analysis.pacbayes import PacBayesConfig
+    from analysis.sigma import SigmaSearchConfig
+    from analysis.spectra import SpectraConfig
+    from analysis.worst_case import WorstCaseConfig
+    from awp.config import AttackConfig, AWPConfig, resolve_type
+    from awp.evaluate import EvalConfig
+    from awp.models import ModelConfig
+    from landscape.config import SurfaceConfig
+
+    def numeric(tp: object) -> bool:
+        tp = resolve_type(tp)
+        return tp in (int, float) or (
+            typing.get_origin(tp) is tuple and typing.get_args(tp)[0] in (int, float)
+        )
+
+    configs = (AttackConfig, AWPConfig, TrainConfig, ModelConfig, EvalConfig, SurfaceConfig,
+               GapConfig, FlatnessConfig, WorstCaseConfig, SigmaSearchConfig, PacBayesConfig,
+               HessianConfig, SpectraConfig, CertifyConfig)  # fmt: skip
+    missing = [
+        f"{cls.__name__}.{f.name}"
+        for cls in configs
+        for f in dataclasses.fields(cls)
+        if numeric(typing.get_type_hints(cls)[f.name]) and "bounds" not in f.metadata
+    ]
+    assert not missing, missing
+
+
+def test_sizes_that_cost_time_or_memory_say_the_cost(caplog):
+    from analysis.certify_units import CertifyConfig
+    from analysis.hessian import HessianConfig
+    from awp_landscape.commands.certify import _say_cost
+
+    _say_cost(CertifyConfig(n=100_000), 500, "AT")  # the published protocol: 2e8 passes
+    assert "AT: 2e+08 noisy forward passes (500 images x 4e+05 each" in caplog.text
+    caplog.clear()
+    _say_cost(CertifyConfig(n=1000, n_test=10), 10, "AT")
+    assert caplog.text == ""
+    HessianConfig(top_k=5).check_sizes(55_000_000)  # a WRN-34-10's weights
+    assert "take 8.2 GiB (20 vectors of float64)" in caplog.text

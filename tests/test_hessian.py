@@ -302,3 +302,17 @@ def test_hessian_directions_are_exact_eigenvectors_scaled_to_the_weights(problem
         assert float((h @ f - lam * f).norm()) < 1e-6 * abs(lam) * w_norm
         assert float(f[f.abs().argmax()]) > 0  # the sign convention: reproducible
     assert abs(float(flat[0] @ flat[1])) < 1e-8 * w_norm**2
+
+
+def test_eigen_solves_larger_than_the_problem_are_refused():
+    """ARPACK finds k < p eigenpairs with at most p Lanczos vectors; p of TinyNet's weights is
+    3*4*9 + 4*4*9 + 4*3 = 264."""
+    model = tiny_model()
+    x, y = tiny_batch(4)
+    p = sum(t.numel() for t in select_params(model, "weights").values())
+    assert p == 264
+    with pytest.raises(ValueError, match=r"top_k=264 needs fewer eigenpairs than the 264"):
+        HessianProblem(model, x, y, HessianConfig(top_k=264, loss="clean"))
+    with pytest.raises(ValueError, match=r"lanczos_vectors=265 is more than the 264"):
+        HessianProblem(model, x, y, HessianConfig(top_k=2, lanczos_vectors=265, loss="clean"))
+    HessianProblem(model, x, y, HessianConfig(top_k=262, lanczos_vectors=264, loss="clean"))

@@ -115,12 +115,12 @@ def test_a_grid_trains_one_folder_per_point_and_reuses_them_when_it_grows(
     ("grid", "message"),
     [
         ("widht=0.5", "unknown field 'widht'"),
-        ("epochs=ten", "invalid int value: 'ten'"),
+        ("epochs=ten", "invalid integer value: 'ten'"),
         ("width=0.5,big", "--width: not a number: 'big'"),
         ("augment=maybe", "expected true or false"),
         ("gamma=0.01", "vary gamma with --gammas"),
         ("epochs", "write NAME=V1,V2"),
-        ("epochs=0", "epochs=0 must be >= 1"),
+        ("epochs=0", "epochs=0 is outside [1, 100000] (--epochs)"),
     ],
 )
 def test_the_grid_refuses_unknown_fields_and_wrong_values_in_one_line(

@@ -201,6 +201,9 @@ def test_trajectory_resumes_and_refuses_another_path(path_ckpts, tmp_path, capsy
     capsys.readouterr()
     reordered = [path_ckpts[1], path_ckpts[0], *path_ckpts[2:]]
     assert landscape(*reordered, "--out", out, *FAST, "--resume") == 2
+    assert "not in epoch order (epochs 2, 1" in capsys.readouterr().err
+    # allowed out of order, it is still another path than the file's
+    assert landscape(*reordered, "--out", out, *FAST, "--resume", "--allow-mixed") == 2
     assert "trajectory's checkpoints differ" in capsys.readouterr().err
     assert landscape(*path_ckpts[:2], "--out", out, *FAST, "--resume") == 2
     assert "at least 3" in capsys.readouterr().err

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from awp.config import check_choice, opt
+from awp.config import check_bounds, check_choice, opt
 from awp.data import CIFAR10_MEAN, CIFAR10_STD
 from awp.models._common import check_mean_std, scale_channels
 from awp.models.preact_resnet import PreActResNet, PreActResNet18
@@ -51,11 +51,12 @@ class ModelConfig:
         "architecture: preactresnet18 | wideresnet | vgg19 | smallcnn",
         flag="model",
     )
-    width: float = opt(1.0, "channel width multiplier (1.0 = the paper's model)")
-    depth: int = opt(34, "WideResNet depth (34, 28, ...)")
-    widen_factor: int = opt(10, "WideResNet widen factor")
+    width: float = opt(1.0, "channel width multiplier (1.0 = the paper's model)", bounds=(0, 64))
+    depth: int = opt(34, "WideResNet depth (34, 28, ...)", bounds=(1, 1000))
+    widen_factor: int = opt(10, "WideResNet widen factor", bounds=(1, 64))
 
     def __post_init__(self) -> None:
+        check_bounds(self)
         check_choice(self.name, MODEL_NAMES, "model name")
         _check_size(self.name, self.width, self.depth, self.widen_factor)
         object.__setattr__(self, "width", float(self.width))

@@ -8,7 +8,7 @@ under torchrun the examples are split across ranks.
 from __future__ import annotations
 
 import argparse
-import json
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,9 +28,9 @@ from analysis.store import SampleStore, run_units
 from awp import distributed
 from awp.augment import to_float
 from awp.config import to_dict
-from awp.data import fixed_subset
-from awp.io import write_csv, write_json
-from awp_landscape.commands.common import add_run_arguments, out_folder
+from awp.data import capped_notice, fixed_subset
+from awp.io import atomic_write_set, csv_text, json_text, write_json
+from awp_landscape.commands.common import add_run_arguments, current_results, out_folder
 from awp_landscape.console import format_table, say
 from awp_landscape.flags import add_dataclass_arguments, dataclass_from_arguments
 from awp_landscape.inputs import (
@@ -39,6 +39,8 @@ from awp_landscape.inputs import (
     add_checkpoint_arguments,
     each_checkpoint,
 )
+
+log = logging.getLogger(__name__)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -84,8 +86,10 @@ def certify_checkpoint(
     split = loaded.data.test
     if len(split) == 0:
         raise ValueError(f"the test split of {loaded.data_cfg.dataset!r} is empty")
+    capped_notice(cfg.n_test, len(split), flag="--n-test")
     idx = fixed_subset(len(split), cfg.n_test, seed=cfg.subset_seed) if cfg.n_test else None
     indices = idx.tolist() if idx is not None else list(range(len(split)))
+    _say_cost(cfg, len(indices), label)
     where = {i: k for k, i in enumerate(indices)}
     pick = torch.tensor(indices, device=split.x.device)
     x_all, y_all = split.x[pick], split.y[pick]
@@ -138,6 +142,25 @@ def certify_checkpoint(
     return result
 
 
+# More noisy forward passes than this per checkpoint get a warning that states the count.
+COSTLY_PASSES = 10**8
+
+
+def _say_cost(cfg: CertifyConfig, images: int, label: str) -> None:
+    """Warn when the sample counts make a long run: every sample is one forward pass."""
+    per_image = len(cfg.sigmas) * (cfg.n0 + cfg.n * (2 if cfg.predict else 1))
+    per_image += cfg.noise_draws * len(cfg.noise_levels)
+    if per_image * images > COSTLY_PASSES:
+        log.warning(
+            "%s: %.3g noisy forward passes (%d images x %.3g each: n0 + n per sigma, and the "
+            "noise curve); lower --n or --n-test for a shorter run",
+            label,
+            per_image * images,
+            images,
+            per_image,
+        )
+
+
 def curve_rows(examples: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Certified accuracy against radius, every step, per model and sigma (for plotting
     elsewhere)."""
@@ -160,8 +183,7 @@ def collect_results(out: Path) -> dict[str, list[dict[str, Any]]]:
         "noise_accuracy": [],
         "noise_examples": [],
     }
-    for path in sorted((out / "certify").glob("*/result.json")):
-        result = json.loads(path.read_text())
+    for result in current_results(out / "certify", what="certify"):
         for name, rows in tables.items():
             rows += result.get(name, [])
     return tables
@@ -201,12 +223,15 @@ def measure_certify(
 
 def _write_tables(out: Path, *, figures: bool) -> None:
     tables = collect_results(out)
-    written = [write_json(out / "certify.json", tables)]
-    written.append(write_csv(out / "certify.csv", tables["summary"]))
-    written.append(write_csv(out / "certify_examples.csv", tables["examples"]))
-    written.append(write_csv(out / "certify_curves.csv", curve_rows(tables["examples"])))
+    files = {
+        out / "certify.json": json_text(tables),
+        out / "certify.csv": csv_text(tables["summary"]),
+        out / "certify_examples.csv": csv_text(tables["examples"]),
+        out / "certify_curves.csv": csv_text(curve_rows(tables["examples"])),
+    }
     if tables["noise_accuracy"]:
-        written.append(write_csv(out / "noise_accuracy.csv", tables["noise_accuracy"]))
+        files[out / "noise_accuracy.csv"] = csv_text(tables["noise_accuracy"])
+    written = atomic_write_set(files)  # the tables always agree, also after a full disk
     if figures and tables["examples"]:
         # matplotlib is imported only when a figure is drawn: `awp` starts without it.
         from figures.certify import plot_certified_accuracy, plot_noise_accuracy

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from analysis.correlate import correlate_records, fit_line
 from analysis.tables import IDENTITY, join_tables, read_table
-from awp.io import exclusive_output, write_csv, write_json
+from awp.io import atomic_write_set, csv_text, exclusive_output, json_text
 from awp_landscape.console import CLIError, format_table, say
 from awp_landscape.inputs import rows_of
 
@@ -108,21 +108,19 @@ def _correlate(
     fit = fit_line([r[x] for r in rows], [r[y] for r in rows])
     keep = [*IDENTITY, x, y, by]
     points = [{k: r[k] for k in dict.fromkeys(keep) if k in r} for r in rows]
-    write_json(
-        out / "correlation.json",
-        {
-            "tables": [str(p) for p in tables],
-            "where": where,
-            "x": x,
-            "y": y,
-            "by": by,
-            "fit": dataclasses.asdict(fit),
-            "correlations": cor_rows,
-            "points": points,
-        },
+    result = {
+        "tables": [str(p) for p in tables],
+        "where": where,
+        "x": x,
+        "y": y,
+        "by": by,
+        "fit": dataclasses.asdict(fit),
+        "correlations": cor_rows,
+        "points": points,
+    }
+    written = atomic_write_set(
+        {out / "correlation.json": json_text(result), out / "correlation.csv": csv_text(cor_rows)}
     )
-    write_csv(out / "correlation.csv", cor_rows)
-    written = [out / "correlation.json", out / "correlation.csv"]
     if figures:
         # matplotlib is imported only when a figure is drawn: `awp` starts without it.
         from figures.flatness import plot_flatness_vs_gap

@@ -12,7 +12,7 @@ import torch
 
 from awp import distributed
 from awp.config import to_dict
-from awp.data import fixed_subset
+from awp.data import capped_notice, fixed_subset
 from awp.evaluate import (
     AutoAttackConfig,
     EvalConfig,
@@ -87,6 +87,7 @@ def evaluate_checkpoint(
     if len(split) == 0:
         raise CLIError(f"the {cfg.split} split is empty for dataset {loaded.data_cfg.dataset!r}")
     device = split.x.device
+    capped_notice(cfg.n, len(split), flag="--n")
     idx = fixed_subset(len(split), cfg.n, seed=cfg.seed) if cfg.n else torch.arange(len(split))
     x, y = split.x[idx.to(device)], split.y[idx.to(device)]
     bars: dict[str, Any] = {}

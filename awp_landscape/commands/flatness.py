@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,9 +22,9 @@ from analysis.worst_case import WorstCaseConfig
 from awp import distributed
 from awp.config import to_dict
 from awp.data import DataConfig
-from awp.io import write_csv, write_json
+from awp.io import atomic_write_set, csv_text, json_text, write_json
 from awp.perturb import select_params
-from awp_landscape.commands.common import add_run_arguments, out_folder
+from awp_landscape.commands.common import add_run_arguments, current_results, out_folder
 from awp_landscape.console import format_table, say
 from awp_landscape.flags import add_dataclass_arguments, dataclass_from_arguments
 from awp_landscape.inputs import (
@@ -100,7 +99,7 @@ def flatness_for_checkpoint(
     ctx = distributed.current()
     pacbayes = pacbayes or PacBayesConfig()
     split = loaded.data.train if cfg.split == "train" else loaded.data.test
-    x, y = subset(split, cfg.n_examples, seed=cfg.subset_seed)
+    x, y = subset(split, cfg.n_examples, seed=cfg.subset_seed, flag="--n-examples")
     if len(y) == 0:
         raise ValueError(f"the {cfg.split} split of {loaded.data_cfg.dataset!r} is empty")
     ident = {**loaded.identity(), "label": label or loaded.identity()["method"]}
@@ -186,10 +185,7 @@ def _search_row(
 
 def collect_results(out: Path) -> list[dict[str, Any]]:
     """Every row of every checkpoint's ``result.json`` under ``out/flatness``."""
-    rows = []
-    for path in sorted((out / "flatness").glob("*/result.json")):
-        rows += json.loads(path.read_text())["rows"]
-    return rows
+    return [r for res in current_results(out / "flatness", what="flatness") for r in res["rows"]]
 
 
 def measure_flatness(
@@ -238,9 +234,9 @@ def measure_flatness(
 
 def _write_tables(out: Path, *, figures: bool) -> None:
     rows = collect_results(out)
-    write_json(out / "flatness.json", {"rows": rows})
-    write_csv(out / "flatness.csv", rows)
-    written = [out / "flatness.json", out / "flatness.csv"]
+    written = atomic_write_set(
+        {out / "flatness.json": json_text({"rows": rows}), out / "flatness.csv": csv_text(rows)}
+    )
     curve = [r for r in rows if r["kind"] == "expected"]
     if figures and curve:
         # matplotlib is imported only when a figure is drawn: `awp` starts without it.
@@ -272,7 +268,8 @@ def _print_results(results: list[dict[str, Any]], cfg: FlatnessConfig) -> None:
     rows = [r for res in results for r in res["rows"]]
     say(
         f"expected flatness ({cfg.noise} noise, M={cfg.samples}, {cfg.split} "
-        f"n={cfg.n_examples or 'all'}, {cfg.attack.describe()} regenerated on every w+u)"
+        f"n={'/'.join(dict.fromkeys(str(r.get('n')) for r in rows)) or 'none'}, "
+        f"{cfg.attack.describe()} regenerated on every w+u)"
     )
     say(
         format_table(

@@ -12,7 +12,7 @@ from analysis.gap import GapConfig, robust_gap, subset
 from analysis.store import SampleStore, run_units
 from awp import distributed
 from awp.config import to_dict
-from awp.io import sha256_file, write_csv, write_json
+from awp.io import atomic_write_set, csv_text, json_text, sha256_file
 from awp_landscape.commands.common import add_run_arguments, out_folder
 from awp_landscape.console import format_table, say
 from awp_landscape.flags import add_dataclass_arguments, dataclass_from_arguments
@@ -51,8 +51,8 @@ def gap_rows(
 
     def compute(sha: str) -> dict[str, Any]:
         loaded = inputs.load(shas[sha])
-        xtr, ytr = subset(loaded.data.train, cfg.n_train, seed=cfg.subset_seed)
-        xte, yte = subset(loaded.data.test, cfg.n_test, seed=cfg.subset_seed)
+        xtr, ytr = subset(loaded.data.train, cfg.n_train, seed=cfg.subset_seed, flag="--n-train")
+        xte, yte = subset(loaded.data.test, cfg.n_test, seed=cfg.subset_seed, flag="--n-test")
         rec = robust_gap(
             loaded.model,
             xtr,
@@ -97,8 +97,12 @@ def measure_gap(
             every = SampleStore(out / "gap", meta=meta, name="gap").load()
             order = [r["sha256"] for r in rows] + sorted(set(every) - {r["sha256"] for r in rows})
             table = [every[s] for s in order]
-            write_json(out / "gap.json", {"settings": meta, "rows": table})
-            write_csv(out / "gap.csv", table)
+            atomic_write_set(
+                {
+                    out / "gap.json": json_text({"settings": meta, "rows": table}),
+                    out / "gap.csv": csv_text(table),
+                }
+            )
             say(f"results: {out} (gap.json, gap.csv; {len(table)} checkpoints)")
         return rows
 

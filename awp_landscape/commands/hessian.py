@@ -14,7 +14,6 @@ together: each sums the Hessian-vector products of its share of the batches, all
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,9 +25,9 @@ from analysis.store import SampleStore, run_units
 from awp import distributed
 from awp.config import to_dict
 from awp.data import DataConfig
-from awp.io import write_csv, write_json
+from awp.io import atomic_write_set, csv_text, json_text, write_json
 from awp.progress import progress_bar
-from awp_landscape.commands.common import add_run_arguments, out_folder
+from awp_landscape.commands.common import add_run_arguments, current_results, out_folder
 from awp_landscape.console import format_table, say
 from awp_landscape.flags import add_dataclass_arguments, dataclass_from_arguments
 from awp_landscape.inputs import (
@@ -110,7 +109,7 @@ def hessian_for_checkpoint(
     ctx = distributed.current()
     assert loaded.data is not None
     split = loaded.data.train if cfg.split == "train" else loaded.data.test
-    x, y = subset(split, cfg.n_examples, seed=cfg.subset_seed)
+    x, y = subset(split, cfg.n_examples, seed=cfg.subset_seed, flag="--n-examples")
     if len(y) == 0:
         raise ValueError(f"the {cfg.split} split of {loaded.data_cfg.dataset!r} is empty")
     model = loaded.model.to(cfg.torch_dtype)
@@ -146,8 +145,8 @@ def hessian_for_checkpoint(
 
 
 def collect_results(out: Path) -> list[dict[str, Any]]:
-    """Every checkpoint's ``result.json`` under ``out/hessian``."""
-    return [json.loads(p.read_text()) for p in sorted((out / "hessian").glob("*/result.json"))]
+    """Every checkpoint's ``result.json`` under ``out/hessian`` (see :func:`current_results`)."""
+    return current_results(out / "hessian", what="hessian")
 
 
 def measure_hessian(
@@ -192,10 +191,13 @@ def write_tables(out: Path, *, figures: bool) -> list[Path]:
         for r in results
         for layer in r["layers"]
     ]
-    write_json(out / "hessian.json", {"rows": rows, "layers": layers, "results": results})
-    write_csv(out / "hessian.csv", rows)
-    write_csv(out / "hessian_layers.csv", layers)
-    written = [out / "hessian.json", out / "hessian.csv", out / "hessian_layers.csv"]
+    written = atomic_write_set(
+        {
+            out / "hessian.json": json_text({"rows": rows, "layers": layers, "results": results}),
+            out / "hessian.csv": csv_text(rows),
+            out / "hessian_layers.csv": csv_text(layers),
+        }
+    )
     if figures and results:
         written += draw_figures(results, out)
     say(f"results: {out} ({', '.join(p.name for p in written)})")
@@ -232,10 +234,15 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sizes(results: list[dict[str, Any]]) -> str:
+    """The subset sizes measured (the request capped to each split)."""
+    return "/".join(dict.fromkeys(str(r["row"]["n"]) for r in results)) or "none"
+
+
 def _print_results(results: list[dict[str, Any]], cfg: HessianConfig) -> None:
     loss = f"loss at x_adv fixed ({cfg.attack.describe()})" if cfg.loss == "adv" else "clean loss"
     say(
-        f"Hessian of the {loss}, {cfg.split} n={cfg.n_examples or 'all'}, {cfg.params} "
+        f"Hessian of the {loss}, {cfg.split} n={_sizes(results)}, {cfg.params} "
         f"({cfg.dtype}, {cfg.method} products)"
     )
     table = []

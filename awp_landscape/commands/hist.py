@@ -9,7 +9,7 @@ import torch
 
 from analysis.weights import model_layers, select_layers, weight_report
 from awp import distributed
-from awp.io import exclusive_output, write_csv, write_json
+from awp.io import atomic_write_set, csv_text, exclusive_output, json_text
 from awp.progress import progress_bar
 from awp_landscape.commands.common import add_run_arguments, out_folder
 from awp_landscape.console import format_table, say
@@ -123,20 +123,17 @@ def _weight_histograms(
     if comps:
         cols = ("layer", "label_a", "label_b", "ks_statistic", "ks_pvalue", "wasserstein")
         say("\n" + format_table(comps, cols))
-    write_json(
-        out / "weights.json",
-        {
-            "checkpoints": idents,
-            "layers": list(report.layers),
-            "stats": stats,
-            "comparisons": comps,
-            "histograms": rows_of(report.histograms),
-        },
-    )
-    write_csv(out / "weights_stats.csv", stats)
-    written = [out / "weights.json", out / "weights_stats.csv"]
+    result = {
+        "checkpoints": idents,
+        "layers": list(report.layers),
+        "stats": stats,
+        "comparisons": comps,
+        "histograms": rows_of(report.histograms),
+    }
+    files = {out / "weights.json": json_text(result), out / "weights_stats.csv": csv_text(stats)}
     if comps:
-        write_csv(out / "weights_compare.csv", comps)
+        files[out / "weights_compare.csv"] = csv_text(comps)
+    written = atomic_write_set(files)  # the tables always agree, also after a full disk
     if figures:
         # matplotlib is imported only when a figure is drawn: `awp` starts without it.
         from figures.style import save_figure

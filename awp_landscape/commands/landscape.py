@@ -37,6 +37,7 @@ from awp_landscape.inputs import (
     check_files,
     default_label,
     foreign_from,
+    run_folder_of,
 )
 from landscape.config import SurfaceConfig
 from landscape.curvature_map import EIG_NAMES, EigenMapConfig, eig_ratio
@@ -92,6 +93,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="compute only the missing points of existing files (same checkpoint and settings)",
     )
+    p.add_argument(
+        "--allow-mixed",
+        action="store_true",
+        help="trajectory: accept checkpoints out of epoch order or from several runs (a "
+        "warning says which); without it they are refused, as theta0 is the last one given",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_dataclass_arguments(p, SurfaceConfig, skip=("dataset", "data_root"))
     add_dataclass_arguments(p.add_argument_group("curvature map"), EigenMapConfig)
@@ -111,6 +118,7 @@ def compute_landscapes(
     progress: bool = True,
     foreign: tuple[ModelConfig | None, str | None] = (None, None),
     eig: EigenMapConfig | None = None,
+    allow_mixed: bool = False,
 ) -> list[Surface]:
     """Every result file of a call, in turn, each sharded across the torchrun ranks.
 
@@ -124,6 +132,8 @@ def compute_landscapes(
         foreign: architecture and input convention of checkpoints from elsewhere.
         eig: with ``hessian_eigs`` on, also the curvature map of every file (its missing
             points; a finished surface only gains the map).
+        allow_mixed: a trajectory's checkpoints may be out of epoch order or from several runs
+            (with a warning); else that is refused.
 
     Returns:
         The surfaces (complete on rank 0).
@@ -150,15 +160,19 @@ def compute_landscapes(
         ]
         with distributed.main_holds(ctx, *claims):
             return [
-                _run_job(job, cfg, inputs, resume=resume, progress=progress, eig=eig)
+                _run_job(
+                    job, cfg, inputs, resume=resume, progress=progress, eig=eig, mixed=allow_mixed
+                )
                 for job in jobs
             ]
 
 
-def _path_inputs(job: Job, cfg: SurfaceConfig, loaded: Loaded, inputs: Inputs) -> dict[str, Any]:
+def _path_inputs(
+    job: Job, cfg: SurfaceConfig, loaded: Loaded, inputs: Inputs, *, mixed: bool
+) -> dict[str, Any]:
     """A trajectory's tensors (those ``dir_include`` names, kept on the CPU: one model at a time
     on the device) and identities (checkpoint, sha256, epoch), in training order."""
-    states, idents = [], []
+    states, idents, runs = [], [], []
     for p in job.path:
         other = loaded if p == job.checkpoint else inputs.load(p, with_data=False)
         if other.spec != loaded.spec:
@@ -169,10 +183,40 @@ def _path_inputs(job: Job, cfg: SurfaceConfig, loaded: Loaded, inputs: Inputs) -
         chosen = select_params(other.model, cfg.dir_include)
         states.append({k: v.detach().cpu() for k, v in chosen.items()})
         idents.append({k: other.identity()[k] for k in ("checkpoint", "sha256", "epoch")})
+        runs.append(str(other.config.get("out") or run_folder_of(p)))
+    check_path(idents, runs, mixed=mixed)
     return {"path_states": states, "path_identity": idents}
 
 
-def _job_inputs(job: Job, cfg: SurfaceConfig, inputs: Inputs) -> JobInputs:
+def check_path(idents: list[dict[str, Any]], runs: list[str], *, mixed: bool) -> None:
+    """Refuse a trajectory whose checkpoints are not one run's, in epoch order (theta0 is the
+    last one given, the PCA is over the path as given); with ``mixed`` only warn.
+
+    Raises:
+        ValueError: naming the epochs or the runs, and --allow-mixed.
+    """
+    epochs = [int(i["epoch"]) for i in idents]
+    problems = []
+    if any(b <= a for a, b in zip(epochs, epochs[1:])) and any(epochs):
+        problems.append(
+            f"its checkpoints are not in epoch order (epochs {', '.join(map(str, epochs))}; "
+            f"theta0 would be epoch {epochs[-1]}, not the last epoch)"
+        )
+    if len(set(runs)) > 1:
+        names = ", ".join(dict.fromkeys(runs))
+        problems.append(f"its checkpoints come from {len(set(runs))} runs ({names})")
+    if not problems:
+        return
+    text = "a trajectory is one run's training path, but " + " and ".join(problems)
+    if not mixed:
+        raise ValueError(
+            f"{text}: give one run's epoch checkpoints in order (e.g. runs/at/checkpoints/"
+            "epoch_*.pt), or pass --allow-mixed"
+        )
+    log.warning("%s (--allow-mixed: computed as given)", text)
+
+
+def _job_inputs(job: Job, cfg: SurfaceConfig, inputs: Inputs, *, mixed: bool) -> JobInputs:
     loaded = inputs.load(job.checkpoint)
     target_state, target_sha = None, None
     if job.target is not None:
@@ -201,7 +245,7 @@ def _job_inputs(job: Job, cfg: SurfaceConfig, inputs: Inputs) -> JobInputs:
         bn_x=bn_x,
         target_state=target_state,
         target_sha256=target_sha,
-        **(_path_inputs(job, cfg, loaded, inputs) if job.path else {}),
+        **(_path_inputs(job, cfg, loaded, inputs, mixed=mixed) if job.path else {}),
     )
 
 
@@ -213,9 +257,10 @@ def _run_job(
     resume: bool,
     progress: bool,
     eig: EigenMapConfig | None = None,
+    mixed: bool = False,
 ) -> Surface:
     ctx = distributed.current()
-    job_inputs = _job_inputs(job, cfg, inputs)
+    job_inputs = _job_inputs(job, cfg, inputs, mixed=mixed)
     surface = open_job(job, cfg, job_inputs, resume=resume)
     pending = len(surface.pending())
     if ctx.is_main:
@@ -319,5 +364,6 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         foreign=foreign_from(args),
         eig=dataclass_from_arguments(EigenMapConfig, args),
+        allow_mixed=args.allow_mixed,
     )
     return 0

@@ -14,6 +14,8 @@ import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
 from awp.io import exclusive_output
 from landscape.curvature_map import EIG_NAMES
 from landscape.grid import PLANES
@@ -82,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
     if args.labels is not None and len(args.labels) != len(surfaces):
         raise ValueError(f"got {len(args.labels)} labels for {len(surfaces)} files")
     labels = args.labels or [s.label for s in surfaces]
+    for s in surfaces:
+        _mask_missing(s)
     out_dir = args.out or files[0].parent
     with exclusive_output(out_dir, folder_lock="plot"):
         written = _draw(args, surfaces, labels, out_dir)
@@ -119,7 +123,7 @@ def _draw(
         _check_metrics(metrics, curve_files)
         fig, axes = new_figure(1, len(metrics), width=4.2, height=3.2, squeeze=False)
         for ax, metric in zip(axes[0], metrics):
-            curves = [Curve(lab, s.x, s.values[metric]) for s, lab in curve_files]
+            curves = [Curve(_marked(s, lab), s.x, s.values[metric]) for s, lab in curve_files]
             xlabel = (
                 r"$\alpha$ (0: first checkpoint, 1: second)"
                 if any(s.kind == "interp" for s, _ in curve_files)
@@ -138,7 +142,7 @@ def _draw(
                     s.y,
                     s.values[metric],
                     zlabel=metric_label(metric),
-                    title=f"{lab}: {metric_label(metric)}",
+                    title=f"{_marked(s, lab)}: {metric_label(metric)}",
                     plots=views,
                     vmin=args.vmin,
                     vmax=args.vmax,
@@ -164,6 +168,24 @@ def _draw(
     return written
 
 
+def _mask_missing(surface: Surface) -> None:
+    """A file not complete (a run killed midway) has its points not computed drawn as missing,
+    never as a finished curve; a note says so."""
+    for name, values in surface.values.items():
+        surface.values[name] = np.where(surface.computed, values, np.nan)
+    if not surface.computed.all():
+        print(
+            f"note: {surface.path} is incomplete: {_marked(surface, '').strip(' ()')} computed "
+            "(the others are left out; awp landscape ... --resume computes them)"
+        )
+
+
+def _marked(surface: Surface, label: str) -> str:
+    """``label``, with "(15 of 41 points)" when the file is not complete."""
+    done, total = int(surface.computed.sum()), int(surface.computed.size)
+    return label if done == total else f"{label} ({done} of {total} points)"
+
+
 def _check_metrics(metrics: Sequence[str], files) -> None:
     for s, lab in files:
         missing = [m for m in metrics if m not in s.values]
@@ -171,4 +193,11 @@ def _check_metrics(metrics: Sequence[str], files) -> None:
             raise ValueError(
                 f"{s.path} ({lab}) has no {', '.join(missing)}; "
                 f"it has {', '.join(sorted(s.values))}"
+            )
+        empty = [m for m in metrics if not np.isfinite(s.values[m]).any()]
+        if empty:
+            raise ValueError(
+                f"{s.path} has no value of {', '.join(empty)} ({int(s.computed.sum())} of "
+                f"{s.computed.size} points computed, none finite): nothing to draw; compute it "
+                "with awp landscape ... --resume, or choose other --metrics"
             )

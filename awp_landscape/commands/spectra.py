@@ -24,7 +24,7 @@ from analysis.spectra import SpectraConfig, esd_layer_name, model_spectra, summa
 from analysis.store import SampleStore, run_units
 from awp import distributed
 from awp.config import to_dict
-from awp.io import sha256_file, write_csv, write_json
+from awp.io import atomic_write_set, csv_text, json_text, sha256_file
 from awp.modes import unwrap
 from awp_landscape.commands.common import add_run_arguments, out_folder
 from awp_landscape.console import format_table, say
@@ -141,10 +141,13 @@ def measure_spectra(
         if not ctx.is_main:
             return result
         _print(result)
-        write_json(out / "spectra.json", result)
-        write_csv(out / "spectra_stats.csv", result["stats"])
-        write_csv(out / "spectra_summary.csv", result["summary"])
-        written = [out / "spectra.json", out / "spectra_stats.csv", out / "spectra_summary.csv"]
+        written = atomic_write_set(
+            {
+                out / "spectra.json": json_text(result),
+                out / "spectra_stats.csv": csv_text(result["stats"]),
+                out / "spectra_summary.csv": csv_text(result["summary"]),
+            }
+        )
         if figures:
             written += _draw(result, out)
         say(f"results: {out} ({', '.join(p.name for p in written)})")
