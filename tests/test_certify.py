@@ -327,5 +327,5 @@ def test_the_default_batch_follows_the_device_and_an_explicit_one_is_kept():
     assert CertifyConfig().batch(torch.device("cpu")) == 400
     assert CertifyConfig().batch(torch.device("cuda", 0)) == 1000
     assert CertifyConfig(batch_size=128).batch(torch.device("cpu")) == 128
-    with pytest.raises(ValueError, match="batch_size >= 0"):
+    with pytest.raises(ValueError, match=r"batch_size=-1 is outside \[0, "):
         CertifyConfig(batch_size=-1)
