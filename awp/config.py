@@ -36,7 +36,9 @@ def opt(default: Any, help: str, **kwargs: Any) -> Any:  # noqa: A002 - mirrors 
     - ``flag="name"`` names the flag (``--name``) instead of the field name, e.g. the attack
       config's ``name`` is ``--attack``;
     - ``aliases=("old_name", ...)`` are further flags accepted for the field;
-    - ``cli=False`` keeps the field off the command line.
+    - ``cli=False`` keeps the field off the command line;
+    - ``const=value``: the flag may be given without a value, which then means ``value``
+      (``--tensorboard [DIR]``).
     """
     if isinstance(default, (list, dict, set)):
         return field(

@@ -22,6 +22,7 @@ from torch import nn
 from awp.attacks import run_attack
 from awp.augment import as_float
 from awp.config import AttackConfig, check_eps, opt
+from awp.extras import MissingDependencyError
 from awp.modes import model_mode
 
 
@@ -43,10 +44,6 @@ AUTOATTACK_HINT = (
     "pip install 'awp-landscape[autoattack]' (or pip install torchattacks), or leave "
     "autoattack out of --attacks"
 )
-
-
-class MissingDependencyError(ImportError):
-    """An optional dependency is needed; the message says how to install it."""
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from awp.checkpoint import CheckpointError
 from awp.distributed import PeerError
+from awp.extras import MissingDependencyError
 from awp.io import OutputBusy
 from awp_landscape.commands import (
     certify,
@@ -75,8 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (CLIError, PeerError, OutputBusy, ValueError, OSError) as err:
-        if args.verbose and not isinstance(err, CLIError | CheckpointError | OutputBusy):
+    except (CLIError, PeerError, OutputBusy, MissingDependencyError, ValueError, OSError) as err:
+        quiet = CLIError | CheckpointError | OutputBusy | MissingDependencyError
+        if args.verbose and not isinstance(err, quiet):
             raise
         print(f"awp {args.command}: error: {message(err)}", file=sys.stderr)
         return 2

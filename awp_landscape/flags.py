@@ -103,7 +103,10 @@ def add_dataclass_arguments(
             )
             continue
         conv: Any = {float: parse_number, int: int, str: str}.get(tp, str)
-        nargs = None
+        nargs: Any = None
+        extra: dict[str, Any] = {}
+        if "const" in f.metadata:  # `--flag` alone means the field's const (`--flag [VALUE]`)
+            nargs, extra = "?", {"const": f.metadata["const"]}
         if typing.get_origin(tp) is tuple:
             inner = typing.get_args(tp)[0]
             conv = parse_number if inner is float else inner
@@ -121,6 +124,7 @@ def add_dataclass_arguments(
             default=None,
             metavar=_dest(f).upper(),
             help=_with_default(help_, shown),
+            **extra,
         )
 
 
