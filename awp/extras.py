@@ -16,7 +16,7 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "autoattack": ("autoattack", "pyautoattack"),
     "torchattacks": ("autoattack", "torchattacks"),
     "torch.utils.tensorboard": ("tensorboard", "tensorboard"),
-    "vtk": ("viz", "vtk"),
+    "pyevtk.vtk": ("viz", "pyevtk"),
     "plotly": ("viz", "plotly"),
     "robustbench": ("robustbench", "robustbench"),
 }

@@ -18,6 +18,7 @@ from awp.io import exclusive_output
 from landscape.grid import PLANES
 from landscape.run import safe_name
 from landscape.storage import Surface, read_surface
+from landscape.vtp import METHODS, surface_mesh, write_vtp
 
 PLOTS = ("auto", "curve", "contour", "contourf", "heatmap", "surface")
 
@@ -60,6 +61,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="folder for the figures (default: the first file's folder)",
     )
     p.add_argument("--formats", nargs="+", default=["png", "pdf"], choices=("png", "pdf", "svg"))
+    g = p.add_argument_group("ParaView (VTK XML PolyData, the [viz] extra)")
+    g.add_argument(
+        "--vtp",
+        action="store_true",
+        help="also write every 2-D surface as LABEL_METRIC.vtp: points (x, y, metric), every "
+        "metric of the file as a point array",
+    )
+    g.add_argument(
+        "--vtp-points",
+        type=int,
+        default=0,
+        metavar="N",
+        help="resample onto N x N points over the same ranges (0 = the file's grid)",
+    )
+    g.add_argument(
+        "--vtp-method",
+        default="cubic",
+        choices=tuple(METHODS),
+        help="interpolation of --vtp-points (scipy's RegularGridInterpolator; default cubic)",
+    )
     p.set_defaults(func=run)
 
 
@@ -145,11 +166,31 @@ def _draw(
                 for view, fig in figs.items():
                     stem = out_dir / f"{safe_name(lab)}_{metric}_{view}"
                     written += save_figure(fig, stem, args.formats)
+    if args.vtp:
+        written += _write_vtp(args, surface_files, out_dir)
     if not written:
         raise ValueError(
             f"nothing to draw: --plots {' '.join(args.plots)} does not apply to these files "
             f"(kinds: {', '.join(sorted({s.kind for s in surfaces}))})"
         )
+    return written
+
+
+def _write_vtp(
+    args: argparse.Namespace, surface_files: list[tuple[Surface, str]], out_dir: Path
+) -> list[Path]:
+    """One .vtp per 2-D surface and metric asked for (every metric as a point array)."""
+    written = []
+    for s, lab in surface_files:
+        assert s.y is not None
+        metrics = args.metrics or default_metrics(s.values)
+        _check_metrics(metrics, [(s, lab)])
+        for metric in metrics:
+            mesh = surface_mesh(
+                s.x, s.y, s.values, z=metric, points=args.vtp_points, method=args.vtp_method
+            )
+            path = out_dir / f"{safe_name(lab)}_{metric}.vtp"
+            written.append(write_vtp(path, mesh, scalars=metric))
     return written
 
 
