@@ -13,7 +13,7 @@ from types import ModuleType
 
 # package to import -> (extra of awp-landscape that brings it, the PyPI name)
 EXTRAS: dict[str, tuple[str, str]] = {
-    "autoattack": ("autoattack", "pyautoattack"),
+    "pyautoattack": ("autoattack", "pyautoattack"),
     "torchattacks": ("autoattack", "torchattacks"),
     "torch.utils.tensorboard": ("tensorboard", "tensorboard"),
     "pyevtk.vtk": ("viz", "pyevtk"),
