@@ -29,6 +29,7 @@ from awp_landscape.commands import (
     train,
 )
 from awp_landscape.console import CLIError
+from awp_landscape.inputs import resolve_robustbench
 
 # In the order `awp --help` lists them.
 COMMANDS = (
@@ -75,6 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        if hasattr(args, "robustbench"):  # a command that takes checkpoints
+            resolve_robustbench(args)
         return int(args.func(args) or 0)
     except (CLIError, PeerError, OutputBusy, MissingDependencyError, ValueError, OSError) as err:
         quiet = CLIError | CheckpointError | OutputBusy | MissingDependencyError

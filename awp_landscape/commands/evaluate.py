@@ -40,7 +40,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "elsewhere (official AWP {'state_dict': ...} with module. prefixes, raw state dicts as "
         "Rice et al.'s, RobustBench WideResNets with sub_block1.*) need --model and --input.",
     )
-    p.add_argument("checkpoint", type=Path, help="checkpoint: ours, or one from elsewhere")
+    p.add_argument(
+        "checkpoint",
+        nargs="?",
+        type=Path,
+        help="checkpoint: ours, or one from elsewhere (or --robustbench NAME)",
+    )
     add_dataclass_arguments(p, EvalConfig)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
