@@ -17,7 +17,9 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "torchattacks": ("autoattack", "torchattacks"),
     "torch.utils.tensorboard": ("tensorboard", "tensorboard"),
     "pyevtk.vtk": ("viz", "pyevtk"),
-    "plotly": ("viz", "plotly"),
+    "plotly.graph_objects": ("viz", "plotly"),
+    "plotly.subplots": ("viz", "plotly"),
+    "plotly.offline": ("viz", "plotly"),
     "robustbench": ("robustbench", "robustbench"),
 }
 

@@ -29,6 +29,7 @@ from awp_landscape.report_replicates import (
     replicates_section,
     sweep_section,
 )
+from awp_landscape.report_surfaces import interactive_section, planes
 from figures.certify import plot_certified_accuracy, plot_noise_accuracy
 from figures.curves import (
     plot_gap_by_epoch,
@@ -754,11 +755,17 @@ def _noise_section(res: Results) -> Section:
 
 
 # Sections in reading order, each drawn when its results are there.
+def _surfaces_section(res: Results) -> Section:
+    """Rotatable 3-D views of every 2-D landscape and trajectory plane."""
+    return interactive_section([*res.landscapes, *res.trajectories])
+
+
 SECTIONS: tuple[tuple[Callable[[Results], Any], Callable[[Results], Section]], ...] = (
     (lambda r: r.runs, _accuracy_section),
     (lambda r: r.gap, _gap_section),
     (lambda r: r.landscapes, _landscape_section),
     (lambda r: r.trajectories, _trajectory_section),
+    (lambda r: planes([*r.landscapes, *r.trajectories]), _surfaces_section),
     (lambda r: r.weights, _weights_section),
     (lambda r: r.spectra, _spectra_section),
     (lambda r: r.flatness_final, _flatness_section),
