@@ -38,7 +38,8 @@ def opt(default: Any, help: str, **kwargs: Any) -> Any:  # noqa: A002 - mirrors 
     - ``aliases=("old_name", ...)`` are further flags accepted for the field;
     - ``cli=False`` keeps the field off the command line;
     - ``const=value``: the flag may be given without a value, which then means ``value``
-      (``--tensorboard [DIR]``).
+      (``--tensorboard [DIR]``);
+    - ``metavar="DIR"`` names the flag's value in ``--help``.
     """
     if isinstance(default, (list, dict, set)):
         return field(

@@ -166,9 +166,10 @@ class TrainConfig:
     device: str = opt("auto", "auto | cpu | cuda | cuda:N")
     tensorboard: str = opt(
         "",
-        "also write each epoch's numbers as TensorBoard scalars into this folder (needs the "
-        f"[tensorboard] extra; given without a folder: {TENSORBOARD_IN_RUN}; '' = none)",
+        "also write each epoch's numbers as TensorBoard scalars into DIR (needs the "
+        f"[tensorboard] extra; given without DIR: {TENSORBOARD_IN_RUN}) (default: none)",
         const=TENSORBOARD_IN_RUN,
+        metavar="DIR",
     )
 
     def __post_init__(self) -> None:

@@ -122,7 +122,7 @@ def add_dataclass_arguments(
             type=conv,
             nargs=nargs,
             default=None,
-            metavar=_dest(f).upper(),
+            metavar=f.metadata.get("metavar", _dest(f).upper()),
             help=_with_default(help_, shown),
             **extra,
         )

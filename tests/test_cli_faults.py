@@ -121,95 +121,49 @@ FLAT = ["--n-examples", "4", "--samples", "1", "--alphas", "0.1", "--attack-step
 # (case, command line with {names} of the world, what the one error line must say)
 FAULTS = [
     # 1. a model that does not fit the data: refused before any compute, no file left
-    (
-        "eval: 5-class model, 3-class data",
-        ["eval", "{five}", "--out", "{out}/e.json"],
-        r"5-class model, but data3 has 3 classes",
-    ),
-    (
-        "eval: 3-class model, 4-class data",
-        ["eval", "{ours}", "--dataset", "{data4}"],
-        r"3-class model, but data4 has 4 classes",
-    ),
-    ("landscape: classes", ["landscape", "{five}", "--out", "{out}/land", *LAND], r"5-class model"),
-    (
-        "gap: classes",
-        ["gap", "{ours}", "--dataset", "{data4}", "--out", "{out}/g", *GAP],
-        r"3-class model, but data4 has 4",
-    ),
+    ("eval: 5-class model, 3-class data", ["eval", "{five}", "--out", "{out}/e.json"],
+     r"5-class model, but data3 has 3 classes"),
+    ("eval: 3-class model, 4-class data", ["eval", "{ours}", "--dataset", "{data4}"],
+     r"3-class model, but data4 has 4 classes"),
+    ("landscape: classes", ["landscape", "{five}", "--out", "{out}/land", *LAND],
+     r"5-class model"),
+    ("gap: classes", ["gap", "{ours}", "--dataset", "{data4}", "--out", "{out}/g", *GAP],
+     r"3-class model, but data4 has 4"),
     ("flatness: classes", ["flatness", "{five}", "--out", "{out}/f", *FLAT], r"5-class model"),
     # 3. outputs that cannot be written: refused before any compute
-    (
-        "eval: out under a file",
-        ["eval", "{ours}", "--out", "{afile}/r.json"],
-        r"cannot write into .*notes.txt",
-    ),
+    ("eval: out under a file", ["eval", "{ours}", "--out", "{afile}/r.json"],
+     r"cannot write into .*notes.txt"),
     ("hist: out under a file", ["hist", "{ours}", "--out", "{afile}/h"], r"cannot write into"),
-    (
-        "spectra: out under a file",
-        ["spectra", "{ours}", "--out", "{afile}/s"],
-        r"cannot write into",
-    ),
-    (
-        "landscape: out under a file",
-        ["landscape", "{ours}", "--out", "{afile}/l", *LAND],
-        r"cannot write into",
-    ),
-    ("gap: out under a file", ["gap", "{ours}", "--out", "{afile}/g", *GAP], r"cannot write into"),
-    (
-        "flatness: unwritable out",
-        ["flatness", "{ours}", "--out", "/proc/awp-out", *FLAT],
-        r"cannot write into /proc/awp-out",
-    ),
-    (
-        "train: out under a file",
-        [
-            "train",
-            "--dataset",
-            "{data3}",
-            "--model",
-            "smallcnn",
-            "--out",
-            "{afile}/run",
-            "--epochs",
-            "1",
-        ],
-        r"cannot write into",
-    ),  # fmt: skip
-    (
-        "report: out under a file",
-        ["report", "{reported}", "--out", "{afile}/r.html"],
-        r"cannot write into",
-    ),
+    ("spectra: out under a file", ["spectra", "{ours}", "--out", "{afile}/s"],
+     r"cannot write into"),
+    ("landscape: out under a file", ["landscape", "{ours}", "--out", "{afile}/l", *LAND],
+     r"cannot write into"),
+    ("gap: out under a file", ["gap", "{ours}", "--out", "{afile}/g", *GAP],
+     r"cannot write into"),
+    ("flatness: unwritable out", ["flatness", "{ours}", "--out", "/proc/awp-out", *FLAT],
+     r"cannot write into /proc/awp-out"),
+    ("train: out under a file", ["train", "--dataset", "{data3}", "--model", "smallcnn",
+     "--out", "{afile}/run", "--epochs", "1"], r"cannot write into"),  # fmt: skip
+    ("report: out under a file", ["report", "{reported}", "--out", "{afile}/r.html"],
+     r"cannot write into"),
     # 4. non-finite weights: the tensor is named, nothing is computed
     ("eval: NaN weight", ["eval", "{nan}", "--out", "{out}/n.json"], r"non-finite.*conv1\.weight"),
     ("hist: NaN weight", ["hist", "{nan}", "--out", "{out}/h"], r"conv1\.weight"),
     ("spectra: NaN weight", ["spectra", "{nan}", "--out", "{out}/s"], r"conv1\.weight"),
     ("flatness: NaN weight", ["flatness", "{nan}", "--out", "{out}/f2", *FLAT], r"conv1\.weight"),
-    ("landscape: NaN weight", ["landscape", "{nan}", "--out", "{out}/l2", *LAND], r"conv1\.weight"),
-    (
-        "trajectory: two checkpoints",
-        ["landscape", "{ours}", "{ours}", "--kind", "trajectory", "--out", "{out}/t", *LAND],
-        r"at least 3 checkpoints",
-    ),  # fmt: skip
+    ("landscape: NaN weight", ["landscape", "{nan}", "--out", "{out}/l2", *LAND],
+     r"conv1\.weight"),
+    ("trajectory: two checkpoints", ["landscape", "{ours}", "{ours}", "--kind", "trajectory",
+     "--out", "{out}/t", *LAND], r"at least 3 checkpoints"),  # fmt: skip
     # 5. settings without meaning
-    (
-        "flatness: alpha 0",
-        ["flatness", "{ours}", "--out", "{out}/f3", *FLAT, "--alphas", "0"],
-        r"alpha = 0 is no noise",
-    ),
-    (
-        "flatness: gamma 0",
-        ["flatness", "{ours}", "--out", "{out}/f4", *FLAT, "--worst-case", "--gammas", "0"],
-        r"gamma = 0 is no perturbation",
-    ),  # fmt: skip
+    ("flatness: alpha 0", ["flatness", "{ours}", "--out", "{out}/f3", *FLAT, "--alphas", "0"],
+     r"alpha = 0 is no noise"),
+    ("flatness: gamma 0", ["flatness", "{ours}", "--out", "{out}/f4", *FLAT, "--worst-case",
+     "--gammas", "0"], r"gamma = 0 is no perturbation"),  # fmt: skip
     # 7. dead ends
     ("eval: a directory", ["eval", "{rundir}"], r"is a directory; pass a \.pt file, e\.g\."),
-    (
-        "eval: corrupt checkpoint",
-        ["eval", "{corrupt}", "--out", "{out}/c.json"],
-        r"truncated or corrupt.*use another checkpoint of .*epoch_001\.pt",
-    ),
+    ("eval: corrupt checkpoint", ["eval", "{corrupt}", "--out", "{out}/c.json"],
+     r"truncated or corrupt.*use another checkpoint of .*epoch_001\.pt"),
 ]
 
 
