@@ -41,6 +41,9 @@ def opt(default: Any, help: str, **kwargs: Any) -> Any:  # noqa: A002 - mirrors 
       side; a tuple field bounds each of its values), checked by :func:`check_bounds` in the
       config's ``__post_init__`` and shown by ``--help``; ``why="..."`` says where an upper
       bound comes from (the memory or time it would take).
+    - ``const=value``: the flag may be given without a value, which then means ``value``
+      (``--tensorboard [DIR]``);
+    - ``metavar="DIR"`` names the flag's value in ``--help``.
     """
     if isinstance(default, (list, dict, set)):
         return field(

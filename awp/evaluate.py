@@ -10,6 +10,8 @@ module computes; the application prints, shows progress bars and writes the JSON
 
 from __future__ import annotations
 
+import logging
+import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -22,6 +24,7 @@ from torch import nn
 from awp.attacks import run_attack
 from awp.augment import as_float
 from awp.config import AttackConfig, check_bounds, check_eps, opt
+from awp.extras import require
 from awp.modes import model_mode
 
 
@@ -38,58 +41,59 @@ class Accuracy:
 EVAL_ATTACKS = ("natural", "fgsm", "pgd20", "cw20", "autoattack")
 SPLITS = ("train", "val", "test")
 AA_VERSIONS = ("standard", "plus", "rand")
-AUTOATTACK_HINT = (
-    "AutoAttack runs through the optional dependency torchattacks, which is not installed: "
-    "pip install 'awp-landscape[autoattack]' (or pip install torchattacks), or leave "
-    "autoattack out of --attacks"
-)
-
-
-class MissingDependencyError(ImportError):
-    """An optional dependency is needed; the message says how to install it."""
+# "original": Croce & Hein's code as PyPI serves it (pyautoattack), what RobustBench's numbers
+# come from; "torchattacks": Kim's reimplementation.
+AA_IMPLEMENTATIONS = ("original", "torchattacks")
+AA_MODULES = {"original": "pyautoattack", "torchattacks": "torchattacks"}
 
 
 @dataclass(frozen=True)
 class AutoAttackConfig:
-    """AutoAttack (APGD-CE, APGD-T, FAB-T, Square for "standard") through torchattacks.
+    """AutoAttack (APGD-CE, APGD-T, FAB-T, Square for "standard").
 
     Args:
         norm: "linf" or "l2".
         eps: radius in [0, 1] pixel units.
         version: "standard" (the leaderboard's), "plus" or "rand".
+        implementation: "original" (pyautoattack, the code RobustBench evaluates with) or
+            "torchattacks" (its reimplementation).
     """
 
     norm: str = "linf"
     eps: float = 8 / 255
     version: str = "standard"
+    implementation: str = "original"
 
     def __post_init__(self) -> None:
         if self.norm not in ("linf", "l2"):
             raise ValueError(f"unknown norm {self.norm!r}; choose linf or l2")
         if self.version not in AA_VERSIONS:
             raise ValueError(f"unknown AutoAttack version {self.version!r}; one of {AA_VERSIONS}")
+        if self.implementation not in AA_IMPLEMENTATIONS:
+            raise ValueError(
+                f"unknown AutoAttack implementation {self.implementation!r}; one of "
+                f"{AA_IMPLEMENTATIONS}"
+            )
         check_eps(self.eps, self.norm)
 
     def describe(self) -> str:
         eps = f"{self.eps * 255:g}/255" if self.norm == "linf" else f"{self.eps:g}"
-        return f"AutoAttack-{self.version} {self.norm} eps={eps}"
+        by = "" if self.implementation == "original" else f" ({self.implementation})"
+        return f"AutoAttack-{self.version} {self.norm} eps={eps}{by}"
 
 
 EvalAttack = AttackConfig | AutoAttackConfig | None
 
 
-def require_torchattacks():
-    """Import torchattacks, or raise :class:`MissingDependencyError` saying how to install it."""
-    try:
-        import torchattacks
-    except ImportError as err:
-        raise MissingDependencyError(AUTOATTACK_HINT) from err
-    return torchattacks
+def require_autoattack(implementation: str = "original"):
+    """Import the AutoAttack package of ``implementation``, or raise
+    :class:`MissingDependencyError` saying how to install it."""
+    return require(AA_MODULES[implementation], purpose=f"AutoAttack ({implementation})")
 
 
 @contextmanager
 def _no_param_grads(model: nn.Module) -> Iterator[None]:
-    # Some torchattacks attacks call .backward(): with requires_grad off no .grad is written.
+    # FAB (both implementations) calls .backward(): with requires_grad off no .grad is written.
     flags = [(p, p.requires_grad) for p in model.parameters()]
     for p, _ in flags:
         p.requires_grad_(False)
@@ -109,8 +113,14 @@ def autoattack(
     eps: float = 8 / 255,
     version: str = "standard",
     seed: int = 0,
+    implementation: str = "original",
+    log: list[str] | None = None,
 ) -> torch.Tensor:
-    """AutoAttack through torchattacks, in eval mode, without touching ``.grad`` or the mode.
+    """AutoAttack in eval mode, without touching ``.grad``, the mode or the global RNG.
+
+    Both implementations reseed torch's global generator inside every sub-attack; it is
+    restored afterwards. With fewer than 10 classes the targeted sub-attacks (APGD-T, FAB-T)
+    take every other class as a target (the original takes the top 9 of 10).
 
     Args:
         model: classifier on [0, 1] images.
@@ -118,18 +128,24 @@ def autoattack(
         norm: "linf" or "l2"; eps: radius in pixel units.
         version: "standard", "plus" or "rand".
         seed: seed of the attacks' random starts.
+        implementation: "original" (pyautoattack) or "torchattacks".
+        log: when given, the original's own log lines are appended (its clean accuracy, each
+            sub-attack's successes, the robust accuracy after each).
 
     Returns:
         x_adv (N, C, H, W) in the ball and in [0, 1], detached.
 
     Raises:
-        MissingDependencyError: torchattacks is not installed (the message says how to).
+        MissingDependencyError: the implementation's package is not installed (the message
+            says how to install it).
 
     Reference: Croce & Hein, "Reliable Evaluation of Adversarial Robustness with an Ensemble of
-    Diverse Parameter-free Attacks", ICML 2020 (implementation: Kim, torchattacks).
+    Diverse Parameter-free Attacks", ICML 2020 (code: fra31/auto-attack, packaged as
+    pyautoattack; reimplementation: Kim, torchattacks).
     """
-    ta = require_torchattacks()
-    with model_mode(model, "eval"), _no_param_grads(model):
+    package = require_autoattack(implementation)
+    devices = [x.device] if x.device.type == "cuda" else []
+    with model_mode(model, "eval"), _no_param_grads(model), torch.random.fork_rng(devices):
         with torch.no_grad():
             n_classes = int(model(x[:1]).shape[1])
         if n_classes < 4:
@@ -137,16 +153,78 @@ def autoattack(
                 f"AutoAttack needs at least 4 classes (its targeted DLR loss compares the top "
                 f"four logits), the model has {n_classes}; use pgd20 and cw20 instead"
             )
-        attack = ta.AutoAttack(
-            model,
-            norm={"linf": "Linf", "l2": "L2"}[norm],
-            eps=eps,
-            version=version,
-            n_classes=n_classes,
-            seed=seed,
-        )
-        x_adv = attack(x, y)
+        torch_norm = {"linf": "Linf", "l2": "L2"}[norm]
+        if implementation == "torchattacks":
+            attack = package.AutoAttack(
+                model, norm=torch_norm, eps=eps, version=version, n_classes=n_classes, seed=seed
+            )
+            return attack(x, y).detach()
+        with _captured_log(AA_LOGGER) as lines:
+            adversary = package.AutoAttack(
+                model, norm=torch_norm, eps=eps, version=version, seed=seed, device=x.device
+            )
+            targets = min(9, n_classes - 1)
+            adversary.apgd_targeted.n_target_classes = targets
+            adversary.fab.n_target_classes = targets
+            x_adv, _ = adversary.run_standard_evaluation(x, y, batch_size=len(x))
+        if log is not None:
+            log.extend(lines)
     return x_adv.detach()
+
+
+AA_LOGGER = "auto-attack"  # the original's logger
+_SUCCESSES = re.compile(r"^(?P<name>[\w-]+) - \d+/\d+ - (?P<broken>\d+) out of (?P<attacked>\d+)")
+
+
+@contextmanager
+def _captured_log(name: str) -> Iterator[list[str]]:
+    """The messages of logger ``name`` (debug and up) while the block runs, kept from the
+    root logger's handlers (the caller decides what to show)."""
+    logger = logging.getLogger(name)
+    lines: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    handler = Keep(logging.DEBUG)
+    level, propagate = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
+
+
+@dataclass(frozen=True)
+class SubAttack:
+    """One sub-attack of the original AutoAttack, counted from its own log.
+
+    Attributes:
+        name: "apgd-ce", "apgd-t", "fab-t", "square", ...
+        attacked: points it ran on (those still robust when its turn came).
+        broken: points it broke.
+    """
+
+    name: str
+    attacked: int
+    broken: int
+
+
+def sub_attacks(log: Sequence[str]) -> tuple[SubAttack, ...]:
+    """The sub-attacks' counts summed over the batches of an AutoAttack log, in order."""
+    counts: dict[str, list[int]] = {}
+    for line in log:
+        m = _SUCCESSES.match(line)
+        if m:
+            c = counts.setdefault(m["name"], [0, 0])
+            c[0] += int(m["attacked"])
+            c[1] += int(m["broken"])
+    return tuple(SubAttack(name, a, b) for name, (a, b) in counts.items())
 
 
 @dataclass(frozen=True)
@@ -159,12 +237,14 @@ class Outcomes:
         loss_sum: the cross-entropy summed batch by batch (each batch's float32 sum, added in
             float64), the number the mean losses of :func:`evaluate_attack` come from.
         x_adv: the inputs the model was evaluated on, (N, C, H, W), when asked to keep them.
+        log: the original AutoAttack's own log lines, batch after batch (else empty).
     """
 
     correct: torch.Tensor
     loss: torch.Tensor
     loss_sum: float
     x_adv: torch.Tensor | None = None
+    log: tuple[str, ...] = ()
 
     @property
     def n(self) -> int:
@@ -188,6 +268,7 @@ class Outcomes:
             torch.cat([p.loss for p in parts]),
             float(sum(p.loss_sum for p in parts)),
             torch.cat(advs) if all(a is not None for a in advs) else None,
+            tuple(line for p in parts for line in p.log),
         )
 
 
@@ -229,12 +310,21 @@ def attack_outcomes(
     generator = generator if generator is not None else torch.Generator().manual_seed(seed)
     correct = torch.zeros(len(y), dtype=torch.bool, device=y.device)
     losses, advs, loss_sum = [], [], 0.0
+    log: list[str] = []
     for start in range(0, len(x), batch_size):
         xb = as_float(x[start : start + batch_size])  # (B, C, H, W)
         yb = y[start : start + batch_size]
         if isinstance(attack, AutoAttackConfig):
             xb = autoattack(
-                model, xb, yb, norm=attack.norm, eps=attack.eps, version=attack.version, seed=seed
+                model,
+                xb,
+                yb,
+                norm=attack.norm,
+                eps=attack.eps,
+                version=attack.version,
+                seed=seed,
+                implementation=attack.implementation,
+                log=log,
             )
         elif attack is not None:
             xb = run_attack(model, xb, yb, attack, generator=generator)
@@ -248,7 +338,8 @@ def attack_outcomes(
         if on_batch is not None:
             on_batch(len(yb))
     loss = torch.cat(losses) if losses else torch.zeros(0, dtype=torch.float64)
-    return Outcomes(correct, loss, loss_sum, torch.cat(advs) if keep_adv and advs else None)
+    x_adv = torch.cat(advs) if keep_adv and advs else None
+    return Outcomes(correct, loss, loss_sum, x_adv, tuple(log))
 
 
 def evaluate_attack(
@@ -296,6 +387,9 @@ class AttackRow:
         accuracy_alone: fraction right under this attack alone (None in a cascade, where it is
             only run on the points still robust).
         attacked: points this attack ran on; seconds: its wall time.
+        log: the original AutoAttack's own log lines (else empty).
+        sub_attacks: the counts of its sub-attacks from that log, in order (else empty):
+            each ran on the points still right after the ones before it.
     """
 
     name: str
@@ -304,6 +398,8 @@ class AttackRow:
     accuracy_alone: float | None
     attacked: int
     seconds: float
+    log: tuple[str, ...] = ()
+    sub_attacks: tuple[SubAttack, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -372,8 +468,9 @@ def evaluate_robustness(
                 on_batch(name, done, total)
 
         ok = torch.zeros(len(y), dtype=torch.bool, device=y.device)
+        log: tuple[str, ...] = ()
         if len(idx):
-            ok[idx] = attack_outcomes(
+            outcomes = attack_outcomes(
                 model,
                 x[idx],
                 y[idx],
@@ -381,7 +478,8 @@ def evaluate_robustness(
                 batch_size=batch_size,
                 seed=seed + k,
                 on_batch=tick,
-            ).correct
+            )
+            ok[idx], log = outcomes.correct, outcomes.log
         robust &= ok
         n = max(len(y), 1)
         rows.append(
@@ -392,6 +490,8 @@ def evaluate_robustness(
                 accuracy_alone=None if cascade else float(ok.sum()) / n,
                 attacked=len(idx),
                 seconds=time.perf_counter() - t0,
+                log=log,
+                sub_attacks=sub_attacks(log),
             )
         )
     return RobustnessReport(n=len(y), cascade=cascade, rows=tuple(rows), robust=robust)
@@ -421,6 +521,11 @@ class EvalConfig:
     batch_size: int = opt(256, "examples per batch", bounds=(1, None))
     seed: int = opt(0, "seed of the subset and the attacks' random starts", bounds=(0, None))
     aa_version: str = opt("standard", "AutoAttack version: standard | plus | rand")
+    aa_implementation: str = opt(
+        "original",
+        "AutoAttack's code: original (Croce & Hein's, packaged as pyautoattack; RobustBench's "
+        "numbers) | torchattacks (a reimplementation)",
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "attacks", tuple(self.attacks))
@@ -445,6 +550,11 @@ class EvalConfig:
         if self.aa_version not in AA_VERSIONS:
             raise ValueError(
                 f"unknown AutoAttack version {self.aa_version!r}; one of {AA_VERSIONS}"
+            )
+        if self.aa_implementation not in AA_IMPLEMENTATIONS:
+            raise ValueError(
+                f"unknown AutoAttack implementation {self.aa_implementation!r}; one of "
+                f"{AA_IMPLEMENTATIONS}"
             )
 
     @property
@@ -472,7 +582,12 @@ class EvalConfig:
                     random_start="none",
                 )
             elif name == "autoattack":
-                table[name] = AutoAttackConfig(norm=self.norm, eps=eps, version=self.aa_version)
+                table[name] = AutoAttackConfig(
+                    norm=self.norm,
+                    eps=eps,
+                    version=self.aa_version,
+                    implementation=self.aa_implementation,
+                )
             else:
                 table[name] = AttackConfig(
                     name="pgd" if name == "pgd20" else "cw",

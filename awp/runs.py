@@ -20,7 +20,7 @@ from awp.config import config_diff, from_dict, to_dict
 from awp.io import atomic_write_text, read_json_lines
 
 # Keys that may differ between a run and its resumption without changing the result's meaning.
-RESUME_MUTABLE = ("device", "out")
+RESUME_MUTABLE = ("device", "out", "tensorboard")
 
 
 METRICS_FIX = (

@@ -69,6 +69,7 @@ from awp.objectives import AttackLossFactory, ObjectiveFn, get_attack_loss, get_
 from awp.perturb import perturbed, select_params, weight_ascent
 from awp.progress import progress_bar
 from awp.runs import RunFolder, prepare_run, rng_state, set_rng_state
+from awp.scalars import open_writer, write_epoch
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,8 @@ SCHEDULES = ("piecewise", "cosine", "constant")
 METHOD_DEFAULT_FIELDS = ("gamma", "awp_warmup", "beta", "attack_mode", "attack_start")
 # Rank r > 0 of a distributed run seeds its attack generator with seed + 2 + r * this.
 RANK_SEED_STRIDE = 1_000_003
+# `--tensorboard` without a folder: the run folder's tensorboard/ (``<out>`` stands for it).
+TENSORBOARD_IN_RUN = "<out>/tensorboard"
 # The architecture's keys of config.json files written before it was nested.
 _FLAT_MODEL_KEYS = ("width", "depth", "widen_factor")
 
@@ -202,6 +205,13 @@ class TrainConfig:
     )
     seed: int = opt(0, "seed of weights, shuffling, augmentation and attacks", bounds=(0, None))
     device: str = opt("auto", "auto | cpu | cuda | cuda:N")
+    tensorboard: str = opt(
+        "",
+        "also write each epoch's numbers as TensorBoard scalars into DIR (needs the "
+        f"[tensorboard] extra; given without DIR: {TENSORBOARD_IN_RUN}) (default: none)",
+        const=TENSORBOARD_IN_RUN,
+        metavar="DIR",
+    )
 
     def __post_init__(self) -> None:
         check_bounds(self)
@@ -272,6 +282,15 @@ class TrainConfig:
             if getattr(self, name) is None and getattr(defaults, name) is not None
         }
         return dataclasses.replace(self, **changes) if changes else self
+
+    @property
+    def tensorboard_dir(self) -> Path | None:
+        """Where the TensorBoard event files go, or None (``<out>`` is the run folder)."""
+        if not self.tensorboard:
+            return None
+        if self.tensorboard.startswith("<out>"):
+            return Path(self.out) / self.tensorboard[len("<out>") :].lstrip("/\\")
+        return Path(self.tensorboard)
 
     @property
     def train_attack(self) -> AttackConfig:
@@ -366,11 +385,13 @@ def lr_at(t: float, *, lr: float, epochs: int, schedule: str = "piecewise") -> f
 
 @dataclass(frozen=True)
 class StepStats:
-    """Loss and accuracy of one minibatch at the weights the optimizer saw (w + v with AWP)."""
+    """Loss and accuracy of one minibatch at the weights the optimizer saw (w + v with AWP),
+    and with AWP the size of the perturbation, ||v|| / ||w|| over every perturbed tensor."""
 
     loss: float
     correct: int
     n: int
+    v_norm_ratio: float | None = None
 
 
 def train_step(
@@ -451,13 +472,24 @@ def train_step(
             with perturbed(params, v):
                 x_adv = craft()
             v = weight_ascent(awp_objective, params, v0=v, **ascent)
+        ratio = _norm_ratio(v, params)
         with perturbed(params, v, restore="subtract"):
             loss, logits = objective(model, noisy(x), noisy(x_adv), y)
             _minimize(optimizer, loss, loss_scale)
     else:
+        ratio = None
         loss, logits = objective(model, noisy(x), noisy(x_adv), y)
         _minimize(optimizer, loss, loss_scale)
-    return StepStats(float(loss.detach()), int((logits.detach().argmax(1) == y).sum()), len(y))
+    correct = int((logits.detach().argmax(1) == y).sum())
+    return StepStats(float(loss.detach()), correct, len(y), ratio)
+
+
+def _norm_ratio(v: dict[str, torch.Tensor], params: dict[str, nn.Parameter]) -> float:
+    """||v|| / ||w|| over all perturbed tensors together (gamma for one ascent step from 0,
+    where every layer's ||v_l|| is gamma ||w_l||; at most gamma with K2 > 1)."""
+    v_sq = sum(float(t.double().pow(2).sum()) for t in v.values())
+    w_sq = sum(float(params[n].detach().double().pow(2).sum()) for n in v)
+    return math.sqrt(v_sq / w_sq) if w_sq > 0 else 0.0
 
 
 def _minimize(optimizer: torch.optim.Optimizer, loss: torch.Tensor, scale: float) -> None:
@@ -497,6 +529,7 @@ class _Session:
     train_sub: torch.Tensor | None = None
     test_sub: torch.Tensor | None = None
     wrapped: nn.Module | None = None
+    board: Any = None  # the TensorBoard writer (rank 0, with cfg.tensorboard)
 
 
 def train(
@@ -557,11 +590,15 @@ def train(
             data=data,
             model=model,
         )
-        for epoch in range(s.start_epoch, cfg.epochs):
-            record = _train_epoch(s, epoch, progress=progress)
-            _end_epoch(s, record)
-            if on_epoch is not None:
-                on_epoch(record)
+        try:
+            for epoch in range(s.start_epoch, cfg.epochs):
+                record = _train_epoch(s, epoch, progress=progress)
+                _end_epoch(s, record)
+                if on_epoch is not None:
+                    on_epoch(record)
+        finally:
+            if s.board is not None:
+                s.board.close()
         distributed.barrier()  # every rank returns once rank 0's files are on disk
         return TrainResult(model=s.net, out=s.run.root, history=s.history)
 
@@ -632,6 +669,8 @@ def _open(
         else torch.arange(len(data.test))
     )
     s.wrapped = distributed.wrap(net, ctx, device)
+    if ctx.is_main and cfg.tensorboard_dir is not None and s.start_epoch < cfg.epochs:
+        s.board = open_writer(cfg.tensorboard_dir, purge_step=s.start_epoch + 1)
     return s
 
 
@@ -732,6 +771,7 @@ def _train_epoch(s: _Session, epoch: int, *, progress: bool) -> dict[str, Any]:
     )
     t0 = time.perf_counter()
     loss_sum, correct, seen = 0.0, 0, 0
+    ratios: list[float] = []
     bar = progress_bar(
         _batches(s), total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", enabled=progress
     )
@@ -775,13 +815,15 @@ def _train_epoch(s: _Session, epoch: int, *, progress: bool) -> dict[str, Any]:
         loss_sum += stats.loss * stats.n
         correct += stats.correct
         seen += stats.n
+        if stats.v_norm_ratio is not None:
+            ratios.append(stats.v_norm_ratio)
         bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
     seconds = time.perf_counter() - t0
     if ctx.active:
         loss_sum, correct, seen = distributed.all_reduce_sums([loss_sum, correct, seen], s.device)
         correct, seen = int(round(correct)), int(round(seen))
         distributed.broadcast_buffers_(s.net)  # evaluate and save rank 0's BatchNorm statistics
-    return {
+    record = {
         "epoch": epoch + 1,
         "lr": lr,
         "awp": awp_on,
@@ -789,6 +831,9 @@ def _train_epoch(s: _Session, epoch: int, *, progress: bool) -> dict[str, Any]:
         "train_acc": correct / max(seen, 1),
         "seconds": seconds,
     }
+    if ratios:  # the same on every rank: v is computed from all-reduced gradients
+        record["awp_v_norm_ratio"] = sum(ratios) / len(ratios)
+    return record
 
 
 class DivergedError(ValueError):
@@ -835,6 +880,8 @@ def _end_epoch(s: _Session, record: dict[str, Any]) -> None:
     )
     if ctx.is_main:
         s.run.append_metrics(record)
+        if s.board is not None:
+            write_epoch(s.board, record)
         _save(s, record, improved=improved, attack_states=attack_states)
 
 

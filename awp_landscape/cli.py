@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from awp.checkpoint import CheckpointError
 from awp.distributed import PeerError
+from awp.extras import MissingDependencyError
 from awp.io import OutputBusy
 from awp_landscape.commands import (
     certify,
@@ -29,6 +30,7 @@ from awp_landscape.commands import (
     train,
 )
 from awp_landscape.console import CLIError
+from awp_landscape.inputs import resolve_robustbench
 
 # In the order `awp --help` lists them.
 COMMANDS = (
@@ -76,9 +78,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        if hasattr(args, "robustbench"):  # a command that takes checkpoints
+            resolve_robustbench(args)
         return int(args.func(args) or 0)
-    except (CLIError, PeerError, OutputBusy, ValueError, OSError) as err:
-        if args.verbose and not isinstance(err, CLIError | CheckpointError | OutputBusy):
+    except (CLIError, PeerError, OutputBusy, MissingDependencyError, ValueError, OSError) as err:
+        quiet = CLIError | CheckpointError | OutputBusy | MissingDependencyError
+        if args.verbose and not isinstance(err, quiet):
             raise
         print(f"awp {args.command}: error: {message(err)}", file=sys.stderr)
         return 2

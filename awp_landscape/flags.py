@@ -118,7 +118,10 @@ def add_dataclass_arguments(
             )
             continue
         conv: Any = {float: parse_number, int: integer, str: str}.get(tp, str)
-        nargs = None
+        nargs: Any = None
+        extra: dict[str, Any] = {}
+        if "const" in f.metadata:  # `--flag` alone means the field's const (`--flag [VALUE]`)
+            nargs, extra = "?", {"const": f.metadata["const"]}
         if typing.get_origin(tp) is tuple:
             inner = typing.get_args(tp)[0]
             conv = {float: parse_number, int: integer}.get(inner, inner)
@@ -136,8 +139,9 @@ def add_dataclass_arguments(
             type=conv,
             nargs=nargs,
             default=None,
-            metavar=_dest(f).upper(),
+            metavar=f.metadata.get("metavar", _dest(f).upper()),
             help=_with_default(help_, shown),
+            **extra,
         )
 
 

@@ -26,6 +26,14 @@ from awp.data import DataBundle, DataConfig, load_data
 from awp.io import exclusive_output, sha256_file
 from awp.models import ModelConfig, ModelSpec, build_model
 from awp.modes import model_mode
+from awp.zoo import (
+    DEFAULT_MODEL_DIR,
+    THREAT_MODELS,
+    find_zoo_model,
+    zoo_dataset,
+    zoo_file,
+    zoo_model_at,
+)
 from awp_landscape.console import CLIError
 from awp_landscape.flags import add_dataclass_arguments, dataclass_from_arguments
 
@@ -64,6 +72,52 @@ def add_checkpoint_arguments(p: argparse.ArgumentParser, *, dataset_help: str = 
         "and input"
     )
     add_dataclass_arguments(g, Foreign)
+    z = p.add_argument_group(
+        "RobustBench's zoo by name (read from --model-dir only; docs/robustbench.md lists them)"
+    )
+    z.add_argument(
+        "--robustbench",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="zoo models to measure besides the checkpoint files, e.g. Wu2020Adversarial_extra "
+        "(the zoo's dataset is cifar100 with --dataset cifar100, else cifar10)",
+    )
+    z.add_argument(
+        "--threat-model", default="Linf", choices=THREAT_MODELS, help="the zoo's threat model"
+    )
+    z.add_argument(
+        "--model-dir",
+        default=DEFAULT_MODEL_DIR,
+        help="RobustBench's model folder: <dir>/<dataset>/<threat model>/<name>.pt "
+        f"(default: {DEFAULT_MODEL_DIR})",
+    )
+
+
+def resolve_robustbench(args: argparse.Namespace) -> None:
+    """Add the files of ``--robustbench`` names to the command's checkpoints (``checkpoints``,
+    or the one ``checkpoint``), and refuse a command given none at all.
+
+    Raises:
+        ValueError, FileNotFoundError: one line (an unknown name, a missing file).
+        CLIError: no checkpoint, or several where the command takes one.
+    """
+    names = getattr(args, "robustbench", None) or []
+    dataset = zoo_dataset(getattr(args, "dataset", None))
+    paths = [
+        zoo_file(find_zoo_model(n, dataset=dataset, threat_model=args.threat_model), args.model_dir)
+        for n in names
+    ]
+    if hasattr(args, "checkpoints"):
+        args.checkpoints = [*(args.checkpoints or []), *paths]
+        given = args.checkpoints
+    else:
+        given = [p for p in [args.checkpoint, *paths] if p is not None]
+        if len(given) > 1:
+            raise CLIError(f"awp {args.command} takes one checkpoint, got {len(given)}")
+        args.checkpoint = given[0] if given else None
+    if not given:
+        raise CLIError("give a checkpoint file (.pt) or a zoo model with --robustbench NAME")
 
 
 def foreign_from(args: argparse.Namespace) -> tuple[ModelConfig | None, str | None]:
@@ -245,12 +299,17 @@ class Inputs:
         ckpt = info.get("checkpoint")
         data_cfg: DataConfig | None = None
         data: DataBundle | None = None
+        zoo = zoo_model_at(path) if ckpt is None and self.arch is None else None
         if ckpt is not None:
             spec = self._own_spec(path, ckpt)
             if with_data:
                 recorded = dict((ckpt.get("config") or {}).get("data") or {})
                 data_cfg = self.data_config(recorded, path)
                 data = self.data(data_cfg)
+        elif zoo is not None:  # a RobustBench file in its zoo's layout: architecture known
+            spec = zoo.spec
+            data_cfg = self.data_config(None, path)
+            data = self.data(data_cfg)
         else:
             self._require_foreign(path, info["layout"])
             assert self.arch is not None

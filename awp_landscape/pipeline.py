@@ -624,7 +624,9 @@ def record_config(out: Path, name: str, cfg: Any, *, growable: tuple[str, ...] =
             saved = to_dict(from_dict(type(cfg), saved))
         except (ValueError, TypeError):
             pass  # compare as written; the diff names the problem
-        diffs = config_diff(saved, current, ignore=growable, saved_as="in the folder")
+        # TensorBoard files change no result: a rerun may add or drop them.
+        ignore = (*growable, "tensorboard")
+        diffs = config_diff(saved, current, ignore=ignore, saved_as="in the folder")
         if diffs:
             raise ValueError(
                 f"{out} holds results made with other settings ({path}: {'; '.join(diffs[:4])}); "

@@ -9,7 +9,7 @@ from pathlib import Path
 from awp.config import opt
 from awp.data import DataConfig
 from awp.models import ModelConfig
-from awp.train import TrainConfig
+from awp.train import TENSORBOARD_IN_RUN, TrainConfig
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,11 @@ class TrainingPlan:
     eval_every: int = opt(5, "evaluate every k epochs (learning curves, best checkpoint)")
     save_every: int = opt(5, "keep a checkpoint every k epochs (gap and flatness vs gap)")
     device: str = opt("auto", "auto | cpu | cuda")
+    tensorboard: bool = opt(
+        False,
+        "TensorBoard scalars of every run in <run>/tensorboard (tensorboard --logdir on the "
+        "output folder shows them all; needs the [tensorboard] extra)",
+    )
 
     def train_config(
         self, out: Path, *, seed: int, awp: bool = False, gamma: float | None = None
@@ -63,6 +68,7 @@ class TrainingPlan:
             device=self.device,
             awp=awp,
             gamma=gamma if awp else None,
+            tensorboard=TENSORBOARD_IN_RUN if self.tensorboard else "",
         )
 
 

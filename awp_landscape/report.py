@@ -30,6 +30,7 @@ from awp_landscape.report_replicates import (
     replicates_section,
     sweep_section,
 )
+from awp_landscape.report_surfaces import interactive_section, planes
 from figures.certify import plot_certified_accuracy, plot_noise_accuracy
 from figures.connect import plot_connect
 from figures.curves import (
@@ -825,6 +826,11 @@ def _noise_section(res: Results) -> Section:
     return s
 
 
+def _surfaces_section(res: Results) -> Section:
+    """Rotatable 3-D views of every 2-D landscape and trajectory plane."""
+    return interactive_section([*res.landscapes, *res.trajectories])
+
+
 # Sections in reading order, each drawn when its results are there: (present, section, title,
 # the files it reads and the command that writes them, for the list of what is not measured).
 SECTIONS: tuple[tuple[Callable[[Results], Any], Callable[[Results], Section], str, str], ...] = (
@@ -847,6 +853,12 @@ SECTIONS: tuple[tuple[Callable[[Results], Any], Callable[[Results], Section], st
         _weights_section,
         "Weight histograms",
         "analysis/weights.json (awp hist)",
+    ),
+    (
+        lambda r: planes([*r.landscapes, *r.trajectories]),
+        _surfaces_section,
+        "3-D views of the planes",
+        "analysis/landscape/*.h5 and analysis/trajectory/*.h5 (2-D)",
     ),
     (
         lambda r: r.spectra,

@@ -16,6 +16,8 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
+from awp.extras import require
+
 
 @dataclass
 class Table:
@@ -60,13 +62,27 @@ class FigureBlock:
 
 
 @dataclass
+class InteractiveBlock:
+    """A plotly figure (its JSON, :mod:`figures.interactive`) drawn by the HTML's script, with
+    a static image of the same view beside it (for print, readers without JavaScript, and the
+    markdown twin's caption)."""
+
+    spec: str
+    static: FigureBlock
+    caption: str = ""
+    alt: str = "interactive figure"
+
+
+@dataclass
 class Section:
-    """A titled part of the report: paragraphs, tables and figures, in that order."""
+    """A titled part of the report: paragraphs, tables, figures and interactive figures, in
+    that order."""
 
     title: str
     paragraphs: list[str] = field(default_factory=list)
     tables: list[Table] = field(default_factory=list)
     figures: list[FigureBlock] = field(default_factory=list)
+    interactive: list[InteractiveBlock] = field(default_factory=list)
 
 
 @dataclass
@@ -122,6 +138,28 @@ def _figure_html(f: FigureBlock) -> str:
     )
 
 
+def _interactive_html(block: InteractiveBlock, index: int) -> str:
+    # The spec is JSON: inside a <script> only "</" could end it early; escape it.
+    spec = block.spec.replace("</", "<\\/")
+    cap = f"<figcaption>{html.escape(block.caption)}</figcaption>" if block.caption else ""
+    png = base64.b64encode(block.static.png).decode("ascii")
+    static = f'<img alt="{html.escape(block.static.alt)}" src="data:image/png;base64,{png}">'
+    return (
+        f'<figure class="interactive"><div id="plot-{index}" class="plotly-plot" '
+        f'role="img" aria-label="{html.escape(block.alt)}"></div>{cap}'
+        f"<details open><summary>static image</summary>{static}</details></figure>\n"
+        f"<script>(function () {{ var spec = {spec}; Plotly.newPlot('plot-{index}', spec.data, "
+        "spec.layout, {responsive: true, displaylogo: false}); })();</script>"
+    )
+
+
+def _plotly_js() -> str:
+    """plotly.js, once per document that has interactive figures (offline: no CDN)."""
+    offline = require("plotly.offline", purpose="the report's interactive surfaces")
+    # "</script" inside the library would end the element: split it as a string.
+    return offline.get_plotlyjs().replace("</script", "<\\/script")
+
+
 def _paragraph_html(p: str) -> str:
     if p.startswith("NOTE:"):
         return f'<p class="note">{html.escape(p[5:].strip())}</p>'
@@ -138,11 +176,17 @@ def render_html(doc: Document) -> str:
         f"<h1>{html.escape(doc.title)}</h1>",
         *(_paragraph_html(p) for p in doc.intro),
     ]
+    if any(s.interactive for s in doc.sections):
+        parts.append(f'<script type="text/javascript">{_plotly_js()}</script>')
+    plots = 0
     for s in doc.sections:
         parts.append(f"<h2>{html.escape(s.title)}</h2>")
         parts += [_paragraph_html(p) for p in s.paragraphs]
         parts += [_table_html(t) for t in s.tables]
         parts += [_figure_html(f) for f in s.figures]
+        for block in s.interactive:
+            parts.append(_interactive_html(block, plots))
+            plots += 1
     parts.append("</body></html>")
     return "\n".join(parts)
 
@@ -164,4 +208,5 @@ def render_markdown(doc: Document) -> str:
         out += [p.removeprefix("NOTE:").strip() + "\n" for p in s.paragraphs]
         out += [_md_table(t) + "\n" for t in s.tables]
         out += [f"*Figure: {f.caption}*\n" for f in s.figures if f.caption]
+        out += [f"*Figure: {b.caption} (rotatable in the HTML report)*\n" for b in s.interactive]
     return "\n".join(out)

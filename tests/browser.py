@@ -19,6 +19,8 @@ class PageCheck:
     console_errors: list[str]
     title: str
     text: str
+    plots: list[dict]  # per .plotly-plot element: canvases, svgs, drawn (plotly laid it out)
+    fetched: list[str]  # every resource the page loaded (offline: data: URIs only)
 
 
 def require_browser() -> None:
@@ -48,6 +50,8 @@ def open_in_chromium(path: Path) -> PageCheck:
         "--disable-component-update",
         "--disable-sync",
         "--disable-dev-shm-usage",
+        # WebGL (plotly's 3-D scenes) on the software renderer, for this trusted local file
+        "--enable-unsafe-swiftshader",
     ):
         opts.add_argument(flag)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
@@ -59,6 +63,14 @@ def open_in_chromium(path: Path) -> PageCheck:
             return Array.from(document.images).map(img => ({
                 alt: img.alt, ok: img.complete && img.naturalWidth > 0 && img.naturalHeight > 0}));
         """)
+        plots = driver.execute_script("""
+            return Array.from(document.querySelectorAll('.plotly-plot')).map(el => ({
+                id: el.id, canvases: el.querySelectorAll('canvas').length,
+                svgs: el.querySelectorAll('svg').length, drawn: !!el._fullLayout}));
+        """)
+        fetched = driver.execute_script(
+            "return performance.getEntriesByType('resource').map(e => e.name);"
+        )
         logs = driver.get_log("browser")
         return PageCheck(
             images=len(images),
@@ -66,6 +78,8 @@ def open_in_chromium(path: Path) -> PageCheck:
             console_errors=[e["message"] for e in logs if e["level"] in ("SEVERE", "ERROR")],
             title=driver.title,
             text=driver.find_element("tag name", "body").text,
+            plots=plots,
+            fetched=fetched,
         )
     finally:
         driver.quit()

@@ -1,6 +1,7 @@
 """Evaluation: the cascade against every attack on every point, AutoAttack, the eval CLI."""
 
 import json
+import re
 import sys
 
 import pytest
@@ -10,14 +11,15 @@ import torch.nn.functional as F
 from awp.attacks import run_attack
 from awp.config import AttackConfig
 from awp.evaluate import (
+    AA_IMPLEMENTATIONS,
     AutoAttackConfig,
     EvalConfig,
-    MissingDependencyError,
     attack_outcomes,
     autoattack,
     evaluate_robustness,
-    require_torchattacks,
+    require_autoattack,
 )
+from awp.extras import MissingDependencyError
 from awp_landscape.cli import main
 from tests.helpers import assert_same_state, snapshot, tiny_batch, tiny_model
 
@@ -133,18 +135,24 @@ def test_eval_config_defaults_and_errors():
         EvalConfig(split="holdout")
 
 
-def test_missing_torchattacks_says_how_to_install(monkeypatch, tmp_path, capsys):
-    monkeypatch.setitem(sys.modules, "torchattacks", None)  # as if it were not installed
+@pytest.mark.parametrize(
+    "implementation, package", [("original", "pyautoattack"), ("torchattacks", "torchattacks")]
+)
+def test_missing_autoattack_says_how_to_install(
+    monkeypatch, tmp_path, capsys, implementation, package
+):
+    monkeypatch.setitem(sys.modules, package, None)  # as if it were not installed
     with pytest.raises(MissingDependencyError, match=r"pip install 'awp-landscape\[autoattack\]'"):
-        require_torchattacks()
+        require_autoattack(implementation)
     model = tiny_model().eval()
     x, y = tiny_batch(n=4)
-    with pytest.raises(MissingDependencyError, match="torchattacks"):
-        autoattack(model, x, y)
-    code = main(["eval", str(tmp_path / "any.pt"), "--attacks", "natural", "autoattack"])
+    with pytest.raises(MissingDependencyError, match=package):
+        autoattack(model, x, y, implementation=implementation)
+    flags = ["--attacks", "natural", "autoattack", "--aa-implementation", implementation]
+    code = main(["eval", str(tmp_path / "any.pt"), *flags])
     assert code == 2
     err = capsys.readouterr().err
-    assert "pip install 'awp-landscape[autoattack]'" in err
+    assert "pip install 'awp-landscape[autoattack]'" in err and package in err
     assert not (tmp_path / "eval_any_test.json").exists()
 
 
@@ -167,11 +175,14 @@ def test_autoattack_through_torchattacks():
     snap = snapshot(model)
     # A large radius: APGD-CE breaks every point, so the later attacks have nothing to do.
     eps = 0.25
-    x_adv = autoattack(model, x, y, eps=eps, seed=0)
+    x_adv = autoattack(model, x, y, eps=eps, seed=0, implementation="torchattacks")
     assert (x_adv - x).abs().max() <= eps + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
     assert_same_state(model, snap)
     assert model.training and all(p.grad is None for p in model.parameters())
-    attacks = {"natural": None, "autoattack": AutoAttackConfig(eps=eps)}
+    attacks = {
+        "natural": None,
+        "autoattack": AutoAttackConfig(eps=eps, implementation="torchattacks"),
+    }
     report = evaluate_robustness(model, x, y, attacks, batch_size=6)
     assert report.rows[0].accuracy > 0 and report.robust_accuracy == 0
     assert report.rows[1].attacked == round(report.rows[0].accuracy * len(y))
@@ -187,8 +198,79 @@ def test_autoattack_is_at_least_as_strong_as_pgd20():
     model.eval()
     eps = 8 / 255
     pgd = evaluate_robustness(model, x, y, EvalConfig(eps=eps, attacks=("pgd20",)).attack_table())
-    aa = evaluate_robustness(model, x, y, {"aa": AutoAttackConfig(eps=eps)})
-    assert aa.robust_accuracy <= pgd.robust_accuracy
+    for implementation in AA_IMPLEMENTATIONS:
+        aa = AutoAttackConfig(eps=eps, implementation=implementation)
+        assert evaluate_robustness(model, x, y, {"aa": aa}).robust_accuracy <= pgd.robust_accuracy
+
+
+def memorized_10class(n: int, seed: int):
+    """A 10-class tiny model that memorized n random images (AutoAttack's standard targets the
+    top 9 other classes)."""
+    model = tiny_model(seed=seed, num_classes=10, channels=8)
+    x, y = tiny_batch(n=n, seed=seed + 1, classes=10)
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    for _ in range(60):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    opt.zero_grad()
+    return model.eval(), x, y
+
+
+def test_original_autoattack_leaves_everything_as_it_was():
+    pytest.importorskip("pyautoattack")
+    model, x, y = memorized_4class()
+    model.train()
+    snap, rng = snapshot(model), torch.get_rng_state()
+    log: list[str] = []
+    eps = 0.25  # APGD-CE breaks every point
+    x_adv = autoattack(model, x, y, eps=eps, seed=0, log=log)
+    assert (x_adv - x).abs().max() <= eps + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
+    assert_same_state(model, snap)
+    assert model.training and all(p.grad is None for p in model.parameters())
+    assert torch.equal(torch.get_rng_state(), rng)  # its sub-attacks reseed the global RNG
+    assert any(line.startswith("robust accuracy after APGD-CE") for line in log)
+    with torch.no_grad():
+        assert (model.eval()(x_adv).argmax(1) != y).all()
+
+
+def _percent(line: str) -> float:
+    return float(re.search(r"([\d.]+)%", line).group(1))
+
+
+def test_the_cascade_counts_what_autoattack_itself_reports():
+    """Our cascade's AutoAttack row against AutoAttack's own log: the points it started from,
+    what each sub-attack broke, and the robust accuracy it reports (one call of AutoAttack:
+    Square's 5000 queries make each call cost seconds)."""
+    pytest.importorskip("pyautoattack")
+    model, x, y = memorized_10class(16, seed=1)
+    attacks = {"pgd": AttackConfig(eps=1 / 255, step_size=0.5 / 255, steps=3), "aa": None}
+    attacks["aa"] = AutoAttackConfig(eps=8 / 255)
+    report = evaluate_robustness(model, x, y, attacks, batch_size=16)
+    pgd_row, aa_row = report.rows
+    assert aa_row.attacked == round(pgd_row.accuracy * len(y))  # the points still robust
+    subs = aa_row.sub_attacks
+    assert [a.name for a in subs] == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    # AutoAttack's clean check found right every point it was given (PGD-3 left them right)
+    assert subs[0].attacked == aa_row.attacked
+    for before, after in zip(subs, subs[1:]):
+        assert after.attacked == before.attacked - before.broken
+    broken = sum(a.broken for a in subs)
+    assert broken > 0  # something to account for
+    assert round(aa_row.accuracy * len(y)) == aa_row.attacked - broken
+    # AutoAttack's own "robust accuracy: p%" of the points it was given
+    (initial,) = [line for line in aa_row.log if line.startswith("initial accuracy")]
+    assert _percent(initial) == 100.0
+    (final,) = [line for line in aa_row.log if line.startswith("robust accuracy:")]
+    still = round(_percent(final) * aa_row.attacked / 100)
+    assert still == round(aa_row.accuracy * len(y)) == int(report.robust.sum())
+    # torchattacks' reimplementation finds the same robust points (benchmarks/autoattack.py
+    # measured the same on 3 models at 2 radii)
+    pytest.importorskip("torchattacks")
+    attacks["aa"] = AutoAttackConfig(eps=8 / 255, implementation="torchattacks")
+    assert torch.equal(
+        evaluate_robustness(model, x, y, attacks, batch_size=16).robust, report.robust
+    )
 
 
 def test_eval_cli_no_cascade_l2_and_subset(tmp_path, capsys):

@@ -63,3 +63,88 @@ def test_the_browser_check_catches_a_broken_image(tmp_path):
     bad.write_text(render_html(doc_with([png_figure(), broken])), encoding="utf-8")
     check = open_in_chromium(bad)
     assert check.broken == ["broken"]
+
+
+def _planes(tmp_path):
+    """Two 2-D landscapes and two trajectory planes (AT, AT-AWP), as the analysis folder holds
+    them; AT-AWP's values are lower, so one z scale must span both."""
+    import numpy as np
+
+    from landscape.grid import make_grid
+    from landscape.storage import new_surface, write_surface
+
+    x, y = np.linspace(-1, 1, 7), np.linspace(-0.5, 0.5, 5)
+    bowl = np.add.outer(y**2, x**2)
+    for kind, folder in (("2d", "landscape"), ("trajectory", "trajectory")):
+        for label, scale in (("AT", 2.0), ("AT-AWP", 1.0)):
+            attrs = {"label": label}
+            if kind == "trajectory":
+                path = [{"epoch": e} for e in (5, 10, 15)]
+                attrs["trajectory"] = {
+                    "coords": [[-0.8, 0.3], [-0.4, 0.1], [0.0, 0.0]],
+                    "path": path,
+                    "explained_variance_ratio": [0.8, 0.1],
+                    "scale": 1.0,
+                    "in_plane": [1.0, 1.0, 1.0],
+                }
+            s = new_surface(make_grid(kind, x, y), ["test_loss", "test_adv_loss"], attrs)
+            s.values["test_loss"][...] = scale * bowl
+            s.values["test_adv_loss"][...] = scale * bowl + 1
+            s.computed[...] = True
+            write_surface(tmp_path / "analysis" / folder / f"{label}.h5", s)
+    return tmp_path
+
+
+def test_interactive_surfaces_share_one_z_scale(tmp_path):
+    import json
+
+    import pytest
+
+    pytest.importorskip("plotly", reason="pip install -e '.[viz]' brings plotly")
+    from awp_landscape.report import build_document, collect
+
+    doc = build_document(collect([_planes(tmp_path)]))
+    (section,) = [s for s in doc.sections if s.title == "Surfaces in 3-D"]
+    # a figure per kind of plane and metric, each with its static image
+    assert len(section.interactive) == 4 and all(b.static.png for b in section.interactive)
+    for block in section.interactive:
+        spec = json.loads(block.spec)
+        surfaces = [t for t in spec["data"] if t["type"] == "surface"]
+        assert [t["name"] for t in surfaces] == ["AT", "AT-AWP"]
+        assert len({(t["cmin"], t["cmax"]) for t in surfaces}) == 1
+        scenes = [v["zaxis"]["range"] for k, v in spec["layout"].items() if k.startswith("scene")]
+        assert len(scenes) == 2 and scenes[0] == scenes[1] == [
+            surfaces[0]["cmin"],
+            surfaces[0]["cmax"],
+        ]
+        # the range spans both: AT's maximum is twice AT-AWP's
+        assert surfaces[0]["cmax"] == pytest.approx(max(max(r) for r in surfaces[0]["z"]))
+    paths = [
+        t
+        for b in section.interactive
+        for t in json.loads(b.spec)["data"]
+        if t["type"] == "scatter3d"
+    ]
+    assert len(paths) == 4  # the trajectory path on each trajectory panel
+    md = render_markdown(doc)
+    assert md.count("(rotatable in the HTML report)") == 4
+
+
+def test_every_interactive_plot_renders_offline_in_chromium(tmp_path):
+    import pytest
+
+    require_browser()
+    pytest.importorskip("plotly", reason="pip install -e '.[viz]' brings plotly")
+    from awp_landscape.report import write_report
+
+    html_path, _ = write_report([_planes(tmp_path)], tmp_path / "report.html")
+    page = html_path.read_text(encoding="utf-8")
+    assert page.count('<script type="text/javascript">') == 1  # plotly.js, embedded once
+    assert "<script src" not in page and "<link" not in page
+    check = open_in_chromium(html_path)
+    assert check.console_errors == []
+    assert len(check.plots) == 4
+    for plot in check.plots:
+        assert plot["drawn"] and plot["canvases"] >= 1 and plot["svgs"] >= 1, plot
+    assert check.broken == [] and check.images >= 4  # the static images beside
+    assert all(u.startswith("data:") for u in check.fetched), check.fetched  # nothing fetched

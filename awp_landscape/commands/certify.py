@@ -57,7 +57,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "examples are kept in <out>/certify/ and skipped when run again; under torchrun "
         "examples are split across ranks.",
     )
-    p.add_argument("checkpoints", nargs="+", type=Path, help="checkpoints (.pt)")
+    p.add_argument(
+        "checkpoints", nargs="*", type=Path, help="checkpoints (.pt; or --robustbench NAME)"
+    )
     p.add_argument("--labels", nargs="+", help="names in tables and figures")
     add_dataclass_arguments(p, CertifyConfig)
     p.add_argument("--no-figures", action="store_true", help="only tables, no PNG/PDF")

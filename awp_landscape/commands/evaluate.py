@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +17,12 @@ from awp.data import capped_notice, fixed_subset
 from awp.evaluate import (
     AutoAttackConfig,
     EvalConfig,
-    MissingDependencyError,
     RobustnessReport,
+    SubAttack,
     evaluate_robustness,
-    require_torchattacks,
+    require_autoattack,
 )
+from awp.extras import MissingDependencyError
 from awp.io import exclusive_output, library_versions, write_json
 from awp.progress import progress_bar
 from awp_landscape.console import CLIError, format_table, say
@@ -38,7 +40,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "elsewhere (official AWP {'state_dict': ...} with module. prefixes, raw state dicts as "
         "Rice et al.'s, RobustBench WideResNets with sub_block1.*) need --model and --input.",
     )
-    p.add_argument("checkpoint", type=Path, help="checkpoint: ours, or one from elsewhere")
+    p.add_argument(
+        "checkpoint",
+        nargs="?",
+        type=Path,
+        help="checkpoint: ours, or one from elsewhere (or --robustbench NAME)",
+    )
     add_dataclass_arguments(p, EvalConfig)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -133,6 +140,14 @@ def evaluate_checkpoint(
                 "accuracy_alone": r.accuracy_alone,
                 "attacked": r.attacked,
                 "seconds": r.seconds,
+                **(
+                    {
+                        "sub_attacks": [dataclasses.asdict(a) for a in r.sub_attacks],
+                        "autoattack_log": list(r.log),
+                    }
+                    if r.log
+                    else {}
+                ),
             }
             for r in report.rows
         ],
@@ -145,11 +160,12 @@ def run(args: argparse.Namespace) -> int:
     """Evaluate one checkpoint, print the table, write the JSON."""
     cfg = dataclass_from_arguments(EvalConfig, args)
     out = args.out or args.checkpoint.with_name(f"eval_{args.checkpoint.stem}_{cfg.split}.json")
-    if any(isinstance(a, AutoAttackConfig) for a in cfg.attack_table().values()):
-        try:
-            require_torchattacks()  # before hours of loading and attacking
-        except MissingDependencyError as err:
-            raise CLIError(str(err)) from err
+    for attack in cfg.attack_table().values():
+        if isinstance(attack, AutoAttackConfig):
+            try:
+                require_autoattack(attack.implementation)  # before hours of loading and attacking
+            except MissingDependencyError as err:
+                raise CLIError(str(err)) from err
     device = distributed.pick_device(args.device)
     with exclusive_output(out):
         if not args.overwrite:
@@ -187,8 +203,30 @@ def _print(
         f"{result['dataset']}/{cfg.split}, n={report.n}, device {device}"
     )
     say(format_table(rows))
+    for r in report.rows:
+        if r.sub_attacks:
+            say(f"{r.name}, its sub-attacks on the {r.attacked} points it ran on:")
+            say(format_table(_sub_attack_rows(r.sub_attacks, report.n)))
     say(
         "accuracy: right under this attack and every one above it"
         + (" (cascade: each attack ran only on the points still robust)" if cfg.cascade else "")
         + f"; robust accuracy {report.robust_accuracy:.4f}"
     )
+
+
+def _sub_attack_rows(subs: Sequence[SubAttack], n: int) -> list[dict[str, Any]]:
+    """Each sub-attack of the original AutoAttack with the accuracy (of all ``n`` points) right
+    after it: the first ran on every point its clean check found right."""
+    right = subs[0].attacked
+    rows = []
+    for a in subs:
+        right -= a.broken
+        rows.append(
+            {
+                "sub-attack": a.name,
+                "attacked": a.attacked,
+                "broken": a.broken,
+                "accuracy after": right / max(n, 1),
+            }
+        )
+    return rows

@@ -50,7 +50,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "<out>/flatness/ and skipped when run again; under torchrun samples are split across "
         "ranks.",
     )
-    p.add_argument("checkpoints", nargs="+", type=Path, help="checkpoints (.pt)")
+    p.add_argument(
+        "checkpoints", nargs="*", type=Path, help="checkpoints (.pt; or --robustbench NAME)"
+    )
     p.add_argument("--labels", nargs="+", help="names in tables and figures")
     add_dataclass_arguments(p, FlatnessConfig)
     p.add_argument("--worst-case", action="store_true", help="also measure worst-case flatness")

@@ -29,7 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "every checkpoint given. Finished checkpoints are kept in <out>/gap/ and skipped when "
         "run again; under torchrun checkpoints are split across ranks.",
     )
-    p.add_argument("checkpoints", nargs="+", type=Path, help="checkpoints (.pt)")
+    p.add_argument(
+        "checkpoints", nargs="*", type=Path, help="checkpoints (.pt; or --robustbench NAME)"
+    )
     add_dataclass_arguments(p, GapConfig)
     add_checkpoint_arguments(p, dataset_help="dataset (default: each checkpoint's)")
     add_run_arguments(p, out_help="results folder (default: <run>/analysis)")

@@ -70,7 +70,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "full curvature. Finished units are kept in <out>/hessian/ and skipped when run "
         "again; under torchrun the Hessian-vector products are summed over ranks.",
     )
-    p.add_argument("checkpoints", nargs="+", type=Path, help="checkpoints (.pt)")
+    p.add_argument(
+        "checkpoints", nargs="*", type=Path, help="checkpoints (.pt; or --robustbench NAME)"
+    )
     p.add_argument("--labels", nargs="+", help="names in tables and figures")
     add_dataclass_arguments(p, HessianConfig)
     p.add_argument("--no-figures", action="store_true", help="only tables, no PNG/PDF")

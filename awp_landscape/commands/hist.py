@@ -31,7 +31,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "KS statistic and Wasserstein-1 distance between them, overlaid histograms "
         "(rebuttal R#1 Q3) and statistics against depth.",
     )
-    p.add_argument("checkpoints", nargs="+", type=Path, help="checkpoints (.pt) to compare")
+    p.add_argument(
+        "checkpoints",
+        nargs="*",
+        type=Path,
+        help="checkpoints (.pt; or --robustbench NAME) to compare",
+    )
     p.add_argument("--labels", nargs="+", help="names in the legend (default: AT / AT-AWP ...)")
     p.add_argument(
         "--layers",

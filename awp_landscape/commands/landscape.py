@@ -73,10 +73,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "checkpoints",
-        nargs="+",
+        nargs="*",
         type=Path,
         help="checkpoint .pt files (interp: exactly two, from the first to the second; "
-        "trajectory: a training path in order, at least three, the last is theta0)",
+        "trajectory: a training path in order, at least three, the last is theta0; or "
+        "--robustbench NAME)",
     )
     p.add_argument(
         "--labels", nargs="+", default=None, help="one label per result (default: AT, AT-AWP...)"

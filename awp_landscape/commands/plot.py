@@ -21,6 +21,7 @@ from landscape.curvature_map import EIG_NAMES
 from landscape.grid import PLANES
 from landscape.run import safe_name
 from landscape.storage import Surface, read_surface
+from landscape.vtp import METHODS, surface_mesh, write_vtp
 
 PLOTS = ("auto", "curve", "contour", "contourf", "heatmap", "surface")
 
@@ -63,6 +64,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="folder for the figures (default: the first file's folder)",
     )
     p.add_argument("--formats", nargs="+", default=["png", "pdf"], choices=("png", "pdf", "svg"))
+    g = p.add_argument_group("ParaView (VTK XML PolyData, the [viz] extra)")
+    g.add_argument(
+        "--vtp",
+        action="store_true",
+        help="also write every 2-D surface as LABEL_METRIC.vtp: points (x, y, metric), every "
+        "metric of the file as a point array",
+    )
+    g.add_argument(
+        "--vtp-points",
+        type=int,
+        default=0,
+        metavar="N",
+        help="resample onto N x N points over the same ranges (0 = the file's grid)",
+    )
+    g.add_argument(
+        "--vtp-method",
+        default="cubic",
+        choices=tuple(METHODS),
+        help="interpolation of --vtp-points (scipy's RegularGridInterpolator; default cubic)",
+    )
     p.set_defaults(func=run)
 
 
@@ -160,6 +181,8 @@ def _draw(
                 fig = plot_eig_ratio(s.x, s.y, *(s.values[n] for n in EIG_NAMES), title=lab)
                 stem = out_dir / f"{safe_name(lab)}_min_eig_max_eig_abs_ratio"
                 written += save_figure(fig, stem, args.formats)
+    if args.vtp:
+        written += _write_vtp(args, surface_files, out_dir)
     if not written:
         raise ValueError(
             f"nothing to draw: --plots {' '.join(args.plots)} does not apply to these files "
@@ -184,6 +207,24 @@ def _marked(surface: Surface, label: str) -> str:
     """``label``, with "(15 of 41 points)" when the file is not complete."""
     done, total = int(surface.computed.sum()), int(surface.computed.size)
     return label if done == total else f"{label} ({done} of {total} points)"
+
+
+def _write_vtp(
+    args: argparse.Namespace, surface_files: list[tuple[Surface, str]], out_dir: Path
+) -> list[Path]:
+    """One .vtp per 2-D surface and metric asked for (every metric as a point array)."""
+    written = []
+    for s, lab in surface_files:
+        assert s.y is not None
+        metrics = args.metrics or default_metrics(s.values)
+        _check_metrics(metrics, [(s, lab)])
+        for metric in metrics:
+            mesh = surface_mesh(
+                s.x, s.y, s.values, z=metric, points=args.vtp_points, method=args.vtp_method
+            )
+            path = out_dir / f"{safe_name(lab)}_{metric}.vtp"
+            written.append(write_vtp(path, mesh, scalars=metric))
+    return written
 
 
 def _check_metrics(metrics: Sequence[str], files) -> None:

@@ -63,7 +63,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "the ESD of one layer, statistics against depth and against epoch. Finished checkpoints "
         "are kept in <out>/spectra_units and skipped when run again; torchrun splits them.",
     )
-    p.add_argument("checkpoints", nargs="+", type=Path, help="checkpoints (.pt) to measure")
+    p.add_argument(
+        "checkpoints",
+        nargs="*",
+        type=Path,
+        help="checkpoints (.pt; or --robustbench NAME) to measure",
+    )
     p.add_argument("--labels", nargs="+", help="names in the legend (default: AT / AT-AWP ...)")
     add_dataclass_arguments(p, SpectraConfig)
     p.add_argument("--no-figures", action="store_true", help="only tables, no PNG/PDF")
