@@ -78,6 +78,14 @@ def parse_number(text: str | float | int) -> float:
     return value
 
 
+def bounds_of(cls: type, name: str) -> dict[str, Any]:
+    """The range (``bounds``, ``why``) declared with field ``name`` of config ``cls``, for a
+    field elsewhere that is passed on to it (a plan's ``epochs`` is TrainConfig's): one range,
+    refused as early as the outer config is built."""
+    meta = next(f.metadata for f in dataclasses.fields(cls) if f.name == name)
+    return {k: meta[k] for k in ("bounds", "why") if k in meta}
+
+
 def check_bounds(config: Any) -> None:
     """Refuse a numeric field outside the range declared with it (``opt(..., bounds=...)``).
 

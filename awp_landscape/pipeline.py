@@ -35,7 +35,16 @@ from analysis.hessian import HessianConfig
 from analysis.spectra import SpectraConfig
 from analysis.worst_case import WorstCaseConfig
 from awp import distributed
-from awp.config import PGD10_EVAL, PGD20_EVAL, config_diff, from_dict, opt, to_dict
+from awp.config import (
+    PGD10_EVAL,
+    PGD20_EVAL,
+    bounds_of,
+    check_bounds,
+    config_diff,
+    from_dict,
+    opt,
+    to_dict,
+)
 from awp.data import DataConfig, load_data
 from awp.evaluate import EvalConfig
 from awp.io import atomic_write_text, exclusive_output, read_json, sha256_file, write_json
@@ -68,23 +77,65 @@ class AnalysisPlan(MeasurePlan):
     (evaluation, gap, flatness, worst case) come from :class:`MeasurePlan`."""
 
     flatness_alphas: tuple[float, ...] = opt(
-        (0.05, 0.1, 0.2), "noise scales of the flatness curve (layer mode)"
+        (0.05, 0.1, 0.2),
+        "noise scales of the flatness curve (layer mode)",
+        **bounds_of(FlatnessConfig, "alphas"),
     )
-    correlate_alpha: float = opt(0.1, "alpha of the per-checkpoint flatness (vs gap)")
-    correlate_samples: int = opt(2, "noise draws per checkpoint for flatness vs gap")
-    trajectory_points: int = opt(7, "grid points per axis of the training-trajectory plane")
-    trajectory_n: int = opt(50, "test images per point of the training-trajectory plane")
-    trajectory_bn: int = opt(128, "training images re-estimating BatchNorm at each such point")
-    certify_n: int = opt(40, "test images certified by randomized smoothing (0 = all)")
-    certify_sigmas: tuple[float, ...] = opt((0.12, 0.25), "sigmas of the smoothed classifiers")
-    certify_n0: int = opt(10, "CERTIFY's selection samples per image (the paper: 100)")
-    certify_samples: int = opt(100, "CERTIFY's estimation samples n per image (the paper: 100,000)")
+    correlate_alpha: float = opt(
+        0.1, "alpha of the per-checkpoint flatness (vs gap)", **bounds_of(FlatnessConfig, "alphas")
+    )
+    correlate_samples: int = opt(
+        2, "noise draws per checkpoint for flatness vs gap", **bounds_of(FlatnessConfig, "samples")
+    )
+    trajectory_points: int = opt(
+        7, "grid points per axis of the training-trajectory plane", bounds=(1, 1001)
+    )
+    trajectory_n: int = opt(
+        50,
+        "test images per point of the training-trajectory plane",
+        **bounds_of(SurfaceConfig, "n_test"),
+    )
+    trajectory_bn: int = opt(
+        128,
+        "training images re-estimating BatchNorm at each such point",
+        **bounds_of(SurfaceConfig, "n_bn"),
+    )
+    certify_n: int = opt(
+        40,
+        "test images certified by randomized smoothing (0 = all)",
+        **bounds_of(CertifyConfig, "n_test"),
+    )
+    certify_sigmas: tuple[float, ...] = opt(
+        (0.12, 0.25), "sigmas of the smoothed classifiers", **bounds_of(CertifyConfig, "sigmas")
+    )
+    certify_n0: int = opt(
+        10,
+        "CERTIFY's selection samples per image (the paper: 100)",
+        **bounds_of(CertifyConfig, "n0"),
+    )
+    certify_samples: int = opt(
+        100,
+        "CERTIFY's estimation samples n per image (the paper: 100,000)",
+        **bounds_of(CertifyConfig, "n"),
+    )
     certify_noise_levels: tuple[float, ...] = opt(
-        (0.0, 0.06, 0.12, 0.25, 0.5), "noise levels s of the base classifier's accuracy curve"
+        (0.0, 0.06, 0.12, 0.25, 0.5),
+        "noise levels s of the base classifier's accuracy curve",
+        **bounds_of(CertifyConfig, "noise_levels"),
     )
-    certify_noise_draws: int = opt(4, "noisy copies per image and level of that curve")
-    hessian_n: int = opt(128, "train images of the curvature stage (Hessian at fixed x_adv)")
-    hessian_probes: int = opt(4, "Hutchinson probes of the curvature stage")
+    certify_noise_draws: int = opt(
+        4,
+        "noisy copies per image and level of that curve",
+        **bounds_of(CertifyConfig, "noise_draws"),
+    )
+    hessian_n: int = opt(
+        128,
+        "train images of the curvature stage (Hessian at fixed x_adv)",
+        **bounds_of(HessianConfig, "n_examples"),
+    )
+    hessian_probes: int = opt(
+        4, "Hutchinson probes of the curvature stage", **bounds_of(HessianConfig, "probes_min")
+    )
 
 
 _TRAINING_KEYS = tuple(f.name for f in dataclasses.fields(TrainingPlan))
@@ -124,15 +175,18 @@ class DemoConfig:
         "runs/demo", "demo folder: seed<k>/ per seed (runs, eval/, analysis/), report.html"
     )
     training: TrainingPlan = opt(TrainingPlan(), "training of every run")
-    gamma: float = opt(0.01, "AWP gamma of the AT-AWP runs")
+    gamma: float = opt(0.01, "AWP gamma of the AT-AWP runs", bounds=(0, 1))
     seeds: tuple[int, ...] = opt(
-        (0,), "seeds; AT and AT-AWP are trained once per seed (rerun with more to add seeds)"
+        (0,),
+        "seeds; AT and AT-AWP are trained once per seed (rerun with more to add seeds)",
+        bounds=(0, None),
     )
     plan: AnalysisPlan = opt(AnalysisPlan(), "analysis sizes")
 
     migrate = staticmethod(_migrate_demo)
 
     def __post_init__(self) -> None:
+        check_bounds(self)
         _check_seeds(self.seeds)
         object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
 

@@ -6,10 +6,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from awp.config import opt
+from analysis.flatness import FlatnessConfig
+from analysis.gap import GapConfig
+from analysis.worst_case import WorstCaseConfig
+from awp.config import AttackConfig, bounds_of, check_bounds, opt
 from awp.data import DataConfig
+from awp.evaluate import EvalConfig
 from awp.models import ModelConfig
 from awp.train import TENSORBOARD_IN_RUN, TrainConfig
+from landscape.config import SurfaceConfig
+from landscape.grid import MAX_AXIS_POINTS
 
 
 @dataclass(frozen=True)
@@ -27,24 +33,47 @@ class TrainingPlan:
 
     data: DataConfig = opt(DataConfig(dataset="sample", val_size=200, train_size=500), "dataset")
     model: ModelConfig = opt(ModelConfig(width=0.25), "architecture (small enough for a CPU)")
-    epochs: int = opt(60, "epochs per run")
-    batch_size: int = opt(32, "minibatch size")
+    epochs: int = opt(60, "epochs per run", **bounds_of(TrainConfig, "epochs"))
+    batch_size: int = opt(32, "minibatch size", **bounds_of(TrainConfig, "batch_size"))
     augment: bool = opt(
         False, "random crop and flip of training images (off: memorizing shows sooner)"
     )
-    attack_steps: int = opt(3, "PGD steps of the training attack (the paper: 10)")
-    step_size: float = opt(3 / 255, "step size of the training attack")
-    train_eval_size: int = opt(200, "train subset for the per-epoch robust train accuracy")
-    test_eval_size: int = opt(250, "test subset evaluated per epoch")
-    eval_steps: int = opt(5, "PGD steps of the per-epoch evaluation")
-    eval_every: int = opt(5, "evaluate every k epochs (learning curves, best checkpoint)")
-    save_every: int = opt(5, "keep a checkpoint every k epochs (gap and flatness vs gap)")
+    attack_steps: int = opt(
+        3,
+        "PGD steps of the training attack (the paper: 10)",
+        **bounds_of(TrainConfig, "attack_steps"),
+    )
+    step_size: float = opt(
+        3 / 255, "step size of the training attack", **bounds_of(TrainConfig, "step_size")
+    )
+    train_eval_size: int = opt(
+        200,
+        "train subset for the per-epoch robust train accuracy",
+        **bounds_of(TrainConfig, "train_eval_size"),
+    )
+    test_eval_size: int = opt(
+        250, "test subset evaluated per epoch", **bounds_of(TrainConfig, "test_eval_size")
+    )
+    eval_steps: int = opt(
+        5, "PGD steps of the per-epoch evaluation", **bounds_of(TrainConfig, "eval_steps")
+    )
+    eval_every: int = opt(
+        5, "evaluate every k epochs (learning curves, best checkpoint)", bounds=(1, None)
+    )
+    save_every: int = opt(
+        5,
+        "keep a checkpoint every k epochs (gap and flatness vs gap)",
+        **bounds_of(TrainConfig, "save_every"),
+    )
     device: str = opt("auto", "auto | cpu | cuda")
     tensorboard: bool = opt(
         False,
         "TensorBoard scalars of every run in <run>/tensorboard (tensorboard --logdir on the "
         "output folder shows them all; needs the [tensorboard] extra)",
     )
+
+    def __post_init__(self) -> None:
+        check_bounds(self)
 
     def train_config(
         self, out: Path, *, seed: int, awp: bool = False, gamma: float | None = None
@@ -81,13 +110,38 @@ class MeasurePlan:
     """
 
     eval_n: int = opt(
-        0, "test images of the final evaluation (natural, PGD-20, ...; 0 = all, 1000 in the demo)"
+        0,
+        "test images of the final evaluation (natural, PGD-20, ...; 0 = all, 1000 in the demo)",
+        **bounds_of(EvalConfig, "n"),
     )
-    gap_n: int = opt(200, "train and test images of the robust gap of each checkpoint")
-    analysis_steps: int = opt(5, "PGD steps of the analysis attacks (gap, flatness, landscape)")
-    flatness_n: int = opt(200, "train images of the flatness estimates")
-    flatness_samples: int = opt(4, "noise draws per alpha of the expected flatness")
-    worst_gamma: float = opt(0.01, "radius of the worst-case flatness")
-    worst_steps: int = opt(5, "ascent steps of the worst-case flatness")
-    landscape_points: int = opt(11, "alphas in [-1, 1] of the 1-D landscape")
-    landscape_n: int = opt(200, "test images per landscape point")
+    gap_n: int = opt(
+        200,
+        "train and test images of the robust gap of each checkpoint",
+        **bounds_of(GapConfig, "n_train"),
+    )
+    analysis_steps: int = opt(
+        5,
+        "PGD steps of the analysis attacks (gap, flatness, landscape)",
+        **bounds_of(AttackConfig, "steps"),
+    )
+    flatness_n: int = opt(
+        200, "train images of the flatness estimates", **bounds_of(FlatnessConfig, "n_examples")
+    )
+    flatness_samples: int = opt(
+        4, "noise draws per alpha of the expected flatness", **bounds_of(FlatnessConfig, "samples")
+    )
+    worst_gamma: float = opt(
+        0.01, "radius of the worst-case flatness", **bounds_of(WorstCaseConfig, "gammas")
+    )
+    worst_steps: int = opt(
+        5, "ascent steps of the worst-case flatness", **bounds_of(WorstCaseConfig, "ascent_steps")
+    )
+    landscape_points: int = opt(
+        11, "alphas in [-1, 1] of the 1-D landscape", bounds=(1, MAX_AXIS_POINTS)
+    )
+    landscape_n: int = opt(
+        200, "test images per landscape point", **bounds_of(SurfaceConfig, "n_test")
+    )
+
+    def __post_init__(self) -> None:
+        check_bounds(self)

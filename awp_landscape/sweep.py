@@ -38,9 +38,9 @@ from analysis.replicates import MIN_SEEDS, paired_difference, verdict
 from analysis.stats import t_interval
 from analysis.worst_case import WorstCaseConfig
 from awp import distributed
-from awp.config import PGD20_EVAL, opt
+from awp.config import PGD20_EVAL, bounds_of, opt
 from awp.evaluate import EvalConfig
-from awp.io import atomic_write_text, exclusive_output, read_json, write_csv, write_json
+from awp.io import atomic_write_set, csv_text, exclusive_output, json_text, read_json
 from awp.runs import RunFolder
 from awp_landscape.commands.flatness import measure_flatness
 from awp_landscape.commands.gap import measure_gap
@@ -59,7 +59,11 @@ class SweepPlan(MeasurePlan):
     """Sizes of the measurements of every run of a sweep: those of :class:`MeasurePlan`, and
     the one noise scale of its expected flatness."""
 
-    flatness_alpha: float = opt(0.1, "noise scale of the expected flatness (layer mode)")
+    flatness_alpha: float = opt(
+        0.1,
+        "noise scale of the expected flatness (layer mode)",
+        **bounds_of(FlatnessConfig, "alphas"),
+    )
 
 
 @dataclass(frozen=True)
@@ -517,22 +521,20 @@ def run_sweep(cfg: SweepConfig, *, progress: bool = True) -> Path:
         gammas = sorted({float(r["gamma"]) for r in rows})
         seeds = sorted({int(r["seed"]) for r in rows})
         names = sorted({str(r.get("point", "")) for r in rows})
-        write_json(
-            out / "sweep.json",
-            {
-                "gammas": gammas,
-                "seeds": seeds,
-                "grid": list(cfg.grid),
-                "points": names,
-                "rows": rows,
-                "summary": summary,
-                "paired": paired(rows),
-            },
-        )
-        write_csv(out / "sweep.csv", rows)
         pairs = paired(rows)
+        payload = {
+            "gammas": gammas,
+            "seeds": seeds,
+            "grid": list(cfg.grid),
+            "points": names,
+            "rows": rows,
+            "summary": summary,
+            "paired": pairs,
+        }
+        files = {out / "sweep.json": json_text(payload), out / "sweep.csv": csv_text(rows)}
         if pairs:
-            atomic_write_text(out / "sweep_regime.md", regime_table(rows, pairs))
+            files[out / "sweep_regime.md"] = regime_table(rows, pairs)
+        atomic_write_set(files)  # the JSON, CSV and table always agree
         for name in names:
             _figures([r for r in summary if r["point"] == name], out, name)
         for r in summary:

@@ -649,9 +649,14 @@ def test_every_numeric_flag_of_the_measurement_configs_has_a_range():
             typing.get_origin(tp) is tuple and typing.get_args(tp)[0] in (int, float)
         )
 
+    from awp_landscape.pipeline import AnalysisPlan, DemoConfig
+    from awp_landscape.plans import MeasurePlan, TrainingPlan
+    from awp_landscape.sweep import SweepPlan
+
     configs = (AttackConfig, AWPConfig, TrainConfig, ModelConfig, EvalConfig, SurfaceConfig,
                GapConfig, FlatnessConfig, WorstCaseConfig, SigmaSearchConfig, PacBayesConfig,
-               HessianConfig, SpectraConfig, CertifyConfig)  # fmt: skip
+               HessianConfig, SpectraConfig, CertifyConfig, TrainingPlan, MeasurePlan,
+               AnalysisPlan, SweepPlan, DemoConfig)  # fmt: skip
     missing = [
         f"{cls.__name__}.{f.name}"
         for cls in configs
@@ -659,6 +664,31 @@ def test_every_numeric_flag_of_the_measurement_configs_has_a_range():
         if numeric(typing.get_type_hints(cls)[f.name]) and "bounds" not in f.metadata
     ]
     assert not missing, missing
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["demo", "--epochs", "0"], "epochs=0 is outside [1, 100000] (--epochs)"),
+        (["demo", "--gamma", "2"], "is outside [0, 1] (--gamma)"),
+        (["sweep", "--flatness-alpha", "5"], "is outside [0, 1] (--flatness-alpha)"),
+        (["demo", "--landscape-points", "0"], "landscape_points=0 is outside [1, 10001]"),
+        (["sweep", "--eval-every", "0"], "eval_every=0 is outside [1, inf]"),
+    ],
+)
+def test_the_plans_of_demo_and_sweep_refuse_out_of_range_sizes_in_one_line(
+    tmp_path, argv, message
+):
+    from awp_landscape.pipeline import DemoConfig
+    from awp_landscape.plans import TrainingPlan
+
+    proc = awp(*argv, "--out", tmp_path / "out")
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+    with pytest.raises(ValueError, match=r"epochs=0 is outside"):  # the Python API alike
+        TrainingPlan(epochs=0)
+    with pytest.raises(ValueError, match=r"gamma=2(\.0)? is outside"):
+        DemoConfig(gamma=2)
 
 
 def test_sizes_that_cost_time_or_memory_say_the_cost(caplog):
