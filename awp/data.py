@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from awp.config import check_bounds, opt
 from awp.imagefolder import (
     ARCHIVE_SUFFIXES,
     LAYOUT_HINT,
@@ -59,12 +60,25 @@ class DataConfig:
             validation split leaves; 0 = all), e.g. to study robust overfitting on small data.
     """
 
-    dataset: str = "sample"
-    data_root: str = "data"
-    download: bool = False
-    val_size: int = 1000
-    split_seed: int = 0
-    train_size: int = 0
+    dataset: str = opt(
+        "sample",
+        "sample (the bundled CIFAR-10 subset) | cifar10 | cifar100 | svhn | a folder or .tar.gz "
+        "in ImageFolder layout",
+    )
+    data_root: str = opt("data", "folder of the torchvision datasets")
+    download: bool = opt(False, "let torchvision download a missing dataset (never otherwise)")
+    val_size: int = opt(
+        1000, "training images held out as the validation split (0 = none)", bounds=(0, None)
+    )
+    split_seed: int = opt(
+        0, "seed of the validation split and the training subset", bounds=(0, None)
+    )
+    train_size: int = opt(
+        0,
+        "keep this many training images, a seeded subset of what the validation split leaves "
+        "(0 = all)",
+        bounds=(0, None),
+    )
 
     def __post_init__(self) -> None:
         if not isinstance(self.dataset, str) or not self.dataset.strip():
@@ -86,6 +100,7 @@ class DataConfig:
             )
         if isinstance(self.split_seed, bool) or not isinstance(self.split_seed, int):
             raise ValueError(f"split_seed must be an int, got {self.split_seed!r}")
+        check_bounds(self)
 
 
 @dataclass

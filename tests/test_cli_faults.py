@@ -649,6 +649,7 @@ def test_every_numeric_flag_of_the_measurement_configs_has_a_range():
             typing.get_origin(tp) is tuple and typing.get_args(tp)[0] in (int, float)
         )
 
+    from awp.data import DataConfig
     from awp_landscape.pipeline import AnalysisPlan, DemoConfig
     from awp_landscape.plans import MeasurePlan, TrainingPlan
     from awp_landscape.sweep import SweepPlan
@@ -656,7 +657,7 @@ def test_every_numeric_flag_of_the_measurement_configs_has_a_range():
     configs = (AttackConfig, AWPConfig, TrainConfig, ModelConfig, EvalConfig, SurfaceConfig,
                GapConfig, FlatnessConfig, WorstCaseConfig, SigmaSearchConfig, PacBayesConfig,
                HessianConfig, SpectraConfig, CertifyConfig, TrainingPlan, MeasurePlan,
-               AnalysisPlan, SweepPlan, DemoConfig)  # fmt: skip
+               AnalysisPlan, SweepPlan, DemoConfig, DataConfig)  # fmt: skip
     missing = [
         f"{cls.__name__}.{f.name}"
         for cls in configs
