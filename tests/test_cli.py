@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 
@@ -116,7 +117,7 @@ def test_help_lists_defaults(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "(default: 8/255)" in text
     assert "--gamma" in text and "default: 0.01" in text and "--awp-warmup" in text
-    assert "--val-size VAL_SIZE (default: 1000)" in text
+    assert re.search(r"--val-size VAL_SIZE [^-]*validation split[^-]*\(default: 1000\)", text)
 
 
 def test_help_of_a_nested_config_shows_the_enclosing_default(capsys):
@@ -128,8 +129,8 @@ def test_help_of_a_nested_config_shows_the_enclosing_default(capsys):
     with pytest.raises(SystemExit):
         main(["demo", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert f"--val-size VAL_SIZE (default: {data.val_size})" in text
-    assert f"--train-size TRAIN_SIZE (default: {data.train_size})" in text
+    assert f"(0 = none); range [0, inf] (default: {data.val_size})" in text
+    assert f"(0 = all); range [0, inf] (default: {data.train_size})" in text
     assert data.val_size != 1000 and data.train_size != 0
 
 
