@@ -35,7 +35,7 @@ def test_stage_names_are_unique_and_every_part_is_complete():
 def test_no_consumer_names_a_stage_file():
     files = {f.split("/")[-1] for s in STAGES for f in s.files if "." in f.split("/")[-1]}
     folders = {f.split("/")[0] for s in STAGES for f in s.files if "/" in f}
-    assert {"gap.json", "flatness_final"} <= files | folders
+    assert {"gap.json", "quantize.json", "flatness_final"} <= files | folders
     for path in CONSUMERS:
         text = path.read_text()
         for name in sorted(files | folders):

@@ -21,6 +21,7 @@ from awp_landscape.stages import (
     gap,
     hist,
     landscape,
+    quantize,
     spectra,
     training,
     trajectory,
@@ -42,6 +43,7 @@ STAGES: tuple[Stage, ...] = (
     correlate.STAGE,
     certify.STAGE,
     connect.STAGE,
+    quantize.STAGE,
 )
 
 #: The stages a sweep runs: those with sweep columns.
