@@ -22,6 +22,7 @@ import numpy as np
 from analysis.curvature import curvature_statement
 from analysis.outcome import Measurements, outcome
 from analysis.replicates import MIN_SEEDS
+from awp.attacks import attack_label
 from awp.config import method_of
 from awp.io import atomic_write_text, exclusive_output, read_json
 from awp.runs import RunFolder
@@ -224,6 +225,9 @@ def _best_epoch(history: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | Non
     return best
 
 
+REPORTED_ATTACKS = ("natural", "pgd20", "cw20", "autoattack")  # names in awp.attacks.ATTACKS
+
+
 def accuracy_rows(res: Results) -> list[dict[str, Any]]:
     """Natural / PGD-20 / CW-20 (and AutoAttack where run) per method, best and last."""
     rows = []
@@ -238,10 +242,7 @@ def accuracy_rows(res: Results) -> list[dict[str, Any]]:
                 "checkpoint": which,
                 "epoch": e.get("epoch"),
                 "n": e.get("n"),
-                "natural": accs.get("natural"),
-                "PGD-20": accs.get("pgd20"),
-                "CW-20": accs.get("cw20"),
-                "AutoAttack": accs.get("autoattack"),
+                **{attack_label(a): accs.get(a) for a in REPORTED_ATTACKS},
             }
         )
     if rows:
