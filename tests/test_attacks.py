@@ -254,3 +254,20 @@ def test_fgsm_attacks_a_loss_it_is_given():
     inside = (x > EPS) & (x < 1 - EPS)
     step_up, step_down = (up - x)[inside].sign(), (down - x)[inside].sign()
     assert step_up.abs().sum() > 0 and torch.equal(step_up, -step_down)
+
+
+def test_the_reports_accuracy_columns_are_the_tables_display_names(tmp_path):
+    """awp_landscape.report.accuracy_rows names its attack columns with attack_label and reads
+    each attack's accuracy from an evaluation file's rows by the table's name."""
+    from awp_landscape.report import Results, accuracy_rows
+
+    rows = [
+        {"attack": "natural", "accuracy": 0.9},
+        {"attack": "pgd20", "accuracy": 0.5},
+        {"attack": "cw20", "accuracy": 0.45},
+    ]
+    res = Results(root=tmp_path, evals=[{"file": "AT-AWP_best.json", "n": 10, "results": rows}])
+    (row,) = accuracy_rows(res)
+    assert row["method"] == "AT-AWP" and row["checkpoint"] == "best"
+    assert (row["natural"], row["PGD-20"], row["CW-20"]) == (0.9, 0.5, 0.45)
+    assert "AutoAttack" in row and row["AutoAttack"] is None
