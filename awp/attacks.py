@@ -356,7 +356,10 @@ ATTACKS: Mapping[str, AttackSpec] = {
 """Every named attack, in the order ``awp eval`` lists them."""
 
 _RUNNERS: dict[str, Runner] = {spec.kind: spec.runner for spec in ATTACKS.values()}
-if not set(ATTACK_NAMES) <= set(_RUNNERS):  # an AttackConfig name without a runner
+# One runner per kind (pgd10 and pgd20 share PGD's), and one for every AttackConfig name.
+if any(spec.runner is not _RUNNERS[spec.kind] for spec in ATTACKS.values()):
+    raise RuntimeError("two entries of ATTACKS run the same kind of attack with other runners")
+if not set(ATTACK_NAMES) <= set(_RUNNERS):
     raise RuntimeError(f"awp.config.ATTACK_NAMES {ATTACK_NAMES} has no runner in ATTACKS")
 
 
