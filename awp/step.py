@@ -1,8 +1,10 @@
 """One training step of AT, TRADES or MART, with or without AWP: :func:`train_step`.
 
-The step is pure with respect to the run: it reads a minibatch, the model, the optimizer and the
-settings, and changes only the weights and the optimizer's state (the loop in :mod:`awp.train`
-owns epochs, evaluation, checkpoints and resume).
+The step knows nothing of the run: it takes a minibatch, the model, the optimizer and the
+settings, and changes the weights, the optimizer's state, the BatchNorm statistics (the
+update's forward pass runs in train mode) and the attack generator's state. The loop in
+:mod:`awp.train` owns epochs, the learning rate, evaluation, checkpoints and resume;
+:mod:`awp.train_config` the settings.
 
 Reference: Wu, Xia, Wang, NeurIPS 2020 (AWP); Madry et al., ICLR 2018 (AT); Zhang et al., ICML
 2019 (TRADES); Wang et al., ICLR 2020 (MART).
@@ -19,10 +21,7 @@ from torch import nn
 
 from awp import distributed
 from awp.attacks import LossFn, run_attack
-from awp.config import (
-    AttackConfig,
-    AWPConfig,
-)
+from awp.config import AttackConfig, AWPConfig
 from awp.objectives import AttackLossFactory, ObjectiveFn
 from awp.perturb import perturbed, select_params, weight_ascent
 
