@@ -67,8 +67,6 @@ class AutoAttackConfig:
         return f"AutoAttack-{self.version} {self.norm} eps={eps}{by}"
 
 
-
-
 def require_autoattack(implementation: str = "original"):
     """Import the AutoAttack package of ``implementation``, or raise
     :class:`MissingDependencyError` saying how to install it."""
@@ -244,4 +242,3 @@ def sub_attacks(log: Sequence[str]) -> tuple[SubAttack, ...]:
             c[0] += int(m["attacked"])
             c[1] += int(m["broken"])
     return tuple(SubAttack(name, a, b) for name, (a, b) in counts.items())
-

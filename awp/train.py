@@ -44,9 +44,7 @@ from awp.checkpoint import (
     load_weights,
     save_checkpoint,
 )
-from awp.config import (
-    to_dict,
-)
+from awp.config import to_dict
 from awp.data import DataBundle, Split, fixed_subset, iterate_batches, load_data
 from awp.distributed import DistContext
 from awp.evaluate import evaluate_attack
