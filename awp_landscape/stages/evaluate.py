@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from awp.attacks import attack_label
 from awp.config import method_of
 from awp.evaluate import EvalConfig
 from awp.io import exclusive_output, read_json, sha256_file, write_json
@@ -132,6 +133,9 @@ def _best_epoch(history: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | Non
     return best
 
 
+REPORTED_ATTACKS = ("natural", "pgd20", "cw20", "autoattack")  # names in awp.attacks.ATTACKS
+
+
 def accuracy_rows(res: Results) -> list[dict[str, Any]]:
     """Natural / PGD-20 / CW-20 (and AutoAttack where run) per method, best and last."""
     rows = []
@@ -146,10 +150,7 @@ def accuracy_rows(res: Results) -> list[dict[str, Any]]:
                 "checkpoint": which,
                 "epoch": e.get("epoch"),
                 "n": e.get("n"),
-                "natural": accs.get("natural"),
-                "PGD-20": accs.get("pgd20"),
-                "CW-20": accs.get("cw20"),
-                "AutoAttack": accs.get("autoattack"),
+                **{attack_label(a): accs.get(a) for a in REPORTED_ATTACKS},
             }
         )
     if rows:
