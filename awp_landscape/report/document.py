@@ -14,13 +14,13 @@ from pathlib import Path
 
 from analysis.outcome import outcome
 from analysis.replicates import MIN_SEEDS
-from awp.io import atomic_write_text, exclusive_output
+from awp.io import atomic_write_set, atomic_write_text, exclusive_output
 from awp_landscape.report.collect import Results, collect, measurements
 from awp_landscape.report.over_seeds import replicates_section
 from awp_landscape.report.sections import drawn, intro, not_measured, story_section
 from awp_landscape.report.sweep import sweep_section
 from awp_landscape.stages import STAGES
-from figures.html import Document, Section, render_html, render_markdown
+from figures.html import Document, Section, markdown_figures, render_html, render_markdown
 
 
 def build_document(res: Results, *, title: str = "AWP: what this run measured") -> Document:
@@ -73,11 +73,17 @@ def build_document(res: Results, *, title: str = "AWP: what this run measured") 
 def write_report(
     paths: Sequence[str | Path], out: str | Path, *, title: str | None = None
 ) -> tuple[Path, Path]:
-    """Collect, build and write ``out`` (HTML) and the markdown summary beside it."""
+    """Collect, build and write ``out`` (HTML, figures embedded) and the markdown summary beside
+    it, whose figures are PNGs in ``<stem>_files/`` linked by relative paths."""
     out = Path(out)
     res = collect(paths)
-    with exclusive_output(out, cleans=[out, out.with_suffix(".md")]):
+    md, folder = out.with_suffix(".md"), f"{out.stem}_files"
+    with exclusive_output(out, cleans=[out, md]):
         doc = build_document(res, **({"title": title} if title else {}))
         html_path = atomic_write_text(out, render_html(doc))
-        md_path = atomic_write_text(out.with_suffix(".md"), render_markdown(doc))
-    return html_path, md_path
+        figures = {out.parent / rel: png for rel, png in markdown_figures(doc, folder).items()}
+        (out.parent / folder).mkdir(parents=True, exist_ok=True)
+        atomic_write_set({**figures, md: render_markdown(doc, figure_folder=folder)})
+        for stale in set((out.parent / folder).glob("fig*.png")) - set(figures):
+            stale.unlink()  # a figure of an earlier report that this one no longer has
+    return html_path, md
