@@ -152,6 +152,17 @@ def _expand(roots: list[Path], res: Results) -> list[Path]:
     return detail
 
 
+def per_epoch_evaluation(res: Results) -> str:
+    """What the per-epoch curves measured, e.g. "PGD-5; 250 test, 200 train images"."""
+    cfg = res.demo_config.get("training") or (res.runs[0].config if res.runs else {})
+    steps, n_test = cfg.get("eval_steps"), cfg.get("test_eval_size")
+    n_train = cfg.get("train_eval_size")
+    if steps is None:
+        return "PGD"
+    test = "all test images" if not n_test else f"{n_test} test images"
+    return f"PGD-{steps} per evaluated epoch; {test}, {n_train} train images"
+
+
 def measurements(res: Results) -> Measurements:
     """What the outcome statements are computed from."""
     return Measurements(
@@ -161,4 +172,7 @@ def measurements(res: Results) -> Measurements:
         landscapes=res["landscape"],
         correlation=res["correlate"],
         certify=res["certify"],
+        evals=res["evaluate"],
+        weights=res["hist"],
+        per_epoch=per_epoch_evaluation(res),
     )

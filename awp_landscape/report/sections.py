@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from analysis.replicates import MIN_SEEDS
-from awp_landscape.report.collect import Results
+from awp_landscape.report.collect import Results, per_epoch_evaluation
 from figures.curves import plot_story_curves
 from figures.html import FigureBlock, Section, Table
 
@@ -74,17 +74,6 @@ def not_measured(res: Results, absent: Sequence[tuple[str, str]]) -> Section:
     )
 
 
-def _per_epoch_eval(res: Results) -> str:
-    """What the per-epoch curves measured, e.g. "PGD-5; 250 test, 200 train images"."""
-    cfg = res.demo_config.get("training") or (res.runs[0].config if res.runs else {})
-    steps, n_test = cfg.get("eval_steps"), cfg.get("test_eval_size")
-    n_train = cfg.get("train_eval_size")
-    if steps is None:
-        return "PGD"
-    test = "all test images" if not n_test else f"{n_test} test images"
-    return f"PGD-{steps} per evaluated epoch; {test}, {n_train} train images"
-
-
 def _story_rows(replicates: Mapping[str, Any]) -> list[dict[str, Any]]:
     """One row per measure: AT, AT-AWP (means over seeds), the difference, its interval and a
     short verdict that follows the interval."""
@@ -132,7 +121,7 @@ def story_section(res: Results) -> Section | None:
             f"{n} seeds of each method, paired by seed. A difference is called only when its "
             "95% Student-t interval over seeds excludes zero."
         )
-    what = _per_epoch_eval(res)
+    what = per_epoch_evaluation(res)
     if histories:
         s.figures.append(
             FigureBlock.from_figure(
