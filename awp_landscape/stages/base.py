@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from awp import distributed
+from awp.io import read_json
 from awp.runs import RunFolder
 from awp_landscape.inputs import Inputs, Sources
 
@@ -145,9 +146,15 @@ class Stage:
         return self.read(self.folder(seed_folder))
 
 
-def first_file(folder: Path, names: Sequence[str]) -> Path | None:
-    """The first of ``names`` that exists in ``folder``."""
-    for n in names:
-        if (folder / n).exists():
-            return folder / n
-    return None
+def json_reader(files: Sequence[str], key: str | None = None) -> Callable[[Path], Any]:
+    """A stage's reader: the first of ``files`` present in a folder, as JSON (or its ``key``,
+    e.g. the rows of a table); empty ({} or []) where none is there."""
+
+    def read(folder: Path) -> Any:
+        for name in files:
+            if (folder / name).exists():
+                data = read_json(folder / name)
+                return data.get(key, []) if key else data
+        return [] if key else {}
+
+    return read

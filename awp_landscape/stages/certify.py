@@ -3,13 +3,11 @@ classifier's accuracy under Gaussian noise: ``analysis/certify.json``."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from analysis.certify_units import CertifyConfig
-from awp.io import read_json
 from awp_landscape.commands.certify import measure_certify
-from awp_landscape.stages.base import Context, ReportSection, Stage
+from awp_landscape.stages.base import Context, ReportSection, Stage, json_reader
 
 if TYPE_CHECKING:
     from awp_landscape.report.collect import Results
@@ -39,8 +37,7 @@ def run(ctx: Context) -> None:
     )
 
 
-def read(folder: Path) -> dict[str, Any]:
-    return read_json(folder / FILE) if (folder / FILE).exists() else {}
+read = json_reader((FILE,))
 
 
 def section(res: Results) -> Section:

@@ -4,14 +4,12 @@ Bezier curve, robust loss along both, barriers: ``analysis/connect/connect.json`
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from analysis.connect import ConnectConfig
 from awp.config import PGD20_EVAL
-from awp.io import read_json
 from awp_landscape.commands.connect import connect
-from awp_landscape.stages.base import Context, ReportSection, Stage
+from awp_landscape.stages.base import Context, ReportSection, Stage, json_reader
 
 if TYPE_CHECKING:
     from awp_landscape.report.collect import Results
@@ -50,8 +48,7 @@ def run(ctx: Context) -> None:
     )
 
 
-def read(folder: Path) -> dict[str, Any]:
-    return read_json(folder / FILE) if (folder / FILE).exists() else {}
+read = json_reader((FILE,))
 
 
 def section(res: Results) -> Section:

@@ -6,10 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from awp.io import read_json
 from awp_landscape.commands.correlate import correlate_tables
 from awp_landscape.stages import flatness_epochs, gap
-from awp_landscape.stages.base import Context, ReportSection, Stage
+from awp_landscape.stages.base import Context, ReportSection, Stage, json_reader
 
 if TYPE_CHECKING:
     from awp_landscape.report.collect import Results
@@ -31,8 +30,7 @@ def run(ctx: Context) -> None:
     )
 
 
-def read(folder: Path) -> dict[str, Any]:
-    return read_json(folder / FILE) if (folder / FILE).exists() else {}
+read = json_reader((FILE,))
 
 
 def figures_of(folder: Path) -> dict[str, Path]:

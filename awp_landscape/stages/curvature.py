@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from analysis.curvature import curvature_statement
 from analysis.hessian import HessianConfig
 from awp.config import PGD20_EVAL
-from awp.io import read_json
 from awp_landscape.commands.hessian import measure_hessian
-from awp_landscape.stages.base import Context, ReportSection, Stage
+from awp_landscape.stages.base import Context, ReportSection, Stage, json_reader
 
 if TYPE_CHECKING:
     from awp_landscape.report.collect import Results
@@ -51,12 +49,7 @@ def run(ctx: Context) -> None:
     )
 
 
-def read(folder: Path) -> list[dict[str, Any]]:
-    """The per-checkpoint results of hessian.json."""
-    for f in FILES:
-        if (folder / f).exists():
-            return read_json(folder / f).get("results", [])
-    return []
+read = json_reader(FILES, "results")  # the per-checkpoint results
 
 
 CURVATURE_COLUMNS = (

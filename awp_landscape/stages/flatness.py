@@ -10,9 +10,15 @@ from typing import TYPE_CHECKING, Any
 from analysis.flatness import FlatnessConfig
 from analysis.worst_case import WorstCaseConfig
 from awp.config import PGD20_EVAL
-from awp.io import read_json
 from awp_landscape.commands.flatness import measure_flatness
-from awp_landscape.stages.base import Context, Measure, ReportSection, Stage, SweepColumn
+from awp_landscape.stages.base import (
+    Context,
+    Measure,
+    ReportSection,
+    Stage,
+    SweepColumn,
+    json_reader,
+)
 
 if TYPE_CHECKING:
     from awp_landscape.report.collect import Results
@@ -52,16 +58,7 @@ def run(ctx: Context) -> None:
     )
 
 
-def read_rows(folder: Path, files: tuple[str, ...]) -> list[dict[str, Any]]:
-    """The rows of the first of ``files`` in ``folder``."""
-    for f in files:
-        if (folder / f).exists():
-            return read_json(folder / f)["rows"]
-    return []
-
-
-def read(folder: Path) -> list[dict[str, Any]]:
-    return read_rows(folder, FILES)
+read = json_reader(FILES, "rows")
 
 
 def flatness_of(kind: str, key: str, value: float, column: str = "flatness_loss") -> Measure:

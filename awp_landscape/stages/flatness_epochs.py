@@ -3,12 +3,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
 from awp_landscape.commands.flatness import measure_flatness
 from awp_landscape.stages import flatness
-from awp_landscape.stages.base import Context, Stage
+from awp_landscape.stages.base import Context, Stage, json_reader
 
 FILES = ("flatness_epochs/flatness.json",)
 
@@ -24,8 +21,7 @@ def run(ctx: Context) -> None:
     )
 
 
-def read(folder: Path) -> list[dict[str, Any]]:
-    return flatness.read_rows(folder, FILES)
+read = json_reader(FILES, "rows")
 
 
 STAGE = Stage(

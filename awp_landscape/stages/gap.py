@@ -9,9 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 from analysis.gap import GapConfig
 from awp.config import PGD20_EVAL
-from awp.io import read_json
 from awp_landscape.commands.gap import measure_gap
-from awp_landscape.stages.base import Context, ReportSection, Stage, SweepColumn
+from awp_landscape.stages.base import Context, ReportSection, Stage, SweepColumn, json_reader
 
 if TYPE_CHECKING:
     from awp_landscape.report.collect import Results
@@ -33,8 +32,7 @@ def run(ctx: Context) -> None:
     measure_gap(checkpoints, config(ctx.plan), out=ctx.path(STAGE).parent, sources=ctx.sources())
 
 
-def read(folder: Path) -> list[dict[str, Any]]:
-    return read_json(folder / FILE)["rows"] if (folder / FILE).exists() else []
+read = json_reader((FILE,), "rows")
 
 
 def _last_gap(folder: Path, method: str) -> float | None:

@@ -6,9 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from awp.io import read_json
 from awp_landscape.commands.hist import weight_histograms
-from awp_landscape.stages.base import Context, Measure, ReportSection, Stage, SweepColumn
+from awp_landscape.stages.base import (
+    Context,
+    Measure,
+    ReportSection,
+    Stage,
+    SweepColumn,
+    json_reader,
+)
 
 if TYPE_CHECKING:
     from awp_landscape.report.collect import Results
@@ -28,8 +34,7 @@ def run(ctx: Context) -> None:
     )
 
 
-def read(folder: Path) -> dict[str, Any]:
-    return read_json(folder / FILE) if (folder / FILE).exists() else {}
+read = json_reader((FILE,))
 
 
 def figures_of(folder: Path) -> dict[str, Path]:

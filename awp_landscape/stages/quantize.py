@@ -15,7 +15,7 @@ from analysis.quantize import FLOAT_BITS, QuantizeConfig, quantized_accuracy
 from awp.config import to_dict
 from awp.data import fixed_subset
 from awp.io import read_json, write_json
-from awp_landscape.stages.base import Context, ReportSection, Stage
+from awp_landscape.stages.base import Context, ReportSection, Stage, json_reader
 
 if TYPE_CHECKING:
     from awp_landscape.report.collect import Results
@@ -53,8 +53,7 @@ def run(ctx: Context) -> None:
         write_json(path, {"settings": settings, "rows": rows})  # after each checkpoint
 
 
-def read(folder: Path) -> dict[str, Any]:
-    return read_json(folder / FILE) if (folder / FILE).exists() else {}
+read = json_reader((FILE,))
 
 
 def _row(folder: Path, method: str, bits: int) -> dict[str, Any] | None:

@@ -3,15 +3,13 @@ operator norms): ``analysis/spectra/spectra.json``."""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from analysis.spectra import SpectraConfig
-from awp.io import read_json
 from awp_landscape.commands.spectra import measure_spectra
-from awp_landscape.stages.base import Context, ReportSection, Stage
+from awp_landscape.stages.base import Context, ReportSection, Stage, json_reader
 
 if TYPE_CHECKING:
     from awp_landscape.report.collect import Results
@@ -29,11 +27,7 @@ def run(ctx: Context) -> None:
     )
 
 
-def read(folder: Path) -> dict[str, Any]:
-    for f in FILES:
-        if (folder / f).exists():
-            return read_json(folder / f)
-    return {}
+read = json_reader(FILES)
 
 
 SPECTRA_COLUMNS = ("label", "layer", "fft_size", "spectral_norm", "op_norm_circular")
