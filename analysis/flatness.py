@@ -226,7 +226,10 @@ class FlatnessEstimate:
     Errors are fractions in [0, 1], losses mean cross-entropy (nats). The interval
     [ci_low, ci_high] is for E_u[rho(w+u)]; flatness_low/high subtract rho(w), which is a fixed
     number on the subset (same attack seed). ``ci_method`` is ``t`` (over the M draws) or
-    ``clopper-pearson`` (over the M*n per-example trials).
+    ``clopper-pearson`` (over the M*n per-example trials). ``abs_flatness`` and
+    ``abs_flatness_loss`` are the absolute flatness of the rebuttal (reviewer 4, question 1),
+    E_u |rho(w+u) - rho(w)| over the draws: unlike the signed mean, a draw that lowers the
+    robust error or loss does not cancel one that raises it.
     """
 
     alpha: float
@@ -248,6 +251,8 @@ class FlatnessEstimate:
     std_loss: float
     flatness_loss: float
     noise_ratio: float
+    abs_flatness: float
+    abs_flatness_loss: float
 
 
 def _sd(a: np.ndarray) -> float:
@@ -300,4 +305,6 @@ def summarize_expected(
         std_loss=_sd(losses),
         flatness_loss=float(losses.mean()) - base_loss,
         noise_ratio=float(np.mean([s["noise_ratio"] for s in samples])),
+        abs_flatness=float(np.abs(errs - base_err).mean()),
+        abs_flatness_loss=float(np.abs(losses - base_loss).mean()),
     )

@@ -35,7 +35,8 @@ def plot_flatness_curve(
         by: grouping column (``label``, ``method``...); records without it form one group.
         color_by: column giving each curve's colour (method colours of the house style);
             curves of the same colour get different line styles. None: colour by ``by``.
-        measure: ``flatness`` (robust 0-1 error) or ``flatness_loss`` (robust cross-entropy).
+        measure: ``flatness`` (robust 0-1 error) or ``flatness_loss`` (robust cross-entropy),
+            or their absolute versions ``abs_flatness`` / ``abs_flatness_loss``.
         log_x: logarithmic alpha axis.
         bands: shade each curve's interval (default: only with at most four curves, where
             the bands stay readable).
@@ -86,8 +87,11 @@ def plot_flatness_curve(
     if log_x:
         ax.set_xscale("log")
     ax.set_xlabel(r"relative noise scale $\alpha$")
-    ylabel = "robust error" if measure == "flatness" else "robust loss"
-    ax.set_ylabel(rf"$E_u[\rho(w+u)] - \rho(w)$ ({ylabel})")
+    ylabel = "robust error" if measure in ("flatness", "abs_flatness") else "robust loss"
+    if measure.startswith("abs_"):  # the absolute flatness (the rebuttal's R#4 Q1)
+        ax.set_ylabel(rf"$E_u|\rho(w+u) - \rho(w)|$ ({ylabel})")
+    else:
+        ax.set_ylabel(rf"$E_u[\rho(w+u)] - \rho(w)$ ({ylabel})")
     if any(groups):
         if len(groups) > 4:  # a long legend goes beside the axes, not over the curves
             ax.legend(frameon=False, loc="center left", bbox_to_anchor=(1.02, 0.5))

@@ -423,3 +423,38 @@ def test_two_gloo_ranks_split_the_units_and_agree_with_one_process(tmp_path):
         for r in (0, 1)
     ]
     assert own[0] == set(keys[0::2]) and own[1] == set(keys[1::2])
+
+
+def test_absolute_flatness_does_not_let_draws_cancel():
+    """|rho(w+u) - rho(w)| averaged over draws (the rebuttal's R#4 Q1): two draws, one raising
+    the error by 0.2 and one lowering it by 0.1, average +0.05 signed but 0.15 absolute."""
+    base = {"errors": 5, "loss_sum": 10.0, "n": 10}
+    samples = [
+        {"errors": 7, "loss_sum": 13.0, "n": 10, "noise_ratio": 0.1},
+        {"errors": 4, "loss_sum": 9.0, "n": 10, "noise_ratio": 0.1},
+    ]
+    est = flat.summarize_expected(base, samples, alpha=0.1, noise="layer")
+    assert est.flatness == pytest.approx(0.05) and est.abs_flatness == pytest.approx(0.15)
+    assert est.flatness_loss == pytest.approx(0.1) and est.abs_flatness_loss == pytest.approx(0.2)
+    # when every draw raises it, the two agree (as the rebuttal says of AWP's ascent)
+    up = [dict(s, errors=s["errors"] + 3, loss_sum=s["loss_sum"] + 5) for s in samples]
+    both = flat.summarize_expected(base, up, alpha=0.1, noise="layer")
+    assert both.abs_flatness == pytest.approx(both.flatness)
+
+
+def test_the_flatness_stage_reads_the_absolute_flatness_as_a_measure(tmp_path):
+    from awp.io import write_json
+    from awp_landscape.plans import AnalysisPlan
+    from awp_landscape.stages import flatness as stage
+
+    rows = [
+        {"label": m, "kind": "expected", "alpha": 0.1, "flatness_loss": v, "abs_flatness_loss": a}
+        for m, v, a in (("AT", 0.01, 0.03), ("AT-AWP", 0.02, 0.025))
+    ]
+    write_json(tmp_path / "analysis" / "flatness_final" / "flatness.json", {"rows": rows})
+    found = dict(stage.measures(AnalysisPlan(flatness_alphas=(0.1,))))
+    get = found["expected absolute flatness at alpha=0.1 (mean |robust loss change|)"]
+    assert get(tmp_path, "AT") == 0.03 and get(tmp_path, "AT-AWP") == 0.025
+    write_json(tmp_path / "analysis" / "flatness_final" / "flatness.json",
+               {"rows": [{k: v for k, v in r.items() if k != "abs_flatness_loss"} for r in rows]})  # fmt: skip
+    assert get(tmp_path, "AT") is None  # a file written before the measure existed
