@@ -210,9 +210,17 @@ def test_per_example_summary_pools_all_trials_for_the_interval():
     assert (est.ci_low, est.ci_high) == clopper_pearson(10, 20, 0.95)
     assert est.flatness == pytest.approx(0.5 - 0.3)
     assert est.flatness_low == pytest.approx(est.ci_low - 0.3)
+    # Two draws: no t interval (one degree of freedom), said in the note, never [x, x].
     t = flat.summarize_expected(base, samples, alpha=0.1, noise="layer")
-    half = sps.t.ppf(0.975, 1) * np.std([0.4, 0.6], ddof=1) / math.sqrt(2)
-    assert t.ci_method == "t" and t.ci_high == pytest.approx(0.5 + half)
+    assert t.ci_method == "t" and math.isnan(t.ci_low) and math.isnan(t.flatness_high)
+    assert t.ci_note == "undefined (n=2 < 3 noise draws)"
+    three = [*samples, {"errors": 5, "loss_sum": 4.0, "n": 10, "noise_ratio": 0.1}]
+    t = flat.summarize_expected(base, three, alpha=0.1, noise="layer")
+    half = sps.t.ppf(0.975, 2) * np.std([0.4, 0.6, 0.5], ddof=1) / math.sqrt(3)
+    assert t.ci_high == pytest.approx(0.5 + half) and t.ci_note == ""
+    same = [{**samples[0]} for _ in range(4)]  # every draw the same error: width 0 refused
+    t = flat.summarize_expected(base, same, alpha=0.1, noise="layer")
+    assert math.isnan(t.ci_low) and "all 4 noise draws give the same error" in t.ci_note
 
 
 # --------------------------------------------------------------------------- worst case
