@@ -205,6 +205,51 @@ def test_fit_line_matches_polyfit():
     assert math.isnan(fit_line([1, 1, 1], [1, 2, 3]).slope)
 
 
+def _scatters(ax):
+    from matplotlib.collections import PathCollection
+
+    return [c for c in ax.collections if isinstance(c, PathCollection) and len(c.get_offsets())]
+
+
+def _bands(ax):
+    from matplotlib.collections import PolyCollection
+
+    return [c for c in ax.collections if isinstance(c, PolyCollection)]
+
+
+def test_flatness_vs_gap_draws_a_regression_band_per_method_and_a_marker_per_seed():
+    from figures.flatness import plot_flatness_vs_gap
+
+    rng = np.random.default_rng(5)
+    rows = [
+        {"method": m, "seed": seed, "flatness": f, "gap": slope * f + 0.05 * rng.normal()}
+        for m, slope in (("AT", 1.0), ("AT-AWP", -0.5))
+        for seed in (0, 1, 2)
+        for f in rng.uniform(0, 1, size=4)
+    ]
+    rows += [{"method": "TRADES", "seed": 0, "flatness": f, "gap": f} for f in (0.2, 0.4)]
+    fig = plot_flatness_vs_gap(rows, pooled_fit=False)
+    ax = fig.axes[0]
+    scatters = _scatters(ax)
+    assert len(scatters) == 3 * 3 - 2  # AT and AT-AWP by seed (3 each), TRADES's one seed
+    assert sum(len(c.get_offsets()) for c in scatters) == len(rows)
+    assert len({c.get_paths()[0].vertices.tobytes() for c in scatters[:3]}) == 3  # 3 markers
+    assert len(_bands(ax)) == 2  # two points (TRADES) get a line and no band
+    for line, method in zip(ax.lines, ("AT", "AT-AWP", "TRADES")):
+        mine = [r for r in rows if r["method"] == method]
+        fit = fit_line([r["flatness"] for r in mine], [r["gap"] for r in mine])
+        xs, ys = line.get_xdata(), line.get_ydata()
+        assert xs[0] == pytest.approx(min(r["flatness"] for r in mine))
+        assert ys == pytest.approx(fit.slope * xs + fit.intercept, abs=1e-9)
+    band = _bands(ax)[0].get_paths()[0].vertices  # AT's band holds AT's line at its middle
+    mid = len(ax.lines[0].get_xdata()) // 2
+    x0, y0 = ax.lines[0].get_xdata()[mid], ax.lines[0].get_ydata()[mid]
+    near = band[np.argsort(np.abs(band[:, 0] - x0))[:2], 1]
+    assert near.min() < y0 < near.max()
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == ["AT", "AT-AWP", "TRADES", "seed 0", "seed 1", "seed 2"]
+
+
 def test_figures():
     from figures.flatness import plot_flatness_curve, plot_flatness_vs_gap
     from figures.style import color_for
@@ -219,7 +264,7 @@ def test_figures():
     cors = correlate_records(rows, x="flatness", y="gap", n_boot=0)
     fig = plot_flatness_vs_gap(rows, correlations=cors)
     ax = fig.axes[0]
-    assert len(ax.collections) == 2  # one scatter per method
+    assert len(_scatters(ax)) == 2 and len(_bands(ax)) == 2  # a scatter and a band per method
     assert len(ax.lines) == 3  # a fit per method and the pooled one
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert labels[0].startswith("AT (tau 1.00)")
