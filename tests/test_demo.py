@@ -193,15 +193,15 @@ def test_outcome_is_computed_from_the_numbers(demo):
     out = out / "seed0"  # one seed's single-run statements
     res = collect([out])
     said = " ".join(outcome(measurements(res)))
-    gap = {r["method"]: r["gap"] for r in res.gap if r["epoch"] == 3}
+    gap = {r["method"]: r["gap"] for r in res["gap"] if r["epoch"] == 3}
     expected = "has the smaller gap" if gap["AT-AWP"] < gap["AT"] else "does NOT have"
     assert expected in said
     # flip the measured gaps: the statement must follow
-    for r in res.gap:
+    for r in res["gap"]:
         if r["epoch"] == 3:
             r["gap"] = 0.5 if r["method"] == "AT-AWP" else -0.5
     assert "does NOT have the smaller gap" in " ".join(outcome(measurements(res)))
-    for r in res.gap:
+    for r in res["gap"]:
         if r["epoch"] == 3:
             r["gap"] = -0.5 if r["method"] == "AT-AWP" else 0.5
     assert "AT-AWP has the smaller gap" in " ".join(outcome(measurements(res)))
