@@ -91,7 +91,7 @@ def record_config(out: Path, name: str, cfg: Any, *, growable: tuple[str, ...] =
         raise ValueError(
             "demo/reproduce run their stages in one process; on several GPUs run the stages "
             "under torchrun instead (awp train, awp landscape, awp flatness, awp gap), then "
-            "awp report; see the README"
+            "awp report; see docs/usage.md, Reproducing the paper on GPUs"
         )
     path = out / name
     current = to_dict(cfg)

@@ -210,9 +210,17 @@ def test_per_example_summary_pools_all_trials_for_the_interval():
     assert (est.ci_low, est.ci_high) == clopper_pearson(10, 20, 0.95)
     assert est.flatness == pytest.approx(0.5 - 0.3)
     assert est.flatness_low == pytest.approx(est.ci_low - 0.3)
+    # Two draws: no t interval (one degree of freedom), said in the note, never [x, x].
     t = flat.summarize_expected(base, samples, alpha=0.1, noise="layer")
-    half = sps.t.ppf(0.975, 1) * np.std([0.4, 0.6], ddof=1) / math.sqrt(2)
-    assert t.ci_method == "t" and t.ci_high == pytest.approx(0.5 + half)
+    assert t.ci_method == "t" and math.isnan(t.ci_low) and math.isnan(t.flatness_high)
+    assert t.ci_note == "undefined (n=2 < 3 noise draws)"
+    three = [*samples, {"errors": 5, "loss_sum": 4.0, "n": 10, "noise_ratio": 0.1}]
+    t = flat.summarize_expected(base, three, alpha=0.1, noise="layer")
+    half = sps.t.ppf(0.975, 2) * np.std([0.4, 0.6, 0.5], ddof=1) / math.sqrt(3)
+    assert t.ci_high == pytest.approx(0.5 + half) and t.ci_note == ""
+    same = [{**samples[0]} for _ in range(4)]  # every draw the same error: width 0 refused
+    t = flat.summarize_expected(base, same, alpha=0.1, noise="layer")
+    assert math.isnan(t.ci_low) and "all 4 noise draws give the same error" in t.ci_note
 
 
 # --------------------------------------------------------------------------- worst case
@@ -455,6 +463,6 @@ def test_the_flatness_stage_reads_the_absolute_flatness_as_a_measure(tmp_path):
     found = dict(stage.measures(AnalysisPlan(flatness_alphas=(0.1,))))
     get = found["expected absolute flatness at alpha=0.1 (mean |robust loss change|)"]
     assert get(tmp_path, "AT") == 0.03 and get(tmp_path, "AT-AWP") == 0.025
-    write_json(tmp_path / "analysis" / "flatness_final" / "flatness.json",
-               {"rows": [{k: v for k, v in r.items() if k != "abs_flatness_loss"} for r in rows]})  # fmt: skip
+    older = [{k: v for k, v in r.items() if k != "abs_flatness_loss"} for r in rows]
+    write_json(tmp_path / "analysis" / "flatness_final" / "flatness.json", {"rows": older})
     assert get(tmp_path, "AT") is None  # a file written before the measure existed
