@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from figures.html import Section, Table
+from figures.html import FigureBlock, Section, Table
+from figures.replicates import plot_paired_differences
 
 
 def _fmt_values(values: Sequence[float]) -> str:
@@ -45,6 +46,15 @@ def replicates_section(replicates: Mapping[str, Any]) -> Section:
         for m in replicates.get("measures", [])
     ]
     s.tables.append(Table(rows, caption="Paired differences per measure"))
+    if replicates.get("measures"):
+        s.figures.append(
+            FigureBlock.from_figure(
+                plot_paired_differences(replicates["measures"]),
+                "AT-AWP minus AT per seed (points), their mean (diamond) and 95% t interval "
+                "(line), one panel per measure; dotted: zero.",
+                "paired differences per seed",
+            )
+        )
     pooled = replicates.get("pooled_correlation")
     if pooled:
         groups = {"all": pooled["all"], **pooled["by_method"]}

@@ -121,6 +121,7 @@ EXPECTED_COLUMNS = (
     "flatness_loss",
     "abs_flatness",
     "abs_flatness_loss",
+    "ci_note",
 )
 BOUND_COLUMNS = (
     "label",
@@ -161,7 +162,19 @@ def section(res: Results) -> Section:
         "ascent."
     )
     if exp:
-        s.tables.append(Table(exp, columns=EXPECTED_COLUMNS, caption="Expected flatness"))
+        undefined = "undefined (ci_note)"
+        s.tables.append(
+            Table(
+                exp,
+                columns=[
+                    c
+                    for c in EXPECTED_COLUMNS
+                    if c != "ci_note" or any(r.get("ci_note") for r in exp)
+                ],
+                caption="Expected flatness (flatness_low/high: t interval over noise draws)",
+                missing={"flatness_low": undefined, "flatness_high": undefined, "ci_note": ""},
+            )
+        )
         s.tables.append(
             Table(
                 exp,
