@@ -109,6 +109,7 @@ def test_demo_writes_every_stage_and_the_report(demo):
         "analysis/curvature/hessian.json",
         "analysis/connect/connect.json",
         "analysis/connect/connect.h5",
+        "analysis/quantize.json",
     ):
         assert (seed0 / rel).exists(), rel
     assert (out / "report.html").exists() and (out / "report.md").exists()
@@ -134,6 +135,7 @@ def test_demo_writes_every_stage_and_the_report(demo):
         "Certified robustness (randomized smoothing)",
         "Accuracy under Gaussian input noise",
         "Mode connectivity: AT to AT-AWP",
+        "Weight quantization",
     ):
         assert title in html
     # nothing fetched to view it: no element loads from the network (the embedded plotly.js

@@ -100,9 +100,10 @@ def _pgd20(which: str):
 
 
 def measures(plan: Any) -> list[tuple[str, Any]]:
+    n = f"{plan.eval_n} test images" if plan.eval_n else "all test images"
     return [
-        ("last-checkpoint robust accuracy (PGD-20)", _pgd20("last")),
-        ("best-checkpoint robust accuracy (PGD-20)", _pgd20("best")),
+        (f"last-checkpoint robust accuracy (PGD-20 alone, {n})", _pgd20("last")),
+        (f"best-checkpoint robust accuracy (PGD-20 alone, {n})", _pgd20("best")),
     ]
 
 

@@ -77,23 +77,25 @@ def flatness_of(kind: str, key: str, value: float, column: str = "flatness_loss"
 
 
 def measures(plan: Any) -> list[tuple[str, Any]]:
+    on = f"PGD-{plan.analysis_steps}, {plan.flatness_n} train images"
     out: list[tuple[str, Any]] = [
         (
-            f"expected flatness at alpha={a:g} (robust loss increase)",
+            f"expected flatness at alpha={a:g} (robust loss increase; {on})",
             flatness_of("expected", "alpha", a),
         )
         for a in alphas(plan)
     ]
     out += [
         (
-            f"expected absolute flatness at alpha={a:g} (mean |robust loss change|)",
+            f"expected absolute flatness at alpha={a:g} (mean |robust loss change|; {on})",
             flatness_of("expected", "alpha", a, "abs_flatness_loss"),
         )
         for a in alphas(plan)
     ]
     out.append(
         (
-            f"worst-case flatness at gamma={plan.worst_gamma:g} (robust loss increase)",
+            f"worst-case flatness at gamma={plan.worst_gamma:g} (robust loss increase; {on}, "
+            f"{plan.worst_steps} ascent steps)",
             flatness_of("worst", "gamma", plan.worst_gamma),
         )
     )

@@ -41,7 +41,10 @@ def _last_gap(folder: Path, method: str) -> float | None:
 
 
 def measures(plan: Any) -> list[tuple[str, Any]]:
-    return [("robust gap at the last checkpoint (train - test robust accuracy)", _last_gap)]
+    sizes = f"PGD-{plan.analysis_steps}, {plan.gap_n} train and {plan.gap_n} test images"
+    return [
+        (f"robust gap at the last checkpoint (train - test robust accuracy; {sizes})", _last_gap)
+    ]
 
 
 def sweep_values(folder: Path, label: str) -> dict[str, float | None]:

@@ -67,7 +67,8 @@ def _sharpness(folder: Path, method: str) -> float | None:
 
 
 def measures(plan: Any) -> list[tuple[str, Any]]:
-    return [("landscape sharpness (adversarial loss rise along the direction)", _sharpness)]
+    on = f"PGD-{plan.analysis_steps}, {plan.landscape_n} test images"
+    return [(f"landscape sharpness (adversarial loss rise along one direction; {on})", _sharpness)]
 
 
 def sweep_values(folder: Path, label: str) -> dict[str, float | None]:
