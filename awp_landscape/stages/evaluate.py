@@ -173,6 +173,7 @@ def accuracy_rows(res: Results) -> list[dict[str, Any]]:
 
 
 def section(res: Results) -> Section:
+    from awp_landscape.report.collect import per_epoch_evaluation
     from figures.curves import plot_learning_curves
     from figures.html import FigureBlock, Section, Table
 
@@ -180,14 +181,16 @@ def section(res: Results) -> Section:
     s.tables.append(
         Table(
             accuracy_rows(res),
-            caption="Test accuracy (best = highest validation robust accuracy; last = final epoch)",
+            caption="Test accuracy of the final evaluation on n test images (the demo runs "
+            "each attack alone; best = highest validation robust accuracy; last = final epoch)",
         )
     )
     s.figures.append(
         FigureBlock.from_figure(
             plot_learning_curves({r.label: r.history for r in res.runs}),
             "Train (dashed) and test (solid) robust accuracy (left, the paper's Fig. 3(d)) and "
-            "robust loss (right) per evaluated epoch.",
+            f"robust loss (right), {per_epoch_evaluation(res)}: the training run's own "
+            "evaluation, smaller than the final one in the table.",
             "learning curves",
         )
     )
