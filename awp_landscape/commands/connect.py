@@ -78,7 +78,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_dataclass_arguments(p, ConnectConfig)
     add_checkpoint_arguments(p, dataset_help="dataset (default: A's)")
     add_run_arguments(p, out_help="results folder (required)")
-    p.add_argument("--formats", nargs="+", default=["png", "pdf"], choices=("png", "pdf", "svg"))
+    p.add_argument(
+        "--formats",
+        nargs="+",
+        default=["png", "pdf"],
+        choices=("png", "pdf", "svg"),
+        help="figure file formats: png | pdf | svg (default: png pdf)",
+    )
     p.set_defaults(func=run)
 
 

@@ -71,6 +71,8 @@ def refuse_other_results(out: Path, eval_config: dict) -> None:
         return
     try:
         theirs = json.loads(out.read_text()).get("eval_config")
+        if isinstance(theirs, dict):  # written before subset_seed: compare what it measured
+            theirs = EvalConfig.migrate(theirs)
     except (OSError, ValueError, AttributeError):
         theirs = None
     if theirs == eval_config:
@@ -94,8 +96,10 @@ def evaluate_checkpoint(
     if len(split) == 0:
         raise CLIError(f"the {cfg.split} split is empty for dataset {loaded.data_cfg.dataset!r}")
     device = split.x.device
-    capped_notice(cfg.n, len(split), flag="--n")
-    idx = fixed_subset(len(split), cfg.n, seed=cfg.seed) if cfg.n else torch.arange(len(split))
+    capped_notice(cfg.n, len(split), flag="--n-examples")
+    idx = (
+        fixed_subset(len(split), cfg.n, seed=cfg.subset_seed) if cfg.n else torch.arange(len(split))
+    )
     x, y = split.x[idx.to(device)], split.y[idx.to(device)]
     bars: dict[str, Any] = {}
 

@@ -29,7 +29,7 @@ from awp.models import ModelConfig
 from awp.perturb import select_params
 from awp.progress import progress_bar
 from awp_landscape.console import format_table, say
-from awp_landscape.flags import add_dataclass_arguments, dataclass_from_arguments
+from awp_landscape.flags import add_dataclass_arguments, dataclass_from_arguments, explain_default
 from awp_landscape.inputs import (
     Inputs,
     Loaded,
@@ -102,6 +102,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_dataclass_arguments(p, SurfaceConfig, skip=("dataset", "data_root"))
+    explain_default(
+        p,
+        "--attack-steps",
+        "PGD-10, not the PGD-20 of eval and the analyses, as the attack is crafted anew at "
+        "every point of the grid (441 of a 21x21 surface, per direction and split), and the "
+        "landscape compares shapes, not accuracies; write --attack-steps 20 to match them",
+    )
     add_dataclass_arguments(p.add_argument_group("curvature map"), EigenMapConfig)
     add_checkpoint_arguments(
         p, dataset_help="dataset (default: the one the checkpoint was trained on)"
