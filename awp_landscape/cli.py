@@ -16,15 +16,16 @@ from awp_landscape.console import CLIError
 
 # The command table, in the order `awp --help` lists them: name, module in
 # awp_landscape.commands, one-line summary. It imports nothing: `awp --help` lists the commands
-# from it, and only the named command's module (torch and all) is imported to build its
-# parser, so `awp --help` starts in a fraction of a second. A module that registers several
+# from it, and only the named command's module is imported to build its parser, so `awp
+# --help` starts in a fraction of a second. A module that imports no torch (landscape_parser:
+# its run imports the command) keeps `awp CMD --help` as fast. A module that registers several
 # commands (demo: demo and reproduce) is listed once per command.
 COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("train", "train", "adversarial training (AT, TRADES, MART), with or without AWP"),
     ("eval", "evaluate", "natural / FGSM / PGD-20 / CW-20 / AutoAttack accuracy of a checkpoint"),
     (
         "landscape",
-        "landscape",
+        "landscape_parser",
         "weight loss curves/surfaces with attacks regenerated on the perturbed model",
     ),
     (
