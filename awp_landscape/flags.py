@@ -78,13 +78,13 @@ VOCABULARY: dict[tuple[str, str], Rename] = {
     ("SurfaceConfig", "seed"): Rename(
         "direction-seed",
         help="seed of the first random direction; direction i is drawn from seed + i "
-        "(--seed before 0.2)",
+        "(--seed in 0.1.0)",
     ),
     ("SurfaceConfig", "attack_seed"): Rename(
         "seed",
         ("attack-seed",),
-        help="seed of the attacks' random starts, one stream per point (before 0.2 --seed "
-        "seeded the directions: that is now --direction-seed)",
+        help="seed of the attacks' random starts, one stream per point (--attack-seed in "
+        "0.1.0, whose --seed seeded the directions: now --direction-seed)",
     ),
     ("TrainConfig", "step_size"): Rename("attack-step-size", ("step-size",)),
     ("TrainConfig", "train_eval_size"): Rename("eval-n-train", ("train-eval-size",)),

@@ -25,6 +25,7 @@ from awp.evaluate import (
 from awp.extras import MissingDependencyError
 from awp.io import exclusive_output, library_versions, write_json
 from awp.progress import progress_bar
+from awp_landscape.commands.common import out_folder
 from awp_landscape.console import CLIError, format_table, say
 from awp_landscape.flags import add_dataclass_arguments, dataclass_from_arguments
 from awp_landscape.inputs import Inputs, Loaded, add_checkpoint_arguments
@@ -53,7 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--out",
         type=Path,
         default=None,
-        help="JSON results file (default: eval_<checkpoint>_<split>.json beside the checkpoint)",
+        help="JSON results file (default: <run>/analysis/eval_<checkpoint>_<split>.json)",
     )
     p.add_argument(
         "--overwrite",
@@ -163,7 +164,9 @@ def evaluate_checkpoint(
 def run(args: argparse.Namespace) -> int:
     """Evaluate one checkpoint, print the table, write the JSON."""
     cfg = dataclass_from_arguments(EvalConfig, args)
-    out = args.out or args.checkpoint.with_name(f"eval_{args.checkpoint.stem}_{cfg.split}.json")
+    out = args.out or (
+        out_folder(None, [args.checkpoint]) / f"eval_{args.checkpoint.stem}_{cfg.split}.json"
+    )
     for attack in cfg.attack_table().values():
         if isinstance(attack, AutoAttackConfig):
             try:

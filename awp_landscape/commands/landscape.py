@@ -30,6 +30,7 @@ from awp.io import exclusive_output
 from awp.models import ModelConfig
 from awp.perturb import select_params
 from awp.progress import progress_bar
+from awp_landscape.commands.common import out_folder
 from awp_landscape.console import format_table, say
 from awp_landscape.flags import dataclass_from_arguments
 from awp_landscape.inputs import (
@@ -309,7 +310,7 @@ def run(args: argparse.Namespace) -> int:
     compute_landscapes(
         list(args.checkpoints),
         dataclass_from_arguments(SurfaceConfig, args),
-        out=args.out,
+        out=out_folder(args.out, args.checkpoints, under="landscape"),
         labels=args.labels,
         resume=args.resume,
         progress=not args.no_progress,

@@ -38,9 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--out",
         type=Path,
-        default=Path("landscape"),
-        help="folder of the LABEL.h5 files, or a .h5 file for a single result "
-        "(default: ./landscape)",
+        default=None,
+        help="folder of the LABEL.h5 files, or a .h5 file for a single result (default: "
+        "<run>/analysis/landscape when the checkpoints come from one run folder)",
     )
     p.add_argument(
         "--resume",
