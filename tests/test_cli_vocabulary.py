@@ -258,3 +258,20 @@ def test_the_vocabulary_names_existing_fields():
     for cls_name, field in VOCABULARY:
         cls = getattr(importlib.import_module(homes[cls_name]), cls_name)
         assert field in {f.name for f in dataclasses.fields(cls)}, (cls_name, field)
+
+
+def test_one_out_rule_for_the_commands_that_read_checkpoints(tmp_path):
+    from awp_landscape.commands.common import out_folder
+    from awp_landscape.console import CLIError
+
+    run = tmp_path / "runs" / "at"
+    ckpts = [run / "checkpoints" / "best.pt", run / "checkpoints" / "last.pt"]
+    assert out_folder(None, ckpts) == (run / "analysis").resolve()
+    assert out_folder(None, ckpts, under="landscape") == (run / "analysis" / "landscape").resolve()
+    assert out_folder(None, [tmp_path / "m.pt"]) == (tmp_path / "analysis").resolve()
+    with pytest.raises(CLIError, match="2 run folders; name one results folder with --out"):
+        out_folder(None, [ckpts[0], tmp_path / "runs" / "awp" / "checkpoints" / "best.pt"])
+    assert out_folder(tmp_path / "mine", ckpts, under="landscape") == tmp_path / "mine"
+    for name in ("eval", "landscape", "connect", "gap", "flatness", "hessian", "certify"):
+        out = _visible(PARSERS[name])["--out"]
+        assert out.default is None and "<run>/analysis" in out.help, name
