@@ -139,14 +139,14 @@ def build_parser(only: str | None = ALL) -> argparse.ArgumentParser:
         help="print the version of awp-landscape and exit",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    wanted = {module for name, module, _ in COMMANDS if only in (ALL, name)}
     registered: set[str] = set()
     for name, module, summary in COMMANDS:
-        if only == ALL or name == only:
-            if module not in registered:
-                registered.add(module)
-                importlib.import_module(f"awp_landscape.commands.{module}").register(sub)
-        elif not (module in registered and name in sub.choices):
+        if module not in wanted:
             sub.add_parser(name, help=summary, add_help=False)
+        elif module not in registered:  # it registers all its commands (demo: demo, reproduce)
+            registered.add(module)
+            importlib.import_module(f"awp_landscape.commands.{module}").register(sub)
     # A module registers all its commands: keep the table's order in `awp --help`.
     order = {name: i for i, name in enumerate(NAMES)}
     sub._choices_actions.sort(key=lambda a: order.get(a.dest, len(order)))

@@ -199,6 +199,11 @@ def test_the_command_table_lists_every_command_with_its_own_summary():
         assert summaries[name] == summary, name  # the module's help is the table's
     light = build_parser(only=None)
     assert light.format_help() == full.format_help()
+    for name, _, _ in COMMANDS:  # a command's own parser, built alone, is the full one
+        alone = build_parser(only=name)
+        mine = next(a for a in alone._actions if isinstance(a, argparse._SubParsersAction))
+        assert mine.choices[name].format_help() == sub.choices[name].format_help(), name
+        assert alone.format_help() == full.format_help(), name
 
 
 def test_version(capsys):
