@@ -1,0 +1,172 @@
+"""Independent runs as jobs (awp_landscape.launch): submitit's local executor against a serial
+run, a failed job's log and the others' results, and the launcher's one-line refusals."""
+
+import json
+import operator
+import pickle
+from functools import partial
+from pathlib import Path
+
+import pytest
+import torch
+
+from awp_landscape import launch
+from awp_landscape.cli import main
+from awp_landscape.launch import LaunchConfig, Unit, UnitsFailed, local_shares, run_phases
+from awp_landscape.pipeline import DemoConfig, seed_units
+from awp_landscape.sweep import SweepConfig, grid_points, sweep_units
+from tests.helpers import make_image_folder
+
+pytest.importorskip("submitit")
+
+TINY = ["--model", "smallcnn", "--width", "0.125", "--epochs", "2", "--batch-size", "16",
+        "--val-size", "8", "--train-size", "0", "--train-eval-size", "8", "--test-eval-size", "8",
+        "--eval-steps", "1", "--eval-every", "1", "--save-every", "2", "--eval-n", "8",
+        "--gap-n", "8", "--analysis-steps", "1", "--flatness-n", "8", "--flatness-samples", "1",
+        "--worst-steps", "1", "--landscape-points", "3", "--landscape-n", "8", "--no-progress",
+        "--device", "cpu", "--gammas", "0", "0.01"]  # fmt: skip
+
+#: the wall-clock fields of a metrics.jsonl record (everything else is a result)
+TIMINGS = ("seconds", "eval_seconds")
+
+
+def _metrics(run: Path) -> list[dict]:
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert records and all("seconds" in r for r in records)  # the fields dropped do exist
+    return [{k: v for k, v in r.items() if k not in TIMINGS} for r in records]
+
+
+def _summary(out: Path) -> list[tuple]:
+    rows = json.loads((out / "sweep.json").read_text())["summary"]
+    return [(r["point"], r["gamma"], r["measure"], r["values"]) for r in rows
+            if r["measure"] != "seconds per run"]  # fmt: skip
+
+
+def test_two_local_workers_give_a_serial_runs_results(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("AWP_CACHE", str(tmp_path / "cache"))
+    # two cores for two workers: one thread per job, as the serial run here (conftest)
+    monkeypatch.setattr(launch, "available_cores", lambda: 2)
+    assert torch.get_num_threads() == 1
+    data = make_image_folder(tmp_path / "data", n_train=32, n_test=16)
+    serial, jobs = tmp_path / "serial", tmp_path / "jobs"
+    args = ["sweep", "--dataset", str(data), *TINY]
+    assert main([*args, "--out", str(serial)]) == 0
+    capsys.readouterr()
+    assert main([*args, "--out", str(jobs), "--launcher", "local", "--workers", "2"]) == 0
+    shown = capsys.readouterr().out
+    # one line per state change of each job: 2 trainings, then 1 measurement
+    for name in ("seed0 gamma_0: training", "seed0 gamma_0.01: training", "seed0: measurements"):
+        for state in ("queued", "running", "done"):
+            assert f"{name}: {state}" in shown, (name, state, shown)
+    assert "/3] " not in shown and "[job 1/2] " in shown and "[job 1/1] " in shown
+    for g in ("gamma_0", "gamma_0.01"):
+        assert _metrics(jobs / "seed0" / g) == _metrics(serial / "seed0" / g)
+        # bytes of the weights too: the same training, not just the same records
+        ckpt = Path("seed0") / g / "checkpoints" / "last.pt"
+        a = torch.load(serial / ckpt, map_location="cpu", weights_only=False)["state_dict"]
+        b = torch.load(jobs / ckpt, map_location="cpu", weights_only=False)["state_dict"]
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert _summary(jobs) == _summary(serial) and _summary(serial)
+    # the measurement job reused the runs the training jobs finished
+    logs = "".join(p.read_text() for p in (jobs / "launch").glob("*_log.out"))
+    assert logs.count("reusing the finished run") == 2
+    # the launcher is no setting of the folder: a serial rerun reuses it, retraining nothing
+    assert "launch" not in (jobs / "sweep_config.json").read_text()
+    stamp = (jobs / "seed0" / "gamma_0" / "checkpoints" / "last.pt").stat().st_mtime_ns
+    assert main([*args, "--out", str(jobs)]) == 0
+    assert (jobs / "seed0" / "gamma_0" / "checkpoints" / "last.pt").stat().st_mtime_ns == stamp
+
+
+def test_a_failed_job_shows_its_log_and_the_others_keep_their_results(
+    tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setattr(launch, "available_cores", lambda: 6)
+    first = [
+        Unit("a: writes", partial(Path.write_text, tmp_path / "a", "a"), group="a"),
+        Unit("b: divides by zero", partial(operator.truediv, 1, 0), group="b"),
+        Unit("c: threads", torch.get_num_threads, group="c"),
+    ]
+    then = [
+        Unit("a: after", partial(Path.write_text, tmp_path / "a2", "a2"), group="a"),
+        Unit("b: after", partial(Path.write_text, tmp_path / "b2", "b2"), group="b"),
+    ]
+    cfg = LaunchConfig(launcher="local", workers=2, launch_logs=str(tmp_path / "logs"))
+    with pytest.raises(UnitsFailed) as err:
+        run_phases([first, then], cfg, out=tmp_path)
+    assert err.value.failed == ["b: divides by zero", "b: after"]
+    assert "2 of 5 jobs did not finish" in str(err.value)
+    # the others ran to their end: a's both phases, and b's phase 2 only was skipped
+    assert (tmp_path / "a").read_text() == "a" and (tmp_path / "a2").read_text() == "a2"
+    assert not (tmp_path / "b2").exists()
+    shown = capsys.readouterr().out
+    failed = next(line for line in shown.splitlines() if "divides by zero: failed" in line)
+    log = Path(failed.split("log: ")[1])
+    assert log.parent == tmp_path / "logs" and log.exists()
+    assert "ZeroDivisionError" in log.read_text()
+    tail = shown.split(failed)[1].splitlines()
+    assert any("ZeroDivisionError" in line and line.startswith("    | ") for line in tail[:21])
+    assert "b: after: skipped" in shown
+
+
+def test_each_job_gets_its_share_of_the_cores_or_its_own_gpu(tmp_path, monkeypatch):
+    assert local_shares(2, cores=6, gpus=[]) == [(3, None), (3, None)]
+    assert local_shares(4, cores=2, gpus=[]) == [(1, None)] * 4  # at least one thread
+    assert local_shares(3, cores=8, gpus=["4", "5"]) == [(2, "4"), (2, "5"), (2, "4")]
+    monkeypatch.setattr(launch, "available_cores", lambda: 6)
+    cfg = LaunchConfig(launcher="local", workers=2, launch_logs=str(tmp_path / "logs"))
+    [[threads]] = run_phases([[Unit("threads", torch.get_num_threads)]], cfg, out=tmp_path)
+    assert threads == 3
+
+
+def test_the_units_pickle_and_name_every_run(tmp_path):
+    demo = DemoConfig(out=str(tmp_path / "demo"), seeds=(0, 3))
+    trainings, analyses = seed_units(demo)
+    assert [u.name for u in trainings] == [
+        "seed0 AT: training", "seed0 AT-AWP: training", "seed3 AT: training",
+        "seed3 AT-AWP: training"]  # fmt: skip
+    assert [(u.name, u.group) for u in analyses] == [
+        ("seed0: analyses", "seed0"), ("seed3: analyses", "seed3")]  # fmt: skip
+    sweep = SweepConfig(out=str(tmp_path / "sweep"), gammas=(0, 0.01), seeds=(1,),
+                        grid=("epochs=2,3",))  # fmt: skip
+    trainings, measures = sweep_units(sweep, grid_points(sweep))
+    assert len(trainings) == 4 and len(measures) == 2
+    assert measures[1].group == "epochs=3 seed1"
+    for unit in [*trainings, *measures, *seed_units(demo)[0]]:
+        assert pickle.loads(pickle.dumps(unit)).name == unit.name  # no lambdas: jobs can run them
+
+
+def test_slurm_without_sbatch_says_so_in_one_line_before_anything_runs(
+    tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    out = tmp_path / "sweep"
+    args = ["sweep", "--out", str(out), "--dataset", str(tmp_path), *TINY]
+    assert main([*args, "--launcher", "slurm"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "sbatch and srun" in err and "--launcher local" in err
+    assert not out.exists()
+    assert main(["demo", "--out", str(out), "--launcher", "slurm"]) == 2
+    assert "sbatch and srun" in capsys.readouterr().err and not out.exists()
+
+
+def test_bad_launcher_settings_are_refused_in_one_line(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    assert main(["sweep", "--out", str(out), "--launcher", "cloud"]) == 2
+    assert "choose one of none, local, slurm" in capsys.readouterr().err
+    assert main(["sweep", "--out", str(out), "--launcher", "slurm", "--sbatch", "account"]) == 2
+    assert "write KEY=VALUE" in capsys.readouterr().err
+    assert main(["sweep", "--out", str(out), "--launcher", "local", "--workers", "0"]) == 2
+    assert "workers" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_slurm_parameters_are_submitits():
+    from submitit.slurm.slurm import _get_default_parameters
+
+    cfg = LaunchConfig(launcher="slurm", partition="gpu", gpus_per_job=1, time_min=90,
+                       array_parallelism=4, sbatch=("account=abc", "--qos=high"))  # fmt: skip
+    params = launch.slurm_parameters(cfg)
+    assert set(params) <= set(_get_default_parameters())
+    assert params == {"partition": "gpu", "gpus_per_node": 1, "time": 90,
+                      "array_parallelism": 4,
+                      "additional_parameters": {"account": "abc", "qos": "high"}}  # fmt: skip
