@@ -3,6 +3,7 @@ run, a failed job's log and the others' results, and the launcher's one-line ref
 
 import json
 import operator
+import os
 import pickle
 from functools import partial
 from pathlib import Path
@@ -113,9 +114,13 @@ def test_each_job_gets_its_share_of_the_cores_or_its_own_gpu(tmp_path, monkeypat
     assert local_shares(4, cores=2, gpus=[]) == [(1, None)] * 4  # at least one thread
     assert local_shares(3, cores=8, gpus=["4", "5"]) == [(2, "4"), (2, "5"), (2, "4")]
     monkeypatch.setattr(launch, "available_cores", lambda: 6)
+    monkeypatch.setattr(launch, "_visible_gpus", lambda: ["5", "7"])
     cfg = LaunchConfig(launcher="local", workers=2, launch_logs=str(tmp_path / "logs"))
-    [[threads]] = run_phases([[Unit("threads", torch.get_num_threads)]], cfg, out=tmp_path)
-    assert threads == 3
+    units = [Unit("threads", torch.get_num_threads),
+             Unit("gpu", partial(os.getenv, "CUDA_VISIBLE_DEVICES"))]  # fmt: skip
+    [[threads, gpu]] = run_phases([units], cfg, out=tmp_path)
+    # submitit's local executor hides every GPU from a job; the unit sets its slot's own
+    assert threads == 3 and gpu == "7"
 
 
 def test_the_units_pickle_and_name_every_run(tmp_path):
@@ -133,6 +138,9 @@ def test_the_units_pickle_and_name_every_run(tmp_path):
     assert measures[1].group == "epochs=3 seed1"
     for unit in [*trainings, *measures, *seed_units(demo)[0]]:
         assert pickle.loads(pickle.dumps(unit)).name == unit.name  # no lambdas: jobs can run them
+    # a requeued job (preempted, or past its time limit) resubmits the same unit
+    resubmitted = measures[0].checkpoint()
+    assert resubmitted.function is measures[0] and resubmitted.args == ()
 
 
 def test_slurm_without_sbatch_says_so_in_one_line_before_anything_runs(
@@ -170,3 +178,24 @@ def test_slurm_parameters_are_submitits():
     assert params == {"partition": "gpu", "gpus_per_node": 1, "time": 90,
                       "array_parallelism": 4,
                       "additional_parameters": {"account": "abc", "qos": "high"}}  # fmt: skip
+
+
+def test_a_launcher_without_submitit_names_the_extra_before_anything_runs(
+    tmp_path, capsys, monkeypatch
+):
+    import awp.extras
+
+    real = awp.extras.importlib.import_module
+
+    def without_submitit(name, *args):
+        if name.startswith("submitit"):
+            raise ImportError(name)
+        return real(name, *args)
+
+    monkeypatch.setattr(awp.extras.importlib, "import_module", without_submitit)
+    out = tmp_path / "sweep"
+    assert main(["sweep", "--out", str(out), "--launcher", "local"]) == 2
+    assert "pip install 'awp-landscape[cluster]'" in capsys.readouterr().err
+    assert not out.exists()
+    # the default launcher needs no submitit
+    assert LaunchConfig().serial and LaunchConfig().check() is None
