@@ -40,6 +40,8 @@ from awp_landscape.console import CLIError, say
 LAUNCHERS = ("none", "local", "slurm")
 #: lines of a failed job's stderr shown by the parent
 LOG_TAIL = 20
+#: seconds between two looks at the jobs (local; Slurm, whose states come from sacct)
+POLL_S = {"local": 0.2, "slurm": 10.0}
 
 
 @dataclass(frozen=True)
@@ -342,7 +344,7 @@ def _run_local(
                     out[i] = board.finish(i, job)
                     del running[i]
                     free.append(slot)
-            time.sleep(0.2)
+            time.sleep(POLL_S["local"])
     except BaseException:
         for job, _ in running.values():  # an interrupted parent stops its jobs
             job.cancel(check=False)
@@ -384,7 +386,7 @@ def _run_slurm(
                 else:
                     board.show(i, _STATES.get(str(job.state).split()[0], "queued"))
             if len(out) < len(jobs):
-                time.sleep(10)
+                time.sleep(POLL_S["slurm"])
     except BaseException:
         for i, job in enumerate(jobs):
             if i not in out:

@@ -199,3 +199,69 @@ def test_a_launcher_without_submitit_names_the_extra_before_anything_runs(
     assert not out.exists()
     # the default launcher needs no submitit
     assert LaunchConfig().serial and LaunchConfig().check() is None
+
+
+class _FakeSlurmJob:
+    """A job of :class:`_FakeSlurm`: goes through ``states``, then runs its unit."""
+
+    def __init__(self, unit, k, folder):
+        self.unit, self.job_id = unit, f"100_{k}"
+        self.states = ["PENDING", "RUNNING"]
+        self.paths = type("Paths", (), {"stderr": folder / f"{self.job_id}_0_log.err"})()
+        self.error = self.value = None
+
+    @property
+    def state(self):  # sacct's state at the last look
+        return self.states[self.looks - 1]
+
+    def done(self):
+        self.looks = getattr(self, "looks", 0) + 1
+        if self.looks <= len(self.states):
+            return False
+        try:
+            self.value = self.unit()
+        except Exception as e:  # what submitit reports for a failed job
+            self.error = e
+            self.paths.stderr.write_text("Traceback (most recent call last):\n" + repr(e) + "\n")
+        return True
+
+    def exception(self):
+        return self.error
+
+    def result(self):
+        return self.value
+
+
+class _FakeSlurm:
+    """submitit's SlurmExecutor as the launcher uses it, with jobs that run here."""
+
+    made = []
+
+    def __init__(self, folder):
+        self.folder, self.params = Path(folder), {}
+        self.made.append(self)
+
+    def update_parameters(self, **params):
+        self.params.update(params)
+
+    def submit_array(self, units):
+        self.folder.parent.mkdir(parents=True, exist_ok=True)
+        return [_FakeSlurmJob(u, k, self.folder.parent) for k, u in enumerate(units)]
+
+
+def test_slurm_jobs_are_one_array_polled_to_their_end(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(launch.POLL_S, "slurm", 0)
+    fake = type("submitit", (), {"SlurmExecutor": _FakeSlurm})
+    cfg = LaunchConfig(launcher="slurm", partition="gpu", gpus_per_job=1, array_parallelism=2)
+    units = [Unit("ok", partial(operator.add, 1, 2)), Unit("bad", partial(operator.truediv, 1, 0))]
+    done = launch._run_slurm(fake, units, cfg, tmp_path / "logs")
+    assert done == [(True, 3), (False, None)]
+    executor = _FakeSlurm.made[-1]
+    assert executor.folder == tmp_path / "logs" / "%j"
+    assert executor.params == launch.slurm_parameters(cfg)
+    shown = capsys.readouterr().out.splitlines()
+    assert [line.split("] ")[1] for line in shown if "] ok:" in line] == [
+        "ok: queued", "ok: running", "ok: done (job 100_0)"]  # fmt: skip
+    failed = next(line for line in shown if "bad: failed" in line)
+    assert failed.endswith(f"log: {tmp_path / 'logs' / '100_1_0_log.err'}")
+    assert "    | ZeroDivisionError('division by zero')" in shown
