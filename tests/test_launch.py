@@ -121,6 +121,9 @@ def test_each_job_gets_its_share_of_the_cores_or_its_own_gpu(tmp_path, monkeypat
     [[threads, gpu]] = run_phases([units], cfg, out=tmp_path)
     # submitit's local executor hides every GPU from a job; the unit sets its slot's own
     assert threads == 3 and gpu == "7"
+    # no launcher: the units run here, one after another, and touch no thread count
+    serial = [[Unit("sum", partial(operator.add, 1, 2)), Unit("threads", torch.get_num_threads)]]
+    assert run_phases(serial, LaunchConfig(), out=tmp_path) == [[3, 1]]
 
 
 def test_the_units_pickle_and_name_every_run(tmp_path):
