@@ -87,8 +87,8 @@ def run_seed(
 
 
 def seed_units(cfg: DemoConfig | ReproduceConfig) -> list[list[Unit]]:
-    """The jobs of ``cfg``'s seeds: first every training run, then every seed's analyses
-    (:func:`run_seed`, which reuses the trained runs)."""
+    """The jobs of ``cfg``'s seeds: first every training run not finished yet, then every
+    seed's analyses (:func:`run_seed`, which reuses the trained runs)."""
     trainings = [
         Unit(
             f"seed{seed} {label}: training",
@@ -97,6 +97,7 @@ def seed_units(cfg: DemoConfig | ReproduceConfig) -> list[list[Unit]]:
         )
         for seed in cfg.seeds
         for label, tcfg in cfg.train_configs(seed).items()
+        if not RunFolder(tcfg.out).finished(tcfg.epochs)
     ]
     analyses = [
         Unit(

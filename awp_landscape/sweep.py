@@ -408,8 +408,9 @@ def merged_rows(path: Path, new: Sequence[dict[str, Any]]) -> list[dict[str, Any
 
 
 def sweep_units(cfg: SweepConfig, points: Sequence[GridPoint]) -> list[list[Unit]]:
-    """The jobs of a sweep: first every training run (grid point, seed, gamma), then the
-    measurements of every grid point and seed (:func:`_measure_seed`, which reuses the runs)."""
+    """The jobs of a sweep: first every training run not finished yet (grid point, seed,
+    gamma), then the measurements of every grid point and seed (:func:`_measure_seed`, which
+    reuses the runs)."""
     trainings, measures = [], []
     for point in points:
         where = f"{point.name} " if point.name else ""
@@ -420,6 +421,8 @@ def sweep_units(cfg: SweepConfig, points: Sequence[GridPoint]) -> list[list[Unit
                 tcfg = point.training.train_config(
                     folder / run_name(g), seed=seed, awp=g > 0, gamma=g
                 )
+                if RunFolder(tcfg.out).finished(tcfg.epochs):
+                    continue
                 trainings.append(
                     Unit(
                         f"{group} {run_name(g)}: training",

@@ -71,11 +71,15 @@ def test_two_local_workers_give_a_serial_runs_results(tmp_path, capsys, monkeypa
     # the measurement job reused the runs the training jobs finished
     logs = "".join(p.read_text() for p in (jobs / "launch").glob("*_log.out"))
     assert logs.count("reusing the finished run") == 2
-    # the launcher is no setting of the folder: a serial rerun reuses it, retraining nothing
-    assert "launch" not in (jobs / "sweep_config.json").read_text()
-    stamp = (jobs / "seed0" / "gamma_0" / "checkpoints" / "last.pt").stat().st_mtime_ns
-    assert main([*args, "--out", str(jobs)]) == 0
-    assert (jobs / "seed0" / "gamma_0" / "checkpoints" / "last.pt").stat().st_mtime_ns == stamp
+    # the launcher is no setting of the folder: a rerun with jobs reuses the serial run's, with
+    # no job for a finished training
+    assert "launch" not in (serial / "sweep_config.json").read_text()
+    stamp = (serial / "seed0" / "gamma_0" / "checkpoints" / "last.pt").stat().st_mtime_ns
+    assert main([*args, "--out", str(serial), "--launcher", "local"]) == 0
+    assert (serial / "seed0" / "gamma_0" / "checkpoints" / "last.pt").stat().st_mtime_ns == stamp
+    shown = capsys.readouterr().out
+    assert "training" not in shown and "[job 1/1] seed0: measurements: done" in shown
+    assert _summary(serial) == _summary(jobs)
 
 
 def test_a_failed_job_shows_its_log_and_the_others_keep_their_results(
