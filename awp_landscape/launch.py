@@ -303,10 +303,14 @@ def _tail(path: Path, error: BaseException) -> str:
 
 @contextlib.contextmanager
 def _this_code_importable() -> Iterator[None]:
-    """Jobs import the code this process runs: its root is put first on their PYTHONPATH."""
-    root = str(Path(__file__).resolve().parents[1])
+    """Jobs import the code this process runs: a source checkout's root (with its
+    pyproject.toml) is put first on their PYTHONPATH; an installed package needs nothing."""
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "pyproject.toml").exists():
+        yield
+        return
     old = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (root, old) if p)
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), old) if p)
     try:
         yield
     finally:

@@ -120,11 +120,15 @@ def test_each_job_gets_its_share_of_the_cores_or_its_own_gpu(tmp_path, monkeypat
     monkeypatch.setattr(launch, "available_cores", lambda: 6)
     monkeypatch.setattr(launch, "_visible_gpus", lambda: ["5", "7"])
     cfg = LaunchConfig(launcher="local", workers=2, launch_logs=str(tmp_path / "logs"))
+    monkeypatch.delenv("PYTHONPATH", raising=False)
     units = [Unit("threads", torch.get_num_threads),
-             Unit("gpu", partial(os.getenv, "CUDA_VISIBLE_DEVICES"))]  # fmt: skip
-    [[threads, gpu]] = run_phases([units], cfg, out=tmp_path)
+             Unit("gpu", partial(os.getenv, "CUDA_VISIBLE_DEVICES")),
+             Unit("path", partial(os.getenv, "PYTHONPATH"))]  # fmt: skip
+    [[threads, gpu, path]] = run_phases([units], cfg, out=tmp_path)
     # submitit's local executor hides every GPU from a job; the unit sets its slot's own
     assert threads == 3 and gpu == "7"
+    # a job imports this checkout's code, not another install of the package
+    assert path == str(Path(launch.__file__).resolve().parents[1])
     # no launcher: the units run here, one after another, and touch no thread count
     serial = [[Unit("sum", partial(operator.add, 1, 2)), Unit("threads", torch.get_num_threads)]]
     assert run_phases(serial, LaunchConfig(), out=tmp_path) == [[3, 1]]
