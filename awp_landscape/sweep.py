@@ -241,18 +241,24 @@ MEASURES = (*(c.name for st in SWEEP_STAGES for c in st.sweep_columns), "seconds
 PAIRED = tuple(c.name for st in SWEEP_STAGES for c in st.sweep_columns if c.paired)
 
 
+def run_configs(cfg: SweepConfig, point: GridPoint, seed: int) -> dict[str, Any]:
+    """The training config of every gamma of one seed at one grid point, by run name."""
+    folder = point.folder(cfg.out) / f"seed{seed}"
+    return {
+        run_name(g): point.training.train_config(
+            folder / run_name(g), seed=seed, awp=g > 0, gamma=g
+        )
+        for g in cfg.gammas
+    }
+
+
 def _measure_seed(
     cfg: SweepConfig, point: GridPoint, seed: int, *, progress: bool
 ) -> list[dict[str, Any]]:
     """Train (or reuse) every gamma of one seed at one grid point, then run the sweep's stages
     (:data:`~awp_landscape.stages.SWEEP_STAGES`) and read their columns; one row per gamma."""
     folder = point.folder(cfg.out) / f"seed{seed}"
-    configs = {
-        run_name(g): point.training.train_config(
-            folder / run_name(g), seed=seed, awp=g > 0, gamma=g
-        )
-        for g in cfg.gammas
-    }
+    configs = run_configs(cfg, point, seed)
     ctx = Context(
         runs={name: RunFolder(c.out) for name, c in configs.items()},
         plan=point.plan,
@@ -415,18 +421,14 @@ def sweep_units(cfg: SweepConfig, points: Sequence[GridPoint]) -> list[list[Unit
     for point in points:
         where = f"{point.name} " if point.name else ""
         for seed in cfg.seeds:
-            folder = point.folder(cfg.out) / f"seed{seed}"
             group = f"{where}seed{seed}"
-            for g in cfg.gammas:
-                tcfg = point.training.train_config(
-                    folder / run_name(g), seed=seed, awp=g > 0, gamma=g
-                )
+            for name, tcfg in run_configs(cfg, point, seed).items():
                 if RunFolder(tcfg.out).finished(tcfg.epochs):
                     continue
                 trainings.append(
                     Unit(
-                        f"{group} {run_name(g)}: training",
-                        partial(training.train_all, {run_name(g): tcfg}, progress=False, log=say),
+                        f"{group} {name}: training",
+                        partial(training.train_all, {name: tcfg}, progress=False, log=say),
                         group=group,
                     )
                 )
