@@ -9,7 +9,14 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from analysis.hessian import HessianConfig, HessianProblem, compute_unit, eigs_key, layer_key
+from analysis.hessian import (
+    HessianConfig,
+    HessianProblem,
+    compute_unit,
+    eigs_key,
+    layer_key,
+    trace_key,
+)
 from analysis.noise import generator_for
 from analysis.spectrum import (
     density_grid,
@@ -348,6 +355,30 @@ def test_slq_quadrature_moments_and_density(problem):
     assert second == pytest.approx(slq_moment(runs, 2) + sigma**2, rel=1e-6)
 
 
+def test_units_of_a_run_share_one_operator_and_its_graphs(problem):
+    model, x, y, _, _, h = problem
+    cfg = HessianConfig(
+        n_examples=0, batch_size=4, attack=ATTACK, seed=3, dtype="float64", top_k=1,
+        eig_tol=1e-8, trace=True,
+    )  # fmt: skip
+    prob = HessianProblem(model, x, y, cfg)
+    data = prob.data  # crafted first (the attack runs forwards too)
+    calls, handle = count_forwards(model)
+    try:
+        eig = compute_unit(prob, eigs_key(1, 1e-8))
+        quads = [compute_unit(prob, trace_key(i))["quad"] for i in range(3)]
+    finally:
+        handle.remove()
+    assert prob.operator() is prob.operator() and prob.operator().resolved == "graph"
+    # One forward per batch for the eigen-solve and every trace probe together.
+    assert len(calls) == len(data.batches) and eig["hvps"] > 2
+    assert eig["values"][0] == pytest.approx(float(torch.linalg.eigvalsh(h)[-1]), rel=1e-6)
+    jvp = LossHessian(model, data, select_params(model), method="jvp")
+    for i, quad in enumerate(quads):
+        z = rademacher(jvp.size, generator=generator_for(3, "trace", i))
+        assert quad == pytest.approx(float(z @ jvp.matvec(z)), rel=1e-9)
+
+
 def test_units_per_layer_blocks(problem):
     model, x, y, _, x_adv, _ = problem
     cfg = HessianConfig(
@@ -367,7 +398,7 @@ def test_units_per_layer_blocks(problem):
         assert rec["value"] == pytest.approx(top, rel=1e-6) and rec["converged"]
     eigs = compute_unit(prob, eigs_key(2, 0.0))
     assert eigs["residuals"][0] < 1e-6 and sum(eigs["layer_mass"][0]) == pytest.approx(1.0)
-    probes = [compute_unit(prob, f"trace|i={i}") for i in range(40)]
+    probes = [compute_unit(prob, trace_key(i)) for i in range(40)]
     total = summarize_trace([r["quad"] for r in probes])
     assert total.ci_low <= float(torch.trace(h)) <= total.ci_high
     for d, block in enumerate(blocks):  # z_l^T (H z)_l: unbiased for tr(H_ll)
