@@ -262,37 +262,51 @@ class LossHessian:
         if self._graphs is not None and versions == self._versions:
             return self._graphs
         self._graphs = None  # free the stale graphs before building new ones
-        graphs = []
+        graphs: list[tuple[torch.Tensor | None, ...]] = []
         with model_mode(self.model, "eval"), torch.enable_grad():
-            for b, (xb, yb) in enumerate(self.data.batches):
-                if b > 0 or self.resolved == "graph":
-                    graphs.append(self._graph(xb, yb))
-                    continue
+            if self.resolved == "graph":
+                graphs = [self._graph(xb, yb) for xb, yb in self.data.batches]
+            else:  # "auto": count the first batch's graph, then build the rest if they fit
                 try:
-                    with _SavedBytes(self.tensors) as saved:
-                        graph = self._graph(xb, yb)
+                    for xb, yb in self.data.batches:
+                        if graphs:
+                            graphs.append(self._graph(xb, yb))
+                            continue
+                        graphs.append(self._counted_graph(xb, yb))
+                        need = int(self.graph_bytes or 0) * len(self.data.batches)
+                        budget = (
+                            graph_memory_budget(self.device)
+                            if self.graph_memory is None
+                            else self.graph_memory
+                        )
+                        if need > budget:
+                            graphs.clear()
+                            return self._fall_back(
+                                f"the gradient graphs would hold ~{need / 2**20:.0f} MiB "
+                                f"({len(self.data.batches)} batches), over the budget of "
+                                f"{budget / 2**20:.0f} MiB"
+                            )
                 except RuntimeError as err:  # no double backward for an op, or out of memory
-                    return self._fall_back(f"building the gradient graph failed: {err}")
-                grads = sum(g.numel() * g.element_size() for g in graph if g is not None)
-                held = saved.bytes + grads
-                self.graph_bytes = held
-                need = held * len(self.data.batches)
-                budget = (
-                    graph_memory_budget(self.device)
-                    if self.graph_memory is None
-                    else self.graph_memory
-                )
-                if need > budget:
-                    del graph
-                    return self._fall_back(
-                        f"the gradient graphs would hold ~{need / 2**20:.0f} MiB "
-                        f"({len(self.data.batches)} batches), over the budget of "
-                        f"{budget / 2**20:.0f} MiB"
-                    )
-                graphs.append(graph)
+                    graphs.clear()
+                    return self._fall_back(f"building the gradient graphs failed: {err}")
         self.resolved = "graph"
         self._graphs, self._versions = graphs, versions
         return graphs
+
+    def _counted_graph(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        """:meth:`_graph`, setting ``graph_bytes`` to the bytes it holds: the distinct storages
+        autograd saved (a saved-tensor hook) and the gradients; on CUDA at least the growth of
+        the allocated memory (which also sees what the hook may not)."""
+        cuda = self.device.type == "cuda"
+        before = torch.cuda.memory_allocated(self.device) if cuda else 0
+        with _SavedBytes(self.tensors) as saved:
+            graph = self._graph(xb, yb)
+        grads = sum(g.numel() * g.element_size() for g in graph if g is not None)
+        self.graph_bytes = saved.bytes + grads
+        if cuda:
+            grown = torch.cuda.memory_allocated(self.device) - before
+            self.graph_bytes = max(self.graph_bytes, grown)
+        return graph
 
     def _graph(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         """One batch's gradient of its share of the mean loss, with its graph."""

@@ -158,17 +158,23 @@ def test_auto_falls_back_to_jvp_when_the_graphs_exceed_the_budget(problem):
         LossHessian(model, data, params, graph_memory=-1)
 
 
-def test_auto_falls_back_to_jvp_when_building_the_graph_fails(problem, monkeypatch):
+@pytest.mark.parametrize("fail_at", [0, 2])
+def test_auto_falls_back_to_jvp_when_building_the_graph_fails(problem, monkeypatch, fail_at):
     model, _, _, data, _, h = problem
     op = LossHessian(model, data, select_params(model, "weights"))
+    build, calls = op._graph, []
 
-    def out_of_memory(*_):
-        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+    def out_of_memory(*batch):  # batch fail_at runs out of memory
+        calls.append(1)
+        if len(calls) > fail_at:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return build(*batch)
 
     monkeypatch.setattr(op, "_graph", out_of_memory)
     v = torch.ones(op.size, dtype=torch.float64)
     torch.testing.assert_close(op.matvec(v), h @ v, rtol=1e-10, atol=1e-12)
     assert op.resolved == "jvp" and "out of memory" in op.fallback
+    assert len(calls) == fail_at + 1 and op._graphs is None
 
 
 def test_kept_graphs_follow_weights_changed_in_place():
