@@ -13,25 +13,28 @@ term through d x_adv / d w that this leaves out). What H measures is the curvatu
 space of the loss on examples that are adversarial at w.
 
 H v is exact (automatic differentiation, no finite differences), computed batch by batch and
-summed in float64, by one of three methods:
+summed in float64, by one of four methods:
 
 - "graph": every batch's gradient is built once with its graph (``create_graph=True``) and
   kept; each product is then one backward through it (PyHessian's product). It skips the
   forward and first backward of every product, so a solver that needs a few products (the top
   eigenvalue) is fastest with it, but it holds one double-backward graph per batch for the
   operator's lifetime: the tensors saved by a forward and by the backward built on it, about
-  twice a training step's saved activations (2.1x for a PreActResNet-18, counted by
-  ``graph_bytes``), for every batch of the N examples.
+  twice a training step's saved activations (2.1x for a PreActResNet-18 of width 1/8, counted
+  by ``graph_bytes``), for every batch of the N examples.
 - "jvp": forward-over-reverse (``torch.func.jvp`` of ``torch.func.grad``), a forward and a
-  backward per product and batch, nothing kept between products; on a CPU ~15% faster per
+  backward per product and batch, nothing kept between products; on a CPU a little faster per
   product than "double" for a PreActResNet-18 (benchmarks/hessian.py, part 1).
 - "double": reverse-over-reverse (double backward) recomputed per product.
 - "auto" (the default): "graph" when its graphs fit in memory, else "jvp". The first batch's
-  graph is built under a saved-tensor hook that counts the bytes it holds; if that times the
-  number of batches exceeds ``graph_memory`` (default: half the memory available on the
-  device when the operator is first used, :func:`graph_memory_budget`), or if building it fails
-  (an operation without a double backward, or out of memory), the graph is dropped and "jvp"
-  is used. ``LossHessian.resolved`` names the method used (None before the first product).
+  graph is built under a saved-tensor hook that counts the bytes it holds (on CUDA, at least
+  the allocator's growth); if that times the number of batches exceeds ``graph_memory``
+  (default: half the memory available on the device when the operator is first used,
+  :func:`graph_memory_budget`), or if building any batch's graph fails (an operation without
+  a double backward, or out of memory), the graphs are dropped and "jvp" is used.
+  ``LossHessian.resolved`` names the method used (None before the first product), and
+  ``LossHessian.fallback`` why "auto" chose "jvp". Under torchrun each rank decides for its
+  own share (the products are the same either way).
 
 "jvp" used to be the default because it keeps nothing between products (its memory is one
 batch's); "auto" keeps that where the graphs would not fit. Under torchrun
@@ -507,7 +510,8 @@ def lanczos_basis(
         raise ValueError(f"steps={steps}: Lanczos needs at least one step")
     p = v0.numel()
     m = min(steps, p)
-    basis = torch.zeros(m, p, dtype=torch.float64, device=v0.device)  # (m, p) the q_j
+    # (m, p) the q_j; rows past the last one written are never read (no need to zero them)
+    basis = torch.empty(m, p, dtype=torch.float64, device=v0.device)
     basis[0] = v0.double() / v0.double().norm()
     alpha: list[float] = []
     beta: list[float] = []
@@ -683,7 +687,7 @@ def top_eigenpairs(
         vals, vecs = np.linalg.eigh((h + h.T) / 2)
         order = np.argsort(vals)[::-1][:k]
         return Eigenpairs(vals[order], _fix_signs(vecs[:, order]), count[0], True, "dense")
-    v0 = np.random.default_rng(seed).standard_normal(p)
+    v0: np.ndarray | None = None
     if k <= LANCZOS_MAX_K and tol > 0:
         first = lanczos_top(op, k, tol=tol, seed=seed, steps=min(ncv or max(2 * k + 1, 20), p))
         if first.converged:
@@ -691,6 +695,8 @@ def top_eigenpairs(
         count[0] += first.hvps
         if np.isfinite(first.vectors[:, 0]).all():
             v0 = first.vectors[:, 0]
+    if v0 is None:
+        v0 = np.random.default_rng(seed).standard_normal(p)
     linop = LinearOperator((p, p), matvec=mv, dtype=np.float64)
     converged = True
     try:
