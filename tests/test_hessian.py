@@ -404,7 +404,7 @@ def test_units_per_layer_blocks(problem):
         assert rec["value"] == pytest.approx(top, rel=1e-6) and rec["converged"]
     eigs = compute_unit(prob, eigs_key(2, 0.0))
     assert eigs["residuals"][0] < 1e-6 and sum(eigs["layer_mass"][0]) == pytest.approx(1.0)
-    probes = [compute_unit(prob, trace_key(i)) for i in range(40)]
+    probes = [compute_unit(prob, f"trace|i={i}") for i in range(40)]
     total = summarize_trace([r["quad"] for r in probes])
     assert total.ci_low <= float(torch.trace(h)) <= total.ci_high
     for d, block in enumerate(blocks):  # z_l^T (H z)_l: unbiased for tr(H_ll)
