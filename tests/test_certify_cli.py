@@ -22,7 +22,7 @@ from awp_landscape.inputs import Inputs
 from tests.helpers import make_image_folder
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = ["--sigma", "0.12", "0.5", "--n0", "8", "--n", "40", "--alpha", "0.01", "--n-test", "5"]
+SMALL = ["--sigma", "0.12", "0.5", "--n0", "8", "--samples", "40", "--alpha", "0.01", "--n-test", "5"]
 SMALL += ["--noise-levels", "0", "0.25", "--noise-draws", "3", "--batch-size", "16"]
 SMALL += ["--no-progress", "--device", "cpu"]
 
@@ -144,7 +144,7 @@ def test_bad_input_is_a_one_line_error(ckpts, tmp_path, capsys):
     base = ["certify", str(ckpts[0]), "--out", str(tmp_path), "--device", "cpu", "--no-progress"]
     assert main([*base, "--sigma", "25"]) == 2
     assert "25/255" in capsys.readouterr().err
-    assert main([*base, "--n", "4"]) == 2
+    assert main([*base, "--samples", "4"]) == 2
     assert "n >= 10" in capsys.readouterr().err
     assert main(["certify", str(tmp_path / "nope.pt"), "--out", str(tmp_path)]) == 2
     assert "does not exist" in capsys.readouterr().err

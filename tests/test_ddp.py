@@ -108,7 +108,7 @@ def test_torchrun_awp_train_cli(tmp_path, capsys):
     out = tmp_path / "run"
     args = ["--dataset", str(folder), "--val-size", "6", "--model", "smallcnn", "--epochs", "2"]
     args += ["--batch-size", "12", "--attack-steps", "2", "--eval-steps", "2"]
-    args += ["--train-eval-size", "8", "--method", "trades", "--awp", "--awp-warmup", "0"]
+    args += ["--eval-n-train", "8", "--method", "trades", "--awp", "--awp-warmup", "0"]
     args += ["--no-progress", "--device", "cpu", "--out", str(out)]
     proc = torchrun("-m", "awp_landscape", "train", *args)
     lines = proc.stdout.splitlines()

@@ -21,7 +21,7 @@ from tests.helpers import make_image_folder
 pytest.importorskip("submitit")
 
 TINY = ["--model", "smallcnn", "--width", "0.125", "--epochs", "2", "--batch-size", "16",
-        "--val-size", "8", "--train-size", "0", "--train-eval-size", "8", "--test-eval-size", "8",
+        "--val-size", "8", "--train-size", "0", "--eval-n-train", "8", "--eval-n-test", "8",
         "--eval-steps", "1", "--eval-every", "1", "--save-every", "2", "--eval-n", "8",
         "--gap-n", "8", "--analysis-steps", "1", "--flatness-n", "8", "--flatness-samples", "1",
         "--worst-steps", "1", "--landscape-points", "3", "--landscape-n", "8", "--no-progress",
