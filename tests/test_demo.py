@@ -146,6 +146,37 @@ def test_demo_writes_every_stage_and_the_report(demo):
     assert "| method | checkpoint |" in md and "vacuous_exact" in md
 
 
+def test_one_number_per_quantity_across_the_html_and_the_markdown(demo):
+    """The last checkpoint's robust accuracy is one number (the final evaluation's PGD-20 run
+    alone) in the statement and in the table, in the markdown and the HTML; every markdown
+    table keeps its columns; every figure link resolves."""
+    from tests.test_html import _md_rows
+
+    out, _ = demo
+    md = (out / "report.md").read_text()
+    html = (out / "report.html").read_text()
+    for table in _md_rows(md):
+        assert len({len(r) for r in table}) == 1, table[0]
+    links = [line.split("](")[1].rstrip(")") for line in md.splitlines() if line.startswith("![")]
+    assert links and all((out / link).is_file() for link in links)
+    last = {m: json.loads((out / "seed0" / "eval" / f"{m}_last.json").read_text())
+            for m in ("AT", "AT-AWP")}  # fmt: skip
+    pgd = {m: next(r for r in e["results"] if r["attack"] == "pgd20") for m, e in last.items()}
+    said = re.search(
+        r"Test robust accuracy at the last checkpoint \(PGD-20 run alone, (\d+) test images\): "
+        r"AT ([\d.]+)%, AT-AWP ([\d.]+)%",
+        md,
+    )
+    assert said, "the statement names its evaluation"
+    assert int(said.group(1)) == last["AT"]["n"]
+    for m, value in (("AT", said.group(2)), ("AT-AWP", said.group(3))):
+        acc = pgd[m].get("accuracy_alone", pgd[m]["accuracy"])
+        assert float(value) == round(100 * acc, 1)
+        row = next(r for t in _md_rows(md) for r in t if r[:2] == [f" {m} ", " last "])
+        assert f" {acc:.4g} " in row or f" {acc:g} " in row, row  # the table: the same number
+    assert said.group(0) in html  # the HTML says the same
+
+
 def test_report_opens_in_chromium_with_every_image_decoded(demo):
     require_browser()
     out, _ = demo
