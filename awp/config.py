@@ -27,6 +27,7 @@ PARAM_SETS = ("weights", "all")
 NORMS = ("linf", "l2")
 ATTACK_NAMES = ("pgd", "fgsm", "cw")
 RANDOM_STARTS = ("uniform", "gaussian", "none")
+SCHEDULES = ("piecewise", "cosine", "constant")  # learning-rate schedules (awp.train_config)
 
 
 def opt(default: Any, help: str, **kwargs: Any) -> Any:  # noqa: A002 - mirrors argparse

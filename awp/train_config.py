@@ -25,6 +25,7 @@ from awp.config import (
     PGD10_TRAIN,
     PGD20_EVAL,
     RANDOM_STARTS,
+    SCHEDULES,
     AttackConfig,
     AWPConfig,
     check_bounds,
@@ -37,7 +38,6 @@ from awp.data import DataBundle, DataConfig
 from awp.models import ModelConfig, ModelSpec
 from awp.objectives import AttackLossFactory, ObjectiveFn, get_attack_loss, get_objective
 
-SCHEDULES = ("piecewise", "cosine", "constant")
 # Fields whose None means "the method's default" (awp.config.METHOD_DEFAULTS).
 METHOD_DEFAULT_FIELDS = ("gamma", "awp_warmup", "beta", "attack_mode", "attack_start")
 # `--tensorboard` without a folder: the run folder's tensorboard/ (``<out>`` stands for it).

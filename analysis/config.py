@@ -1,0 +1,297 @@
+"""The settings of the analyses that the commands build their flags from: :class:`GapConfig`,
+:class:`FlatnessConfig`, :class:`WorstCaseConfig`, :class:`PacBayesConfig`,
+:class:`SpectraConfig` and :class:`ConnectConfig`.
+
+This module imports no torch (``awp CMD --help`` is built from it); the modules that compute
+with them (:mod:`analysis.gap`, :mod:`analysis.flatness`, ...) re-export them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from awp.config import (
+    PARAM_SETS,
+    PGD20_EVAL,
+    SCHEDULES,
+    AttackConfig,
+    check_bounds,
+    check_choice,
+    opt,
+)
+
+SPLITS = ("train", "test")  # the splits flatness measures
+NOISE_MODES = ("global", "layer", "filter", "element")  # scales of flatness' noise
+CURVE_OBJECTIVES = ("robust", "clean")  # what connect's curve is trained on
+
+
+@dataclass(frozen=True)
+class GapConfig:
+    """Subsets, attack and seeds of a robust-gap measurement."""
+
+    n_train: int = opt(
+        1000,
+        "fixed seeded train subset size (0 = the whole train split; more is capped to it)",
+        bounds=(0, None),
+    )
+    n_test: int = opt(
+        1000,
+        "fixed seeded test subset size (0 = the whole test split; more is capped to it)",
+        bounds=(0, None),
+    )
+    subset_seed: int = opt(0, "seed choosing both subsets", bounds=(0, None))
+    seed: int = opt(0, "seed of the attack's random start", bounds=(0, None))
+    batch_size: int = opt(256, "examples per forward pass", bounds=(1, None))
+    attack: AttackConfig = opt(PGD20_EVAL, "attack used on both splits")
+
+    def __post_init__(self) -> None:
+        check_bounds(self)
+        if self.n_train < 0 or self.n_test < 0:
+            raise ValueError(
+                f"need n_train, n_test >= 0 (0 = whole split), got {self.n_train}, {self.n_test}"
+            )
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size={self.batch_size} must be >= 1")
+
+
+@dataclass(frozen=True)
+class FlatnessConfig:
+    """Expected flatness: noise, Monte Carlo, data subset and the attack regenerated on w+u."""
+
+    noise: str = opt(
+        "layer",
+        "noise scale: global (sigma = alpha ||w||, the rebuttal's) | layer (||u_l|| ~ alpha "
+        "||w_l||) | filter (per output filter) | element (sigma_i = alpha |w_i|)",
+    )
+    alphas: tuple[float, ...] = opt(
+        (0.05, 0.1, 0.2), "relative noise scales alpha (a curve)", bounds=(0, 1)
+    )
+    params: str = opt("weights", "perturbed tensors: weights (conv+linear, as AWP) | all")
+    samples: int = opt(
+        10,
+        "M: noise draws per alpha",
+        bounds=(1, 100_000),
+        why="every draw attacks every example on its own perturbed model",
+    )
+    per_example: bool = opt(False, "a fresh u per example (exact Clopper-Pearson interval)")
+    confidence: float = opt(0.95, "confidence level of the intervals", bounds=(0, 1))
+    split: str = opt("train", "data split measured: train | test")
+    n_examples: int = opt(
+        1000,
+        "size of the fixed seeded subset (0 = the whole split; more is capped to it)",
+        bounds=(0, None),
+    )
+    subset_seed: int = opt(0, "seed choosing the subset", bounds=(0, None))
+    seed: int = opt(
+        0, "seed of the noise draws and of the attacks' random starts", bounds=(0, None)
+    )
+    batch_size: int = opt(256, "examples per forward pass", bounds=(1, None))
+    attack: AttackConfig = opt(PGD20_EVAL, "attack regenerated on every perturbed model")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "alphas", tuple(float(a) for a in self.alphas))
+        if any(a == 0 for a in self.alphas):  # said before the range: what 0 means
+            raise ValueError(
+                f"alphas={self.alphas}: alpha = 0 is no noise: its flatness is 0 by definition "
+                "and its PAC-Bayes KL infinite; give noise scales > 0"
+            )
+        if max(self.alphas, default=0) > 1:
+            raise ValueError(
+                f"alphas={self.alphas}: alpha is the noise relative to the weights (0.05 = 5%); "
+                f"above 1 the noise outweighs the weights. Did you mean {max(self.alphas) / 100:g}?"
+            )
+        check_bounds(self)
+        if self.noise not in NOISE_MODES:
+            raise ValueError(f"unknown noise mode {self.noise!r}; choose one of {NOISE_MODES}")
+        if self.params not in PARAM_SETS:
+            raise ValueError(f"unknown parameter set {self.params!r}; choose one of {PARAM_SETS}")
+        if self.split not in SPLITS:
+            raise ValueError(f"unknown split {self.split!r}; choose one of {SPLITS}")
+        object.__setattr__(self, "alphas", tuple(float(a) for a in self.alphas))
+        if not self.alphas or any(not math.isfinite(a) or a <= 0 for a in self.alphas):
+            raise ValueError(
+                f"alphas={self.alphas}: give one or more noise scales > 0 (alpha = 0 is no "
+                "noise: its flatness is 0 by definition and its PAC-Bayes KL infinite)"
+            )
+        if max(self.alphas) > 1:
+            raise ValueError(
+                f"alphas={self.alphas}: alpha is the noise relative to the weights (0.05 = 5%); "
+                f"above 1 the noise outweighs the weights. Did you mean {max(self.alphas) / 100:g}?"
+            )
+        if len(set(self.alphas)) != len(self.alphas):
+            raise ValueError(f"alphas={self.alphas} has repeated values")
+        if self.samples < 1:
+            raise ValueError(f"samples={self.samples}: need at least one noise draw")
+        if not 0 < self.confidence < 1:
+            raise ValueError(f"confidence={self.confidence} must be in (0, 1), e.g. 0.95")
+        if self.n_examples < 0 or self.batch_size < 1:
+            raise ValueError(
+                f"need n_examples >= 0 and batch_size >= 1, got {self.n_examples} "
+                f"and {self.batch_size}"
+            )
+
+
+@dataclass(frozen=True)
+class WorstCaseConfig:
+    """Worst-case flatness: radius, projected ascent on v, restarts, shared or per-batch v."""
+
+    gammas: tuple[float, ...] = opt(
+        (0.005, 0.01), "relative radii: ||v_l|| <= gamma*||w_l||", bounds=(0, 1)
+    )
+    ascent_steps: int = opt(
+        5,
+        "projected ascent steps on v (x_adv regenerated every step)",
+        bounds=(1, 10_000),
+        why="every step regenerates x_adv on every example",
+    )
+    step_fraction: float = opt(0.5, "ascent step as a fraction of gamma*||w_l||", bounds=(0, 1))
+    ascent_restarts: int = opt(
+        1,
+        "restarts (the first from v=0, the others random in the ball)",
+        bounds=(1, 1000),
+        why="every restart repeats the whole ascent",
+    )
+    per_batch: bool = opt(False, "one v per batch instead of one v for the whole subset")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "gammas", tuple(float(g) for g in self.gammas))
+        check_bounds(self)
+        if not self.gammas or any(not 0 < g < 1 for g in self.gammas):
+            raise ValueError(
+                f"gammas={self.gammas}: give one or more relative radii in (0, 1) (gamma = 0 is "
+                "no perturbation: its worst-case flatness is 0 by definition)"
+            )
+        if len(set(self.gammas)) != len(self.gammas):
+            raise ValueError(f"gammas={self.gammas} has repeated values")
+        if self.ascent_steps < 1 or self.ascent_restarts < 1:
+            raise ValueError("need ascent_steps >= 1 and ascent_restarts >= 1")
+        if not 0 < self.step_fraction <= 1:
+            raise ValueError(f"step_fraction={self.step_fraction} must be in (0, 1]")
+
+
+@dataclass(frozen=True)
+class PacBayesConfig:
+    """The bound's confidence and training-set size."""
+
+    delta: float = opt(0.05, "the bound holds with probability 1 - delta", bounds=(0, 1))
+    n_bound: int = opt(
+        0, "training examples n in the bound (0 = size of the train split)", bounds=(0, None)
+    )
+
+    def __post_init__(self) -> None:
+        check_bounds(self)
+        if not 0 < self.delta < 1:
+            raise ValueError(f"delta={self.delta} must be in (0, 1), e.g. 0.05")
+        if self.n_bound < 0:
+            raise ValueError(f"n_bound={self.n_bound} must be >= 0 (0 = the train split size)")
+
+
+@dataclass(frozen=True)
+class SpectraConfig:
+    """What ``awp spectra`` measures per layer."""
+
+    layers: tuple[str, ...] = opt(
+        ("weights",),
+        "layers measured (conv and linear weights; selectors of awp hist --layers: weights | "
+        "conv | linear | last-conv | names | glob patterns)",
+    )
+    esd_layer: str = opt("last-conv", "layer whose eigenvalue density is drawn and stored")
+    image_size: int = opt(
+        32,
+        "input image size; gives each conv's input size in the network",
+        bounds=(1, 2048),
+        why="one probe image goes through the network, whose activations grow as image_size^2 "
+        "(2048 x 2048 already holds about 1 GB per 64 channels)",
+    )
+    fft_size: int = opt(
+        0,
+        "input size n of the FFT operator norms: 0 = each conv's own input size in the network "
+        "(for an --image-size image); else n x n for every conv",
+        bounds=(0, 1024),
+        why="the FFT of a conv holds c_out x c_in x n^2 complex numbers (a 512-channel conv at "
+        "n = 1024 is 2 TB)",
+    )
+    min_tail: int = opt(
+        10, "fewest eigenvalues in the power-law tail (the KS search's limit)", bounds=(2, None)
+    )
+    power_iterations: int = opt(
+        50,
+        "power iterations on each zero-padded conv itself: a lower bound of the norm the network "
+        "applies (0 = skip)",
+        bounds=(0, 100_000),
+        why="each iteration is two convolutions of the layer",
+    )
+
+    def __post_init__(self) -> None:
+        check_bounds(self)
+        if not self.layers:
+            raise ValueError("no layer selector given; use e.g. --layers weights")
+        if self.image_size < 1 or self.fft_size < 0:
+            raise ValueError(
+                f"image_size={self.image_size} must be >= 1 and fft_size={self.fft_size} >= 0"
+            )
+        if self.min_tail < 2:
+            raise ValueError(f"min_tail={self.min_tail} must be >= 2")
+        if self.power_iterations < 0:
+            raise ValueError(f"power_iterations={self.power_iterations} must be >= 0")
+
+
+@dataclass(frozen=True)
+class ConnectConfig:
+    """What ``awp connect`` trains and measures."""
+
+    points: int = opt(11, "evaluated points t on each path, evenly spaced in [0, 1]")
+    curve: bool = opt(True, "also train the Bezier curve's middle point and evaluate the curve")
+    objective: str = opt(
+        "robust",
+        "curve training objective: robust (PGD crafted on the model at the curve's point, "
+        "AT's loss) | clean",
+    )
+    epochs: int = opt(10, "epochs of curve training")
+    batch_size: int = opt(128, "minibatch size of curve training")
+    lr: float = opt(0.05, "peak learning rate of the middle point")
+    schedule: str = opt("cosine", "learning-rate schedule: piecewise | cosine | constant")
+    momentum: float = opt(0.9, "SGD momentum")
+    weight_decay: float = opt(5e-4, "SGD weight decay of the middle point")
+    augment: bool = opt(True, "random crop (4 px reflect pad) and flip of training images")
+    train_steps: int = opt(10, "PGD steps of the robust training objective")
+    train_step_size: float = opt(2 / 255, "PGD step size of the robust training objective")
+    n_fit: int = opt(0, "training images the curve is trained on (0 = the whole split)")
+    n_test: int = opt(1000, "fixed seeded test subset evaluated on every path (0 = none)")
+    n_train: int = opt(0, "fixed seeded train subset evaluated on every path (0 = none)")
+    n_bn: int = opt(1000, "training images re-estimating BatchNorm statistics at every point")
+    subset_seed: int = opt(0, "seed of the subsets")
+    seed: int = opt(0, "seed of the order, the t draws, augmentation and the attacks")
+    eval_batch_size: int = opt(256, "examples per forward pass of the evaluation")
+    attack: AttackConfig = opt(PGD20_EVAL, "attack regenerated on every model on the paths")
+
+    def __post_init__(self) -> None:
+        check_choice(self.objective, CURVE_OBJECTIVES, "objective")
+        check_choice(self.schedule, SCHEDULES, "schedule")
+        if self.points < 2:
+            raise ValueError(f"points={self.points}: a path needs at least its two ends")
+        if self.epochs < 0 or self.batch_size < 1 or self.eval_batch_size < 1:
+            raise ValueError(
+                f"need epochs >= 0 and batch sizes >= 1, got {self.epochs}, {self.batch_size}, "
+                f"{self.eval_batch_size}"
+            )
+        if min(self.n_fit, self.n_test, self.n_train) < 0 or self.n_bn < 2:
+            raise ValueError("image counts must be >= 0, and n_bn >= 2 (BatchNorm statistics)")
+        if not self.n_test and not self.n_train:
+            raise ValueError("nothing to evaluate: set --n-test or --n-train > 0")
+
+    @property
+    def ts(self) -> list[float]:
+        import numpy as np  # here: the module imports only the standard library
+
+        return [float(t) for t in np.linspace(0.0, 1.0, self.points)]
+
+    @property
+    def train_attack(self) -> AttackConfig | None:
+        """PGD on the curve's point (the robust objective), or None (the clean one)."""
+        if self.objective == "clean":
+            return None
+        return self.attack.updated(
+            name="pgd", steps=self.train_steps, step_size=self.train_step_size, mode="train"
+        )
