@@ -30,22 +30,22 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ),
     (
         "connect",
-        "connect",
+        "connect_parser",
         "mode connectivity of two checkpoints: the line, a trained curve, the barriers",
     ),
     ("plot", "plot", "draw landscape h5 files (curves, contours, heatmaps, 3-D surfaces)"),
-    ("hist", "hist", "per-layer weight statistics, KS/Wasserstein distances and histograms"),
+    ("hist", "hist_parser", "per-layer weight statistics, KS/Wasserstein distances and histograms"),
     (
         "spectra",
-        "spectra",
+        "spectra_parser",
         "per-layer singular values, conv operator norms (FFT), stable rank, ESD alpha",
     ),
     (
         "flatness",
-        "flatness",
+        "flatness_parser",
         "expected / worst-case PAC-Bayes flatness, sigma search, PAC-Bayes bound",
     ),
-    ("gap", "gap", "robust generalization gap of many checkpoints"),
+    ("gap", "gap_parser", "robust generalization gap of many checkpoints"),
     (
         "hessian",
         "hessian",
@@ -53,7 +53,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ),
     (
         "correlate",
-        "correlate",
+        "correlate_parser",
         "correlate a flatness measure with the robust gap across checkpoints",
     ),
     (
