@@ -22,7 +22,11 @@ from awp_landscape.console import CLIError
 # commands (demo: demo and reproduce) is listed once per command.
 COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("train", "train", "adversarial training (AT, TRADES, MART), with or without AWP"),
-    ("eval", "evaluate", "natural / FGSM / PGD-20 / CW-20 / AutoAttack accuracy of a checkpoint"),
+    (
+        "eval",
+        "evaluate_parser",
+        "natural / FGSM / PGD-20 / CW-20 / AutoAttack accuracy of a checkpoint",
+    ),
     (
         "landscape",
         "landscape_parser",
