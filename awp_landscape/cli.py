@@ -37,7 +37,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
         "connect_parser",
         "mode connectivity of two checkpoints: the line, a trained curve, the barriers",
     ),
-    ("plot", "plot", "draw landscape h5 files (curves, contours, heatmaps, 3-D surfaces)"),
+    ("plot", "plot_parser", "draw landscape h5 files (curves, contours, heatmaps, 3-D surfaces)"),
     ("hist", "hist_parser", "per-layer weight statistics, KS/Wasserstein distances and histograms"),
     (
         "spectra",
