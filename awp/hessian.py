@@ -48,11 +48,9 @@ from torch.func import functional_call, grad, jvp
 
 from awp import distributed
 from awp.augment import as_float
-from awp.config import AttackConfig, check_choice
+from awp.config import HVP_METHODS, AttackConfig, check_choice
 from awp.evaluate import attack_outcomes
 from awp.modes import model_mode
-
-HVP_METHODS = ("jvp", "double", "graph")
 
 
 def batch_seed(seed: int, index: int) -> int:

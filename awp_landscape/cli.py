@@ -52,7 +52,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("gap", "gap_parser", "robust generalization gap of many checkpoints"),
     (
         "hessian",
-        "hessian",
+        "hessian_parser",
         "top Hessian eigenvalues, trace, eigenvalue density and per-layer curvature",
     ),
     (
