@@ -62,7 +62,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ),
     (
         "certify",
-        "certify",
+        "certify_parser",
         "certified L2 radius by randomized smoothing (Cohen et al.), accuracy under noise",
     ),
     ("report", "report", "self-contained HTML report (+ markdown) of result folders"),
