@@ -405,6 +405,24 @@ def method_defaults(method: str) -> MethodDefaults:
     return METHOD_DEFAULTS[method]
 
 
+def check_beta(method: str, beta: float | None) -> None:
+    """Refuse a beta for a method without one (AT) and a negative beta (TRADES, MART).
+
+    Raises:
+        ValueError: naming the problem and the fix.
+    """
+    default = method_defaults(method).beta
+    if default is None:
+        if beta is not None:
+            raise ValueError(
+                f"beta={beta} was given, but method {method!r} has no beta; beta weighs the KL "
+                f"term of trades and mart (drop --beta or choose --method trades/mart)"
+            )
+        return
+    if not (default if beta is None else beta) >= 0:
+        raise ValueError(f"beta={beta} must be >= 0")
+
+
 def method_of(config: Mapping[str, Any] | None) -> str:
     """The method label of a run from its training config: ``AT``, ``AT-AWP``, ``TRADES``...
 
