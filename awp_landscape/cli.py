@@ -66,10 +66,10 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
         "certified L2 radius by randomized smoothing (Cohen et al.), accuracy under noise",
     ),
     ("report", "report", "self-contained HTML report (+ markdown) of result folders"),
-    ("demo", "demo", "AT vs AT-AWP on real CIFAR-10, measured and reported"),
+    ("demo", "demo_parser", "AT vs AT-AWP on real CIFAR-10, measured and reported"),
     (
         "reproduce",
-        "demo",
+        "demo_parser",
         "a paper protocol with and without AWP (GPU), then the same analyses and report",
     ),
     (
