@@ -74,7 +74,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ),
     (
         "sweep",
-        "sweep",
+        "sweep_parser",
         "AWP's gamma trade-off: natural vs robust accuracy, gap and flatness against gamma",
     ),
 )

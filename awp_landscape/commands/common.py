@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import ast
+import importlib.util
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from awp_landscape.console import CLIError
+
+
+def module_doc(name: str) -> str | None:
+    """The docstring of module ``name``, read from its source without importing it (a
+    command's description, where importing its module would import torch); None when the
+    module or its source is not found."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.origin is None or not spec.origin.endswith(".py"):
+        return None
+    return ast.get_docstring(ast.parse(Path(spec.origin).read_text(encoding="utf-8")), clean=False)
 
 
 def add_run_arguments(p: argparse.ArgumentParser, *, out_help: str) -> None:

@@ -4,10 +4,8 @@ so that their ``--help`` answers at once; :mod:`awp_landscape.commands.demo` run
 from __future__ import annotations
 
 import argparse
-import ast
-import importlib.util
-from pathlib import Path
 
+from awp_landscape.commands.common import module_doc
 from awp_landscape.flags import add_dataclass_arguments
 from awp_landscape.launch import LaunchConfig
 from awp_landscape.plans import DemoConfig, ReproduceConfig
@@ -18,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
         help="AT vs AT-AWP on real CIFAR-10, measured and reported",
-        description=pipeline_doc(),
+        description=module_doc("awp_landscape.pipeline"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -38,15 +36,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_dataclass_arguments(r, ReproduceConfig)
     add_dataclass_arguments(r.add_argument_group("independent runs as jobs"), LaunchConfig)
     r.set_defaults(func=run_reproduce)
-
-
-def pipeline_doc() -> str | None:
-    """The docstring of :mod:`awp_landscape.pipeline` (``awp demo``'s description), read from
-    its source: importing the module would import torch."""
-    spec = importlib.util.find_spec("awp_landscape.pipeline")
-    if spec is None or spec.origin is None:
-        return None
-    return ast.get_docstring(ast.parse(Path(spec.origin).read_text(encoding="utf-8")), clean=False)
 
 
 def run_demo(args: argparse.Namespace) -> int:
