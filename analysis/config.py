@@ -357,9 +357,10 @@ class HessianConfig:
     params: str = opt("weights", "Hessian coordinates: weights (conv+linear, as AWP) | all")
     dtype: str = opt("float32", "precision of the products: float32 | float64")
     method: str = opt(
-        "jvp",
-        "Hessian-vector product: jvp (forward-over-reverse) | double (double backward) | graph "
-        "(double backward through gradient graphs kept in memory, one per batch: fastest)",
+        "auto",
+        "Hessian-vector product: auto (graph when the graphs fit in half the available "
+        "memory, else jvp) | graph (double backward through gradient graphs kept in memory, one "
+        "per batch: fastest) | jvp (forward-over-reverse) | double (double backward)",
     )
     top_k: int = opt(
         5,

@@ -100,6 +100,7 @@ class HessianProblem:
         self.params = select_params(model, cfg.params)
         cfg.check_sizes(sum(t.numel() for t in self.params.values()))
         self._data: LossBatches | None = None
+        self._operator: LossHessian | None = None
 
     @property
     def layer_names(self) -> list[str]:
@@ -121,11 +122,17 @@ class HessianProblem:
         return self._data
 
     def operator(self, names: Sequence[str] | None = None) -> LossHessian:
-        """H over every measured tensor, or the diagonal block of ``names``."""
+        """H over every measured tensor (one operator for every unit, so that the gradient
+        graphs the default method keeps serve them all), or the diagonal block of ``names``."""
+        if names is None and self._operator is not None:
+            return self._operator
         params = self.params if names is None else {n: self.params[n] for n in names}
-        return LossHessian(
+        op = LossHessian(
             self.model, self.data, params, method=self.cfg.method, on_product=self.on_product
         )
+        if names is None:
+            self._operator = op
+        return op
 
 
 # ----------------------------------------------------------------------------- units

@@ -27,7 +27,7 @@ PARAM_SETS = ("weights", "all")
 NORMS = ("linf", "l2")
 ATTACK_NAMES = ("pgd", "fgsm", "cw")
 RANDOM_STARTS = ("uniform", "gaussian", "none")
-HVP_METHODS = ("jvp", "double", "graph")  # Hessian-vector products (awp.hessian)
+HVP_METHODS = ("auto", "graph", "jvp", "double")  # Hessian-vector products (awp.hessian)
 SCHEDULES = ("piecewise", "cosine", "constant")  # learning-rate schedules (awp.train_config)
 
 
