@@ -28,7 +28,7 @@ from awp.config import (
 if TYPE_CHECKING:
     import torch
 
-SPLITS = ("train", "test")  # the splits flatness measures
+SPLITS = ("train", "test")  # the splits flatness and hessian measure
 NOISE_MODES = ("global", "layer", "filter", "element")  # scales of flatness' noise
 CURVE_OBJECTIVES = ("robust", "clean")  # what connect's curve is trained on
 # hessian's losses and dtypes
