@@ -36,13 +36,11 @@ import torch
 from scipy.stats import norm
 from torch import nn
 
+from analysis.config import NOISE_CHUNK as NOISE_CHUNK
 from analysis.noise import unit_seed
 from analysis.stats import binomial_pvalue, clopper_pearson_lower, t_interval
 from awp.modes import model_mode
 
-#: Samples per independently seeded noise chunk (part of the noise's definition: changing it
-#: changes every draw, so stores record it).
-NOISE_CHUNK = 100
 #: The class of an abstention.
 ABSTAIN = -1
 

@@ -16,10 +16,8 @@ the test set that CERTIFY classifies correctly with a radius of at least r).
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -28,148 +26,22 @@ from torch import nn
 
 from analysis.certify import (
     ABSTAIN,
-    NOISE_CHUNK,
     certify_from_counts,
     noise_accuracy_rows,
     noise_correct,
     predict_from_counts,
     sample_counts,
 )
+from analysis.config import (  # noqa: F401 - re-exported: CertifyConfig moved there
+    MAX_SAMPLES,
+    N_WHY,
+    SD_WHY,
+    CertifyConfig,
+)
 from analysis.noise import unit_seed
 from analysis.stats import clopper_pearson
-from awp.config import check_bounds, opt
 
 Record = dict[str, Any]
-# Upper bounds of the sample counts: every sample is a forward pass per image and sigma.
-MAX_SAMPLES = 10_000_000
-N_WHY = (
-    "every sample is one forward pass per image and sigma (Cohen et al. use n = 100,000 and "
-    "n0 = 100)"
-)
-SD_WHY = (
-    "standard deviations are in [0,1] pixel units, so values above 4 drown the image (Cohen et "
-    "al. use 0.12, 0.25, 0.5, 1.0; 25 pixel levels are 25/255)"
-)
-
-
-@dataclass(frozen=True)
-class CertifyConfig:
-    """Randomized smoothing of a base classifier: noise levels, samples, confidence, subset."""
-
-    sigmas: tuple[float, ...] = opt(
-        (0.12, 0.25, 0.5, 1.0),
-        "noise standard deviations sigma of the smoothed classifiers, pixel units ([0,1] scale)",
-        flag="sigma",
-        bounds=(0, 4),
-        why=SD_WHY,
-    )
-    n0: int = opt(
-        100, "selection samples per example (CERTIFY's n0)", bounds=(1, MAX_SAMPLES), why=N_WHY
-    )
-    n: int = opt(
-        100_000,
-        "estimation samples per example (CERTIFY's n; under torchrun write --n-samples, as "
-        "torchrun reads --n as an abbreviation of its own options)",
-        aliases=("n_samples",),
-        bounds=(1, MAX_SAMPLES),
-        why=N_WHY,
-    )
-    alpha: float = opt(
-        0.001, "each certificate is wrong with probability at most alpha", bounds=(0, 0.5)
-    )
-    n_test: int = opt(
-        500,
-        "test images certified: a fixed seeded subset (0 = the whole split; more than the split "
-        "is capped to it)",
-        bounds=(0, None),
-    )
-    subset_seed: int = opt(0, "seed choosing the subset", bounds=(0, None))
-    seed: int = opt(
-        0, "seed of every example's noise (the same for every checkpoint)", bounds=(0, None)
-    )
-    batch_size: int = opt(
-        0,
-        "noisy copies per forward pass (0: 400 on a CPU, 1000 on a GPU, as measured; it does "
-        "not change any result)",
-        bounds=(0, 1_000_000),
-        why="one forward pass holds batch_size noisy images at once",
-    )
-    noise_threads: int = opt(
-        -1,
-        "CPU threads drawing noise ahead of the device (-1: none on a CPU, 4 on a GPU)",
-        bounds=(-1, 64),
-    )
-    predict: bool = opt(False, "also run PREDICT (n fresh samples per example and sigma)")
-    noise_levels: tuple[float, ...] = opt(
-        (0.0, 0.06, 0.12, 0.18, 0.25, 0.37, 0.5, 0.75, 1.0),
-        "noise standard deviations s of the base classifier's Gaussian-noise accuracy curve",
-        bounds=(0, 4),
-        why=SD_WHY,
-    )
-    noise_draws: int = opt(
-        10,
-        "noisy copies per example and level of that curve (0 = no curve)",
-        bounds=(0, MAX_SAMPLES),
-        why=N_WHY,
-    )
-    radii: tuple[float, ...] = opt(
-        (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5),
-        "L2 radii of the certified-accuracy table",
-        bounds=(0, None),
-    )
-
-    def __post_init__(self) -> None:
-        for name in ("sigmas", "noise_levels", "radii"):
-            object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
-        check_bounds(self)
-        if not self.sigmas or any(s <= 0 for s in self.sigmas):
-            raise ValueError(f"sigma={self.sigmas}: give one or more noise levels > 0")
-        if len(set(self.sigmas)) != len(self.sigmas):
-            raise ValueError(f"sigma={self.sigmas} repeats a value")
-        if self.n0 < 1 or self.batch_size < 0 or self.n_test < 0 or self.noise_draws < 0:
-            raise ValueError(
-                "need n0 >= 1, batch_size >= 0 (0 = by device), n_test >= 0 and noise_draws >= 0"
-            )
-        if not 0 < self.alpha < 0.5:
-            raise ValueError(f"alpha={self.alpha} must be in (0, 0.5), e.g. 0.001")
-        # Even n of n on the selected class gives pA_lower = alpha^(1/n), which must reach 1/2.
-        need = math.floor(math.log(self.alpha) / math.log(0.5)) + 1
-        if self.n < need:
-            raise ValueError(
-                f"n={self.n} can never certify at alpha={self.alpha}: with all {self.n} samples "
-                f"on one class pA_lower is {self.alpha ** (1 / self.n):.3f} < 0.5; use n >= {need}"
-            )
-        if self.noise_threads < -1:
-            raise ValueError(f"noise_threads={self.noise_threads}: give -1 (auto), 0 or more")
-        if any(r < 0 for r in self.radii):
-            raise ValueError(f"radii={self.radii} must be >= 0")
-        if self.noise_draws and not self.noise_levels:
-            raise ValueError("noise_levels is empty: give levels or --noise-draws 0")
-
-    def threads(self, device: torch.device) -> int:
-        """Threads drawing noise: ``noise_threads``, or for -1 none on a CPU and 4 on a GPU."""
-        if self.noise_threads >= 0:
-            return self.noise_threads
-        return 0 if device.type == "cpu" else 4
-
-    def batch(self, device: torch.device) -> int:
-        """Noisy copies per forward pass: ``batch_size``, or for 0 the measured default of the
-        device (a 2-core CPU: 1000 copies cost 1.8 s per image at n0=100, n=1000, 400 cost
-        0.96 s; a GPU keeps 1000)."""
-        if self.batch_size > 0:
-            return self.batch_size
-        return 400 if device.type == "cpu" else 1000
-
-    def stores(self) -> dict[str, dict[str, Any]]:
-        """The settings each kind of unit depends on (its store's meta); the rest (alpha, radii,
-        batch size, the subset, sigmas and levels, which are in the keys) does not change them."""
-        common = {"seed": self.seed, "noise_chunk": NOISE_CHUNK}
-        out = {"certify": {**common, "n0": self.n0, "n": self.n}}
-        if self.predict:
-            out["predict"] = {**common, "n": self.n}
-        if self.noise_draws:
-            out["noise"] = {**common, "levels": list(self.noise_levels), "draws": self.noise_draws}
-        return out
 
 
 def unit_keys(cfg: CertifyConfig, indices: Sequence[int]) -> dict[str, list[str]]:

@@ -35,76 +35,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from analysis.config import CURVE_OBJECTIVES as CURVE_OBJECTIVES
+from analysis.config import ConnectConfig
 from analysis.noise import generator_for, unit_seed
 from awp.augment import as_float, augment
-from awp.config import PGD20_EVAL, AttackConfig, check_choice, opt
+from awp.config import AttackConfig, check_choice
 from awp.data import iterate_batches
 from awp.modes import kept_modes, unwrap
 from awp.objectives import at_objective
-from awp.train import SCHEDULES, lr_at, train_step
+from awp.train import lr_at, train_step
 from landscape.surface import EvalSet, anchored, bn_buffer_names, recompute_bn_stats, split_metrics
 
 PATHS = ("line", "curve")
-CURVE_OBJECTIVES = ("robust", "clean")
 State = Mapping[str, torch.Tensor]
-
-
-@dataclass(frozen=True)
-class ConnectConfig:
-    """What ``awp connect`` trains and measures."""
-
-    points: int = opt(11, "evaluated points t on each path, evenly spaced in [0, 1]")
-    curve: bool = opt(True, "also train the Bezier curve's middle point and evaluate the curve")
-    objective: str = opt(
-        "robust",
-        "curve training objective: robust (PGD crafted on the model at the curve's point, "
-        "AT's loss) | clean",
-    )
-    epochs: int = opt(10, "epochs of curve training")
-    batch_size: int = opt(128, "minibatch size of curve training")
-    lr: float = opt(0.05, "peak learning rate of the middle point")
-    schedule: str = opt("cosine", "learning-rate schedule: piecewise | cosine | constant")
-    momentum: float = opt(0.9, "SGD momentum")
-    weight_decay: float = opt(5e-4, "SGD weight decay of the middle point")
-    augment: bool = opt(True, "random crop (4 px reflect pad) and flip of training images")
-    train_steps: int = opt(10, "PGD steps of the robust training objective")
-    train_step_size: float = opt(2 / 255, "PGD step size of the robust training objective")
-    n_fit: int = opt(0, "training images the curve is trained on (0 = the whole split)")
-    n_test: int = opt(1000, "fixed seeded test subset evaluated on every path (0 = none)")
-    n_train: int = opt(0, "fixed seeded train subset evaluated on every path (0 = none)")
-    n_bn: int = opt(1000, "training images re-estimating BatchNorm statistics at every point")
-    subset_seed: int = opt(0, "seed of the subsets")
-    seed: int = opt(0, "seed of the order, the t draws, augmentation and the attacks")
-    eval_batch_size: int = opt(256, "examples per forward pass of the evaluation")
-    attack: AttackConfig = opt(PGD20_EVAL, "attack regenerated on every model on the paths")
-
-    def __post_init__(self) -> None:
-        check_choice(self.objective, CURVE_OBJECTIVES, "objective")
-        check_choice(self.schedule, SCHEDULES, "schedule")
-        if self.points < 2:
-            raise ValueError(f"points={self.points}: a path needs at least its two ends")
-        if self.epochs < 0 or self.batch_size < 1 or self.eval_batch_size < 1:
-            raise ValueError(
-                f"need epochs >= 0 and batch sizes >= 1, got {self.epochs}, {self.batch_size}, "
-                f"{self.eval_batch_size}"
-            )
-        if min(self.n_fit, self.n_test, self.n_train) < 0 or self.n_bn < 2:
-            raise ValueError("image counts must be >= 0, and n_bn >= 2 (BatchNorm statistics)")
-        if not self.n_test and not self.n_train:
-            raise ValueError("nothing to evaluate: set --n-test or --n-train > 0")
-
-    @property
-    def ts(self) -> list[float]:
-        return [float(t) for t in np.linspace(0.0, 1.0, self.points)]
-
-    @property
-    def train_attack(self) -> AttackConfig | None:
-        """PGD on the curve's point (the robust objective), or None (the clean one)."""
-        if self.objective == "clean":
-            return None
-        return self.attack.updated(
-            name="pgd", steps=self.train_steps, step_size=self.train_step_size, mode="train"
-        )
 
 
 # ----------------------------------------------------------------------------- the paths

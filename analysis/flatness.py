@@ -33,92 +33,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from analysis.noise import NOISE_MODES, draw_noise, generator_for, global_norm, noise_scales
+from analysis.config import NOISE_MODES as NOISE_MODES
+from analysis.config import SPLITS as SPLITS
+from analysis.config import FlatnessConfig
+from analysis.noise import draw_noise, generator_for, global_norm, noise_scales
 from analysis.stats import clopper_pearson, t_interval, too_few_for_interval
-from awp.config import PGD20_EVAL, AttackConfig, check_bounds, opt
 from awp.evaluate import Outcomes, attack_outcomes
-from awp.perturb import PARAM_SETS, perturbed, select_params
-
-SPLITS = ("train", "test")
+from awp.perturb import perturbed, select_params
 
 Record = dict
-
-
-@dataclass(frozen=True)
-class FlatnessConfig:
-    """Expected flatness: noise, Monte Carlo, data subset and the attack regenerated on w+u."""
-
-    noise: str = opt(
-        "layer",
-        "noise scale: global (sigma = alpha ||w||, the rebuttal's) | layer (||u_l|| ~ alpha "
-        "||w_l||) | filter (per output filter) | element (sigma_i = alpha |w_i|)",
-    )
-    alphas: tuple[float, ...] = opt(
-        (0.05, 0.1, 0.2), "relative noise scales alpha (a curve)", bounds=(0, 1)
-    )
-    params: str = opt("weights", "perturbed tensors: weights (conv+linear, as AWP) | all")
-    samples: int = opt(
-        10,
-        "M: noise draws per alpha",
-        bounds=(1, 100_000),
-        why="every draw attacks every example on its own perturbed model",
-    )
-    per_example: bool = opt(False, "a fresh u per example (exact Clopper-Pearson interval)")
-    confidence: float = opt(0.95, "confidence level of the intervals", bounds=(0, 1))
-    split: str = opt("train", "data split measured: train | test")
-    n_examples: int = opt(
-        1000,
-        "size of the fixed seeded subset (0 = the whole split; more is capped to it)",
-        bounds=(0, None),
-    )
-    subset_seed: int = opt(0, "seed choosing the subset", bounds=(0, None))
-    seed: int = opt(
-        0, "seed of the noise draws and of the attacks' random starts", bounds=(0, None)
-    )
-    batch_size: int = opt(256, "examples per forward pass", bounds=(1, None))
-    attack: AttackConfig = opt(PGD20_EVAL, "attack regenerated on every perturbed model")
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "alphas", tuple(float(a) for a in self.alphas))
-        if any(a == 0 for a in self.alphas):  # said before the range: what 0 means
-            raise ValueError(
-                f"alphas={self.alphas}: alpha = 0 is no noise: its flatness is 0 by definition "
-                "and its PAC-Bayes KL infinite; give noise scales > 0"
-            )
-        if max(self.alphas, default=0) > 1:
-            raise ValueError(
-                f"alphas={self.alphas}: alpha is the noise relative to the weights (0.05 = 5%); "
-                f"above 1 the noise outweighs the weights. Did you mean {max(self.alphas) / 100:g}?"
-            )
-        check_bounds(self)
-        if self.noise not in NOISE_MODES:
-            raise ValueError(f"unknown noise mode {self.noise!r}; choose one of {NOISE_MODES}")
-        if self.params not in PARAM_SETS:
-            raise ValueError(f"unknown parameter set {self.params!r}; choose one of {PARAM_SETS}")
-        if self.split not in SPLITS:
-            raise ValueError(f"unknown split {self.split!r}; choose one of {SPLITS}")
-        object.__setattr__(self, "alphas", tuple(float(a) for a in self.alphas))
-        if not self.alphas or any(not math.isfinite(a) or a <= 0 for a in self.alphas):
-            raise ValueError(
-                f"alphas={self.alphas}: give one or more noise scales > 0 (alpha = 0 is no "
-                "noise: its flatness is 0 by definition and its PAC-Bayes KL infinite)"
-            )
-        if max(self.alphas) > 1:
-            raise ValueError(
-                f"alphas={self.alphas}: alpha is the noise relative to the weights (0.05 = 5%); "
-                f"above 1 the noise outweighs the weights. Did you mean {max(self.alphas) / 100:g}?"
-            )
-        if len(set(self.alphas)) != len(self.alphas):
-            raise ValueError(f"alphas={self.alphas} has repeated values")
-        if self.samples < 1:
-            raise ValueError(f"samples={self.samples}: need at least one noise draw")
-        if not 0 < self.confidence < 1:
-            raise ValueError(f"confidence={self.confidence} must be in (0, 1), e.g. 0.95")
-        if self.n_examples < 0 or self.batch_size < 1:
-            raise ValueError(
-                f"need n_examples >= 0 and batch_size >= 1, got {self.n_examples} "
-                f"and {self.batch_size}"
-            )
 
 
 def outcome_record(out: Outcomes, **extra: object) -> Record:

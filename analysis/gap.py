@@ -16,38 +16,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from awp.config import PGD20_EVAL, AttackConfig, check_bounds, opt
+from analysis.config import GapConfig as GapConfig
+from awp.config import PGD20_EVAL, AttackConfig
 from awp.data import Split, capped_notice, fixed_subset
 from awp.evaluate import evaluate_attack
-
-
-@dataclass(frozen=True)
-class GapConfig:
-    """Subsets, attack and seeds of a robust-gap measurement."""
-
-    n_train: int = opt(
-        1000,
-        "fixed seeded train subset size (0 = the whole train split; more is capped to it)",
-        bounds=(0, None),
-    )
-    n_test: int = opt(
-        1000,
-        "fixed seeded test subset size (0 = the whole test split; more is capped to it)",
-        bounds=(0, None),
-    )
-    subset_seed: int = opt(0, "seed choosing both subsets", bounds=(0, None))
-    seed: int = opt(0, "seed of the attack's random start", bounds=(0, None))
-    batch_size: int = opt(256, "examples per forward pass", bounds=(1, None))
-    attack: AttackConfig = opt(PGD20_EVAL, "attack used on both splits")
-
-    def __post_init__(self) -> None:
-        check_bounds(self)
-        if self.n_train < 0 or self.n_test < 0:
-            raise ValueError(
-                f"need n_train, n_test >= 0 (0 = whole split), got {self.n_train}, {self.n_test}"
-            )
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size={self.batch_size} must be >= 1")
 
 
 def subset(split: Split, n: int, *, seed: int, flag: str = "") -> tuple[torch.Tensor, torch.Tensor]:

@@ -32,12 +32,21 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from analysis.config import (  # noqa: F401 - re-exported: HessianConfig moved there
+    DTYPES,
+    EIG_WHY,
+    HVP_WHY,
+    LOSSES,
+    MAX_EIGENPAIRS,
+    MAX_PRODUCTS,
+    SPLITS,
+    HessianConfig,
+)
 from analysis.noise import generator_for, unit_seed
 from analysis.spectrum import (
     more_probes,
@@ -45,198 +54,16 @@ from analysis.spectrum import (
     rademacher,
     slq_run,
 )
-from awp.config import PGD20_EVAL, AttackConfig, check_bounds, check_choice, opt
-from awp.hessian import HVP_METHODS, LossBatches, LossHessian, loss_batches, top_eigenpairs
-from awp.perturb import PARAM_SETS, select_params
+from awp.hessian import LossBatches, LossHessian, loss_batches, top_eigenpairs
+from awp.perturb import select_params
 
 log = logging.getLogger(__name__)
 
-LOSSES = ("adv", "clean")
-SPLITS = ("train", "test")
-DTYPES = ("float32", "float64")
 
 Record = dict[str, Any]
 # PyHessian's defaults (hessian.eigenvalues(maxIter=100, tol=1e-3)).
 POWER_TOL, POWER_ITERS = 1e-3, 100
-# Upper bounds of the sizes that set time and memory (the problem's own bound, the number of
-# coordinates p, is checked when the model is known: check_sizes).
-MAX_EIGENPAIRS, MAX_PRODUCTS = 1000, 100_000
-EIG_WHY = (
-    "ARPACK keeps max(2k+1, ncv) vectors of p numbers and restarts over them; PyHessian's "
-    "top-k is a handful"
-)
-HVP_WHY = "each one is a Hessian-vector product over the whole subset"
 RunKeys = Callable[[list[str], str], dict[str, Record]]
-
-
-@dataclass(frozen=True)
-class HessianConfig:
-    """What ``awp hessian`` measures: the loss, its data, the estimators and their sizes."""
-
-    loss: str = opt(
-        "adv",
-        "loss: adv (x_adv crafted at w by the attack and held fixed: the robust loss's "
-        "gradient by Danskin, not its full curvature) | clean",
-    )
-    split: str = opt("train", "data split measured: train | test")
-    n_examples: int = opt(
-        1000,
-        "size of the fixed seeded subset (0 = the whole split; more than the split is capped to "
-        "it)",
-        bounds=(0, None),
-    )
-    subset_seed: int = opt(0, "seed choosing the subset", bounds=(0, None))
-    seed: int = opt(
-        0,
-        "seed of the probes, the Lanczos starts and the attacks' random starts",
-        bounds=(0, None),
-    )
-    batch_size: int = opt(
-        128, "examples per batch of every Hessian-vector product", bounds=(1, None)
-    )
-    params: str = opt("weights", "Hessian coordinates: weights (conv+linear, as AWP) | all")
-    dtype: str = opt("float32", "precision of the products: float32 | float64")
-    method: str = opt(
-        "auto",
-        "Hessian-vector product: auto (graph when the graphs fit in half the available "
-        "memory, else jvp) | graph (double backward through gradient graphs kept in memory, one "
-        "per batch: fastest) | jvp (forward-over-reverse) | double (double backward)",
-    )
-    top_k: int = opt(
-        5,
-        "top eigenvalues by Lanczos (0 = none; fewer than the number of coordinates p)",
-        bounds=(0, MAX_EIGENPAIRS),
-        why=EIG_WHY,
-    )
-    eig_tol: float = opt(
-        1e-4,
-        "relative accuracy of the eigenvalues (Lanczos stops at the first product that meets "
-        "it; ARPACK's tol beyond)",
-        bounds=(0, 1),
-    )
-    lanczos_vectors: int = opt(
-        0,
-        "Lanczos vectors (ncv): the most products before ARPACK's restarts take over, and the "
-        "vectors ARPACK keeps between restarts (0 = scipy's max(2k+1, 20)); at most the number "
-        "of coordinates p",
-        bounds=(0, 2 * MAX_EIGENPAIRS + 1),
-        why=EIG_WHY,
-    )
-    trace: bool = opt(False, "Hutchinson trace, and the trace of every layer's diagonal block")
-    probes_min: int = opt(
-        10,
-        "Hutchinson probes before the stopping rule is checked (a block)",
-        bounds=(2, MAX_PRODUCTS),
-        why=HVP_WHY,
-    )
-    probes_max: int = opt(100, "most Hutchinson probes", bounds=(2, MAX_PRODUCTS), why=HVP_WHY)
-    trace_rel_tol: float = opt(
-        0.05,
-        "stop adding probes once the interval's half-width is <= this fraction of |trace|",
-        bounds=(0, None),
-    )
-    density: bool = opt(False, "eigenvalue density by stochastic Lanczos quadrature")
-    slq_runs: int = opt(
-        3,
-        "SLQ runs (Rademacher starts) averaged in the density",
-        bounds=(1, MAX_PRODUCTS),
-        why=HVP_WHY,
-    )
-    slq_steps: int = opt(
-        50,
-        "Lanczos steps per SLQ run",
-        bounds=(2, MAX_EIGENPAIRS),
-        why="each step is a Hessian-vector product and keeps a vector of p numbers",
-    )
-    slq_sigma: float = opt(
-        0.01,
-        "Gaussian broadening of the density, as a fraction of the eigenvalues' span",
-        bounds=(0, None),
-    )
-    per_layer: bool = opt(
-        False, "top eigenvalue of every layer's diagonal block (one Lanczos each)"
-    )
-    power: bool = opt(
-        False,
-        "also PyHessian's power iteration for the top-k (tol 1e-3, at most 100 products per "
-        "eigenvalue), to compare values and products with Lanczos",
-    )
-    confidence: float = opt(0.95, "confidence level of the trace intervals", bounds=(0, 1))
-    attack: AttackConfig = opt(PGD20_EVAL, "attack crafting x_adv at w (--loss adv)")
-
-    def __post_init__(self) -> None:
-        check_bounds(self)
-        check_choice(self.loss, LOSSES, "loss")
-        check_choice(self.split, SPLITS, "split")
-        check_choice(self.params, PARAM_SETS, "parameter set")
-        check_choice(self.dtype, DTYPES, "dtype")
-        check_choice(self.method, HVP_METHODS, "HVP method")
-        if self.n_examples < 0 or self.batch_size < 1:
-            raise ValueError(
-                f"need n_examples >= 0 and batch_size >= 1, got {self.n_examples}, "
-                f"{self.batch_size}"
-            )
-        if self.lanczos_vectors and self.lanczos_vectors <= max(self.top_k, 1) + 1:
-            raise ValueError(
-                f"lanczos_vectors={self.lanczos_vectors} must exceed top_k + 1 "
-                f"({self.top_k + 1}); or 0 for scipy's default"
-            )
-        if self.top_k < 0 or not 0 <= self.eig_tol < 1:
-            raise ValueError(
-                f"need top_k >= 0 and 0 <= eig_tol < 1, got {self.top_k}, {self.eig_tol}"
-            )
-        if not 2 <= self.probes_min <= self.probes_max:
-            raise ValueError(
-                f"need 2 <= probes_min <= probes_max (an interval needs 2 probes), got "
-                f"{self.probes_min}, {self.probes_max}"
-            )
-        if not self.trace_rel_tol > 0:
-            raise ValueError(f"trace_rel_tol={self.trace_rel_tol} must be > 0, e.g. 0.05")
-        if self.slq_runs < 1 or self.slq_steps < 2 or not self.slq_sigma > 0:
-            raise ValueError(
-                f"need slq_runs >= 1, slq_steps >= 2 and slq_sigma > 0, got {self.slq_runs}, "
-                f"{self.slq_steps}, {self.slq_sigma}"
-            )
-        if not 0 < self.confidence < 1:
-            raise ValueError(f"confidence={self.confidence} must be in (0, 1), e.g. 0.95")
-        if self.power and not self.top_k:
-            raise ValueError("--power compares with the top-k eigenvalues: set --top-k > 0")
-        if not (self.top_k or self.trace or self.density or self.per_layer):
-            raise ValueError(
-                "nothing to measure: ask for --top-k > 0, --trace, --density or --per-layer"
-            )
-
-    @property
-    def torch_dtype(self) -> torch.dtype:
-        return torch.float64 if self.dtype == "float64" else torch.float32
-
-    def check_sizes(self, p: int) -> None:
-        """Refuse an eigen-solve larger than the problem: ARPACK finds k < p eigenpairs with at
-        most p Lanczos vectors, ``p`` being the number of Hessian coordinates.
-
-        Raises:
-            ValueError: naming the flag, its value and p.
-        """
-        if self.top_k >= p:
-            raise ValueError(
-                f"top_k={self.top_k} needs fewer eigenpairs than the {p:,} Hessian coordinates "
-                f"(--top-k {max(p - 1, 0)} at most; a handful is usual)"
-            )
-        if self.lanczos_vectors > p:
-            raise ValueError(
-                f"lanczos_vectors={self.lanczos_vectors} is more than the {p:,} Hessian "
-                f"coordinates (--lanczos-vectors {p} at most, or 0 for scipy's default)"
-            )
-        vectors = max(self.lanczos_vectors, 2 * self.top_k + 1, 20) if self.top_k else 0
-        gib = max(vectors, self.slq_steps if self.density else 0) * p * 8 / 2**30
-        if gib > 1:
-            log.warning(
-                "the Lanczos vectors of %d coordinates take %.1f GiB (%d vectors of float64); "
-                "lower --top-k, --lanczos-vectors or --slq-steps to use less",
-                p,
-                gib,
-                max(vectors, self.slq_steps if self.density else 0),
-            )
 
 
 # ----------------------------------------------------------------------------- the problem

@@ -13,7 +13,7 @@ from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 
-NOISE_MODES = ("global", "layer", "filter", "element")
+from analysis.config import NOISE_MODES
 
 Params = Mapping[str, torch.Tensor]
 

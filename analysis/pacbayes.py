@@ -33,25 +33,8 @@ from dataclasses import dataclass
 
 import torch
 
+from analysis.config import PacBayesConfig as PacBayesConfig
 from analysis.noise import noise_scales
-from awp.config import check_bounds, opt
-
-
-@dataclass(frozen=True)
-class PacBayesConfig:
-    """The bound's confidence and training-set size."""
-
-    delta: float = opt(0.05, "the bound holds with probability 1 - delta", bounds=(0, 1))
-    n_bound: int = opt(
-        0, "training examples n in the bound (0 = size of the train split)", bounds=(0, None)
-    )
-
-    def __post_init__(self) -> None:
-        check_bounds(self)
-        if not 0 < self.delta < 1:
-            raise ValueError(f"delta={self.delta} must be in (0, 1), e.g. 0.05")
-        if self.n_bound < 0:
-            raise ValueError(f"n_bound={self.n_bound} must be >= 0 (0 = the train split size)")
 
 
 def kl_gaussian(params: Mapping[str, torch.Tensor], *, alpha: float, mode: str) -> float:

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from analysis.config import SpectraConfig
 from analysis.conv_operator import (
     conv_operator_norm,
     zero_padded_norm_lower,
@@ -44,60 +45,9 @@ from analysis.conv_operator import (
 )
 from analysis.powerlaw import fit_power_law
 from analysis.weights import layer_kind, select_layers
-from awp.config import check_bounds, opt
 from awp.modes import model_mode, unwrap
 
 NAN = float("nan")
-
-
-@dataclass(frozen=True)
-class SpectraConfig:
-    """What ``awp spectra`` measures per layer."""
-
-    layers: tuple[str, ...] = opt(
-        ("weights",),
-        "layers measured (conv and linear weights; selectors of awp hist --layers: weights | "
-        "conv | linear | last-conv | names | glob patterns)",
-    )
-    esd_layer: str = opt("last-conv", "layer whose eigenvalue density is drawn and stored")
-    image_size: int = opt(
-        32,
-        "input image size; gives each conv's input size in the network",
-        bounds=(1, 2048),
-        why="one probe image goes through the network, whose activations grow as image_size^2 "
-        "(2048 x 2048 already holds about 1 GB per 64 channels)",
-    )
-    fft_size: int = opt(
-        0,
-        "input size n of the FFT operator norms: 0 = each conv's own input size in the network "
-        "(for an --image-size image); else n x n for every conv",
-        bounds=(0, 1024),
-        why="the FFT of a conv holds c_out x c_in x n^2 complex numbers (a 512-channel conv at "
-        "n = 1024 is 2 TB)",
-    )
-    min_tail: int = opt(
-        10, "fewest eigenvalues in the power-law tail (the KS search's limit)", bounds=(2, None)
-    )
-    power_iterations: int = opt(
-        50,
-        "power iterations on each zero-padded conv itself: a lower bound of the norm the network "
-        "applies (0 = skip)",
-        bounds=(0, 100_000),
-        why="each iteration is two convolutions of the layer",
-    )
-
-    def __post_init__(self) -> None:
-        check_bounds(self)
-        if not self.layers:
-            raise ValueError("no layer selector given; use e.g. --layers weights")
-        if self.image_size < 1 or self.fft_size < 0:
-            raise ValueError(
-                f"image_size={self.image_size} must be >= 1 and fft_size={self.fft_size} >= 0"
-            )
-        if self.min_tail < 2:
-            raise ValueError(f"min_tail={self.min_tail} must be >= 2")
-        if self.power_iterations < 0:
-            raise ValueError(f"power_iterations={self.power_iterations} must be >= 0")
 
 
 @dataclass(frozen=True)

@@ -20,52 +20,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from analysis.config import WorstCaseConfig
 from analysis.flatness import FlatnessConfig, Record, one_by_one
 from analysis.noise import Params, generator_for, global_norm
 from awp.attacks import run_attack
 from awp.augment import as_float
-from awp.config import AttackConfig, check_bounds, opt
+from awp.config import AttackConfig
 from awp.evaluate import attack_outcomes
 from awp.modes import model_mode
 from awp.perturb import perturbed, select_params, weight_ascent
-
-
-@dataclass(frozen=True)
-class WorstCaseConfig:
-    """Worst-case flatness: radius, projected ascent on v, restarts, shared or per-batch v."""
-
-    gammas: tuple[float, ...] = opt(
-        (0.005, 0.01), "relative radii: ||v_l|| <= gamma*||w_l||", bounds=(0, 1)
-    )
-    ascent_steps: int = opt(
-        5,
-        "projected ascent steps on v (x_adv regenerated every step)",
-        bounds=(1, 10_000),
-        why="every step regenerates x_adv on every example",
-    )
-    step_fraction: float = opt(0.5, "ascent step as a fraction of gamma*||w_l||", bounds=(0, 1))
-    ascent_restarts: int = opt(
-        1,
-        "restarts (the first from v=0, the others random in the ball)",
-        bounds=(1, 1000),
-        why="every restart repeats the whole ascent",
-    )
-    per_batch: bool = opt(False, "one v per batch instead of one v for the whole subset")
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "gammas", tuple(float(g) for g in self.gammas))
-        check_bounds(self)
-        if not self.gammas or any(not 0 < g < 1 for g in self.gammas):
-            raise ValueError(
-                f"gammas={self.gammas}: give one or more relative radii in (0, 1) (gamma = 0 is "
-                "no perturbation: its worst-case flatness is 0 by definition)"
-            )
-        if len(set(self.gammas)) != len(self.gammas):
-            raise ValueError(f"gammas={self.gammas} has repeated values")
-        if self.ascent_steps < 1 or self.ascent_restarts < 1:
-            raise ValueError("need ascent_steps >= 1 and ascent_restarts >= 1")
-        if not 0 < self.step_fraction <= 1:
-            raise ValueError(f"step_fraction={self.step_fraction} must be in (0, 1]")
 
 
 def worst_case_perturbation(

@@ -20,13 +20,10 @@ import torch
 from torch import nn
 
 from awp.config import check_eps
+from awp.eval_config import AA_IMPLEMENTATIONS, AA_VERSIONS
 from awp.extras import require
 from awp.modes import model_mode
 
-AA_VERSIONS = ("standard", "plus", "rand")
-# "original": Croce & Hein's code as PyPI serves it (pyautoattack), what RobustBench's numbers
-# come from; "torchattacks": Kim's reimplementation.
-AA_IMPLEMENTATIONS = ("original", "torchattacks")
 AA_MODULES = {"original": "pyautoattack", "torchattacks": "torchattacks"}
 
 

@@ -27,6 +27,8 @@ PARAM_SETS = ("weights", "all")
 NORMS = ("linf", "l2")
 ATTACK_NAMES = ("pgd", "fgsm", "cw")
 RANDOM_STARTS = ("uniform", "gaussian", "none")
+HVP_METHODS = ("auto", "graph", "jvp", "double")  # Hessian-vector products (awp.hessian)
+SCHEDULES = ("piecewise", "cosine", "constant")  # learning-rate schedules (awp.train_config)
 
 
 def opt(default: Any, help: str, **kwargs: Any) -> Any:  # noqa: A002 - mirrors argparse
@@ -401,6 +403,24 @@ def method_defaults(method: str) -> MethodDefaults:
     """The defaults of a training method by name (see :data:`METHOD_DEFAULTS`)."""
     check_choice(method, METHODS, "method")
     return METHOD_DEFAULTS[method]
+
+
+def check_beta(method: str, beta: float | None) -> None:
+    """Refuse a beta for a method without one (AT) and a negative beta (TRADES, MART).
+
+    Raises:
+        ValueError: naming the problem and the fix.
+    """
+    default = method_defaults(method).beta
+    if default is None:
+        if beta is not None:
+            raise ValueError(
+                f"beta={beta} was given, but method {method!r} has no beta; beta weighs the KL "
+                f"term of trades and mart (drop --beta or choose --method trades/mart)"
+            )
+        return
+    if not (default if beta is None else beta) >= 0:
+        raise ValueError(f"beta={beta} must be >= 0")
 
 
 def method_of(config: Mapping[str, Any] | None) -> str:

@@ -71,11 +71,10 @@ from torch.func import functional_call, grad, jvp
 
 from awp import distributed
 from awp.augment import as_float
-from awp.config import AttackConfig, check_choice
+from awp.config import HVP_METHODS, AttackConfig, check_choice
 from awp.evaluate import attack_outcomes
 from awp.modes import model_mode
 
-HVP_METHODS = ("auto", "graph", "jvp", "double")
 # "auto" keeps the gradient graphs when they take at most this fraction of the available memory.
 GRAPH_MEMORY_FRACTION = 0.5
 

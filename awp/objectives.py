@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from awp.attacks import LossFn
-from awp.config import METHODS, method_defaults
+from awp.config import METHODS, check_beta, method_defaults
 from awp.modes import model_mode
 
 ObjectiveFn = Callable[
@@ -170,18 +170,11 @@ def get_objective(method: str, *, beta: float | None = None) -> ObjectiveFn:
     """
     if method not in OBJECTIVES:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    check_beta(method, beta)
     default = method_defaults(method).beta
     if default is None:
-        if beta is not None:
-            raise ValueError(
-                f"beta={beta} was given, but method {method!r} has no beta; beta weighs the KL "
-                f"term of trades and mart (drop --beta or choose --method trades/mart)"
-            )
         return OBJECTIVES[method]
-    beta = default if beta is None else beta
-    if not beta >= 0:
-        raise ValueError(f"beta={beta} must be >= 0")
-    return functools.partial(OBJECTIVES[method], beta=beta)
+    return functools.partial(OBJECTIVES[method], beta=default if beta is None else beta)
 
 
 def get_attack_loss(method: str) -> AttackLossFactory | None:

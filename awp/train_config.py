@@ -16,28 +16,32 @@ import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from awp.attacks import attack_spec
 from awp.config import (
     METHODS,
     MODES,
     PGD10_TRAIN,
     PGD20_EVAL,
     RANDOM_STARTS,
+    SCHEDULES,
     AttackConfig,
     AWPConfig,
+    check_beta,
     check_bounds,
     check_eps,
     method_defaults,
     method_of,
     opt,
 )
-from awp.data import DataBundle, DataConfig
-from awp.models import ModelConfig, ModelSpec
-from awp.objectives import AttackLossFactory, ObjectiveFn, get_attack_loss, get_objective
+from awp.data_config import DataConfig
+from awp.model_config import ModelConfig
 
-SCHEDULES = ("piecewise", "cosine", "constant")
+if TYPE_CHECKING:  # this module imports no torch: `awp train --help` is built from it
+    from awp.data import DataBundle
+    from awp.models import ModelSpec
+    from awp.objectives import AttackLossFactory, ObjectiveFn
+
 # Fields whose None means "the method's default" (awp.config.METHOD_DEFAULTS).
 METHOD_DEFAULT_FIELDS = ("gamma", "awp_warmup", "beta", "attack_mode", "attack_start")
 # `--tensorboard` without a folder: the run folder's tensorboard/ (``<out>`` stands for it).
@@ -182,7 +186,7 @@ class TrainConfig:
             raise ValueError(f"unknown schedule {self.schedule!r}; choose one of {SCHEDULES}")
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
-        get_objective(self.method, beta=self.beta)  # refuses a beta for AT
+        check_beta(self.method, self.beta)  # refuses a beta for AT
         if self.attack_mode is not None and self.attack_mode not in MODES:
             raise ValueError(f"attack_mode={self.attack_mode!r}; choose one of {MODES}")
         if self.attack_start is not None and self.attack_start not in RANDOM_STARTS:
@@ -271,6 +275,8 @@ class TrainConfig:
     @property
     def eval_attack(self) -> AttackConfig:
         """PGD-20 (eval mode) used for the per-epoch robust accuracies."""
+        from awp.attacks import attack_spec  # here: the attack table imports torch
+
         return dataclasses.replace(
             attack_spec("pgd20").preset,
             norm=self.norm,
@@ -295,11 +301,15 @@ class TrainConfig:
     @property
     def objective(self) -> ObjectiveFn:
         """The training objective of ``method`` with its beta."""
+        from awp.objectives import get_objective  # here: it imports torch
+
         return get_objective(self.method, beta=self.beta)
 
     @property
     def attack_loss(self) -> AttackLossFactory | None:
         """The factory of the training attack's loss (TRADES: its KL term), or None for CE."""
+        from awp.objectives import get_attack_loss  # here: it imports torch
+
         return get_attack_loss(self.method)
 
     def model_spec(self, data: DataBundle) -> ModelSpec:

@@ -21,8 +21,12 @@ from awp_landscape.console import CLIError
 # its run imports the command) keeps `awp CMD --help` as fast. A module that registers several
 # commands (demo: demo and reproduce) is listed once per command.
 COMMANDS: tuple[tuple[str, str, str], ...] = (
-    ("train", "train", "adversarial training (AT, TRADES, MART), with or without AWP"),
-    ("eval", "evaluate", "natural / FGSM / PGD-20 / CW-20 / AutoAttack accuracy of a checkpoint"),
+    ("train", "train_parser", "adversarial training (AT, TRADES, MART), with or without AWP"),
+    (
+        "eval",
+        "evaluate_parser",
+        "natural / FGSM / PGD-20 / CW-20 / AutoAttack accuracy of a checkpoint",
+    ),
     (
         "landscape",
         "landscape_parser",
@@ -30,47 +34,47 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ),
     (
         "connect",
-        "connect",
+        "connect_parser",
         "mode connectivity of two checkpoints: the line, a trained curve, the barriers",
     ),
-    ("plot", "plot", "draw landscape h5 files (curves, contours, heatmaps, 3-D surfaces)"),
-    ("hist", "hist", "per-layer weight statistics, KS/Wasserstein distances and histograms"),
+    ("plot", "plot_parser", "draw landscape h5 files (curves, contours, heatmaps, 3-D surfaces)"),
+    ("hist", "hist_parser", "per-layer weight statistics, KS/Wasserstein distances and histograms"),
     (
         "spectra",
-        "spectra",
+        "spectra_parser",
         "per-layer singular values, conv operator norms (FFT), stable rank, ESD alpha",
     ),
     (
         "flatness",
-        "flatness",
+        "flatness_parser",
         "expected / worst-case PAC-Bayes flatness, sigma search, PAC-Bayes bound",
     ),
-    ("gap", "gap", "robust generalization gap of many checkpoints"),
+    ("gap", "gap_parser", "robust generalization gap of many checkpoints"),
     (
         "hessian",
-        "hessian",
+        "hessian_parser",
         "top Hessian eigenvalues, trace, eigenvalue density and per-layer curvature",
     ),
     (
         "correlate",
-        "correlate",
+        "correlate_parser",
         "correlate a flatness measure with the robust gap across checkpoints",
     ),
     (
         "certify",
-        "certify",
+        "certify_parser",
         "certified L2 radius by randomized smoothing (Cohen et al.), accuracy under noise",
     ),
     ("report", "report", "self-contained HTML report (+ markdown) of result folders"),
-    ("demo", "demo", "AT vs AT-AWP on real CIFAR-10, measured and reported"),
+    ("demo", "demo_parser", "AT vs AT-AWP on real CIFAR-10, measured and reported"),
     (
         "reproduce",
-        "demo",
+        "demo_parser",
         "a paper protocol with and without AWP (GPU), then the same analyses and report",
     ),
     (
         "sweep",
-        "sweep",
+        "sweep_parser",
         "AWP's gamma trade-off: natural vs robust accuracy, gap and flatness against gamma",
     ),
 )

@@ -9,16 +9,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from analysis.certify_units import CertifyConfig
-from analysis.flatness import FlatnessConfig
-from analysis.gap import GapConfig
-from analysis.hessian import HessianConfig
-from analysis.worst_case import WorstCaseConfig
+# The torch-free modules of the configs: `awp demo --help` is built from this module.
+from analysis.config import (
+    CertifyConfig,
+    FlatnessConfig,
+    GapConfig,
+    HessianConfig,
+    WorstCaseConfig,
+)
 from awp.config import AttackConfig, bounds_of, check_bounds, opt
-from awp.data import DataConfig
-from awp.evaluate import EvalConfig
-from awp.models import ModelConfig
-from awp.train import TENSORBOARD_IN_RUN, TrainConfig
+from awp.data_config import DataConfig
+from awp.eval_config import EvalConfig
+from awp.model_config import ModelConfig
+from awp.train_config import TENSORBOARD_IN_RUN, TrainConfig
 from landscape.config import SurfaceConfig
 from landscape.grid import MAX_AXIS_POINTS
 

@@ -32,6 +32,8 @@ NORMS = ("filter", "layer", "none")  # normalizations of a random direction
 INCLUDES = ("weights", "all")  # the tensors a direction covers
 EIG_LOSSES = ("clean", "adv")
 EIG_SPLITS = ("train", "test")
+# RegularGridInterpolator's methods, with the fewest points per axis each needs (landscape.vtp).
+VTP_METHODS = {"linear": 2, "cubic": 4, "quintic": 6, "pchip": 4}
 DIRECTION_TYPES = ("random", "awp", "hessian")
 BN_MODES = ("eval", "recompute")
 SPLITS = ("train", "test")

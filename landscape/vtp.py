@@ -21,9 +21,7 @@ from scipy.sparse.linalg import spsolve
 
 from awp.extras import require
 from awp.io import atomic_write_with
-
-# RegularGridInterpolator's methods, with the fewest points per axis each needs.
-METHODS = {"linear": 2, "cubic": 4, "quintic": 6, "pchip": 4}
+from landscape.config import VTP_METHODS as METHODS
 
 
 @dataclass(frozen=True)

@@ -132,7 +132,11 @@ def test_an_old_spelling_still_works_and_names_the_new_flag(command, old, new, c
     with_new = p.parse_args([*positional, new, "3"])
     assert vars(with_old) == vars(with_new)
     assert note.count("\n") == 1 and f"{old} is deprecated" in note and f"write {new}" in note
-    assert capsys.readouterr().err == ""  # the new spelling says nothing
+    said = capsys.readouterr().err
+    if (command, new) == ("landscape", "--seed"):  # but what --seed seeds now
+        assert said.startswith("awp landscape: note: --seed seeds the attack's"), said
+    else:
+        assert said == ""  # the new spelling says nothing
 
 
 def test_the_old_spellings_cover_the_issue_and_build_the_same_config(capsys):
@@ -237,8 +241,9 @@ def test_a_value_with_a_leading_minus_gets_a_hint(argv, hint, capsys):
 HEAVY = ("torch", "matplotlib")
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["landscape", "--help"]])
+@pytest.mark.parametrize("argv", [["--help"]] + [[name, "--help"] for name, _, _ in COMMANDS])
 def test_help_imports_neither_torch_nor_matplotlib(argv):
+    """`awp --help` and every `awp CMD --help`: the parsers come from torch-free modules."""
     code = (
         "import sys\n"
         "from awp_landscape.cli import main\n"
@@ -252,6 +257,47 @@ def test_help_imports_neither_torch_nor_matplotlib(argv):
     assert proc.returncode == 0, proc.stderr
     assert "usage: awp" in proc.stdout
     assert "LOADED []" in proc.stdout, proc.stdout[-300:]
+
+
+def test_the_torch_free_copies_agree_with_what_they_describe():
+    """The attack names and the commands' descriptions written where torch is not imported."""
+    import awp_landscape.pipeline
+    import awp_landscape.sweep
+    from awp.attacks import ATTACKS
+    from awp.eval_config import EVAL_ATTACKS
+    from awp_landscape.commands.common import module_doc
+
+    assert tuple(ATTACKS) == EVAL_ATTACKS
+    assert module_doc("awp_landscape.sweep") == awp_landscape.sweep.__doc__
+    assert module_doc("awp_landscape.pipeline") == awp_landscape.pipeline.__doc__
+    assert module_doc("awp_landscape.no_such_module") is None
+
+
+@pytest.mark.parametrize(
+    ("argv", "seeds", "noted"),
+    [
+        (["--seed", "3"], {"seed": 3, "direction_seed": None}, True),
+        (["--seed=3", "--direction-seed", "5"], {"seed": 3, "direction_seed": 5}, True),
+        (["--direction-seed", "5"], {"seed": None, "direction_seed": 5}, False),
+        ([], {"seed": None, "direction_seed": None}, False),
+    ],
+)
+def test_landscape_notes_that_seed_now_seeds_the_attack(argv, seeds, noted, capsys):
+    """`awp landscape --seed` used to seed the directions: given, it says what it seeds now."""
+    args = build_parser(only="landscape").parse_args(["landscape", "a.pt", *argv])
+    assert {k: getattr(args, k, None) for k in seeds} == seeds
+    err = capsys.readouterr().err
+    note = (
+        "awp landscape: note: --seed seeds the attack's random starts since 0.1.0; the "
+        "direction's seed is --direction-seed\n"
+    )
+    assert err == (note if noted else ""), err
+    if noted:  # the value reaches the attacks' seed, not the directions'
+        from awp_landscape.flags import dataclass_from_arguments
+        from landscape.config import SurfaceConfig
+
+        cfg = dataclass_from_arguments(SurfaceConfig, args)
+        assert (cfg.attack_seed, cfg.seed) == (3, seeds["direction_seed"] or 0)
 
 
 def test_the_vocabulary_names_existing_fields():

@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import ast
+import importlib.util
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from awp.io import read_json
 from awp_landscape.console import CLIError
-from awp_landscape.inputs import run_folder_of
+
+
+def module_doc(name: str) -> str | None:
+    """The docstring of module ``name``, read from its source without importing it (a
+    command's description, where importing its module would import torch); None when the
+    module or its source is not found."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.origin is None or not spec.origin.endswith(".py"):
+        return None
+    return ast.get_docstring(ast.parse(Path(spec.origin).read_text(encoding="utf-8")), clean=False)
 
 
 def add_run_arguments(p: argparse.ArgumentParser, *, out_help: str) -> None:
@@ -31,6 +41,8 @@ def current_results(folder: Path, *, what: str) -> list[dict[str, Any]]:
     only its newest measurement's is kept (the log names the one replaced), so a summary has
     one row per checkpoint file, and rows are never lost when another checkpoint is measured.
     """
+    from awp.io import read_json  # here: the parsers import this module, and awp.io torch
+
     paths = sorted(folder.glob("*/result.json"), key=lambda p: p.stat().st_mtime_ns)
     by_sha: dict[str, tuple[Path, dict[str, Any]]] = {}
     for path in paths:  # oldest first: a newer result of the same sha replaces the older
@@ -59,6 +71,8 @@ def out_folder(out: Path | None, checkpoints: Sequence[Path], *, under: str = ""
     checkpoints from several folders need ``--out``."""
     if out is not None:
         return out
+    from awp_landscape.inputs import run_folder_of  # here: it imports torch
+
     runs = {run_folder_of(c) for c in checkpoints}
     if len(runs) != 1:
         raise CLIError(

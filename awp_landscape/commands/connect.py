@@ -42,13 +42,13 @@ from awp.checkpoint import safe_torch_load
 from awp.config import config_diff, to_dict
 from awp.io import atomic_torch_save, atomic_write_with, sha256_file, write_json
 from awp.progress import progress_bar
-from awp_landscape.commands.common import add_run_arguments, out_folder
+from awp_landscape.commands.common import out_folder
+from awp_landscape.commands.connect_parser import register as register
 from awp_landscape.console import CLIError, format_table, say
-from awp_landscape.flags import add_dataclass_arguments, dataclass_from_arguments
+from awp_landscape.flags import dataclass_from_arguments
 from awp_landscape.inputs import (
     Loaded,
     Sources,
-    add_checkpoint_arguments,
     default_label,
     held_inputs,
 )
@@ -59,37 +59,6 @@ CURVE_FORMAT = "awp-landscape/curve"
 TRAINING = ("objective", "epochs", "batch_size", "lr", "schedule", "momentum", "weight_decay")
 TRAINING += ("augment", "train_steps", "train_step_size", "n_fit", "seed", "attack")
 _TRAINING_ONLY = tuple(k for k in TRAINING if k not in ("seed", "attack")) + ("curve",)
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add ``awp connect``."""
-    p = sub.add_parser(
-        "connect",
-        help="mode connectivity of two checkpoints: the line, a trained curve, the barriers",
-        description="Natural and robust loss and accuracy along the straight line from A to B "
-        "and along a quadratic Bezier curve whose middle point is trained (robust or clean "
-        "objective), BatchNorm re-estimated and the attack regenerated at every point; the "
-        "barrier (max along the path minus the mean of the ends) with its t. Writes "
-        "connect.h5, connect.json and a figure into --out; resumable, points sharded under "
-        "torchrun.",
-    )
-    p.add_argument("checkpoints", nargs=2, type=Path, help="the two ends A and B (.pt)")
-    p.add_argument("--labels", nargs=2, default=None, help="names of A and B")
-    add_dataclass_arguments(p, ConnectConfig)
-    add_checkpoint_arguments(p, dataset_help="dataset (default: A's)")
-    add_run_arguments(
-        p,
-        out_help="results folder (default: <run>/analysis/connect when A and B come from one "
-        "run folder; required otherwise)",
-    )
-    p.add_argument(
-        "--formats",
-        nargs="+",
-        default=["png", "pdf"],
-        choices=("png", "pdf", "svg"),
-        help="figure file formats: png | pdf | svg (default: png pdf)",
-    )
-    p.set_defaults(func=run)
 
 
 def _ends(a: Loaded, b: Loaded) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:

@@ -10,47 +10,9 @@ from pathlib import Path
 from analysis.correlate import correlate_records, fit_line
 from analysis.tables import IDENTITY, join_tables, read_table
 from awp.io import atomic_write_set, csv_text, exclusive_output, json_text
+from awp_landscape.commands.correlate_parser import register as register
 from awp_landscape.console import CLIError, format_table, say
-from awp_landscape.flags import deprecated_alias
 from awp_landscape.inputs import rows_of
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add ``awp correlate``."""
-    p = sub.add_parser(
-        "correlate",
-        help="correlate a flatness measure with the robust gap across checkpoints",
-        description="Join result tables (flatness.json, gap.json, or CSV) on the checkpoint's "
-        "sha256 and report Kendall tau-b, Spearman and Pearson between two columns, with "
-        "p-values and intervals (the union of a percentile bootstrap and the analytic Fisher-z "
-        "interval, both printed), pooled and per method; and a scatter figure.",
-    )
-    p.add_argument("tables", nargs="+", type=Path, help="result tables (.json or .csv)")
-    p.add_argument("--x", default="flatness", help="column on x (default: flatness)")
-    p.add_argument("--y", default="gap", help="column on y (default: gap)")
-    p.add_argument(
-        "--where",
-        action="append",
-        default=[],
-        metavar="COL=VALUE",
-        help="keep rows whose COL equals VALUE (tables without COL are not filtered), "
-        "e.g. --where kind=expected --where alpha=0.1; repeatable",
-    )
-    p.add_argument("--by", default="method", help="grouping column (default: method)")
-    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default: 1000)")
-    p.add_argument("--confidence", type=float, default=0.95, help="interval level (default 0.95)")
-    p.add_argument(
-        "--bootstrap-seed",
-        type=int,
-        default=0,
-        help="seed of the bootstrap resamples (default: 0)",
-    )
-    deprecated_alias(p, "--seed", "--bootstrap-seed", type=int)
-    p.add_argument("--no-figures", action="store_true", help="only tables, no PNG/PDF")
-    p.add_argument(
-        "--out", type=Path, default=None, help="results folder (default: the first table's)"
-    )
-    p.set_defaults(func=run)
 
 
 def correlate_tables(

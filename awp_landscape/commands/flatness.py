@@ -25,48 +25,18 @@ from awp.config import to_dict
 from awp.data import DataConfig
 from awp.io import atomic_write_set, csv_text, json_text, write_json
 from awp.perturb import select_params
-from awp_landscape.commands.common import add_run_arguments, current_results, out_folder
+from awp_landscape.commands.common import current_results, out_folder
+from awp_landscape.commands.flatness_parser import register as register
 from awp_landscape.console import format_table, say
-from awp_landscape.flags import add_dataclass_arguments, dataclass_from_arguments
+from awp_landscape.flags import dataclass_from_arguments
 from awp_landscape.inputs import (
     Loaded,
     Sources,
-    add_checkpoint_arguments,
     each_checkpoint,
 )
 
 # Settings that only add or summarize units; every other one changes what a unit computes.
 SETTINGS_EXCLUDED = ("alphas", "samples", "confidence")
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add ``awp flatness``."""
-    p = sub.add_parser(
-        "flatness",
-        help="expected / worst-case PAC-Bayes flatness, sigma search, PAC-Bayes bound",
-        description="E_u[rho(w+u)] - rho(w) with the attack regenerated on every w+u, for "
-        "several alphas (a curve); optionally the worst case over ||v_l|| <= gamma ||w_l|| "
-        "(--worst-case) and the largest alpha whose robust accuracy drop is <= a target "
-        "(--sigma-search); with the PAC-Bayes bound's terms. Finished samples are kept in "
-        "<out>/flatness/ and skipped when run again; under torchrun samples are split across "
-        "ranks.",
-    )
-    p.add_argument(
-        "checkpoints", nargs="*", type=Path, help="checkpoints (.pt; or --robustbench NAME)"
-    )
-    p.add_argument("--labels", nargs="+", help="names in tables and figures")
-    add_dataclass_arguments(p, FlatnessConfig)
-    p.add_argument("--worst-case", action="store_true", help="also measure worst-case flatness")
-    add_dataclass_arguments(p.add_argument_group("worst case (--worst-case)"), WorstCaseConfig)
-    p.add_argument("--sigma-search", action="store_true", help="also run the sigma search")
-    add_dataclass_arguments(
-        p.add_argument_group("sigma search (--sigma-search)"), SigmaSearchConfig
-    )
-    add_dataclass_arguments(p.add_argument_group("PAC-Bayes bound"), PacBayesConfig)
-    p.add_argument("--no-figures", action="store_true", help="only tables, no PNG/PDF")
-    add_checkpoint_arguments(p)
-    add_run_arguments(p, out_help="results folder (default: <run>/analysis)")
-    p.set_defaults(func=run)
 
 
 def _settings(cfg: FlatnessConfig, data_cfg: DataConfig, sha: str, n_split: int) -> dict:

@@ -13,29 +13,11 @@ from analysis.store import SampleStore, run_units
 from awp import distributed
 from awp.config import to_dict
 from awp.io import atomic_write_set, csv_text, json_text, sha256_file
-from awp_landscape.commands.common import add_run_arguments, out_folder
+from awp_landscape.commands.common import out_folder
+from awp_landscape.commands.gap_parser import register as register
 from awp_landscape.console import format_table, say
-from awp_landscape.flags import add_dataclass_arguments, dataclass_from_arguments
-from awp_landscape.inputs import Inputs, Sources, add_checkpoint_arguments, held_inputs
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add ``awp gap``."""
-    p = sub.add_parser(
-        "gap",
-        help="robust generalization gap of many checkpoints",
-        description="Robust accuracy on a fixed seeded train subset minus robust accuracy on "
-        "a test subset (same attack, eval mode, no augmentation), and the robust loss gap, for "
-        "every checkpoint given. Finished checkpoints are kept in <out>/gap/ and skipped when "
-        "run again; under torchrun checkpoints are split across ranks.",
-    )
-    p.add_argument(
-        "checkpoints", nargs="*", type=Path, help="checkpoints (.pt; or --robustbench NAME)"
-    )
-    add_dataclass_arguments(p, GapConfig)
-    add_checkpoint_arguments(p, dataset_help="dataset (default: each checkpoint's)")
-    add_run_arguments(p, out_help="results folder (default: <run>/analysis)")
-    p.set_defaults(func=run)
+from awp_landscape.flags import dataclass_from_arguments
+from awp_landscape.inputs import Inputs, Sources, held_inputs
 
 
 def _settings(cfg: GapConfig, inputs: Inputs) -> dict[str, Any]:

@@ -27,13 +27,13 @@ from awp.config import to_dict
 from awp.data import DataConfig
 from awp.io import atomic_write_set, csv_text, json_text, write_json
 from awp.progress import progress_bar
-from awp_landscape.commands.common import add_run_arguments, current_results, out_folder
+from awp_landscape.commands.common import current_results, out_folder
+from awp_landscape.commands.hessian_parser import register as register
 from awp_landscape.console import format_table, say
-from awp_landscape.flags import add_dataclass_arguments, dataclass_from_arguments
+from awp_landscape.flags import dataclass_from_arguments
 from awp_landscape.inputs import (
     Loaded,
     Sources,
-    add_checkpoint_arguments,
     each_checkpoint,
 )
 
@@ -55,30 +55,6 @@ SETTINGS_EXCLUDED = (
     "power",
     "confidence",
 )
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add ``awp hessian``."""
-    p = sub.add_parser(
-        "hessian",
-        help="top Hessian eigenvalues, trace, eigenvalue density and per-layer curvature",
-        description="Curvature of each checkpoint's loss on a fixed seeded subset (PyHessian's "
-        "measures): top-k eigenvalues by Lanczos (ARPACK), the trace by Hutchinson with an "
-        "interval and a stopping rule, the eigenvalue density by stochastic Lanczos "
-        "quadrature, per-layer block traces and top eigenvalues. --loss adv crafts x_adv at w "
-        "and holds it fixed: by Danskin's theorem that is the robust loss's gradient, not its "
-        "full curvature. Finished units are kept in <out>/hessian/ and skipped when run "
-        "again; under torchrun the Hessian-vector products are summed over ranks.",
-    )
-    p.add_argument(
-        "checkpoints", nargs="*", type=Path, help="checkpoints (.pt; or --robustbench NAME)"
-    )
-    p.add_argument("--labels", nargs="+", help="names in tables and figures")
-    add_dataclass_arguments(p, HessianConfig)
-    p.add_argument("--no-figures", action="store_true", help="only tables, no PNG/PDF")
-    add_checkpoint_arguments(p)
-    add_run_arguments(p, out_help="results folder (default: <run>/analysis)")
-    p.set_defaults(func=run)
 
 
 def _settings(cfg: HessianConfig, data_cfg: DataConfig | None, sha: str, n_split: int) -> dict:

@@ -11,59 +11,15 @@ from analysis.weights import model_layers, select_layers, weight_report
 from awp import distributed
 from awp.io import atomic_write_set, csv_text, exclusive_output, json_text
 from awp.progress import progress_bar
-from awp_landscape.commands.common import add_run_arguments, out_folder
+from awp_landscape.commands.common import out_folder
+from awp_landscape.commands.hist_parser import register as register
 from awp_landscape.console import format_table, say
 from awp_landscape.inputs import (
     Inputs,
-    add_checkpoint_arguments,
     check_files,
     rows_of,
     unique_labels,
 )
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add ``awp hist``."""
-    p = sub.add_parser(
-        "hist",
-        help="per-layer weight statistics, KS/Wasserstein distances and histograms",
-        description="Per-layer weight statistics of checkpoints (matched by layer name), "
-        "KS statistic and Wasserstein-1 distance between them, overlaid histograms "
-        "(rebuttal R#1 Q3) and statistics against depth.",
-    )
-    p.add_argument(
-        "checkpoints",
-        nargs="*",
-        type=Path,
-        help="checkpoints (.pt; or --robustbench NAME) to compare",
-    )
-    p.add_argument("--labels", nargs="+", help="names in the legend (default: AT / AT-AWP ...)")
-    p.add_argument(
-        "--layers",
-        nargs="+",
-        default=["weights"],
-        help="layers measured: weights (conv+linear, default) | all | conv | linear | norm | "
-        "bias | first-conv | last-conv | first-linear | last-linear | names | glob patterns",
-    )
-    p.add_argument(
-        "--plot-layers",
-        nargs="+",
-        default=["last-conv"],
-        help="layers drawn as histograms, among --layers (default: last-conv, the rebuttal's)",
-    )
-    p.add_argument("--bins", type=int, default=80, help="histogram bins (default: 80)")
-    p.add_argument(
-        "--clip-quantile",
-        type=float,
-        default=None,
-        help="histogram range: this quantile of |w| instead of the max (e.g. 0.999)",
-    )
-    p.add_argument("--no-figures", action="store_true", help="only tables, no PNG/PDF")
-    add_checkpoint_arguments(p, dataset_help="dataset (only for checkpoints from elsewhere)")
-    add_run_arguments(
-        p, out_help="results folder (default: <run>/analysis when all checkpoints are from one run)"
-    )
-    p.set_defaults(func=run)
 
 
 def weight_histograms(

@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+from typing import Any
 
 from awp_landscape.checkpoint_flags import add_checkpoint_arguments
 from awp_landscape.flags import add_dataclass_arguments, explain_default
@@ -62,11 +64,47 @@ def register(sub: argparse._SubParsersAction) -> None:
         "every point of the grid (441 of a 21x21 surface, per direction and split), and the "
         "landscape compares shapes, not accuracies; write --attack-steps 20 to match them",
     )
+    note_seed_meaning(p)
     add_dataclass_arguments(p.add_argument_group("curvature map"), EigenMapConfig)
     add_checkpoint_arguments(
         p, dataset_help="dataset (default: the one the checkpoint was trained on)"
     )
     p.set_defaults(func=run)
+
+
+# The release whose vocabulary gave landscape's --seed to the attacks (docs/cli.md, "Renamed
+# flags"); before it, --seed seeded the directions, which are now --direction-seed's.
+SEED_MEANING_SINCE = "0.1.0"
+
+
+class _SeedNote(argparse.Action):
+    """``--seed`` of ``awp landscape``: stores the attacks' seed and says, on stderr, that it
+    no longer seeds the directions (a user of the old meaning would get other surfaces)."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        print(
+            f"{parser.prog}: note: --seed seeds the attack's random starts since "
+            f"{SEED_MEANING_SINCE}; the direction's seed is --direction-seed",
+            file=sys.stderr,
+        )
+        setattr(namespace, self.dest, values)
+
+
+def note_seed_meaning(p: argparse.ArgumentParser) -> None:
+    """Make ``--seed`` (already added, a plain stored value) print :class:`_SeedNote`'s note
+    when it is given."""
+    action = next(a for a in p._actions if "--seed" in a.option_strings)
+    if type(action) is not argparse._StoreAction:
+        raise TypeError(
+            f"--seed is a {type(action).__name__}, not a stored value: update _SeedNote"
+        )
+    action.__class__ = _SeedNote
 
 
 def run(args: argparse.Namespace) -> int:

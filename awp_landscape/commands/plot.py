@@ -17,86 +17,13 @@ from pathlib import Path
 import numpy as np
 
 from awp.io import exclusive_output
+from awp_landscape.commands.plot_parser import PLOTS as PLOTS
+from awp_landscape.commands.plot_parser import register as register
 from landscape.curvature_map import EIG_NAMES
 from landscape.grid import PLANES
 from landscape.run import safe_name
 from landscape.storage import Surface, read_surface
-from landscape.vtp import METHODS, surface_mesh, write_vtp
-
-PLOTS = ("auto", "curve", "contour", "contourf", "heatmap", "surface")
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``awp plot`` to the ``awp`` command."""
-    p = subparsers.add_parser(
-        "plot",
-        help="draw landscape h5 files (curves, contours, heatmaps, 3-D surfaces)",
-        description=(
-            "Draw the h5 files written by 'awp landscape' (or loss-landscape's "
-            "plot_surface.py). Curves of several files share one figure (AT vs AT-AWP); "
-            "2-D surfaces get contour, filled contour, heatmap and 3-D views. PNG and PDF."
-        ),
-    )
-    p.add_argument("files", nargs="+", type=Path, help="landscape .h5 files")
-    p.add_argument(
-        "--metrics",
-        nargs="+",
-        default=None,
-        help="datasets to draw, e.g. test_adv_loss test_loss (default: the adversarial loss "
-        "of the test split, else the first loss found)",
-    )
-    p.add_argument(
-        "--plots",
-        nargs="+",
-        default=["auto"],
-        choices=PLOTS,
-        help="auto: curves for 1-D files, every view for 2-D files",
-    )
-    p.add_argument(
-        "--band",
-        default="std",
-        choices=("std", "minmax", "none"),
-        help="shaded band of a multi-direction curve: std (mean +- one standard deviation) | "
-        "minmax (the range over directions) | none (default: std)",
-    )
-    p.add_argument("--labels", nargs="+", default=None, help="legend labels, one per file")
-    p.add_argument("--vmin", type=float, default=None, help="lowest level of 2-D views")
-    p.add_argument("--vmax", type=float, default=None, help="highest level of 2-D views")
-    p.add_argument("--levels", type=int, default=None, help="number of contour levels")
-    p.add_argument(
-        "--out",
-        type=Path,
-        default=None,
-        help="folder for the figures (default: the first file's folder)",
-    )
-    p.add_argument(
-        "--formats",
-        nargs="+",
-        default=["png", "pdf"],
-        choices=("png", "pdf", "svg"),
-        help="figure file formats: png | pdf | svg (default: png pdf)",
-    )
-    g = p.add_argument_group("ParaView (VTK XML PolyData, the [viz] extra)")
-    g.add_argument(
-        "--vtp",
-        action="store_true",
-        help="also write every 2-D surface as LABEL_METRIC.vtp: points (x, y, metric), every "
-        "metric of the file as a point array",
-    )
-    g.add_argument(
-        "--vtp-points",
-        type=int,
-        default=0,
-        metavar="N",
-        help="resample onto N x N points over the same ranges (0 = the file's grid)",
-    )
-    g.add_argument(
-        "--vtp-method",
-        default="cubic",
-        choices=tuple(METHODS),
-        help="interpolation of --vtp-points (scipy's RegularGridInterpolator; default cubic)",
-    )
-    p.set_defaults(func=run)
+from landscape.vtp import surface_mesh, write_vtp
 
 
 def default_metrics(names: Sequence[str]) -> list[str]:

@@ -26,13 +26,13 @@ from awp import distributed
 from awp.config import to_dict
 from awp.io import atomic_write_set, csv_text, json_text, sha256_file
 from awp.modes import unwrap
-from awp_landscape.commands.common import add_run_arguments, out_folder
+from awp_landscape.commands.common import out_folder
+from awp_landscape.commands.spectra_parser import register as register
 from awp_landscape.console import format_table, say
-from awp_landscape.flags import add_dataclass_arguments, dataclass_from_arguments
+from awp_landscape.flags import dataclass_from_arguments
 from awp_landscape.inputs import (
     Inputs,
     Sources,
-    add_checkpoint_arguments,
     held_inputs,
     rows_of,
     unique_labels,
@@ -48,35 +48,6 @@ OPERATOR_NOTE = (
 SHOWN = ("label", "layer", "fft_size", "spectral_norm", "op_norm_circular", "op_norm_zero_lower")
 SHOWN += ("op_norm_zero_bound",)
 SHOWN += ("stable_rank", "alpha", "alpha_se", "n_tail")
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add ``awp spectra``."""
-    p = sub.add_parser(
-        "spectra",
-        help="per-layer singular values, conv operator norms (FFT), stable rank, ESD alpha",
-        description="Per conv/linear layer of each checkpoint: singular values of W reshaped "
-        "to (out, in*kh*kw), Frobenius and spectral norms, stable rank, a power-law fit of the "
-        "eigenvalues of W^T W (MLE, x_min by the KS rule), and the conv's operator norm on its "
-        "input images by FFT (exact for circular padding; the zero-padded conv the network "
-        "applies is bracketed between power iteration on it and an FFT upper bound). Figures: "
-        "the ESD of one layer, statistics against depth and against epoch. Finished checkpoints "
-        "are kept in <out>/spectra_units and skipped when run again; torchrun splits them.",
-    )
-    p.add_argument(
-        "checkpoints",
-        nargs="*",
-        type=Path,
-        help="checkpoints (.pt; or --robustbench NAME) to measure",
-    )
-    p.add_argument("--labels", nargs="+", help="names in the legend (default: AT / AT-AWP ...)")
-    add_dataclass_arguments(p, SpectraConfig)
-    p.add_argument("--no-figures", action="store_true", help="only tables, no PNG/PDF")
-    add_checkpoint_arguments(p, dataset_help="dataset (only for checkpoints from elsewhere)")
-    add_run_arguments(
-        p, out_help="results folder (default: <run>/analysis when all checkpoints are from one run)"
-    )
-    p.set_defaults(func=run)
 
 
 def final_labels(idents: Sequence[dict[str, Any]]) -> list[str]:

@@ -5,24 +5,11 @@ from __future__ import annotations
 import argparse
 
 from awp_landscape import sweep
+from awp_landscape.commands.sweep_parser import register as register
 from awp_landscape.console import say
-from awp_landscape.flags import add_dataclass_arguments, dataclass_from_arguments
+from awp_landscape.flags import dataclass_from_arguments
 from awp_landscape.launch import LaunchConfig
 from awp_landscape.sweep import SweepConfig
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add ``awp sweep``."""
-    p = sub.add_parser(
-        "sweep",
-        help="AWP's gamma trade-off: natural vs robust accuracy, gap and flatness against gamma",
-        description=sweep.__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    add_dataclass_arguments(p, SweepConfig)
-    add_dataclass_arguments(p.add_argument_group("independent runs as jobs"), LaunchConfig)
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
