@@ -22,7 +22,19 @@ from awp_landscape.inputs import Inputs
 from tests.helpers import make_image_folder
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = ["--sigma", "0.12", "0.5", "--n0", "8", "--samples", "40", "--alpha", "0.01", "--n-test", "5"]
+SMALL = [
+    "--sigma",
+    "0.12",
+    "0.5",
+    "--n0",
+    "8",
+    "--samples",
+    "40",
+    "--alpha",
+    "0.01",
+    "--n-test",
+    "5",
+]
 SMALL += ["--noise-levels", "0", "0.25", "--noise-draws", "3", "--batch-size", "16"]
 SMALL += ["--no-progress", "--device", "cpu"]
 

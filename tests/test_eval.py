@@ -288,7 +288,17 @@ def test_eval_cli_no_cascade_l2_and_subset(tmp_path, capsys):
         model_spec=to_dict(spec),
         config={"data": {"dataset": str(folder), "val_size": 0}},
     )
-    args = ["eval", str(path), "--device", "cpu", "--no-progress", "--n-examples", "10", "--seed", "2"]
+    args = [
+        "eval",
+        str(path),
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--n-examples",
+        "10",
+        "--seed",
+        "2",
+    ]
     args += ["--norm", "l2", "--attacks", "natural", "fgsm", "pgd20", "--no-cascade"]
     assert main(args) == 0
     out = capsys.readouterr().out

@@ -62,7 +62,16 @@ def test_a_zoo_model_loads_by_name_and_evaluates(tmp_path, monkeypatch):
     src = write_zoo_file(tmp_path / "models", TINY)
     out = tmp_path / "e.json"
     args = ["eval", "--robustbench", "Tiny2020Test", "--model-dir", str(tmp_path / "models")]
-    args += ["--n-examples", "20", "--attacks", "natural", "fgsm", "--device", "cpu", "--no-progress"]
+    args += [
+        "--n-examples",
+        "20",
+        "--attacks",
+        "natural",
+        "fgsm",
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
     assert main([*args, "--out", str(out)]) == 0
     res = json.loads(out.read_text())
     assert res["checkpoint"] == str(tmp_path / "models/cifar10/Linf/Tiny2020Test.pt")
