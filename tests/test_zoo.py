@@ -114,3 +114,25 @@ def test_the_awp_authors_wideresnet_by_name(tmp_path):
     res = json.loads(out.read_text())
     assert res["model_spec"]["depth"] == 28 and res["model_spec"]["widen_factor"] == 10
     assert res["results"][0]["accuracy"] == pytest.approx(sample_accuracy(src, 8))
+
+
+def test_train_starts_from_a_zoo_model_by_name(tmp_path, monkeypatch, capsys):
+    """awp train --robustbench NAME is --init with the zoo file; a missing file or --init
+    given too is one line, and nothing is trained."""
+    monkeypatch.setattr(awp.zoo, "ZOO", (*ZOO, TINY))
+    models = tmp_path / "models"
+    base = ["train", "--model", "wideresnet", "--depth", "10", "--widen-factor", "1"]
+    base += ["--epochs", "1", "--val-size", "8", "--train-size", "16", "--batch-size", "8"]
+    base += ["--eval-n-train", "8", "--eval-n-test", "8", "--attack-steps", "1", "--lr", "1e-9"]
+    base += ["--schedule", "constant", "--device", "cpu", "--no-progress"]
+    zoo = ["--robustbench", "Tiny2020Test", "--model-dir", str(models)]
+    assert main([*base, *zoo, "--out", str(tmp_path / "missing")]) == 2
+    assert "expected" in capsys.readouterr().err and not (tmp_path / "missing").exists()
+    src = write_zoo_file(models, TINY)
+    assert main([*base, *zoo, "--init", "x.pt", "--out", str(tmp_path / "both")]) == 2
+    assert "not both" in capsys.readouterr().err
+    assert main([*base, *zoo, "--out", str(tmp_path / "run")]) == 0
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    assert ckpt["inputs"]["init"]["path"] == str(TINY.path(models))
+    start = src.state_dict()["block1.layer.0.conv1.weight"]
+    assert torch.allclose(ckpt["state_dict"]["block1.layer.0.conv1.weight"], start, atol=1e-6)

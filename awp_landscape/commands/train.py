@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 
 from awp import distributed
 from awp.config import from_dict
 from awp.train import TrainConfig, train
+from awp.zoo import find_zoo_model, zoo_dataset, zoo_file
 from awp_landscape.commands.train_parser import register as register
 from awp_landscape.console import CLIError, epoch_line, say
 from awp_landscape.flags import dataclass_from_arguments
@@ -24,6 +26,16 @@ def config_from(args: argparse.Namespace) -> TrainConfig:
             raise CLIError(f"config file {args.config} does not exist")
         base = from_dict(TrainConfig, json.loads(args.config.read_text()))
     cfg = dataclass_from_arguments(TrainConfig, args, base)
+    if getattr(args, "init_robustbench", None):
+        if cfg.init:
+            raise CLIError("give --init FILE or --robustbench NAME, not both")
+        model = find_zoo_model(
+            args.init_robustbench,
+            dataset=zoo_dataset(cfg.data.dataset),
+            threat_model=args.threat_model,
+        )
+        path = zoo_file(model, args.model_dir)  # one line naming the expected path if missing
+        cfg = dataclasses.replace(cfg, init=str(path))
     awp_flags = [
         "--" + n.replace("_", "-") for n in AWP_FLAGS if getattr(args, n, None) is not None
     ]

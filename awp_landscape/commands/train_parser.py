@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from awp.train_config import TrainConfig
+from awp.zoo import DEFAULT_MODEL_DIR, THREAT_MODELS
 from awp_landscape.flags import add_dataclass_arguments
 
 
@@ -35,6 +36,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_dataclass_arguments(p, TrainConfig)
+    z = p.add_argument_group(
+        "--init from RobustBench's zoo by name (read from --model-dir only; docs/robustbench.md)"
+    )
+    z.add_argument(
+        "--robustbench",
+        dest="init_robustbench",  # one zoo model to start from, not checkpoints to measure
+        default=None,
+        metavar="NAME",
+        help="start from this zoo model's weights (as --init with its file), e.g. "
+        "Wu2020Adversarial_extra; --model must name its architecture",
+    )
+    z.add_argument(
+        "--threat-model", default="Linf", choices=THREAT_MODELS, help="the zoo's threat model"
+    )
+    z.add_argument(
+        "--model-dir",
+        default=DEFAULT_MODEL_DIR,
+        help=f"RobustBench's model folder: <dir>/<dataset>/<threat model>/<name>.pt "
+        f"(default: {DEFAULT_MODEL_DIR})",
+    )
     p.set_defaults(func=run)
 
 
