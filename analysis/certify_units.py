@@ -35,9 +35,9 @@ from analysis.certify import (
     predict_from_counts,
     sample_counts,
 )
-from analysis.noise import unit_seed
 from analysis.stats import clopper_pearson
 from awp.config import check_bounds, opt
+from awp.seeds import derive_seed
 
 Record = dict[str, Any]
 # Upper bounds of the sample counts: every sample is a forward pass per image and sigma.
@@ -202,7 +202,7 @@ def compute_unit(
     common = dict(batch_size=cfg.batch(x.device), workers=cfg.threads(x.device))
     record: Record = {"index": index, "label": int(y)}
     if key.startswith("noise|"):
-        seed = unit_seed(cfg.seed, "noise", index)
+        seed = derive_seed(cfg.seed, "noise", index)
         levels = cfg.noise_levels
         correct = noise_correct(
             model,
@@ -216,17 +216,17 @@ def compute_unit(
         record["correct"] = correct
     else:
         sigma = float(f["sigma"])
-        seed = unit_seed(cfg.seed, "certify", index)
+        seed = derive_seed(cfg.seed, "certify", index)
         record["sigma"] = sigma
         if key.startswith("predict|"):
             num, phase = cfg.n, "predict"
         else:
             record["counts0"] = sample_counts(
-                model, x, sigma=sigma, num=cfg.n0, seed=unit_seed(seed, "select"), **common
+                model, x, sigma=sigma, num=cfg.n0, seed=derive_seed(seed, "select"), **common
             ).tolist()
             num, phase = cfg.n, "estimate"
         record["counts"] = sample_counts(
-            model, x, sigma=sigma, num=num, seed=unit_seed(seed, phase), **common
+            model, x, sigma=sigma, num=num, seed=derive_seed(seed, phase), **common
         ).tolist()
     record["seconds"] = time.perf_counter() - t0
     return record

@@ -35,12 +35,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from analysis.noise import generator_for, unit_seed
 from awp.augment import as_float, augment
 from awp.config import PGD20_EVAL, AttackConfig, check_choice, opt
 from awp.data import iterate_batches
 from awp.modes import kept_modes, unwrap
 from awp.objectives import at_objective
+from awp.seeds import derive_seed, generator_for
 from awp.train import SCHEDULES, lr_at, train_step
 from landscape.surface import EvalSet, anchored, bn_buffer_names, recompute_bn_stats, split_metrics
 
@@ -303,7 +303,7 @@ def point_metrics(
                     net,
                     es,
                     attack=attack,
-                    seed=unit_seed(seed, "attack", path, float(t), es.name),
+                    seed=derive_seed(seed, "attack", path, float(t), es.name),
                     batch_size=batch_size,
                 )
             )

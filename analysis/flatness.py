@@ -11,7 +11,7 @@ and the Clopper-Pearson interval is exact (i.i.d. when the example is drawn at r
 fixed subset the success probabilities differ by example, and the interval for their mean is
 conservative, since a Poisson-binomial's tails are lighter than the binomial's: Hoeffding
 1956). The worst case is :mod:`analysis.worst_case`, the sigma search :mod:`analysis.sigma`,
-and the plan of units of a whole run :mod:`analysis.units`.
+and the plan of units of a whole run :mod:`analysis.flatness_units`.
 
 A unit's noise and attack seeds derive from its key and the seed, never from the device, the
 rank or the order of evaluation, so units can be sharded across ranks and resumed
@@ -33,11 +33,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from analysis.noise import NOISE_MODES, draw_noise, generator_for, global_norm, noise_scales
+from analysis.noise import NOISE_MODES, draw_noise, global_norm, noise_scales
 from analysis.stats import clopper_pearson, t_interval
 from awp.config import PGD20_EVAL, AttackConfig, check_bounds, opt
 from awp.evaluate import Outcomes, attack_outcomes
 from awp.perturb import PARAM_SETS, perturbed, select_params
+from awp.seeds import generator_for
 
 SPLITS = ("train", "test")
 

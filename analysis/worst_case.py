@@ -21,13 +21,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from analysis.flatness import FlatnessConfig, Record, one_by_one
-from analysis.noise import Params, generator_for, global_norm
+from analysis.noise import Params, global_norm
 from awp.attacks import run_attack
 from awp.augment import as_float
 from awp.config import AttackConfig, check_bounds, opt
 from awp.evaluate import attack_outcomes
 from awp.modes import model_mode
 from awp.perturb import perturbed, select_params, weight_ascent
+from awp.seeds import generator_for
 
 
 @dataclass(frozen=True)

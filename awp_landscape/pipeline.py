@@ -29,10 +29,10 @@ from typing import Any
 
 from analysis.certify_units import CertifyConfig
 from analysis.connect import ConnectConfig
+from analysis.curvature import HessianConfig
 from analysis.flatness import FlatnessConfig
 from analysis.gap import GapConfig
-from analysis.hessian import HessianConfig
-from analysis.spectra import SpectraConfig
+from analysis.weight_spectra import SpectraConfig
 from analysis.worst_case import WorstCaseConfig
 from awp import distributed
 from awp.config import (

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from analysis.curvature import curvature_statement
+from analysis.curvature_results import curvature_statement
 from analysis.outcome import Measurements, outcome
 from analysis.replicates import MIN_SEEDS
 from awp.config import method_of

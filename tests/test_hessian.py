@@ -9,9 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from analysis.hessian import HessianConfig, HessianProblem, compute_unit, eigs_key, layer_key
-from analysis.noise import generator_for
-from analysis.spectrum import (
+from analysis.curvature import HessianConfig, HessianProblem, compute_unit, eigs_key, layer_key
+from analysis.hessian_estimators import (
     density_grid,
     gauss_quadrature,
     lanczos,
@@ -26,6 +25,7 @@ from analysis.spectrum import (
 from awp.config import AttackConfig
 from awp.hessian import LossHessian, lanczos_top, loss_batches, ritz_errors, top_eigenpairs
 from awp.perturb import select_params
+from awp.seeds import generator_for
 from tests.helpers import assert_same_state, snapshot, tiny_batch, tiny_model
 
 ATTACK = AttackConfig(steps=3, step_size=2 / 255)

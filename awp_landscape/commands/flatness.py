@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from analysis.flatness import FlatnessConfig
+from analysis.flatness_units import compute_unit, flatness_keys, result_rows, summarize
 from analysis.gap import subset
 from analysis.pacbayes import PacBayesConfig
 from analysis.sigma import SigmaSearchConfig, SigmaSearchResult, bisect_alpha
 from analysis.store import SampleStore, run_units
-from analysis.units import compute_unit, flatness_keys, result_rows, summarize
 from analysis.worst_case import WorstCaseConfig
 from awp import distributed
 from awp.config import to_dict
@@ -96,7 +96,8 @@ def flatness_for_checkpoint(
 
     Finished units live in ``out/flatness/<stem>-<sha8>/samples.rank<r>.json``; the result
     (rows per alpha and per gamma, sigma search) is written there as ``result.json`` by the
-    main rank. ``compute`` replaces :func:`analysis.units.compute_unit` (tests count calls).
+    main rank. ``compute`` replaces :func:`analysis.flatness_units.compute_unit` (tests count
+    calls).
     """
     ctx = distributed.current()
     pacbayes = pacbayes or PacBayesConfig()

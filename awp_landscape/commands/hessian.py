@@ -18,9 +18,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from analysis.curvature import curvature_statement, summarize
+from analysis.curvature import HessianConfig, HessianProblem, compute_unit, hessian_records
+from analysis.curvature_results import curvature_statement, summarize
 from analysis.gap import subset
-from analysis.hessian import HessianConfig, HessianProblem, compute_unit, hessian_records
 from analysis.store import SampleStore, run_units
 from awp import distributed
 from awp.config import to_dict
@@ -105,7 +105,7 @@ def hessian_for_checkpoint(
 
     Finished units live in ``out/hessian/<stem>-<sha8>/samples.rank0.json`` (written by the
     main rank); the result is written there as ``result.json``. The model is cast to
-    ``cfg.dtype`` in place. ``compute`` replaces :func:`analysis.hessian.compute_unit` (tests
+    ``cfg.dtype`` in place. ``compute`` replaces :func:`analysis.curvature.compute_unit` (tests
     count calls).
     """
     ctx = distributed.current()
