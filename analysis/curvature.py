@@ -44,6 +44,7 @@ from analysis.hessian_estimators import (
     rademacher,
     slq_run,
 )
+from analysis.store import RunKeys, UnitKey
 from awp.config import PGD20_EVAL, AttackConfig, check_bounds, check_choice, opt
 from awp.hessian import HVP_METHODS, LossBatches, LossHessian, loss_batches, top_eigenpairs
 from awp.perturb import PARAM_SETS, select_params
@@ -66,7 +67,6 @@ EIG_WHY = (
     "top-k is a handful"
 )
 HVP_WHY = "each one is a Hessian-vector product over the whole subset"
-RunKeys = Callable[[list[str], str], dict[str, Record]]
 
 
 @dataclass(frozen=True)
@@ -304,23 +304,28 @@ class HessianProblem:
 
 
 def eigs_key(k: int, tol: float, ncv: int = 0) -> str:
-    return f"eigs|k={k}|tol={float(tol)!r}|ncv={ncv}"
+    """The top-k eigen-solve's key (ncv 0: scipy's default)."""
+    return str(UnitKey.of("eigs", k=k, tol=float(tol), ncv=ncv))
 
 
 def trace_key(i: int) -> str:
-    return f"trace|i={i}"
+    """Hutchinson probe i's key."""
+    return str(UnitKey.of("trace", i=i))
 
 
 def slq_key(steps: int, r: int) -> str:
-    return f"slq|steps={steps}|r={r}"
+    """SLQ run r's key."""
+    return str(UnitKey.of("slq", steps=steps, r=r))
 
 
 def power_key(k: int) -> str:
-    return f"power|k={k}|tol={POWER_TOL!r}|iters={POWER_ITERS}"
+    """The power iteration's key (PyHessian's tolerance and cap are in it)."""
+    return str(UnitKey.of("power", k=k, tol=POWER_TOL, iters=POWER_ITERS))
 
 
 def layer_key(name: str, tol: float, ncv: int = 0) -> str:
-    return f"layer|name={name}|tol={float(tol)!r}|ncv={ncv}"
+    """The key of one layer's diagonal block's top eigenvalue."""
+    return str(UnitKey.of("layer", name=name, tol=float(tol), ncv=ncv))
 
 
 def plan_keys(cfg: HessianConfig, layers: Sequence[str]) -> list[str]:
@@ -337,48 +342,46 @@ def plan_keys(cfg: HessianConfig, layers: Sequence[str]) -> list[str]:
     return keys
 
 
-def _fields(key: str) -> tuple[str, dict[str, str]]:
-    kind, *rest = key.split("|")
-    return kind, dict(f.split("=", 1) for f in rest)
-
-
 def compute_unit(problem: HessianProblem, key: str) -> Record:
     """The record of one unit, from its key (see the module and :func:`plan_keys`)."""
-    kind, f = _fields(key)
-    if kind == "base":
+    f = UnitKey.parse(key)
+    if f.kind == "base":
         return base_unit(problem)
-    if kind == "eigs":
-        return eigs_unit(problem, k=int(f["k"]), tol=float(f["tol"]), ncv=int(f["ncv"]))
-    if kind == "trace":
-        return trace_unit(problem, int(f["i"]))
-    if kind == "slq":
+    if f.kind == "eigs":
+        return eigs_unit(problem, k=f.int("k"), tol=f.float("tol"), ncv=f.int("ncv"))
+    if f.kind == "trace":
+        return trace_unit(problem, f.int("i"))
+    if f.kind == "slq":
         op = problem.operator()
         nodes, weights = slq_run(
             op.matvec,
             op.size,
-            steps=int(f["steps"]),
-            generator=generator_for(problem.cfg.seed, "slq", int(f["r"])),
+            steps=f.int("steps"),
+            generator=generator_for(problem.cfg.seed, "slq", f.int("r")),
             device=op.device,
         )
         return {"nodes": nodes.tolist(), "weights": weights.tolist(), "hvps": len(nodes)}
-    if kind == "power":
+    if f.kind == "power":
         op = problem.operator()
         res = power_iteration(
             op.matvec,
             op.size,
-            k=int(f["k"]),
-            tol=float(f["tol"]),
-            max_iter=int(f["iters"]),
+            k=f.int("k"),
+            tol=f.float("tol"),
+            max_iter=f.int("iters"),
             generator=generator_for(problem.cfg.seed, "power"),
             device=op.device,
         )
         return {"values": [float(v) for v in res.values], "hvps": res.hvps}
-    if kind == "layer":
+    if f.kind == "layer":
         op = problem.operator([f["name"]])
         seed = derive_seed(problem.cfg.seed, "layer", f["name"])
-        pairs = top_eigenpairs(op, 1, tol=float(f["tol"]), seed=seed, ncv=_ncv(f["ncv"], op.size))
+        ncv = _ncv(f.int("ncv"), op.size)
+        pairs = top_eigenpairs(op, 1, tol=f.float("tol"), seed=seed, ncv=ncv)
         return {"value": float(pairs.values[0]), "hvps": pairs.hvps, "converged": pairs.converged}
-    raise ValueError(f"unknown unit key {key!r}")
+    raise ValueError(
+        f"unknown curvature unit key {key!r} (kinds: base, eigs, trace, slq, power, layer)"
+    )
 
 
 def base_unit(problem: HessianProblem) -> Record:
@@ -395,7 +398,7 @@ def base_unit(problem: HessianProblem) -> Record:
     }
 
 
-def _ncv(ncv: str | int, size: int) -> int | None:
+def _ncv(ncv: int, size: int) -> int | None:
     """ARPACK's ncv from a key (0 = scipy's default), at most the operator's size."""
     return min(int(ncv), size) if int(ncv) else None
 

@@ -35,6 +35,7 @@ from torch import nn
 
 from analysis.noise import NOISE_MODES, draw_noise, global_norm, noise_scales
 from analysis.stats import clopper_pearson, t_interval
+from analysis.store import UnitKey
 from awp.config import PGD20_EVAL, AttackConfig, check_bounds, opt
 from awp.evaluate import Outcomes, attack_outcomes
 from awp.perturb import PARAM_SETS, perturbed, select_params
@@ -217,7 +218,7 @@ def expected_unit(
 
 def expected_key(alpha: float, k: int) -> str:
     """The key of draw k at alpha (alpha written exactly, so keys round-trip)."""
-    return f"expected|alpha={float(alpha)!r}|k={k}"
+    return str(UnitKey.of("expected", alpha=float(alpha), k=k))
 
 
 @dataclass(frozen=True)
