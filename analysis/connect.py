@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from analysis.store import UnitKey
 from awp.augment import as_float, augment
 from awp.config import PGD20_EVAL, AttackConfig, check_choice, opt
 from awp.data import iterate_batches
@@ -268,7 +269,8 @@ def train_curve(
 
 
 def point_key(path: str, t: float) -> str:
-    return f"{path}|t={float(t)!r}"
+    """The unit key of the point at t on ``path`` (``line|t=0.25``)."""
+    return str(UnitKey.of(path, t=float(t)))
 
 
 def point_metrics(

@@ -92,7 +92,7 @@ def test_units_refuse_keys_of_another_measure():
     model = tiny_model()
     x, y = tiny_batch(n=1)
     cfg = CertifyConfig(sigmas=(0.25,), n0=10, n=20, noise_draws=0)
-    with pytest.raises(ValueError, match=r"unknown certify unit key 'trace\\|i=0'"):
+    with pytest.raises(ValueError, match=r"unknown certify unit key 'trace\|i=0'"):
         compute_unit(model, x[0], int(y[0]), "trace|i=0", cfg=cfg)
 
 
