@@ -227,3 +227,31 @@ def test_certify_units_are_the_tested_certify_predict_and_noise_curve():
         seed=derive_seed(cfg.seed, "noise", 4),
     )
     assert compute_unit(model, x[0], int(y[0]), "noise|i=4", cfg=cfg)["correct"] == correct
+
+
+def test_stores_written_before_the_guard_are_still_resumed(tmp_path):
+    """Flatness and curvature stores used to keep their settings without the ones that only
+    add or summarize units; the commands' RESUME_MUTABLE paths read those files unchanged,
+    and still refuse a setting that changes what a unit computes."""
+    from analysis.curvature import HessianConfig
+    from analysis.flatness import FlatnessConfig
+    from analysis.store import SampleStore
+    from awp.config import to_dict
+    from awp.data import DataConfig
+    from awp_landscape.commands import flatness as flat_cmd
+    from awp_landscape.commands import hessian as hess_cmd
+
+    for name, cmd, cfg in (
+        ("flatness", flat_cmd, FlatnessConfig()),
+        ("hessian", hess_cmd, HessianConfig(trace=True)),
+    ):
+        now = cmd._settings(cfg, DataConfig(), "ab" * 32, 100)
+        dropped = {p.split(".", 1)[1] for p in cmd.RESUME_MUTABLE}
+        old = {**now, name: {k: v for k, v in to_dict(cfg).items() if k not in dropped}}
+        folder = tmp_path / name
+        SampleStore(folder, meta=old).add("base", {"v": 1})
+        store = SampleStore(folder, meta=now, ignore=cmd.RESUME_MUTABLE)
+        assert store.load() == {"base": {"v": 1}}
+        changed = {**now, name: {**now[name], "subset_seed": 5}}
+        with pytest.raises(StoreMismatch, match=f"{name}.subset_seed: 0 on disk, 5 now"):
+            SampleStore(folder, meta=changed, ignore=cmd.RESUME_MUTABLE).load()
