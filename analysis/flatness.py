@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from analysis.noise import NOISE_MODES, draw_noise, global_norm, noise_scales
-from analysis.stats import clopper_pearson, t_interval
+from analysis.stats import clopper_pearson, t_interval, too_few_for_interval
 from analysis.store import UnitKey
 from awp.config import PGD20_EVAL, AttackConfig, check_bounds, opt
 from awp.evaluate import Outcomes, attack_outcomes
@@ -228,7 +228,12 @@ class FlatnessEstimate:
     Errors are fractions in [0, 1], losses mean cross-entropy (nats). The interval
     [ci_low, ci_high] is for E_u[rho(w+u)]; flatness_low/high subtract rho(w), which is a fixed
     number on the subset (same attack seed). ``ci_method`` is ``t`` (over the M draws) or
-    ``clopper-pearson`` (over the M*n per-example trials).
+    ``clopper-pearson`` (over the M*n per-example trials). The t interval is undefined (NaN,
+    ``ci_note`` says why) with fewer than 3 draws or when all draws are equal (a zero-width
+    interval that would claim certainty it does not have). ``abs_flatness`` and
+    ``abs_flatness_loss`` are the absolute flatness of the rebuttal (reviewer 4, question 1),
+    E_u |rho(w+u) - rho(w)| over the draws: unlike the signed mean, a draw that lowers the
+    robust error or loss does not cancel one that raises it.
     """
 
     alpha: float
@@ -250,6 +255,9 @@ class FlatnessEstimate:
     std_loss: float
     flatness_loss: float
     noise_ratio: float
+    abs_flatness: float
+    abs_flatness_loss: float
+    ci_note: str = ""
 
 
 def _sd(a: np.ndarray) -> float:
@@ -279,9 +287,16 @@ def summarize_expected(
             int(sum(s["errors"] for s in samples)), int(sum(s["n"] for s in samples)), confidence
         )
         method = "clopper-pearson"
+        note = ""
     else:
-        lo, hi = t_interval(errs, confidence)
         method = "t"
+        note = too_few_for_interval(len(samples), "noise draws")
+        if not note and np.ptp(errs) == 0:
+            note = (
+                f"undefined (all {len(samples)} noise draws give the same error; "
+                "--per-example gives an exact interval)"
+            )
+        lo, hi = (math.nan, math.nan) if note else t_interval(errs, confidence)
     return FlatnessEstimate(
         alpha=float(alpha),
         noise=noise,
@@ -302,4 +317,7 @@ def summarize_expected(
         std_loss=_sd(losses),
         flatness_loss=float(losses.mean()) - base_loss,
         noise_ratio=float(np.mean([s["noise_ratio"] for s in samples])),
+        abs_flatness=float(np.abs(errs - base_err).mean()),
+        abs_flatness_loss=float(np.abs(losses - base_loss).mean()),
+        ci_note=note,
     )

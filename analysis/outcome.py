@@ -27,7 +27,10 @@ class Measurements:
         gap: rows of ``gap.json``; flatness: rows of the final checkpoints' ``flatness.json``;
         landscapes: the landscape surfaces (labelled by method); correlation: the
         ``correlation.json`` of flatness against gap; certify: ``certify.json`` (randomized
-        smoothing and the Gaussian-noise accuracy, per image).
+        smoothing and the Gaussian-noise accuracy, per image); evals: the final evaluations
+        (``eval/<label>_<best|last>.json`` with their ``file`` name), the canonical accuracy;
+        weights: ``weights.json`` (per-layer statistics); per_epoch: what the per-epoch
+        curves measured (e.g. "per-epoch PGD-5, 250 test images").
     """
 
     histories: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
@@ -36,6 +39,9 @@ class Measurements:
     landscapes: list[Surface] = field(default_factory=list)
     correlation: dict[str, Any] = field(default_factory=dict)
     certify: dict[str, Any] = field(default_factory=dict)
+    evals: list[dict[str, Any]] = field(default_factory=list)
+    weights: dict[str, Any] = field(default_factory=dict)
+    per_epoch: str = "per-epoch evaluation"
 
 
 def fmt_pct(x: float | None) -> str:
@@ -222,22 +228,110 @@ def _noise_statement(tables: Mapping[str, Any], a: str, b: str) -> list[str]:
     return [text]
 
 
+NO_INTERVAL = "one run: no interval"
+
+
+def _final_accuracy(evals: Sequence[Mapping[str, Any]], label: str, which: str):
+    """(PGD-20 accuracy run alone, test images, epoch) of a final evaluation file, or None."""
+    for e in evals:
+        if e.get("file") == f"{label}_{which}.json":
+            for r in e.get("results", []):
+                if r.get("attack") == "pgd20":
+                    alone = r.get("accuracy_alone")
+                    acc = alone if alone is not None else r.get("accuracy")
+                    return (acc, e.get("n"), e.get("epoch")) if acc is not None else None
+    return None
+
+
+def _accuracy_statement(res: Measurements, overfit: Mapping[str, Any]) -> str | None:
+    """The last checkpoint's test robust accuracy of AT and AT-AWP from the final evaluation
+    (the canonical number: PGD-20 run alone), or from the per-epoch curve where there is none."""
+    a, b = (_final_accuracy(res.evals, m, "last") for m in ("AT", "AT-AWP"))
+    if a is not None and b is not None:
+        what = f"PGD-20 run alone, {a[1]} test images"
+        va, vb = a[0], b[0]
+    else:
+        ra, rb = overfit.get("AT"), overfit.get("AT-AWP")
+        if ra is None or rb is None:
+            return None
+        what, va, vb = res.per_epoch, ra.last_acc, rb.last_acc
+    diff = vb - va
+    word = "AT-AWP higher" if diff > 0 else "AT-AWP lower" if diff < 0 else "equal,"
+    return (
+        f"Test robust accuracy at the last checkpoint ({what}): AT {fmt_pct(va)}, AT-AWP "
+        f"{fmt_pct(vb)} ({word} by {abs(100 * diff):.1f} points; {NO_INTERVAL})."
+    )
+
+
+def _direction(a: float, b: float) -> int:
+    return (b > a) - (b < a)
+
+
+def _flatness_statement(ra: Mapping[str, Any], rb: Mapping[str, Any], what: str) -> str:
+    """AT against AT-AWP on one flatness measure, in both versions (robust loss and robust 0-1
+    error): "flatter" only where both agree and, where the 0-1 version has intervals, they do
+    not overlap."""
+    la, lb, ea, eb = ra["flatness_loss"], rb["flatness_loss"], ra["flatness"], rb["flatness"]
+    text = (
+        f"{what}: robust loss increase AT {la:.4f}, AT-AWP {lb:.4f}; robust 0-1 error increase "
+        f"AT {ea:.4f}, AT-AWP {eb:.4f}"
+    )
+    lo_a, hi_a, lo_b, hi_b = (ra.get("flatness_low"), ra.get("flatness_high"),
+                              rb.get("flatness_low"), rb.get("flatness_high"))  # fmt: skip
+    has_ci = None not in (lo_a, hi_a, lo_b, hi_b) and all(
+        math.isfinite(v) for v in (lo_a, hi_a, lo_b, hi_b)
+    )
+    if has_ci:
+        text += f" ([{lo_a:.4f}, {hi_a:.4f}] and [{lo_b:.4f}, {hi_b:.4f}] over noise draws)"
+    dl, de = _direction(la, lb), _direction(ea, eb)
+    if dl != de:
+        return (
+            text + ": the two versions disagree (loss: AT-AWP "
+            f"{'lower' if dl < 0 else 'higher' if dl > 0 else 'equal'}, 0-1: AT-AWP "
+            f"{'lower' if de < 0 else 'higher' if de > 0 else 'equal'}), so neither is called "
+            "flatter."
+        )
+    if has_ci and not (hi_b < lo_a or hi_a < lo_b):
+        return text + ": both versions point the same way, but the intervals overlap: not resolved."
+    side = "AT-AWP" if dl < 0 else "AT"
+    return text + (
+        f": {side} is flatter in both versions" + ("." if has_ci else f" ({NO_INTERVAL}).")
+    )
+
+
+def _deep_layer_statement(weights: Mapping[str, Any]) -> str | None:
+    """Mean |w| of every conv layer, AT-AWP against AT: how many layers go each way, and the
+    deepest one, rather than one layer alone."""
+    stats = [r for r in weights.get("stats", []) if r.get("kind") == "conv"]
+    by = {(r["label"], r["layer"]): r for r in stats}
+    layers = sorted(
+        {r["layer"] for r in stats}, key=lambda n: by.get(("AT", n), {}).get("depth", 0)
+    )
+    pairs = [(n, by[("AT", n)], by[("AT-AWP", n)]) for n in layers
+             if ("AT", n) in by and ("AT-AWP", n) in by]  # fmt: skip
+    if not pairs:
+        return None
+    lower = sum(b["mean_abs"] < a["mean_abs"] for _, a, b in pairs)
+    name, a, b = max(pairs, key=lambda t: t[1].get("depth", 0))
+    return (
+        f"Mean |w| per conv layer: AT-AWP smaller in {lower} of {len(pairs)} layers, larger in "
+        f"{len(pairs) - lower}; the deepest ({name}): AT {a['mean_abs']:.4g}, AT-AWP "
+        f"{b['mean_abs']:.4g} (every layer in the weight-histogram section's figure by depth; "
+        f"{NO_INTERVAL})."
+    )
+
+
 def outcome(res: Measurements) -> list[str]:
-    """Plain statements of what this run measured; each is computed, none is assumed."""
+    """Plain statements of what this run measured; each is computed, none is assumed, and each
+    names the evaluation its numbers come from."""
     out = []
     overfit = {label: robust_overfitting(h) for label, h in res.histories.items()}
     for label, ro in overfit.items():
         if ro is not None:
-            out.append(f"{label}: {ro.statement()}")
-    a, b = overfit.get("AT"), overfit.get("AT-AWP")
-    if a is not None and b is not None:
-        diff = b.last_acc - a.last_acc
-        out.append(
-            f"Last-epoch test robust accuracy: AT {fmt_pct(a.last_acc)}, "
-            f"AT-AWP {fmt_pct(b.last_acc)} "
-            f"({'AT-AWP higher' if diff > 0 else 'AT-AWP lower' if diff < 0 else 'equal,'} by "
-            f"{abs(100 * diff):.1f} points)."
-        )
+            out.append(f"{label} ({res.per_epoch}): {ro.statement()}")
+    acc = _accuracy_statement(res, overfit)
+    if acc:
+        out.append(acc)
     if res.gap:
         last_gap = {}
         for r in res.gap:
@@ -247,37 +341,44 @@ def outcome(res: Measurements) -> list[str]:
                 last_gap[r["method"]] = r
         if {"AT", "AT-AWP"} <= set(last_gap):
             ga, gb = last_gap["AT"]["gap"], last_gap["AT-AWP"]["gap"]
+            r = last_gap["AT"]
             out.append(
-                f"Robust generalization gap at the last checkpoint: AT {100 * ga:.1f} "
-                f"points, AT-AWP {100 * gb:.1f} points: AT-AWP "
-                f"{'has the smaller gap' if gb < ga else 'does NOT have the smaller gap'}."
+                f"Robust generalization gap at the last checkpoint ({r.get('attack')}, "
+                f"{r.get('n_train')} train and {r.get('n_test')} test images): AT "
+                f"{100 * ga:.1f} points, AT-AWP {100 * gb:.1f} points: AT-AWP "
+                f"{'has the smaller gap' if gb < ga else 'does NOT have the smaller gap'} "
+                f"({NO_INTERVAL})."
             )
     exp = [r for r in res.flatness if r.get("kind") == "expected"]
     for alpha in sorted({r["alpha"] for r in exp}):
         rows = {r["label"]: r for r in exp if r["alpha"] == alpha}
         if {"AT", "AT-AWP"} <= set(rows):
-            fa, fb = rows["AT"]["flatness_loss"], rows["AT-AWP"]["flatness_loss"]
             out.append(
-                f"Expected flatness (robust loss increase) at alpha={alpha:g}: AT "
-                f"{fa:.4f}, AT-AWP {fb:.4f}: AT-AWP "
-                f"{'is flatter' if fb < fa else 'is NOT flatter'} here."
+                _flatness_statement(
+                    rows["AT"], rows["AT-AWP"], f"Expected flatness at alpha={alpha:g}"
+                )
             )
     worst = {r["label"]: r for r in res.flatness if r.get("kind") == "worst"}
     if {"AT", "AT-AWP"} <= set(worst):
-        fa, fb = worst["AT"]["flatness_loss"], worst["AT-AWP"]["flatness_loss"]
         out.append(
-            f"Worst-case flatness (gamma={worst['AT']['gamma']:g}, robust loss increase): "
-            f"AT {fa:.4f}, AT-AWP {fb:.4f}: AT-AWP "
-            f"{'is flatter' if fb < fa else 'is NOT flatter'} in the worst case."
+            _flatness_statement(
+                worst["AT"],
+                worst["AT-AWP"],
+                f"Worst-case flatness (gamma={worst['AT']['gamma']:g}, one ascent)",
+            )
         )
     lands = {s.label: s for s in res.landscapes}
     if {"AT", "AT-AWP"} <= set(lands):
         ra, rb = landscape_rise(lands["AT"]), landscape_rise(lands["AT-AWP"])
         out.append(
-            f"Weight loss landscape (attack regenerated): the adversarial loss rises by "
-            f"{ra:.3f} for AT and {rb:.3f} for AT-AWP over the plotted range: AT-AWP "
-            f"{'is flatter' if rb < ra else 'is NOT flatter'} along this direction."
+            f"Weight loss landscape (attack regenerated, one random direction): the adversarial "
+            f"loss rises by {ra:.3f} for AT and {rb:.3f} for AT-AWP over the plotted range "
+            f"({'less' if rb < ra else 'NOT less'} for AT-AWP along this direction; "
+            f"{NO_INTERVAL})."
         )
+    deep = _deep_layer_statement(res.weights)
+    if deep:
+        out.append(deep)
     for c in res.correlation.get("correlations", []):
         if c["group"] == "all" and c["measure"] == "kendall":
             if c.get("statistic") is None or not math.isfinite(c["statistic"]):

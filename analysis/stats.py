@@ -56,3 +56,60 @@ def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float
         return float("nan"), float("nan")
     half = float(sps.t.ppf((1 + confidence) / 2, a.size - 1)) * a.std(ddof=1) / math.sqrt(a.size)
     return float(a.mean() - half), float(a.mean() + half)
+
+
+MIN_INTERVAL_N = 3  # fewer samples (or checkpoints): an interval is undefined, never printed
+
+
+def too_few_for_interval(n: int, what: str = "samples") -> str:
+    """``"undefined (n=2 < 3 samples)"`` when ``n`` is below :data:`MIN_INTERVAL_N`, else ``""``.
+
+    With two values a t interval has one degree of freedom (and zero width when they are equal),
+    and a bootstrap over two values has three outcomes: neither says anything about the spread.
+    """
+    return f"undefined (n={n} < {MIN_INTERVAL_N} {what})" if n < MIN_INTERVAL_N else ""
+
+
+def fisher_z_interval(r: float, se: float, confidence: float = 0.95) -> tuple[float, float]:
+    """Interval of a correlation through Fisher's z = atanh(r): tanh(z -+ q se), q the normal
+    quantile. ``se`` is the standard error on the z scale (1/sqrt(n-3) for Pearson's r);
+    an infinite ``se`` (too few points) gives [-1, 1]; NaN r gives NaNs.
+
+    Reference: Fisher, Metron 1921.
+    """
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence={confidence} must be in (0, 1), e.g. 0.95")
+    if not math.isfinite(r):
+        return float("nan"), float("nan")
+    if not math.isfinite(se):
+        return -1.0, 1.0
+    z = math.atanh(min(max(r, -1 + 1e-15), 1 - 1e-15))
+    q = float(sps.norm.ppf((1 + confidence) / 2))
+    return math.tanh(z - q * se), math.tanh(z + q * se)
+
+
+def degenerate_resamples(
+    values: Sequence[float], *, n_boot: int, min_distinct: int = 10, max_mode_share: float = 0.5
+) -> str:
+    """Why a bootstrap's resample distribution is too degenerate for its percentiles ("" if not).
+
+    Degenerate: fewer than ``min_distinct`` distinct finite values, more than ``max_mode_share``
+    of them equal to the most common one, or more than half of the ``n_boot`` resamples undefined.
+    With three points, for instance, a resampled Pearson r takes three values (r, +1, -1).
+    """
+    a = np.asarray(values, dtype=np.float64)
+    a = a[np.isfinite(a)]
+    if n_boot == 0:
+        return ""
+    if a.size == 0:
+        return f"degenerate bootstrap: none of {n_boot} resamples is defined"
+    _, counts = np.unique(np.round(a, 12), return_counts=True)
+    share = counts.max() / a.size
+    reasons = []
+    if counts.size < min_distinct:
+        reasons.append(f"{counts.size} distinct value{'s' if counts.size > 1 else ''}")
+    if share > max_mode_share:
+        reasons.append(f"{share:.0%} of defined resamples equal")
+    if a.size < n_boot / 2:
+        reasons.append(f"{n_boot - a.size} of {n_boot} resamples undefined")
+    return f"degenerate bootstrap ({', '.join(reasons)})" if reasons else ""

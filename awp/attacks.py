@@ -1,4 +1,9 @@
-"""Input-space attacks in pixel space: PGD (L-inf, L2), FGSM and CW-inf.
+"""Input-space attacks in pixel space: PGD (L-inf, L2), FGSM and CW-inf, and the attack table.
+
+:data:`ATTACKS` is the one table of named attacks: name (``pgd20``) -> display name
+("PGD-20"), preset (the config of :mod:`awp.config`, or :class:`~awp.autoattack.AutoAttackConfig`)
+and runner. :func:`run_attack` dispatches every config through it, ``awp eval`` builds its
+attacks from it and reports label their columns with :func:`attack_label`.
 
 Every attack takes gradients with respect to the input only (``torch.autograd.grad`` on the
 input): parameter gradients are never computed nor accumulated, so an attack can run in the
@@ -8,13 +13,25 @@ explicit argument; the caller's mode and every BatchNorm running statistic are r
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from awp.config import AttackConfig, check_eps
+from awp.autoattack import AutoAttackConfig, run_autoattack
+from awp.config import (
+    ATTACK_NAMES,
+    CW20_EVAL,
+    FGSM_EVAL,
+    PGD10_EVAL,
+    PGD20_EVAL,
+    AttackConfig,
+    check_eps,
+)
 from awp.modes import model_mode
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -201,6 +218,7 @@ def fgsm(
     eps: float,
     norm: str = "linf",
     mode: str = "eval",
+    loss: str | LossFn = "ce",
 ) -> torch.Tensor:
     """Fast gradient sign method: one step of size ``eps`` from ``x`` (no random start).
 
@@ -209,11 +227,85 @@ def fgsm(
     Reference: Goodfellow et al., "Explaining and Harnessing Adversarial Examples", ICLR 2015.
     """
     return pgd(
-        model, x, y, eps=eps, step_size=eps, steps=1, norm=norm, random_start="none", mode=mode
+        model,
+        x,
+        y,
+        eps=eps,
+        step_size=eps,
+        steps=1,
+        norm=norm,
+        loss=loss,
+        random_start="none",
+        mode=mode,
     )
 
 
-def run_attack(
+# --------------------------------------------------------------------------- the attack table
+Attack = AttackConfig | AutoAttackConfig | None  # None: no attack (natural accuracy)
+Runner = Callable[..., torch.Tensor]
+"""``(model, x, y, cfg, *, generator, loss, seed, log) -> x_adv``: every runner takes these
+keywords (each uses those it needs) and returns x_adv detached, in the ball and in [0, 1]."""
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """One named attack of :data:`ATTACKS`.
+
+    Attributes:
+        name: the name users type and results record (``pgd20``).
+        label: the display name (``PGD-20``), e.g. a report's column.
+        preset: its config with every default (one of :mod:`awp.config`'s presets, an
+            :class:`~awp.autoattack.AutoAttackConfig`, or None for no attack).
+        runner: the function that runs a config of this kind (see :data:`Runner`).
+        options: the settings of a threat model that :meth:`configured` applies to the preset
+            (``awp eval``'s ``--norm``, ``--eps``, ``--step-size``, ``--restarts``, ...).
+    """
+
+    name: str
+    label: str
+    preset: Attack
+    runner: Runner
+    options: tuple[str, ...] = ()
+
+    @property
+    def kind(self) -> str:
+        """The algorithm the preset runs (``pgd``, ``cw``, ``fgsm``, ``autoattack``) or
+        ``natural``: the key :func:`run_attack` dispatches on."""
+        return kind_of(self.preset)
+
+    def configured(self, **settings: Any) -> Attack:
+        """The preset with those of ``settings`` that are among its :attr:`options` (the others
+        are ignored: FGSM takes no step size, AutoAttack no restarts)."""
+        if self.preset is None:
+            return None
+        return dataclasses.replace(
+            self.preset, **{k: v for k, v in settings.items() if k in self.options}
+        )
+
+
+def kind_of(attack: Attack) -> str:
+    """The runner key of a config: its ``name`` (``pgd``, ``cw``, ``fgsm``, ``autoattack``), or
+    ``natural`` for None."""
+    return "natural" if attack is None else attack.name
+
+
+def _natural(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: None, **_: Any):
+    return x
+
+
+def _run_fgsm(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: AttackConfig,
+    *,
+    loss: str | LossFn | None = None,
+    **_: Any,
+) -> torch.Tensor:
+    return fgsm(model, x, y, eps=cfg.eps, norm=cfg.norm, mode=cfg.mode, loss=loss or "ce")
+
+
+def _run_pgd(
     model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
@@ -221,25 +313,9 @@ def run_attack(
     *,
     generator: torch.Generator | None = None,
     loss: str | LossFn | None = None,
+    **_: Any,
 ) -> torch.Tensor:
-    """Run the attack described by ``cfg`` (see :func:`pgd` for shapes and units).
-
-    ``loss`` overrides the attack's own loss (TRADES attacks its KL term).
-    """
-    if cfg.name == "fgsm":
-        return pgd(
-            model,
-            x,
-            y,
-            eps=cfg.eps,
-            step_size=cfg.eps,
-            steps=1,
-            norm=cfg.norm,
-            loss=loss or "ce",
-            random_start="none",
-            mode=cfg.mode,
-        )
-    default_loss = "cw" if cfg.name == "cw" else "ce"
+    # PGD and CW differ in their default loss only: CE, or the CW margin (config name "cw").
     return pgd(
         model,
         x,
@@ -248,10 +324,92 @@ def run_attack(
         step_size=cfg.step_size,
         steps=cfg.steps,
         norm=cfg.norm,
-        loss=loss or default_loss,
+        loss=loss or ("cw" if cfg.name == "cw" else "ce"),
         random_start=cfg.random_start,
         restarts=cfg.restarts,
         mode=cfg.mode,
         kappa=cfg.kappa,
         generator=generator,
     )
+
+
+_THREAT = ("norm", "eps")
+_ITERATIVE = (*_THREAT, "step_size", "restarts")
+
+ATTACKS: Mapping[str, AttackSpec] = {
+    spec.name: spec
+    for spec in (
+        AttackSpec("natural", "natural", None, _natural),
+        AttackSpec("fgsm", "FGSM", FGSM_EVAL, _run_fgsm, _THREAT),
+        AttackSpec("pgd10", "PGD-10", PGD10_EVAL, _run_pgd, _ITERATIVE),
+        AttackSpec("pgd20", "PGD-20", PGD20_EVAL, _run_pgd, _ITERATIVE),
+        AttackSpec("cw20", "CW-20", CW20_EVAL, _run_pgd, _ITERATIVE),
+        AttackSpec(
+            "autoattack",
+            "AutoAttack",
+            AutoAttackConfig(),
+            run_autoattack,
+            (*_THREAT, "version", "implementation"),
+        ),
+    )
+}
+"""Every named attack, in the order ``awp eval`` lists them."""
+
+_RUNNERS: dict[str, Runner] = {spec.kind: spec.runner for spec in ATTACKS.values()}
+# One runner per kind (pgd10 and pgd20 share PGD's), and one for every AttackConfig name.
+if any(spec.runner is not _RUNNERS[spec.kind] for spec in ATTACKS.values()):
+    raise RuntimeError("two entries of ATTACKS run the same kind of attack with other runners")
+if not set(ATTACK_NAMES) <= set(_RUNNERS):
+    raise RuntimeError(f"awp.config.ATTACK_NAMES {ATTACK_NAMES} has no runner in ATTACKS")
+
+
+def attack_spec(name: str) -> AttackSpec:
+    """The table's entry ``name``.
+
+    Raises:
+        ValueError: naming the unknown attack and listing the known ones.
+    """
+    try:
+        return ATTACKS[name]
+    except KeyError:
+        raise ValueError(f"unknown attack {name!r}; choose one of {', '.join(ATTACKS)}") from None
+
+
+def attack_label(name: str) -> str:
+    """The display name of attack ``name``: ``attack_label("pgd20") == "PGD-20"``.
+
+    Raises:
+        ValueError: ``name`` is not in :data:`ATTACKS` (the message lists those that are).
+    """
+    return attack_spec(name).label
+
+
+def run_attack(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: Attack,
+    *,
+    generator: torch.Generator | None = None,
+    loss: str | LossFn | None = None,
+    seed: int = 0,
+    log: list[str] | None = None,
+) -> torch.Tensor:
+    """Run the attack described by ``cfg`` through its runner in :data:`ATTACKS` (see
+    :func:`pgd` for shapes and units); ``cfg`` None returns ``x`` (no attack).
+
+    Args:
+        generator: CPU generator of the random starts (PGD, CW).
+        loss: overrides the attack's own loss (TRADES attacks its KL term).
+        seed: seed of AutoAttack's random starts.
+        log: AutoAttack (original) appends its own log lines here.
+
+    Raises:
+        ValueError: no runner for the config's kind (the message lists those there are).
+    """
+    runner = _RUNNERS.get(kind_of(cfg))
+    if runner is None:
+        raise ValueError(
+            f"no runner for attack {kind_of(cfg)!r}; the table has {', '.join(_RUNNERS)}"
+        )
+    return runner(model, x, y, cfg, generator=generator, loss=loss, seed=seed, log=log)

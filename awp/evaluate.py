@@ -10,21 +10,28 @@ module computes; the application prints, shows progress bars and writes the JSON
 
 from __future__ import annotations
 
-import logging
-import re
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from awp.attacks import run_attack
+from awp.attacks import ATTACKS, Attack, run_attack
 from awp.augment import as_float
+from awp.autoattack import (  # noqa: F401 - re-exported: awp.evaluate's names before the split
+    AA_IMPLEMENTATIONS,
+    AA_LOGGER,
+    AA_MODULES,
+    AA_VERSIONS,
+    AutoAttackConfig,
+    SubAttack,
+    autoattack,
+    require_autoattack,
+    sub_attacks,
+)
 from awp.config import AttackConfig, check_bounds, check_eps, opt
-from awp.extras import require
 from awp.modes import model_mode
 
 
@@ -38,193 +45,9 @@ class Accuracy:
 
 
 # --------------------------------------------------------------------------- robustness report
-EVAL_ATTACKS = ("natural", "fgsm", "pgd20", "cw20", "autoattack")
+EVAL_ATTACKS = tuple(ATTACKS)  # the names of the attack table, awp.attacks.ATTACKS
 SPLITS = ("train", "val", "test")
-AA_VERSIONS = ("standard", "plus", "rand")
-# "original": Croce & Hein's code as PyPI serves it (pyautoattack), what RobustBench's numbers
-# come from; "torchattacks": Kim's reimplementation.
-AA_IMPLEMENTATIONS = ("original", "torchattacks")
-AA_MODULES = {"original": "pyautoattack", "torchattacks": "torchattacks"}
-
-
-@dataclass(frozen=True)
-class AutoAttackConfig:
-    """AutoAttack (APGD-CE, APGD-T, FAB-T, Square for "standard").
-
-    Args:
-        norm: "linf" or "l2".
-        eps: radius in [0, 1] pixel units.
-        version: "standard" (the leaderboard's), "plus" or "rand".
-        implementation: "original" (pyautoattack, the code RobustBench evaluates with) or
-            "torchattacks" (its reimplementation).
-    """
-
-    norm: str = "linf"
-    eps: float = 8 / 255
-    version: str = "standard"
-    implementation: str = "original"
-
-    def __post_init__(self) -> None:
-        if self.norm not in ("linf", "l2"):
-            raise ValueError(f"unknown norm {self.norm!r}; choose linf or l2")
-        if self.version not in AA_VERSIONS:
-            raise ValueError(f"unknown AutoAttack version {self.version!r}; one of {AA_VERSIONS}")
-        if self.implementation not in AA_IMPLEMENTATIONS:
-            raise ValueError(
-                f"unknown AutoAttack implementation {self.implementation!r}; one of "
-                f"{AA_IMPLEMENTATIONS}"
-            )
-        check_eps(self.eps, self.norm)
-
-    def describe(self) -> str:
-        eps = f"{self.eps * 255:g}/255" if self.norm == "linf" else f"{self.eps:g}"
-        by = "" if self.implementation == "original" else f" ({self.implementation})"
-        return f"AutoAttack-{self.version} {self.norm} eps={eps}{by}"
-
-
-EvalAttack = AttackConfig | AutoAttackConfig | None
-
-
-def require_autoattack(implementation: str = "original"):
-    """Import the AutoAttack package of ``implementation``, or raise
-    :class:`MissingDependencyError` saying how to install it."""
-    return require(AA_MODULES[implementation], purpose=f"AutoAttack ({implementation})")
-
-
-@contextmanager
-def _no_param_grads(model: nn.Module) -> Iterator[None]:
-    # FAB (both implementations) calls .backward(): with requires_grad off no .grad is written.
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-
-
-def autoattack(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    norm: str = "linf",
-    eps: float = 8 / 255,
-    version: str = "standard",
-    seed: int = 0,
-    implementation: str = "original",
-    log: list[str] | None = None,
-) -> torch.Tensor:
-    """AutoAttack in eval mode, without touching ``.grad``, the mode or the global RNG.
-
-    Both implementations reseed torch's global generator inside every sub-attack; it is
-    restored afterwards. With fewer than 10 classes the targeted sub-attacks (APGD-T, FAB-T)
-    take every other class as a target (the original takes the top 9 of 10).
-
-    Args:
-        model: classifier on [0, 1] images.
-        x: images (N, C, H, W) float in [0, 1]; y: labels (N,).
-        norm: "linf" or "l2"; eps: radius in pixel units.
-        version: "standard", "plus" or "rand".
-        seed: seed of the attacks' random starts.
-        implementation: "original" (pyautoattack) or "torchattacks".
-        log: when given, the original's own log lines are appended (its clean accuracy, each
-            sub-attack's successes, the robust accuracy after each).
-
-    Returns:
-        x_adv (N, C, H, W) in the ball and in [0, 1], detached.
-
-    Raises:
-        MissingDependencyError: the implementation's package is not installed (the message
-            says how to install it).
-
-    Reference: Croce & Hein, "Reliable Evaluation of Adversarial Robustness with an Ensemble of
-    Diverse Parameter-free Attacks", ICML 2020 (code: fra31/auto-attack, packaged as
-    pyautoattack; reimplementation: Kim, torchattacks).
-    """
-    package = require_autoattack(implementation)
-    devices = [x.device] if x.device.type == "cuda" else []
-    with model_mode(model, "eval"), _no_param_grads(model), torch.random.fork_rng(devices):
-        with torch.no_grad():
-            n_classes = int(model(x[:1]).shape[1])
-        if n_classes < 4:
-            raise ValueError(
-                f"AutoAttack needs at least 4 classes (its targeted DLR loss compares the top "
-                f"four logits), the model has {n_classes}; use pgd20 and cw20 instead"
-            )
-        torch_norm = {"linf": "Linf", "l2": "L2"}[norm]
-        if implementation == "torchattacks":
-            attack = package.AutoAttack(
-                model, norm=torch_norm, eps=eps, version=version, n_classes=n_classes, seed=seed
-            )
-            return attack(x, y).detach()
-        with _captured_log(AA_LOGGER) as lines:
-            adversary = package.AutoAttack(
-                model, norm=torch_norm, eps=eps, version=version, seed=seed, device=x.device
-            )
-            targets = min(9, n_classes - 1)
-            adversary.apgd_targeted.n_target_classes = targets
-            adversary.fab.n_target_classes = targets
-            x_adv, _ = adversary.run_standard_evaluation(x, y, batch_size=len(x))
-        if log is not None:
-            log.extend(lines)
-    return x_adv.detach()
-
-
-AA_LOGGER = "auto-attack"  # the original's logger
-_SUCCESSES = re.compile(r"^(?P<name>[\w-]+) - \d+/\d+ - (?P<broken>\d+) out of (?P<attacked>\d+)")
-
-
-@contextmanager
-def _captured_log(name: str) -> Iterator[list[str]]:
-    """The messages of logger ``name`` (debug and up) while the block runs, kept from the
-    root logger's handlers (the caller decides what to show)."""
-    logger = logging.getLogger(name)
-    lines: list[str] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            lines.append(record.getMessage())
-
-    handler = Keep(logging.DEBUG)
-    level, propagate = logger.level, logger.propagate
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    logger.propagate = False
-    try:
-        yield lines
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
-        logger.propagate = propagate
-
-
-@dataclass(frozen=True)
-class SubAttack:
-    """One sub-attack of the original AutoAttack, counted from its own log.
-
-    Attributes:
-        name: "apgd-ce", "apgd-t", "fab-t", "square", ...
-        attacked: points it ran on (those still robust when its turn came).
-        broken: points it broke.
-    """
-
-    name: str
-    attacked: int
-    broken: int
-
-
-def sub_attacks(log: Sequence[str]) -> tuple[SubAttack, ...]:
-    """The sub-attacks' counts summed over the batches of an AutoAttack log, in order."""
-    counts: dict[str, list[int]] = {}
-    for line in log:
-        m = _SUCCESSES.match(line)
-        if m:
-            c = counts.setdefault(m["name"], [0, 0])
-            c[0] += int(m["attacked"])
-            c[1] += int(m["broken"])
-    return tuple(SubAttack(name, a, b) for name, (a, b) in counts.items())
+EvalAttack = Attack
 
 
 @dataclass(frozen=True)
@@ -314,20 +137,7 @@ def attack_outcomes(
     for start in range(0, len(x), batch_size):
         xb = as_float(x[start : start + batch_size])  # (B, C, H, W)
         yb = y[start : start + batch_size]
-        if isinstance(attack, AutoAttackConfig):
-            xb = autoattack(
-                model,
-                xb,
-                yb,
-                norm=attack.norm,
-                eps=attack.eps,
-                version=attack.version,
-                seed=seed,
-                implementation=attack.implementation,
-                log=log,
-            )
-        elif attack is not None:
-            xb = run_attack(model, xb, yb, attack, generator=generator)
+        xb = run_attack(model, xb, yb, attack, generator=generator, seed=seed, log=log)
         with torch.no_grad(), model_mode(model, "eval"):
             logits = model(xb)  # (B, K)
         correct[start : start + len(yb)] = logits.argmax(1) == yb
@@ -565,36 +375,15 @@ class EvalConfig:
         return 8 / 255 if self.norm == "linf" else 0.5
 
     def attack_table(self) -> dict[str, EvalAttack]:
-        """name -> attack config, in order (None = natural). Eval mode throughout."""
+        """name -> attack config, in order (None = natural): each the preset of its entry in
+        :data:`awp.attacks.ATTACKS` under this threat model. Eval mode throughout."""
         eps = self.radius
-        step = self.step_size if self.step_size is not None else eps / 4
-        table: dict[str, EvalAttack] = {}
-        for name in self.attacks:
-            if name == "natural":
-                table[name] = None
-            elif name == "fgsm":
-                table[name] = AttackConfig(
-                    name="fgsm",
-                    norm=self.norm,
-                    eps=eps,
-                    step_size=eps,
-                    steps=1,
-                    random_start="none",
-                )
-            elif name == "autoattack":
-                table[name] = AutoAttackConfig(
-                    norm=self.norm,
-                    eps=eps,
-                    version=self.aa_version,
-                    implementation=self.aa_implementation,
-                )
-            else:
-                table[name] = AttackConfig(
-                    name="pgd" if name == "pgd20" else "cw",
-                    norm=self.norm,
-                    eps=eps,
-                    step_size=step,
-                    steps=20,
-                    restarts=self.restarts,
-                )
-        return table
+        settings = dict(
+            norm=self.norm,
+            eps=eps,
+            step_size=self.step_size if self.step_size is not None else eps / 4,
+            restarts=self.restarts,
+            version=self.aa_version,
+            implementation=self.aa_implementation,
+        )
+        return {name: ATTACKS[name].configured(**settings) for name in self.attacks}

@@ -1,5 +1,9 @@
 """Adversarial Weight Perturbation (AWP): the weight ascent, and perturb/restore as two verbs.
 
+The weight state of every measurement that moves a model lives here: :func:`perturbed` (w + v
+for a block), :func:`kept` (store tensors, copy them back bit for bit) and :func:`write_point`
+(theta0 + sum_i c_i d_i, written from theta0 every time: the landscape's grid points).
+
 For every perturbed tensor l (conv and linear weights, chosen by :func:`is_perturbed_weight`
 and matched by name), AWP ascends the training objective in weight space within a ball whose
 radius is relative to the layer's norm:
@@ -19,7 +23,7 @@ NeurIPS 2020; github.com/csdongxian/AWP (utils_awp.py).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 
 import torch
@@ -92,7 +96,8 @@ def perturbed(
     if restore not in ("exact", "subtract"):
         raise ValueError(f"restore must be 'exact' or 'subtract', got {restore!r}")
     _check(params, v)
-    saved = {n: params[n].detach().clone() for n in v}
+    tensors = {n: params[n] for n in v}
+    saved = _saved(tensors)
     with torch.no_grad():
         for n, t in v.items():
             params[n].add_(t)
@@ -101,12 +106,73 @@ def perturbed(
         yield
         ok = True
     finally:
-        with torch.no_grad():
-            for n, t in v.items():
-                if ok and restore == "subtract":
+        if ok and restore == "subtract":
+            with torch.no_grad():
+                for n, t in v.items():
                     params[n].sub_(t)
-                else:
-                    params[n].copy_(saved[n])
+        else:
+            _copy_back(tensors, saved)
+
+
+def _saved(tensors: Params) -> dict[str, torch.Tensor]:
+    return {n: t.detach().clone() for n, t in tensors.items()}
+
+
+def _copy_back(tensors: Params, saved: Params) -> None:
+    with torch.no_grad():
+        for n, t in saved.items():
+            tensors[n].copy_(t)
+
+
+@contextmanager
+def kept(tensors: Params) -> Iterator[dict[str, torch.Tensor]]:
+    """Store the values of ``tensors``; copy them back bit for bit on exit, also after an
+    exception.
+
+    Args:
+        tensors: name -> the model's own tensors (parameters or buffers; writing them changes
+            the model).
+
+    Yields:
+        name -> a clone of the stored values (theta0, what :func:`write_point` writes from).
+    """
+    saved = _saved(tensors)
+    try:
+        yield saved
+    finally:
+        _copy_back(tensors, saved)
+
+
+def write_point(
+    tensors: Params,
+    theta0: Params,
+    directions: Sequence[Mapping[str, torch.Tensor]],
+    coefficients: Sequence[float],
+) -> None:
+    """Write theta = theta0 + sum_i c_i d_i into ``tensors``, from theta0 every time.
+
+    The terms are added one by one in the order of the directions, and a zero coefficient adds
+    nothing, so a point at the origin is theta0 bit for bit and a point's value never depends
+    on the point written before it.
+
+    Args:
+        tensors: name -> the model's tensors to write (parameters and maybe buffers).
+        theta0: name -> stored original values (from :func:`kept`), for every name of
+            ``tensors``.
+        directions: one name -> tensor mapping per direction (absent names are zero).
+        coefficients: c_i, one per direction.
+
+    Raises:
+        ValueError: the numbers of directions and coefficients differ.
+    """
+    if len(directions) != len(coefficients):
+        raise ValueError(f"{len(directions)} directions but {len(coefficients)} coefficients")
+    with torch.no_grad():
+        for name, t in tensors.items():
+            t.copy_(theta0[name])
+            for d, c in zip(directions, coefficients):
+                if c != 0.0 and name in d:
+                    t.add_(d[name], alpha=c)
 
 
 Objective = Callable[[], torch.Tensor | Iterable[torch.Tensor]]

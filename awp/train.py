@@ -1,10 +1,12 @@
-"""Adversarial training (AT, TRADES, MART), each with or without Adversarial Weight Perturbation.
+"""The training loop of adversarial training (AT, TRADES, MART), with or without AWP.
 
-The functional core is :func:`train_step` (one minibatch: attack, the general AWP schedule
-A/K1/K2, the update) and :func:`lr_at` (the schedule); :func:`train` is the stateful shell: run
-folder (:mod:`awp.runs`), metrics.jsonl, checkpoints, exact resume, a progress bar, extra data
-(RST), ``init`` weights (pre-training) and multi-process training under torchrun
-(:mod:`awp.distributed`).
+Three files: :mod:`awp.train_config` (:class:`TrainConfig`, the method defaults, the schedule
+:func:`lr_at`), :mod:`awp.step` (:func:`train_step`: one minibatch: attack, the general AWP
+schedule A/K1/K2, the update) and this one, the stateful shell :func:`train`: run folder
+(:mod:`awp.runs`), epochs, metrics.jsonl, per-epoch evaluation, checkpoints, exact resume, a
+progress bar, extra data (RST), ``init`` weights (pre-training) and multi-process training
+under torchrun (:mod:`awp.distributed`). ``from awp.train import TrainConfig, train_step, ...``
+keeps working: the names callers import are re-exported here.
 
 Method defaults: the fields ``gamma``, ``awp_warmup``, ``beta``, ``attack_mode`` and
 ``attack_start`` of :class:`TrainConfig` default to None, which means "the method's default"
@@ -21,7 +23,6 @@ protocol the official AWP code builds on); Zhang et al., ICML 2019 (TRADES); Wan
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -35,7 +36,6 @@ import torch
 from torch import nn
 
 from awp import distributed
-from awp.attacks import LossFn, run_attack
 from awp.augment import augment, to_float
 from awp.checkpoint import (
     CheckpointError,
@@ -44,458 +44,45 @@ from awp.checkpoint import (
     load_weights,
     save_checkpoint,
 )
-from awp.config import (
-    METHODS,
-    MODES,
-    PGD10_TRAIN,
-    PGD20_EVAL,
-    RANDOM_STARTS,
-    AttackConfig,
-    AWPConfig,
-    check_bounds,
-    check_eps,
-    method_defaults,
-    method_of,
-    opt,
-    to_dict,
-)
-from awp.data import DataBundle, DataConfig, Split, fixed_subset, iterate_batches, load_data
+from awp.config import to_dict
+from awp.data import DataBundle, Split, fixed_subset, iterate_batches, load_data
 from awp.distributed import DistContext
 from awp.evaluate import evaluate_attack
 from awp.extra_data import batches_per_epoch, load_extra_data, mixed_batches
 from awp.io import atomic_write_bytes, atomic_write_text, exclusive_output, sha256_file
-from awp.models import ModelConfig, ModelSpec, build_model
-from awp.objectives import AttackLossFactory, ObjectiveFn, get_attack_loss, get_objective
-from awp.perturb import perturbed, select_params, weight_ascent
+from awp.models import ModelSpec, build_model
+from awp.perturb import select_params
 from awp.progress import progress_bar
 from awp.runs import RunFolder, prepare_run, rng_state, set_rng_state
 from awp.scalars import open_writer, write_epoch
+from awp.step import StepStats, train_step
+from awp.train_config import (
+    METHOD_DEFAULT_FIELDS,
+    SCHEDULES,
+    TENSORBOARD_IN_RUN,
+    TrainConfig,
+    lr_at,
+)
+
+# Re-exported: callers import these from awp.train, where they lived before the split.
+__all__ = [
+    "METHOD_DEFAULT_FIELDS",
+    "RANK_SEED_STRIDE",
+    "SCHEDULES",
+    "TENSORBOARD_IN_RUN",
+    "DivergedError",
+    "StepStats",
+    "TrainConfig",
+    "TrainResult",
+    "evaluated_at",
+    "lr_at",
+    "train",
+    "train_step",
+]
 
 log = logging.getLogger(__name__)
-
-SCHEDULES = ("piecewise", "cosine", "constant")
-# Fields whose None means "the method's default" (awp.config.METHOD_DEFAULTS).
-METHOD_DEFAULT_FIELDS = ("gamma", "awp_warmup", "beta", "attack_mode", "attack_start")
 # Rank r > 0 of a distributed run seeds its attack generator with seed + 2 + r * this.
 RANK_SEED_STRIDE = 1_000_003
-# `--tensorboard` without a folder: the run folder's tensorboard/ (``<out>`` stands for it).
-TENSORBOARD_IN_RUN = "<out>/tensorboard"
-# The architecture's keys of config.json files written before it was nested.
-_FLAT_MODEL_KEYS = ("width", "depth", "widen_factor")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything that defines a training run; saved as ``config.json`` in the run folder.
-
-    Defaults are the paper's CIFAR-10 AT protocol (PreActResNet-18, 200 epochs, PGD-10 at
-    8/255 with step 2/255, SGD 0.1 momentum 0.9 wd 5e-4, lr /10 at 50% and 75%, batch 128).
-    ``gamma``, ``awp_warmup``, ``beta``, ``attack_mode`` and ``attack_start`` left at None take
-    the method's default (:data:`awp.config.METHOD_DEFAULTS`); see :meth:`resolved`.
-    Under torchrun, ``batch_size`` is the global batch: each of N processes trains on a slice.
-    """
-
-    out: str = opt("runs/at", "run folder (config.json, metrics.jsonl, checkpoints/)")
-    data: DataConfig = opt(DataConfig(), "dataset")
-    model: ModelConfig = opt(ModelConfig(), "architecture")
-    normalize: bool = opt(True, "the model normalizes inputs with the dataset's mean/std")
-    method: str = opt("at", "training objective: at | trades | mart")
-    beta: float | None = opt(
-        None,
-        "weight of the KL term of trades and mart",
-        shown="6 for trades and mart",
-        bounds=(0, None),
-    )
-    awp: bool = opt(False, "use Adversarial Weight Perturbation (ascends the method's objective)")
-    gamma: float | None = opt(
-        None,
-        "AWP relative radius gamma",
-        shown="0.01 for at, 0.005 for trades and mart",
-        bounds=(0, 1),
-    )
-    awp_warmup: int | None = opt(
-        None,
-        "epochs without AWP at the start",
-        shown="0 for at and mart, 10 for trades",
-        bounds=(0, None),
-    )
-    awp_steps: int = opt(
-        1,
-        "K2: AWP weight ascent steps (projected for K2 > 1)",
-        bounds=(1, 1000),
-        why="every one adds a forward and a backward pass to every training step",
-    )
-    awp_alternations: int = opt(
-        1,
-        "A: AWP alternations; A > 1 regenerates x_adv on w+v before the next weight ascent",
-        bounds=(1, 1000),
-        why="every one adds a forward and a backward pass to every training step",
-    )
-    epochs: int = opt(200, "training epochs", bounds=(1, 100_000))
-    batch_size: int = opt(128, "minibatch size", bounds=(1, None))
-    lr: float = opt(0.1, "peak learning rate", bounds=(0, None))
-    momentum: float = opt(0.9, "SGD momentum", bounds=(0, 1))
-    weight_decay: float = opt(5e-4, "SGD weight decay", bounds=(0, None))
-    schedule: str = opt(
-        "piecewise", "lr schedule: piecewise (/10 at 50% and 75%) | cosine | constant"
-    )
-    norm: str = opt(PGD10_TRAIN.norm, "threat model: linf | l2")
-    eps: float = opt(
-        PGD10_TRAIN.eps, "attack radius in [0,1] pixel units (8/255 linf, 0.5 l2)", bounds=(0, None)
-    )
-    step_size: float = opt(PGD10_TRAIN.step_size, "training attack step size", bounds=(0, None))
-    attack_steps: int = opt(
-        PGD10_TRAIN.steps,
-        "K1: training attack (PGD) steps",
-        bounds=(1, 10_000),
-        why="every step is a forward and a backward pass of every example",
-    )
-    attack_mode: str | None = opt(
-        None,
-        "model mode during the training attack: train | eval",
-        shown="train for at, eval for trades and mart",
-    )
-    attack_start: str | None = opt(
-        None,
-        "training attack start: uniform | gaussian (x + 0.001*N(0,1)) | none",
-        shown="uniform for at, gaussian for trades and mart",
-    )
-    extra_data: str = opt(
-        "", "extra images and (pseudo-)labels, .npz or .pt, mixed into every batch (RST)"
-    )
-    extra_fraction: float = opt(0.5, "share of every batch drawn from --extra-data", bounds=(0, 1))
-    init: str = opt(
-        "",
-        "start from these weights (a checkpoint of ours, official AWP, Rice et al. or "
-        "RobustBench); fresh optimizer and schedule",
-    )
-    eval_steps: int = opt(
-        PGD20_EVAL.steps,
-        "PGD steps of the per-epoch robust evaluation",
-        bounds=(1, 10_000),
-        why="every step is a forward and a backward pass of every example",
-    )
-    eval_step_size: float = opt(
-        PGD20_EVAL.step_size, "step size of the per-epoch robust evaluation", bounds=(0, None)
-    )
-    train_eval_size: int = opt(
-        1000, "fixed train subset for the train robust accuracy (0 = none)", bounds=(0, None)
-    )
-    test_eval_size: int = opt(
-        0, "test subset evaluated per epoch (0 = the whole test split)", bounds=(0, None)
-    )
-    eval_batch_size: int = opt(256, "batch size of evaluations", bounds=(1, None))
-    eval_every: int = opt(
-        1,
-        "evaluate every k epochs and at the last (best.pt is chosen among evaluated epochs)",
-        bounds=(0, None),
-    )
-    save_every: int = opt(
-        0, "also keep a checkpoint every k epochs (0 = only last and best)", bounds=(0, None)
-    )
-    augment: bool = opt(True, "random crop (4 px reflect pad) and flip of training images")
-    noise_sd: float = opt(
-        0.0,
-        "Gaussian data augmentation: N(0, noise_sd^2) noise (pixel units) added to the inputs the "
-        "objective sees, after the attack (with --eps 0: the base classifier of randomized "
-        "smoothing, Cohen et al. 2019); 0 = none",
-        bounds=(0, 4),
-        why="a standard deviation in [0,1] pixel units (Cohen et al. use 0.12, 0.25, 0.5, 1.0; "
-        "25 pixel levels are 25/255)",
-    )
-    seed: int = opt(0, "seed of weights, shuffling, augmentation and attacks", bounds=(0, None))
-    device: str = opt("auto", "auto | cpu | cuda | cuda:N")
-    tensorboard: str = opt(
-        "",
-        "also write each epoch's numbers as TensorBoard scalars into DIR (needs the "
-        f"[tensorboard] extra; given without DIR: {TENSORBOARD_IN_RUN}) (default: none)",
-        const=TENSORBOARD_IN_RUN,
-        metavar="DIR",
-    )
-
-    def __post_init__(self) -> None:
-        check_bounds(self)
-        check_eps(self.eps, self.norm)
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"unknown schedule {self.schedule!r}; choose one of {SCHEDULES}")
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
-        get_objective(self.method, beta=self.beta)  # refuses a beta for AT
-        if self.attack_mode is not None and self.attack_mode not in MODES:
-            raise ValueError(f"attack_mode={self.attack_mode!r}; choose one of {MODES}")
-        if self.attack_start is not None and self.attack_start not in RANDOM_STARTS:
-            raise ValueError(f"attack_start={self.attack_start!r}; choose one of {RANDOM_STARTS}")
-        for name in (
-            "epochs",
-            "batch_size",
-            "eval_batch_size",
-            "attack_steps",
-            "eval_steps",
-            "awp_steps",
-            "awp_alternations",
-            "eval_every",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
-        for name in ("train_eval_size", "test_eval_size", "save_every", "awp_warmup"):
-            value = getattr(self, name)
-            if value is not None and value < 0:
-                raise ValueError(f"{name}={value} must be >= 0")
-        if self.extra_data and not 0 < self.extra_fraction < 1:
-            raise ValueError(
-                f"extra_fraction={self.extra_fraction} must be in (0, 1): the share of every batch "
-                "drawn from --extra-data (Carmon et al. use 0.5)"
-            )
-        if self.extra_data and round(self.batch_size * (1 - self.extra_fraction)) < 1:
-            raise ValueError(
-                f"batch_size={self.batch_size} with extra_fraction={self.extra_fraction} leaves no "
-                "training images in a batch; raise --batch-size or lower --extra-fraction"
-            )
-        if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1:
-            raise ValueError("need lr > 0, weight_decay >= 0 and 0 <= momentum < 1")
-        if not isinstance(self.model, ModelConfig):
-            raise ValueError(
-                f"model must be a ModelConfig (e.g. ModelConfig('preactresnet18', width=0.5)), "
-                f"got {self.model!r}"
-            )
-        # Build the derived configs once so their validation runs now, not mid-training (nor
-        # after minutes of loading data).
-        _ = self.train_attack, self.eval_attack, self.awp_config
-
-    @staticmethod
-    def migrate(data: dict[str, Any]) -> dict[str, Any]:
-        """A config.json written before the architecture was nested (``"model": "name"``,
-        ``width``, ``depth``, ``widen_factor`` at the top) in the current layout."""
-        if isinstance(data.get("model"), str) or any(k in data for k in _FLAT_MODEL_KEYS):
-            model = {"name": data.pop("model")} if isinstance(data.get("model"), str) else {}
-            model.update({k: data.pop(k) for k in _FLAT_MODEL_KEYS if k in data})
-            data["model"] = model
-        return data
-
-    def resolved(self) -> TrainConfig:
-        """This config with every None of :data:`METHOD_DEFAULT_FIELDS` replaced by the
-        method's default (beta stays None for AT, which has none)."""
-        defaults = method_defaults(self.method)
-        changes = {
-            name: getattr(defaults, name)
-            for name in METHOD_DEFAULT_FIELDS
-            if getattr(self, name) is None and getattr(defaults, name) is not None
-        }
-        return dataclasses.replace(self, **changes) if changes else self
-
-    @property
-    def tensorboard_dir(self) -> Path | None:
-        """Where the TensorBoard event files go, or None (``<out>`` is the run folder)."""
-        if not self.tensorboard:
-            return None
-        if self.tensorboard.startswith("<out>"):
-            return Path(self.out) / self.tensorboard[len("<out>") :].lstrip("/\\")
-        return Path(self.tensorboard)
-
-    @property
-    def train_attack(self) -> AttackConfig:
-        """PGD-K1 used to craft the training examples (mode and start from the method)."""
-        r = self.resolved()
-        return AttackConfig(
-            name="pgd",
-            norm=self.norm,
-            eps=self.eps,
-            step_size=self.step_size,
-            steps=self.attack_steps,
-            mode=r.attack_mode,
-            random_start=r.attack_start,
-        )
-
-    @property
-    def eval_attack(self) -> AttackConfig:
-        """PGD-20 (eval mode) used for the per-epoch robust accuracies."""
-        return AttackConfig(
-            name="pgd",
-            norm=self.norm,
-            eps=self.eps,
-            step_size=self.eval_step_size,
-            steps=self.eval_steps,
-            mode="eval",
-        )
-
-    @property
-    def awp_config(self) -> AWPConfig | None:
-        """The AWP settings (gamma and warm-up from the method unless given), or None."""
-        if not self.awp:
-            return None
-        r = self.resolved()
-        return AWPConfig(
-            gamma=r.gamma,
-            warmup=r.awp_warmup,
-            steps=self.awp_steps,
-            alternations=self.awp_alternations,
-        )
-
-    @property
-    def objective(self) -> ObjectiveFn:
-        """The training objective of ``method`` with its beta."""
-        return get_objective(self.method, beta=self.beta)
-
-    @property
-    def attack_loss(self) -> AttackLossFactory | None:
-        """The factory of the training attack's loss (TRADES: its KL term), or None for CE."""
-        return get_attack_loss(self.method)
-
-    def model_spec(self, data: DataBundle) -> ModelSpec:
-        """The architecture for ``data`` (classes and normalization come from the dataset)."""
-        return self.model.spec(
-            data.num_classes,
-            mean=tuple(data.mean) if self.normalize else None,
-            std=tuple(data.std) if self.normalize else None,
-        )
-
-    def describe(self) -> str:
-        """E.g. ``TRADES-AWP (gamma 0.005, warm-up 10, beta 6, A=1 K1=10 K2=1)``."""
-        r = self.resolved()
-        label = method_of(
-            {"method": self.method, "awp": self.awp, "eps": self.eps, "noise_sd": self.noise_sd}
-        )
-        parts = []
-        if self.awp:
-            parts += [f"gamma {r.gamma:g}", f"warm-up {r.awp_warmup}"]
-        if r.beta is not None:
-            parts.append(f"beta {r.beta:g}")
-        if self.noise_sd:
-            parts.append(f"noise sd {self.noise_sd:g}")
-        if self.awp:
-            parts.append(f"A={self.awp_alternations} K1={self.attack_steps} K2={self.awp_steps}")
-        return label + (f" ({', '.join(parts)})" if parts else "")
-
-
-def lr_at(t: float, *, lr: float, epochs: int, schedule: str = "piecewise") -> float:
-    """Learning rate at training time ``t`` in epochs (fractional, updated per iteration).
-
-    piecewise: ``lr`` until 50% of the epochs, ``lr/10`` until 75%, then ``lr/100``
-    (Rice et al.'s schedule, used by the official AWP code); cosine: half a cosine to 0.
-    """
-    frac = t / epochs
-    if schedule == "piecewise":
-        return lr if frac < 0.5 else lr / 10 if frac < 0.75 else lr / 100
-    if schedule == "cosine":
-        return 0.5 * lr * (1 + math.cos(math.pi * min(frac, 1.0)))
-    if schedule == "constant":
-        return lr
-    raise ValueError(f"unknown schedule {schedule!r}; choose one of {SCHEDULES}")
-
-
-@dataclass(frozen=True)
-class StepStats:
-    """Loss and accuracy of one minibatch at the weights the optimizer saw (w + v with AWP),
-    and with AWP the size of the perturbation, ||v|| / ||w|| over every perturbed tensor."""
-
-    loss: float
-    correct: int
-    n: int
-    v_norm_ratio: float | None = None
-
-
-def train_step(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    attack: AttackConfig,
-    objective: ObjectiveFn,
-    awp: AWPConfig | None = None,
-    params: dict[str, nn.Parameter] | None = None,
-    generator: torch.Generator | None = None,
-    grad_hook: Callable[[list[torch.Tensor]], None] | None = None,
-    attack_loss: AttackLossFactory | None = None,
-    loss_scale: float = 1.0,
-    noise: torch.Tensor | None = None,
-) -> StepStats:
-    """One minibatch step of AT, TRADES or MART, with or without AWP (general A/K1/K2 schedule).
-
-    1. x_adv = PGD-K1 at the current weights w (mode and start from ``attack``; the loss from
-       ``attack_loss``, e.g. TRADES' KL term, else the attack's own).
-    2. With AWP: v = the AWP ascent of ``objective`` at (x, x_adv, y), K2 steps, BatchNorm
-       statistics frozen. For A > 1, A - 1 more times: regenerate x_adv on w + v, then continue
-       the projected ascent of v from there (:func:`awp.perturb.weight_ascent` from v0).
-    3. Add v, objective at w + v, backward, optimizer step, subtract the same v.
-
-    With ``noise`` (Gaussian data augmentation) the objective, and so the AWP ascent, sees
-    x + noise and x_adv + noise; the attack is crafted at the clean x, as without noise.
-
-    The attack and the AWP ascent run on the plain module (inside a DDP wrapper when ``model``
-    is one): they take gradients with ``torch.autograd.grad``, which DDP's reducer never sees,
-    so a distributed caller averages the AWP gradient through ``grad_hook``. Only the update's
-    forward/backward goes through ``model`` (and so through DDP's gradient all-reduce).
-
-    Args:
-        model: the network, or a DistributedDataParallel around it (left in train mode).
-        optimizer: its optimizer; the learning rate is set by the caller.
-        x: augmented images (N, C, H, W) float in [0, 1]; y: labels (N,).
-        attack: the training attack (PGD-10, 8/255, 2/255 in the paper).
-        objective: ``(model, x, x_adv, y) -> (loss, logits)``.
-        awp: AWP settings, or None for no AWP (also during the warm-up).
-        params: the perturbed parameters (default :func:`select_params` of ``model``).
-        generator: CPU generator of the attack's random start.
-        grad_hook: forwarded to the AWP ascent (distributed all-reduce of the weight gradient).
-        attack_loss: ``(model, x, mode) -> loss_fn`` for the attack, or None for its own loss.
-        loss_scale: multiplies the objective in the backward pass and the AWP ascent; a rank of
-            a distributed run whose slice is not 1/N of the global batch passes
-            N * slice / global so that averaged gradients are those of the global mean.
-        noise: (N, C, H, W) added to x and x_adv where the objective reads them, or None.
-
-    Returns:
-        :class:`StepStats` of the objective's forward pass (the loss unscaled).
-    """
-    net = distributed.plain(model)
-
-    def craft() -> torch.Tensor:
-        # At the current weights (w, or w + v inside `perturbed`): TRADES' KL target p(x) too.
-        loss: LossFn | None = attack_loss(net, x, attack.mode) if attack_loss else None
-        return run_attack(net, x, y, attack, generator=generator, loss=loss)
-
-    def noisy(t: torch.Tensor) -> torch.Tensor:
-        return t if noise is None else t + noise
-
-    x_adv = craft()
-    model.train()
-    if awp is not None and awp.gamma > 0:
-        params = params if params is not None else select_params(net)
-
-        def awp_objective() -> torch.Tensor:
-            # Reads x_adv when called, so alternations ascend on the regenerated examples.
-            loss = objective(net, noisy(x), noisy(x_adv), y)[0]
-            return loss * loss_scale if loss_scale != 1.0 else loss
-
-        ascent = dict(gamma=awp.gamma, steps=awp.steps, model=net, grad_hook=grad_hook)
-        v = weight_ascent(awp_objective, params, **ascent)
-        for _ in range(awp.alternations - 1):
-            with perturbed(params, v):
-                x_adv = craft()
-            v = weight_ascent(awp_objective, params, v0=v, **ascent)
-        ratio = _norm_ratio(v, params)
-        with perturbed(params, v, restore="subtract"):
-            loss, logits = objective(model, noisy(x), noisy(x_adv), y)
-            _minimize(optimizer, loss, loss_scale)
-    else:
-        ratio = None
-        loss, logits = objective(model, noisy(x), noisy(x_adv), y)
-        _minimize(optimizer, loss, loss_scale)
-    correct = int((logits.detach().argmax(1) == y).sum())
-    return StepStats(float(loss.detach()), correct, len(y), ratio)
-
-
-def _norm_ratio(v: dict[str, torch.Tensor], params: dict[str, nn.Parameter]) -> float:
-    """||v|| / ||w|| over all perturbed tensors together (gamma for one ascent step from 0,
-    where every layer's ||v_l|| is gamma ||w_l||; at most gamma with K2 > 1)."""
-    v_sq = sum(float(t.double().pow(2).sum()) for t in v.values())
-    w_sq = sum(float(params[n].detach().double().pow(2).sum()) for n in v)
-    return math.sqrt(v_sq / w_sq) if w_sq > 0 else 0.0
-
-
-def _minimize(optimizer: torch.optim.Optimizer, loss: torch.Tensor, scale: float) -> None:
-    optimizer.zero_grad(set_to_none=True)
-    (loss * scale if scale != 1.0 else loss).backward()
-    optimizer.step()
 
 
 # --------------------------------------------------------------------------- the shell

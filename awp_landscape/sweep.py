@@ -16,7 +16,7 @@ summary merges by (point, gamma, seed), never losing rows of earlier calls.
 
     out/[<point>/]seed<k>/gamma_<g>/   a run folder (config.json, metrics.jsonl, checkpoints/)
     out/[<point>/]seed<k>/eval/        gamma_<g>_{best,last}.json
-    out/[<point>/]seed<k>/analysis/    gap.json, flatness/, landscape/, weights.json
+    out/[<point>/]seed<k>/analysis/    gap.json, flatness_final/, landscape/, weights.json
     out/sweep.json, sweep.csv, sweep_*.png
 """
 
@@ -32,26 +32,16 @@ from pathlib import Path
 from typing import Any
 
 from analysis.flatness import FlatnessConfig
-from analysis.gap import GapConfig
-from analysis.outcome import landscape_rise, robust_overfitting
 from analysis.replicates import MIN_SEEDS, paired_difference, verdict
 from analysis.stats import t_interval
-from analysis.worst_case import WorstCaseConfig
-from awp import distributed
-from awp.config import PGD20_EVAL, bounds_of, opt
-from awp.evaluate import EvalConfig
+from awp.config import bounds_of, opt
 from awp.io import atomic_write_set, csv_text, exclusive_output, json_text, read_json
 from awp.runs import RunFolder
-from awp_landscape.commands.flatness import measure_flatness
-from awp_landscape.commands.gap import measure_gap
-from awp_landscape.commands.hist import weight_histograms
 from awp_landscape.console import say
 from awp_landscape.flags import add_dataclass_arguments, dataclass_from_arguments
-from awp_landscape.inputs import Inputs, Sources
-from awp_landscape.pipeline import evaluate_runs, final_landscapes, record_config, train_all
+from awp_landscape.pipeline import record_config
 from awp_landscape.plans import MeasurePlan, TrainingPlan
-from awp_landscape.replicate import deepest_conv
-from landscape.storage import read_surface
+from awp_landscape.stages import SWEEP_STAGES, Context, training
 
 
 @dataclass(frozen=True)
@@ -243,58 +233,17 @@ def _find(obj: Any, name: str) -> Any:
 
 
 # --------------------------------------------------------------------------- measures
-MEASURES = (
-    "natural accuracy (best)",
-    "natural accuracy (last)",
-    "robust accuracy (best)",
-    "robust accuracy (last)",
-    "best minus last robust accuracy",
-    "train robust accuracy (last epoch)",
-    "test robust loss rise after its minimum",
-    "robust gap (last)",
-    "expected flatness (last)",
-    "worst-case flatness (last)",
-    "landscape sharpness (last)",
-    "deepest conv mean |w| (last)",
-    "deepest conv |skewness| (last)",
-    "seconds per run",
-)
+#: The columns of a sweep's rows: every sweep stage's, in the registry's order, then the time.
+MEASURES = (*(c.name for st in SWEEP_STAGES for c in st.sweep_columns), "seconds per run")
 #: The measures compared AT-AWP minus AT, seed by seed (gamma 0 against every other gamma).
-PAIRED = MEASURES[2:-1]
-
-
-def _accuracies(path: Path) -> dict[str, float]:
-    """Natural and PGD-20 accuracy of an evaluation file (each attack alone)."""
-    rows = {r["attack"]: r for r in read_json(path)["results"]}
-    out = {}
-    for k in ("natural", "pgd20"):
-        if k in rows:
-            alone = rows[k].get("accuracy_alone")
-            out[k] = float(alone if alone is not None else rows[k]["accuracy"])
-    return out
-
-
-def _training_measures(run: RunFolder) -> dict[str, float | None]:
-    """From a run's per-epoch records: train robust accuracy at the last evaluated epoch, the
-    rise of the test robust loss after its minimum, and the run's seconds (training and
-    per-epoch evaluation)."""
-    history = run.read_metrics()
-    evaluated = [r for r in history if "train_robust_acc" in r]
-    ro = robust_overfitting(history)
-    return {
-        "train robust accuracy (last epoch)": (
-            float(evaluated[-1]["train_robust_acc"]) if evaluated else None
-        ),
-        "test robust loss rise after its minimum": None if ro is None else ro.loss_rise,
-        "train seconds": sum(r.get("seconds", 0.0) + r.get("eval_seconds", 0.0) for r in history),
-    }
+PAIRED = tuple(c.name for st in SWEEP_STAGES for c in st.sweep_columns if c.paired)
 
 
 def _measure_seed(
     cfg: SweepConfig, point: GridPoint, seed: int, *, progress: bool
 ) -> list[dict[str, Any]]:
-    """Train (or reuse) every gamma of one seed at one grid point, then measure it; one row per
-    gamma."""
+    """Train (or reuse) every gamma of one seed at one grid point, then run the sweep's stages
+    (:data:`~awp_landscape.stages.SWEEP_STAGES`) and read their columns; one row per gamma."""
     folder = point.folder(cfg.out) / f"seed{seed}"
     configs = {
         run_name(g): point.training.train_config(
@@ -302,79 +251,31 @@ def _measure_seed(
         )
         for g in cfg.gammas
     }
-    train_all(configs, progress=progress, log=say)
-    t0 = time.perf_counter()
-    runs = {name: RunFolder(c.out) for name, c in configs.items()}
-    labels = list(runs)
-    device = point.training.device
-    inputs = Inputs(distributed.pick_device(device), progress=progress)
-    plan = point.plan
-    cfg_eval = EvalConfig(attacks=("natural", "pgd20"), n=plan.eval_n, cascade=False)
-    evaluate_runs(runs, folder, cfg=cfg_eval, inputs=inputs, progress=progress)
-    last = [r.last for r in runs.values()]
-    attack = dataclasses.replace(PGD20_EVAL, steps=plan.analysis_steps)
-    analysis = folder / "analysis"
-    sources = Sources(device=device, progress=progress)
-    gaps = measure_gap(
-        last,
-        GapConfig(n_train=plan.gap_n, n_test=plan.gap_n, attack=attack),
-        out=analysis,
-        sources=sources,
-    )
-    flat = FlatnessConfig(
-        alphas=(plan.flatness_alpha,),
-        samples=plan.flatness_samples,
-        n_examples=plan.flatness_n,
-        attack=attack,
-    )
-    results = measure_flatness(
-        last,
-        flat,
-        out=analysis,
-        labels=labels,
-        worst=WorstCaseConfig(gammas=(plan.worst_gamma,), ascent_steps=plan.worst_steps),
-        sources=sources,
+    ctx = Context(
+        runs={name: RunFolder(c.out) for name, c in configs.items()},
+        plan=point.plan,
+        out=folder,
+        device=point.training.device,
+        progress=progress,
+        log=say,
+        configs=configs,
+        eval_attacks=("natural", "pgd20"),
+        gap_epochs=False,
         figures=False,
     )
-    final_landscapes(
-        last, labels, folder=analysis / "landscape", plan=plan, device=device, progress=progress
-    )
-    weight_histograms(last, out=analysis, labels=labels, figures=False, progress=progress)
-    measured = (time.perf_counter() - t0) / len(runs)
+    training.STAGE.run(ctx)
+    t0 = time.perf_counter()
+    for stage in SWEEP_STAGES:
+        if stage is not training.STAGE and stage.run is not None:
+            stage.run(ctx)
+    measured = (time.perf_counter() - t0) / len(configs)
     rows = []
-    for (name, gamma), gap, res in zip(zip(runs, cfg.gammas), gaps, results):
-        best = _accuracies(folder / "eval" / f"{name}_best.json")
-        last_acc = _accuracies(folder / "eval" / f"{name}_last.json")
-        by_kind = {r["kind"]: r for r in res["rows"]}
-        trained = _training_measures(runs[name])
-        surface = read_surface(analysis / "landscape" / f"{name}.h5")
-        robust = (best.get("pgd20"), last_acc.get("pgd20"))
-        rows.append(
-            {
-                "point": point.name,
-                **point.values,
-                "gamma": gamma,
-                "seed": seed,
-                "natural accuracy (best)": best.get("natural"),
-                "natural accuracy (last)": last_acc.get("natural"),
-                "robust accuracy (best)": robust[0],
-                "robust accuracy (last)": robust[1],
-                "best minus last robust accuracy": (
-                    None if None in robust else robust[0] - robust[1]
-                ),
-                "train robust accuracy (last epoch)": trained["train robust accuracy (last epoch)"],
-                "test robust loss rise after its minimum": trained[
-                    "test robust loss rise after its minimum"
-                ],
-                "robust gap (last)": gap["gap"],
-                "expected flatness (last)": by_kind["expected"]["flatness_loss"],
-                "worst-case flatness (last)": by_kind["worst"]["flatness_loss"],
-                "landscape sharpness (last)": landscape_rise(surface),
-                "deepest conv mean |w| (last)": deepest_conv("mean_abs")(folder, name),
-                "deepest conv |skewness| (last)": deepest_conv("skewness")(folder, name),
-                "seconds per run": trained["train seconds"] + measured,
-            }
-        )
+    for name, gamma in zip(configs, cfg.gammas):
+        row: dict[str, Any] = {"point": point.name, **point.values, "gamma": gamma, "seed": seed}
+        for stage in SWEEP_STAGES:
+            row.update(stage.sweep_values(folder, name))
+        row["seconds per run"] = training.train_seconds(folder, name) + measured
+        rows.append(row)
     return rows
 
 

@@ -33,6 +33,8 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -42,13 +44,14 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from awp.attacks import attack_spec  # noqa: E402
 from awp.config import AttackConfig  # noqa: E402
 from awp.data import fixed_subset  # noqa: E402
 from awp.imagefolder import read_imagefolder_files  # noqa: E402
 from awp.models import ModelSpec, build_model  # noqa: E402
 from awp.modes import model_mode  # noqa: E402
 from landscape.directions import random_direction  # noqa: E402
-from landscape.grid import make_grid  # noqa: E402
+from landscape.grid import Grid, make_grid  # noqa: E402
 from landscape.surface import EvalSet, compute_surface  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
@@ -222,13 +225,30 @@ def loss_landscape_way(
 # ----------------------------------------------------------------------------- main
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if not args.data.is_file():
-        print(f"data archive {args.data} not found; pass --data", file=sys.stderr)
-        return 2
+@dataclass
+class Bench:
+    """What every timed variant works on: the model, the direction, the data and the grids."""
+
+    args: argparse.Namespace
+    device: torch.device
+    spec: ModelSpec
+    model: torch.nn.Module
+    d: dict[str, torch.Tensor]
+    alphas: np.ndarray
+    x: torch.Tensor
+    es: EvalSet  # the clean curve's images
+    es_c: EvalSet  # the PGD curve's images
+    grid: Grid
+    grid_c: Grid
+    c_points: int
+    attack: AttackConfig
+    folder: Path | None = None  # the JPEG ImageFolder of (b)
+    raw: torch.nn.Module | None = None  # (b)'s model, normalizing in the DataLoader
+
+
+def setup(args: argparse.Namespace) -> Bench:
+    """Read and decode the images once, build the seeded model and the direction, print what
+    is measured, write (b)'s ImageFolder and model, and warm the kernels up."""
     device = torch.device(args.device)
     c_points = args.attack_points or args.points
     c_images = args.attack_images or args.images
@@ -238,15 +258,7 @@ def main(argv=None) -> int:
     x, y = decode(images, classes, device)
     load_seconds = time.perf_counter() - t
 
-    torch.manual_seed(0)
-    spec = ModelSpec(name="preactresnet18", num_classes=len(classes), width=args.width)
-    model = build_model(spec)
-    if args.checkpoint is not None:
-        from awp.checkpoint import load_model
-
-        model, _ = load_model(args.checkpoint)
-        spec = model.spec
-    model = model.to(device).eval()
+    model, spec = _model(args, len(classes), device)
     d = random_direction(model, seed=0)
     alphas = np.linspace(-1, 1, args.points)
     n_params = sum(p.numel() for p in model.parameters())
@@ -257,54 +269,101 @@ def main(argv=None) -> int:
         f"archive read + decode once: {load_seconds:.2f}s",
         flush=True,
     )
-    es = EvalSet("test", x[: args.images], y[: args.images])
-    es_c = EvalSet("test", x[:c_images], y[:c_images])
-    grid = make_grid("1d", alphas)
-    grid_c = make_grid("1d", np.linspace(-1, 1, c_points))
-    attack = AttackConfig(steps=10, eps=8 / 255, step_size=2 / 255, mode="eval")
-
-    folder = None
-    raw = None
+    bench = Bench(
+        args=args,
+        device=device,
+        spec=spec,
+        model=model,
+        d=d,
+        alphas=alphas,
+        x=x,
+        es=EvalSet("test", x[: args.images], y[: args.images]),
+        es_c=EvalSet("test", x[:c_images], y[:c_images]),
+        grid=make_grid("1d", alphas),
+        grid_c=make_grid("1d", np.linspace(-1, 1, c_points)),
+        c_points=c_points,
+        attack=attack_spec("pgd10").preset,  # PGD-10, 8/255, step 2/255, eval mode
+    )
     if "b" not in args.skip:
-        folder = write_imagefolder(
+        bench.folder = write_imagefolder(
             images[: args.images], Path(tempfile.mkdtemp(prefix="awp-bench-")) / "test"
         )
-        raw_spec = ModelSpec(
-            name=spec.name, num_classes=spec.num_classes, width=spec.width, mean=None, std=None
-        )
-        raw = build_model(raw_spec).to(device)  # loss-landscape normalizes in the DataLoader
-        raw.load_state_dict(model.state_dict())
-        raw.eval()
+        bench.raw = _raw_model(spec, model, device)
+    _warm_up(bench)
+    return bench
+
+
+def _model(
+    args: argparse.Namespace, num_classes: int, device: torch.device
+) -> tuple[torch.nn.Module, ModelSpec]:
+    """The seeded PreActResNet-18 (or --checkpoint's model), on the device, in eval mode."""
+    torch.manual_seed(0)
+    spec = ModelSpec(name="preactresnet18", num_classes=num_classes, width=args.width)
+    model = build_model(spec)
+    if args.checkpoint is not None:
+        from awp.checkpoint import load_model
+
+        model, _ = load_model(args.checkpoint)
+        spec = model.spec
+    return model.to(device).eval(), spec
+
+
+def _raw_model(spec: ModelSpec, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """The same weights without the normalization layer (loss-landscape normalizes in the
+    DataLoader)."""
+    raw_spec = ModelSpec(
+        name=spec.name, num_classes=spec.num_classes, width=spec.width, mean=None, std=None
+    )
+    raw = build_model(raw_spec).to(device)
+    raw.load_state_dict(model.state_dict())
+    raw.eval()
+    return raw
+
+
+def _warm_up(b: Bench) -> None:
     # Warm-up (allocator, oneDNN kernels), so that the first timed variant is not penalized.
     with torch.no_grad():
-        model(x[: args.batch_size])
-        if raw is not None:
-            raw(x[: args.batch_size])
+        b.model(b.x[: b.args.batch_size])
+        if b.raw is not None:
+            b.raw(b.x[: b.args.batch_size])
 
-    times: dict[str, list[tuple[float, float]]] = {}
-    curves: dict[str, np.ndarray] = {}
-    pgd_args = dict(points=c_points, batch_size=args.batch_size, eps=8 / 255, step=2 / 255)
-    jobs = {
-        "a": lambda: ours(model, d, grid, es, attack=None, batch_size=args.batch_size),
-        "a0": lambda: pure_clean(model, es, points=args.points, batch_size=args.batch_size),
+
+def variants(b: Bench) -> dict[str, Callable[[], np.ndarray | None]]:
+    """The timed variants by name (see the module docstring): each returns its curve or None."""
+    args = b.args
+    pgd_args = dict(points=b.c_points, batch_size=args.batch_size, eps=8 / 255, step=2 / 255)
+    return {
+        "a": lambda: ours(b.model, b.d, b.grid, b.es, attack=None, batch_size=args.batch_size),
+        "a0": lambda: pure_clean(b.model, b.es, points=args.points, batch_size=args.batch_size),
         "b": lambda: loss_landscape_way(
-            raw,
-            d,
-            alphas,
-            folder,
-            mean=spec.mean,
-            std=spec.std,
+            b.raw,
+            b.d,
+            b.alphas,
+            b.folder,
+            mean=b.spec.mean,
+            std=b.spec.std,
             batch_size=args.batch_size,
             workers=args.workers,
         ),
-        "c": lambda: ours(model, d, grid_c, es_c, attack=attack, batch_size=args.batch_size),
-        "c0": lambda: pure_pgd(model, es_c, steps=10, **pgd_args),
+        "c": lambda: ours(
+            b.model, b.d, b.grid_c, b.es_c, attack=b.attack, batch_size=args.batch_size
+        ),
+        "c0": lambda: pure_pgd(b.model, b.es_c, steps=10, **pgd_args),
     }
-    order = [k for k in ("a", "a0", "b", "c", "c0") if k[0] not in args.skip]
-    for r in range(args.repeats):
+
+
+def time_variants(
+    jobs: dict[str, Callable[[], np.ndarray | None]], *, skip: Sequence[str], repeats: int
+) -> tuple[dict[str, list[tuple[float, float]]], dict[str, np.ndarray]]:
+    """Run every variant not skipped ``repeats`` times, interleaved; (wall, cpu) seconds of
+    each run by name, and each variant's curve."""
+    times: dict[str, list[tuple[float, float]]] = {}
+    curves: dict[str, np.ndarray] = {}
+    order = [k for k in ("a", "a0", "b", "c", "c0") if k[0] not in skip]
+    for r in range(repeats):
         # Odd repeats run each pair in the other order, so drifting load favours neither side.
         run_order = order if r % 2 == 0 else [k for pair in _pairs(order) for k in pair[::-1]]
-        print(f"repeat {r + 1}/{args.repeats}", flush=True)
+        print(f"repeat {r + 1}/{repeats}", flush=True)
         for name in run_order:
             with Clock() as clock:
                 result = jobs[name]()
@@ -312,8 +371,16 @@ def main(argv=None) -> int:
                 curves[name] = result
             times.setdefault(name, []).append((clock.wall, clock.cpu))
             print(f"  {name:3s} wall {clock.wall:8.2f}s  cpu {clock.cpu:8.2f}s", flush=True)
+    return times, curves
 
-    per = {"a": args.points, "a0": args.points, "b": args.points, "c": c_points, "c0": c_points}
+
+def report(
+    b: Bench, times: dict[str, list[tuple[float, float]]], curves: dict[str, np.ndarray]
+) -> bool:
+    """Print the fastest times, the curves' agreement, the compute budget and the ratios
+    against :data:`TARGETS`; True when every ratio measured meets its target."""
+    args = b.args
+    per = dict.fromkeys(("a", "a0", "b"), args.points) | dict.fromkeys(("c", "c0"), b.c_points)
     wall = {k: min(w for w, _ in v) for k, v in times.items()}
     cpu = {k: min(c for _, c in v) for k, v in times.items()}
     print("\nfastest of the repeats (wall, then CPU time of this process and its workers):")
@@ -328,32 +395,59 @@ def main(argv=None) -> int:
     if "c" in curves:
         print(f"(c) adversarial loss along alpha: {np.array2string(curves['c'], precision=3)}")
     if "a0" in times and "b" in times and "a" in times:
-        # What b/a >= 1.4 asks of the forward passes, given loss-landscape's measured overhead.
-        judge = cpu if args.judge == "cpu" else wall
-        flops = forward_flops(model, x[:1]) * args.images
-        a0_pt, a_pt, b_pt = (judge[k] / args.points for k in ("a0", "a", "b"))
-        overhead = b_pt - a_pt
-        need = b_pt / TARGETS["b/a"][1]
-        print(
-            f"\nper point: {flops / 1e9:.0f} GFLOP of forward passes; (a0) sustains "
-            f"{flops / a0_pt / 1e9:.0f} GFLOP/s on {torch.get_num_threads()} thread(s); (b) adds "
-            f"{overhead:.2f}s of data handling to the same passes. b/a >= 1.4 needs (a) <= "
-            f"{need:.2f}s/point, i.e. {flops / need / 1e9:.0f} GFLOP/s from identical passes; "
-            f"a plain fp32 2048x2048 matmul sustains {gemm_gflops(device):.0f} GFLOP/s here."
-        )
-    print(f"\nratio      cpu    wall   target   result (judged on {args.judge} time)")
+        _compute_budget(b, cpu if args.judge == "cpu" else wall)
+    return _verdicts(times, cpu, wall, judge=args.judge)
+
+
+def _compute_budget(b: Bench, judge: dict[str, float]) -> None:
+    # What b/a >= 1.4 asks of the forward passes, given loss-landscape's measured overhead.
+    args = b.args
+    flops = forward_flops(b.model, b.x[:1]) * args.images
+    a0_pt, a_pt, b_pt = (judge[k] / args.points for k in ("a0", "a", "b"))
+    overhead = b_pt - a_pt
+    need = b_pt / TARGETS["b/a"][1]
+    print(
+        f"\nper point: {flops / 1e9:.0f} GFLOP of forward passes; (a0) sustains "
+        f"{flops / a0_pt / 1e9:.0f} GFLOP/s on {torch.get_num_threads()} thread(s); (b) adds "
+        f"{overhead:.2f}s of data handling to the same passes. b/a >= 1.4 needs (a) <= "
+        f"{need:.2f}s/point, i.e. {flops / need / 1e9:.0f} GFLOP/s from identical passes; "
+        f"a plain fp32 2048x2048 matmul sustains {gemm_gflops(b.device):.0f} GFLOP/s here."
+    )
+
+
+def _verdicts(
+    times: dict[str, list[tuple[float, float]]],
+    cpu: dict[str, float],
+    wall: dict[str, float],
+    *,
+    judge: str,
+) -> bool:
+    print(f"\nratio      cpu    wall   target   result (judged on {judge} time)")
     ok = True
     for k, (num, den) in {"a/a0": ("a", "a0"), "b/a": ("b", "a"), "c/c0": ("c", "c0")}.items():
         if num not in times or den not in times:
             continue
         by_cpu, by_wall = cpu[num] / cpu[den], wall[num] / wall[den]
-        value = by_cpu if args.judge == "cpu" else by_wall
+        value = by_cpu if judge == "cpu" else by_wall
         op, target = TARGETS[k]
         passed = value <= target if op == "<=" else value >= target
         ok &= passed
         verdict = "PASS" if passed else "MISS"
         print(f"{k:8s} {by_cpu:6.3f}  {by_wall:6.3f}   {op} {target:<5g} {verdict}")
-    return 0 if ok else 1
+    return ok
+
+
+def main(argv=None) -> int:
+    """Set up, time the variants, report; exit status 0 when every target is met."""
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if not args.data.is_file():
+        print(f"data archive {args.data} not found; pass --data", file=sys.stderr)
+        return 2
+    bench = setup(args)
+    times, curves = time_variants(variants(bench), skip=args.skip, repeats=args.repeats)
+    return 0 if report(bench, times, curves) else 1
 
 
 def forward_flops(model: torch.nn.Module, x: torch.Tensor) -> float:

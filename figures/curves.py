@@ -8,7 +8,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
@@ -63,41 +62,6 @@ def plot_gap_by_epoch(rows: Sequence[Mapping[str, Any]]) -> Figure:
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("robust gap (train - test acc.)")
-    ax.legend(frameon=False)
-    return fig
-
-
-def plot_landscape(surfaces: Sequence[Any], split: str) -> Figure:
-    """Adversarial loss along alpha with attacks regenerated (solid) and fixed at w0 (dashed).
-
-    Args:
-        surfaces: landscape curves with ``label``, ``x`` (nx,) and ``values`` (name -> (rows,
-            nx) array, e.g. :class:`landscape.storage.Surface`).
-        split: "test" or "train".
-    """
-    fig, ax = new_figure(width=4.4, height=3.2)
-    for i, s in enumerate(surfaces):
-        color = color_for(s.label, i)
-        regen = np.nanmean(s.values[f"{split}_adv_loss"], axis=0)
-        ax.plot(
-            s.x,
-            regen,
-            color=color,
-            marker="o",
-            markersize=3,
-            label=f"{s.label} (attack regenerated)",
-        )
-        fixed = s.values.get(f"{split}_adv_fixed_loss")
-        if fixed is not None and np.isfinite(fixed).any():
-            ax.plot(
-                s.x,
-                np.nanmean(fixed, axis=0),
-                color=color,
-                linestyle="--",
-                label=f"{s.label} (x_adv fixed at w0)",
-            )
-    ax.set_xlabel(r"$\alpha$ (filter-normalized direction)")
-    ax.set_ylabel(f"{split} adversarial loss")
     ax.legend(frameon=False)
     return fig
 

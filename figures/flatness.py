@@ -35,7 +35,8 @@ def plot_flatness_curve(
         by: grouping column (``label``, ``method``...); records without it form one group.
         color_by: column giving each curve's colour (method colours of the house style);
             curves of the same colour get different line styles. None: colour by ``by``.
-        measure: ``flatness`` (robust 0-1 error) or ``flatness_loss`` (robust cross-entropy).
+        measure: ``flatness`` (robust 0-1 error) or ``flatness_loss`` (robust cross-entropy),
+            or their absolute versions ``abs_flatness`` / ``abs_flatness_loss``.
         log_x: logarithmic alpha axis.
         bands: shade each curve's interval (default: only with at most four curves, where
             the bands stay readable).
@@ -86,8 +87,11 @@ def plot_flatness_curve(
     if log_x:
         ax.set_xscale("log")
     ax.set_xlabel(r"relative noise scale $\alpha$")
-    ylabel = "robust error" if measure == "flatness" else "robust loss"
-    ax.set_ylabel(rf"$E_u[\rho(w+u)] - \rho(w)$ ({ylabel})")
+    ylabel = "robust error" if measure in ("flatness", "abs_flatness") else "robust loss"
+    if measure.startswith("abs_"):  # the absolute flatness (the rebuttal's R#4 Q1)
+        ax.set_ylabel(rf"$E_u|\rho(w+u) - \rho(w)|$ ({ylabel})")
+    else:
+        ax.set_ylabel(rf"$E_u[\rho(w+u)] - \rho(w)$ ({ylabel})")
     if any(groups):
         if len(groups) > 4:  # a long legend goes beside the axes, not over the curves
             ax.legend(frameon=False, loc="center left", bbox_to_anchor=(1.02, 0.5))
@@ -105,10 +109,12 @@ def plot_flatness_vs_gap(
     correlations: Sequence[Any] = (),
     pooled_fit: bool = True,
 ) -> Figure:
-    """Scatter of a flatness measure against the robust gap, coloured by method, fitted lines.
+    """Scatter of a flatness measure against the robust gap, coloured by method, with a
+    seaborn regression line and its 95% band per method (one marker per seed when the
+    records carry several ``seed`` values).
 
     Args:
-        records: one row per checkpoint with columns ``x``, ``y`` and ``by``.
+        records: one row per checkpoint with columns ``x``, ``y``, ``by`` (and ``seed``).
         x, y: columns on the axes.
         by: colouring column (one least-squares line per group).
         correlations: records with ``group``, ``measure`` and ``statistic``
@@ -129,19 +135,45 @@ def plot_flatness_vs_gap(
         and c.get("statistic") is not None
         and np.isfinite(c["statistic"])
     }
+    import seaborn as sns  # imported when a figure is drawn, like matplotlib
+
     fig, ax = new_figure(1, 1, width=4.2, height=3.2)
     groups = sorted({str(r.get(by, "")) for r in rows})  # AT before AT-AWP in every figure
+    seeds = sorted({r["seed"] for r in rows if r.get("seed") is not None}, key=str)
+    markers = ("o", "s", "^", "D", "v", "P", "X", "*")
     for i, g in enumerate(groups):
         mine = [r for r in rows if str(r.get(by, "")) == g]
         xs = np.array([float(r[x]) for r in mine])
         ys = np.array([float(r[y]) for r in mine])
         color = color_for(g, i)
         label = g + (f" (tau {taus[g]:.2f})" if g in taus else "")
-        ax.scatter(xs, ys, s=16, color=color, label=label, zorder=3)
-        fit = fit_line(xs, ys)
-        if np.isfinite(fit.slope):
-            t = np.linspace(np.nanmin(xs), np.nanmax(xs), 2)
-            ax.plot(t, fit.slope * t + fit.intercept, color=color, linewidth=1.0)
+        if len(seeds) > 1:  # one marker per seed, the method's colour
+            for j, s in enumerate(seeds):
+                m = np.array([r.get("seed") == s for r in mine])
+                if m.any():
+                    ax.scatter(
+                        xs[m], ys[m], s=16, color=color, marker=markers[j % len(markers)], zorder=3
+                    )
+            ax.scatter([], [], s=16, color=color, label=label)  # the method's legend entry
+        else:
+            ax.scatter(xs, ys, s=16, color=color, label=label, zorder=3)
+        keep = np.isfinite(xs) & np.isfinite(ys)
+        if keep.sum() >= 2 and np.ptp(xs[keep]) > 0:
+            # Least squares with its 95% band (bootstrap over the points, seeded); no band
+            # from fewer than 3 points, where it would claim a spread it cannot know.
+            sns.regplot(
+                x=xs[keep],
+                y=ys[keep],
+                ax=ax,
+                scatter=False,
+                ci=95 if keep.sum() >= 3 else None,
+                n_boot=1000,
+                seed=0,
+                color=color,
+                line_kws={"linewidth": 1.0},
+            )
+    for j, s in enumerate(seeds if len(seeds) > 1 else ()):
+        ax.scatter([], [], s=16, color="0.4", marker=markers[j % len(markers)], label=f"seed {s}")
     if pooled_fit and len(groups) > 1:
         xs = np.array([float(r[x]) for r in rows])
         ys = np.array([float(r[y]) for r in rows])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -191,22 +192,52 @@ def render_html(doc: Document) -> str:
     return "\n".join(parts)
 
 
+def md_cell(text: str) -> str:
+    """A markdown table cell: pipes escaped, line breaks joined, so the row keeps its columns."""
+    return " ".join(str(text).replace("\\", "\\\\").replace("|", "\\|").split())
+
+
 def _md_table(t: Table) -> str:
     cols = t.cols()
     lines = [f"**{t.caption}**", ""] if t.caption else []
-    lines.append("| " + " | ".join(cols) + " |")
+    lines.append("| " + " | ".join(md_cell(c) for c in cols) + " |")
     lines.append("|" + "|".join("---" for _ in cols) + "|")
-    lines += ["| " + " | ".join(t.cell(r, c) for c in cols) + " |" for r in t.rows]
+    lines += ["| " + " | ".join(md_cell(t.cell(r, c)) for c in cols) + " |" for r in t.rows]
     return "\n".join(lines)
 
 
-def render_markdown(doc: Document) -> str:
-    """Markdown summary: the same text and tables; figures by caption only."""
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:40] or "figure"
+
+
+def markdown_figures(doc: Document, folder: str) -> dict[str, bytes]:
+    """The PNG of every figure of ``doc`` (static views of interactive ones included), by its
+    path relative to the markdown file: ``<folder>/figNN_<alt>.png``, in reading order."""
+    out: dict[str, bytes] = {}
+    for s in doc.sections:
+        for f in [*s.figures, *(b.static for b in s.interactive)]:
+            out[f"{folder}/fig{len(out) + 1:02d}_{_slug(f.alt)}.png"] = f.png
+    return out
+
+
+def render_markdown(doc: Document, figure_folder: str | None = None) -> str:
+    """Markdown summary: the same text and tables; each figure as an image linked by its
+    relative path (:func:`markdown_figures` gives the files), or by caption only without a
+    ``figure_folder``."""
+    paths = iter(markdown_figures(doc, figure_folder)) if figure_folder else None
     out = [f"# {doc.title}", "", *(p.removeprefix("NOTE:").strip() + "\n" for p in doc.intro)]
     for s in doc.sections:
         out += [f"## {s.title}", ""]
         out += [p.removeprefix("NOTE:").strip() + "\n" for p in s.paragraphs]
         out += [_md_table(t) + "\n" for t in s.tables]
-        out += [f"*Figure: {f.caption}*\n" for f in s.figures if f.caption]
-        out += [f"*Figure: {b.caption} (rotatable in the HTML report)*\n" for b in s.interactive]
+        figs = [(f, "") for f in s.figures]
+        figs += [(b.static, " (rotatable in the HTML report)") for b in s.interactive]
+        for f, note in figs:
+            caption = (f.caption or f.alt) + note
+            if paths is None:
+                if f.caption:
+                    out.append(f"*Figure: {caption}*\n")
+            else:
+                alt = f.alt.replace("]", ")").replace("[", "(")
+                out.append(f"![{alt}]({next(paths)})\n\n*Figure: {caption}*\n")
     return "\n".join(out)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from matplotlib import cm
@@ -141,6 +142,42 @@ def plot_curves(
     ax.set_ylabel(ylabel)
     if title:
         ax.set_title(title)
+    ax.legend(frameon=False)
+    return fig
+
+
+def plot_attack_modes(surfaces: Sequence[Any], split: str) -> Figure:
+    """1-D landscapes: adversarial loss along alpha with attacks regenerated (solid) and fixed
+    at w0 (dashed), one colour per checkpoint.
+
+    Args:
+        surfaces: landscape curves with ``label``, ``x`` (nx,) and ``values`` (name -> (rows,
+            nx) array, e.g. :class:`landscape.storage.Surface`).
+        split: "test" or "train".
+    """
+    fig, ax = new_figure(width=4.4, height=3.2)
+    for i, s in enumerate(surfaces):
+        color = color_for(s.label, i)
+        regen = np.nanmean(s.values[f"{split}_adv_loss"], axis=0)
+        ax.plot(
+            s.x,
+            regen,
+            color=color,
+            marker="o",
+            markersize=3,
+            label=f"{s.label} (attack regenerated)",
+        )
+        fixed = s.values.get(f"{split}_adv_fixed_loss")
+        if fixed is not None and np.isfinite(fixed).any():
+            ax.plot(
+                s.x,
+                np.nanmean(fixed, axis=0),
+                color=color,
+                linestyle="--",
+                label=f"{s.label} (x_adv fixed at w0)",
+            )
+    ax.set_xlabel(r"$\alpha$ (filter-normalized direction)")
+    ax.set_ylabel(f"{split} adversarial loss")
     ax.legend(frameon=False)
     return fig
 

@@ -32,6 +32,7 @@ from awp.config import AttackConfig, check_choice
 from awp.data import DataBundle, capped_notice, fixed_subset
 from awp.evaluate import attack_outcomes
 from awp.modes import batchnorms, kept_modes, unwrap
+from awp.perturb import kept, write_point
 from landscape.config import BN_MODES, SurfaceConfig
 from landscape.directions import (
     Direction,
@@ -249,48 +250,21 @@ def bn_buffer_names(model: nn.Module) -> list[str]:
 
 @contextmanager
 def anchored(model: nn.Module, names: Sequence[str]) -> Iterator[dict[str, torch.Tensor]]:
-    """Store theta0 for the named state tensors; copy it back bit for bit on exit.
+    """Store theta0 for the named state tensors; copy it back bit for bit on exit
+    (:func:`awp.perturb.kept` on the model's tensors of those names).
 
     Yields:
         name -> a clone of theta0 (the values every point is written from).
+
+    Raises:
+        KeyError: a name is not in the model's state (the first five are listed).
     """
     state = _model_state(model)
     missing = [n for n in names if n not in state]
     if missing:
         raise KeyError(f"not in the model's state: {missing[:5]}")
-    theta0 = {n: state[n].detach().clone() for n in names}
-    try:
+    with kept({n: state[n] for n in names}) as theta0:
         yield theta0
-    finally:
-        with torch.no_grad():
-            for n, t in theta0.items():
-                state[n].copy_(t)
-
-
-def set_point(
-    tensors: Mapping[str, torch.Tensor],
-    theta0: Mapping[str, torch.Tensor],
-    directions: Sequence[Mapping[str, torch.Tensor]],
-    coefficients: Sequence[float],
-) -> None:
-    """Write theta = theta0 + sum_i c_i d_i into the model's tensors, from theta0 every time.
-
-    A zero coefficient adds nothing, so a point at the origin is theta0 bit for bit.
-
-    Args:
-        tensors: name -> the model's tensors to write (parameters and maybe buffers).
-        theta0: name -> stored original values.
-        directions: one name -> tensor mapping per direction (absent names are zero).
-        coefficients: c_i, one per direction.
-    """
-    if len(directions) != len(coefficients):
-        raise ValueError(f"{len(directions)} directions but {len(coefficients)} coefficients")
-    with torch.no_grad():
-        for name, t in tensors.items():
-            t.copy_(theta0[name])
-            for d, c in zip(directions, coefficients):
-                if c != 0.0 and name in d:
-                    t.add_(d[name], alpha=c)
 
 
 def recompute_bn_stats(model: nn.Module, x: torch.Tensor, *, batch_size: int) -> None:
@@ -521,7 +495,7 @@ def grid_points(
     with anchored(model, anchor) as theta0:
 
         def goto(index: int) -> None:
-            set_point(tensors, theta0, dirs, grid.coefficients(index))
+            write_point(tensors, theta0, dirs, grid.coefficients(index))
             if bn == "eval" and variances:
                 _warn_negative_variances(tensors, variances, grid.coefficients(index))
             if bn == "recompute":

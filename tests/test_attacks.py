@@ -2,8 +2,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from awp.attacks import cw_margin_per_example, fgsm, pgd, run_attack
-from awp.config import AttackConfig, parse_number
+from awp.attacks import (
+    ATTACKS,
+    attack_label,
+    attack_spec,
+    cw_margin_per_example,
+    fgsm,
+    pgd,
+    run_attack,
+)
+from awp.autoattack import AutoAttackConfig, require_autoattack
+from awp.config import FGSM_EVAL, PGD20_EVAL, AttackConfig, parse_number
+from awp.extras import MissingDependencyError
 from awp.modes import frozen_bn_stats
 from tests.helpers import assert_same_state, snapshot, tiny_batch, tiny_model
 
@@ -164,3 +174,103 @@ def test_run_attack_dispatch_and_config_validation():
     assert AttackConfig(eps=parse_number("8/255")).eps == pytest.approx(8 / 255)
     with pytest.raises(ValueError, match="cannot read"):
         parse_number("8/x")
+
+
+def test_every_entry_of_the_attack_table_runs_on_a_tiny_model():
+    """Each named attack runs through run_attack: in the ball and the box, state untouched,
+    FGSM equal to attacks.fgsm, PGD/CW equal to attacks.pgd with the preset's settings."""
+    model = tiny_model(num_classes=4)
+    x, y = tiny_batch(classes=4)
+    snap = snapshot(model)
+    for name, spec in ATTACKS.items():
+        assert spec.name == name and attack_label(name) == spec.label
+        cfg = spec.configured(norm="l2", eps=0.5, step_size=0.2, restarts=2)
+        if spec.preset is None:
+            assert cfg is None and run_attack(model, x, y, cfg) is x
+            continue
+        assert cfg.norm == "l2" and cfg.eps == 0.5 and getattr(cfg, "mode", "eval") == "eval"
+        if isinstance(cfg, AutoAttackConfig):
+            try:
+                require_autoattack(cfg.implementation)
+            except MissingDependencyError as err:
+                with pytest.raises(MissingDependencyError, match="pip install"):
+                    run_attack(model, x, y, cfg)
+                assert "autoattack" in str(err)
+                continue
+        x_adv = run_attack(model, x, y, cfg, generator=torch.Generator().manual_seed(0))
+        assert x_adv.shape == x.shape and x_adv.min() >= 0 and x_adv.max() <= 1
+        assert (x_adv - x).flatten(1).norm(dim=1).max() <= 0.5 + 1e-5
+        assert_same_state(model, snap)
+        if name == "fgsm":
+            assert torch.equal(x_adv, fgsm(model, x, y, eps=0.5, norm="l2"))
+        elif name != "autoattack":
+            assert cfg.steps == spec.preset.steps and cfg.restarts == 2
+            assert cfg.step_size == 0.2
+            ref = pgd(
+                model,
+                x,
+                y,
+                eps=0.5,
+                step_size=0.2,
+                steps=cfg.steps,
+                norm="l2",
+                loss="cw" if name == "cw20" else "ce",
+                restarts=2,
+                generator=torch.Generator().manual_seed(0),
+            )
+            assert torch.equal(x_adv, ref)
+    assert [attack_label(a) for a in ("natural", "pgd20", "cw20", "autoattack")] == [
+        "natural",
+        "PGD-20",
+        "CW-20",
+        "AutoAttack",
+    ]
+    assert ATTACKS["pgd20"].preset is PGD20_EVAL and ATTACKS["fgsm"].preset is FGSM_EVAL
+
+
+def test_an_unknown_attack_name_is_a_clear_error_listing_the_known_ones():
+    with pytest.raises(ValueError, match="unknown attack 'pgd30'; choose one of natural, fgsm"):
+        attack_label("pgd30")
+    with pytest.raises(ValueError, match="autoattack"):
+        attack_spec("PGD-20")
+
+    class Foreign:
+        name = "deepfool"
+
+    with pytest.raises(ValueError, match="no runner for attack 'deepfool'.*pgd, cw"):
+        run_attack(tiny_model(), *tiny_batch(), Foreign())
+
+
+def test_fgsm_attacks_a_loss_it_is_given():
+    """run_attack passes TRADES-style losses to FGSM too: minimizing the CE (its negative)
+    steps the other way from the default."""
+    model = tiny_model().eval()
+    x, y = tiny_batch()
+    cfg = AttackConfig(name="fgsm", eps=EPS)
+    up = run_attack(model, x, y, cfg)
+    down = run_attack(
+        model, x, y, cfg, loss=lambda logits, t: -F.cross_entropy(logits, t, reduction="none")
+    )
+    inside = (x > EPS) & (x < 1 - EPS)
+    step_up, step_down = (up - x)[inside].sign(), (down - x)[inside].sign()
+    assert step_up.abs().sum() > 0 and torch.equal(step_up, -step_down)
+
+
+def test_the_reports_accuracy_columns_are_the_tables_display_names(tmp_path):
+    """The evaluation stage's accuracy_rows names its attack columns with attack_label and
+    reads each attack's accuracy from an evaluation file's rows by the table's name."""
+    from awp_landscape.report import Results
+    from awp_landscape.stages.evaluate import accuracy_rows
+
+    rows = [
+        {"attack": "natural", "accuracy": 0.9},
+        {"attack": "pgd20", "accuracy": 0.5},
+        {"attack": "cw20", "accuracy": 0.45},
+    ]
+    res = Results(
+        root=tmp_path, stages={"evaluate": [{"file": "AT-AWP_best.json", "n": 10, "results": rows}]}
+    )
+    (row,) = accuracy_rows(res)
+    assert row["method"] == "AT-AWP" and row["checkpoint"] == "best"
+    assert (row["natural"], row["PGD-20"], row["CW-20"]) == (0.9, 0.5, 0.45)
+    assert "AutoAttack" in row and row["AutoAttack"] is None

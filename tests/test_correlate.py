@@ -7,6 +7,7 @@ import pytest
 from scipy import stats as sps
 
 from analysis.correlate import (
+    analytic_interval,
     bootstrap_interval,
     correlate,
     correlate_records,
@@ -116,6 +117,62 @@ def test_bootstrap_follows_its_documented_draws():
     assert all(math.isnan(v) for v in bootstrap_interval(x, y, "kendall", n_boot=0))
 
 
+def test_two_checkpoints_get_no_statistic_and_no_interval():
+    for c in correlate([0.1, 0.2], [0.3, 0.1], n_boot=100):
+        assert c.note == "undefined (n=2 < 3 checkpoints)" and c.ci_method == ""
+        assert all(math.isnan(v) for v in (c.statistic, c.ci_low, c.ci_high, c.boot_low))
+
+
+def test_three_checkpoints_warn_of_a_degenerate_bootstrap_and_keep_zero_inside():
+    # The case: Pearson 0.50, p = 0.67 on 3 checkpoints; its bootstrap alone sits on
+    # the estimate's side. The reported interval must contain 0 like the p-value says.
+    cors = {c.measure: c for c in correlate([1.0, 2.0, 3.0], [1.0, 3.0, 2.0], n_boot=2000)}
+    p = cors["pearson"]
+    assert p.statistic == pytest.approx(0.5) and p.pvalue == pytest.approx(2 / 3)
+    assert p.ci_low < 0 < p.ci_high and (p.analytic_low, p.analytic_high) == (-1.0, 1.0)
+    for c in cors.values():
+        assert c.warning.startswith("degenerate bootstrap (3 distinct values"), c.warning
+        assert c.ci_method.startswith("union of percentile bootstrap (2000 resamples)")
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=40)
+    assert correlate(x, x + rng.normal(size=40), n_boot=500)[2].warning == ""
+
+
+@pytest.mark.parametrize("n", [3, 4, 5, 8, 30])
+def test_the_interval_is_never_narrower_than_the_analytic_one(n):
+    rng = np.random.default_rng(n)
+    for rep in range(5):
+        x = rng.normal(size=n)
+        y = 0.5 * x + rng.normal(size=n)
+        for c in correlate(x, y, n_boot=200, seed=rep):
+            assert c.ci_low <= c.analytic_low and c.ci_high >= c.analytic_high, c
+            assert c.ci_low <= c.boot_low and c.ci_high >= c.boot_high, c
+            assert -1 <= c.ci_low <= c.statistic <= c.ci_high <= 1, c
+
+
+def test_analytic_intervals_are_fisher_z_with_each_measures_se():
+    q = sps.norm.ppf(0.975)
+    r, n = 0.6, 28
+    z = math.atanh(r)
+    for measure, se in (
+        ("pearson", 1 / math.sqrt(n - 3)),
+        ("spearman", math.sqrt((1 + r**2 / 2) / (n - 3))),
+        ("kendall", math.sqrt(0.437 / (n - 4))),
+    ):
+        ref = (math.tanh(z - q * se), math.tanh(z + q * se))
+        assert analytic_interval(r, n, measure) == pytest.approx(ref, rel=1e-12), measure
+    assert analytic_interval(0.3, 4, "kendall") == (-1.0, 1.0)  # n - 4 = 0: no se
+    # A 95% Fisher-z interval of Pearson's r covers the true rho about 95% of the time.
+    rng = np.random.default_rng(9)
+    rho, hits = 0.5, 0
+    cov = [[1, rho], [rho, 1]]
+    for _ in range(400):
+        xy = rng.multivariate_normal([0, 0], cov, size=20)
+        lo, hi = analytic_interval(np.corrcoef(xy.T)[0, 1], 20, "pearson")
+        hits += lo <= rho <= hi
+    assert 0.92 <= hits / 400 <= 0.98
+
+
 def test_records_are_correlated_pooled_and_per_method():
     rng = np.random.default_rng(3)
     rows = []
@@ -148,6 +205,51 @@ def test_fit_line_matches_polyfit():
     assert math.isnan(fit_line([1, 1, 1], [1, 2, 3]).slope)
 
 
+def _scatters(ax):
+    from matplotlib.collections import PathCollection
+
+    return [c for c in ax.collections if isinstance(c, PathCollection) and len(c.get_offsets())]
+
+
+def _bands(ax):
+    from matplotlib.collections import PolyCollection
+
+    return [c for c in ax.collections if isinstance(c, PolyCollection)]
+
+
+def test_flatness_vs_gap_draws_a_regression_band_per_method_and_a_marker_per_seed():
+    from figures.flatness import plot_flatness_vs_gap
+
+    rng = np.random.default_rng(5)
+    rows = [
+        {"method": m, "seed": seed, "flatness": f, "gap": slope * f + 0.05 * rng.normal()}
+        for m, slope in (("AT", 1.0), ("AT-AWP", -0.5))
+        for seed in (0, 1, 2)
+        for f in rng.uniform(0, 1, size=4)
+    ]
+    rows += [{"method": "TRADES", "seed": 0, "flatness": f, "gap": f} for f in (0.2, 0.4)]
+    fig = plot_flatness_vs_gap(rows, pooled_fit=False)
+    ax = fig.axes[0]
+    scatters = _scatters(ax)
+    assert len(scatters) == 3 * 3 - 2  # AT and AT-AWP by seed (3 each), TRADES's one seed
+    assert sum(len(c.get_offsets()) for c in scatters) == len(rows)
+    assert len({c.get_paths()[0].vertices.tobytes() for c in scatters[:3]}) == 3  # 3 markers
+    assert len(_bands(ax)) == 2  # two points (TRADES) get a line and no band
+    for line, method in zip(ax.lines, ("AT", "AT-AWP", "TRADES")):
+        mine = [r for r in rows if r["method"] == method]
+        fit = fit_line([r["flatness"] for r in mine], [r["gap"] for r in mine])
+        xs, ys = line.get_xdata(), line.get_ydata()
+        assert xs[0] == pytest.approx(min(r["flatness"] for r in mine))
+        assert ys == pytest.approx(fit.slope * xs + fit.intercept, abs=1e-9)
+    band = _bands(ax)[0].get_paths()[0].vertices  # AT's band holds AT's line at its middle
+    mid = len(ax.lines[0].get_xdata()) // 2
+    x0, y0 = ax.lines[0].get_xdata()[mid], ax.lines[0].get_ydata()[mid]
+    near = band[np.argsort(np.abs(band[:, 0] - x0))[:2], 1]
+    assert near.min() < y0 < near.max()
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == ["AT", "AT-AWP", "TRADES", "seed 0", "seed 1", "seed 2"]
+
+
 def test_figures():
     from figures.flatness import plot_flatness_curve, plot_flatness_vs_gap
     from figures.style import color_for
@@ -162,7 +264,7 @@ def test_figures():
     cors = correlate_records(rows, x="flatness", y="gap", n_boot=0)
     fig = plot_flatness_vs_gap(rows, correlations=cors)
     ax = fig.axes[0]
-    assert len(ax.collections) == 2  # one scatter per method
+    assert len(_scatters(ax)) == 2 and len(_bands(ax)) == 2  # a scatter and a band per method
     assert len(ax.lines) == 3  # a fit per method and the pooled one
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert labels[0].startswith("AT (tau 1.00)")

@@ -109,6 +109,7 @@ def test_demo_writes_every_stage_and_the_report(demo):
         "analysis/curvature/hessian.json",
         "analysis/connect/connect.json",
         "analysis/connect/connect.h5",
+        "analysis/quantize.json",
     ):
         assert (seed0 / rel).exists(), rel
     assert (out / "report.html").exists() and (out / "report.md").exists()
@@ -134,6 +135,7 @@ def test_demo_writes_every_stage_and_the_report(demo):
         "Certified robustness (randomized smoothing)",
         "Accuracy under Gaussian input noise",
         "Mode connectivity: AT to AT-AWP",
+        "Weight quantization",
     ):
         assert title in html
     # nothing fetched to view it: no element loads from the network (the embedded plotly.js
@@ -193,15 +195,15 @@ def test_outcome_is_computed_from_the_numbers(demo):
     out = out / "seed0"  # one seed's single-run statements
     res = collect([out])
     said = " ".join(outcome(measurements(res)))
-    gap = {r["method"]: r["gap"] for r in res.gap if r["epoch"] == 3}
+    gap = {r["method"]: r["gap"] for r in res["gap"] if r["epoch"] == 3}
     expected = "has the smaller gap" if gap["AT-AWP"] < gap["AT"] else "does NOT have"
     assert expected in said
     # flip the measured gaps: the statement must follow
-    for r in res.gap:
+    for r in res["gap"]:
         if r["epoch"] == 3:
             r["gap"] = 0.5 if r["method"] == "AT-AWP" else -0.5
     assert "does NOT have the smaller gap" in " ".join(outcome(measurements(res)))
-    for r in res.gap:
+    for r in res["gap"]:
         if r["epoch"] == 3:
             r["gap"] = -0.5 if r["method"] == "AT-AWP" else 0.5
     assert "AT-AWP has the smaller gap" in " ".join(outcome(measurements(res)))

@@ -210,9 +210,17 @@ def test_per_example_summary_pools_all_trials_for_the_interval():
     assert (est.ci_low, est.ci_high) == clopper_pearson(10, 20, 0.95)
     assert est.flatness == pytest.approx(0.5 - 0.3)
     assert est.flatness_low == pytest.approx(est.ci_low - 0.3)
+    # Two draws: no t interval (one degree of freedom), said in the note, never [x, x].
     t = flat.summarize_expected(base, samples, alpha=0.1, noise="layer")
-    half = sps.t.ppf(0.975, 1) * np.std([0.4, 0.6], ddof=1) / math.sqrt(2)
-    assert t.ci_method == "t" and t.ci_high == pytest.approx(0.5 + half)
+    assert t.ci_method == "t" and math.isnan(t.ci_low) and math.isnan(t.flatness_high)
+    assert t.ci_note == "undefined (n=2 < 3 noise draws)"
+    three = [*samples, {"errors": 5, "loss_sum": 4.0, "n": 10, "noise_ratio": 0.1}]
+    t = flat.summarize_expected(base, three, alpha=0.1, noise="layer")
+    half = sps.t.ppf(0.975, 2) * np.std([0.4, 0.6, 0.5], ddof=1) / math.sqrt(3)
+    assert t.ci_high == pytest.approx(0.5 + half) and t.ci_note == ""
+    same = [{**samples[0]} for _ in range(4)]  # every draw the same error: width 0 refused
+    t = flat.summarize_expected(base, same, alpha=0.1, noise="layer")
+    assert math.isnan(t.ci_low) and "all 4 noise draws give the same error" in t.ci_note
 
 
 # --------------------------------------------------------------------------- worst case
@@ -423,3 +431,38 @@ def test_two_gloo_ranks_split_the_units_and_agree_with_one_process(tmp_path):
         for r in (0, 1)
     ]
     assert own[0] == set(keys[0::2]) and own[1] == set(keys[1::2])
+
+
+def test_absolute_flatness_does_not_let_draws_cancel():
+    """|rho(w+u) - rho(w)| averaged over draws (the rebuttal's R#4 Q1): two draws, one raising
+    the error by 0.2 and one lowering it by 0.1, average +0.05 signed but 0.15 absolute."""
+    base = {"errors": 5, "loss_sum": 10.0, "n": 10}
+    samples = [
+        {"errors": 7, "loss_sum": 13.0, "n": 10, "noise_ratio": 0.1},
+        {"errors": 4, "loss_sum": 9.0, "n": 10, "noise_ratio": 0.1},
+    ]
+    est = flat.summarize_expected(base, samples, alpha=0.1, noise="layer")
+    assert est.flatness == pytest.approx(0.05) and est.abs_flatness == pytest.approx(0.15)
+    assert est.flatness_loss == pytest.approx(0.1) and est.abs_flatness_loss == pytest.approx(0.2)
+    # when every draw raises it, the two agree (as the rebuttal says of AWP's ascent)
+    up = [dict(s, errors=s["errors"] + 3, loss_sum=s["loss_sum"] + 5) for s in samples]
+    both = flat.summarize_expected(base, up, alpha=0.1, noise="layer")
+    assert both.abs_flatness == pytest.approx(both.flatness)
+
+
+def test_the_flatness_stage_reads_the_absolute_flatness_as_a_measure(tmp_path):
+    from awp.io import write_json
+    from awp_landscape.plans import AnalysisPlan
+    from awp_landscape.stages import flatness as stage
+
+    rows = [
+        {"label": m, "kind": "expected", "alpha": 0.1, "flatness_loss": v, "abs_flatness_loss": a}
+        for m, v, a in (("AT", 0.01, 0.03), ("AT-AWP", 0.02, 0.025))
+    ]
+    write_json(tmp_path / "analysis" / "flatness_final" / "flatness.json", {"rows": rows})
+    found = dict(stage.measures(AnalysisPlan(flatness_alphas=(0.1,))))
+    (get,) = [f for name, f in found.items() if name.startswith("expected absolute flatness")]
+    assert get(tmp_path, "AT") == 0.03 and get(tmp_path, "AT-AWP") == 0.025
+    older = [{k: v for k, v in r.items() if k != "abs_flatness_loss"} for r in rows]
+    write_json(tmp_path / "analysis" / "flatness_final" / "flatness.json", {"rows": older})
+    assert get(tmp_path, "AT") is None  # a file written before the measure existed

@@ -148,3 +148,38 @@ def test_every_interactive_plot_renders_offline_in_chromium(tmp_path):
         assert plot["drawn"] and plot["canvases"] >= 1 and plot["svgs"] >= 1, plot
     assert check.broken == [] and check.images >= 4  # the static images beside
     assert all(u.startswith("data:") for u in check.fetched), check.fetched  # nothing fetched
+
+
+def _md_rows(md: str) -> list[list[str]]:
+    """Every markdown table as its rows of cells (split on unescaped pipes)."""
+    import re
+
+    tables, current = [], []
+    for line in md.splitlines() + [""]:
+        if line.startswith("|"):
+            current.append([c for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]])
+        elif current:
+            tables.append(current)
+            current = []
+    return tables
+
+
+def test_markdown_tables_keep_their_columns_and_figures_are_linked(tmp_path):
+    from awp_landscape.report import write_report
+
+    doc = doc_with([png_figure()])
+    doc.sections[0].tables.append(
+        Table([{"measure": "mean |w| of | the layer", "value": 1.5}], caption="pipes")
+    )
+    md = render_markdown(doc, figure_folder="report_files")
+    for table in _md_rows(md):
+        assert len({len(r) for r in table}) == 1, table
+    assert "mean \\|w\\| of \\| the layer" in md
+    assert "![" in md and "(report_files/fig01_" in md
+    # write_report writes the PNGs beside report.md, and every link resolves
+    _, md_path = write_report([_planes(tmp_path)], tmp_path / "report.html")
+    text = md_path.read_text()
+    links = [line.split("](")[1].rstrip(")") for line in text.splitlines() if line.startswith("![")]
+    assert links and all((md_path.parent / link).is_file() for link in links)
+    for table in _md_rows(text):
+        assert len({len(r) for r in table}) == 1, table

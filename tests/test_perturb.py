@@ -326,3 +326,37 @@ def test_an_objective_given_batch_by_batch_is_the_sum_of_its_terms():
     for name in whole:
         assert torch.allclose(whole[name], parts[name], rtol=1e-12, atol=1e-15), name
         assert float(parts[name].norm()) <= GAMMA * float(params[name].norm()) * (1 + 1e-12)
+
+
+def test_kept_and_write_point_move_a_model_through_points_and_back_bit_for_bit():
+    """write_point writes theta0 + sum c_i d_i from theta0 every time (the value of a point
+    does not depend on the one before), term by term; kept restores theta0 after an error."""
+    from awp.perturb import kept, write_point
+
+    model = tiny_model()
+    state = dict(model.state_dict(keep_vars=True))
+    names = ["conv1.weight", "bn1.running_var"]
+    tensors = {n: state[n] for n in names}
+    snap = snapshot(model)
+    g = torch.Generator().manual_seed(0)
+    d1 = {n: torch.randn(t.shape, generator=g) for n, t in tensors.items()}
+    d2 = {"conv1.weight": torch.randn(tensors["conv1.weight"].shape, generator=g)}
+    with pytest.raises(RuntimeError, match="boom"), kept(tensors) as theta0:
+        write_point(tensors, theta0, [d1, d2], [0.5, -0.25])
+        first = {n: t.detach().clone() for n, t in tensors.items()}
+        expected = theta0["conv1.weight"].clone().add_(d1["conv1.weight"], alpha=0.5)
+        expected.add_(d2["conv1.weight"], alpha=-0.25)
+        assert torch.equal(first["conv1.weight"], expected)
+        assert torch.equal(
+            first["bn1.running_var"], theta0["bn1.running_var"] + 0.5 * d1["bn1.running_var"]
+        )
+        write_point(tensors, theta0, [d1, d2], [3.0, 1.0])  # elsewhere, then back
+        write_point(tensors, theta0, [d1, d2], [0.5, -0.25])
+        assert all(torch.equal(tensors[n], first[n]) for n in names)
+        write_point(tensors, theta0, [d1, d2], [0.0, 0.0])
+        assert all(torch.equal(tensors[n], theta0[n]) for n in names)
+        write_point(tensors, theta0, [d1, d2], [1.0, 1.0])
+        raise RuntimeError("boom")
+    assert_same_state(model, snap)
+    with pytest.raises(ValueError, match="2 directions but 1 coefficients"):
+        write_point(tensors, snap, [d1, d2], [1.0])

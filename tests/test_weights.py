@@ -1,6 +1,7 @@
 """Weight statistics against scipy and hand references; layer selection; histograms; figures."""
 
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -162,3 +163,28 @@ def test_figures_draw_each_layer_and_statistic(tmp_path):
         plot_weight_histograms(rep.histograms, layers=["nope"])
     with pytest.raises(ValueError, match="unknown statistic"):
         plot_layer_stats(rep.stats, names=("height",))
+
+
+def test_weight_kdes_are_densities_with_the_histograms_spread():
+    from figures.weights import plot_weight_histograms
+
+    rng = np.random.default_rng(0)
+    edges = np.linspace(-4, 4, 81)
+    records = []
+    for label, sd in (("AT", 1.0), ("AT-AWP", 0.5)):
+        density, _ = np.histogram(rng.normal(0, sd, 20_000), bins=edges, density=True)
+        records.append({"label": label, "layer": "conv", "edges": edges, "density": density})
+    for label, k in (("AT", 40), ("AT-AWP", 41)):  # one non-empty bin: no KDE, steps instead
+        spike = np.eye(80)[k] * 10
+        records.append({"label": label, "layer": "bias", "edges": edges, "density": spike})
+    fig = plot_weight_histograms(records)
+    conv, bias = fig.axes[:2]
+    kdes = [line for line in conv.lines if line.get_label() in ("AT", "AT-AWP")]
+    assert [k.get_label() for k in kdes] == ["AT", "AT-AWP"]
+    for line, sd in zip(kdes, (1.0, 0.5)):
+        x, y = line.get_xdata(), line.get_ydata()
+        assert x.min() >= -4 and x.max() <= 4  # clipped to the bins
+        assert np.trapezoid(y, x) == pytest.approx(1.0, abs=0.01)
+        mean = np.trapezoid(x * y, x)
+        assert math.sqrt(np.trapezoid((x - mean) ** 2 * y, x)) == pytest.approx(sd, rel=0.06)
+    assert [t.get_text() for t in bias.get_legend().get_texts()] == ["AT", "AT-AWP"]

@@ -21,7 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="correlate a flatness measure with the robust gap across checkpoints",
         description="Join result tables (flatness.json, gap.json, or CSV) on the checkpoint's "
         "sha256 and report Kendall tau-b, Spearman and Pearson between two columns, with "
-        "p-values and bootstrap intervals, pooled and per method; and a scatter figure.",
+        "p-values and intervals (the union of a percentile bootstrap and the analytic Fisher-z "
+        "interval, both printed), pooled and per method; and a scatter figure.",
     )
     p.add_argument("tables", nargs="+", type=Path, help="result tables (.json or .csv)")
     p.add_argument("--x", default="flatness", help="column on x (default: flatness)")
@@ -99,12 +100,18 @@ def _correlate(
                     "n": c["n"],
                     "statistic": c["note"] or c["statistic"],
                     "p-value": "" if c["note"] else c["pvalue"],
-                    f"{c['confidence']:.0%} CI": "" if c["note"] else _interval(c),
+                    f"{c['confidence']:.0%} CI": "" if c["note"] else _interval(c, "ci"),
+                    "bootstrap": "" if c["note"] else _interval(c, "boot"),
+                    "analytic": "" if c["note"] else _interval(c, "analytic"),
+                    "warning": c["warning"],
                 }
                 for c in cor_rows
             ]
         )
     )
+    methods = {c["measure"]: c["ci_method"] for c in cor_rows if c["ci_method"]}
+    for measure, method in methods.items():
+        say(f"{measure} CI: {method}")
     fit = fit_line([r[x] for r in rows], [r[y] for r in rows])
     keep = [*IDENTITY, x, y, by]
     points = [{k: r[k] for k in dict.fromkeys(keep) if k in r} for r in rows]
@@ -131,10 +138,11 @@ def _correlate(
     say(f"results: {out} ({', '.join(p.name for p in written)})")
 
 
-def _interval(c: dict) -> str:
-    if not (math.isfinite(c["ci_low"]) and math.isfinite(c["ci_high"])):
-        return "none (resamples undefined)"
-    return f"[{c['ci_low']:.3f}, {c['ci_high']:.3f}]"
+def _interval(c: dict, prefix: str) -> str:
+    low, high = c[f"{prefix}_low"], c[f"{prefix}_high"]
+    if low is None or high is None or not (math.isfinite(low) and math.isfinite(high)):
+        return "none (resamples undefined)" if prefix == "boot" else "undefined"
+    return f"[{low:.3f}, {high:.3f}]"
 
 
 def run(args: argparse.Namespace) -> int:

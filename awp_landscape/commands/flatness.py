@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -262,6 +263,14 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _interval(row: dict[str, Any]) -> str:
+    """The flatness interval, or why it is undefined (fewer than 3 draws, all draws equal)."""
+    low, high = row.get("flatness_low"), row.get("flatness_high")
+    if low is None or high is None or not (math.isfinite(low) and math.isfinite(high)):
+        return row.get("ci_note") or "undefined"
+    return f"[{low:.4f}, {high:.4f}] ({row.get('ci_method', 't')})"
+
+
 def _print_results(results: list[dict[str, Any]], cfg: FlatnessConfig) -> None:
     rows = [r for res in results for r in res["rows"]]
     say(
@@ -278,7 +287,7 @@ def _print_results(results: list[dict[str, Any]], cfg: FlatnessConfig) -> None:
                     "rho(w)": r["base_error"],
                     "E rho(w+u)": r["mean_error"],
                     "flatness": r["flatness"],
-                    "ci": f"[{r['flatness_low']:.4f}, {r['flatness_high']:.4f}]",
+                    "ci": _interval(r),
                     "flat. loss": r["flatness_loss"],
                     "bound": r["bound_exact"],
                     "vacuous": r["vacuous_exact"],

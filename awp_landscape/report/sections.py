@@ -1,0 +1,144 @@
+"""The report's own sections, beside the stages' (:data:`awp_landscape.stages.STAGES`): the
+intro, the first screen (both methods' learning curves and the outcome table over seeds), a
+section that could not be drawn, and what a demo folder has not measured yet."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from analysis.replicates import MIN_SEEDS
+from awp_landscape.report.collect import Results, per_epoch_evaluation
+from figures.curves import plot_story_curves
+from figures.html import FigureBlock, Section, Table
+
+log = logging.getLogger(__name__)
+
+
+def intro(cfg: Mapping[str, Any], seeds: Sequence[int]) -> str:
+    training = cfg.get("training", cfg)  # older demo_config.json files are flat
+    model = training.get("model")
+    name, width = (
+        (model.get("name"), model.get("width"))
+        if isinstance(model, Mapping)
+        else (model, training.get("width"))
+    )
+    data = training.get("data", {})
+    seeds = list(seeds) or list(cfg.get("seeds", [cfg.get("seed", 0)]))
+    return (
+        f"Trained {name} (width {width}) with AT and AT-AWP (gamma {cfg.get('gamma')}) for "
+        f"{training.get('epochs')} epochs on {data.get('dataset')}, once per seed "
+        f"({', '.join(map(str, seeds))}; the same seed for both methods), then measured "
+        "everything below on this machine. Small data and short training make single runs "
+        "noisy: the comparisons over seeds say which differences survive the seed."
+    )
+
+
+def drawn(section: Callable[[Results], Section], res: Results, title: str, files: str) -> Section:
+    """A section, or where its files hold values it cannot read (a stage killed while it wrote
+    them, a file of another version), the section saying so: the report is still written."""
+    try:
+        drawn = section(res)
+    except (KeyError, TypeError, ValueError, IndexError, ZeroDivisionError) as err:
+        log.warning("report: the %s section could not be drawn from %s: %r", title, files, err)
+        return Section(
+            title,
+            paragraphs=[
+                f"Not shown: {files} holds values this section cannot read ({err!r}); rerun that "
+                "command (or awp demo, which reruns the unfinished stages) to replace it."
+            ],
+        )
+    for table in drawn.tables:  # a number a stage wrote as null was not measured
+        if table.missing == "–":
+            table.missing = "not measured"
+    return drawn
+
+
+def not_measured(res: Results, absent: Sequence[tuple[str, str]]) -> Section:
+    """What a demo folder does not hold yet (a demo stopped or still running)."""
+    where = res.root
+    return Section(
+        "Not measured",
+        paragraphs=[
+            f"These parts of the demo are not measured in {where}: the demo was stopped before "
+            "their stages, or they failed. Run the same awp demo command again to finish them "
+            "(finished stages are reused), then awp report."
+        ],
+        tables=[
+            Table(
+                [{"part": title, "reads": files} for title, files in absent],
+                caption="Not measured",
+            )
+        ],
+    )
+
+
+def _story_rows(replicates: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One row per measure: AT, AT-AWP (means over seeds), the difference, its interval and a
+    short verdict that follows the interval."""
+    rows = []
+    for m in replicates.get("measures", []):
+        n = len(m["seeds"])
+        resolved = m["t_low"] is not None and (m["t_low"] > 0 or m["t_high"] < 0)
+        if resolved:
+            verdict = f"AT-AWP {'higher' if m['mean_diff'] > 0 else 'lower'}"
+        elif m["t_low"] is not None:
+            verdict = f"not resolved at {n} seeds"
+        else:
+            verdict = "single run, no interval" if n == 1 else f"{n} seeds, no interval"
+        interval = "–" if m["t_low"] is None else f"[{m['t_low']:+.4g}, {m['t_high']:+.4g}]"
+        rows.append(
+            {
+                "measure": m["measure"],
+                "AT": m["mean_at"],
+                "AT-AWP": m["mean_awp"],
+                "AT-AWP minus AT": m["mean_diff"],
+                f"{m['confidence']:.0%} t interval over seeds": interval,
+                "verdict": verdict,
+            }
+        )
+    return rows
+
+
+def story_section(res: Results) -> Section | None:
+    """The first screen: both methods' learning curves (every seed) and one outcome table."""
+    histories = res.seed_histories or (
+        {0: {r.label: r.history for r in res.runs}} if res.runs else {}
+    )
+    if not histories and not res.replicates:
+        return None
+    n = len(res.seeds) or 1
+    s = Section("AT against AT-AWP: learning curves and outcome")
+    if n < MIN_SEEDS:
+        s.paragraphs.append(
+            f"This is {'one run' if n == 1 else f'{n} seeds'} of each method. A claim over "
+            f"seeds needs {MIN_SEEDS} seeds (awp demo --seeds 0 1 2); the table below compares "
+            "the runs as they came out, without intervals."
+        )
+    else:
+        s.paragraphs.append(
+            f"{n} seeds of each method, paired by seed. A difference is called only when its "
+            "95% Student-t interval over seeds excludes zero."
+        )
+    what = per_epoch_evaluation(res)
+    if histories:
+        s.figures.append(
+            FigureBlock.from_figure(
+                plot_story_curves(histories, what=what.split(";")[0]),
+                f"Robust loss and robust accuracy per evaluated epoch ({what}): test solid, "
+                "train dashed, one line per seed. Robust overfitting is the test loss rising "
+                "while the train loss keeps falling.",
+                "learning curves of AT and AT-AWP",
+            )
+        )
+    rows = _story_rows(res.replicates) if res.replicates else []
+    if rows:
+        s.tables.append(
+            Table(
+                rows,
+                caption="Outcome: the last checkpoint of each run unless the measure says "
+                "otherwise; AT and AT-AWP are means over seeds",
+            )
+        )
+    return s
