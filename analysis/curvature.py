@@ -97,9 +97,10 @@ class HessianConfig:
     params: str = opt("weights", "Hessian coordinates: weights (conv+linear, as AWP) | all")
     dtype: str = opt("float32", "precision of the products: float32 | float64")
     method: str = opt(
-        "jvp",
-        "Hessian-vector product: jvp (forward-over-reverse) | double (double backward) | graph "
-        "(double backward through gradient graphs kept in memory, one per batch: fastest)",
+        "auto",
+        "Hessian-vector product: auto (graph when the graphs fit in half the available "
+        "memory, else jvp) | graph (double backward through gradient graphs kept in memory, one "
+        "per batch: fastest) | jvp (forward-over-reverse) | double (double backward)",
     )
     top_k: int = opt(
         5,
@@ -272,6 +273,7 @@ class HessianProblem:
         self.params = select_params(model, cfg.params)
         cfg.check_sizes(sum(t.numel() for t in self.params.values()))
         self._data: LossBatches | None = None
+        self._operator: LossHessian | None = None
 
     @property
     def layer_names(self) -> list[str]:
@@ -293,11 +295,17 @@ class HessianProblem:
         return self._data
 
     def operator(self, names: Sequence[str] | None = None) -> LossHessian:
-        """H over every measured tensor, or the diagonal block of ``names``."""
+        """H over every measured tensor (one operator for every unit, so that the gradient
+        graphs the default method keeps serve them all), or the diagonal block of ``names``."""
+        if names is None and self._operator is not None:
+            return self._operator
         params = self.params if names is None else {n: self.params[n] for n in names}
-        return LossHessian(
+        op = LossHessian(
             self.model, self.data, params, method=self.cfg.method, on_product=self.on_product
         )
+        if names is None:
+            self._operator = op
+        return op
 
 
 # ----------------------------------------------------------------------------- units

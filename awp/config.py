@@ -17,9 +17,12 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, TypeVar
 
-from awp.modes import MODES
-
 T = TypeVar("T")
+
+# Model modes (awp.modes) and parameter sets (awp.perturb), named here so that the config
+# dataclasses, and `awp CMD --help` built from them, import no torch.
+MODES = ("train", "eval")
+PARAM_SETS = ("weights", "all")
 
 NORMS = ("linf", "l2")
 ATTACK_NAMES = ("pgd", "fgsm", "cw")

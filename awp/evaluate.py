@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -329,13 +330,21 @@ class EvalConfig:
     split: str = opt("test", "split: train | val | test")
     n: int = opt(0, "seeded subset of the split (0 = the whole split)", bounds=(0, None))
     batch_size: int = opt(256, "examples per batch", bounds=(1, None))
-    seed: int = opt(0, "seed of the subset and the attacks' random starts", bounds=(0, None))
+    subset_seed: int = opt(0, "seed of the subset (--n-examples)", bounds=(0, None))
+    seed: int = opt(0, "seed of the attacks' random starts", bounds=(0, None))
     aa_version: str = opt("standard", "AutoAttack version: standard | plus | rand")
     aa_implementation: str = opt(
         "original",
         "AutoAttack's code: original (Croce & Hein's, packaged as pyautoattack; RobustBench's "
         "numbers) | torchattacks (a reimplementation)",
     )
+
+    @staticmethod
+    def migrate(data: dict[str, Any]) -> dict[str, Any]:
+        """An eval_config written before ``subset_seed``: its ``seed`` seeded the subset too."""
+        if "subset_seed" not in data and "seed" in data:
+            data = {**data, "subset_seed": data["seed"]}
+        return data
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "attacks", tuple(self.attacks))

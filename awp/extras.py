@@ -21,6 +21,7 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "plotly.subplots": ("viz", "plotly"),
     "plotly.offline": ("viz", "plotly"),
     "robustbench": ("robustbench", "robustbench"),
+    "submitit": ("cluster", "submitit"),
 }
 
 

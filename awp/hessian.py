@@ -13,9 +13,31 @@ term through d x_adv / d w that this leaves out). What H measures is the curvatu
 space of the loss on examples that are adversarial at w.
 
 H v is exact (automatic differentiation, no finite differences), computed batch by batch and
-summed in float64: forward-over-reverse (``torch.func.jvp`` of ``torch.func.grad``, "jvp", the
-default: on a CPU it measured ~15% faster than the other for a PreActResNet-18, see
-benchmarks/hessian.py) or reverse-over-reverse (double backward, "double"). Under torchrun
+summed in float64, by one of four methods:
+
+- "graph": every batch's gradient is built once with its graph (``create_graph=True``) and
+  kept; each product is then one backward through it (PyHessian's product). It skips the
+  forward and first backward of every product, so a solver that needs a few products (the top
+  eigenvalue) is fastest with it, but it holds one double-backward graph per batch for the
+  operator's lifetime: the tensors saved by a forward and by the backward built on it, about
+  twice a training step's saved activations (2.1x for a PreActResNet-18 of width 1/8, counted
+  by ``graph_bytes``), for every batch of the N examples.
+- "jvp": forward-over-reverse (``torch.func.jvp`` of ``torch.func.grad``), a forward and a
+  backward per product and batch, nothing kept between products; on a CPU a little faster per
+  product than "double" for a PreActResNet-18 (benchmarks/hessian.py, part 1).
+- "double": reverse-over-reverse (double backward) recomputed per product.
+- "auto" (the default): "graph" when its graphs fit in memory, else "jvp". The first batch's
+  graph is built under a saved-tensor hook that counts the bytes it holds (on CUDA, at least
+  the allocator's growth); if that times the number of batches exceeds ``graph_memory``
+  (default: half the memory available on the device when the operator is first used,
+  :func:`graph_memory_budget`), or if building any batch's graph fails (an operation without
+  a double backward, or out of memory), the graphs are dropped and "jvp" is used.
+  ``LossHessian.resolved`` names the method used (None before the first product), and
+  ``LossHessian.fallback`` why "auto" chose "jvp". Under torchrun each rank decides for its
+  own share (the products are the same either way).
+
+"jvp" used to be the default because it keeps nothing between products (its memory is one
+batch's); "auto" keeps that where the graphs would not fit. Under torchrun
 each rank takes a round-robin share of the batches and the products are summed over ranks
 (:func:`awp.distributed.all_reduce_sum_`), so every rank holds the same H v as one process
 (the same per-batch products, added in another order).
@@ -33,6 +55,7 @@ Yao, Gholami, Keutzer, Mahoney, "PyHessian: Neural Networks Through the Lens of 
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -53,7 +76,9 @@ from awp.evaluate import attack_outcomes
 from awp.modes import model_mode
 from awp.seeds import sequence_seed
 
-HVP_METHODS = ("jvp", "double", "graph")
+HVP_METHODS = ("auto", "graph", "jvp", "double")
+# "auto" keeps the gradient graphs when they take at most this fraction of the available memory.
+GRAPH_MEMORY_FRACTION = 0.5
 
 
 def batch_seed(seed: int, index: int) -> int:
@@ -152,10 +177,17 @@ class LossHessian:
             call ``matvec`` together.
         params: name -> parameter, the Hessian's coordinates (e.g.
             :func:`awp.perturb.select_params`, or one layer's weight for a diagonal block).
-        method: "jvp" (forward-over-reverse, torch.func), "double" (double backward) or
-            "graph" (double backward through every batch's gradient graph, built once and kept:
-            the fastest for a few products, PyHessian's way, but it holds one graph per batch).
+        method: "auto" (the default: "graph" when the graphs fit in ``graph_memory``, else
+            "jvp"), "graph" (double backward through every batch's gradient graph, built once
+            and kept: the fastest for a few products, PyHessian's way, but it holds one graph
+            per batch), "jvp" (forward-over-reverse, torch.func) or "double" (double backward);
+            see the module docstring.
         on_product: called after every product (a progress bar's update).
+        graph_memory: bytes the kept graphs of "auto" may take (None: half the memory
+            available on the parameters' device, :func:`graph_memory_budget`).
+
+    The kept graphs belong to the weights they were built at: if a parameter is changed in
+    place afterwards (its version counter moves), they are rebuilt before the next product.
     """
 
     def __init__(
@@ -164,8 +196,9 @@ class LossHessian:
         data: LossBatches,
         params: Mapping[str, torch.Tensor],
         *,
-        method: str = "jvp",
+        method: str = "auto",
         on_product: Callable[[], None] | None = None,
+        graph_memory: int | None = None,
     ) -> None:
         check_choice(method, HVP_METHODS, "HVP method")
         if not params:
@@ -179,7 +212,15 @@ class LossHessian:
         self.device = self.tensors[0].device
         self.hvps = 0  # products computed so far
         self.on_product = on_product
+        if graph_memory is not None and graph_memory < 0:
+            raise ValueError(f"graph_memory={graph_memory} must be >= 0 bytes (or None: auto)")
+        self.graph_memory = graph_memory
+        # The method used ("graph", "jvp" or "double"); "auto" decides at the first product.
+        self.resolved: str | None = None if method == "auto" else method
+        self.graph_bytes: int | None = None  # bytes held by one batch's graph (auto's count)
+        self.fallback: str | None = None  # why "auto" chose "jvp"
         self._graphs: list[tuple[torch.Tensor | None, ...]] | None = None
+        self._versions: tuple[int, ...] | None = None
 
     def segments(self) -> list[tuple[str, int, int]]:
         """(name, start, end) of each parameter in a flat vector."""
@@ -203,12 +244,13 @@ class LossHessian:
         parts = list(v.to(device=self.device, dtype=self.dtype).split(self.numels))
         vs = [p.view(t.shape) for p, t in zip(parts, self.tensors)]
         total = torch.zeros(self.size, dtype=torch.float64, device=self.device)
-        if self.method == "graph":
-            for grads in self._gradient_graphs():
+        graphs = self._gradient_graphs() if self.resolved in (None, "graph") else None
+        if graphs is not None:
+            for grads in graphs:
                 hv = _hvp_graph(grads, self.tensors, vs)
                 total += torch.cat([h.reshape(-1) for h in hv]).double()
         else:
-            hvp = _hvp_jvp if self.method == "jvp" else _hvp_double
+            hvp = _hvp_jvp if self.resolved == "jvp" else _hvp_double
             with model_mode(self.model, "eval"):
                 for xb, yb in self.data.batches:
                     hv = hvp(self.model, xb, yb, self.names, self.tensors, vs, 1.0 / self.data.n)
@@ -220,23 +262,71 @@ class LossHessian:
             self.on_product()
         return total
 
-    def _gradient_graphs(self) -> list[tuple[torch.Tensor | None, ...]]:
-        """Every batch's gradient with its graph (method "graph"), built on first use and kept:
-        each product is then one backward through it, as PyHessian does, at the memory of one
-        double-backward graph per batch."""
-        if self._graphs is None:
-            self._graphs = []
-            with model_mode(self.model, "eval"), torch.enable_grad():
-                for xb, yb in self.data.batches:
-                    out = self.model(xb)
-                    loss = F.cross_entropy(out, yb, reduction="sum") / self.data.n
-                    grads = torch.autograd.grad(
-                        loss, self.tensors, create_graph=True, allow_unused=True
-                    )
-                    self._graphs.append(
-                        tuple(g if g is not None and g.requires_grad else None for g in grads)
-                    )
-        return self._graphs
+    def _gradient_graphs(self) -> list[tuple[torch.Tensor | None, ...]] | None:
+        """Every batch's gradient with its graph (methods "graph" and "auto"), built on first
+        use and kept: each product is then one backward through it, as PyHessian does, at the
+        memory of one double-backward graph per batch. Rebuilt when a parameter has changed in
+        place since. None when "auto" falls back to "jvp" (``self.fallback`` says why)."""
+        versions = tuple(t._version for t in self.tensors)
+        if self._graphs is not None and versions == self._versions:
+            return self._graphs
+        self._graphs = None  # free the stale graphs before building new ones
+        graphs: list[tuple[torch.Tensor | None, ...]] = []
+        with model_mode(self.model, "eval"), torch.enable_grad():
+            if self.resolved == "graph":
+                graphs = [self._graph(xb, yb) for xb, yb in self.data.batches]
+            else:  # "auto": count the first batch's graph, then build the rest if they fit
+                try:
+                    for xb, yb in self.data.batches:
+                        if graphs:
+                            graphs.append(self._graph(xb, yb))
+                            continue
+                        graphs.append(self._counted_graph(xb, yb))
+                        need = int(self.graph_bytes or 0) * len(self.data.batches)
+                        budget = (
+                            graph_memory_budget(self.device)
+                            if self.graph_memory is None
+                            else self.graph_memory
+                        )
+                        if need > budget:
+                            graphs.clear()
+                            return self._fall_back(
+                                f"the gradient graphs would hold ~{need / 2**20:.0f} MiB "
+                                f"({len(self.data.batches)} batches), over the budget of "
+                                f"{budget / 2**20:.0f} MiB"
+                            )
+                except RuntimeError as err:  # no double backward for an op, or out of memory
+                    graphs.clear()
+                    return self._fall_back(f"building the gradient graphs failed: {err}")
+        self.resolved = "graph"
+        self._graphs, self._versions = graphs, versions
+        return graphs
+
+    def _counted_graph(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        """:meth:`_graph`, setting ``graph_bytes`` to the bytes it holds: the distinct storages
+        autograd saved (a saved-tensor hook) and the gradients; on CUDA at least the growth of
+        the allocated memory (which also sees what the hook may not)."""
+        cuda = self.device.type == "cuda"
+        before = torch.cuda.memory_allocated(self.device) if cuda else 0
+        with _SavedBytes(self.tensors) as saved:
+            graph = self._graph(xb, yb)
+        grads = sum(g.numel() * g.element_size() for g in graph if g is not None)
+        self.graph_bytes = saved.bytes + grads
+        if cuda:
+            grown = torch.cuda.memory_allocated(self.device) - before
+            self.graph_bytes = max(self.graph_bytes, grown)
+        return graph
+
+    def _graph(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        """One batch's gradient of its share of the mean loss, with its graph."""
+        loss = F.cross_entropy(self.model(xb), yb, reduction="sum") / self.data.n
+        grads = torch.autograd.grad(loss, self.tensors, create_graph=True, allow_unused=True)
+        return tuple(g if g is not None and g.requires_grad else None for g in grads)
+
+    def _fall_back(self, why: str) -> None:
+        """Without kept graphs ("auto" falling back): every product by "jvp" from now on."""
+        self.resolved, self.fallback = "jvp", why
+        return None
 
     def linear_operator(self) -> LinearOperator:
         """``self`` as a float64 scipy ``LinearOperator`` (numpy vectors on the CPU)."""
@@ -246,6 +336,55 @@ class LossHessian:
             return self.matvec(t).cpu().numpy()
 
         return LinearOperator((self.size, self.size), matvec=mv, dtype=np.float64)
+
+
+def graph_memory_budget(device: torch.device | str) -> int:
+    """Bytes "auto" lets the kept gradient graphs take on ``device``: ``GRAPH_MEMORY_FRACTION``
+    of the memory free there now (CUDA: ``torch.cuda.mem_get_info``; CPU: the system's
+    available memory, MemAvailable of /proc/meminfo or the free pages), 0 if unknown."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+    else:
+        free = _available_host_memory()
+    return int(GRAPH_MEMORY_FRACTION * free)
+
+
+def _available_host_memory() -> int:
+    """The host's available memory in bytes (0 when the system does not say)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+class _SavedBytes(torch.autograd.graph.saved_tensors_hooks):
+    """Counts the bytes of the distinct storages autograd saves while active (the memory a
+    graph holds), leaving out ``exclude`` (the parameters, which exist anyway)."""
+
+    def __init__(self, exclude: Sequence[torch.Tensor]) -> None:
+        self.bytes = 0
+        seen = {t.untyped_storage().data_ptr() for t in exclude}
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            storage = t.untyped_storage()
+            if storage.data_ptr() not in seen:
+                seen.add(storage.data_ptr())
+                self.bytes += storage.nbytes()
+            return t
+
+        super().__init__(pack, lambda t: t)
+
+    def __enter__(self) -> _SavedBytes:
+        super().__enter__()
+        return self
 
 
 def _hvp_double(
@@ -377,7 +516,8 @@ def lanczos_basis(
         raise ValueError(f"steps={steps}: Lanczos needs at least one step")
     p = v0.numel()
     m = min(steps, p)
-    basis = torch.zeros(m, p, dtype=torch.float64, device=v0.device)  # (m, p) the q_j
+    # (m, p) the q_j; rows past the last one written are never read (no need to zero them)
+    basis = torch.empty(m, p, dtype=torch.float64, device=v0.device)
     basis[0] = v0.double() / v0.double().norm()
     alpha: list[float] = []
     beta: list[float] = []
@@ -553,7 +693,7 @@ def top_eigenpairs(
         vals, vecs = np.linalg.eigh((h + h.T) / 2)
         order = np.argsort(vals)[::-1][:k]
         return Eigenpairs(vals[order], _fix_signs(vecs[:, order]), count[0], True, "dense")
-    v0 = np.random.default_rng(seed).standard_normal(p)
+    v0: np.ndarray | None = None
     if k <= LANCZOS_MAX_K and tol > 0:
         first = lanczos_top(op, k, tol=tol, seed=seed, steps=min(ncv or max(2 * k + 1, 20), p))
         if first.converged:
@@ -561,6 +701,8 @@ def top_eigenpairs(
         count[0] += first.hvps
         if np.isfinite(first.vectors[:, 0]).all():
             v0 = first.vectors[:, 0]
+    if v0 is None:
+        v0 = np.random.default_rng(seed).standard_normal(p)
     linop = LinearOperator((p, p), matvec=mv, dtype=np.float64)
     converged = True
     try:

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-MODES = ("train", "eval")
+from awp.config import MODES
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -29,12 +29,11 @@ from contextlib import contextmanager, nullcontext
 import torch
 from torch import nn
 
+from awp.config import PARAM_SETS
 from awp.modes import frozen_bn_stats, unwrap
 
 Params = Mapping[str, torch.Tensor]
 Perturbation = dict[str, torch.Tensor]
-
-PARAM_SETS = ("weights", "all")
 
 
 def is_perturbed_weight(name: str, param: torch.Tensor) -> bool:

@@ -14,8 +14,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from awp.models import ModelConfig, ModelSpec
+from awp.model_config import ModelConfig  # not awp.models: no torch for `awp CMD --help`
+
+if TYPE_CHECKING:
+    from awp.models import ModelSpec
 
 ZOO_DATASETS = ("cifar10", "cifar100")
 THREAT_MODELS = ("Linf", "L2")

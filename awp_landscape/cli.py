@@ -4,71 +4,160 @@ from __future__ import annotations
 
 import argparse
 import errno
+import importlib
 import logging
+import re
 import sys
+import typing
 from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
 
-from awp.checkpoint import CheckpointError
-from awp.distributed import PeerError
-from awp.extras import MissingDependencyError
-from awp.io import OutputBusy
-from awp_landscape.commands import (
-    certify,
-    connect,
-    correlate,
-    demo,
-    evaluate,
-    flatness,
-    gap,
-    hessian,
-    hist,
-    landscape,
-    plot,
-    report,
-    spectra,
-    sweep,
-    train,
-)
 from awp_landscape.console import CLIError
-from awp_landscape.inputs import resolve_robustbench
 
-# In the order `awp --help` lists them.
-COMMANDS = (
-    train,
-    evaluate,
-    landscape,
-    connect,
-    plot,
-    hist,
-    spectra,
-    flatness,
-    gap,
-    hessian,
-    correlate,
-    certify,
-    report,
-    demo,
-    sweep,
+# The command table, in the order `awp --help` lists them: name, module in
+# awp_landscape.commands, one-line summary. It imports nothing: `awp --help` lists the commands
+# from it, and only the named command's module is imported to build its parser, so `awp
+# --help` starts in a fraction of a second. A module that imports no torch (landscape_parser:
+# its run imports the command) keeps `awp CMD --help` as fast. A module that registers several
+# commands (demo: demo and reproduce) is listed once per command.
+COMMANDS: tuple[tuple[str, str, str], ...] = (
+    ("train", "train", "adversarial training (AT, TRADES, MART), with or without AWP"),
+    ("eval", "evaluate", "natural / FGSM / PGD-20 / CW-20 / AutoAttack accuracy of a checkpoint"),
+    (
+        "landscape",
+        "landscape_parser",
+        "weight loss curves/surfaces with attacks regenerated on the perturbed model",
+    ),
+    (
+        "connect",
+        "connect",
+        "mode connectivity of two checkpoints: the line, a trained curve, the barriers",
+    ),
+    ("plot", "plot", "draw landscape h5 files (curves, contours, heatmaps, 3-D surfaces)"),
+    ("hist", "hist", "per-layer weight statistics, KS/Wasserstein distances and histograms"),
+    (
+        "spectra",
+        "spectra",
+        "per-layer singular values, conv operator norms (FFT), stable rank, ESD alpha",
+    ),
+    (
+        "flatness",
+        "flatness",
+        "expected / worst-case PAC-Bayes flatness, sigma search, PAC-Bayes bound",
+    ),
+    ("gap", "gap", "robust generalization gap of many checkpoints"),
+    (
+        "hessian",
+        "hessian",
+        "top Hessian eigenvalues, trace, eigenvalue density and per-layer curvature",
+    ),
+    (
+        "correlate",
+        "correlate",
+        "correlate a flatness measure with the robust gap across checkpoints",
+    ),
+    (
+        "certify",
+        "certify",
+        "certified L2 radius by randomized smoothing (Cohen et al.), accuracy under noise",
+    ),
+    ("report", "report", "self-contained HTML report (+ markdown) of result folders"),
+    ("demo", "demo", "AT vs AT-AWP on real CIFAR-10, measured and reported"),
+    (
+        "reproduce",
+        "demo",
+        "a paper protocol with and without AWP (GPU), then the same analyses and report",
+    ),
+    (
+        "sweep",
+        "sweep",
+        "AWP's gamma trade-off: natural vs robust accuracy, gap and flatness against gamma",
+    ),
 )
+NAMES = tuple(name for name, _, _ in COMMANDS)
+ALL = "*"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full ``awp`` parser."""
-    parser = argparse.ArgumentParser(
+def package_version() -> str:
+    """The installed awp-landscape version (``unknown`` when run from an uninstalled tree)."""
+    try:
+        return version("awp-landscape")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with a hint for a value that starts with a minus (``--x -1:1:5``), which
+    argparse reads as another option."""
+
+    argv: Sequence[str] = ()
+
+    def error(self, message: str) -> typing.NoReturn:  # noqa: D102 - argparse's
+        self.exit(2, f"{self.format_usage()}{self.prog}: error: {message}{self._hint(message)}\n")
+
+    def _hint(self, message: str) -> str:
+        m = re.match(r"argument ((?:-\w|--[\w-]+)(?:/[\w-]+)*): expected .*argument", message)
+        if m is None:
+            return ""
+        names = m.group(1).split("/")
+        lead = "\n  a value that starts with '-' is read as an option: write"
+        argv = list(Parser.argv)
+        for token, value in zip(argv, argv[1:]):
+            if token in names and value.startswith("-") and not value.startswith("--"):
+                return f"{lead} {token}={value}"
+        return f"{lead} {names[-1]}=VALUE"
+
+
+def command_of(argv: Sequence[str]) -> str | None:
+    """The command named in ``argv`` (the first word that is not an option), if any."""
+    for token in argv:
+        if not token.startswith("-"):
+            return token if token in NAMES else None
+    return None
+
+
+def build_parser(only: str | None = ALL) -> argparse.ArgumentParser:
+    """The ``awp`` parser.
+
+    Args:
+        only: the command whose full parser is built (its module imported); the others get a
+            light entry (name and summary) that is enough for ``awp --help``. ``ALL`` (the
+            default) builds every command's parser; None builds none.
+    """
+    parser = Parser(
         prog="awp",
         description="Adversarial training with and without AWP, weight loss "
-        "landscapes, flatness and the robust generalization gap.",
+        "landscapes, flatness and the robust generalization gap. The flags mean the same "
+        "in every command: docs/cli.md.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "-V",
+        "--version",
+        action="version",
+        version=f"awp {package_version()}",
+        help="print the version of awp-landscape and exit",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for command in COMMANDS:
-        command.register(sub)
+    wanted = {module for name, module, _ in COMMANDS if only in (ALL, name)}
+    registered: set[str] = set()
+    for name, module, summary in COMMANDS:
+        if module not in wanted:
+            sub.add_parser(name, help=summary, add_help=False)
+        elif module not in registered:  # it registers all its commands (demo: demo, reproduce)
+            registered.add(module)
+            importlib.import_module(f"awp_landscape.commands.{module}").register(sub)
+    # A module registers all its commands: keep the table's order in `awp --help`.
+    order = {name: i for i, name in enumerate(NAMES)}
+    sub._choices_actions.sort(key=lambda a: order.get(a.dest, len(order)))
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``awp`` console script; returns the exit code."""
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    Parser.argv = argv
+    parser = build_parser(only=command_of(argv))
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -77,6 +166,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    # Imported here, after parsing: `awp --help` does not load torch.
+    from awp.checkpoint import CheckpointError
+    from awp.distributed import PeerError
+    from awp.extras import MissingDependencyError
+    from awp.io import OutputBusy
+    from awp_landscape.inputs import resolve_robustbench
+
     try:
         if hasattr(args, "robustbench"):  # a command that takes checkpoints
             resolve_robustbench(args)

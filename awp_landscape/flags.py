@@ -6,12 +6,19 @@ Every field of a config becomes a flag whose default and help come from the fiel
 ``--attack-steps``, the name its field declares); an optional nested config (a landscape's
 attack) is dropped by ``--attack none``. Flags are left at None when not given, and
 :func:`dataclass_from_arguments` then keeps the config's value.
+
+One vocabulary for every command (docs/cli.md): :data:`VOCABULARY` renames flags without
+renaming the fields (stored config.json and result files keep their keys), and keeps each old
+spelling as a hidden alias that still works and prints a one-line deprecation note naming the
+new flag (:class:`DeprecatedFlag`).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
+import sys
 import types
 import typing
 from typing import Any, TypeVar
@@ -36,12 +43,133 @@ def integer(text: str) -> int:
         return int(value)
 
 
+@dataclasses.dataclass(frozen=True)
+class Rename:
+    """A field's flag in the shared vocabulary.
+
+    Attributes:
+        flag: the flag's name without ``--`` (``n-examples``).
+        old: earlier spellings without ``--``, accepted as hidden aliases for one release with
+            a deprecation note on stderr.
+        help: replaces the field's help text (which may name the old spelling), if given.
+    """
+
+    flag: str
+    old: tuple[str, ...] = ()
+    help: str | None = None
+
+
+# The vocabulary (docs/cli.md), keyed by (config class name, field name): subset sizes are
+# --n-train/--n-test, or --n-examples beside --split; Monte-Carlo draws are --samples; --seed
+# seeds a command's own random draws (attack starts, noise, training) and other seeds are
+# named (--subset-seed, --split-seed, --direction-seed, --bootstrap-seed); attack settings are
+# --attack-*. Fields keep their names, so files written before still read.
+VOCABULARY: dict[tuple[str, str], Rename] = {
+    ("AttackConfig", "step_size"): Rename("attack-step-size", ("step-size",)),
+    ("AttackConfig", "restarts"): Rename("attack-restarts", ("restarts",)),
+    ("EvalConfig", "n"): Rename("n-examples", ("n",)),
+    ("EvalConfig", "step_size"): Rename("attack-step-size", ("step-size",)),
+    ("EvalConfig", "restarts"): Rename("attack-restarts", ("restarts",)),
+    ("CertifyConfig", "n"): Rename(
+        "samples",
+        ("n", "n-samples"),
+        help="Monte-Carlo noise samples per example for the estimate (CERTIFY's n)",
+    ),
+    ("SurfaceConfig", "seed"): Rename(
+        "direction-seed",
+        help="seed of the first random direction; direction i is drawn from seed + i "
+        "(--seed in 0.1.0)",
+    ),
+    ("SurfaceConfig", "attack_seed"): Rename(
+        "seed",
+        ("attack-seed",),
+        help="seed of the attacks' random starts, one stream per point (--attack-seed in "
+        "0.1.0, whose --seed seeded the directions: now --direction-seed)",
+    ),
+    ("TrainConfig", "step_size"): Rename("attack-step-size", ("step-size",)),
+    ("TrainConfig", "train_eval_size"): Rename("eval-n-train", ("train-eval-size",)),
+    ("TrainConfig", "test_eval_size"): Rename("eval-n-test", ("test-eval-size",)),
+    ("TrainingPlan", "step_size"): Rename("attack-step-size", ("step-size",)),
+    ("TrainingPlan", "train_eval_size"): Rename("eval-n-train", ("train-eval-size",)),
+    ("TrainingPlan", "test_eval_size"): Rename("eval-n-test", ("test-eval-size",)),
+}
+
+
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _dest(f: dataclasses.Field) -> str:
+def _rename(cls: type, f: dataclasses.Field) -> Rename | None:
+    return VOCABULARY.get((cls.__name__, f.name))
+
+
+def _dest(f: dataclasses.Field, cls: type | None = None) -> str:
+    renamed = _rename(cls, f) if cls is not None else None
+    if renamed is not None:
+        return renamed.flag.replace("-", "_")
     return f.metadata.get("flag", f.name)
+
+
+def _old_names(f: dataclasses.Field, cls: type) -> tuple[str, ...]:
+    """The deprecated spellings of a field's flag (with ``--``)."""
+    renamed = _rename(cls, f)
+    if renamed is None:
+        return ()
+    return tuple(_flag(n) for n in renamed.old)
+
+
+class DeprecatedFlag(argparse.Action):
+    """An old spelling of a renamed flag: stores like the new one and says, on stderr, which
+    flag replaces it (hidden from ``--help``)."""
+
+    def __init__(self, option_strings: list[str], dest: str, new: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, **kwargs)
+        self.new = new
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        print(
+            f"{parser.prog}: note: {option_string} is deprecated and goes in the next "
+            f"release; write {self.new}",
+            file=sys.stderr,
+        )
+        setattr(namespace, self.dest, values)
+
+
+def deprecated_alias(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup, old: str, new: str, **kwargs: Any
+) -> None:
+    """Accept ``old`` (hidden from ``--help``) for the already added flag ``new``, with a
+    deprecation note naming ``new`` when it is used; ``kwargs`` as ``new``'s (type, nargs)."""
+    parser.add_argument(
+        old,
+        dest=new.lstrip("-").replace("-", "_"),
+        default=argparse.SUPPRESS,
+        help=argparse.SUPPRESS,
+        action=DeprecatedFlag,
+        new=new,
+        **kwargs,
+    )
+
+
+def explain_default(parser: argparse.ArgumentParser, flag: str, why: str) -> None:
+    """Add to ``flag``'s help why this command's default differs from the vocabulary's."""
+    action = next(a for a in parser._actions if flag in a.option_strings)
+    action.help = f"{action.help}; {why}"
+
+
+def flag_names(cls: type) -> dict[str, str]:
+    """Field name -> ``--flag`` of every (non-nested) field of ``cls`` that has a flag."""
+    return {
+        f.name: _flag(_dest(f, cls))
+        for f in dataclasses.fields(cls)
+        if f.metadata.get("cli", True) is not False
+    }
 
 
 def _nullable(tp: Any) -> bool:
@@ -106,12 +234,16 @@ def add_dataclass_arguments(
                 parser, tp, skip=skip, defaults=shown, nullable=_nullable(hints[f.name])
             )
             continue
-        help_ = f.metadata.get("help", "").replace("%", "%%")  # argparse formats help with %
-        names = [_flag(_dest(f)), *(_flag(a) for a in f.metadata.get("aliases", ()))]
+        renamed = _rename(cls, f)
+        help_ = renamed.help if renamed is not None and renamed.help else f.metadata.get("help", "")
+        help_ = help_.replace("%", "%%")  # argparse formats help with %
+        dest = _dest(f, cls)
+        aliases = () if renamed is not None else f.metadata.get("aliases", ())
+        names = [_flag(dest), *(_flag(a) for a in aliases)]
         if tp is bool:
             parser.add_argument(
                 *names[:1],
-                dest=_dest(f),
+                dest=dest,
                 default=None,
                 action=argparse.BooleanOptionalAction,
                 help=_with_default(help_, value),
@@ -135,14 +267,27 @@ def add_dataclass_arguments(
         shown = f.metadata["shown"] if "shown" in f.metadata and default_shown else _show(value)
         parser.add_argument(
             *names,
-            dest=_dest(f),
+            dest=dest,
             type=conv,
             nargs=nargs,
             default=None,
-            metavar=f.metadata.get("metavar", _dest(f).upper()),
+            metavar=f.metadata.get("metavar", dest.upper()),
             help=_with_default(help_, shown),
             **extra,
         )
+        old = _old_names(f, cls)
+        if old:
+            parser.add_argument(
+                *old,
+                dest=dest,
+                type=conv,
+                nargs=nargs,
+                default=None,
+                help=argparse.SUPPRESS,
+                action=DeprecatedFlag,
+                new=names[0],
+                **extra,
+            )
 
 
 def _given(cls: type, ns: argparse.Namespace) -> bool:
@@ -153,7 +298,7 @@ def _given(cls: type, ns: argparse.Namespace) -> bool:
         if dataclasses.is_dataclass(tp):
             if _given(tp, ns):
                 return True
-        elif getattr(ns, _dest(f), None) is not None:
+        elif getattr(ns, _dest(f, cls), None) is not None:
             return True
     return False
 
@@ -172,17 +317,34 @@ def dataclass_from_arguments(cls: type[T], ns: argparse.Namespace, base: T | Non
         if dataclasses.is_dataclass(tp):
             current = getattr(base, f.name)
             selector = next((g for g in dataclasses.fields(tp) if g.metadata.get("selects")), None)
-            if selector is not None and getattr(ns, _dest(selector), None) == "none":
+            if selector is not None and getattr(ns, _dest(selector, tp), None) == "none":
                 if not _nullable(hints[f.name]):
-                    raise ValueError(f"{_flag(_dest(selector))} none is not allowed here")
+                    raise ValueError(f"{_flag(_dest(selector, tp))} none is not allowed here")
                 changes[f.name] = None
             elif current is not None or _given(tp, ns):
                 changes[f.name] = dataclass_from_arguments(tp, ns, current)
             continue
-        value = getattr(ns, _dest(f), None)
+        value = getattr(ns, _dest(f, cls), None)
         if value is not None:
             changes[f.name] = tuple(value) if isinstance(value, list) else value
     if not changes:
         return base
     updated = getattr(base, "updated", None)
-    return updated(**changes) if updated is not None else dataclasses.replace(base, **changes)
+    try:
+        return updated(**changes) if updated is not None else dataclasses.replace(base, **changes)
+    except ValueError as err:
+        raise ValueError(_current_names(str(err), cls)) from err
+
+
+def _current_names(text: str, cls: type) -> str:
+    """A config's error message with the flags it names as the field's own spelling, e.g.
+    ``(--n)``, replaced by the vocabulary's (``(--n-examples)``)."""
+    names = {
+        _flag(f.metadata.get("flag", f.name)): _flag(renamed.flag)
+        for f in dataclasses.fields(cls)
+        if (renamed := _rename(cls, f)) is not None
+    }
+    if not names:
+        return text
+    pattern = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
+    return re.sub(rf"(?<![\w-])({pattern})(?![\w-])", lambda m: names[m.group(1)], text)

@@ -21,77 +21,19 @@ from torch import nn
 from awp import distributed
 from awp.augment import as_float
 from awp.checkpoint import check_file, load_checkpoint, load_weights, read_state_dict
-from awp.config import check_choice, from_dict, method_of, opt
+from awp.config import from_dict, method_of
 from awp.data import DataBundle, DataConfig, load_data
 from awp.io import exclusive_output, sha256_file
 from awp.models import ModelConfig, ModelSpec, build_model
 from awp.modes import model_mode
-from awp.zoo import (
-    DEFAULT_MODEL_DIR,
-    THREAT_MODELS,
-    find_zoo_model,
-    zoo_dataset,
-    zoo_file,
-    zoo_model_at,
+from awp.zoo import find_zoo_model, zoo_dataset, zoo_file, zoo_model_at
+from awp_landscape.checkpoint_flags import (  # the flags, re-exported: their home was here
+    INPUTS as INPUTS,
 )
+from awp_landscape.checkpoint_flags import Foreign as Foreign
+from awp_landscape.checkpoint_flags import add_checkpoint_arguments as add_checkpoint_arguments
+from awp_landscape.checkpoint_flags import foreign_from
 from awp_landscape.console import CLIError
-from awp_landscape.flags import add_dataclass_arguments, dataclass_from_arguments
-
-INPUTS = ("normalized", "raw")
-
-
-@dataclass(frozen=True)
-class Foreign:
-    """What a checkpoint from elsewhere does not record: its architecture and input convention."""
-
-    model: ModelConfig = opt(ModelConfig(), "architecture of a checkpoint from elsewhere")
-    input: str | None = opt(
-        None,
-        "input convention of a checkpoint from elsewhere: normalized (the dataset's mean/std; "
-        "official AT-AWP and Rice et al. checkpoints) or raw [0,1] (TRADES-AWP, RST-AWP, "
-        "RobustBench)",
-        shown="none: required for checkpoints from elsewhere",
-    )
-
-    def __post_init__(self) -> None:
-        if self.input is not None:
-            check_choice(self.input, INPUTS, "input convention")
-
-
-def add_checkpoint_arguments(p: argparse.ArgumentParser, *, dataset_help: str = "") -> None:
-    """``--dataset``, ``--data-root`` and the options of checkpoints from elsewhere."""
-    p.add_argument(
-        "--dataset",
-        default=None,
-        help=dataset_help
-        or "dataset (default: the checkpoint's own; 'sample' for checkpoints from elsewhere)",
-    )
-    p.add_argument("--data-root", default=None, help="where torchvision datasets live")
-    g = p.add_argument_group(
-        "checkpoints from elsewhere (official AWP, Rice et al., RobustBench): their architecture "
-        "and input"
-    )
-    add_dataclass_arguments(g, Foreign)
-    z = p.add_argument_group(
-        "RobustBench's zoo by name (read from --model-dir only; docs/robustbench.md lists them)"
-    )
-    z.add_argument(
-        "--robustbench",
-        nargs="+",
-        default=None,
-        metavar="NAME",
-        help="zoo models to measure besides the checkpoint files, e.g. Wu2020Adversarial_extra "
-        "(the zoo's dataset is cifar100 with --dataset cifar100, else cifar10)",
-    )
-    z.add_argument(
-        "--threat-model", default="Linf", choices=THREAT_MODELS, help="the zoo's threat model"
-    )
-    z.add_argument(
-        "--model-dir",
-        default=DEFAULT_MODEL_DIR,
-        help="RobustBench's model folder: <dir>/<dataset>/<threat model>/<name>.pt "
-        f"(default: {DEFAULT_MODEL_DIR})",
-    )
 
 
 def resolve_robustbench(args: argparse.Namespace) -> None:
@@ -118,12 +60,6 @@ def resolve_robustbench(args: argparse.Namespace) -> None:
         args.checkpoint = given[0] if given else None
     if not given:
         raise CLIError("give a checkpoint file (.pt) or a zoo model with --robustbench NAME")
-
-
-def foreign_from(args: argparse.Namespace) -> tuple[ModelConfig | None, str | None]:
-    """(the architecture given with --model, or None; the --input given, or None)."""
-    foreign = dataclass_from_arguments(Foreign, args)
-    return (foreign.model if getattr(args, "model", None) is not None else None), foreign.input
 
 
 @dataclass

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from awp.io import atomic_write_text, exclusive_output, read_json
 from awp.runs import RunFolder
 from awp.train import TrainConfig
 from awp_landscape.console import say
+from awp_landscape.launch import LaunchConfig, Unit, run_phases
 from awp_landscape.over_seeds import write_replicates
 from awp_landscape.plans import (  # noqa: F401  (the configs of awp demo and awp reproduce)
     PRESETS,
@@ -41,6 +43,7 @@ from awp_landscape.plans import (  # noqa: F401  (the configs of awp demo and aw
     seed_folder,
 )
 from awp_landscape.stages import STAGES, Context
+from awp_landscape.stages.training import train_all
 
 Log = Callable[[str], None]
 
@@ -83,6 +86,37 @@ def run_seed(
             _stage(stage.heading, lambda stage=stage: stage.run(ctx), log)
 
 
+def seed_units(cfg: DemoConfig | ReproduceConfig) -> list[list[Unit]]:
+    """The jobs of ``cfg``'s seeds: first every training run not finished yet, then every
+    seed's analyses (:func:`run_seed`, which reuses the trained runs)."""
+    trainings = [
+        Unit(
+            f"seed{seed} {label}: training",
+            partial(train_all, {label: tcfg}, progress=False, log=say),
+            group=f"seed{seed}",
+        )
+        for seed in cfg.seeds
+        for label, tcfg in cfg.train_configs(seed).items()
+        if not RunFolder(tcfg.out).finished(tcfg.epochs)
+    ]
+    analyses = [
+        Unit(
+            f"seed{seed}: analyses",
+            partial(
+                run_seed,
+                cfg.train_configs(seed),
+                cfg.plan,
+                seed_folder(cfg.out, seed),
+                device=cfg.device,
+                progress=False,
+            ),
+            group=f"seed{seed}",
+        )
+        for seed in cfg.seeds
+    ]
+    return [trainings, analyses]
+
+
 def record_config(out: Path, name: str, cfg: Any, *, growable: tuple[str, ...] = ()) -> None:
     """Record ``cfg`` in ``out/name``, refusing a folder that holds other settings (nothing on
     disk is touched then); the fields in ``growable`` (seeds, gammas) may change: a rerun with
@@ -115,22 +149,37 @@ def record_config(out: Path, name: str, cfg: Any, *, growable: tuple[str, ...] =
     atomic_write_text(path, json.dumps(current, indent=2) + "\n")
 
 
-def run_configured(cfg: DemoConfig | ReproduceConfig, name: str, *, progress: bool) -> Path:
+def run_configured(
+    cfg: DemoConfig | ReproduceConfig,
+    name: str,
+    *,
+    progress: bool,
+    launch: LaunchConfig | None = None,
+) -> Path:
     """Record ``cfg`` in its folder, run every seed (reusing finished ones), compare the seeds
-    and write the report; returns the report's path."""
+    and write the report; returns the report's path.
+
+    ``launch`` runs the seeds as jobs (:mod:`awp_landscape.launch`): every training run one
+    job, then every seed's analyses one job; by default they run here, one after another.
+    """
     # The report draws its figures with matplotlib, imported only when it is written.
     from awp_landscape.report import write_report
 
+    launch = launch or LaunchConfig()
+    launch.check()
     out = Path(cfg.out)
     with exclusive_output(out, folder_lock="demo"):
         record_config(out, name, cfg, growable=("seeds",))
         t0 = time.perf_counter()
-        for i, seed in enumerate(cfg.seeds):
-            say(f"\n######## seed {seed} ({i + 1} of {len(cfg.seeds)})")
-            folder = seed_folder(out, seed)
-            run_seed(
-                cfg.train_configs(seed), cfg.plan, folder, device=cfg.device, progress=progress
-            )
+        if launch.serial:
+            for i, seed in enumerate(cfg.seeds):
+                say(f"\n######## seed {seed} ({i + 1} of {len(cfg.seeds)})")
+                folder = seed_folder(out, seed)
+                run_seed(
+                    cfg.train_configs(seed), cfg.plan, folder, device=cfg.device, progress=progress
+                )
+        else:
+            run_phases(seed_units(cfg), launch, out=out)
         write_replicates(out, cfg.plan)
         html, md = write_report([out], out / "report.html")
     say(f"\nreport: {html}\nsummary: {md}")

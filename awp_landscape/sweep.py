@@ -28,6 +28,7 @@ import itertools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ from awp.io import atomic_write_set, csv_text, exclusive_output, json_text, read
 from awp.runs import RunFolder
 from awp_landscape.console import say
 from awp_landscape.flags import add_dataclass_arguments, dataclass_from_arguments
+from awp_landscape.launch import LaunchConfig, Unit, run_phases
 from awp_landscape.pipeline import record_config
 from awp_landscape.plans import MeasurePlan, TrainingPlan
 from awp_landscape.stages import SWEEP_STAGES, Context, training
@@ -239,18 +241,24 @@ MEASURES = (*(c.name for st in SWEEP_STAGES for c in st.sweep_columns), "seconds
 PAIRED = tuple(c.name for st in SWEEP_STAGES for c in st.sweep_columns if c.paired)
 
 
+def run_configs(cfg: SweepConfig, point: GridPoint, seed: int) -> dict[str, Any]:
+    """The training config of every gamma of one seed at one grid point, by run name."""
+    folder = point.folder(cfg.out) / f"seed{seed}"
+    return {
+        run_name(g): point.training.train_config(
+            folder / run_name(g), seed=seed, awp=g > 0, gamma=g
+        )
+        for g in cfg.gammas
+    }
+
+
 def _measure_seed(
     cfg: SweepConfig, point: GridPoint, seed: int, *, progress: bool
 ) -> list[dict[str, Any]]:
     """Train (or reuse) every gamma of one seed at one grid point, then run the sweep's stages
     (:data:`~awp_landscape.stages.SWEEP_STAGES`) and read their columns; one row per gamma."""
     folder = point.folder(cfg.out) / f"seed{seed}"
-    configs = {
-        run_name(g): point.training.train_config(
-            folder / run_name(g), seed=seed, awp=g > 0, gamma=g
-        )
-        for g in cfg.gammas
-    }
+    configs = run_configs(cfg, point, seed)
     ctx = Context(
         runs={name: RunFolder(c.out) for name, c in configs.items()},
         plan=point.plan,
@@ -405,18 +413,60 @@ def merged_rows(path: Path, new: Sequence[dict[str, Any]]) -> list[dict[str, Any
     return sorted(merged.values(), key=_key)
 
 
-def run_sweep(cfg: SweepConfig, *, progress: bool = True) -> Path:
-    """Train and measure every grid point, gamma and seed; write sweep.json/.csv and figures."""
+def sweep_units(cfg: SweepConfig, points: Sequence[GridPoint]) -> list[list[Unit]]:
+    """The jobs of a sweep: first every training run not finished yet (grid point, seed,
+    gamma), then the measurements of every grid point and seed (:func:`_measure_seed`, which
+    reuses the runs)."""
+    trainings, measures = [], []
+    for point in points:
+        where = f"{point.name} " if point.name else ""
+        for seed in cfg.seeds:
+            group = f"{where}seed{seed}"
+            for name, tcfg in run_configs(cfg, point, seed).items():
+                if RunFolder(tcfg.out).finished(tcfg.epochs):
+                    continue
+                trainings.append(
+                    Unit(
+                        f"{group} {name}: training",
+                        partial(training.train_all, {name: tcfg}, progress=False, log=say),
+                        group=group,
+                    )
+                )
+            measures.append(
+                Unit(
+                    f"{group}: measurements",
+                    partial(_measure_seed, cfg, point, seed, progress=False),
+                    group=group,
+                )
+            )
+    return [trainings, measures]
+
+
+def run_sweep(
+    cfg: SweepConfig, *, progress: bool = True, launch: LaunchConfig | None = None
+) -> Path:
+    """Train and measure every grid point, gamma and seed; write sweep.json/.csv and figures.
+
+    ``launch`` runs them as jobs (:mod:`awp_landscape.launch`): every training run one job,
+    then every point's and seed's measurements one job; by default they run here, one after
+    another.
+    """
+    launch = launch or LaunchConfig()
+    launch.check()
     out = Path(cfg.out)
     points = grid_points(cfg)
     with exclusive_output(out, folder_lock="sweep"):
         record_config(out, "sweep_config.json", cfg, growable=("gammas", "seeds", "grid"))
         new = []
-        for point in points:
-            if point.name:
-                say(f"\n######## grid point {point.name}")
-            for seed in cfg.seeds:
-                new += _measure_seed(cfg, point, seed, progress=progress)
+        if launch.serial:
+            for point in points:
+                if point.name:
+                    say(f"\n######## grid point {point.name}")
+                for seed in cfg.seeds:
+                    new += _measure_seed(cfg, point, seed, progress=progress)
+        else:
+            _, measured = run_phases(sweep_units(cfg, points), launch, out=out)
+            new = [row for rows in measured for row in rows]
         rows = merged_rows(out / "sweep.json", new)
         summary = summarize(rows)
         gammas = sorted({float(r["gamma"]) for r in rows})

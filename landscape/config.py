@@ -7,8 +7,15 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from awp.config import PGD10_EVAL, AttackConfig, check_bounds, check_choice, opt, to_dict
-from landscape.directions import INCLUDES, NORMS
+from awp.config import (
+    PARAM_SETS,
+    PGD10_EVAL,
+    AttackConfig,
+    check_bounds,
+    check_choice,
+    opt,
+    to_dict,
+)
 from landscape.grid import (
     DEFAULT_INTERP_RANGE,
     DEFAULT_RANGE,
@@ -19,6 +26,12 @@ from landscape.grid import (
     parse_range,
 )
 
+# This module imports no torch (`awp landscape --help` is built from it): the names that
+# landscape.directions and landscape.curvature_map check against live here.
+NORMS = ("filter", "layer", "none")  # normalizations of a random direction
+INCLUDES = ("weights", "all")  # the tensors a direction covers
+EIG_LOSSES = ("clean", "adv")
+EIG_SPLITS = ("train", "test")
 DIRECTION_TYPES = ("random", "awp", "hessian")
 BN_MODES = ("eval", "recompute")
 SPLITS = ("train", "test")
@@ -247,3 +260,33 @@ _DEFAULTS = {
     for f in dataclasses.fields(SurfaceConfig)
     if f.name in ("n_directions", "dir_norm", "seed")
 }
+
+
+@dataclass(frozen=True)
+class EigenMapConfig:
+    """Whether and how ``awp landscape`` maps the extreme Hessian eigenvalues on its grid."""
+
+    hessian_eigs: bool = opt(
+        False,
+        "also the largest and smallest Hessian eigenvalues at every grid point (max_eig, "
+        "min_eig: loss-landscape's names) and the |min_eig / max_eig| map",
+    )
+    eig_loss: str = opt(
+        "clean",
+        "loss of the eigenvalues: clean | adv (x_adv crafted on the model at the point by "
+        "--attack, then held fixed)",
+    )
+    eig_split: str = opt("train", "evaluation set of the eigenvalues: train | test")
+    eig_examples: int = opt(128, "the first N images of that set (0 = all of it)")
+    eig_tol: float = opt(1e-3, "relative accuracy of each eigenvalue")
+    eig_params: str = opt("weights", "Hessian coordinates: weights (conv+linear) | all")
+
+    def __post_init__(self) -> None:
+        check_choice(self.eig_loss, EIG_LOSSES, "eig_loss")
+        check_choice(self.eig_split, EIG_SPLITS, "eig_split")
+        check_choice(self.eig_params, PARAM_SETS, "eig_params")
+        if self.eig_examples < 0 or not 0 < self.eig_tol < 1:
+            raise ValueError(
+                f"need eig_examples >= 0 and 0 < eig_tol < 1, got {self.eig_examples}, "
+                f"{self.eig_tol}"
+            )

@@ -20,50 +20,17 @@ NeurIPS 2018, Sec. 7 (and tomgoldstein/loss-landscape, plot_hessian_eigen.py).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 from torch import nn
 
-from awp.config import AttackConfig, check_choice, opt
+from awp.config import AttackConfig
 from awp.hessian import LossHessian, loss_batches, top_eigenpairs
-from awp.perturb import PARAM_SETS, select_params
+from awp.perturb import select_params
+from landscape.config import EigenMapConfig as EigenMapConfig  # its home before, re-exported
 
 EIG_NAMES = ("max_eig", "min_eig")  # loss-landscape's dataset names
 EIG_ATTR = "hessian_eigs"  # the surface file's attribute holding the settings
-EIG_LOSSES = ("clean", "adv")
-EIG_SPLITS = ("train", "test")
-
-
-@dataclass(frozen=True)
-class EigenMapConfig:
-    """Whether and how ``awp landscape`` maps the extreme Hessian eigenvalues on its grid."""
-
-    hessian_eigs: bool = opt(
-        False,
-        "also the largest and smallest Hessian eigenvalues at every grid point (max_eig, "
-        "min_eig: loss-landscape's names) and the |min_eig / max_eig| map",
-    )
-    eig_loss: str = opt(
-        "clean",
-        "loss of the eigenvalues: clean | adv (x_adv crafted on the model at the point by "
-        "--attack, then held fixed)",
-    )
-    eig_split: str = opt("train", "evaluation set of the eigenvalues: train | test")
-    eig_examples: int = opt(128, "the first N images of that set (0 = all of it)")
-    eig_tol: float = opt(1e-3, "relative accuracy of each eigenvalue")
-    eig_params: str = opt("weights", "Hessian coordinates: weights (conv+linear) | all")
-
-    def __post_init__(self) -> None:
-        check_choice(self.eig_loss, EIG_LOSSES, "eig_loss")
-        check_choice(self.eig_split, EIG_SPLITS, "eig_split")
-        check_choice(self.eig_params, PARAM_SETS, "eig_params")
-        if self.eig_examples < 0 or not 0 < self.eig_tol < 1:
-            raise ValueError(
-                f"need eig_examples >= 0 and 0 < eig_tol < 1, got {self.eig_examples}, "
-                f"{self.eig_tol}"
-            )
 
 
 def extreme_eigenvalues(

@@ -31,11 +31,10 @@ from awp.config import AttackConfig
 from awp.hessian import LossHessian, loss_batches, top_eigenpairs
 from awp.modes import model_mode, unwrap
 from awp.perturb import select_params, weight_ascent
+from landscape.config import INCLUDES, NORMS
 
 Direction = dict[str, torch.Tensor]
 
-NORMS = ("filter", "layer", "none")
-INCLUDES = ("weights", "all")
 # loss-landscape's guard against an all-zero random filter (never hit in practice).
 _EPS = 1e-10
 

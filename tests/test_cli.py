@@ -33,7 +33,7 @@ def test_train_then_eval(tmp_path, folder, capsys):
             "8/255",
             "--eval-steps",
             "2",
-            "--train-eval-size",
+            "--eval-n-train",
             "8",
             "--awp",
             "--gamma",
@@ -159,7 +159,7 @@ def test_sigkill_and_resume_equals_uninterrupted(tmp_path, folder):
         "2",
         "--eval-steps",
         "2",
-        "--train-eval-size",
+        "--eval-n-train",
         "8",
         "--awp",
         "--awp-warmup",
@@ -197,7 +197,7 @@ def test_method_defaults_on_the_command_line(tmp_path, folder, capsys):
     out = tmp_path / "trades"
     args = ["train", "--dataset", str(folder), "--val-size", "6", "--model", "smallcnn"]
     args += ["--epochs", "1", "--batch-size", "12", "--attack-steps", "2", "--eval-steps", "2"]
-    args += ["--train-eval-size", "8", "--no-progress", "--device", "cpu"]
+    args += ["--eval-n-train", "8", "--no-progress", "--device", "cpu"]
     assert main([*args, "--method", "trades", "--awp", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "TRADES-AWP (gamma 0.005, warm-up 10, beta 6, A=1 K1=2 K2=1)" in text

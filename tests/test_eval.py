@@ -153,7 +153,7 @@ def test_missing_autoattack_says_how_to_install(
     assert code == 2
     err = capsys.readouterr().err
     assert "pip install 'awp-landscape[autoattack]'" in err and package in err
-    assert not (tmp_path / "eval_any_test.json").exists()
+    assert not (tmp_path / "analysis" / "eval_any_test.json").exists()
 
 
 def memorized_4class(n=8):
@@ -293,7 +293,7 @@ def test_eval_cli_no_cascade_l2_and_subset(tmp_path, capsys):
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "PGD-20 l2 eps=0.5" in out and "alone" in out and "n=10" in out
-    res = json.loads((tmp_path / "eval_m_test.json").read_text())
+    res = json.loads((tmp_path / "analysis" / "eval_m_test.json").read_text())  # <run>/analysis
     assert res["n"] == 10 and res["cascade"] is False and res["input"] == "normalized"
     assert [r["attacked"] for r in res["results"]] == [10, 10, 10]
     assert all(r["accuracy_alone"] is not None for r in res["results"])
@@ -304,7 +304,7 @@ def test_eval_cli_no_cascade_l2_and_subset(tmp_path, capsys):
 
     # The same evaluation again may replace the file; other settings may not (without
     # --overwrite), and the earlier results stay as they were.
-    results = tmp_path / "eval_m_test.json"
+    results = tmp_path / "analysis" / "eval_m_test.json"
     assert main(args) == 0
     before = results.read_text()
     other = [a if a != "l2" else "linf" for a in args]

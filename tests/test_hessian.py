@@ -9,7 +9,14 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from analysis.curvature import HessianConfig, HessianProblem, compute_unit, eigs_key, layer_key
+from analysis.curvature import (
+    HessianConfig,
+    HessianProblem,
+    compute_unit,
+    eigs_key,
+    layer_key,
+    trace_key,
+)
 from analysis.hessian_estimators import (
     density_grid,
     gauss_quadrature,
@@ -23,7 +30,14 @@ from analysis.hessian_estimators import (
     summarize_trace,
 )
 from awp.config import AttackConfig
-from awp.hessian import LossHessian, lanczos_top, loss_batches, ritz_errors, top_eigenpairs
+from awp.hessian import (
+    LossHessian,
+    graph_memory_budget,
+    lanczos_top,
+    loss_batches,
+    ritz_errors,
+    top_eigenpairs,
+)
 from awp.perturb import select_params
 from awp.seeds import generator_for
 from tests.helpers import assert_same_state, snapshot, tiny_batch, tiny_model
@@ -85,6 +99,99 @@ def test_hvp_equals_the_exact_hessian_times_v(problem, method, which):
     assert op.hvps == 2 and op.size == h.shape[0]
     assert_same_state(model, before)
     assert all(p.grad is None for p in model.parameters())
+
+
+def count_forwards(model):
+    """A list whose length is the number of forwards of ``model`` from now (hook, removable)."""
+    calls: list[int] = []
+    handle = model.register_forward_hook(lambda *_: calls.append(1))
+    return calls, handle
+
+
+def test_the_default_keeps_the_gradient_graphs_and_agrees_with_jvp(problem):
+    model, _, _, data, _, h = problem
+    params = select_params(model, "weights")
+    assert HessianConfig().method == "auto"  # awp hessian's default is the same
+    op = LossHessian(model, data, params)  # every caller's default
+    calls, handle = count_forwards(model)
+    try:
+        fast = top_eigenpairs(op, 1, tol=1e-8, seed=0)
+        forwards_fast = len(calls)
+        jvp = top_eigenpairs(LossHessian(model, data, params, method="jvp"), 1, tol=1e-8, seed=0)
+        forwards_jvp = len(calls) - forwards_fast
+    finally:
+        handle.remove()
+    # The fast method: one forward per batch for the whole solve, not one per product.
+    assert op.method == "auto" and op.resolved == "graph" and op.fallback is None
+    assert op.graph_bytes is not None and op.graph_bytes > 0
+    assert forwards_fast == len(data.batches) and fast.hvps > 2
+    assert forwards_jvp == jvp.hvps * len(data.batches)
+    # The same eigenvalue as jvp to 1e-6 relative (float64), and the exact one.
+    assert fast.converged and jvp.converged and fast.hvps == jvp.hvps
+    assert fast.values[0] == pytest.approx(jvp.values[0], rel=1e-6)
+    assert fast.values[0] == pytest.approx(float(torch.linalg.eigvalsh(h)[-1]), rel=1e-6)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_auto_falls_back_to_jvp_when_the_graphs_exceed_the_budget(problem):
+    model, _, y, data, x_adv, h = problem
+    params = select_params(model, "weights")
+    v = torch.randn(h.shape[0], generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    probe = LossHessian(model, data, params)
+    probe.matvec(v)
+    need = probe.graph_bytes * len(data.batches)
+    fits = LossHessian(model, data, params, graph_memory=need)
+    torch.testing.assert_close(fits.matvec(v), h @ v, rtol=1e-10, atol=1e-12)
+    assert fits.resolved == "graph"
+    over = LossHessian(model, data, params, graph_memory=need - 1)
+    calls, handle = count_forwards(model)
+    try:
+        for _ in range(2):
+            torch.testing.assert_close(over.matvec(v), h @ v, rtol=1e-10, atol=1e-12)
+    finally:
+        handle.remove()
+    assert over.resolved == "jvp" and "over the budget" in over.fallback
+    # The first batch's graph (one forward) is dropped; then a forward per batch and product.
+    assert len(calls) == 1 + 2 * len(data.batches)
+    assert graph_memory_budget("cpu") > 0
+    with pytest.raises(ValueError, match="graph_memory"):
+        LossHessian(model, data, params, graph_memory=-1)
+
+
+@pytest.mark.parametrize("fail_at", [0, 2])
+def test_auto_falls_back_to_jvp_when_building_the_graph_fails(problem, monkeypatch, fail_at):
+    model, _, _, data, _, h = problem
+    op = LossHessian(model, data, select_params(model, "weights"))
+    build, calls = op._graph, []
+
+    def out_of_memory(*batch):  # batch fail_at runs out of memory
+        calls.append(1)
+        if len(calls) > fail_at:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return build(*batch)
+
+    monkeypatch.setattr(op, "_graph", out_of_memory)
+    v = torch.ones(op.size, dtype=torch.float64)
+    torch.testing.assert_close(op.matvec(v), h @ v, rtol=1e-10, atol=1e-12)
+    assert op.resolved == "jvp" and "out of memory" in op.fallback
+    assert len(calls) == fail_at + 1 and op._graphs is None
+
+
+def test_kept_graphs_follow_weights_changed_in_place():
+    model = tiny_model(dtype=torch.float64).eval()
+    x, y = tiny_batch(6, dtype=torch.float64)
+    data = loss_batches(model, x, y, attack=None, batch_size=4)
+    params = select_params(model, "weights")
+    op = LossHessian(model, data, params)
+    v = torch.randn(op.size, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    before = op.matvec(v)
+    with torch.no_grad():
+        next(iter(params.values())).mul_(1.5)
+    after = op.matvec(v)
+    torch.testing.assert_close(
+        after, h_v := LossHessian(model, data, params, method="jvp").matvec(v)
+    )
+    assert not torch.allclose(before, h_v) and op.resolved == "graph"
 
 
 def test_adversarial_inputs_are_crafted_per_batch_and_rank_independent(problem):
@@ -252,6 +359,30 @@ def test_slq_quadrature_moments_and_density(problem):
     assert np.trapezoid(grid * phi, grid) == pytest.approx(slq_moment(runs, 1), rel=1e-6)
     second = np.trapezoid(grid**2 * phi, grid)
     assert second == pytest.approx(slq_moment(runs, 2) + sigma**2, rel=1e-6)
+
+
+def test_units_of_a_run_share_one_operator_and_its_graphs(problem):
+    model, x, y, _, _, h = problem
+    cfg = HessianConfig(
+        n_examples=0, batch_size=4, attack=ATTACK, seed=3, dtype="float64", top_k=1,
+        eig_tol=1e-8, trace=True,
+    )  # fmt: skip
+    prob = HessianProblem(model, x, y, cfg)
+    data = prob.data  # crafted first (the attack runs forwards too)
+    calls, handle = count_forwards(model)
+    try:
+        eig = compute_unit(prob, eigs_key(1, 1e-8))
+        quads = [compute_unit(prob, trace_key(i))["quad"] for i in range(3)]
+    finally:
+        handle.remove()
+    assert prob.operator() is prob.operator() and prob.operator().resolved == "graph"
+    # One forward per batch for the eigen-solve and every trace probe together.
+    assert len(calls) == len(data.batches) and eig["hvps"] > 2
+    assert eig["values"][0] == pytest.approx(float(torch.linalg.eigvalsh(h)[-1]), rel=1e-6)
+    jvp = LossHessian(model, data, select_params(model), method="jvp")
+    for i, quad in enumerate(quads):
+        z = rademacher(jvp.size, generator=generator_for(3, "trace", i))
+        assert quad == pytest.approx(float(z @ jvp.matvec(z)), rel=1e-9)
 
 
 def test_units_per_layer_blocks(problem):

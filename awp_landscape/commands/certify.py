@@ -156,7 +156,7 @@ def _say_cost(cfg: CertifyConfig, images: int, label: str) -> None:
     if per_image * images > COSTLY_PASSES:
         log.warning(
             "%s: %.3g noisy forward passes (%d images x %.3g each: n0 + n per sigma, and the "
-            "noise curve); lower --n or --n-test for a shorter run",
+            "noise curve); lower --samples or --n-test for a shorter run",
             label,
             per_image * images,
             images,

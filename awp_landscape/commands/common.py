@@ -52,8 +52,11 @@ def current_results(folder: Path, *, what: str) -> list[dict[str, Any]]:
     return [result for _, result in sorted(by_file.values(), key=lambda t: str(t[0]))]
 
 
-def out_folder(out: Path | None, checkpoints: Sequence[Path]) -> Path:
-    """``--out``, or ``<run>/analysis`` when every checkpoint comes from one run folder."""
+def out_folder(out: Path | None, checkpoints: Sequence[Path], *, under: str = "") -> Path:
+    """``--out``, or else the one rule of every command that reads checkpoints (docs/cli.md):
+    ``<run>/analysis`` (``/under``, where the command has its own folder) when every checkpoint
+    comes from one run folder (``<run>/checkpoints/x.pt``, or the folder of a lone file);
+    checkpoints from several folders need ``--out``."""
     if out is not None:
         return out
     runs = {run_folder_of(c) for c in checkpoints}
@@ -62,4 +65,5 @@ def out_folder(out: Path | None, checkpoints: Sequence[Path]) -> Path:
             f"the checkpoints come from {len(runs)} run folders; name one results folder "
             f"with --out (e.g. --out results/analysis)"
         )
-    return runs.pop() / "analysis"
+    folder = runs.pop() / "analysis"
+    return folder / under if under else folder

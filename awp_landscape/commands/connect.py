@@ -42,7 +42,7 @@ from awp.checkpoint import safe_torch_load
 from awp.config import check_same_settings, to_dict
 from awp.io import atomic_torch_save, atomic_write_with, sha256_file, write_json
 from awp.progress import progress_bar
-from awp_landscape.commands.common import add_run_arguments
+from awp_landscape.commands.common import add_run_arguments, out_folder
 from awp_landscape.console import CLIError, format_table, say
 from awp_landscape.flags import add_dataclass_arguments, dataclass_from_arguments
 from awp_landscape.inputs import (
@@ -77,8 +77,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--labels", nargs=2, default=None, help="names of A and B")
     add_dataclass_arguments(p, ConnectConfig)
     add_checkpoint_arguments(p, dataset_help="dataset (default: A's)")
-    add_run_arguments(p, out_help="results folder (required)")
-    p.add_argument("--formats", nargs="+", default=["png", "pdf"], choices=("png", "pdf", "svg"))
+    add_run_arguments(
+        p,
+        out_help="results folder (default: <run>/analysis/connect when A and B come from one "
+        "run folder; required otherwise)",
+    )
+    p.add_argument(
+        "--formats",
+        nargs="+",
+        default=["png", "pdf"],
+        choices=("png", "pdf", "svg"),
+        help="figure file formats: png | pdf | svg (default: png pdf)",
+    )
     p.set_defaults(func=run)
 
 
@@ -251,8 +261,7 @@ def write_connect_h5(path: Path, result: dict[str, Any]) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     """Train, measure, print the barriers, write the files and the figure."""
-    if args.out is None:
-        raise CLIError("awp connect needs --out (a results folder)")
+    args.out = out_folder(args.out, list(args.checkpoints), under="connect")
     cfg = dataclass_from_arguments(ConnectConfig, args)
     result = connect(
         list(args.checkpoints),

@@ -11,6 +11,7 @@ from analysis.correlate import correlate_records, fit_line
 from analysis.tables import IDENTITY, join_tables, read_table
 from awp.io import atomic_write_set, csv_text, exclusive_output, json_text
 from awp_landscape.console import CLIError, format_table, say
+from awp_landscape.flags import deprecated_alias
 from awp_landscape.inputs import rows_of
 
 
@@ -38,7 +39,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--by", default="method", help="grouping column (default: method)")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default: 1000)")
     p.add_argument("--confidence", type=float, default=0.95, help="interval level (default 0.95)")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument(
+        "--bootstrap-seed",
+        type=int,
+        default=0,
+        help="seed of the bootstrap resamples (default: 0)",
+    )
+    deprecated_alias(p, "--seed", "--bootstrap-seed", type=int)
     p.add_argument("--no-figures", action="store_true", help="only tables, no PNG/PDF")
     p.add_argument(
         "--out", type=Path, default=None, help="results folder (default: the first table's)"
@@ -155,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
         by=args.by,
         n_boot=args.n_boot,
         confidence=args.confidence,
-        seed=args.seed,
+        seed=args.bootstrap_seed,
         out=args.out,
         figures=not args.no_figures,
     )

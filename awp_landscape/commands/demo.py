@@ -7,6 +7,7 @@ import argparse
 from awp_landscape import pipeline
 from awp_landscape.console import say
 from awp_landscape.flags import add_dataclass_arguments, dataclass_from_arguments
+from awp_landscape.launch import LaunchConfig
 from awp_landscape.pipeline import PRESETS, DemoConfig, ReproduceConfig
 
 
@@ -20,22 +21,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_dataclass_arguments(p, DemoConfig)
+    add_dataclass_arguments(p.add_argument_group("independent runs as jobs"), LaunchConfig)
     p.set_defaults(func=run_demo)
 
     r = sub.add_parser(
         "reproduce",
         help="a paper protocol with and without AWP (GPU), then the same analyses and report",
+        description="Train a paper protocol (--preset; --list shows them) with and without "
+        "AWP, once per seed, then run the demo's analyses at the paper's sizes and write the "
+        "report. Made for a GPU: the presets train 200 epochs on the full datasets.",
     )
     r.add_argument("--list", action="store_true", help="list the presets and exit")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_dataclass_arguments(r, ReproduceConfig)
+    add_dataclass_arguments(r.add_argument_group("independent runs as jobs"), LaunchConfig)
     r.set_defaults(func=run_reproduce)
 
 
 def run_demo(args: argparse.Namespace) -> int:
     """``awp demo``."""
     cfg = dataclass_from_arguments(DemoConfig, args)
-    pipeline.run_configured(cfg, "demo_config.json", progress=not args.no_progress)
+    launch = dataclass_from_arguments(LaunchConfig, args)
+    pipeline.run_configured(cfg, "demo_config.json", progress=not args.no_progress, launch=launch)
     return 0
 
 
@@ -46,5 +53,8 @@ def run_reproduce(args: argparse.Namespace) -> int:
             say(f"{name:24s} {p.dataset} {p.model} {p.method} (+AWP), {p.epochs} epochs, lr {p.lr}")
         return 0
     cfg = dataclass_from_arguments(ReproduceConfig, args)
-    pipeline.run_configured(cfg, "reproduce_config.json", progress=not args.no_progress)
+    launch = dataclass_from_arguments(LaunchConfig, args)
+    pipeline.run_configured(
+        cfg, "reproduce_config.json", progress=not args.no_progress, launch=launch
+    )
     return 0

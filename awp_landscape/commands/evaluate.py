@@ -25,6 +25,7 @@ from awp.evaluate import (
 from awp.extras import MissingDependencyError
 from awp.io import exclusive_output, library_versions, write_json
 from awp.progress import progress_bar
+from awp_landscape.commands.common import out_folder
 from awp_landscape.console import CLIError, format_table, say
 from awp_landscape.flags import add_dataclass_arguments, dataclass_from_arguments
 from awp_landscape.inputs import Inputs, Loaded, add_checkpoint_arguments
@@ -53,7 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--out",
         type=Path,
         default=None,
-        help="JSON results file (default: eval_<checkpoint>_<split>.json beside the checkpoint)",
+        help="JSON results file (default: <run>/analysis/eval_<checkpoint>_<split>.json)",
     )
     p.add_argument(
         "--overwrite",
@@ -71,6 +72,8 @@ def refuse_other_results(out: Path, eval_config: dict) -> None:
         return
     try:
         theirs = json.loads(out.read_text()).get("eval_config")
+        if isinstance(theirs, dict):  # written before subset_seed: compare what it measured
+            theirs = EvalConfig.migrate(theirs)
     except (OSError, ValueError, AttributeError):
         theirs = None
     if theirs == eval_config:
@@ -94,8 +97,10 @@ def evaluate_checkpoint(
     if len(split) == 0:
         raise CLIError(f"the {cfg.split} split is empty for dataset {loaded.data_cfg.dataset!r}")
     device = split.x.device
-    capped_notice(cfg.n, len(split), flag="--n")
-    idx = fixed_subset(len(split), cfg.n, seed=cfg.seed) if cfg.n else torch.arange(len(split))
+    capped_notice(cfg.n, len(split), flag="--n-examples")
+    idx = (
+        fixed_subset(len(split), cfg.n, seed=cfg.subset_seed) if cfg.n else torch.arange(len(split))
+    )
     x, y = split.x[idx.to(device)], split.y[idx.to(device)]
     bars: dict[str, Any] = {}
 
@@ -159,7 +164,9 @@ def evaluate_checkpoint(
 def run(args: argparse.Namespace) -> int:
     """Evaluate one checkpoint, print the table, write the JSON."""
     cfg = dataclass_from_arguments(EvalConfig, args)
-    out = args.out or args.checkpoint.with_name(f"eval_{args.checkpoint.stem}_{cfg.split}.json")
+    out = args.out or (
+        out_folder(None, [args.checkpoint]) / f"eval_{args.checkpoint.stem}_{cfg.split}.json"
+    )
     for attack in cfg.attack_table().values():
         if isinstance(attack, AutoAttackConfig):
             try:

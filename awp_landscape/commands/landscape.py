@@ -10,6 +10,8 @@ across the ranks of a torchrun job:
     awp landscape runs/at/checkpoints/epoch_*.pt --kind trajectory --out land/AT.h5
     awp landscape A.pt --kind 2d --x=-1:1:11 --y=-1:1:11 --hessian-eigs --eig-loss adv
     torchrun --nproc_per_node 4 -m awp_landscape landscape A.pt --kind 2d --out land
+
+Its flags are in :mod:`awp_landscape.commands.landscape_parser` (no torch: ``--help`` is fast).
 """
 
 from __future__ import annotations
@@ -28,12 +30,12 @@ from awp.io import exclusive_output
 from awp.models import ModelConfig
 from awp.perturb import select_params
 from awp.progress import progress_bar
+from awp_landscape.commands.common import out_folder
 from awp_landscape.console import format_table, say
-from awp_landscape.flags import add_dataclass_arguments, dataclass_from_arguments
+from awp_landscape.flags import dataclass_from_arguments
 from awp_landscape.inputs import (
     Inputs,
     Loaded,
-    add_checkpoint_arguments,
     check_files,
     default_label,
     foreign_from,
@@ -56,57 +58,6 @@ from landscape.storage import Surface, directions_path
 from landscape.surface import bn_images, make_evalsets
 
 log = logging.getLogger(__name__)
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add ``awp landscape``."""
-    p = sub.add_parser(
-        "landscape",
-        help="weight loss curves/surfaces with attacks regenerated on the perturbed model",
-        description=(
-            "Perturb the trained weights along filter-normalized directions "
-            "(theta0 + sum c_i d_i) and measure clean and adversarial loss and accuracy, "
-            "crafting the attack on every perturbed model. One h5 file per checkpoint "
-            "(loss-landscape's names), written point by point; --resume fills the missing "
-            "points. Runs under torchrun (points sharded across ranks)."
-        ),
-    )
-    p.add_argument(
-        "checkpoints",
-        nargs="*",
-        type=Path,
-        help="checkpoint .pt files (interp: exactly two, from the first to the second; "
-        "trajectory: a training path in order, at least three, the last is theta0; or "
-        "--robustbench NAME)",
-    )
-    p.add_argument(
-        "--labels", nargs="+", default=None, help="one label per result (default: AT, AT-AWP...)"
-    )
-    p.add_argument(
-        "--out",
-        type=Path,
-        default=Path("landscape"),
-        help="folder of the LABEL.h5 files, or a .h5 file for a single result "
-        "(default: ./landscape)",
-    )
-    p.add_argument(
-        "--resume",
-        action="store_true",
-        help="compute only the missing points of existing files (same checkpoint and settings)",
-    )
-    p.add_argument(
-        "--allow-mixed",
-        action="store_true",
-        help="trajectory: accept checkpoints out of epoch order or from several runs (a "
-        "warning says which); without it they are refused, as theta0 is the last one given",
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_dataclass_arguments(p, SurfaceConfig, skip=("dataset", "data_root"))
-    add_dataclass_arguments(p.add_argument_group("curvature map"), EigenMapConfig)
-    add_checkpoint_arguments(
-        p, dataset_help="dataset (default: the one the checkpoint was trained on)"
-    )
-    p.set_defaults(func=run)
 
 
 def compute_landscapes(
@@ -359,7 +310,7 @@ def run(args: argparse.Namespace) -> int:
     compute_landscapes(
         list(args.checkpoints),
         dataclass_from_arguments(SurfaceConfig, args),
-        out=args.out,
+        out=out_folder(args.out, args.checkpoints, under="landscape"),
         labels=args.labels,
         resume=args.resume,
         progress=not args.no_progress,

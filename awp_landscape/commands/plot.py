@@ -52,7 +52,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=PLOTS,
         help="auto: curves for 1-D files, every view for 2-D files",
     )
-    p.add_argument("--band", default="std", choices=("std", "minmax", "none"))
+    p.add_argument(
+        "--band",
+        default="std",
+        choices=("std", "minmax", "none"),
+        help="shaded band of a multi-direction curve: std (mean +- one standard deviation) | "
+        "minmax (the range over directions) | none (default: std)",
+    )
     p.add_argument("--labels", nargs="+", default=None, help="legend labels, one per file")
     p.add_argument("--vmin", type=float, default=None, help="lowest level of 2-D views")
     p.add_argument("--vmax", type=float, default=None, help="highest level of 2-D views")
@@ -63,7 +69,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="folder for the figures (default: the first file's folder)",
     )
-    p.add_argument("--formats", nargs="+", default=["png", "pdf"], choices=("png", "pdf", "svg"))
+    p.add_argument(
+        "--formats",
+        nargs="+",
+        default=["png", "pdf"],
+        choices=("png", "pdf", "svg"),
+        help="figure file formats: png | pdf | svg (default: png pdf)",
+    )
     g = p.add_argument_group("ParaView (VTK XML PolyData, the [viz] extra)")
     g.add_argument(
         "--vtp",

@@ -10,7 +10,14 @@ from awp_landscape.console import say
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``awp report``."""
-    p = sub.add_parser("report", help="self-contained HTML report (+ markdown) of result folders")
+    p = sub.add_parser(
+        "report",
+        help="self-contained HTML report (+ markdown) of result folders",
+        description="Collect what is on disk in demo, run and analysis folders (learning "
+        "curves, evaluations, gap, landscapes, flatness, curvature, certification, "
+        "correlations), state the verdicts they support, and write one self-contained HTML "
+        "file (figures inlined) and a markdown summary beside it. Nothing is recomputed.",
+    )
     p.add_argument(
         "paths",
         nargs="+",
@@ -23,7 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="HTML file (default: report.html in the first folder)",
     )
-    p.add_argument("--title", default=None)
+    p.add_argument(
+        "--title", default=None, help="the report's title (default: AWP: what this run measured)"
+    )
     p.set_defaults(func=run)
 
 

@@ -1,0 +1,78 @@
+"""The flags of a command that reads checkpoints: the dataset, and what a checkpoint from
+elsewhere does not record (its architecture and input convention), and RobustBench's zoo.
+
+This module imports no torch: the parsers of ``awp CMD --help`` are built from it.
+:mod:`awp_landscape.inputs` loads what these flags name.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+from awp.config import check_choice, opt
+from awp.model_config import ModelConfig
+from awp.zoo import DEFAULT_MODEL_DIR, THREAT_MODELS
+from awp_landscape.flags import add_dataclass_arguments, dataclass_from_arguments
+
+INPUTS = ("normalized", "raw")
+
+
+@dataclass(frozen=True)
+class Foreign:
+    """What a checkpoint from elsewhere does not record: its architecture and input convention."""
+
+    model: ModelConfig = opt(ModelConfig(), "architecture of a checkpoint from elsewhere")
+    input: str | None = opt(
+        None,
+        "input convention of a checkpoint from elsewhere: normalized (the dataset's mean/std; "
+        "official AT-AWP and Rice et al. checkpoints) or raw [0,1] (TRADES-AWP, RST-AWP, "
+        "RobustBench)",
+        shown="none: required for checkpoints from elsewhere",
+    )
+
+    def __post_init__(self) -> None:
+        if self.input is not None:
+            check_choice(self.input, INPUTS, "input convention")
+
+
+def add_checkpoint_arguments(p: argparse.ArgumentParser, *, dataset_help: str = "") -> None:
+    """``--dataset``, ``--data-root`` and the options of checkpoints from elsewhere."""
+    p.add_argument(
+        "--dataset",
+        default=None,
+        help=dataset_help
+        or "dataset (default: the checkpoint's own; 'sample' for checkpoints from elsewhere)",
+    )
+    p.add_argument("--data-root", default=None, help="where torchvision datasets live")
+    g = p.add_argument_group(
+        "checkpoints from elsewhere (official AWP, Rice et al., RobustBench): their architecture "
+        "and input"
+    )
+    add_dataclass_arguments(g, Foreign)
+    z = p.add_argument_group(
+        "RobustBench's zoo by name (read from --model-dir only; docs/robustbench.md lists them)"
+    )
+    z.add_argument(
+        "--robustbench",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="zoo models to measure besides the checkpoint files, e.g. Wu2020Adversarial_extra "
+        "(the zoo's dataset is cifar100 with --dataset cifar100, else cifar10)",
+    )
+    z.add_argument(
+        "--threat-model", default="Linf", choices=THREAT_MODELS, help="the zoo's threat model"
+    )
+    z.add_argument(
+        "--model-dir",
+        default=DEFAULT_MODEL_DIR,
+        help="RobustBench's model folder: <dir>/<dataset>/<threat model>/<name>.pt "
+        f"(default: {DEFAULT_MODEL_DIR})",
+    )
+
+
+def foreign_from(args: argparse.Namespace) -> tuple[ModelConfig | None, str | None]:
+    """(the architecture given with --model, or None; the --input given, or None)."""
+    foreign = dataclass_from_arguments(Foreign, args)
+    return (foreign.model if getattr(args, "model", None) is not None else None), foreign.input
