@@ -9,7 +9,7 @@ rejects a tie at level alpha, else abstains.
 
 **Noise.** Every example's noise is a pure function of its seed and of the sample index: the
 samples are cut into chunks of :data:`NOISE_CHUNK`, and chunk c is drawn by a CPU
-``torch.Generator`` seeded with ``unit_seed(seed, c)``, then moved to the model's device. So
+``torch.Generator`` seeded with ``derive_seed(seed, c)``, then moved to the model's device. So
 sample j is the same whatever the batch size, the device, the rank or what ran before, and the
 first m samples of a run with n > m are the m samples of a run with n = m. One thread of this
 project's CPU draws about 120,000 CIFAR-10 samples/s (365 M normals/s; ``benchmarks/certify.py``
@@ -37,9 +37,9 @@ from scipy.stats import norm
 from torch import nn
 
 from analysis.config import NOISE_CHUNK as NOISE_CHUNK
-from analysis.noise import unit_seed
 from analysis.stats import binomial_pvalue, clopper_pearson_lower, t_interval
 from awp.modes import model_mode
+from awp.seeds import derive_seed
 
 #: The class of an abstention.
 ABSTAIN = -1
@@ -51,9 +51,9 @@ def noise_chunk(
     """Standard normal samples c*NOISE_CHUNK ... (c+1)*NOISE_CHUNK - 1 of a seed, on the CPU.
 
     Returns:
-        (NOISE_CHUNK, *shape) tensor drawn by a CPU generator seeded with ``unit_seed(seed, c)``.
+        (NOISE_CHUNK, *shape) tensor drawn by a CPU generator seeded with ``derive_seed(seed, c)``.
     """
-    g = torch.Generator().manual_seed(unit_seed(seed, c))
+    g = torch.Generator().manual_seed(derive_seed(seed, c))
     return torch.randn((NOISE_CHUNK, *shape), generator=g, dtype=dtype)
 
 
@@ -228,7 +228,7 @@ def certify(
         n0: selection samples; n: estimation samples; alpha: the certificate fails with
             probability at most alpha.
         seed: the example's seed; selection and estimation noise are drawn from
-            ``unit_seed(seed, "select")`` and ``unit_seed(seed, "estimate")``.
+            ``derive_seed(seed, "select")`` and ``derive_seed(seed, "estimate")``.
 
     Returns:
         (:class:`Certificate`, counts0 (K,), counts (K,)).
@@ -236,8 +236,8 @@ def certify(
     Reference: Cohen et al. 2019, Algorithm CERTIFY.
     """
     common = dict(sigma=sigma, batch_size=batch_size, workers=workers)
-    counts0 = sample_counts(model, x, num=n0, seed=unit_seed(seed, "select"), **common)
-    counts = sample_counts(model, x, num=n, seed=unit_seed(seed, "estimate"), **common)
+    counts0 = sample_counts(model, x, num=n0, seed=derive_seed(seed, "select"), **common)
+    counts = sample_counts(model, x, num=n, seed=derive_seed(seed, "estimate"), **common)
     cert = certify_from_counts(counts0.tolist(), counts.tolist(), sigma=sigma, alpha=alpha)
     return cert, counts0, counts
 
@@ -253,7 +253,7 @@ def predict(
     batch_size: int = 1000,
     workers: int = 0,
 ) -> tuple[int, torch.Tensor]:
-    """PREDICT one example with n samples drawn from ``unit_seed(seed, "predict")``.
+    """PREDICT one example with n samples drawn from ``derive_seed(seed, "predict")``.
 
     Returns:
         (the class or :data:`ABSTAIN`, counts (K,)); a wrong answer has probability <= alpha.
@@ -265,7 +265,7 @@ def predict(
         x,
         sigma=sigma,
         num=n,
-        seed=unit_seed(seed, "predict"),
+        seed=derive_seed(seed, "predict"),
         batch_size=batch_size,
         workers=workers,
     )
@@ -362,7 +362,7 @@ def noise_accuracy(
         model: the base classifier; x: (N, C, H, W) float in [0, 1]; y: (N,) labels, on the
             model's device.
         levels: noise standard deviations s (pixel units); draws: noisy copies per example.
-        seed: noise seed; example i uses ``unit_seed(seed, "noise", indices[i])``, so a subset
+        seed: noise seed; example i uses ``derive_seed(seed, "noise", indices[i])``, so a subset
             gets the same noise as in a larger set (default indices: 0 ... N-1).
         batch_size: forward-pass size.
 
@@ -377,7 +377,7 @@ def noise_accuracy(
             int(y[i]),
             levels=levels,
             draws=draws,
-            seed=unit_seed(seed, "noise", int(indices[i])),
+            seed=derive_seed(seed, "noise", int(indices[i])),
             batch_size=batch_size,
         )
         for i in range(len(y))

@@ -26,11 +26,12 @@ from torch import nn
 
 from analysis.certify import (
     ABSTAIN,
+    certify,
     certify_from_counts,
     noise_accuracy_rows,
     noise_correct,
+    predict,
     predict_from_counts,
-    sample_counts,
 )
 from analysis.config import (  # noqa: F401 - re-exported: CertifyConfig moved there
     MAX_SAMPLES,
@@ -38,24 +39,28 @@ from analysis.config import (  # noqa: F401 - re-exported: CertifyConfig moved t
     SD_WHY,
     CertifyConfig,
 )
-from analysis.noise import unit_seed
 from analysis.stats import clopper_pearson
+from analysis.store import UnitKey
+from awp.seeds import derive_seed
 
 Record = dict[str, Any]
 
 
 def unit_keys(cfg: CertifyConfig, indices: Sequence[int]) -> dict[str, list[str]]:
     """The unit keys of each store for test images ``indices`` (dataset indices)."""
-    keys = {"certify": [f"sigma={s!r}|i={i}" for s in cfg.sigmas for i in indices]}
+    keys = {"certify": [str(UnitKey.of("", sigma=s, i=i)) for s in cfg.sigmas for i in indices]}
     if cfg.predict:
-        keys["predict"] = [f"predict|sigma={s!r}|i={i}" for s in cfg.sigmas for i in indices]
+        keys["predict"] = [
+            str(UnitKey.of("predict", sigma=s, i=i)) for s in cfg.sigmas for i in indices
+        ]
     if cfg.noise_draws:
-        keys["noise"] = [f"noise|i={i}" for i in indices]
+        keys["noise"] = [str(UnitKey.of("noise", i=i)) for i in indices]
     return keys
 
 
-def _fields(key: str) -> dict[str, str]:
-    return dict(f.split("=", 1) for f in key.split("|") if "=" in f)
+def unit_index(key: str) -> int:
+    """The dataset index of the test image a unit key names (its ``i`` field)."""
+    return UnitKey.parse(key).int("i")
 
 
 def compute_unit(
@@ -63,43 +68,47 @@ def compute_unit(
 ) -> Record:
     """The record of one unit (see the module): counts, the label, and the seconds it took.
 
+    A thin call of the tested :func:`analysis.certify.certify`, :func:`~analysis.certify.predict`
+    and :func:`~analysis.certify.noise_correct` with the image's seed
+    ``derive_seed(cfg.seed, "certify" | "noise", index)``; the decisions are made later from
+    the counts (:func:`example_rows`), at the stated alpha.
+
     Args:
         model: the base classifier on the device (left as it was).
         x: the unit's test image (C, H, W) float in [0, 1] on the device; y: its label.
         key: a key of :func:`unit_keys`; cfg: the settings.
     """
-    f = _fields(key)
-    index = int(f["i"])
+    unit = UnitKey.parse(key)
+    index = unit.int("i")
     t0 = time.perf_counter()
     common = dict(batch_size=cfg.batch(x.device), workers=cfg.threads(x.device))
     record: Record = {"index": index, "label": int(y)}
-    if key.startswith("noise|"):
-        seed = unit_seed(cfg.seed, "noise", index)
-        levels = cfg.noise_levels
-        correct = noise_correct(
+    if unit.kind == "noise":
+        record["correct"] = noise_correct(
             model,
             x,
             y,
-            levels=levels,
+            levels=cfg.noise_levels,
             draws=cfg.noise_draws,
-            seed=seed,
+            seed=derive_seed(cfg.seed, "noise", index),
             batch_size=cfg.batch(x.device),
         )
-        record["correct"] = correct
-    else:
-        sigma = float(f["sigma"])
-        seed = unit_seed(cfg.seed, "certify", index)
+    elif unit.kind in ("", "predict"):
+        sigma = unit.float("sigma")
+        seed = derive_seed(cfg.seed, "certify", index)
         record["sigma"] = sigma
-        if key.startswith("predict|"):
-            num, phase = cfg.n, "predict"
+        if unit.kind == "predict":
+            _, counts = predict(
+                model, x, sigma=sigma, n=cfg.n, alpha=cfg.alpha, seed=seed, **common
+            )
         else:
-            record["counts0"] = sample_counts(
-                model, x, sigma=sigma, num=cfg.n0, seed=unit_seed(seed, "select"), **common
-            ).tolist()
-            num, phase = cfg.n, "estimate"
-        record["counts"] = sample_counts(
-            model, x, sigma=sigma, num=num, seed=unit_seed(seed, phase), **common
-        ).tolist()
+            _, counts0, counts = certify(
+                model, x, sigma=sigma, n0=cfg.n0, n=cfg.n, alpha=cfg.alpha, seed=seed, **common
+            )
+            record["counts0"] = counts0.tolist()
+        record["counts"] = counts.tolist()
+    else:
+        raise ValueError(f"unknown certify unit key {key!r} (kinds: sigma=..|i=.., predict, noise)")
     record["seconds"] = time.perf_counter() - t0
     return record
 

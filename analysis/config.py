@@ -55,7 +55,7 @@ SD_WHY = (
     "standard deviations are in [0,1] pixel units, so values above 4 drown the image (Cohen et "
     "al. use 0.12, 0.25, 0.5, 1.0; 25 pixel levels are 25/255)"
 )
-log = logging.getLogger("analysis.hessian")  # HessianConfig's warnings, under its old name
+log = logging.getLogger("analysis.curvature")  # HessianConfig's warnings, where it is used
 
 
 @dataclass(frozen=True)

@@ -37,12 +37,13 @@ from torch import nn
 
 from analysis.config import CURVE_OBJECTIVES as CURVE_OBJECTIVES
 from analysis.config import ConnectConfig
-from analysis.noise import generator_for, unit_seed
+from analysis.store import UnitKey
 from awp.augment import as_float, augment
 from awp.config import AttackConfig, check_choice
 from awp.data import iterate_batches
 from awp.modes import kept_modes, unwrap
 from awp.objectives import at_objective
+from awp.seeds import derive_seed, generator_for
 from awp.train import lr_at, train_step
 from landscape.surface import EvalSet, anchored, bn_buffer_names, recompute_bn_stats, split_metrics
 
@@ -211,7 +212,8 @@ def train_curve(
 
 
 def point_key(path: str, t: float) -> str:
-    return f"{path}|t={float(t)!r}"
+    """The unit key of the point at t on ``path`` (``line|t=0.25``)."""
+    return str(UnitKey.of(path, t=float(t)))
 
 
 def point_metrics(
@@ -246,7 +248,7 @@ def point_metrics(
                     net,
                     es,
                     attack=attack,
-                    seed=unit_seed(seed, "attack", path, float(t), es.name),
+                    seed=derive_seed(seed, "attack", path, float(t), es.name),
                     batch_size=batch_size,
                 )
             )

@@ -1,181 +1,310 @@
-"""A curvature run's records as results: the table row, the per-layer blocks, the AT vs AT-AWP
-sentences.
+"""Curvature of the (robust) loss: top Hessian eigenvalues, trace, eigenvalue density, per layer.
 
-The records are those of :mod:`analysis.hessian` (keyed units); the result of a checkpoint is
-what ``awp hessian`` writes as ``result.json`` and gathers in ``hessian.json``: one row per
-checkpoint (identity columns, settings, one number per column, so ``awp correlate`` can join it
-on the sha256), the eigenvalues, the trace estimate, the layers and the SLQ runs.
+PyHessian's measures, for the mean loss over a fixed seeded subset with BatchNorm in eval mode
+(:mod:`awp.hessian`): with ``loss="adv"`` the inputs are x_adv crafted once at w and held
+fixed. By Danskin's theorem that loss has the robust loss's gradient at w, but not its full
+curvature, which also moves with x_adv (the measured H leaves that term out).
+
+A measurement is cut into units with string keys, each a pure function of its key and the
+settings, kept and skipped by :func:`analysis.store.run_units` (resume), and computed by all
+ranks together (``collective``: each rank sums the products of its share of the batches and
+they are all-reduced):
+
+- ``base``: the loss and accuracy at w, the parameter count and the layers;
+- ``eigs|k=..|tol=..``: the top-k eigenpairs (ARPACK Lanczos), residuals, where each lives;
+- ``trace|i=..``: Hutchinson probe i, z^T H z with Rademacher z, and z_l^T (H z)_l per layer
+  (E = tr H_ll, the layer's diagonal block: the same products give every block's trace);
+- ``slq|steps=..|r=..``: stochastic Lanczos quadrature run r (nodes and weights);
+- ``layer|name=..|tol=..``: the top eigenvalue of one layer's diagonal block;
+- ``power|k=..``: PyHessian's power iteration, for comparison with Lanczos.
+
+Trace probes are added in blocks until the interval is narrow enough
+(:func:`analysis.hessian_estimators.more_probes`), so a rerun with the same settings asks for
+the same probes and a resumed run ends with the numbers of an uninterrupted one. The results
+made of the records (table rows, layers) are :mod:`analysis.curvature_results`.
+
+Reference: Yao, Gholami, Keutzer, Mahoney, "PyHessian", 2020; Ghorbani, Krishnan, Xiao, ICML
+2019; Danskin 1967.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import numpy as np
+import torch
+from torch import nn
 
-from analysis.hessian import (
+from analysis.config import (  # noqa: F401 - re-exported: HessianConfig moved there
+    DTYPES,
+    EIG_WHY,
+    HVP_WHY,
+    LOSSES,
+    MAX_EIGENPAIRS,
+    MAX_PRODUCTS,
+    SPLITS,
     HessianConfig,
-    Record,
-    eigs_key,
-    layer_key,
-    power_key,
-    slq_key,
-    trace_probes,
 )
-from analysis.spectrum import broadening, slq_moment, summarize_trace
+from analysis.hessian_estimators import (
+    more_probes,
+    power_iteration,
+    rademacher,
+    slq_run,
+)
+from analysis.store import RunKeys, UnitKey
+from awp.hessian import LossBatches, LossHessian, loss_batches, top_eigenpairs
+from awp.perturb import select_params
+from awp.seeds import derive_seed, generator_for
+
+log = logging.getLogger(__name__)
+
+Record = dict[str, Any]
+# PyHessian's defaults (hessian.eigenvalues(maxIter=100, tol=1e-3)).
+POWER_TOL, POWER_ITERS = 1e-3, 100
 
 
-@dataclass(frozen=True)
-class LayerCurvature:
-    """One layer's diagonal block: trace (Hutchinson, with interval) and top eigenvalue."""
-
-    layer: str
-    depth: int
-    numel: int
-    trace: float | None
-    trace_low: float | None
-    trace_high: float | None
-    top_eigenvalue: float | None
-    mass_v1: float | None  # share of the top eigenvector's squared norm in this layer
+# ----------------------------------------------------------------------------- the problem
 
 
-def summarize(
-    records: Mapping[str, Record], cfg: HessianConfig, ident: Mapping[str, Any]
-) -> dict[str, Any]:
-    """A checkpoint's result: the table row, the eigenvalues, trace, layers and SLQ runs."""
-    base = records["base"]
-    names = [n for n, _ in base["layers"]]
-    eigs = records.get(eigs_key(cfg.top_k, cfg.eig_tol, cfg.lanczos_vectors)) if cfg.top_k else None
-    probes = trace_probes(records) if cfg.trace else []
-    trace = summarize_trace([r["quad"] for r in probes], cfg.confidence) if probes else None
-    slq = [records[slq_key(cfg.slq_steps, r)] for r in range(cfg.slq_runs)] if cfg.density else []
-    runs = [(r["nodes"], r["weights"]) for r in slq]
-    layers = []
-    for d, (name, numel) in enumerate(base["layers"]):
-        est = summarize_trace([r["layers"][d] for r in probes], cfg.confidence) if probes else None
-        block = (
-            records.get(layer_key(name, cfg.eig_tol, cfg.lanczos_vectors))
-            if cfg.per_layer
-            else None
-        )
-        layers.append(
-            LayerCurvature(
-                layer=name,
-                depth=d,
-                numel=numel,
-                trace=est.trace if est else None,
-                trace_low=est.ci_low if est else None,
-                trace_high=est.ci_high if est else None,
-                top_eigenvalue=block["value"] if block else None,
-                mass_v1=eigs["layer_mass"][0][d] if eigs else None,
+class HessianProblem:
+    """The loss whose curvature is measured: one model at w and a fixed subset.
+
+    The inputs (x_adv crafted at w, or x) are made on first use, so a run whose units are all
+    finished crafts nothing.
+
+    Args:
+        model: the network at w, in the dtype of the measurement (left as it was).
+        x: (N, C, H, W) uint8 or float in [0, 1] on its device; y: (N,) labels.
+        cfg: the settings.
+        rank, world: this process's share of the batches (every rank computes every unit).
+        on_product: called after every Hessian-vector product (a progress bar).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        cfg: HessianConfig,
+        *,
+        rank: int = 0,
+        world: int = 1,
+        on_product: Callable[[], None] | None = None,
+    ) -> None:
+        self.model, self.x, self.y, self.cfg = model, x, y, cfg
+        self.rank, self.world = rank, world
+        self.on_product = on_product
+        self.params = select_params(model, cfg.params)
+        cfg.check_sizes(sum(t.numel() for t in self.params.values()))
+        self._data: LossBatches | None = None
+        self._operator: LossHessian | None = None
+
+    @property
+    def layer_names(self) -> list[str]:
+        return list(self.params)
+
+    @property
+    def data(self) -> LossBatches:
+        if self._data is None:
+            self._data = loss_batches(
+                self.model,
+                self.x,
+                self.y,
+                attack=self.cfg.attack if self.cfg.loss == "adv" else None,
+                batch_size=self.cfg.batch_size,
+                seed=self.cfg.seed,
+                rank=self.rank,
+                world=self.world,
             )
+        return self._data
+
+    def operator(self, names: Sequence[str] | None = None) -> LossHessian:
+        """H over every measured tensor (one operator for every unit, so that the gradient
+        graphs the default method keeps serve them all), or the diagonal block of ``names``."""
+        if names is None and self._operator is not None:
+            return self._operator
+        params = self.params if names is None else {n: self.params[n] for n in names}
+        op = LossHessian(
+            self.model, self.data, params, method=self.cfg.method, on_product=self.on_product
         )
-    power = records.get(power_key(cfg.top_k)) if cfg.power else None
-    hvps = (eigs["hvps"] + eigs["check_hvps"] if eigs else 0) + len(probes)
-    hvps += power["hvps"] if power else 0
-    hvps += sum(r["hvps"] for r in slq)
+        if names is None:
+            self._operator = op
+        return op
+
+
+# ----------------------------------------------------------------------------- units
+
+
+def eigs_key(k: int, tol: float, ncv: int = 0) -> str:
+    """The top-k eigen-solve's key (ncv 0: scipy's default)."""
+    return str(UnitKey.of("eigs", k=k, tol=float(tol), ncv=ncv))
+
+
+def trace_key(i: int) -> str:
+    """Hutchinson probe i's key."""
+    return str(UnitKey.of("trace", i=i))
+
+
+def slq_key(steps: int, r: int) -> str:
+    """SLQ run r's key."""
+    return str(UnitKey.of("slq", steps=steps, r=r))
+
+
+def power_key(k: int) -> str:
+    """The power iteration's key (PyHessian's tolerance and cap are in it)."""
+    return str(UnitKey.of("power", k=k, tol=POWER_TOL, iters=POWER_ITERS))
+
+
+def layer_key(name: str, tol: float, ncv: int = 0) -> str:
+    """The key of one layer's diagonal block's top eigenvalue."""
+    return str(UnitKey.of("layer", name=name, tol=float(tol), ncv=ncv))
+
+
+def plan_keys(cfg: HessianConfig, layers: Sequence[str]) -> list[str]:
+    """The units of a run, but for the trace probes (added by the stopping rule)."""
+    keys = ["base"]
+    if cfg.top_k:
+        keys.append(eigs_key(cfg.top_k, cfg.eig_tol, cfg.lanczos_vectors))
+    if cfg.power:
+        keys.append(power_key(cfg.top_k))
+    if cfg.density:
+        keys += [slq_key(cfg.slq_steps, r) for r in range(cfg.slq_runs)]
     if cfg.per_layer:
-        hvps += sum(records[layer_key(n, cfg.eig_tol, cfg.lanczos_vectors)]["hvps"] for n in names)
-    row = result_row(base, cfg, ident, eigs=eigs, trace=trace, runs=runs, hvps=hvps)
-    if power:
-        row.update(power_top_eigenvalue=power["values"][0], power_hvps=power["hvps"])
+        keys += [layer_key(n, cfg.eig_tol, cfg.lanczos_vectors) for n in layers]
+    return keys
+
+
+def compute_unit(problem: HessianProblem, key: str) -> Record:
+    """The record of one unit, from its key (see the module and :func:`plan_keys`)."""
+    f = UnitKey.parse(key)
+    if f.kind == "base":
+        return base_unit(problem)
+    if f.kind == "eigs":
+        return eigs_unit(problem, k=f.int("k"), tol=f.float("tol"), ncv=f.int("ncv"))
+    if f.kind == "trace":
+        return trace_unit(problem, f.int("i"))
+    if f.kind == "slq":
+        op = problem.operator()
+        nodes, weights = slq_run(
+            op.matvec,
+            op.size,
+            steps=f.int("steps"),
+            generator=generator_for(problem.cfg.seed, "slq", f.int("r")),
+            device=op.device,
+        )
+        return {"nodes": nodes.tolist(), "weights": weights.tolist(), "hvps": len(nodes)}
+    if f.kind == "power":
+        op = problem.operator()
+        res = power_iteration(
+            op.matvec,
+            op.size,
+            k=f.int("k"),
+            tol=f.float("tol"),
+            max_iter=f.int("iters"),
+            generator=generator_for(problem.cfg.seed, "power"),
+            device=op.device,
+        )
+        return {"values": [float(v) for v in res.values], "hvps": res.hvps}
+    if f.kind == "layer":
+        op = problem.operator([f["name"]])
+        seed = derive_seed(problem.cfg.seed, "layer", f["name"])
+        ncv = _ncv(f.int("ncv"), op.size)
+        pairs = top_eigenpairs(op, 1, tol=f.float("tol"), seed=seed, ncv=ncv)
+        return {"value": float(pairs.values[0]), "hvps": pairs.hvps, "converged": pairs.converged}
+    raise ValueError(
+        f"unknown curvature unit key {key!r} (kinds: base, eigs, trace, slq, power, layer)"
+    )
+
+
+def base_unit(problem: HessianProblem) -> Record:
+    """The loss and accuracy at w on the subset, the parameter count, the layers."""
+    data = problem.data
+    w2 = sum(float((p.detach().double() ** 2).sum()) for p in problem.params.values())
     return {
-        **ident,
-        "row": row,
-        "eigenvalues": eigs["values"] if eigs else [],
-        "eigen": eigs,
-        "trace": asdict(trace) if trace else None,
-        "layers": [asdict(r) for r in layers],
-        "density": (
-            {
-                "runs": [[list(n), list(w)] for n, w in runs],
-                "sigma": broadening(runs, cfg.slq_sigma),
-            }
-            if runs
-            else None
-        ),
+        "loss": data.loss,
+        "accuracy": data.accuracy,
+        "n": data.n,
+        "p": int(sum(p.numel() for p in problem.params.values())),
+        "weight_norm": math.sqrt(w2),
+        "layers": [[n, int(p.numel())] for n, p in problem.params.items()],
     }
 
 
-def result_row(
-    base: Record,
-    cfg: HessianConfig,
-    ident: Mapping[str, Any],
-    *,
-    eigs: Record | None,
-    trace: Any,
-    runs: Sequence[tuple[Sequence[float], Sequence[float]]],
-    hvps: int,
-) -> dict[str, Any]:
-    """The checkpoint's row of hessian.json/.csv: identity, settings, one number per column."""
-    row: dict[str, Any] = {
-        **ident,
-        "kind": "hessian",
-        "loss_type": cfg.loss,
-        "split": cfg.split,
-        "attack": cfg.attack.describe() if cfg.loss == "adv" else "none",
-        "params": cfg.params,
-        "dtype": cfg.dtype,
-        "n": base["n"],
-        "p": base["p"],
-        "loss": base["loss"],
-        "accuracy": base["accuracy"],
-        "weight_norm": base["weight_norm"],
+def _ncv(ncv: int, size: int) -> int | None:
+    """ARPACK's ncv from a key (0 = scipy's default), at most the operator's size."""
+    return min(int(ncv), size) if int(ncv) else None
+
+
+def eigs_unit(problem: HessianProblem, *, k: int, tol: float, ncv: int = 0) -> Record:
+    """Top-k eigenpairs by Lanczos; each vector's residual ||H v - lambda v|| / |lambda| (one
+    more product each) and its mass per layer (sum of v_l^2, which sums to 1)."""
+    op = problem.operator()
+    seed = derive_seed(problem.cfg.seed, "eigs")
+    pairs = top_eigenpairs(op, k, tol=tol, seed=seed, ncv=_ncv(ncv, op.size))
+    residuals, mass = [], []
+    for j in range(k):
+        v = torch.from_numpy(pairs.vectors[:, j])
+        if not torch.isfinite(v).all():
+            residuals.append(float("nan"))
+            mass.append([float("nan")] * len(op.names))
+            continue
+        hv = op.matvec(v).cpu()
+        lam = float(pairs.values[j])
+        residuals.append(float((hv - lam * v).norm()) / max(abs(lam), 1e-30))
+        mass.append([float((v[a:b] ** 2).sum()) for _, a, b in op.segments()])
+    return {
+        "values": [float(v) for v in pairs.values],
+        "hvps": pairs.hvps,
+        "check_hvps": k,
+        "converged": pairs.converged,
+        "solver": pairs.solver,
+        "residuals": residuals,
+        "layer_mass": mass,
     }
-    if eigs is not None:
-        for j, v in enumerate(eigs["values"]):
-            row["top_eigenvalue" if j == 0 else f"eigenvalue_{j + 1}"] = v
-        row["eig_hvps"] = eigs["hvps"]
-        row["eig_converged"] = eigs["converged"]
-        row["eig_residual_max"] = float(np.nanmax(eigs["residuals"]))
-    if trace is not None:
-        row.update(
-            trace=trace.trace,
-            trace_low=trace.ci_low,
-            trace_high=trace.ci_high,
-            trace_probes=trace.probes,
-            trace_confidence=trace.confidence,
-            trace_rel_half_width=trace.rel_half_width,
-        )
-        if eigs is not None and trace.trace:
-            row["top_over_trace"] = eigs["values"][0] / trace.trace
-    if runs:
-        row.update(
-            slq_runs=len(runs),
-            slq_steps=cfg.slq_steps,
-            slq_trace=base["p"] * slq_moment(runs, 1),  # p * mean node: estimates tr(H)
-            slq_second_moment=slq_moment(runs, 2),  # estimates tr(H^2) / p
-        )
-    row["hvps"] = hvps
-    return row
 
 
-def curvature_statement(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Sentences comparing AT and AT-AWP (first row of each method), computed from the rows;
-    a trace difference whose intervals overlap is called not resolved."""
-    by = {}
-    for r in rows:
-        by.setdefault(str(r.get("method")), r)
-    if "AT" not in by or "AT-AWP" not in by:
-        return []
-    a, b = by["AT"], by["AT-AWP"]
-    out = []
-    if a.get("top_eigenvalue") is not None and b.get("top_eigenvalue") is not None:
-        word = "smaller" if b["top_eigenvalue"] < a["top_eigenvalue"] else "NOT smaller"
-        out.append(
-            f"AT-AWP's top Hessian eigenvalue is {word} than AT's "
-            f"({b['top_eigenvalue']:.4g} vs {a['top_eigenvalue']:.4g}, on one fixed subset: "
-            f"no interval over subsets)."
-        )
-    if a.get("trace") is not None and b.get("trace") is not None:
-        overlap = b["trace_high"] >= a["trace_low"] and a["trace_high"] >= b["trace_low"]
-        word = "smaller" if b["trace"] < a["trace"] else "NOT smaller"
-        note = " (the intervals overlap: not resolved)" if overlap else ""
-        out.append(
-            f"AT-AWP's Hessian trace is {word} than AT's ({b['trace']:.4g} "
-            f"[{b['trace_low']:.4g}, {b['trace_high']:.4g}] vs {a['trace']:.4g} "
-            f"[{a['trace_low']:.4g}, {a['trace_high']:.4g}]){note}."
-        )
+def trace_unit(problem: HessianProblem, i: int) -> Record:
+    """Hutchinson probe i: z^T H z for a Rademacher z, and z_l^T (H z)_l for every layer."""
+    op = problem.operator()
+    z = rademacher(op.size, generator=generator_for(problem.cfg.seed, "trace", i), device=op.device)
+    zhz = z * op.matvec(z)  # (p,) elementwise: sums over segments are the block quadratics
+    layers = [float(zhz[a:b].sum()) for _, a, b in op.segments()]
+    return {"quad": float(zhz.sum()), "layers": layers}
+
+
+def hessian_records(problem: HessianProblem, run_keys: RunKeys, *, label: str) -> dict[str, Record]:
+    """Every unit of a run (trace probes in blocks until the stopping rule holds).
+
+    Args:
+        problem: the loss.
+        run_keys: (keys, description) -> records of those keys, computing the missing ones
+            (:func:`analysis.store.run_units` with the store, ``collective``).
+        label: names the progress bars.
+    """
+    cfg = problem.cfg
+    records = dict(run_keys(plan_keys(cfg, problem.layer_names), f"{label}: curvature"))
+    if cfg.trace:
+        quads: list[float] = []
+        while need := more_probes(
+            quads,
+            rel_tol=cfg.trace_rel_tol,
+            confidence=cfg.confidence,
+            min_probes=cfg.probes_min,
+            max_probes=cfg.probes_max,
+        ):
+            keys = [trace_key(i) for i in range(len(quads), len(quads) + need)]
+            new = run_keys(keys, f"{label}: trace probes")
+            records.update(new)
+            quads += [new[k]["quad"] for k in keys]
+    return records
+
+
+def trace_probes(records: Mapping[str, Record]) -> list[Record]:
+    """The trace probes among ``records``, in order (0, 1, ... while present)."""
+    out, i = [], 0
+    while trace_key(i) in records:
+        out.append(records[trace_key(i)])
+        i += 1
     return out

@@ -11,7 +11,7 @@ and the Clopper-Pearson interval is exact (i.i.d. when the example is drawn at r
 fixed subset the success probabilities differ by example, and the interval for their mean is
 conservative, since a Poisson-binomial's tails are lighter than the binomial's: Hoeffding
 1956). The worst case is :mod:`analysis.worst_case`, the sigma search :mod:`analysis.sigma`,
-and the plan of units of a whole run :mod:`analysis.units`.
+and the plan of units of a whole run :mod:`analysis.flatness_units`.
 
 A unit's noise and attack seeds derive from its key and the seed, never from the device, the
 rank or the order of evaluation, so units can be sharded across ranks and resumed
@@ -36,10 +36,12 @@ from torch import nn
 from analysis.config import NOISE_MODES as NOISE_MODES
 from analysis.config import SPLITS as SPLITS
 from analysis.config import FlatnessConfig
-from analysis.noise import draw_noise, generator_for, global_norm, noise_scales
+from analysis.noise import draw_noise, global_norm, noise_scales
 from analysis.stats import clopper_pearson, t_interval, too_few_for_interval
+from analysis.store import UnitKey
 from awp.evaluate import Outcomes, attack_outcomes
 from awp.perturb import perturbed, select_params
+from awp.seeds import generator_for
 
 Record = dict
 
@@ -139,7 +141,7 @@ def expected_unit(
 
 def expected_key(alpha: float, k: int) -> str:
     """The key of draw k at alpha (alpha written exactly, so keys round-trip)."""
-    return f"expected|alpha={float(alpha)!r}|k={k}"
+    return str(UnitKey.of("expected", alpha=float(alpha), k=k))
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,12 @@
-"""Gaussian weight noise with a scale relative to the weights, from seeds that name the unit.
+"""Gaussian weight noise with a scale relative to the weights.
 
-Every random draw of the flatness analyses comes from a CPU generator seeded by
-:func:`unit_seed` of strings and numbers that name what it is for (``(seed, "noise", k)``), so
-a draw is the same on every rank, device and run, whatever was computed before it.
+Every random draw of the flatness analyses comes from a CPU generator of
+:func:`awp.seeds.generator_for`, seeded from parts that name what it is for
+(``(seed, "noise", k)``), so a draw is the same on every rank, device and run.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Iterator, Mapping, Sequence
 
@@ -16,16 +15,6 @@ import torch
 from analysis.config import NOISE_MODES
 
 Params = Mapping[str, torch.Tensor]
-
-
-def unit_seed(*parts: object) -> int:
-    """A 60-bit seed from the parts' reprs: the same on every rank, device and run."""
-    digest = hashlib.blake2b("|".join(repr(p) for p in parts).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 4
-
-
-def generator_for(*parts: object) -> torch.Generator:
-    return torch.Generator().manual_seed(unit_seed(*parts))
 
 
 def noise_scales(params: Params, *, alpha: float, mode: str) -> dict[str, torch.Tensor]:

@@ -22,13 +22,15 @@ from torch import nn
 
 from analysis.config import WorstCaseConfig
 from analysis.flatness import FlatnessConfig, Record, one_by_one
-from analysis.noise import Params, generator_for, global_norm
+from analysis.noise import Params, global_norm
+from analysis.store import UnitKey
 from awp.attacks import run_attack
 from awp.augment import as_float
 from awp.config import AttackConfig
 from awp.evaluate import attack_outcomes
 from awp.modes import model_mode
 from awp.perturb import perturbed, select_params, weight_ascent
+from awp.seeds import generator_for
 
 
 def worst_case_perturbation(
@@ -186,10 +188,15 @@ def _measure(
 def worst_key(gamma: float, restart: int, worst: WorstCaseConfig) -> str:
     """A worst-case unit's key; it names the ascent settings, so runs with other settings
     add their own units instead of clashing with these."""
-    return (
-        f"worst|gamma={float(gamma)!r}|r={restart}|steps={worst.ascent_steps}"
-        f"|fraction={float(worst.step_fraction)!r}|per_batch={int(worst.per_batch)}"
+    key = UnitKey.of(
+        "worst",
+        gamma=float(gamma),
+        r=restart,
+        steps=worst.ascent_steps,
+        fraction=float(worst.step_fraction),
+        per_batch=bool(worst.per_batch),
     )
+    return str(key)
 
 
 @dataclass(frozen=True)

@@ -296,8 +296,9 @@ def config_diff(
 ) -> list[str]:
     """Every difference between two JSON-like configs, as ``path: old <saved_as>, new now``.
 
-    Nested dicts are compared key by key (``attack.steps: 10 in the file, 20 now``); keys in
-    ``ignore`` (at any depth) are settings that do not change results, e.g. the device.
+    Nested dicts are compared key by key (``attack.steps: 10 in the file, 20 now``); entries
+    of ``ignore`` are settings that do not change results: a bare name (``device``) at any
+    depth, a dotted path (``flatness.alphas``) at that place only.
     """
     return _diff(saved, current, "", tuple(ignore), saved_as)
 
@@ -306,10 +307,54 @@ def _diff(a: Any, b: Any, prefix: str, ignore: tuple[str, ...], saved_as: str) -
     if isinstance(a, Mapping) and isinstance(b, Mapping):
         out: list[str] = []
         for key in sorted(set(a) | set(b)):
-            if key not in ignore:
+            if key not in ignore and f"{prefix}{key}" not in ignore:
                 out += _diff(a.get(key), b.get(key), f"{prefix}{key}.", ignore, saved_as)
         return out
     return [] if a == b else [f"{prefix.rstrip('.')}: {a!r} {saved_as}, {b!r} now"]
+
+
+class SettingsMismatch(ValueError):
+    """Results on disk were made under other settings than the ones asked for now."""
+
+
+def check_same_settings(
+    saved: Any,
+    current: Any,
+    *,
+    where: str,
+    fix: str,
+    ignore: Sequence[str] = (),
+    saved_as: str = "on disk",
+    problems: Sequence[str] = (),
+    shown: int | None = None,
+    error: type[Exception] = SettingsMismatch,
+) -> None:
+    """Refuse to mix results made under other settings: the one "settings must match" guard.
+
+    Every place that resumes or reuses stored work (run folders, surface files, the analysis
+    store, demo folders) calls this with its own ``ignore`` list, the settings that may change
+    between runs without changing a stored result (each keeps it as ``RESUME_MUTABLE``).
+
+    Args:
+        saved: the settings stored with the results (JSON-like).
+        current: the settings asked for now.
+        where: what is refused, naming the file or folder (``cannot resume runs/at``).
+        fix: the sentence telling what to do instead.
+        ignore: see :func:`config_diff` (bare names at any depth, dotted paths exactly).
+        saved_as: how the saved values are described (``in the run``, ``in the file``).
+        problems: further differences found by the caller (a checkpoint's hash).
+        shown: at most this many differences in the message (None: all), then a count.
+        error: the exception class raised (a subclass of ValueError by convention).
+
+    Raises:
+        error: ``<where> (<setting>: <old> <saved_as>, <new> now; ...). <fix>``.
+    """
+    diffs = config_diff(saved, current, ignore=ignore, saved_as=saved_as) + list(problems)
+    if not diffs:
+        return
+    listed = diffs if shown is None else diffs[:shown]
+    more = f"; and {len(diffs) - len(listed)} more" if len(diffs) > len(listed) else ""
+    raise error(f"{where} ({'; '.join(listed)}{more}). {fix}")
 
 
 ASCENT_WHY = "every one adds a forward and a backward pass to every training step"

@@ -74,14 +74,20 @@ from awp.augment import as_float
 from awp.config import HVP_METHODS, AttackConfig, check_choice
 from awp.evaluate import attack_outcomes
 from awp.modes import model_mode
+from awp.seeds import sequence_seed
 
 # "auto" keeps the gradient graphs when they take at most this fraction of the available memory.
 GRAPH_MEMORY_FRACTION = 0.5
 
 
 def batch_seed(seed: int, index: int) -> int:
-    """The attack seed of batch ``index`` (a pure function: the same on every rank)."""
-    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+    """The attack seed of batch ``index`` (a pure function: the same on every rank).
+
+    Made by :func:`awp.seeds.sequence_seed`, not the project's :func:`awp.seeds.derive_seed`:
+    switching would change the x_adv of stored curvature units, which a resumed run would mix
+    with new ones.
+    """
+    return sequence_seed(seed, index)
 
 
 @dataclass(frozen=True, eq=False)

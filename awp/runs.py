@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from awp.checkpoint import CheckpointError, load_checkpoint
-from awp.config import config_diff, from_dict, to_dict
+from awp.config import check_same_settings, from_dict, to_dict
 from awp.io import atomic_write_text, read_json_lines
 
 # Keys that may differ between a run and its resumption without changing the result's meaning.
@@ -160,15 +160,14 @@ def _check_same_config(run: RunFolder, cfg: Any) -> None:
         saved = to_dict(from_dict(type(cfg), saved).resolved())
     except (ValueError, TypeError):
         pass  # an unreadable config: compare as written, the diff names the problem
-    diffs = config_diff(
-        saved, to_dict(cfg.resolved()), ignore=RESUME_MUTABLE, saved_as="in the run"
+    check_same_settings(
+        saved,
+        to_dict(cfg.resolved()),
+        where=f"cannot resume {run.root}: the configuration differs",
+        fix="Resume with the run's own settings.",
+        ignore=RESUME_MUTABLE,
+        saved_as="in the run",
     )
-    if diffs:
-        raise ValueError(
-            f"cannot resume {run.root}: the configuration differs: "
-            + "; ".join(diffs)
-            + ". Resume with the run's own settings."
-        )
 
 
 def rng_state(generators: Mapping[str, torch.Generator]) -> dict[str, torch.Tensor]:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from awp import distributed
-from awp.config import config_diff, from_dict, to_dict
+from awp.config import check_same_settings, from_dict, to_dict
 from awp.io import atomic_write_text, exclusive_output, read_json
 from awp.runs import RunFolder
 from awp.train import TrainConfig
@@ -136,13 +136,15 @@ def record_config(out: Path, name: str, cfg: Any, *, growable: tuple[str, ...] =
         except (ValueError, TypeError):
             pass  # compare as written; the diff names the problem
         # TensorBoard files change no result: a rerun may add or drop them.
-        ignore = (*growable, "tensorboard")
-        diffs = config_diff(saved, current, ignore=ignore, saved_as="in the folder")
-        if diffs:
-            raise ValueError(
-                f"{out} holds results made with other settings ({path}: {'; '.join(diffs[:4])}); "
-                f"pass another --out, or the same settings to reuse them"
-            )
+        check_same_settings(
+            saved,
+            current,
+            where=f"{out} holds results made with other settings, recorded in {path}",
+            fix="Pass another --out, or the same settings to reuse them.",
+            ignore=(*growable, "tensorboard"),
+            saved_as="in the folder",
+            shown=4,
+        )
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(current, indent=2) + "\n")
 

@@ -60,8 +60,7 @@ from scipy.sparse.linalg import eigsh
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from analysis.noise import generator_for  # noqa: E402
-from analysis.spectrum import lanczos, power_iteration  # noqa: E402
+from analysis.hessian_estimators import lanczos, power_iteration  # noqa: E402
 from awp.config import AttackConfig  # noqa: E402
 from awp.data import fixed_subset  # noqa: E402
 from awp.hessian import LossHessian, loss_batches, top_eigenpairs  # noqa: E402
@@ -69,6 +68,7 @@ from awp.imagefolder import read_imagefolder_files  # noqa: E402
 from awp.models import ModelSpec, build_model  # noqa: E402
 from awp.modes import model_mode  # noqa: E402
 from awp.perturb import select_params  # noqa: E402
+from awp.seeds import generator_for  # noqa: E402
 from landscape.surface import recompute_bn_stats  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"

@@ -1,8 +1,9 @@
 """Curvature figures: eigenvalue densities overlaid on a log scale, the top-k eigenvalues, and
 the per-layer traces (and top eigenvalues) by depth.
 
-Functions take the per-checkpoint results of :func:`analysis.hessian.summarize` (as written to
-``hessian.json``) and return a matplotlib Figure; saving is :func:`figures.style.save_figure`.
+Functions take the per-checkpoint results of :func:`analysis.curvature_results.summarize` (as
+written to ``hessian.json``) and return a matplotlib Figure; saving is
+:func:`figures.style.save_figure`.
 With x_adv held fixed this is the Hessian of the loss on examples adversarial at w, not the
 robust loss's full Hessian (Danskin gives its gradient only): the axis labels say "loss at
 fixed x_adv".
@@ -17,7 +18,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from analysis.spectrum import density_grid, spectral_density
+from analysis.hessian_estimators import density_grid, spectral_density
 from figures.style import color_for, new_figure
 
 

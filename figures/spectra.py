@@ -2,7 +2,7 @@
 per-layer statistics against depth, and the checkpoint averages against epoch.
 
 Functions take records (dicts as written to ``spectra.json``, or the dataclasses of
-:mod:`analysis.spectra`) and return a matplotlib Figure; saving is
+:mod:`analysis.weight_spectra`) and return a matplotlib Figure; saving is
 :func:`figures.style.save_figure`.
 """
 
@@ -96,7 +96,7 @@ def plot_spectra_depth(
     """Per-layer spectral statistics against depth, one line per checkpoint label.
 
     Args:
-        stats: :class:`analysis.spectra.LayerSpectrum` records (or their dicts); alpha gets
+        stats: :class:`analysis.weight_spectra.LayerSpectrum` records (or their dicts); alpha gets
             error bars of one standard error; the operator-norm panel also shows the zero-padding
             upper bound (dotted).
         names: statistics to draw, one panel each.
@@ -153,8 +153,8 @@ def plot_spectra_epochs(
 
     Args:
         summaries: records with ``epoch``, ``run`` (a line each), ``method`` (colour, legend)
-            and the statistics in ``names`` (:class:`analysis.spectra.SpectraSummary` plus the
-            checkpoint's identity).
+            and the statistics in ``names`` (:class:`analysis.weight_spectra.SpectraSummary`
+            plus the checkpoint's identity).
         names: one panel each.
     """
     rows = as_rows(summaries)

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from awp import distributed
-from awp.config import config_diff, to_dict
+from awp.config import check_same_settings, to_dict
 from awp.io import library_versions
 from awp.modes import unwrap
 from awp.perturb import select_params
@@ -329,13 +329,14 @@ def open_eigen_map(job: Job, eig: EigenMapConfig) -> storage.Surface:
                     f"{job.out} was written by loss-landscape; it can be read, not extended"
                 )
             if saved:
-                problems = config_diff(saved, to_dict(eig), saved_as="in the file")
-                if problems:
-                    raise storage.SurfaceFileError(
-                        f"cannot resume the curvature map of {job.out}: "
-                        + "; ".join(problems)
-                        + ". Use the same --eig-* settings, or write the surface to another --out."
-                    )
+                check_same_settings(
+                    saved,
+                    to_dict(eig),
+                    where=f"cannot resume the curvature map of {job.out}: other settings",
+                    fix="Use the same --eig-* settings, or write the surface to another --out.",
+                    saved_as="in the file",
+                    error=storage.SurfaceFileError,
+                )
             else:
                 surface.attrs[EIG_ATTR] = to_dict(eig)
                 for name in EIG_NAMES:

@@ -47,7 +47,7 @@ import h5py
 import numpy as np
 import torch
 
-from awp.config import config_diff, from_dict, to_dict
+from awp.config import check_same_settings, from_dict, to_dict
 from awp.io import atomic_write_with
 from landscape.config import RESUME_MUTABLE, SurfaceConfig
 from landscape.directions import Direction
@@ -337,9 +337,7 @@ def check_resumable(
         raise SurfaceFileError(
             f"{where} was written by loss-landscape; it can be read and plotted, not resumed"
         )
-    problems = config_diff(
-        _current_layout(surface.config), config, ignore=RESUME_MUTABLE, saved_as="in the file"
-    )
+    problems = []
     if surface.attrs.get("checkpoint_sha256") != checkpoint_sha256:
         problems.append(
             f"checkpoint sha256 {str(surface.attrs.get('checkpoint_sha256'))[:12]}... in the "
@@ -347,11 +345,16 @@ def check_resumable(
         )
     if (surface.attrs.get("target_sha256") or None) != (target_sha256 or None):
         problems.append("the interpolation target checkpoint differs")
-    if problems:
-        raise SurfaceFileError(
-            f"cannot resume {where}: " + "; ".join(problems) + ". Resume with the same "
-            "checkpoint and settings, or write to another --out."
-        )
+    check_same_settings(
+        _current_layout(surface.config),
+        config,
+        where=f"cannot resume {where}: it was made with other settings",
+        fix="Resume with the same checkpoint and settings, or write to another --out.",
+        ignore=RESUME_MUTABLE,
+        saved_as="in the file",
+        problems=problems,
+        error=SurfaceFileError,
+    )
 
 
 def _current_layout(config: Mapping[str, Any]) -> dict[str, Any]:

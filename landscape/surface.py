@@ -107,7 +107,8 @@ def bn_images(data: DataBundle, *, n: int, seed: int) -> torch.Tensor:
 def point_seed(attack_seed: int, index: int, split: str) -> int:
     """The attack seed of one point and split, a pure function (same on every rank).
 
-    Mixed through numpy's SeedSequence so neighbouring points get unrelated streams.
+    Mixed through numpy's SeedSequence so neighbouring points get unrelated streams; kept
+    rather than :func:`awp.seeds.derive_seed`, as switching would change stored surfaces.
     """
     ss = np.random.SeedSequence([attack_seed, 0, index, SPLIT_IDS[split]])
     return int(ss.generate_state(1)[0])

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from analysis.flatness import FlatnessConfig
+from analysis.flatness_units import compute_unit
 from analysis.store import SampleStore, StoreMismatch, run_units
 from analysis.tables import join_tables, read_table
-from analysis.units import compute_unit
 from awp.checkpoint import save_checkpoint
 from awp.config import AttackConfig, to_dict
 from awp.data import DataConfig

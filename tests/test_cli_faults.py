@@ -507,8 +507,8 @@ def test_the_report_of_a_demo_killed_in_a_stage_shows_what_exists(tiny_demo, tmp
 def test_the_python_api_refuses_what_the_cli_refuses():
     """The range lives with the field: the config raises the line the CLI prints."""
     from analysis.certify_units import CertifyConfig
-    from analysis.hessian import HessianConfig
-    from analysis.spectra import SpectraConfig
+    from analysis.curvature import HessianConfig
+    from analysis.weight_spectra import SpectraConfig
 
     for make, said in (
         (lambda: CertifyConfig(n=0), "n=0 is outside [1, 10000000] (--n)"),
@@ -632,12 +632,12 @@ def test_every_numeric_flag_of_the_measurement_configs_has_a_range():
     import typing
 
     from analysis.certify_units import CertifyConfig
+    from analysis.curvature import HessianConfig
     from analysis.flatness import FlatnessConfig
     from analysis.gap import GapConfig
-    from analysis.hessian import HessianConfig
     from analysis.pacbayes import PacBayesConfig
     from analysis.sigma import SigmaSearchConfig
-    from analysis.spectra import SpectraConfig
+    from analysis.weight_spectra import SpectraConfig
     from analysis.worst_case import WorstCaseConfig
     from awp.config import AttackConfig, AWPConfig, resolve_type
     from awp.evaluate import EvalConfig
@@ -695,7 +695,7 @@ def test_the_plans_of_demo_and_sweep_refuse_out_of_range_sizes_in_one_line(
 
 def test_sizes_that_cost_time_or_memory_say_the_cost(caplog):
     from analysis.certify_units import CertifyConfig
-    from analysis.hessian import HessianConfig
+    from analysis.curvature import HessianConfig
     from awp_landscape.commands.certify import _say_cost
 
     _say_cost(CertifyConfig(n=100_000), 500, "AT")  # the published protocol: 2e8 passes

@@ -10,15 +10,15 @@ import torch.nn.functional as F
 from scipy import stats as sps
 
 from analysis import flatness as flat
-from analysis import noise
 from analysis import worst_case as wc
 from analysis.flatness import FlatnessConfig
+from analysis.flatness_units import compute_unit, flatness_keys, summarize
 from analysis.noise import draw_noise, noise_scales
 from analysis.sigma import SigmaSearchConfig, bisect_alpha
 from analysis.stats import clopper_pearson
 from analysis.store import run_units
-from analysis.units import compute_unit, flatness_keys, summarize
 from analysis.worst_case import WorstCaseConfig, worst_case_perturbation
+from awp import seeds
 from awp.attacks import run_attack
 from awp.config import AttackConfig
 from awp.modes import model_mode
@@ -122,9 +122,9 @@ def test_noise_depends_only_on_the_seed_and_is_common_across_alphas():
     c = _u(params, 0.2, "layer", seed=3)  # u = sigma(alpha) z with the same z
     assert all(torch.allclose(c[n], 2 * a[n]) for n in a)
     assert (
-        noise.unit_seed(0, "noise", 1)
-        == noise.unit_seed(0, "noise", 1)
-        != noise.unit_seed(0, "noise", 2)
+        seeds.derive_seed(0, "noise", 1)
+        == seeds.derive_seed(0, "noise", 1)
+        != seeds.derive_seed(0, "noise", 2)
     )
     with pytest.raises(ValueError, match="noise mode"):
         noise_scales(params, alpha=0.1, mode="spherical")
@@ -240,7 +240,7 @@ def test_one_ascent_step_from_zero_is_the_awp_direction():
         seed_parts=(7,),
     )
     # Oracle: the same attack, then awp.perturb's v_l = gamma ||w_l|| g_l / ||g_l||, eval mode.
-    x_adv = run_attack(model, x, y, ATTACK, generator=noise.generator_for(7, "step", 0))
+    x_adv = run_attack(model, x, y, ATTACK, generator=seeds.generator_for(7, "step", 0))
     with model_mode(model, "eval"):
         ref = weight_ascent(lambda: F.cross_entropy(model(x_adv), y), params, gamma=gamma)
     for n in ref:

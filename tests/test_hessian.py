@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from analysis.hessian import (
+from analysis.curvature import (
     HessianConfig,
     HessianProblem,
     compute_unit,
@@ -17,8 +17,7 @@ from analysis.hessian import (
     layer_key,
     trace_key,
 )
-from analysis.noise import generator_for
-from analysis.spectrum import (
+from analysis.hessian_estimators import (
     density_grid,
     gauss_quadrature,
     lanczos,
@@ -40,6 +39,7 @@ from awp.hessian import (
     top_eigenpairs,
 )
 from awp.perturb import select_params
+from awp.seeds import generator_for
 from tests.helpers import assert_same_state, snapshot, tiny_batch, tiny_model
 
 ATTACK = AttackConfig(steps=3, step_size=2 / 255)

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
+from analysis.curvature import HessianConfig, compute_unit
 from analysis.gap import subset
-from analysis.hessian import HessianConfig, compute_unit
 from analysis.tables import IDENTITY
 from awp.checkpoint import load_model, save_checkpoint
 from awp.config import AttackConfig, to_dict

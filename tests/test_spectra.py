@@ -16,7 +16,7 @@ from analysis.conv_operator import (
     zero_padding_bound,
 )
 from analysis.powerlaw import fit_power_law, ks_distance
-from analysis.spectra import (
+from analysis.weight_spectra import (
     LayerGeometry,
     SpectraConfig,
     esd_layer_name,

@@ -22,14 +22,14 @@ from analysis.certify_units import (
     example_rows,
     noise_rows,
     summary_rows,
+    unit_index,
     unit_keys,
 )
-from analysis.store import SampleStore, run_units
-from awp import distributed
+from analysis.store import RunKeys, checkpoint_units
 from awp.augment import to_float
 from awp.config import to_dict
 from awp.data import capped_notice, fixed_subset
-from awp.io import atomic_write_set, csv_text, json_text, write_json
+from awp.io import atomic_write_set, csv_text, json_text
 from awp_landscape.commands.certify_parser import register as register
 from awp_landscape.commands.common import current_results, out_folder
 from awp_landscape.console import format_table, say
@@ -59,7 +59,6 @@ def certify_checkpoint(
     ``result.json`` by the main rank. ``compute`` replaces
     :func:`analysis.certify_units.compute_unit` (tests interrupt it).
     """
-    ctx = distributed.current()
     split = loaded.data.test
     if len(split) == 0:
         raise ValueError(f"the test split of {loaded.data_cfg.dataset!r} is empty")
@@ -71,7 +70,6 @@ def certify_checkpoint(
     pick = torch.tensor(indices, device=split.x.device)
     x_all, y_all = split.x[pick], split.y[pick]
     ident = {**loaded.identity(), "label": label}
-    folder = out / "certify" / f"{loaded.path.stem}-{loaded.sha256[:8]}"
     base = {
         "checkpoint_sha256": loaded.sha256,
         "data": to_dict(loaded.data_cfg),
@@ -80,43 +78,46 @@ def certify_checkpoint(
     unit = compute or compute_unit
 
     def one(key: str) -> dict:
-        k = where[int(key.rsplit("i=", 1)[1])]
+        k = where[unit_index(key)]
         x = to_float(x_all[k]) if x_all.dtype == torch.uint8 else x_all[k]
         return unit(loaded.model, x, int(y_all[k]), key, cfg=cfg)
 
     keys = unit_keys(cfg, indices)
-    records: dict[str, dict[str, dict]] = {}
-    for kind, meta in cfg.stores().items():
-        store = SampleStore(folder, meta={**base, kind: meta}, name=kind, rank=ctx.rank)
-        records[kind] = run_units(
-            keys[kind], one, store=store, progress=progress, desc=f"{label}: {kind}"
-        )
-    examples = example_rows(records["certify"], cfg, predictions=records.get("predict"))
-    result = {
-        **ident,
-        "settings": {**base, "certify": to_dict(cfg)},
-        "summary": [{**ident, **r} for r in summary_rows(examples, cfg)],
-        # Cohen et al.'s columns: "label" is the true class; "model" names the checkpoint.
-        "examples": [{"model": label, **r} for r in examples],
-        "noise_accuracy": (
-            [{**ident, **r} for r in noise_rows(records["noise"], cfg)]
-            if "noise" in records
-            else []
-        ),
-        # per image: correct draws at each level (paired comparisons of checkpoints use them)
-        "noise_examples": [
-            {
-                **{k: r[k] for k in ("index", "label", "correct")},
-                "model": label,
-                "levels": list(cfg.noise_levels),
-                "draws": cfg.noise_draws,
-            }
-            for r in records.get("noise", {}).values()
-        ],
-    }
-    if ctx.is_main:
-        write_json(folder / "result.json", result)
-    return result
+    stores = {kind: {**base, kind: meta} for kind, meta in cfg.stores().items()}
+
+    def measure(run_keys: RunKeys) -> dict[str, Any]:
+        records = {kind: run_keys(keys[kind], f"{label}: {kind}", kind) for kind in stores}
+        examples = example_rows(records["certify"], cfg, predictions=records.get("predict"))
+        return {
+            **ident,
+            "settings": {**base, "certify": to_dict(cfg)},
+            "summary": [{**ident, **r} for r in summary_rows(examples, cfg)],
+            # Cohen et al.'s columns: "label" is the true class; "model" names the checkpoint.
+            "examples": [{"model": label, **r} for r in examples],
+            "noise_accuracy": (
+                [{**ident, **r} for r in noise_rows(records["noise"], cfg)]
+                if "noise" in records
+                else []
+            ),
+            # per image: correct draws at each level (paired comparisons of checkpoints)
+            "noise_examples": [
+                {
+                    **{k: r[k] for k in ("index", "label", "correct")},
+                    "model": label,
+                    "levels": list(cfg.noise_levels),
+                    "draws": cfg.noise_draws,
+                }
+                for r in records.get("noise", {}).values()
+            ],
+        }
+
+    return checkpoint_units(
+        out / "certify" / f"{loaded.path.stem}-{loaded.sha256[:8]}",
+        stores=stores,
+        compute=one,
+        measure=measure,
+        progress=progress,
+    )
 
 
 # More noisy forward passes than this per checkpoint get a warning that states the count.

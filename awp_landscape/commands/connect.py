@@ -36,10 +36,10 @@ from analysis.connect import (
     point_metrics,
     train_curve,
 )
-from analysis.store import SampleStore, run_units
+from analysis.store import SampleStore, UnitKey, run_units
 from awp import distributed
 from awp.checkpoint import safe_torch_load
-from awp.config import config_diff, to_dict
+from awp.config import check_same_settings, to_dict
 from awp.io import atomic_torch_save, atomic_write_with, sha256_file, write_json
 from awp.progress import progress_bar
 from awp_landscape.commands.common import out_folder
@@ -85,12 +85,14 @@ def _curve(
                 saved = safe_torch_load(path, what="curve state")
                 if saved.get("format") != CURVE_FORMAT:
                     raise CLIError(f"{path} is not a curve state; move it away or use --out")
-                diffs = config_diff(saved["meta"], meta, saved_as="in the file")
-                if diffs:
-                    raise CLIError(
-                        f"cannot resume {path}: " + "; ".join(diffs) + ". Use the same "
-                        "settings, or another --out."
-                    )
+                check_same_settings(
+                    saved["meta"],
+                    meta,
+                    where=f"cannot resume {path}: it was trained with other settings",
+                    fix="Use the same settings, or another --out.",
+                    saved_as="in the file",
+                    error=CLIError,
+                )
                 start = CurveState(saved["theta"], saved["optimizer"], int(saved["epoch"]))
             if start is None or start.epoch < cfg.epochs:
                 n = len(a.data.train) if not cfg.n_fit else min(cfg.n_fit, len(a.data.train))
@@ -177,7 +179,7 @@ def connect(
             mids = (ends[0], curve.theta if curve else None, ends[1])
 
             def compute(key: str, path=path, mids=mids) -> dict[str, float]:
-                t = float(key.split("t=")[1])
+                t = UnitKey.parse(key).float("t")
                 return point_metrics(
                     a.model,
                     mids,

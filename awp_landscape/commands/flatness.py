@@ -14,16 +14,15 @@ from pathlib import Path
 from typing import Any
 
 from analysis.flatness import FlatnessConfig
+from analysis.flatness_units import compute_unit, flatness_keys, result_rows, summarize
 from analysis.gap import subset
 from analysis.pacbayes import PacBayesConfig
 from analysis.sigma import SigmaSearchConfig, SigmaSearchResult, bisect_alpha
-from analysis.store import SampleStore, run_units
-from analysis.units import compute_unit, flatness_keys, result_rows, summarize
+from analysis.store import RunKeys, checkpoint_units
 from analysis.worst_case import WorstCaseConfig
-from awp import distributed
 from awp.config import to_dict
 from awp.data import DataConfig
-from awp.io import atomic_write_set, csv_text, json_text, write_json
+from awp.io import atomic_write_set, csv_text, json_text
 from awp.perturb import select_params
 from awp_landscape.commands.common import current_results, out_folder
 from awp_landscape.commands.flatness_parser import register as register
@@ -35,19 +34,20 @@ from awp_landscape.inputs import (
     each_checkpoint,
 )
 
-# Settings that only add or summarize units; every other one changes what a unit computes.
-SETTINGS_EXCLUDED = ("alphas", "samples", "confidence")
+# Settings that only add or summarize units (the store's ignore list, checked by
+# awp.config.check_same_settings); every other one changes what a unit computes.
+RESUME_MUTABLE = ("flatness.alphas", "flatness.samples", "flatness.confidence")
 
 
 def _settings(cfg: FlatnessConfig, data_cfg: DataConfig, sha: str, n_split: int) -> dict:
-    """What every stored unit depends on. Alphas, M and the worst-case settings are part of
-    the unit keys, so a run with more of them reuses the finished units."""
-    flat = {k: v for k, v in to_dict(cfg).items() if k not in SETTINGS_EXCLUDED}
+    """What the stored units are computed under. Alphas, M and the worst-case settings are
+    part of the unit keys (and the confidence only of the summary), so a run with other ones
+    reuses the finished units (:data:`RESUME_MUTABLE`)."""
     return {
         "checkpoint_sha256": sha,
         "data": to_dict(data_cfg),
         "split_size": n_split,
-        "flatness": flat,
+        "flatness": to_dict(cfg),
     }
 
 
@@ -67,59 +67,55 @@ def flatness_for_checkpoint(
 
     Finished units live in ``out/flatness/<stem>-<sha8>/samples.rank<r>.json``; the result
     (rows per alpha and per gamma, sigma search) is written there as ``result.json`` by the
-    main rank. ``compute`` replaces :func:`analysis.units.compute_unit` (tests count calls).
+    main rank. ``compute`` replaces :func:`analysis.flatness_units.compute_unit` (tests count
+    calls).
     """
-    ctx = distributed.current()
     pacbayes = pacbayes or PacBayesConfig()
     split = loaded.data.train if cfg.split == "train" else loaded.data.test
     x, y = subset(split, cfg.n_examples, seed=cfg.subset_seed, flag="--n-examples")
     if len(y) == 0:
         raise ValueError(f"the {cfg.split} split of {loaded.data_cfg.dataset!r} is empty")
     ident = {**loaded.identity(), "label": label or loaded.identity()["method"]}
-    folder = out / "flatness" / f"{loaded.path.stem}-{loaded.sha256[:8]}"
     settings = _settings(cfg, loaded.data_cfg, loaded.sha256, len(split))
-    store = SampleStore(folder, meta=settings, rank=ctx.rank)
     unit = compute or compute_unit
 
-    def run_keys(keys: list[str], desc: str) -> dict[str, dict]:
-        return run_units(
-            keys,
-            lambda k: unit(loaded.model, x, y, k, cfg=cfg),
-            store=store,
-            progress=progress,
-            desc=desc,
+    def measure(run_keys: RunKeys) -> dict[str, Any]:
+        records = run_keys(flatness_keys(cfg, worst), f"{ident['label']}: samples")
+        search_result = _sigma_search(search, records, cfg, run_keys) if search else None
+        rows = result_rows(
+            records,
+            cfg=cfg,
+            worst=worst,
+            params=select_params(loaded.model, cfg.params),
+            n_bound=pacbayes.n_bound or len(loaded.data.train),
+            delta=pacbayes.delta,
+            ident=ident,
         )
+        if search_result is not None:
+            rows.append(_search_row(search_result, cfg, ident))
+        return {
+            **ident,
+            "settings": settings,
+            "worst_case": dataclasses.asdict(worst) if worst is not None else None,
+            "rows": rows,
+            "sigma_search": dataclasses.asdict(search_result) if search_result else None,
+        }
 
-    records = run_keys(flatness_keys(cfg, worst), f"{ident['label']}: samples")
-    search_result = _sigma_search(search, records, cfg, run_keys) if search else None
-    rows = result_rows(
-        records,
-        cfg=cfg,
-        worst=worst,
-        params=select_params(loaded.model, cfg.params),
-        n_bound=pacbayes.n_bound or len(loaded.data.train),
-        delta=pacbayes.delta,
-        ident=ident,
+    return checkpoint_units(
+        out / "flatness" / f"{loaded.path.stem}-{loaded.sha256[:8]}",
+        stores={"samples": settings},
+        compute=lambda k: unit(loaded.model, x, y, k, cfg=cfg),
+        measure=measure,
+        ignore=RESUME_MUTABLE,
+        progress=progress,
     )
-    if search_result is not None:
-        rows.append(_search_row(search_result, cfg, ident))
-    result = {
-        **ident,
-        "settings": settings,
-        "worst_case": dataclasses.asdict(worst) if worst is not None else None,
-        "rows": rows,
-        "sigma_search": dataclasses.asdict(search_result) if search_result else None,
-    }
-    if ctx.is_main:
-        write_json(folder / "result.json", result)
-    return result
 
 
 def _sigma_search(
     search: SigmaSearchConfig,
     records: dict[str, dict],
     cfg: FlatnessConfig,
-    run_keys: Callable[[list[str], str], dict[str, dict]],
+    run_keys: RunKeys,
 ) -> SigmaSearchResult:
     """Bisect alpha, computing (or reusing) the draws of every alpha it tries."""
 

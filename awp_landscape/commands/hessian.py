@@ -18,14 +18,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from analysis.curvature import curvature_statement, summarize
+from analysis.curvature import HessianConfig, HessianProblem, compute_unit, hessian_records
+from analysis.curvature_results import curvature_statement, summarize
 from analysis.gap import subset
-from analysis.hessian import HessianConfig, HessianProblem, compute_unit, hessian_records
-from analysis.store import SampleStore, run_units
+from analysis.store import RunKeys, checkpoint_units
 from awp import distributed
 from awp.config import to_dict
 from awp.data import DataConfig
-from awp.io import atomic_write_set, csv_text, json_text, write_json
+from awp.io import atomic_write_set, csv_text, json_text
 from awp.progress import progress_bar
 from awp_landscape.commands.common import current_results, out_folder
 from awp_landscape.commands.hessian_parser import register as register
@@ -38,33 +38,36 @@ from awp_landscape.inputs import (
 )
 
 # Settings that only add or summarize units (they are part of the unit keys, or only of the
-# summary); every other one changes what a unit computes.
-SETTINGS_EXCLUDED = (
-    "top_k",
-    "eig_tol",
-    "lanczos_vectors",
-    "trace",
-    "probes_min",
-    "probes_max",
-    "trace_rel_tol",
-    "density",
-    "slq_runs",
-    "slq_steps",
-    "slq_sigma",
-    "per_layer",
-    "power",
-    "confidence",
+# summary): the store's ignore list, checked by awp.config.check_same_settings; every other
+# one changes what a unit computes.
+RESUME_MUTABLE = tuple(
+    f"hessian.{name}"
+    for name in (
+        "top_k",
+        "eig_tol",
+        "lanczos_vectors",
+        "trace",
+        "probes_min",
+        "probes_max",
+        "trace_rel_tol",
+        "density",
+        "slq_runs",
+        "slq_steps",
+        "slq_sigma",
+        "per_layer",
+        "power",
+        "confidence",
+    )
 )
 
 
 def _settings(cfg: HessianConfig, data_cfg: DataConfig | None, sha: str, n_split: int) -> dict:
-    """What every stored unit depends on."""
-    kept = {k: v for k, v in to_dict(cfg).items() if k not in SETTINGS_EXCLUDED}
+    """What the stored units are computed under (:data:`RESUME_MUTABLE` may change)."""
     return {
         "checkpoint_sha256": sha,
         "data": to_dict(data_cfg) if data_cfg is not None else None,
         "split_size": n_split,
-        "hessian": kept,
+        "hessian": to_dict(cfg),
     }
 
 
@@ -81,7 +84,7 @@ def hessian_for_checkpoint(
 
     Finished units live in ``out/hessian/<stem>-<sha8>/samples.rank0.json`` (written by the
     main rank); the result is written there as ``result.json``. The model is cast to
-    ``cfg.dtype`` in place. ``compute`` replaces :func:`analysis.hessian.compute_unit` (tests
+    ``cfg.dtype`` in place. ``compute`` replaces :func:`analysis.curvature.compute_unit` (tests
     count calls).
     """
     ctx = distributed.current()
@@ -92,9 +95,7 @@ def hessian_for_checkpoint(
         raise ValueError(f"the {cfg.split} split of {loaded.data_cfg.dataset!r} is empty")
     model = loaded.model.to(cfg.torch_dtype)
     ident = {**loaded.identity(), "label": label or loaded.identity()["method"]}
-    folder = out / "hessian" / f"{loaded.path.stem}-{loaded.sha256[:8]}"
     settings = _settings(cfg, loaded.data_cfg, loaded.sha256, len(split))
-    store = SampleStore(folder, meta=settings, rank=ctx.rank)
     # Units can be long (an eigen-solve is tens of products): a second bar counts products.
     bar = progress_bar(
         desc=f"{ident['label']}: Hessian-vector products", unit="HVP", enabled=progress
@@ -104,22 +105,20 @@ def hessian_for_checkpoint(
     )
     unit = compute or compute_unit
 
-    def run_keys(keys: list[str], desc: str) -> dict[str, dict]:
-        return run_units(
-            keys,
-            lambda k: unit(problem, k),
-            store=store,
-            progress=progress,
-            desc=desc,
-            collective=True,
-        )
+    def measure(run_keys: RunKeys) -> dict[str, Any]:
+        with bar:
+            records = hessian_records(problem, run_keys, label=ident["label"])
+        return {**summarize(records, cfg, ident), "settings": settings}
 
-    with bar:
-        records = hessian_records(problem, run_keys, label=ident["label"])
-    result = {**summarize(records, cfg, ident), "settings": settings}
-    if ctx.is_main:
-        write_json(folder / "result.json", result)
-    return result
+    return checkpoint_units(
+        out / "hessian" / f"{loaded.path.stem}-{loaded.sha256[:8]}",
+        stores={"samples": settings},
+        compute=lambda k: unit(problem, k),
+        measure=measure,
+        ignore=RESUME_MUTABLE,
+        progress=progress,
+        collective=True,
+    )
 
 
 def collect_results(out: Path) -> list[dict[str, Any]]:

@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from analysis.spectra import SpectraConfig, esd_layer_name, model_spectra, summarize
 from analysis.store import SampleStore, run_units
+from analysis.weight_spectra import SpectraConfig, esd_layer_name, model_spectra, summarize
 from awp import distributed
 from awp.config import to_dict
 from awp.io import atomic_write_set, csv_text, json_text, sha256_file

@@ -7,8 +7,8 @@ import dataclasses
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from analysis.curvature import curvature_statement
-from analysis.hessian import HessianConfig
+from analysis.curvature import HessianConfig
+from analysis.curvature_results import curvature_statement
 from awp.config import PGD20_EVAL
 from awp_landscape.commands.hessian import measure_hessian
 from awp_landscape.stages.base import Context, ReportSection, Stage, json_reader

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from analysis.spectra import SpectraConfig
+from analysis.weight_spectra import SpectraConfig
 from awp_landscape.commands.spectra import measure_spectra
 from awp_landscape.stages.base import Context, ReportSection, Stage, json_reader
 

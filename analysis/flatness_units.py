@@ -23,6 +23,7 @@ from analysis.flatness import (
     summarize_expected,
 )
 from analysis.pacbayes import pac_bayes_bound
+from analysis.store import UnitKey
 from analysis.worst_case import (
     WorstCaseConfig,
     WorstCaseEstimate,
@@ -62,22 +63,21 @@ def compute_unit(
         A JSON-able record (see :func:`baseline_unit`, :func:`expected_unit`,
         :func:`worst_unit`).
     """
-    if key == "base":
+    unit = UnitKey.parse(key)
+    if unit.kind == "base":
         return baseline_unit(model, x, y, cfg=cfg)
-    kind, *fields = key.split("|")
-    values = dict(f.split("=", 1) for f in fields)
-    if kind == "expected":
-        return expected_unit(model, x, y, cfg=cfg, alpha=float(values["alpha"]), k=int(values["k"]))
-    if kind == "worst":
-        gamma = float(values["gamma"])
+    if unit.kind == "expected":
+        return expected_unit(model, x, y, cfg=cfg, alpha=unit.float("alpha"), k=unit.int("k"))
+    if unit.kind == "worst":
+        gamma = unit.float("gamma")
         worst = WorstCaseConfig(
             gammas=(gamma,),
-            ascent_steps=int(values["steps"]),
-            step_fraction=float(values["fraction"]),
-            per_batch=bool(int(values["per_batch"])),
+            ascent_steps=unit.int("steps"),
+            step_fraction=unit.float("fraction"),
+            per_batch=unit.flag("per_batch"),
         )
-        return worst_unit(model, x, y, cfg=cfg, worst=worst, gamma=gamma, restart=int(values["r"]))
-    raise ValueError(f"unknown unit key {key!r}")
+        return worst_unit(model, x, y, cfg=cfg, worst=worst, gamma=gamma, restart=unit.int("r"))
+    raise ValueError(f"unknown flatness unit key {key!r} (kinds: base, expected, worst)")
 
 
 def summarize(
