@@ -118,13 +118,11 @@ def _old_names(f: dataclasses.Field, cls: type) -> tuple[str, ...]:
     return tuple(_flag(n) for n in renamed.old)
 
 
-class DeprecatedFlag(argparse.Action):
-    """An old spelling of a renamed flag: stores like the new one and says, on stderr, which
-    flag replaces it (hidden from ``--help``)."""
+class NotedFlag(argparse.Action):
+    """A flag that stores its value and prints one note on stderr when given (``note``)."""
 
-    def __init__(self, option_strings: list[str], dest: str, new: str, **kwargs: Any) -> None:
-        super().__init__(option_strings, dest, **kwargs)
-        self.new = new
+    def note(self, option_string: str | None) -> str:
+        raise NotImplementedError
 
     def __call__(
         self,
@@ -133,12 +131,20 @@ class DeprecatedFlag(argparse.Action):
         values: Any,
         option_string: str | None = None,
     ) -> None:
-        print(
-            f"{parser.prog}: note: {option_string} is deprecated and goes in the next "
-            f"release; write {self.new}",
-            file=sys.stderr,
-        )
+        print(f"{parser.prog}: note: {self.note(option_string)}", file=sys.stderr)
         setattr(namespace, self.dest, values)
+
+
+class DeprecatedFlag(NotedFlag):
+    """An old spelling of a renamed flag: stores like the new one and says, on stderr, which
+    flag replaces it (hidden from ``--help``)."""
+
+    def __init__(self, option_strings: list[str], dest: str, new: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, **kwargs)
+        self.new = new
+
+    def note(self, option_string: str | None) -> str:
+        return f"{option_string} is deprecated and goes in the next release; write {self.new}"
 
 
 def deprecated_alias(

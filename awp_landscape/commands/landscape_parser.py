@@ -4,12 +4,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
-from typing import Any
 
 from awp_landscape.checkpoint_flags import add_checkpoint_arguments
-from awp_landscape.flags import add_dataclass_arguments, explain_default
+from awp_landscape.flags import NotedFlag, add_dataclass_arguments, explain_default
 from landscape.config import EigenMapConfig, SurfaceConfig
 
 
@@ -77,23 +75,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 SEED_MEANING_SINCE = "0.1.0"
 
 
-class _SeedNote(argparse.Action):
+class _SeedNote(NotedFlag):
     """``--seed`` of ``awp landscape``: stores the attacks' seed and says, on stderr, that it
     no longer seeds the directions (a user of the old meaning would get other surfaces)."""
 
-    def __call__(
-        self,
-        parser: argparse.ArgumentParser,
-        namespace: argparse.Namespace,
-        values: Any,
-        option_string: str | None = None,
-    ) -> None:
-        print(
-            f"{parser.prog}: note: --seed seeds the attack's random starts since "
-            f"{SEED_MEANING_SINCE}; the direction's seed is --direction-seed",
-            file=sys.stderr,
+    def note(self, option_string: str | None) -> str:
+        return (
+            f"--seed seeds the attack's random starts since {SEED_MEANING_SINCE}; the "
+            "direction's seed is --direction-seed"
         )
-        setattr(namespace, self.dest, values)
 
 
 def note_seed_meaning(p: argparse.ArgumentParser) -> None:
