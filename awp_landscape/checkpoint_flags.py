@@ -61,10 +61,15 @@ def add_checkpoint_arguments(p: argparse.ArgumentParser, *, dataset_help: str = 
         help="zoo models to measure besides the checkpoint files, e.g. Wu2020Adversarial_extra "
         "(the zoo's dataset is cifar100 with --dataset cifar100, else cifar10)",
     )
-    z.add_argument(
+    add_zoo_location(z)
+
+
+def add_zoo_location(group: argparse._ArgumentGroup) -> None:
+    """``--threat-model`` and ``--model-dir``: where a zoo model given by name is read from."""
+    group.add_argument(
         "--threat-model", default="Linf", choices=THREAT_MODELS, help="the zoo's threat model"
     )
-    z.add_argument(
+    group.add_argument(
         "--model-dir",
         default=DEFAULT_MODEL_DIR,
         help="RobustBench's model folder: <dir>/<dataset>/<threat model>/<name>.pt "

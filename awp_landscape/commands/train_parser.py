@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from awp.train_config import TrainConfig
-from awp.zoo import DEFAULT_MODEL_DIR, THREAT_MODELS
+from awp_landscape.checkpoint_flags import add_zoo_location
 from awp_landscape.flags import add_dataclass_arguments
 
 
@@ -47,15 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="start from this zoo model's weights (as --init with its file), e.g. "
         "Wu2020Adversarial_extra; --model must name its architecture",
     )
-    z.add_argument(
-        "--threat-model", default="Linf", choices=THREAT_MODELS, help="the zoo's threat model"
-    )
-    z.add_argument(
-        "--model-dir",
-        default=DEFAULT_MODEL_DIR,
-        help=f"RobustBench's model folder: <dir>/<dataset>/<threat model>/<name>.pt "
-        f"(default: {DEFAULT_MODEL_DIR})",
-    )
+    add_zoo_location(z)
     p.set_defaults(func=run)
 
 
