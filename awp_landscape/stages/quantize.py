@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from analysis.quantize import FLOAT_BITS, QuantizeConfig, quantized_accuracy
 from awp.config import to_dict
-from awp.data import fixed_subset
-from awp.io import read_json, write_json
+from awp.data import capped_notice, fixed_subset
+from awp.io import read_json, sha256_file, write_json
 from awp_landscape.stages.base import Context, ReportSection, Stage, json_reader
 
 if TYPE_CHECKING:
@@ -36,13 +36,14 @@ def run(ctx: Context) -> None:
     rows = saved.get("rows", []) if saved.get("settings") == settings else []
     inputs = ctx.inputs()
     for label, ckpt in zip(ctx.labels, ctx.last):
-        loaded = inputs.load(ckpt)
-        if any(r["sha256"] == loaded.sha256 and r["label"] == label for r in rows):
+        sha = sha256_file(ckpt)  # a finished checkpoint is skipped before it is loaded
+        if any(r["sha256"] == sha and r["label"] == label for r in rows):
             continue
+        loaded = inputs.load(ckpt)
         test = loaded.data.test
-        idx = (fixed_subset(len(test), cfg.n_test, seed=cfg.seed) if cfg.n_test
-               and cfg.n_test < len(test) else None)  # fmt: skip
-        x, y = (test.x, test.y) if idx is None else (test.x[idx], test.y[idx])
+        n = capped_notice(cfg.n_test, len(test), flag="--gap-n")
+        idx = fixed_subset(len(test), n, seed=cfg.seed).to(test.x.device)
+        x, y = test.x[idx], test.y[idx]
         ctx.log(f"[{label}] quantized to {', '.join(map(str, cfg.bits))} bits, {len(y)} images")
         rows = [r for r in rows if r["label"] != label]
         epoch = loaded.ckpt.get("epoch") if loaded.ckpt else None
