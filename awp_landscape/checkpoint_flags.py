@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
+from pathlib import Path
 
 from awp.config import check_choice, opt
 from awp.model_config import ModelConfig
@@ -34,6 +35,16 @@ class Foreign:
     def __post_init__(self) -> None:
         if self.input is not None:
             check_choice(self.input, INPUTS, "input convention")
+
+
+def add_checkpoint_list(p: argparse.ArgumentParser, *, labels: bool = True) -> None:
+    """The checkpoints a measuring command takes (files, or zoo names with --robustbench), and
+    ``--labels`` naming them in its tables and figures."""
+    p.add_argument(
+        "checkpoints", nargs="*", type=Path, help="checkpoints (.pt; or --robustbench NAME)"
+    )
+    if labels:
+        p.add_argument("--labels", nargs="+", help="names in tables and figures")
 
 
 def add_checkpoint_arguments(p: argparse.ArgumentParser, *, dataset_help: str = "") -> None:

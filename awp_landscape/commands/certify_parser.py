@@ -4,10 +4,9 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from analysis.config import CertifyConfig
-from awp_landscape.checkpoint_flags import add_checkpoint_arguments
+from awp_landscape.checkpoint_flags import add_checkpoint_arguments, add_checkpoint_list
 from awp_landscape.commands.common import add_run_arguments
 from awp_landscape.flags import add_dataclass_arguments
 
@@ -26,10 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "examples are kept in <out>/certify/ and skipped when run again; under torchrun "
         "examples are split across ranks.",
     )
-    p.add_argument(
-        "checkpoints", nargs="*", type=Path, help="checkpoints (.pt; or --robustbench NAME)"
-    )
-    p.add_argument("--labels", nargs="+", help="names in tables and figures")
+    add_checkpoint_list(p)
     add_dataclass_arguments(p, CertifyConfig)
     p.add_argument("--no-figures", action="store_true", help="only tables, no PNG/PDF")
     add_checkpoint_arguments(p)

@@ -4,11 +4,10 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from analysis.config import FlatnessConfig, PacBayesConfig, WorstCaseConfig
 from analysis.sigma import SigmaSearchConfig
-from awp_landscape.checkpoint_flags import add_checkpoint_arguments
+from awp_landscape.checkpoint_flags import add_checkpoint_arguments, add_checkpoint_list
 from awp_landscape.commands.common import add_run_arguments
 from awp_landscape.flags import add_dataclass_arguments
 
@@ -25,10 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "<out>/flatness/ and skipped when run again; under torchrun samples are split across "
         "ranks.",
     )
-    p.add_argument(
-        "checkpoints", nargs="*", type=Path, help="checkpoints (.pt; or --robustbench NAME)"
-    )
-    p.add_argument("--labels", nargs="+", help="names in tables and figures")
+    add_checkpoint_list(p)
     add_dataclass_arguments(p, FlatnessConfig)
     p.add_argument("--worst-case", action="store_true", help="also measure worst-case flatness")
     add_dataclass_arguments(p.add_argument_group("worst case (--worst-case)"), WorstCaseConfig)

@@ -4,10 +4,9 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from analysis.config import GapConfig
-from awp_landscape.checkpoint_flags import add_checkpoint_arguments
+from awp_landscape.checkpoint_flags import add_checkpoint_arguments, add_checkpoint_list
 from awp_landscape.commands.common import add_run_arguments
 from awp_landscape.flags import add_dataclass_arguments
 
@@ -22,9 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "every checkpoint given. Finished checkpoints are kept in <out>/gap/ and skipped when "
         "run again; under torchrun checkpoints are split across ranks.",
     )
-    p.add_argument(
-        "checkpoints", nargs="*", type=Path, help="checkpoints (.pt; or --robustbench NAME)"
-    )
+    add_checkpoint_list(p, labels=False)
     add_dataclass_arguments(p, GapConfig)
     add_checkpoint_arguments(p, dataset_help="dataset (default: each checkpoint's)")
     add_run_arguments(p, out_help="results folder (default: <run>/analysis)")
