@@ -68,7 +68,9 @@ def robust_gap(
         model: classifier on [0, 1] images (its mode and weights are left unchanged).
         x_train, x_test: (N, C, H, W) uint8 or float in [0, 1]; y_train, y_test: (N,) labels,
             on the model's device.
-        attack: the attack for both splits; batch_size: per pass; seed: the attack's start.
+        attack: the attack for both splits; batch_size: per pass; seed: the attack's start,
+            the same for both splits on purpose (common random numbers: the same images on
+            both sides give a gap of exactly zero).
 
     Returns:
         :class:`GapRecord`.

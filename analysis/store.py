@@ -41,6 +41,7 @@ from awp.config import SettingsMismatch, check_same_settings
 from awp.distributed import DistContext
 from awp.io import atomic_write_text, write_json
 from awp.progress import progress_bar
+from awp.seeds import with_scheme
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +170,9 @@ class SampleStore:
     Args:
         folder: where the rank files live (created on the first write).
         meta: JSON-able settings the records depend on (configuration, checkpoint hash).
-            Files written under other settings make the store refuse to load.
+            Files written under other settings make the store refuse to load. The seed scheme
+            (:data:`awp.seeds.SEED_SCHEME`) is added to it: files of older versions, which have
+            none, are refused rather than mixed with units drawn differently.
         name: file stem, e.g. ``samples`` -> ``samples.rank0.json``.
         rank: this process's rank; it writes only its own file.
         ignore: settings of ``meta`` that only add or summarize units (they are in the keys,
@@ -187,7 +190,8 @@ class SampleStore:
         ignore: Sequence[str] = (),
     ) -> None:
         self.folder = Path(folder)
-        self.meta = json.loads(json.dumps(dict(meta)))  # normalized as it will be read back
+        # Normalized as it will be read back; the seed scheme is part of every store's settings.
+        self.meta = json.loads(json.dumps(with_scheme(dict(meta))))
         self.name = name
         self.rank = rank
         self.ignore = tuple(ignore)

@@ -354,7 +354,25 @@ def check_same_settings(
         return
     listed = diffs if shown is None else diffs[:shown]
     more = f"; and {len(diffs) - len(listed)} more" if len(diffs) > len(listed) else ""
-    raise error(f"{where} ({'; '.join(listed)}{more}). {fix}")
+    raise error(f"{where} ({'; '.join(listed)}{more}). {fix}{_scheme_note(saved, current)}")
+
+
+def _scheme_note(saved: Any, current: Any) -> str:
+    """Why a differing seed scheme refuses (see :mod:`awp.seeds`), or ''."""
+    key = "seed_scheme"  # awp.seeds.SEED_SCHEME_KEY (this module does not import torch)
+    if not isinstance(saved, Mapping) or not isinstance(current, Mapping) or key not in current:
+        return ""
+    if saved.get(key) == current[key]:
+        return ""
+    made = (
+        "by a version from before every seed was derived with awp.seeds.derive_seed"
+        if saved.get(key) is None
+        else f"with the seed scheme {saved[key]!r}, this version's is {current[key]!r}"
+    )
+    return (
+        f" (The results were made {made}: their random draws differ from this version's, so "
+        'they cannot be continued by it. They still read; see docs/architecture.md, "Seeds".)'
+    )
 
 
 ASCENT_WHY = "every one adds a forward and a backward pass to every training step"

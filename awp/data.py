@@ -144,6 +144,9 @@ def load_data(
                 f"train_size={cfg.train_size} but {raw.name} has {len(train_idx)} training "
                 f"images after the validation split; use at most that (0 = all)"
             )
+        # split_seed + 1, not awp.seeds.derive_seed: which images are training images is part
+        # of every checkpoint (its data config); another derivation would make analyses of
+        # existing checkpoints measure "training" images their model never saw.
         keep = fixed_subset(len(train_idx), cfg.train_size, seed=cfg.split_seed + 1)
         train_idx = train_idx[keep]
     train = Split(raw.train_x[train_idx].to(device), raw.train_y[train_idx].to(device))

@@ -36,6 +36,7 @@ from awp.eval_config import EVAL_ATTACKS as EVAL_ATTACKS
 from awp.eval_config import SPLITS as SPLITS
 from awp.eval_config import EvalConfig as EvalConfig
 from awp.modes import model_mode
+from awp.seeds import derive_seed
 
 
 @dataclass(frozen=True)
@@ -250,7 +251,8 @@ def evaluate_robustness(
     case as running every attack on every point, for a fraction of the cost. Without it every
     attack runs on every point and each row also gets its accuracy alone.
 
-    Attack k draws its random starts from a CPU generator seeded with ``seed + k``; a random
+    Attack k draws its random starts from a CPU generator seeded with
+    ``derive_seed(seed, "attack", k)`` (:mod:`awp.seeds`); a random
     start depends on which points share the batch, so only deterministic attacks (FGSM, or PGD/CW
     with ``random_start="none"``) give the two modes bit-identical outcomes.
 
@@ -292,7 +294,7 @@ def evaluate_robustness(
                 y[idx],
                 attack,
                 batch_size=batch_size,
-                seed=seed + k,
+                seed=derive_seed(seed, "attack", k),
                 on_batch=tick,
             )
             ok[idx], log = outcomes.correct, outcomes.log

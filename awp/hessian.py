@@ -74,20 +74,16 @@ from awp.augment import as_float
 from awp.config import HVP_METHODS, AttackConfig, check_choice
 from awp.evaluate import attack_outcomes
 from awp.modes import model_mode
-from awp.seeds import sequence_seed
+from awp.seeds import derive_seed
 
 # "auto" keeps the gradient graphs when they take at most this fraction of the available memory.
 GRAPH_MEMORY_FRACTION = 0.5
 
 
 def batch_seed(seed: int, index: int) -> int:
-    """The attack seed of batch ``index`` (a pure function: the same on every rank).
-
-    Made by :func:`awp.seeds.sequence_seed`, not the project's :func:`awp.seeds.derive_seed`:
-    switching would change the x_adv of stored curvature units, which a resumed run would mix
-    with new ones.
-    """
-    return sequence_seed(seed, index)
+    """The attack seed of batch ``index``: ``derive_seed(seed, "hessian batch", index)``, a
+    pure function, the same on every rank."""
+    return derive_seed(seed, "hessian batch", index)
 
 
 @dataclass(frozen=True, eq=False)
@@ -572,7 +568,9 @@ def lanczos_top(
 
     After each product j the top k Ritz values of T_j are checked: each one's error estimate
     (:func:`ritz_errors`, from the residuals beta_j * |s_ij|, no extra products) must be at most
-    ``tol`` * |theta_i|. That needs as many products as the accuracy asks for, where ARPACK
+    ``tol`` * |theta_i|. The estimate's gap is judged from the Ritz values, as ARPACK's is, so
+    on a cluster of eigenvalues not yet resolved (two within a few percent) a Ritz value
+    between them can pass it: ask for a smaller ``tol`` where such clusters matter. That needs as many products as the accuracy asks for, where ARPACK
     cannot stop before ncv + 1 and power iteration converges at the rate lambda_2 / lambda_1.
     The iteration keeps every Lanczos vector, so ``steps`` bounds both products and memory
     (steps * p float64); :func:`top_eigenpairs` hands on to ARPACK's restarts beyond it.

@@ -18,6 +18,7 @@ import torch
 from awp.checkpoint import CheckpointError, load_checkpoint
 from awp.config import check_same_settings, from_dict, to_dict
 from awp.io import atomic_write_text, read_json_lines
+from awp.seeds import SEED_SCHEME_KEY, with_scheme
 
 # Keys that may differ between a run and its resumption without changing the result's meaning.
 RESUME_MUTABLE = ("device", "out", "tensorboard")
@@ -154,15 +155,16 @@ def _check_same_config(run: RunFolder, cfg: Any) -> None:
     saved = json.loads(run.config.read_text()) if run.config.exists() else None
     if saved is None:
         return
+    scheme = saved.get(SEED_SCHEME_KEY) if isinstance(saved, dict) else None
     # Compare the values used, so a None ("the method's default") matches the same number
     # written out, and runs from before a field existed match its default.
     try:
-        saved = to_dict(from_dict(type(cfg), saved).resolved())
+        saved = {**to_dict(from_dict(type(cfg), saved).resolved()), SEED_SCHEME_KEY: scheme}
     except (ValueError, TypeError):
         pass  # an unreadable config: compare as written, the diff names the problem
     check_same_settings(
         saved,
-        to_dict(cfg.resolved()),
+        with_scheme(to_dict(cfg.resolved())),
         where=f"cannot resume {run.root}: the configuration differs",
         fix="Resume with the run's own settings.",
         ignore=RESUME_MUTABLE,

@@ -1,26 +1,41 @@
 """The project's one seeding scheme: a seed derived from parts that name what it is for.
 
-Every unit, point and probe of the analyses draws its randomness from a CPU generator seeded
-by :func:`derive_seed` of strings and numbers naming it (``(seed, "noise", k)``,
-``(seed, "trace", i)``, ``(seed, "certify", index)``), so a draw is the same on every rank,
+Every random draw of the project that is not the single use of a seed given by the user is
+seeded by :func:`derive_seed` of the seed and strings and numbers naming the draw: training's
+generators (``(seed, "train", "order")``, ``(seed, "train", "attack", rank)``, the weights'
+initialization, the per-epoch evaluation's subsets and attacks), the landscape's directions
+(``(seed, "direction", i)``) and per-point attacks (``(seed, "point", i, split)``), the
+Hessian's batch attacks (``(seed, "hessian batch", b)``), the evaluation's attacks
+(``(seed, "attack", k)``), and every unit and probe of the analyses (``(seed, "noise", k)``,
+``(seed, "trace", i)``, ``(seed, "certify", index)``). A draw is then the same on every rank,
 device and run, whatever was computed before it, and two purposes never share a stream.
 
-Schemes deliberately left in place (each says why in its docstring):
+A seed that serves one draw only seeds it directly: a command's ``--subset-seed`` choosing its
+images, a direction's own seed inside :func:`landscape.directions.random_direction`, the gap's
+attack (the same start on the train and the test side on purpose: equal images give a gap of
+exactly zero). One exception, kept deliberately: the data's validation split and training
+subset (``split_seed`` and ``split_seed + 1``, :func:`awp.data.load_data`) define which images
+every existing checkpoint was trained on.
 
-- training (:mod:`awp.train`) seeds its generators with ``seed + k`` offsets: switching would
-  change every metric of a run (``metrics.jsonl`` must stay byte-identical for the same seed);
-- :func:`sequence_seed` (numpy's ``SeedSequence`` of integers) gives the attack seeds of the
-  Hessian's batches (:func:`awp.hessian.batch_seed`) and of the landscape's points
-  (``landscape.surface.point_seed`` and its siblings): switching would change stored curvature
-  units and surface files, which their resume checks would then mix with new ones.
+:data:`SEED_SCHEME` names this scheme in every stored result that can be continued (a run's
+``config.json``, a surface file and its curvature map, every unit store of
+:class:`analysis.store.SampleStore`): results made before the scheme was unified (``seed + k``
+offsets in training, the directions and the evaluation's attacks; numpy ``SeedSequence`` for
+the landscape's points and the Hessian's batches) carry no name, and continuing them is refused
+by :func:`awp.config.check_same_settings` rather than mixed. They still read;
+docs/architecture.md ("Seeds") lists what changed.
 """
 
 from __future__ import annotations
 
 import hashlib
 
-import numpy as np
 import torch
+
+# The name stored with resumable results; results of older versions have none.
+SEED_SCHEME = "derive_seed"
+# The key under which it is stored.
+SEED_SCHEME_KEY = "seed_scheme"
 
 
 def derive_seed(*parts: object) -> int:
@@ -38,11 +53,6 @@ def generator_for(*parts: object) -> torch.Generator:
     return torch.Generator().manual_seed(derive_seed(*parts))
 
 
-def sequence_seed(*parts: int) -> int:
-    """A 32-bit seed mixed from integers by numpy's ``SeedSequence``.
-
-    Kept for the seeds already made this way (the Hessian's batch attacks, the landscape's
-    points): their stored results would change under :func:`derive_seed`. New code uses
-    :func:`derive_seed`.
-    """
-    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
+def with_scheme(settings: dict) -> dict:
+    """``settings`` with :data:`SEED_SCHEME` under :data:`SEED_SCHEME_KEY`, for storing."""
+    return {**settings, SEED_SCHEME_KEY: SEED_SCHEME}

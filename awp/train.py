@@ -55,6 +55,7 @@ from awp.perturb import select_params
 from awp.progress import progress_bar
 from awp.runs import RunFolder, prepare_run, rng_state, set_rng_state
 from awp.scalars import open_writer, write_epoch
+from awp.seeds import derive_seed, generator_for, with_scheme
 from awp.step import StepStats, train_step
 from awp.train_config import (
     METHOD_DEFAULT_FIELDS,
@@ -67,7 +68,6 @@ from awp.train_config import (
 # Re-exported: callers import these from awp.train, where they lived before the split.
 __all__ = [
     "METHOD_DEFAULT_FIELDS",
-    "RANK_SEED_STRIDE",
     "SCHEDULES",
     "TENSORBOARD_IN_RUN",
     "DivergedError",
@@ -81,8 +81,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-# Rank r > 0 of a distributed run seeds its attack generator with seed + 2 + r * this.
-RANK_SEED_STRIDE = 1_000_003
 
 
 # --------------------------------------------------------------------------- the shell
@@ -212,8 +210,10 @@ def _open(
     data = data if data is not None else load_data(cfg.data, device, progress=progress)
     _move(data, device)
     spec = cfg.model_spec(data)
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(derive_seed(cfg.seed, "train", "init"))  # the weights' initialization
     net = (model if model is not None else build_model(spec)).to(device)
+    if cfg.channels_last(device):
+        net = net.to(memory_format=torch.channels_last)  # the weights; activations follow
     inputs: dict[str, Any] = {}  # provenance of --init and --extra-data, kept in checkpoints
     if cfg.init and not resume:
         inputs["init"] = _load_init(net, cfg.init, spec if model is None else None)
@@ -236,10 +236,10 @@ def _open(
             net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
         ),
         gens={
-            "data": torch.Generator().manual_seed(cfg.seed + 1),  # the same on every rank
-            "attack": torch.Generator().manual_seed(cfg.seed + 2 + RANK_SEED_STRIDE * ctx.rank),
+            "data": generator_for(cfg.seed, "train", "order"),  # the same on every rank
+            "attack": generator_for(cfg.seed, "train", "attack", ctx.rank),
             # Gaussian augmentation only: without it nothing is drawn and last.pt is unchanged.
-            **({"noise": torch.Generator().manual_seed(cfg.seed + 6)} if cfg.noise_sd else {}),
+            **({"noise": generator_for(cfg.seed, "train", "noise")} if cfg.noise_sd else {}),
         },
         extra=extra,
         inputs=inputs,
@@ -248,10 +248,14 @@ def _open(
         _restore(s, resume_from or run.last)
     elif ctx.is_main:
         run.root.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run.config, json.dumps(to_dict(cfg), indent=2) + "\n")
-    s.train_sub = fixed_subset(len(data.train), cfg.train_eval_size, seed=cfg.seed + 3)
+        atomic_write_text(run.config, json.dumps(with_scheme(to_dict(cfg)), indent=2) + "\n")
+    s.train_sub = fixed_subset(
+        len(data.train), cfg.train_eval_size, seed=derive_seed(cfg.seed, "train", "eval", "train")
+    )
     s.test_sub = (
-        fixed_subset(len(data.test), cfg.test_eval_size, seed=cfg.seed + 4)
+        fixed_subset(
+            len(data.test), cfg.test_eval_size, seed=derive_seed(cfg.seed, "train", "eval", "test")
+        )
         if cfg.test_eval_size
         else torch.arange(len(data.test))
     )
@@ -329,6 +333,8 @@ def _global_batch(
         x_u8 = torch.cat([x_u8, s.extra.x[extra_idx].to(device)])[order_dev]
         y = torch.cat([y, s.extra.y[extra_idx].to(device)])[order_dev]
     x = augment(x_u8, generator=s.gens["data"]) if s.cfg.augment else to_float(x_u8)
+    if s.cfg.channels_last(device):
+        x = x.contiguous(memory_format=torch.channels_last)
     return x, y
 
 
@@ -576,10 +582,9 @@ def _epoch_eval(
     for name, (x, y) in splits.items():
         if len(x) == 0:
             continue
-        seed = cfg.seed + 5
+        seed = derive_seed(cfg.seed, "train", "eval attack", name, ctx.rank)
         if ctx.active:
             x, y = x[ctx.rank :: ctx.world], y[ctx.rank :: ctx.world]
-            seed += RANK_SEED_STRIDE * ctx.rank
         nat = evaluate_attack(model, x, y, None, batch_size=cfg.eval_batch_size)
         rob = evaluate_attack(
             model, x, y, cfg.eval_attack, batch_size=cfg.eval_batch_size, seed=seed

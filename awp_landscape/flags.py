@@ -77,8 +77,8 @@ VOCABULARY: dict[tuple[str, str], Rename] = {
     ),
     ("SurfaceConfig", "seed"): Rename(
         "direction-seed",
-        help="seed of the first random direction; direction i is drawn from seed + i "
-        "(--seed in 0.1.0)",
+        help="seed of the random directions: direction i is drawn from "
+        "derive_seed(seed, 'direction', i) (--seed in 0.1.0)",
     ),
     ("SurfaceConfig", "attack_seed"): Rename(
         "seed",

@@ -85,7 +85,8 @@ class SurfaceConfig:
     )
     seed: int = opt(
         0,
-        "seed of the first random direction; direction i is drawn from seed + i",
+        "seed of the random directions: direction i is drawn from "
+        "derive_seed(seed, 'direction', i)",
         bounds=(0, None),
     )
     direction: str = opt(

@@ -26,6 +26,7 @@ from awp.config import check_same_settings, to_dict
 from awp.io import library_versions
 from awp.modes import unwrap
 from awp.perturb import select_params
+from awp.seeds import SEED_SCHEME, SEED_SCHEME_KEY, with_scheme
 from landscape import storage
 from landscape.config import SurfaceConfig
 from landscape.curvature_map import EIG_ATTR, EIG_NAMES, EigenMapConfig, extreme_eigenvalues
@@ -171,6 +172,7 @@ def _attrs(job: Job, cfg: SurfaceConfig, inputs: JobInputs) -> dict[str, Any]:
         "model_spec": dict(inputs.model_spec),
         "versions": library_versions(),
         "accuracy_units": "fraction",
+        SEED_SCHEME_KEY: SEED_SCHEME,
     }
 
 
@@ -331,14 +333,14 @@ def open_eigen_map(job: Job, eig: EigenMapConfig) -> storage.Surface:
             if saved:
                 check_same_settings(
                     saved,
-                    to_dict(eig),
+                    with_scheme(to_dict(eig)),
                     where=f"cannot resume the curvature map of {job.out}: other settings",
                     fix="Use the same --eig-* settings, or write the surface to another --out.",
                     saved_as="in the file",
                     error=storage.SurfaceFileError,
                 )
             else:
-                surface.attrs[EIG_ATTR] = to_dict(eig)
+                surface.attrs[EIG_ATTR] = with_scheme(to_dict(eig))
                 for name in EIG_NAMES:
                     surface.values[name] = np.full(surface.computed.shape, np.nan)
                 storage.write_surface(job.out, surface)

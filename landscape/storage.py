@@ -13,7 +13,8 @@ says which points were evaluated, so a legitimately NaN loss is not recomputed f
 Accuracies are fractions in [0, 1]. Attributes: ``format``, ``schema``, ``kind``, ``label``,
 ``config`` (the SurfaceConfig as JSON), ``checkpoint_sha256`` (and ``target_sha256`` for an
 interpolation), ``direction_seeds`` and ``direction_types`` (JSON), ``direction_file``,
-``attack``, ``data``, ``model_spec``, ``versions``.
+``attack``, ``data``, ``model_spec``, ``versions``, ``seed_scheme`` (:mod:`awp.seeds`; none in
+files of versions before the one seeding scheme, which cannot be resumed by this one).
 
 ``NAME.directions.h5`` (large, written once): group ``d0``, ``d1``, ... per direction, one
 dataset per state name, so the run can be reproduced and resumed with the same directions.
@@ -49,6 +50,7 @@ import torch
 
 from awp.config import check_same_settings, from_dict, to_dict
 from awp.io import atomic_write_with
+from awp.seeds import SEED_SCHEME_KEY, with_scheme
 from landscape.config import RESUME_MUTABLE, SurfaceConfig
 from landscape.directions import Direction
 from landscape.grid import KINDS, Grid, make_grid
@@ -346,8 +348,8 @@ def check_resumable(
     if (surface.attrs.get("target_sha256") or None) != (target_sha256 or None):
         problems.append("the interpolation target checkpoint differs")
     check_same_settings(
-        _current_layout(surface.config),
-        config,
+        {**_current_layout(surface.config), SEED_SCHEME_KEY: surface.attrs.get(SEED_SCHEME_KEY)},
+        with_scheme(dict(config)),
         where=f"cannot resume {where}: it was made with other settings",
         fix="Resume with the same checkpoint and settings, or write to another --out.",
         ignore=RESUME_MUTABLE,

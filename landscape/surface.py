@@ -33,6 +33,7 @@ from awp.data import DataBundle, capped_notice, fixed_subset
 from awp.evaluate import attack_outcomes
 from awp.modes import batchnorms, kept_modes, unwrap
 from awp.perturb import kept, write_point
+from awp.seeds import derive_seed
 from landscape.config import BN_MODES, SurfaceConfig
 from landscape.directions import (
     Direction,
@@ -47,8 +48,6 @@ from landscape.grid import Grid
 from landscape.trajectory import PathPCA
 
 log = logging.getLogger(__name__)
-
-SPLIT_IDS = {"train": 0, "test": 1}
 
 
 @dataclass(frozen=True, eq=False)
@@ -99,37 +98,37 @@ def make_evalsets(data: DataBundle, *, n_train: int, n_test: int, seed: int) -> 
 
 
 def bn_images(data: DataBundle, *, n: int, seed: int) -> torch.Tensor:
-    """A fixed seeded subset of training images, (n, C, H, W) float in [0,1], for BN stats."""
-    idx = fixed_subset(len(data.train), n, seed=seed + 1).to(data.train.x.device)
+    """A fixed seeded subset of training images, (n, C, H, W) float in [0,1], for BN stats
+    (drawn with ``derive_seed(seed, "bn images")``, apart from the evaluation subsets)."""
+    idx = fixed_subset(len(data.train), n, seed=derive_seed(seed, "bn images"))
+    idx = idx.to(data.train.x.device)
     return to_float(data.train.x[idx])
 
 
 def point_seed(attack_seed: int, index: int, split: str) -> int:
-    """The attack seed of one point and split, a pure function (same on every rank).
-
-    Mixed through numpy's SeedSequence so neighbouring points get unrelated streams; kept
-    rather than :func:`awp.seeds.derive_seed`, as switching would change stored surfaces.
-    """
-    ss = np.random.SeedSequence([attack_seed, 0, index, SPLIT_IDS[split]])
-    return int(ss.generate_state(1)[0])
+    """The attack seed of one point and split, a pure function (same on every rank):
+    ``derive_seed(attack_seed, "point", index, split)``, so every point has its own stream."""
+    return derive_seed(attack_seed, "point", index, split)
 
 
 def fixed_seed(attack_seed: int, split: str) -> int:
     """The seed of the ``fixed`` mode's attack at theta0."""
-    ss = np.random.SeedSequence([attack_seed, 1, SPLIT_IDS[split]])
-    return int(ss.generate_state(1)[0])
+    return derive_seed(attack_seed, "fixed", split)
 
 
 def awp_seed(attack_seed: int) -> int:
     """The seed of the attack crafting x_adv for the AWP direction at theta0."""
-    ss = np.random.SeedSequence([attack_seed, 2, SPLIT_IDS["train"]])
-    return int(ss.generate_state(1)[0])
+    return derive_seed(attack_seed, "awp direction")
 
 
 def hessian_seed(attack_seed: int) -> int:
     """The seed of the attack crafting x_adv for the Hessian directions at theta0."""
-    ss = np.random.SeedSequence([attack_seed, 3, SPLIT_IDS["train"]])
-    return int(ss.generate_state(1)[0])
+    return derive_seed(attack_seed, "hessian direction")
+
+
+def direction_seed(seed: int, index: int) -> int:
+    """The seed of random direction ``index`` (x is 0, y is 1) drawn from ``--direction-seed``."""
+    return derive_seed(seed, "direction", index)
 
 
 def make_directions(
@@ -142,11 +141,12 @@ def make_directions(
 ) -> tuple[list[Direction], list[str], list[int | None]]:
     """The directions a config asks for, with their types and seeds (deterministic).
 
-    1d: one random direction (seed) or AWP's; 2d: that and a random y (seed + 1), optionally
-    orthogonalized; multi: random directions seed, seed + 1, ...; interp: ``target_state`` -
-    theta0 over the whole state; trajectory: the two principal directions of ``path``.
-    Direction hessian: the top Hessian eigenvector v1 of the training loss (1d), or v1 and v2
-    (2d), from a Lanczos start drawn from ``seed``.
+    Random direction k is drawn from :func:`direction_seed` (seed, k). 1d: one random
+    direction (k = 0) or AWP's; 2d: that and a random y (k = 1), optionally orthogonalized;
+    multi: random directions k = 0, 1, ...; interp: ``target_state`` - theta0 over the whole
+    state; trajectory: the two principal directions of ``path``. Direction hessian: the top
+    Hessian eigenvector v1 of the training loss (1d), or v1 and v2 (2d), from a Lanczos start
+    drawn from ``derive_seed(seed, "direction", "hessian")``.
 
     Args:
         model: the network at theta0.
@@ -164,7 +164,7 @@ def make_directions(
 
     def rand(k: int) -> Direction:
         return random_direction(
-            model, seed=cfg.seed + k, norm=cfg.dir_norm, include=cfg.dir_include
+            model, seed=direction_seed(cfg.seed, k), norm=cfg.dir_norm, include=cfg.dir_include
         )
 
     if cfg.kind == "interp":
@@ -176,7 +176,7 @@ def make_directions(
             raise ValueError("kind trajectory needs the path's principal directions (path)")
         return list(path.directions), ["pca", "pca"], [None, None]
     if cfg.kind == "multi":
-        seeds: list[int | None] = [cfg.seed + k for k in range(cfg.n_directions)]
+        seeds: list[int | None] = [direction_seed(cfg.seed, k) for k in range(cfg.n_directions)]
         return [rand(k) for k in range(cfg.n_directions)], ["random"] * len(seeds), seeds
     if cfg.direction in ("awp", "hessian") and train is None:
         raise ValueError(f"the {cfg.direction} direction needs the training evaluation set (train)")
@@ -190,7 +190,7 @@ def make_directions(
             k=2 if cfg.kind == "2d" else 1,
             include=cfg.dir_include,
             batch_size=cfg.batch_size,
-            seed=cfg.seed,
+            seed=derive_seed(cfg.seed, "direction", "hessian"),
             attack_seed=hessian_seed(cfg.attack_seed),
         )
         log.info("Hessian directions: eigenvalues %s", ", ".join(f"{v:.6g}" for v in values))
@@ -207,7 +207,7 @@ def make_directions(
         )
         dirs, types, seeds = [first], ["awp"], [None]
     else:
-        dirs, types, seeds = [rand(0)], ["random"], [cfg.seed]
+        dirs, types, seeds = [rand(0)], ["random"], [direction_seed(cfg.seed, 0)]
     if cfg.kind == "2d":
         second = rand(1)
         if cfg.orthogonalize:
@@ -215,7 +215,7 @@ def make_directions(
             second = orthogonalize(second, dirs[0], weights, norm=cfg.dir_norm)
         dirs.append(second)
         types.append("random")
-        seeds.append(cfg.seed + 1)
+        seeds.append(direction_seed(cfg.seed, 1))
     return dirs, types, seeds
 
 

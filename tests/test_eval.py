@@ -364,3 +364,20 @@ def test_attack_outcomes_is_the_plain_batch_loop():
     a = attack_outcomes(model, x8, y, None, batch_size=4)
     b = attack_outcomes(model, x8.float() / 255, y, None, batch_size=4)
     assert torch.equal(a.loss, b.loss)
+
+
+def test_channels_last_on_the_cpu_gives_the_same_evaluation_and_restores_the_layout():
+    """`awp eval` runs its own attacks in channels_last on the CPU (awp.modes.cpu_channels_last):
+    the same per-example outcomes, the weights back in their layout afterwards."""
+    from awp.modes import cpu_channels_last
+
+    model = tiny_model(3).eval()
+    x, y = tiny_batch(n=32)
+    attacks = {"pgd": AttackConfig(steps=5, eps=EPS, step_size=EPS / 4)}
+    plain = evaluate_robustness(model, x, y, attacks, seed=2)
+    with cpu_channels_last(model) as m:
+        assert not m.conv1.weight.is_contiguous()  # really the other layout
+        fast = evaluate_robustness(m, x, y, attacks, seed=2)
+    assert model.conv1.weight.is_contiguous()
+    assert torch.equal(plain.robust, fast.robust)
+    assert [r.accuracy for r in plain.rows] == [r.accuracy for r in fast.rows]

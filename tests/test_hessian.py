@@ -240,11 +240,20 @@ def test_lanczos_stops_at_the_requested_accuracy(problem, tol):
     # A looser tolerance stops earlier: the check runs after every product.
     looser = lanczos_top(op, 1, tol=tol * 100, seed=0)
     assert looser.hvps < pairs.hvps or pairs.hvps <= 3
-    # The smallest eigenvalue by the same Lanczos on -H (curvature maps use it).
+    # The smallest eigenvalue by the same Lanczos on -H (curvature maps use it). The two
+    # smallest eigenvalues of this H are 3% apart (-0.0641, -0.0621): at tol 1e-3 a Ritz value
+    # of the unresolved pair can pass the error estimate, whose gap is judged from Ritz values
+    # (as ARPACK's is; lanczos_top's docstring says so), so it is only known to lie between
+    # them; at 1e-6 the pair is resolved and the value is the smallest.
     low = top_eigenpairs(op, 1, tol=tol, seed=0, which="SA")
-    assert low.converged and abs(low.values[0] - exact[0]) <= tol * abs(exact[-1])
-    v = torch.from_numpy(low.vectors[:, 0])
-    assert float((h @ v - exact[0] * v).norm()) < 1e-2 * abs(exact[-1]) ** 0.5 + 1e-6
+    assert low.converged
+    if tol >= 1e-3:
+        margin = tol * abs(exact[-1])
+        assert exact[0] - margin <= low.values[0] <= exact[1] + margin
+    else:
+        assert abs(low.values[0] - exact[0]) <= tol * abs(exact[-1])
+        v = torch.from_numpy(low.vectors[:, 0])
+        assert float((h @ v - exact[0] * v).norm()) < 1e-2 * abs(exact[-1]) ** 0.5 + 1e-6
 
 
 def test_lanczos_needs_fewer_products_than_power_iteration_when_separated():

@@ -21,6 +21,7 @@ from awp.hessian import LossHessian, loss_batches
 from awp.io import sha256_file
 from awp.models import ModelSpec, build_model
 from awp.perturb import select_params
+from awp.seeds import derive_seed
 from awp_landscape.cli import main
 from awp_landscape.commands.hessian import hessian_for_checkpoint
 from awp_landscape.inputs import Inputs
@@ -212,7 +213,7 @@ def test_landscape_along_hessian_eigenvectors_is_stored_and_resumes(ckpts, tmp_p
     x = x.float() / 255
     want, values = hessian_directions(
         model, x, y, attack=AttackConfig(steps=2), k=2, batch_size=8,
-        attack_seed=hessian_seed(0),
+        seed=derive_seed(0, "direction", "hessian"), attack_seed=hessian_seed(0),
     )  # fmt: skip
     for got, ref in ((d1, want[0]), (d2, want[1])):
         assert set(got) == set(ref) == set(select_params(model))

@@ -22,7 +22,7 @@ from awp.models import ModelSpec, build_model
 from awp_landscape.cli import main
 from landscape.directions import awp_direction
 from landscape.storage import read_directions, read_surface, write_surface
-from landscape.surface import awp_seed, point_seed
+from landscape.surface import awp_seed, direction_seed, point_seed
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = ModelSpec(name="smallcnn", num_classes=10, width=0.25)
@@ -70,7 +70,7 @@ def test_two_checkpoints_on_the_same_direction_seeds(ckpts, tmp_path):
     assert (at.label, awp.label) == ("AT", "AT-AWP")
     assert at.computed.all() and awp.computed.all()
     assert at.attrs["checkpoint_sha256"] == sha256_file(ckpts[0])
-    assert at.attrs["direction_seeds"] == awp.attrs["direction_seeds"] == [0]
+    assert at.attrs["direction_seeds"] == awp.attrs["direction_seeds"] == [direction_seed(0, 0)]
     assert at.attrs["attack"] == "PGD-2 linf eps=8/255"
     assert "test_adv_fixed_loss" in at.values and "train_adv_loss" in at.values
     # Same Gaussian draw, normalized to each model's own filters.
@@ -164,7 +164,8 @@ def test_2d_multi_and_interp_kinds(ckpts, tmp_path):
     with h5py.File(tmp_path / "s.h5") as f:
         assert f["test_loss"].shape == (2, 3)  # (ny, nx)
     dirs, attrs = read_directions(tmp_path / "s.directions.h5")
-    assert attrs["direction_seeds"] == [0, 1] and len(dirs) == 2
+    assert attrs["direction_seeds"] == [direction_seed(0, 0), direction_seed(0, 1)]
+    assert len(dirs) == 2
     dot = sum(float((dirs[0][n] * dirs[1][n]).sum()) for n in dirs[0])
     assert abs(dot) < 1e-3  # orthogonalized
 
@@ -172,7 +173,7 @@ def test_2d_multi_and_interp_kinds(ckpts, tmp_path):
     assert run(ckpts[0], "--out", tmp_path / "m.h5", *multi, *FAST) == 0
     m = read_surface(tmp_path / "m.h5")
     assert m.values["test_loss"].shape == (3, 3)
-    assert m.attrs["direction_seeds"] == [0, 1, 2]
+    assert m.attrs["direction_seeds"] == [direction_seed(0, k) for k in range(3)]
     # Every direction passes through theta0 at alpha = 0.
     assert np.ptp(m.values["test_loss"][:, 1]) == 0
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from awp.io import remove_stale_temps
+from awp.seeds import SEED_SCHEME, SEED_SCHEME_KEY
 from landscape import storage
 from landscape.config import SurfaceConfig
 from landscape.grid import make_grid
@@ -186,8 +187,14 @@ def test_resume_checks_config_and_checkpoint(tmp_path):
     cfg = json.loads(SurfaceConfig().to_json())
     s = make_surface("1d")
     s.attrs["config"] = cfg
+    old = storage.read_surface(storage.write_surface(tmp_path / "old.h5", s))
+    s.attrs[SEED_SCHEME_KEY] = SEED_SCHEME
     s = storage.read_surface(storage.write_surface(tmp_path / "s.h5", s))
     storage.check_resumable(s, config=cfg, checkpoint_sha256="ab" * 32)
+    # a file of a version before the one seeding scheme is read, never continued
+    assert old.attrs.get(SEED_SCHEME_KEY) is None and old.values.keys() == s.values.keys()
+    with pytest.raises(storage.SurfaceFileError, match="seed_scheme: None in the file.*derive"):
+        storage.check_resumable(old, config=cfg, checkpoint_sha256="ab" * 32)
     storage.check_resumable(s, config={**cfg, "device": "cuda"}, checkpoint_sha256="ab" * 32)
     now = {**cfg, "attack": {**cfg["attack"], "steps": 20}}
     with pytest.raises(storage.SurfaceFileError, match="attack.steps: 10 in the file, 20 now"):

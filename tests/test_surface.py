@@ -249,7 +249,9 @@ def test_regenerated_attack_loss_is_at_least_the_fixed_one_on_average(trained_ti
     assert evaluate_attack(model, es.x, es.y, None).accuracy > 0.8  # it did learn
     d = random_direction(model, seed=0)
     grid = make_grid("1d", np.array([-0.6, -0.3, 0.3, 0.6]))
-    attack = AttackConfig(steps=5, eps=8 / 255, step_size=2 / 255)
+    # without a random start both attacks are deterministic: the comparison is of where they
+    # were crafted (at each point, or once at theta0), not of their seeds' luck
+    attack = AttackConfig(steps=5, eps=8 / 255, step_size=2 / 255, random_start="none")
     out = compute_surface(model, [d], grid, [es], attack=attack, fixed=True)
     regen, fixed = out.values["test_adv_loss"], out.values["test_adv_fixed_loss"]
     clean = out.values["test_loss"]

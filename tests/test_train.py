@@ -300,3 +300,54 @@ def test_gaussian_augmentation_resumes_exactly_and_no_noise_draws_nothing(tmp_pa
     assert noisy_ckpt["config"]["noise_sd"] == 0.1
     with pytest.raises(ValueError, match="25/255"):
         tiny_config(tmp_path / "x", noise_sd=25)
+
+
+# The stated tolerance of the channels_last layout (TrainConfig.memory_format): the same
+# arithmetic in another order, so one AT-AWP step agrees with the contiguous one to float32
+# rounding, far below anything a run's numbers resolve.
+CHANNELS_LAST_RTOL = 1e-4
+
+
+def test_a_channels_last_step_matches_the_contiguous_step_within_the_stated_tolerance():
+    """One AT-AWP step of a (narrow) PreActResNet-18, contiguous against channels_last (model and
+    inputs): loss, accuracy and every updated weight within CHANNELS_LAST_RTOL."""
+    from awp.config import AttackConfig, AWPConfig
+    from awp.models import ModelSpec, build_model
+    from awp.objectives import at_objective
+    from awp.perturb import select_params
+    from awp.step import train_step
+
+    spec = ModelSpec(name="preactresnet18", width=0.125, mean=(0.5,) * 3, std=(0.25,) * 3)
+    data = synthetic_bundle(n_train=16)
+    x, y = data.train.x.float() / 255, data.train.y
+    results = {}
+    for layout in ("contiguous", "channels_last"):
+        torch.manual_seed(0)
+        model = build_model(spec)
+        xs = x
+        if layout == "channels_last":
+            model = model.to(memory_format=torch.channels_last)
+            xs = x.contiguous(memory_format=torch.channels_last)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        stats = train_step(
+            model, opt, xs, y, attack=AttackConfig(steps=2, step_size=2 / 255),
+            objective=at_objective, awp=AWPConfig(gamma=0.01), params=select_params(model),
+            generator=torch.Generator().manual_seed(3),
+        )  # fmt: skip
+        results[layout] = (stats, {k: v.detach().clone() for k, v in model.state_dict().items()})
+    (a, wa), (b, wb) = results["contiguous"], results["channels_last"]
+    assert not wb["conv1.weight"].is_contiguous()  # the layout was really channels_last
+    assert b.loss == pytest.approx(a.loss, rel=CHANNELS_LAST_RTOL)
+    assert b.correct == a.correct
+    for name in wa:
+        scale = float(wa[name].abs().max()) or 1.0
+        assert float((wa[name] - wb[name]).abs().max()) <= CHANNELS_LAST_RTOL * scale, name
+
+
+def test_memory_format_auto_is_channels_last_on_the_cpu_only(tmp_path):
+    cfg = tiny_config(tmp_path / "run")
+    assert cfg.memory_format == "auto" and cfg.channels_last("cpu")
+    assert not cfg.channels_last(torch.device("cuda", 0))
+    assert not dataclasses.replace(cfg, memory_format="contiguous").channels_last("cpu")
+    with pytest.raises(ValueError, match="unknown memory_format 'nhwc'; choose one of auto"):
+        dataclasses.replace(cfg, memory_format="nhwc")

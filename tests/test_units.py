@@ -1,6 +1,7 @@
 """The unit toolkit: UnitKey, the seeding scheme, the settings guard, checkpoint_units, and
 ``awp certify``'s units as thin calls of the tested CERTIFY / PREDICT."""
 
+import dataclasses
 import json
 
 import pytest
@@ -10,11 +11,15 @@ from analysis.certify import certify, noise_correct, predict
 from analysis.certify_units import CertifyConfig, compute_unit, unit_index, unit_keys
 from analysis.curvature import eigs_key, layer_key, power_key, slq_key, trace_key
 from analysis.flatness import expected_key
-from analysis.store import StoreMismatch, UnitKey, checkpoint_units
+from analysis.store import SampleStore, StoreMismatch, UnitKey, checkpoint_units
 from analysis.worst_case import WorstCaseConfig, worst_key
 from awp.config import SettingsMismatch, check_same_settings
-from awp.seeds import derive_seed, generator_for, sequence_seed
-from tests.helpers import tiny_batch, tiny_model
+from awp.hessian import batch_seed
+from awp.seeds import SEED_SCHEME, SEED_SCHEME_KEY, derive_seed, generator_for
+from awp.train import TrainConfig, train
+from landscape.surface import awp_seed, direction_seed, fixed_seed, hessian_seed, point_seed
+from tests.helpers import synthetic_bundle, tiny_batch, tiny_model
+from tests.test_train import tiny_config
 
 # ----------------------------------------------------------------------------- UnitKey
 
@@ -109,8 +114,51 @@ def test_seeding_scheme_is_stable():
     assert generator_for(0, "noise", 1).initial_seed() == 204593350586738189
     a = torch.randn(3, generator=generator_for(0, "noise", 1))
     assert torch.equal(a, torch.randn(3, generator=generator_for(0, "noise", 1)))
-    # the scheme kept for the Hessian's batch attacks and the landscape's points
-    assert sequence_seed(5, 7) == 2524741263
+
+
+
+def test_every_point_batch_direction_and_training_draw_uses_derive_seed(tmp_path):
+    """One scheme: the landscape's points and directions, the Hessian's batch attacks, the
+    evaluation's attacks and training's generators are derive_seed of parts naming them."""
+    assert point_seed(3, 5, "test") == derive_seed(3, "point", 5, "test")
+    assert point_seed(3, 5, "test") != point_seed(3, 5, "train") != point_seed(3, 6, "test")
+    assert fixed_seed(2, "train") == derive_seed(2, "fixed", "train")
+    assert awp_seed(2) == derive_seed(2, "awp direction")
+    assert hessian_seed(2) == derive_seed(2, "hessian direction")
+    assert direction_seed(4, 1) == derive_seed(4, "direction", 1)
+    assert batch_seed(7, 2) == derive_seed(7, "hessian batch", 2)
+    # training: the data order of epoch 1 is a permutation drawn from (seed, "train", "order")
+    cfg = tiny_config(tmp_path / "run", epochs=1, seed=5, augment=False)
+    train(cfg, progress=False, data=synthetic_bundle())
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved[SEED_SCHEME_KEY] == SEED_SCHEME
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    order = generator_for(5, "train", "order")
+    torch.randperm(96, generator=order)  # what one epoch of the 96 training images draws
+    assert torch.equal(state["rng_data"], order.get_state())
+
+
+def test_results_of_the_older_seeding_are_read_but_never_continued(tmp_path):
+    """A run folder or a unit store written before the one scheme (no seed_scheme) is refused
+    with the reason, not mixed with draws made differently."""
+    cfg, data = tiny_config(tmp_path / "run", epochs=2), synthetic_bundle()
+    train(dataclasses.replace(cfg, epochs=1), progress=False, data=data)
+    config = tmp_path / "run" / "config.json"
+    old = json.loads(config.read_text())
+    del old[SEED_SCHEME_KEY]
+    config.write_text(json.dumps(old))
+    with pytest.raises(SettingsMismatch, match=r"seed_scheme: None in the run.*before every seed"):
+        train(cfg, resume=True, progress=False, data=data)
+    assert TrainConfig.migrate(dict(old)) == old  # the config itself still reads
+    store = SampleStore(tmp_path / "units", meta={"n": 1})
+    store.add("k", {"v": 1.0})
+    path = tmp_path / "units" / "samples.rank0.json"
+    written = json.loads(path.read_text())
+    assert written["meta"] == {"n": 1, SEED_SCHEME_KEY: SEED_SCHEME}
+    del written["meta"][SEED_SCHEME_KEY]
+    path.write_text(json.dumps(written))
+    with pytest.raises(StoreMismatch, match="seed_scheme: None on disk"):
+        SampleStore(tmp_path / "units", meta={"n": 1}).load()
 
 
 # ----------------------------------------------------------------------------- settings guard

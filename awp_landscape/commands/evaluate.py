@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from awp.evaluate import (
 )
 from awp.extras import MissingDependencyError
 from awp.io import exclusive_output, library_versions, write_json
+from awp.modes import cpu_channels_last
 from awp.progress import progress_bar
 from awp_landscape.commands.common import out_folder
 from awp_landscape.commands.evaluate_parser import register as register
@@ -78,17 +80,22 @@ def evaluate_checkpoint(
             bars[name] = progress_bar(total=total, desc=name, enabled=progress)
         bars[name].update(done - bars[name].n)
 
+    table = cfg.attack_table()
+    # channels_last is faster on the CPU with the same numbers (awp.modes); AutoAttack's own
+    # code is left the layout it was written for
+    own = not any(isinstance(a, AutoAttackConfig) for a in table.values())
     try:
-        report = evaluate_robustness(
-            loaded.model,
-            x,
-            y,
-            cfg.attack_table(),
-            batch_size=cfg.batch_size,
-            seed=cfg.seed,
-            cascade=cfg.cascade,
-            on_batch=on_batch,
-        )
+        with cpu_channels_last(loaded.model) if own else nullcontext():
+            report = evaluate_robustness(
+                loaded.model,
+                x,
+                y,
+                table,
+                batch_size=cfg.batch_size,
+                seed=cfg.seed,
+                cascade=cfg.cascade,
+                on_batch=on_batch,
+            )
     finally:
         for bar in bars.values():
             bar.close()
