@@ -568,10 +568,11 @@ def lanczos_top(
 
     After each product j the top k Ritz values of T_j are checked: each one's error estimate
     (:func:`ritz_errors`, from the residuals beta_j * |s_ij|, no extra products) must be at most
-    ``tol`` * |theta_i|. The estimate's gap is judged from the Ritz values, as ARPACK's is, so
-    on a cluster of eigenvalues not yet resolved (two within a few percent) a Ritz value
-    between them can pass it: ask for a smaller ``tol`` where such clusters matter. That needs as many products as the accuracy asks for, where ARPACK
+    ``tol`` * |theta_i|. That needs as many products as the accuracy asks for, where ARPACK
     cannot stop before ncv + 1 and power iteration converges at the rate lambda_2 / lambda_1.
+    The estimate's gap is judged from the Ritz values, as ARPACK's is, so on a cluster of
+    eigenvalues not yet resolved (two within a few percent) a Ritz value between them can pass
+    it: ask for a smaller ``tol`` where such clusters matter.
     The iteration keeps every Lanczos vector, so ``steps`` bounds both products and memory
     (steps * p float64); :func:`top_eigenpairs` hands on to ARPACK's restarts beyond it.
 
