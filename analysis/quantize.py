@@ -20,6 +20,7 @@ from torch import nn
 
 from awp.config import PGD20_EVAL, AttackConfig, check_bounds, opt
 from awp.evaluate import evaluate_attack
+from awp.modes import cpu_channels_last
 from awp.perturb import perturbed, select_params
 
 #: The float weights' row carries this in its ``bits`` column.
@@ -82,7 +83,8 @@ def quantized_accuracy(
     rows = []
     for bits in (FLOAT_BITS, *cfg.bits):
         v = {} if bits == FLOAT_BITS else quantization_offsets(params, bits)
-        with perturbed(params, v):
+        # channels_last on the CPU: faster, the same numbers to float32 rounding (awp.modes)
+        with perturbed(params, v), cpu_channels_last(model):
             nat = evaluate_attack(model, x, y, None, batch_size=cfg.batch_size, seed=cfg.seed)
             rob = evaluate_attack(model, x, y, cfg.attack, batch_size=cfg.batch_size, seed=cfg.seed)
         rows.append(
