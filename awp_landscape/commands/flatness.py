@@ -23,6 +23,7 @@ from analysis.worst_case import WorstCaseConfig
 from awp.config import to_dict
 from awp.data import DataConfig
 from awp.io import atomic_write_set, csv_text, json_text
+from awp.modes import cpu_channels_last
 from awp.perturb import select_params
 from awp_landscape.commands.common import current_results, out_folder
 from awp_landscape.commands.flatness_parser import register as register
@@ -79,6 +80,11 @@ def flatness_for_checkpoint(
     settings = _settings(cfg, loaded.data_cfg, loaded.sha256, len(split))
     unit = compute or compute_unit
 
+    def compute_in_layout(key: str) -> dict:
+        # channels_last on the CPU: faster, the same numbers to float32 rounding (awp.modes)
+        with cpu_channels_last(loaded.model):
+            return unit(loaded.model, x, y, key, cfg=cfg)
+
     def measure(run_keys: RunKeys) -> dict[str, Any]:
         records = run_keys(flatness_keys(cfg, worst), f"{ident['label']}: samples")
         search_result = _sigma_search(search, records, cfg, run_keys) if search else None
@@ -104,7 +110,7 @@ def flatness_for_checkpoint(
     return checkpoint_units(
         out / "flatness" / f"{loaded.path.stem}-{loaded.sha256[:8]}",
         stores={"samples": settings},
-        compute=lambda k: unit(loaded.model, x, y, k, cfg=cfg),
+        compute=compute_in_layout,
         measure=measure,
         ignore=RESUME_MUTABLE,
         progress=progress,
