@@ -1,0 +1,99 @@
+"""Benchmark: the default batch sizes of the analysis commands, per image, on this machine.
+
+Every command that attacks or evaluates (``awp eval``, gap, flatness, landscape, quantize,
+connect's evaluation) defaults to 256 examples per pass, and ``awp hessian`` to 128 per
+Hessian-vector product. This measures, on the demo's network (PreActResNet-18 width 0.25,
+bundled CIFAR-10 test images), the time per image at other batch sizes, each against the
+default in the same round (interleaved, the order rotating, median of the rounds):
+
+  attack      PGD-20 in eval mode, weights in channels_last on the CPU as ``awp eval`` runs it,
+              on 512 images, batch 64, 128, 256 (default), 512
+  hessian     one Hessian-vector product of the clean loss (the default product, graphs kept)
+              over 256 images, batch 64, 128 (default), 256
+
+A batch size changes no result except through the attacks' random starts (drawn per batch), so
+a default is a choice of speed alone; ``awp certify``'s default was chosen the same way (400 on
+a CPU, 1000 on a GPU, see docs/benchmarks.md).
+
+    python benchmarks/batch_sizes.py               # 2 threads, 3 rounds
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from awp.config import PGD20_EVAL
+from awp.data import DataConfig, load_data
+from awp.evaluate import evaluate_attack
+from awp.hessian import LossHessian, loss_batches
+from awp.models import ModelSpec, build_model
+from awp.modes import cpu_channels_last
+from awp.perturb import select_params
+
+
+def _rounds(fns: dict, rounds: int) -> dict:
+    """Median seconds of each function over ``rounds`` (after one warm-up), interleaved."""
+    times: dict = {k: [] for k in fns}
+    order = list(fns)
+    for r in range(rounds + 1):
+        for k in order:
+            t0 = time.perf_counter()
+            fns[k]()
+            if r:
+                times[k].append(time.perf_counter() - t0)
+        order = order[1:] + order[:1]
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def _table(title: str, med: dict, n: int, default) -> None:
+    print(title)
+    for k, v in med.items():
+        mark = "  (default)" if k == default else ""
+        print(f"  batch {k:4d}: {1000 * v / n:7.2f} ms per image, {v / med[default]:.3f}x{mark}")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--width", type=float, default=0.25)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    data = load_data(DataConfig(dataset="sample", val_size=0), "cpu", progress=False)
+    spec = ModelSpec(name="preactresnet18", width=args.width, mean=data.mean, std=data.std)
+    torch.manual_seed(0)
+    model = build_model(spec).eval()
+    x, y = data.test.x[:512], data.test.y[:512]
+    print(f"threads {args.threads}, PreActResNet-18 width {args.width}, {args.rounds} rounds")
+
+    def attack(b: int):
+        def run() -> None:
+            with cpu_channels_last(model):
+                evaluate_attack(model, x, y, PGD20_EVAL, batch_size=b, seed=0)
+
+        return run
+
+    med = _rounds({b: attack(b) for b in (64, 128, 256, 512)}, args.rounds)
+    _table("attack: PGD-20 on 512 images", med, len(y), 256)
+
+    params = select_params(model)
+    xs, ys = x[:256].float() / 255, y[:256]
+    ops = {}
+    for b in (64, 128, 256):
+        ops[b] = LossHessian(model, loss_batches(model, xs, ys, attack=None, batch_size=b), params)
+    v = torch.randn(ops[128].size)
+
+    def product(b: int):
+        return lambda: ops[b].matvec(v)
+
+    med = _rounds({b: product(b) for b in ops}, args.rounds)
+    _table("hessian: one product over 256 images", med, len(ys), 128)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
