@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -274,3 +276,21 @@ def test_the_reports_accuracy_columns_are_the_tables_display_names(tmp_path):
     assert row["method"] == "AT-AWP" and row["checkpoint"] == "best"
     assert (row["natural"], row["PGD-20"], row["CW-20"]) == (0.9, 0.5, 0.45)
     assert "AutoAttack" in row and row["AutoAttack"] is None
+
+
+def test_the_accuracy_table_and_the_outcome_give_an_attack_alone(tmp_path):
+    """Without a cascade an evaluation file's pgd20 row has "accuracy" (right under natural and
+    PGD-20: 0.17) and "accuracy_alone" (0.182, as in a demo of this session): the table and the
+    outcome measure both give the attack alone."""
+    from awp_landscape.report import Results
+    from awp_landscape.stages.evaluate import _pgd20, accuracy_rows
+
+    rows = [
+        {"attack": "natural", "accuracy": 0.219, "accuracy_alone": 0.219},
+        {"attack": "pgd20", "accuracy": 0.17, "accuracy_alone": 0.182},
+    ]
+    data = {"file": "AT_best.json", "n": 1000, "results": rows}
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "AT_best.json").write_text(json.dumps(data))
+    (row,) = accuracy_rows(Results(root=tmp_path, stages={"evaluate": [data]}))
+    assert row["PGD-20"] == 0.182 == _pgd20("best")(tmp_path, "AT")

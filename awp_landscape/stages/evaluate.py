@@ -82,8 +82,14 @@ def read(folder: Path) -> list[dict[str, Any]]:
 def accuracies(path: Path) -> dict[str, float]:
     """Each attack's accuracy in an evaluation file, the attack run alone where it was part of
     a cascade."""
+    return alone_accuracies(read_json(path)["results"])
+
+
+def alone_accuracies(results: list[dict[str, Any]]) -> dict[str, float]:
+    """Attack name -> its accuracy run alone (``accuracy_alone``; a cascade's rows, which have
+    none, by ``accuracy``): the one number the report gives for an attack."""
     out = {}
-    for r in read_json(path)["results"]:
+    for r in results:
         alone = r.get("accuracy_alone")
         value = alone if alone is not None else r.get("accuracy")
         if value is not None:
@@ -141,7 +147,9 @@ def accuracy_rows(res: Results) -> list[dict[str, Any]]:
     """Natural / PGD-20 / CW-20 (and AutoAttack where run) per method, best and last."""
     rows = []
     for e in res["evaluate"]:
-        accs = {r["attack"]: r.get("accuracy") for r in e.get("results", e.get("rows", []))}
+        # each attack alone, as the outcome table reads it (an attack's "accuracy" after
+        # natural is the fraction right under both, which can be lower)
+        accs = alone_accuracies(e.get("results", e.get("rows", [])))
         method = e.get("method") or method_of(e.get("train_config") or {})
         stem = e["file"].removesuffix(".json")
         label, _, which = stem.rpartition("_")
