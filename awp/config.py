@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, TypeVar
 
+from awp.seeds import SEED_SCHEME_KEY
+
 T = TypeVar("T")
 
 # Model modes (awp.modes) and parameter sets (awp.perturb), named here so that the config
@@ -359,7 +361,7 @@ def check_same_settings(
 
 def _scheme_note(saved: Any, current: Any) -> str:
     """Why a differing seed scheme refuses (see :mod:`awp.seeds`), or ''."""
-    key = "seed_scheme"  # awp.seeds.SEED_SCHEME_KEY (this module does not import torch)
+    key = SEED_SCHEME_KEY
     if not isinstance(saved, Mapping) or not isinstance(current, Mapping) or key not in current:
         return ""
     if saved.get(key) == current[key]:

@@ -29,8 +29,10 @@ docs/architecture.md ("Seeds") lists what changed.
 from __future__ import annotations
 
 import hashlib
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported by generator_for alone: awp.config reads the key here
+    import torch
 
 # The name stored with resumable results; results of older versions have none.
 SEED_SCHEME = "derive_seed"
@@ -50,6 +52,8 @@ def derive_seed(*parts: object) -> int:
 
 def generator_for(*parts: object) -> torch.Generator:
     """A CPU generator seeded with :func:`derive_seed` of ``parts``."""
+    import torch
+
     return torch.Generator().manual_seed(derive_seed(*parts))
 
 

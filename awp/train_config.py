@@ -37,6 +37,7 @@ from awp.config import (
 )
 from awp.data_config import DataConfig
 from awp.model_config import ModelConfig
+from awp.seeds import SEED_SCHEME_KEY
 
 if TYPE_CHECKING:  # this module imports no torch: `awp train --help` is built from it
     from awp.data import DataBundle
@@ -244,7 +245,7 @@ class TrainConfig:
         """A config.json written before the architecture was nested (``"model": "name"``,
         ``width``, ``depth``, ``widen_factor`` at the top) in the current layout; the seed
         scheme written beside the settings (:data:`awp.seeds.SEED_SCHEME_KEY`) dropped."""
-        data.pop("seed_scheme", None)
+        data.pop(SEED_SCHEME_KEY, None)
         if isinstance(data.get("model"), str) or any(k in data for k in _FLAT_MODEL_KEYS):
             model = {"name": data.pop("model")} if isinstance(data.get("model"), str) else {}
             model.update({k: data.pop(k) for k in _FLAT_MODEL_KEYS if k in data})

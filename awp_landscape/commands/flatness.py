@@ -80,11 +80,6 @@ def flatness_for_checkpoint(
     settings = _settings(cfg, loaded.data_cfg, loaded.sha256, len(split))
     unit = compute or compute_unit
 
-    def compute_in_layout(key: str) -> dict:
-        # channels_last on the CPU: faster, the same numbers to float32 rounding (awp.modes)
-        with cpu_channels_last(loaded.model):
-            return unit(loaded.model, x, y, key, cfg=cfg)
-
     def measure(run_keys: RunKeys) -> dict[str, Any]:
         records = run_keys(flatness_keys(cfg, worst), f"{ident['label']}: samples")
         search_result = _sigma_search(search, records, cfg, run_keys) if search else None
@@ -107,14 +102,16 @@ def flatness_for_checkpoint(
             "sigma_search": dataclasses.asdict(search_result) if search_result else None,
         }
 
-    return checkpoint_units(
-        out / "flatness" / f"{loaded.path.stem}-{loaded.sha256[:8]}",
-        stores={"samples": settings},
-        compute=compute_in_layout,
-        measure=measure,
-        ignore=RESUME_MUTABLE,
-        progress=progress,
-    )
+    # channels_last on the CPU: faster, the same numbers to float32 rounding (awp.modes)
+    with cpu_channels_last(loaded.model):
+        return checkpoint_units(
+            out / "flatness" / f"{loaded.path.stem}-{loaded.sha256[:8]}",
+            stores={"samples": settings},
+            compute=lambda k: unit(loaded.model, x, y, k, cfg=cfg),
+            measure=measure,
+            ignore=RESUME_MUTABLE,
+            progress=progress,
+        )
 
 
 def _sigma_search(
