@@ -121,7 +121,7 @@ def test_help_lists_defaults(capsys):
 
 
 def test_help_of_a_nested_config_shows_the_enclosing_default(capsys):
-    # awp demo's data field defaults to DataConfig(val_size=200, train_size=500): its help must
+    # awp demo's data field defaults to DataConfig(val_size=200, train_size=1000): its help must
     # show those, not DataConfig's own defaults (1000, 0)
     from awp_landscape.pipeline import DemoConfig
 
