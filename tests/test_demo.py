@@ -381,3 +381,38 @@ def test_demo_configs_of_older_versions_read_in_the_nested_layout():
     del old["model"]
     old["model"] = "preactresnet18"
     assert from_dict(DemoConfig, old) == new
+
+
+def test_loose_run_folders_of_three_seeds_keep_one_curve_per_seed(tmp_path, monkeypatch):
+    # awp report on the six run folders of a 3-seed sweep: the story figure drew only the last
+    # seed's AT and AT-AWP (one dict keyed by label) while its caption says one line per seed
+    import awp_landscape.report.sections as sections
+    from awp_landscape.report.collect import Results, Run
+
+    def history(level):
+        return [{"epoch": e, "test_robust_loss": level + e, "test_robust_acc": 0.2}
+                for e in (5, 10)]  # fmt: skip
+
+    runs = [
+        Run(label, tmp_path / f"seed{seed}" / label, {"seed": seed}, history(seed))
+        for seed in (0, 1, 2)
+        for label in ("AT", "AT-AWP")
+    ]
+    from matplotlib.figure import Figure
+
+    drawn = {}
+
+    def plot(histories, what):
+        drawn.update(histories)
+        return Figure()
+
+    monkeypatch.setattr(sections, "plot_story_curves", plot)
+    section = sections.story_section(Results(root=tmp_path, runs=runs))
+    assert sorted(drawn) == [0, 1, 2]
+    assert all(list(v) == ["AT", "AT-AWP"] for v in drawn.values())
+    assert drawn[2]["AT"][0]["test_robust_loss"] == 7
+    text = " ".join(section.paragraphs)
+    assert "3 seeds (seeds 0, 1, 2)" in text and "one run" not in text
+    # two runs of one label and seed are both kept, the second named by its folder
+    twice = sections.runs_by_seed([runs[0], Run("AT", tmp_path / "other", {"seed": 0}, [])])
+    assert list(twice[0]) == ["AT", "AT (other)"]

@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from analysis.replicates import MIN_SEEDS
-from awp_landscape.report.collect import Results, per_epoch_evaluation
+from awp_landscape.report.collect import Results, Run, per_epoch_evaluation
 from figures.curves import plot_story_curves
 from figures.html import FigureBlock, Section, Table
 
@@ -101,16 +101,33 @@ def _story_rows(replicates: Mapping[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def runs_by_seed(runs: Sequence[Run]) -> dict[int, dict[str, list[dict[str, Any]]]]:
+    """Seed -> label -> history of loose run folders: runs of several seeds (AT and AT-AWP of
+    seeds 0, 1, 2) keep one line each; a second run of the same label and seed is labelled by
+    its folder instead of replacing the first."""
+    out: dict[int, dict[str, list[dict[str, Any]]]] = {}
+    for r in runs:
+        seed = int(r.config.get("seed") or 0)
+        runs_of_seed = out.setdefault(seed, {})
+        label = r.label if r.label not in runs_of_seed else f"{r.label} ({r.path.name})"
+        runs_of_seed[label] = r.history
+    return dict(sorted(out.items()))
+
+
 def story_section(res: Results) -> Section | None:
     """The first screen: both methods' learning curves (every seed) and one outcome table."""
-    histories = res.seed_histories or (
-        {0: {r.label: r.history for r in res.runs}} if res.runs else {}
-    )
+    histories = res.seed_histories or runs_by_seed(res.runs)
     if not histories and not res.replicates:
         return None
     n = len(res.seeds) or 1
     s = Section("AT against AT-AWP: learning curves and outcome")
-    if n < MIN_SEEDS:
+    if not res.seeds and len(histories) > 1:
+        s.paragraphs.append(
+            f"Run folders of {len(histories)} seeds (seeds {', '.join(map(str, histories))}): "
+            "the curves show every seed; intervals over seeds are computed for a demo folder "
+            "(awp demo --seeds 0 1 2) or a sweep (awp sweep), not for loose run folders."
+        )
+    elif n < MIN_SEEDS:
         s.paragraphs.append(
             f"This is {'one run' if n == 1 else f'{n} seeds'} of each method. A claim over "
             f"seeds needs {MIN_SEEDS} seeds (awp demo --seeds 0 1 2); the table below compares "
