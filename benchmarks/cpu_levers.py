@@ -4,8 +4,8 @@ In one process, interleaved (the order rotates every round), median over rounds,
 against the plain float32 NCHW eager step of the same round:
 
   training step   AT with PGD-3 (the demo's), PreActResNet-18 width 0.25, batch 32
-                  plain | channels_last | bf16 autocast | torch.compile (inductor)
-  evaluation      PGD-20 in eval mode on 256 images: plain | channels_last | bf16 autocast
+                  plain | channels_last | bf16 autocast | both | torch.compile (inductor)
+  evaluation      PGD-20 in eval mode on 256 images: plain | channels_last | bf16 | both
   threads         the plain training step with 1 and with 2 threads
   batch size      the plain training step per image at batch 16, 32, 64 and 128
 
@@ -88,6 +88,7 @@ def main(argv=None) -> int:
         "plain": (fresh(), lambda t: t, contextlib.nullcontext),
         "channels_last": (fresh(True), cl, contextlib.nullcontext),
         "bf16 autocast": (fresh(), lambda t: t, lambda: torch.autocast("cpu", torch.bfloat16)),
+        "channels_last + bf16": (fresh(True), cl, lambda: torch.autocast("cpu", torch.bfloat16)),
     }
     compile_s = None
     if not args.no_compile:
@@ -104,7 +105,7 @@ def main(argv=None) -> int:
     print(f"PreActResNet-18 width {args.width}, AT PGD-3, threads {torch.get_num_threads()}")
     losses = {}
     for name, (_, fmt, ctx) in variants.items():
-        mm, oo = fresh(name == "channels_last")
+        mm, oo = fresh(name.startswith("channels_last"))
         model = torch.compile(mm) if name == "torch.compile" else mm
         with ctx():
             st = train_step(model, oo, fmt(x[:32]), y[:32], attack=TRAIN_ATTACK,
@@ -145,7 +146,9 @@ def main(argv=None) -> int:
 
         return run
 
-    evals = {k: eval_fn(k) for k in ("plain", "channels_last", "bf16 autocast")}
+    evals = {
+        k: eval_fn(k) for k in ("plain", "channels_last", "bf16 autocast", "channels_last + bf16")
+    }
     _report("PGD-20 evaluation (256 images, eval mode)", _median_times(evals, args.rounds), "plain")
 
     def threads_fn(n):
