@@ -135,13 +135,15 @@ def record_config(out: Path, name: str, cfg: Any, *, growable: tuple[str, ...] =
             saved = to_dict(from_dict(type(cfg), saved))
         except (ValueError, TypeError):
             pass  # compare as written; the diff names the problem
-        # TensorBoard files change no result: a rerun may add or drop them.
+        # TensorBoard files change no result: a rerun may add or drop them. Nor does the
+        # folder's own path: a moved or renamed folder holds the same results (its paths inside
+        # are relative), and the file is rewritten with the new one below.
         check_same_settings(
             saved,
             current,
             where=f"{out} holds results made with other settings, recorded in {path}",
             fix="Pass another --out, or the same settings to reuse them.",
-            ignore=(*growable, "tensorboard"),
+            ignore=(*growable, "tensorboard", "out"),
             saved_as="in the folder",
             shown=4,
         )

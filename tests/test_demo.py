@@ -421,3 +421,30 @@ def test_loose_run_folders_of_three_seeds_keep_one_curve_per_seed(tmp_path, monk
     # two runs of one label and seed are both kept, the second named by its folder
     twice = sections.runs_by_seed([runs[0], Run("AT", tmp_path / "other", {"seed": 0}, [])])
     assert list(twice[0]) == ["AT", "AT (other)"]
+
+
+def test_a_moved_demo_folder_is_reused_and_other_settings_are_refused(tmp_path):
+    import dataclasses
+
+    from awp_landscape.pipeline import DemoConfig, record_config
+    from awp_landscape.plans import TrainingPlan
+
+    first = tmp_path / "runs" / "demo"
+    record_config(first, "demo_config.json", DemoConfig(out=str(first)))
+    moved = tmp_path / "elsewhere"
+    first.rename(moved)
+    # The folder's own path is no setting of its results: the moved folder is reused, and its
+    # record now names where it lies.
+    record_config(moved, "demo_config.json", DemoConfig(out=str(moved)))
+    recorded = moved / "demo_config.json"
+    assert json.loads(recorded.read_text())["out"] == str(moved)
+    # A folder of the former 500-image default is refused with the difference and the fix, and
+    # its record is left as it was.
+    before = recorded.read_bytes()
+    plan = TrainingPlan()
+    old = dataclasses.replace(plan, data=dataclasses.replace(plan.data, train_size=500))
+    with pytest.raises(
+        ValueError, match=r"training\.data\.train_size: 1000 in the folder, 500 now.*another --out"
+    ):
+        record_config(moved, "demo_config.json", DemoConfig(out=str(moved), training=old))
+    assert recorded.read_bytes() == before
