@@ -190,6 +190,11 @@ def main(argv=None) -> int:
     med = {k: statistics.median(v) for k, v in times.items()}
     for k in steps:
         print(f"  ({k}) {labels[k]:34s} {med[k]:8.3f} s/step   (min {min(times[k]):.3f})")
+    print(
+        f"  AWP adds per step: ours {med['b'] - med['a']:.3f} s, the official way "
+        f"{med['c'] - med['d']:.3f} s (medians; by the fastest rounds "
+        f"{min(times['b']) - min(times['a']):.3f} s and {min(times['c']) - min(times['d']):.3f} s)"
+    )
     ratios = {
         "(b)/(c)": (med["b"] / med["c"], 0.80),
         "(b)/(a)": (med["b"] / med["a"], 1.15),
