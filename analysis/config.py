@@ -538,7 +538,7 @@ class CertifyConfig:
     )
     batch_size: int = opt(
         0,
-        "noisy copies per forward pass (0: 400 on a CPU, 1000 on a GPU, as measured; it does "
+        "noisy copies per forward pass (0: 100 on a CPU, 1000 on a GPU, as measured; it does "
         "not change any result)",
         bounds=(0, 1_000_000),
         why="one forward pass holds batch_size noisy images at once",
@@ -603,11 +603,13 @@ class CertifyConfig:
 
     def batch(self, device: torch.device) -> int:
         """Noisy copies per forward pass: ``batch_size``, or for 0 the measured default of the
-        device (a 2-core CPU: 1000 copies cost 1.8 s per image at n0=100, n=1000, 400 cost
-        0.96 s; a GPU keeps 1000)."""
+        device. On a 2-core CPU (``python benchmarks/batch_sizes.py --parts certify``: CERTIFY
+        with n0=100, n=1000, per image against batch 400) batch 100 took 0.695x at the demo's
+        width 0.25 and 0.703x at full width, the fastest of 25-1000 (1000: 1.60x); small
+        batches keep the activations in cache. A GPU keeps 1000 (not measured here)."""
         if self.batch_size > 0:
             return self.batch_size
-        return 400 if device.type == "cpu" else 1000
+        return 100 if device.type == "cpu" else 1000
 
     def stores(self) -> dict[str, dict[str, Any]]:
         """The settings each kind of unit depends on (its store's meta); the rest (alpha, radii,

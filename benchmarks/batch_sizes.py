@@ -10,12 +10,15 @@ default in the same round (interleaved, the order rotating, median of the rounds
               on 512 images, batch 64, 128, 256 (default), 512
   hessian     one Hessian-vector product of the clean loss (the default product, graphs kept)
               over 256 images, batch 64, 128 (default), 256
+  certify     CERTIFY (sigma 0.25, n0 = 100, n = 1000) of 2 test images, noisy copies per
+              forward pass 25, 50, 100 (the CPU default), 200, 400, 1000 (the GPU default)
 
-A batch size changes no result except through the attacks' random starts (drawn per batch), so
-a default is a choice of speed alone; ``awp certify``'s default was chosen the same way (400 on
-a CPU, 1000 on a GPU, see docs/benchmarks.md).
+A batch size changes no result except through the attacks' random starts (drawn per batch;
+CERTIFY's noise is drawn per image in fixed chunks, so its counts do not depend on it), so a
+default is a choice of speed alone.
 
-    python benchmarks/batch_sizes.py               # 2 threads, 3 rounds
+    python benchmarks/batch_sizes.py                                  # 2 threads, 3 rounds
+    python benchmarks/batch_sizes.py --parts certify --width 1        # certify, full width
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import time
 
 import torch
 
+from analysis.certify import certify
 from awp.config import PGD20_EVAL
 from awp.data import DataConfig, load_data
 from awp.evaluate import evaluate_attack
@@ -61,6 +65,10 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--width", type=float, default=0.25)
+    p.add_argument(
+        "--parts", nargs="+", choices=("attack", "hessian", "certify"),
+        default=["attack", "hessian", "certify"],
+    )  # fmt: skip
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     data = load_data(DataConfig(dataset="sample", val_size=0), "cpu", progress=False)
@@ -77,9 +85,27 @@ def main(argv=None) -> int:
 
         return run
 
-    med = _rounds({b: attack(b) for b in (64, 128, 256, 512)}, args.rounds)
-    _table("attack: PGD-20 on 512 images", med, len(y), 256)
+    if "attack" in args.parts:
+        med = _rounds({b: attack(b) for b in (64, 128, 256, 512)}, args.rounds)
+        _table("attack: PGD-20 on 512 images", med, len(y), 256)
+    if "hessian" in args.parts:
+        _hessian(model, x, y, args.rounds)
+    if "certify" in args.parts:
+        xc = x[:2].float() / 255
 
+        def smoothed(b: int):
+            def run() -> None:
+                for i, img in enumerate(xc):
+                    certify(model, img, sigma=0.25, n0=100, n=1000, seed=i, batch_size=b)
+
+            return run
+
+        med = _rounds({b: smoothed(b) for b in (25, 50, 100, 200, 400, 1000)}, args.rounds)
+        _table("certify: n0 100 + n 1000 noisy copies of 2 images", med, len(xc), 100)
+    return 0
+
+
+def _hessian(model, x, y, rounds: int) -> None:
     params = select_params(model)
     xs, ys = x[:256].float() / 255, y[:256]
     ops = {}
@@ -90,9 +116,8 @@ def main(argv=None) -> int:
     def product(b: int):
         return lambda: ops[b].matvec(v)
 
-    med = _rounds({b: product(b) for b in ops}, args.rounds)
+    med = _rounds({b: product(b) for b in ops}, rounds)
     _table("hessian: one product over 256 images", med, len(ys), 128)
-    return 0
 
 
 if __name__ == "__main__":

@@ -324,7 +324,7 @@ def test_outcome_statements_follow_the_paired_numbers():
 def test_the_default_batch_follows_the_device_and_an_explicit_one_is_kept():
     from analysis.certify_units import CertifyConfig
 
-    assert CertifyConfig().batch(torch.device("cpu")) == 400
+    assert CertifyConfig().batch(torch.device("cpu")) == 100
     assert CertifyConfig().batch(torch.device("cuda", 0)) == 1000
     assert CertifyConfig(batch_size=128).batch(torch.device("cpu")) == 128
     with pytest.raises(ValueError, match=r"batch_size=-1 is outside \[0, "):
