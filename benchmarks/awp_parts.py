@@ -16,11 +16,10 @@ objective with every parameter's gradient (the pass the AWP ascent cannot avoid)
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 
 import torch
+from interleave import interleaved_times, medians
 
 from awp.attacks import run_attack
 from awp.augment import augment
@@ -74,16 +73,8 @@ def main(argv=None) -> int:
         "norm ratio": lambda: _norm_ratio(v, params),
         "perturbed": perturb,
     }
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    order = list(fns)
-    for r in range(args.rounds + 1):
-        for k in order:
-            t0 = time.perf_counter()
-            fns[k]()
-            if r > 0:
-                times[k].append(time.perf_counter() - t0)
-        order = order[1:] + order[:1]
-    med = {k: statistics.median(t) for k, t in times.items()}
+    times = interleaved_times(fns, args.rounds)
+    med = medians(times)
     print(
         f"PreActResNet-18 width {args.width}, batch {bs}, threads {torch.get_num_threads()}, "
         f"{args.rounds} rounds + 1 warm-up"

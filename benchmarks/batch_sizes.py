@@ -24,10 +24,9 @@ default is a choice of speed alone.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
+from interleave import interleaved_times, medians
 
 from analysis.certify import certify
 from awp.config import PGD20_EVAL
@@ -41,16 +40,7 @@ from awp.perturb import select_params
 
 def _rounds(fns: dict, rounds: int) -> dict:
     """Median seconds of each function over ``rounds`` (after one warm-up), interleaved."""
-    times: dict = {k: [] for k in fns}
-    order = list(fns)
-    for r in range(rounds + 1):
-        for k in order:
-            t0 = time.perf_counter()
-            fns[k]()
-            if r:
-                times[k].append(time.perf_counter() - t0)
-        order = order[1:] + order[:1]
-    return {k: statistics.median(v) for k, v in times.items()}
+    return medians(interleaved_times(fns, rounds))
 
 
 def _table(title: str, med: dict, n: int, default) -> None:

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import statistics
 import sys
 import time
 
 import torch
+from interleave import interleaved_times, medians
 
 from awp.attacks import run_attack
 from awp.augment import augment
@@ -39,16 +39,7 @@ TRAIN_ATTACK = AttackConfig(name="pgd", steps=3, step_size=3 / 255, mode="train"
 
 
 def _median_times(fns: dict, rounds: int) -> dict[str, float]:
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    order = list(fns)
-    for r in range(rounds + 1):  # round 0 warms up
-        for k in order:
-            t0 = time.perf_counter()
-            fns[k]()
-            if r > 0:
-                times[k].append(time.perf_counter() - t0)
-        order = order[1:] + order[:1]
-    return {k: statistics.median(v) for k, v in times.items()}
+    return medians(interleaved_times(fns, rounds))
 
 
 def _report(title: str, med: dict[str, float], base: str, unit: str = "s") -> None:

@@ -18,12 +18,11 @@ Targets: (b)/(c) <= 0.80 and (b)/(a) <= 1.15.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
+from interleave import interleaved_times, medians
 
 from awp.augment import augment
 from awp.config import PGD10_TRAIN, AWPConfig
@@ -171,23 +170,13 @@ def main(argv=None) -> int:
         "c": "reference AT-AWP (official way)",
         "d": "reference AT (official way)",
     }
-    times: dict[str, list[float]] = {k: [] for k in steps}
-    order = list(steps)
     print(
         f"PreActResNet-18 width {args.width}, batch {bs}, PGD-{STEPS}, device {device}, "
         f"threads {torch.get_num_threads()}, {args.rounds} rounds + 1 warm-up",
         flush=True,
     )
-    for r in range(args.rounds + 1):
-        for k in order:
-            sync(device)
-            t0 = time.perf_counter()
-            steps[k]()
-            sync(device)
-            if r > 0:
-                times[k].append(time.perf_counter() - t0)
-        order = order[1:] + order[:1]  # rotate so no variant always runs first
-    med = {k: statistics.median(v) for k, v in times.items()}
+    times = interleaved_times(steps, args.rounds, sync=lambda: sync(device))
+    med = medians(times)
     for k in steps:
         print(f"  ({k}) {labels[k]:34s} {med[k]:8.3f} s/step   (min {min(times[k]):.3f})")
     print(
