@@ -51,6 +51,7 @@ from awp.evaluate import evaluate_attack
 from awp.extra_data import batches_per_epoch, load_extra_data, mixed_batches
 from awp.io import atomic_write_bytes, atomic_write_text, exclusive_output, sha256_file
 from awp.models import ModelSpec, build_model
+from awp.modes import channels_last_safe
 from awp.perturb import select_params
 from awp.progress import progress_bar
 from awp.runs import RunFolder, prepare_run, rng_state, set_rng_state
@@ -115,6 +116,7 @@ class _Session:
     test_sub: torch.Tensor | None = None
     wrapped: nn.Module | None = None
     board: Any = None  # the TensorBoard writer (rank 0, with cfg.tensorboard)
+    channels_last: bool = False  # the network's and its batches' memory layout
 
 
 def train(
@@ -212,7 +214,8 @@ def _open(
     spec = cfg.model_spec(data)
     torch.manual_seed(derive_seed(cfg.seed, "train", "init"))  # the weights' initialization
     net = (model if model is not None else build_model(spec)).to(device)
-    if cfg.channels_last(device):
+    channels_last = cfg.channels_last(device) and channels_last_safe(net)
+    if channels_last:
         net = net.to(memory_format=torch.channels_last)  # the weights; activations follow
     inputs: dict[str, Any] = {}  # provenance of --init and --extra-data, kept in checkpoints
     if cfg.init and not resume:
@@ -243,6 +246,7 @@ def _open(
         },
         extra=extra,
         inputs=inputs,
+        channels_last=channels_last,
     )
     if resume:
         _restore(s, resume_from or run.last)
@@ -333,7 +337,7 @@ def _global_batch(
         x_u8 = torch.cat([x_u8, s.extra.x[extra_idx].to(device)])[order_dev]
         y = torch.cat([y, s.extra.y[extra_idx].to(device)])[order_dev]
     x = augment(x_u8, generator=s.gens["data"]) if s.cfg.augment else to_float(x_u8)
-    if s.cfg.channels_last(device):
+    if s.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return x, y
 

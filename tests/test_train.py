@@ -8,7 +8,7 @@ import torch
 from awp.checkpoint import load_checkpoint
 from awp.config import from_dict, to_dict
 from awp.data import DataConfig
-from awp.models import ModelConfig
+from awp.models import ModelConfig, build_model
 from awp.train import TrainConfig, lr_at, train
 from tests.helpers import synthetic_bundle
 
@@ -351,3 +351,19 @@ def test_memory_format_auto_is_channels_last_on_the_cpu_only(tmp_path):
     assert not dataclasses.replace(cfg, memory_format="contiguous").channels_last("cpu")
     with pytest.raises(ValueError, match="unknown memory_format 'nhwc'; choose one of auto"):
         dataclasses.replace(cfg, memory_format="nhwc")
+
+
+def test_a_model_whose_channels_last_weight_gradient_crashes_stays_contiguous():
+    """torch's CPU weight gradient of a strided 1x1 conv with fewer than 8 input channels
+    corrupts the heap in channels_last: such a model (a PreActResNet-18 at width 0.0625) is
+    kept contiguous by the CPU's channels_last choice, a wider one is not."""
+    from awp.modes import channels_last_safe, cpu_channels_last
+
+    narrow = build_model(ModelConfig("preactresnet18", width=0.0625).spec(num_classes=4))
+    wide = build_model(ModelConfig("preactresnet18", width=0.125).spec(num_classes=4))
+    assert not channels_last_safe(narrow) and channels_last_safe(wide)
+    with cpu_channels_last(narrow):
+        assert narrow.conv1.weight.is_contiguous()
+    with cpu_channels_last(wide):
+        assert not wide.conv1.weight.is_contiguous()
+    assert wide.conv1.weight.is_contiguous()  # restored
