@@ -517,9 +517,9 @@ class CertifyConfig:
     )
     n: int = opt(
         100_000,
-        "estimation samples per example (CERTIFY's n; under torchrun write --n-samples, as "
-        "torchrun reads --n as an abbreviation of its own options)",
-        aliases=("n_samples",),
+        "Monte-Carlo noise samples per example for the estimate (CERTIFY's n)",
+        flag="samples",
+        old=("n", "n_samples"),
         bounds=(1, MAX_SAMPLES),
         why=N_WHY,
     )
@@ -621,3 +621,25 @@ class CertifyConfig:
         if self.noise_draws:
             out["noise"] = {**common, "levels": list(self.noise_levels), "draws": self.noise_draws}
         return out
+
+
+#: The float weights' row of the quantization measure carries this in its ``bits`` column.
+FLOAT_BITS = 32
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    """Bit widths, the test subset and the attack of the quantization measure."""
+
+    bits: tuple[int, ...] = opt(
+        (8, 6, 4), "bit widths of the symmetric per-channel quantization", bounds=(2, 16)
+    )
+    n_test: int = opt(200, "test images (0 = all)", bounds=(0, None))
+    attack: AttackConfig = opt(PGD20_EVAL, "the attack, regenerated on each quantized model")
+    batch_size: int = opt(256, "examples per batch", bounds=(1, None))
+    seed: int = opt(0, "seed of the test subset and the attack's random starts", bounds=(0, None))
+
+    def __post_init__(self) -> None:
+        check_bounds(self)
+        if len(set(self.bits)) != len(self.bits):
+            raise ValueError(f"bits={self.bits}: give each bit width once")

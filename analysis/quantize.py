@@ -12,37 +12,16 @@ regenerated on the quantized model (not examples crafted at the float weights).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from awp.config import PGD20_EVAL, AttackConfig, check_bounds, opt
+from analysis.config import FLOAT_BITS as FLOAT_BITS
+from analysis.config import QuantizeConfig as QuantizeConfig
 from awp.evaluate import evaluate_attack
 from awp.modes import cpu_channels_last
 from awp.perturb import perturbed, select_params
-
-#: The float weights' row carries this in its ``bits`` column.
-FLOAT_BITS = 32
-
-
-@dataclass(frozen=True)
-class QuantizeConfig:
-    """Bit widths, the test subset and the attack of the quantization measure."""
-
-    bits: tuple[int, ...] = opt(
-        (8, 6, 4), "bit widths of the symmetric per-channel quantization", bounds=(2, 16)
-    )
-    n_test: int = opt(200, "test images (0 = all)", bounds=(0, None))
-    attack: AttackConfig = opt(PGD20_EVAL, "the attack, regenerated on each quantized model")
-    batch_size: int = opt(256, "examples per batch", bounds=(1, None))
-    seed: int = opt(0, "seed of the test subset and the attack's random starts", bounds=(0, None))
-
-    def __post_init__(self) -> None:
-        check_bounds(self)
-        if len(set(self.bits)) != len(self.bits):
-            raise ValueError(f"bits={self.bits}: give each bit width once")
 
 
 def quantize_per_channel(w: torch.Tensor, bits: int) -> torch.Tensor:

@@ -16,8 +16,8 @@ gives the same record. The store keeps finished units on disk and :func:`run_uni
 
 Keys are :class:`UnitKey` strings (one format for flatness, curvature and certify units), the
 randomness of a unit derives from its key by :func:`awp.seeds.derive_seed`, and
-:func:`checkpoint_units` is the one body of a per-checkpoint measurement (its stores, its
-units, its ``result.json``).
+:func:`checkpoint_units` is the one body of a per-checkpoint measurement of many units (its
+stores and its units; the application's runner keeps the result beside them).
 
 A unit that is itself spread over the ranks (the Hessian's products, each rank summing its
 share of the batches and all-reducing) runs ``collective``: every rank computes every unit
@@ -39,7 +39,7 @@ import numpy as np
 from awp import distributed
 from awp.config import SettingsMismatch, check_same_settings
 from awp.distributed import DistContext
-from awp.io import atomic_write_text, write_json
+from awp.io import atomic_write_text
 from awp.progress import progress_bar
 from awp.seeds import with_scheme
 
@@ -304,14 +304,13 @@ def checkpoint_units(
     progress: bool = False,
     collective: bool = False,
 ) -> dict[str, Any]:
-    """One checkpoint's measurement: its units (resumed, sharded) and its ``result.json``.
+    """One checkpoint's measurement of many units, resumed and sharded: its result.
 
-    The one body of ``awp flatness``, ``awp hessian`` and ``awp certify`` per checkpoint: the
+    The one body of ``awp flatness``, ``awp curvature`` and ``awp certify`` per checkpoint: the
     stores are opened in ``folder`` (refusing files of other settings before any work), then
     ``measure`` asks for units through ``run_keys(keys, desc[, store])``, which computes the
     missing ones with ``compute`` (split across ranks, or all together with ``collective``)
-    and returns every record; ``measure`` returns the result, which the main rank writes as
-    ``folder/result.json``.
+    and returns every record; ``measure`` returns the result (on every rank).
 
     Args:
         folder: the checkpoint's folder (``<out>/<measure>/<stem>-<sha8>``).
@@ -348,7 +347,4 @@ def checkpoint_units(
             collective=collective,
         )
 
-    result = measure(run_keys)
-    if ctx.is_main:
-        write_json(Path(folder) / "result.json", result)
-    return result
+    return measure(run_keys)

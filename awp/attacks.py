@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from awp.attack_names import ATTACK_KINDS, ATTACK_LABELS, ATTACK_TABLE
 from awp.autoattack import AutoAttackConfig, run_autoattack
 from awp.config import (
-    ATTACK_NAMES,
     CW20_EVAL,
     FGSM_EVAL,
     PGD10_EVAL,
@@ -336,31 +336,34 @@ def _run_pgd(
 _THREAT = ("norm", "eps")
 _ITERATIVE = (*_THREAT, "step_size", "restarts")
 
-ATTACKS: Mapping[str, AttackSpec] = {
-    spec.name: spec
-    for spec in (
-        AttackSpec("natural", "natural", None, _natural),
-        AttackSpec("fgsm", "FGSM", FGSM_EVAL, _run_fgsm, _THREAT),
-        AttackSpec("pgd10", "PGD-10", PGD10_EVAL, _run_pgd, _ITERATIVE),
-        AttackSpec("pgd20", "PGD-20", PGD20_EVAL, _run_pgd, _ITERATIVE),
-        AttackSpec("cw20", "CW-20", CW20_EVAL, _run_pgd, _ITERATIVE),
-        AttackSpec(
-            "autoattack",
-            "AutoAttack",
-            AutoAttackConfig(),
-            run_autoattack,
-            (*_THREAT, "version", "implementation"),
-        ),
+# The preset, runner and threat-model settings of every name of awp.attack_names (its torch-free
+# half, which gives the names, labels and kinds): a name without an entry here fails at import.
+_ENTRIES: dict[str, tuple[Attack | None, Runner, tuple[str, ...]]] = {
+    "natural": (None, _natural, ()),
+    "fgsm": (FGSM_EVAL, _run_fgsm, _THREAT),
+    "pgd10": (PGD10_EVAL, _run_pgd, _ITERATIVE),
+    "pgd20": (PGD20_EVAL, _run_pgd, _ITERATIVE),
+    "cw20": (CW20_EVAL, _run_pgd, _ITERATIVE),
+    "autoattack": (AutoAttackConfig(), run_autoattack, (*_THREAT, "version", "implementation")),
+}
+if set(_ENTRIES) != set(ATTACK_LABELS):
+    raise RuntimeError(
+        f"awp.attack_names names {sorted(ATTACK_LABELS)}, awp.attacks.ATTACKS runs "
+        f"{sorted(_ENTRIES)}: give every name one entry"
     )
+ATTACKS: Mapping[str, AttackSpec] = {
+    name: AttackSpec(name, label, *_ENTRIES[name]) for name, label in ATTACK_LABELS.items()
 }
 """Every named attack, in the order ``awp eval`` lists them."""
+if any(ATTACKS[name].kind != kind for name, _, kind in ATTACK_TABLE):
+    raise RuntimeError("awp.attack_names gives an attack another kind than its preset's")
 
 _RUNNERS: dict[str, Runner] = {spec.kind: spec.runner for spec in ATTACKS.values()}
 # One runner per kind (pgd10 and pgd20 share PGD's), and one for every AttackConfig name.
 if any(spec.runner is not _RUNNERS[spec.kind] for spec in ATTACKS.values()):
     raise RuntimeError("two entries of ATTACKS run the same kind of attack with other runners")
-if not set(ATTACK_NAMES) <= set(_RUNNERS):
-    raise RuntimeError(f"awp.config.ATTACK_NAMES {ATTACK_NAMES} has no runner in ATTACKS")
+if not set(ATTACK_KINDS) <= set(_RUNNERS):
+    raise RuntimeError(f"awp.attack_names.ATTACK_KINDS {ATTACK_KINDS} has no runner in ATTACKS")
 
 
 def attack_spec(name: str) -> AttackSpec:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, TypeVar
 
+from awp.attack_names import ATTACK_KINDS
 from awp.seeds import SEED_SCHEME_KEY
 
 T = TypeVar("T")
@@ -27,7 +28,6 @@ MODES = ("train", "eval")
 PARAM_SETS = ("weights", "all")
 
 NORMS = ("linf", "l2")
-ATTACK_NAMES = ("pgd", "fgsm", "cw")
 RANDOM_STARTS = ("uniform", "gaussian", "none")
 HVP_METHODS = ("auto", "graph", "jvp", "double")  # Hessian-vector products (awp.hessian)
 SCHEDULES = ("piecewise", "cosine", "constant")  # learning-rate schedules (awp.train_config)
@@ -42,7 +42,8 @@ def opt(default: Any, help: str, **kwargs: Any) -> Any:  # noqa: A002 - mirrors 
       on another setting", e.g. the training method's default);
     - ``flag="name"`` names the flag (``--name``) instead of the field name, e.g. the attack
       config's ``name`` is ``--attack``;
-    - ``aliases=("old_name", ...)`` are further flags accepted for the field;
+    - ``old=("old_name", ...)``: earlier spellings of the flag, accepted for one release as
+      hidden aliases that print a deprecation note naming the flag;
     - ``cli=False`` keeps the field off the command line;
     - ``bounds=(low, high)`` is the field's valid range, inclusive (None: unbounded on that
       side; a tuple field bounds each of its values), checked by :func:`check_bounds` in the
@@ -91,6 +92,14 @@ def bounds_of(cls: type, name: str) -> dict[str, Any]:
     refused as early as the outer config is built."""
     meta = next(f.metadata for f in dataclasses.fields(cls) if f.name == name)
     return {k: meta[k] for k in ("bounds", "why") if k in meta}
+
+
+def flag_of(cls: type, name: str) -> dict[str, Any]:
+    """:func:`bounds_of` and the flag's spelling (``flag``, ``old``) of field ``name`` of
+    ``cls``, for a field elsewhere that is the same setting under the same flag (a plan's
+    ``step_size`` is TrainConfig's ``--attack-step-size``)."""
+    meta = next(f.metadata for f in dataclasses.fields(cls) if f.name == name)
+    return {**bounds_of(cls, name), **{k: meta[k] for k in ("flag", "old") if k in meta}}
 
 
 def check_bounds(config: Any) -> None:
@@ -175,7 +184,7 @@ class AttackConfig:
         2 / 255,
         "attack step size in pixel units (eps/4 when only --norm/--eps change)",
         flag="attack_step_size",
-        aliases=("step_size",),
+        old=("step_size",),
         bounds=(0, None),
     )
     steps: int = opt(
@@ -189,7 +198,7 @@ class AttackConfig:
         1,
         "random restarts; the worst case per example is kept",
         flag="attack_restarts",
-        aliases=("restarts",),
+        old=("restarts",),
         bounds=(1, 1000),
         why="every restart repeats the whole attack",
     )
@@ -201,7 +210,7 @@ class AttackConfig:
 
     def __post_init__(self) -> None:
         check_bounds(self)
-        check_choice(self.name, ATTACK_NAMES, "attack")
+        check_choice(self.name, ATTACK_KINDS, "attack")
         check_choice(self.norm, NORMS, "norm")
         check_choice(self.random_start, RANDOM_STARTS, "random_start")
         check_choice(self.mode, MODES, "attack mode")

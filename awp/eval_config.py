@@ -1,8 +1,7 @@
 """What ``awp eval`` measures (:class:`EvalConfig`), in a module that imports no torch, so
 that ``awp eval --help`` is built without it; :mod:`awp.evaluate` re-exports it.
 
-The attack names are :data:`awp.attacks.ATTACKS`'s keys, written out here (that table holds
-the runners, which need torch); :mod:`awp.evaluate` checks at import that the two agree.
+The attack names come from :mod:`awp.attack_names`, the torch-free half of the attack table.
 """
 
 from __future__ import annotations
@@ -10,13 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from awp.attack_names import DEFAULT_EVAL, EVAL_ATTACKS
 from awp.config import check_bounds, check_eps, opt
 
 if TYPE_CHECKING:
     from awp.attacks import Attack as EvalAttack
 
-# The names of the attack table awp.attacks.ATTACKS, in its order (checked by awp.evaluate).
-EVAL_ATTACKS = ("natural", "fgsm", "pgd10", "pgd20", "cw20", "autoattack")
 SPLITS = ("train", "val", "test")
 AA_VERSIONS = ("standard", "plus", "rand")
 # "original": Croce & Hein's code as PyPI serves it (pyautoattack), what RobustBench's numbers
@@ -29,22 +27,37 @@ class EvalConfig:
     """What ``awp eval`` measures: attacks, threat model, points, batching, seeds."""
 
     attacks: tuple[str, ...] = opt(
-        ("natural", "pgd20", "cw20"), f"attacks, in order: {' | '.join(EVAL_ATTACKS)}"
+        DEFAULT_EVAL, f"attacks, in order: {' | '.join(EVAL_ATTACKS)}"
     )
     norm: str = opt("linf", "threat model: linf | l2")
     eps: float | None = opt(
         None, "radius in [0,1] pixel units", shown="8/255 linf, 0.5 l2", bounds=(0, None)
     )
-    step_size: float | None = opt(None, "PGD/CW step size", shown="eps/4", bounds=(0, None))
+    step_size: float | None = opt(
+        None,
+        "PGD/CW step size",
+        shown="eps/4",
+        bounds=(0, None),
+        flag="attack_step_size",
+        old=("step_size",),
+    )
     restarts: int = opt(
         1,
         "random restarts of PGD-20 and CW-20 (worst case kept)",
         bounds=(1, 1000),
         why="every restart repeats the whole attack",
+        flag="attack_restarts",
+        old=("restarts",),
     )
     cascade: bool = opt(True, "attack only the points still robust (AutoAttack's way)")
     split: str = opt("test", "split: train | val | test")
-    n: int = opt(0, "seeded subset of the split (0 = the whole split)", bounds=(0, None))
+    n: int = opt(
+        0,
+        "seeded subset of the split (0 = the whole split)",
+        bounds=(0, None),
+        flag="n_examples",
+        old=("n",),
+    )
     batch_size: int = opt(256, "examples per batch", bounds=(1, None))
     subset_seed: int = opt(0, "seed of the subset (--n-examples)", bounds=(0, None))
     seed: int = opt(0, "seed of the attacks' random starts", bounds=(0, None))

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from awp.attacks import ATTACKS, Attack, run_attack
+from awp.attacks import Attack, run_attack
 from awp.augment import as_float
 from awp.autoattack import (  # noqa: F401 - re-exported: awp.evaluate's names before the split
     AA_IMPLEMENTATIONS,
@@ -32,7 +32,6 @@ from awp.autoattack import (  # noqa: F401 - re-exported: awp.evaluate's names b
     sub_attacks,
 )
 from awp.config import AttackConfig
-from awp.eval_config import EVAL_ATTACKS as EVAL_ATTACKS
 from awp.eval_config import SPLITS as SPLITS
 from awp.eval_config import EvalConfig as EvalConfig
 from awp.modes import model_mode
@@ -49,11 +48,6 @@ class Accuracy:
 
 
 # --------------------------------------------------------------------------- robustness report
-if EVAL_ATTACKS != tuple(ATTACKS):  # awp.eval_config writes the names out (no torch there)
-    raise ImportError(
-        f"awp.eval_config.EVAL_ATTACKS {EVAL_ATTACKS} differs from the attack table "
-        f"awp.attacks.ATTACKS {tuple(ATTACKS)}: write the table's names there"
-    )
 EvalAttack = Attack
 
 

@@ -113,7 +113,13 @@ class TrainConfig:
     eps: float = opt(
         PGD10_TRAIN.eps, "attack radius in [0,1] pixel units (8/255 linf, 0.5 l2)", bounds=(0, None)
     )
-    step_size: float = opt(PGD10_TRAIN.step_size, "training attack step size", bounds=(0, None))
+    step_size: float = opt(
+        PGD10_TRAIN.step_size,
+        "training attack step size",
+        bounds=(0, None),
+        flag="attack_step_size",
+        old=("step_size",),
+    )
     attack_steps: int = opt(
         PGD10_TRAIN.steps,
         "K1: training attack (PGD) steps",
@@ -149,10 +155,14 @@ class TrainConfig:
         PGD20_EVAL.step_size, "step size of the per-epoch robust evaluation", bounds=(0, None)
     )
     train_eval_size: int = opt(
-        1000, "fixed train subset for the train robust accuracy (0 = none)", bounds=(0, None)
+        1000, "fixed train subset for the train robust accuracy (0 = none)", bounds=(0, None),
+        flag="eval_n_train",
+        old=("train_eval_size",),
     )
     test_eval_size: int = opt(
-        0, "test subset evaluated per epoch (0 = the whole test split)", bounds=(0, None)
+        0, "test subset evaluated per epoch (0 = the whole test split)", bounds=(0, None),
+        flag="eval_n_test",
+        old=("test_eval_size",),
     )
     eval_batch_size: int = opt(256, "batch size of evaluations", bounds=(1, None))
     eval_every: int = opt(

@@ -11,74 +11,50 @@ import sys
 import typing
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 from awp_landscape.console import CLIError
 
-# The command table, in the order `awp --help` lists them: name, module in
-# awp_landscape.commands, one-line summary. It imports nothing: `awp --help` lists the commands
-# from it, and only the named command's module is imported to build its parser, so `awp
-# --help` starts in a fraction of a second. A module that imports no torch (landscape_parser:
-# its run imports the command) keeps `awp CMD --help` as fast. A module that registers several
-# commands (demo: demo and reproduce) is listed once per command.
-COMMANDS: tuple[tuple[str, str, str], ...] = (
-    ("train", "train_parser", "adversarial training (AT, TRADES, MART), with or without AWP"),
-    (
-        "eval",
-        "evaluate_parser",
-        "natural / FGSM / PGD-20 / CW-20 / AutoAttack accuracy of a checkpoint",
-    ),
-    (
-        "landscape",
-        "landscape_parser",
-        "weight loss curves/surfaces with attacks regenerated on the perturbed model",
-    ),
-    (
-        "connect",
-        "connect_parser",
-        "mode connectivity of two checkpoints: the line, a trained curve, the barriers",
-    ),
-    ("plot", "plot_parser", "draw landscape h5 files (curves, contours, heatmaps, 3-D surfaces)"),
-    ("hist", "hist_parser", "per-layer weight statistics, KS/Wasserstein distances and histograms"),
-    (
-        "spectra",
-        "spectra_parser",
-        "per-layer singular values, conv operator norms (FFT), stable rank, ESD alpha",
-    ),
-    (
-        "flatness",
-        "flatness_parser",
-        "expected / worst-case PAC-Bayes flatness, sigma search, PAC-Bayes bound",
-    ),
-    ("gap", "gap_parser", "robust generalization gap of many checkpoints"),
-    (
-        "hessian",
-        "hessian_parser",
-        "top Hessian eigenvalues, trace, eigenvalue density and per-layer curvature",
-    ),
-    (
-        "correlate",
-        "correlate_parser",
-        "correlate a flatness measure with the robust gap across checkpoints",
-    ),
-    (
-        "certify",
-        "certify_parser",
-        "certified L2 radius by randomized smoothing (Cohen et al.), accuracy under noise",
-    ),
-    ("report", "report", "self-contained HTML report (+ markdown) of result folders"),
-    ("demo", "demo_parser", "AT vs AT-AWP on real CIFAR-10, measured and reported"),
-    (
-        "reproduce",
-        "demo_parser",
+# The commands that are not measures: name -> (module of awp_landscape.commands, one-line
+# summary). Each module registers its commands with a torch-free ``register``; the measures'
+# commands come from the registry (awp_landscape.measures.MEASURES), whose modules import no
+# torch either, so `awp --help` and every `awp CMD --help` answer without it. A module that
+# registers several commands (demo: demo and reproduce) is listed once per command.
+BEFORE: dict[str, tuple[str, str]] = {
+    "train": ("train", "adversarial training (AT, TRADES, MART), with or without AWP"),
+}
+AFTER: dict[str, tuple[str, str]] = {
+    "plot": ("plot", "draw landscape h5 files (curves, contours, heatmaps, 3-D surfaces)"),
+    "report": ("report", "self-contained HTML report (+ markdown) of result folders"),
+    "demo": ("demo", "AT vs AT-AWP on real CIFAR-10, measured and reported"),
+    "reproduce": (
+        "demo",
         "a paper protocol with and without AWP (GPU), then the same analyses and report",
     ),
-    (
+    "sweep": (
         "sweep",
-        "sweep_parser",
-        "AWP's gamma trade-off: natural vs robust accuracy, gap and flatness against gamma",
+        "AWP's gamma trade-off and grids of settings: accuracy, gap and flatness against them",
     ),
-)
-NAMES = tuple(name for name, _, _ in COMMANDS)
+}
+
+
+def _measures() -> dict[str, Any]:
+    """The measures with a command, by command name (the registry imports no torch)."""
+    from awp_landscape.measures import MEASURES
+
+    return {m.command: m for m in MEASURES if m.command is not None}
+
+
+def _aliases() -> dict[str, str]:
+    """Deprecated command names -> the command's name."""
+    return {old: name for name, m in _measures().items() for old in m.aliases}
+
+
+def command_names() -> tuple[str, ...]:
+    """Every command, in the order ``awp --help`` lists them."""
+    return (*BEFORE, *_measures(), *AFTER)
+
+
 ALL = "*"
 
 
@@ -113,10 +89,12 @@ class Parser(argparse.ArgumentParser):
 
 
 def command_of(argv: Sequence[str]) -> str | None:
-    """The command named in ``argv`` (the first word that is not an option), if any."""
+    """The command named in ``argv`` (the first word that is not an option; a deprecated name
+    gives the command's), if any."""
     for token in argv:
         if not token.startswith("-"):
-            return token if token in NAMES else None
+            token = _aliases().get(token, token)
+            return token if token in command_names() else None
     return None
 
 
@@ -143,16 +121,24 @@ def build_parser(only: str | None = ALL) -> argparse.ArgumentParser:
         help="print the version of awp-landscape and exit",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    wanted = {module for name, module, _ in COMMANDS if only in (ALL, name)}
+    measures, others = _measures(), {**BEFORE, **AFTER}
+    wanted = {others[n][0] if n in others else n for n in command_names() if only in (ALL, n)}
     registered: set[str] = set()
-    for name, module, summary in COMMANDS:
-        if module not in wanted:
-            sub.add_parser(name, help=summary, add_help=False)
-        elif module not in registered:  # it registers all its commands (demo: demo, reproduce)
-            registered.add(module)
-            importlib.import_module(f"awp_landscape.commands.{module}").register(sub)
+    for name in command_names():
+        unit = others[name][0] if name in others else name  # a module, or a measure
+        if unit not in wanted:  # a light entry: enough for `awp --help`
+            if name in measures:
+                m = measures[name]
+                sub.add_parser(name, aliases=list(m.aliases), help=m.summary, add_help=False)
+            else:
+                sub.add_parser(name, help=others[name][1], add_help=False)
+        elif name in measures:
+            measures[name].register(sub)
+        elif unit not in registered:  # it registers all its commands (demo: demo, reproduce)
+            registered.add(unit)
+            importlib.import_module(f"awp_landscape.commands.{unit}").register(sub)
     # A module registers all its commands: keep the table's order in `awp --help`.
-    order = {name: i for i, name in enumerate(NAMES)}
+    order = {name: i for i, name in enumerate(command_names())}
     sub._choices_actions.sort(key=lambda a: order.get(a.dest, len(order)))
     return parser
 
@@ -170,6 +156,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    canonical = getattr(args, "canonical", args.command)
+    if args.command != canonical:
+        print(
+            f"awp: note: awp {args.command} is deprecated and goes in the next release; write "
+            f"awp {canonical}",
+            file=sys.stderr,
+        )
     # Imported here, after parsing: `awp --help` does not load torch.
     from awp.checkpoint import CheckpointError
     from awp.distributed import PeerError

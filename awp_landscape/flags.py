@@ -7,20 +7,23 @@ Every field of a config becomes a flag whose default and help come from the fiel
 attack) is dropped by ``--attack none``. Flags are left at None when not given, and
 :func:`dataclass_from_arguments` then keeps the config's value.
 
-One vocabulary for every command (docs/cli.md): :data:`VOCABULARY` renames flags without
-renaming the fields (stored config.json and result files keep their keys), and keeps each old
-spelling as a hidden alias that still works and prints a one-line deprecation note naming the
-new flag (:class:`DeprecatedFlag`).
+One vocabulary for every command (docs/cli.md), spelled in one place, the field's own metadata:
+``flag`` names its flag where that differs from the field (stored config.json and result files
+keep the field's key), and ``old`` lists earlier spellings, kept as hidden aliases that still
+work and print a one-line deprecation note naming the flag (:class:`DeprecatedFlag`).
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
+import importlib.util
 import re
 import sys
 import types
 import typing
+from pathlib import Path
 from typing import Any, TypeVar
 
 from awp.config import bounds_text, parse_number, resolve_type
@@ -43,79 +46,18 @@ def integer(text: str) -> int:
         return int(value)
 
 
-@dataclasses.dataclass(frozen=True)
-class Rename:
-    """A field's flag in the shared vocabulary.
-
-    Attributes:
-        flag: the flag's name without ``--`` (``n-examples``).
-        old: earlier spellings without ``--``, accepted as hidden aliases for one release with
-            a deprecation note on stderr.
-        help: replaces the field's help text (which may name the old spelling), if given.
-    """
-
-    flag: str
-    old: tuple[str, ...] = ()
-    help: str | None = None
-
-
-# The vocabulary (docs/cli.md), keyed by (config class name, field name): subset sizes are
-# --n-train/--n-test, or --n-examples beside --split; Monte-Carlo draws are --samples; --seed
-# seeds a command's own random draws (attack starts, noise, training) and other seeds are
-# named (--subset-seed, --split-seed, --direction-seed, --bootstrap-seed); attack settings are
-# --attack-*. Fields keep their names, so files written before still read.
-VOCABULARY: dict[tuple[str, str], Rename] = {
-    ("AttackConfig", "step_size"): Rename("attack-step-size", ("step-size",)),
-    ("AttackConfig", "restarts"): Rename("attack-restarts", ("restarts",)),
-    ("EvalConfig", "n"): Rename("n-examples", ("n",)),
-    ("EvalConfig", "step_size"): Rename("attack-step-size", ("step-size",)),
-    ("EvalConfig", "restarts"): Rename("attack-restarts", ("restarts",)),
-    ("CertifyConfig", "n"): Rename(
-        "samples",
-        ("n", "n-samples"),
-        help="Monte-Carlo noise samples per example for the estimate (CERTIFY's n)",
-    ),
-    ("SurfaceConfig", "seed"): Rename(
-        "direction-seed",
-        help="seed of the random directions: direction i is drawn from "
-        "derive_seed(seed, 'direction', i) (--seed in 0.1.0)",
-    ),
-    ("SurfaceConfig", "attack_seed"): Rename(
-        "seed",
-        ("attack-seed",),
-        help="seed of the attacks' random starts, one stream per point (--attack-seed in "
-        "0.1.0, whose --seed seeded the directions: now --direction-seed)",
-    ),
-    ("TrainConfig", "step_size"): Rename("attack-step-size", ("step-size",)),
-    ("TrainConfig", "train_eval_size"): Rename("eval-n-train", ("train-eval-size",)),
-    ("TrainConfig", "test_eval_size"): Rename("eval-n-test", ("test-eval-size",)),
-    ("TrainingPlan", "step_size"): Rename("attack-step-size", ("step-size",)),
-    ("TrainingPlan", "train_eval_size"): Rename("eval-n-train", ("train-eval-size",)),
-    ("TrainingPlan", "test_eval_size"): Rename("eval-n-test", ("test-eval-size",)),
-}
-
-
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _rename(cls: type, f: dataclasses.Field) -> Rename | None:
-    return VOCABULARY.get((cls.__name__, f.name))
-
-
 def _dest(f: dataclasses.Field, cls: type | None = None) -> str:
-    renamed = _rename(cls, f) if cls is not None else None
-    if renamed is not None:
-        return renamed.flag.replace("-", "_")
+    """The flag of a field without ``--``, underscored: its ``flag`` metadata, else its name."""
     return f.metadata.get("flag", f.name)
 
 
 def _old_names(f: dataclasses.Field, cls: type) -> tuple[str, ...]:
-    """The deprecated spellings of a field's flag (with ``--``)."""
-    renamed = _rename(cls, f)
-    if renamed is None:
-        return ()
-    return tuple(_flag(n) for n in renamed.old)
+    """The deprecated spellings of a field's flag (with ``--``): its ``old`` metadata."""
+    return tuple(_flag(n) for n in f.metadata.get("old", ()))
 
 
 class NotedFlag(argparse.Action):
@@ -240,12 +182,9 @@ def add_dataclass_arguments(
                 parser, tp, skip=skip, defaults=shown, nullable=_nullable(hints[f.name])
             )
             continue
-        renamed = _rename(cls, f)
-        help_ = renamed.help if renamed is not None and renamed.help else f.metadata.get("help", "")
-        help_ = help_.replace("%", "%%")  # argparse formats help with %
+        help_ = f.metadata.get("help", "").replace("%", "%%")  # argparse formats help with %
         dest = _dest(f, cls)
-        aliases = () if renamed is not None else f.metadata.get("aliases", ())
-        names = [_flag(dest), *(_flag(a) for a in aliases)]
+        names = [_flag(dest)]
         if tp is bool:
             parser.add_argument(
                 *names[:1],
@@ -343,14 +282,37 @@ def dataclass_from_arguments(cls: type[T], ns: argparse.Namespace, base: T | Non
 
 
 def _current_names(text: str, cls: type) -> str:
-    """A config's error message with the flags it names as the field's own spelling, e.g.
-    ``(--n)``, replaced by the vocabulary's (``(--n-examples)``)."""
+    """A config's error message with the flags it names by the field's own name, e.g.
+    ``(--n)``, replaced by the flag's spelling (``(--n-examples)``)."""
     names = {
-        _flag(f.metadata.get("flag", f.name)): _flag(renamed.flag)
+        _flag(f.name): _flag(_dest(f))
         for f in dataclasses.fields(cls)
-        if (renamed := _rename(cls, f)) is not None
+        if _dest(f) != f.name
     }
     if not names:
         return text
     pattern = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
     return re.sub(rf"(?<![\w-])({pattern})(?![\w-])", lambda m: names[m.group(1)], text)
+
+
+def add_run_arguments(
+    p: argparse.ArgumentParser, *, out_help: str | None = None, device: bool = True
+) -> None:
+    """The flags every command that computes shares: ``--out`` (where ``out_help`` says what
+    it is; a command whose config has its own ``out`` has none here), ``--device`` (likewise)
+    and ``--no-progress``."""
+    if out_help is not None:
+        p.add_argument("--out", type=Path, default=None, help=out_help)
+    if device:
+        p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def module_doc(name: str) -> str | None:
+    """The docstring of module ``name``, read from its source without importing it (a
+    command's description, where importing its module would import torch); None when the
+    module or its source is not found."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.origin is None or not spec.origin.endswith(".py"):
+        return None
+    return ast.get_docstring(ast.parse(Path(spec.origin).read_text(encoding="utf-8")), clean=False)

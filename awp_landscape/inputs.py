@@ -407,3 +407,20 @@ def each_checkpoint(
         if ctx.is_main and finish is not None:
             finish(results)
         return results
+
+
+def out_folder(out: Path | None, checkpoints: Sequence[Path], *, under: str = "") -> Path:
+    """``--out``, or else the one rule of every command that reads checkpoints (docs/cli.md):
+    ``<run>/analysis`` (``/under``, where the command has its own folder) when every checkpoint
+    comes from one run folder (``<run>/checkpoints/x.pt``, or the folder of a lone file);
+    checkpoints from several folders need ``--out``."""
+    if out is not None:
+        return out
+    runs = {run_folder_of(c) for c in checkpoints}
+    if len(runs) != 1:
+        raise CLIError(
+            f"the checkpoints come from {len(runs)} run folders; name one results folder "
+            f"with --out (e.g. --out results/analysis)"
+        )
+    folder = runs.pop() / "analysis"
+    return folder / under if under else folder

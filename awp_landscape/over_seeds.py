@@ -6,7 +6,7 @@ single-seed demo (runs ``at/`` and ``at_awp/``, ``eval/``, ``analysis/``). For e
 report states (final and best robust accuracy, robust gap, the rise of the test robust loss
 after its minimum, expected and worst-case flatness, the landscape's sharpness, deep-layer
 weight statistics, Kendall's tau of flatness vs gap within each method), the stage that measures it
-(:data:`awp_landscape.stages.STAGES`, its ``measures``) reads the AT and AT-AWP value of every
+(:data:`awp_landscape.measures.MEASURES`, its ``over_seeds``) reads the AT and AT-AWP value of every
 seed, and this module pairs them (:func:`analysis.replicates.paired_difference`).
 The flatness-vs-gap correlation pools the checkpoints of all seeds with the seed as a stratum.
 """
@@ -28,8 +28,8 @@ from analysis.replicates import (
 )
 from analysis.tables import join_tables
 from awp.io import write_json
-from awp_landscape.stages import STAGES, flatness_epochs, gap
-from awp_landscape.stages.base import Measure
+from awp_landscape.measures import MEASURES, flatness_epochs, gap
+from awp_landscape.measures.base import SeedValue
 
 METHODS = ("AT", "AT-AWP")
 SEED_FOLDER = re.compile(r"^seed(\d+)$")
@@ -46,10 +46,10 @@ def seed_folders(out: Path) -> dict[int, Path]:
     return dict(sorted(found.items()))
 
 
-def measures(plan: Any) -> list[tuple[str, Measure]]:
+def measures(plan: Any) -> list[tuple[str, SeedValue]]:
     """The measures of the table over seeds, by name (what a value means is in its name): every
-    stage's, in the registry's order."""
-    return [m for stage in STAGES if stage.measures for m in stage.measures(plan)]
+    measure's, in the registry's order."""
+    return [pair for m in MEASURES for pair in m.over_seeds(plan)]
 
 
 def paired_measures(out: Path, plan: Any, *, seed: int = 0) -> list[PairedDifference]:
@@ -93,8 +93,8 @@ def pooled_correlation(
     points: list[dict[str, Any]] = []
     for s, folder in seed_folders(out).items():
         tables = [
-            ("flatness", flatness_epochs.STAGE.read_seed(folder)),
-            ("gap", gap.STAGE.read_seed(folder)),
+            ("flatness", flatness_epochs.MEASURE.read_seed(folder)),
+            ("gap", gap.MEASURE.read_seed(folder)),
         ]
         if not all(rows for _, rows in tables):
             continue

@@ -13,8 +13,8 @@ checkpoints; then writes the report.
 ``awp reproduce --preset NAME`` runs the paper's full protocol (200 epochs, GPU) for a method
 with and without AWP, then the same analyses at full size.
 
-Every stage is a Python call into the libraries (no command lines), writes files into the
-output folder, and is skipped or resumed when rerun.
+Every measure (:data:`awp_landscape.measures.MEASURES`) is a Python call into the libraries (no
+command lines), writes files into the output folder, and is skipped or resumed when rerun.
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ from awp.runs import RunFolder
 from awp.train import TrainConfig
 from awp_landscape.console import say
 from awp_landscape.launch import LaunchConfig, Unit, run_phases
+from awp_landscape.measures import MEASURES, Context
+from awp_landscape.measures.training import train_all
 from awp_landscape.over_seeds import write_replicates
 from awp_landscape.plans import (  # noqa: F401  (the configs of awp demo and awp reproduce)
     PRESETS,
@@ -42,8 +44,6 @@ from awp_landscape.plans import (  # noqa: F401  (the configs of awp demo and aw
     ReproduceConfig,
     seed_folder,
 )
-from awp_landscape.stages import STAGES, Context
-from awp_landscape.stages.training import train_all
 
 Log = Callable[[str], None]
 
@@ -64,8 +64,8 @@ def run_seed(
     progress: bool = True,
     log: Log = say,
 ) -> None:
-    """Train the runs of one seed (or reuse them) and run every stage of the registry into
-    ``out``, in order (:data:`awp_landscape.stages.STAGES`).
+    """Train the runs of one seed (or reuse them) and run every measure of the registry into
+    ``out``, in order (:data:`awp_landscape.measures.MEASURES`).
 
     Args:
         configs: method label (AT, AT-AWP, ...) -> TrainConfig whose ``out`` is inside ``out``.
@@ -81,9 +81,9 @@ def run_seed(
         log=log,
         configs=dict(configs),
     )
-    for stage in STAGES:
-        if stage.run is not None:
-            _stage(stage.heading, lambda stage=stage: stage.run(ctx), log)
+    for measure in MEASURES:
+        if measure.runs:
+            _stage(measure.heading, lambda measure=measure: measure.run(ctx), log)
 
 
 def seed_units(cfg: DemoConfig | ReproduceConfig) -> list[list[Unit]]:

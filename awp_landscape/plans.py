@@ -10,20 +10,11 @@ from pathlib import Path
 from typing import Any
 
 # The torch-free modules of the configs: `awp demo --help` is built from this module.
-from analysis.config import (
-    CertifyConfig,
-    FlatnessConfig,
-    GapConfig,
-    HessianConfig,
-    WorstCaseConfig,
-)
-from awp.config import AttackConfig, bounds_of, check_bounds, opt
+from awp.config import AttackConfig, bounds_of, check_bounds, flag_of, opt
 from awp.data_config import DataConfig
-from awp.eval_config import EvalConfig
 from awp.model_config import ModelConfig
 from awp.train_config import TENSORBOARD_IN_RUN, TrainConfig
-from landscape.config import SurfaceConfig
-from landscape.grid import MAX_AXIS_POINTS
+from awp_landscape.measures.base import Size
 
 
 @dataclass(frozen=True)
@@ -53,15 +44,15 @@ class TrainingPlan:
         **bounds_of(TrainConfig, "attack_steps"),
     )
     step_size: float = opt(
-        3 / 255, "step size of the training attack", **bounds_of(TrainConfig, "step_size")
+        3 / 255, "step size of the training attack", **flag_of(TrainConfig, "step_size")
     )
     train_eval_size: int = opt(
         200,
         "train subset for the per-epoch robust train accuracy",
-        **bounds_of(TrainConfig, "train_eval_size"),
+        **flag_of(TrainConfig, "train_eval_size"),
     )
     test_eval_size: int = opt(
-        250, "test subset evaluated per epoch", **bounds_of(TrainConfig, "test_eval_size")
+        250, "test subset evaluated per epoch", **flag_of(TrainConfig, "test_eval_size")
     )
     eval_steps: int = opt(
         5, "PGD steps of the per-epoch evaluation", **bounds_of(TrainConfig, "eval_steps")
@@ -110,116 +101,62 @@ class TrainingPlan:
         )
 
 
-@dataclass(frozen=True)
-class MeasurePlan:
-    """The measurement sizes that the demo and the gamma sweep share (one default each).
-
-    The demo's :class:`~awp_landscape.pipeline.AnalysisPlan` and the sweep's
-    :class:`~awp_landscape.sweep.SweepPlan` extend it with their own stages.
-    """
-
-    eval_n: int = opt(
-        0,
-        "test images of the final evaluation (natural, PGD-20, ...; 0 = all, 1000 in the demo)",
-        **bounds_of(EvalConfig, "n"),
-    )
-    gap_n: int = opt(
-        200,
-        "train and test images of the robust gap of each checkpoint",
-        **bounds_of(GapConfig, "n_train"),
-    )
-    analysis_steps: int = opt(
+# ----------------------------------------------------------------------------- measurement plans
+#: The sizes several measures share (the others are declared by their measure's module).
+COMMON_SIZES = (
+    Size(
+        "analysis_steps",
         5,
-        "PGD steps of the analysis attacks (gap, flatness, landscape)",
-        **bounds_of(AttackConfig, "steps"),
-    )
-    flatness_n: int = opt(
-        200, "train images of the flatness estimates", **bounds_of(FlatnessConfig, "n_examples")
-    )
-    flatness_samples: int = opt(
-        4, "noise draws per alpha of the expected flatness", **bounds_of(FlatnessConfig, "samples")
-    )
-    worst_gamma: float = opt(
-        0.01, "radius of the worst-case flatness", **bounds_of(WorstCaseConfig, "gammas")
-    )
-    worst_steps: int = opt(
-        5, "ascent steps of the worst-case flatness", **bounds_of(WorstCaseConfig, "ascent_steps")
-    )
-    landscape_points: int = opt(
-        11, "alphas in [-1, 1] of the 1-D landscape", bounds=(1, MAX_AXIS_POINTS)
-    )
-    landscape_n: int = opt(
-        200, "test images per landscape point", **bounds_of(SurfaceConfig, "n_test")
-    )
-
-    def __post_init__(self) -> None:
-        check_bounds(self)
+        "PGD steps of the analysis attacks (gap, flatness, landscape, curvature, quantization)",
+        AttackConfig,
+        "steps",
+        plans=("demo", "sweep"),
+        reproduce=20,
+    ),
+)
 
 
-@dataclass(frozen=True)
-class AnalysisPlan(MeasurePlan):
-    """Sizes of the measurements after training (subsets, attacks, samples); the shared ones
-    (evaluation, gap, flatness, worst case) come from :class:`MeasurePlan`."""
+def plan_sizes(plan: str) -> list[Size]:
+    """The sizes of one plan (``demo`` or ``sweep``): the shared ones, then every measure's in
+    the registry's order."""
+    from awp_landscape.measures import MEASURES  # the registry imports no torch either
 
-    flatness_alphas: tuple[float, ...] = opt(
-        (0.05, 0.1, 0.2),
-        "noise scales of the flatness curve (layer mode)",
-        **bounds_of(FlatnessConfig, "alphas"),
+    every = [*COMMON_SIZES, *(size for m in MEASURES for size in m.sizes)]
+    names = [s.name for s in every]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise RuntimeError(f"sizes declared twice: {repeated}")
+    return [size for size in every if plan in size.plans]
+
+
+def _make_plan(name: str, plan: str, doc: str) -> type:
+    """A frozen, range-checked dataclass of one plan's sizes (:func:`plan_sizes`)."""
+    return dataclasses.make_dataclass(
+        name,
+        [size.dataclass_field() for size in plan_sizes(plan)],
+        frozen=True,
+        namespace={"__doc__": doc, "__module__": __name__, "__post_init__": check_bounds},
     )
-    correlate_alpha: float = opt(
-        0.1, "alpha of the per-checkpoint flatness (vs gap)", **bounds_of(FlatnessConfig, "alphas")
-    )
-    correlate_samples: int = opt(
-        2, "noise draws per checkpoint for flatness vs gap", **bounds_of(FlatnessConfig, "samples")
-    )
-    trajectory_points: int = opt(
-        7, "grid points per axis of the training-trajectory plane", bounds=(1, 1001)
-    )
-    trajectory_n: int = opt(
-        50,
-        "test images per point of the training-trajectory plane",
-        **bounds_of(SurfaceConfig, "n_test"),
-    )
-    trajectory_bn: int = opt(
-        128,
-        "training images re-estimating BatchNorm at each such point",
-        **bounds_of(SurfaceConfig, "n_bn"),
-    )
-    certify_n: int = opt(
-        40,
-        "test images certified by randomized smoothing (0 = all)",
-        **bounds_of(CertifyConfig, "n_test"),
-    )
-    certify_sigmas: tuple[float, ...] = opt(
-        (0.12, 0.25), "sigmas of the smoothed classifiers", **bounds_of(CertifyConfig, "sigmas")
-    )
-    certify_n0: int = opt(
-        10,
-        "CERTIFY's selection samples per image (the paper: 100)",
-        **bounds_of(CertifyConfig, "n0"),
-    )
-    certify_samples: int = opt(
-        100,
-        "CERTIFY's estimation samples n per image (the paper: 100,000)",
-        **bounds_of(CertifyConfig, "n"),
-    )
-    certify_noise_levels: tuple[float, ...] = opt(
-        (0.0, 0.06, 0.12, 0.25, 0.5),
-        "noise levels s of the base classifier's accuracy curve",
-        **bounds_of(CertifyConfig, "noise_levels"),
-    )
-    certify_noise_draws: int = opt(
-        4,
-        "noisy copies per image and level of that curve",
-        **bounds_of(CertifyConfig, "noise_draws"),
-    )
-    hessian_n: int = opt(
-        128,
-        "train images of the curvature stage (Hessian at fixed x_adv)",
-        **bounds_of(HessianConfig, "n_examples"),
-    )
-    hessian_probes: int = opt(
-        4, "Hutchinson probes of the curvature stage", **bounds_of(HessianConfig, "probes_min")
+
+
+AnalysisPlan = _make_plan(
+    "AnalysisPlan",
+    "demo",
+    """Sizes of the measurements after training in ``awp demo`` and ``awp reproduce`` (subsets,
+    attacks, samples), one field per size a measure declares (:class:`Size`).""",
+)
+SweepPlan = _make_plan(
+    "SweepPlan",
+    "sweep",
+    """Sizes of the measurements of every run of ``awp sweep``: the sizes the sweep's measures
+    declare for it (:class:`Size`).""",
+)
+
+
+def reproduce_plan() -> Any:
+    """``awp reproduce``'s sizes: the published protocols' where a size states one."""
+    return AnalysisPlan(
+        **{s.name: s.reproduce for s in plan_sizes("demo") if s.reproduce is not None}
     )
 
 
@@ -339,30 +276,7 @@ class ReproduceConfig:
     save_every: int = opt(10, "checkpoint every k epochs (for gap and flatness vs gap)")
     seeds: tuple[int, ...] = opt((0,), "seeds; each trains the method with and without AWP")
     device: str = opt("auto", "auto | cuda | cpu")
-    plan: AnalysisPlan = opt(
-        AnalysisPlan(
-            eval_n=0,
-            gap_n=1000,
-            analysis_steps=20,
-            landscape_points=21,
-            landscape_n=1000,
-            flatness_n=1000,
-            flatness_samples=10,
-            correlate_samples=5,
-            trajectory_points=21,
-            trajectory_n=1000,
-            trajectory_bn=1000,
-            certify_n=500,  # Cohen et al.'s protocol: 500 images, n0 100, n 100,000, 4 sigmas
-            certify_sigmas=(0.12, 0.25, 0.5, 1.0),
-            certify_n0=100,
-            certify_samples=100_000,
-            certify_noise_levels=(0.0, 0.06, 0.12, 0.18, 0.25, 0.37, 0.5, 0.75, 1.0),
-            certify_noise_draws=10,
-            hessian_n=1000,
-            hessian_probes=30,
-        ),
-        "analysis sizes",
-    )
+    plan: AnalysisPlan = opt(reproduce_plan(), "analysis sizes")
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:

@@ -35,8 +35,8 @@ from awp.io import atomic_write_set, csv_text, exclusive_output, json_text, read
 from awp.runs import RunFolder
 from awp_landscape.console import say
 from awp_landscape.launch import LaunchConfig, Unit, run_phases
+from awp_landscape.measures import SWEEP_MEASURES, Context, training
 from awp_landscape.pipeline import record_config
-from awp_landscape.stages import SWEEP_STAGES, Context, training
 from awp_landscape.sweep_config import (  # noqa: F401 - re-exported: they lived here
     GridPoint,
     SweepConfig,
@@ -47,10 +47,10 @@ from awp_landscape.sweep_config import (  # noqa: F401 - re-exported: they lived
 )
 
 # --------------------------------------------------------------------------- measures
-#: The columns of a sweep's rows: every sweep stage's, in the registry's order, then the time.
-MEASURES = (*(c.name for st in SWEEP_STAGES for c in st.sweep_columns), "seconds per run")
+#: The columns of a sweep's rows: every sweep measure's, in the registry's order, then the time.
+MEASURES = (*(c.name for m in SWEEP_MEASURES for c in m.sweep_columns), "seconds per run")
 #: The measures compared AT-AWP minus AT, seed by seed (gamma 0 against every other gamma).
-PAIRED = tuple(c.name for st in SWEEP_STAGES for c in st.sweep_columns if c.paired)
+PAIRED = tuple(c.name for m in SWEEP_MEASURES for c in m.sweep_columns if c.paired)
 
 
 def run_configs(cfg: SweepConfig, point: GridPoint, seed: int) -> dict[str, Any]:
@@ -67,8 +67,8 @@ def run_configs(cfg: SweepConfig, point: GridPoint, seed: int) -> dict[str, Any]
 def _measure_seed(
     cfg: SweepConfig, point: GridPoint, seed: int, *, progress: bool
 ) -> list[dict[str, Any]]:
-    """Train (or reuse) every gamma of one seed at one grid point, then run the sweep's stages
-    (:data:`~awp_landscape.stages.SWEEP_STAGES`) and read their columns; one row per gamma."""
+    """Train (or reuse) every gamma of one seed at one grid point, then run the sweep's measures
+    (:data:`~awp_landscape.measures.SWEEP_MEASURES`) and read their columns; one row per gamma."""
     folder = point.folder(cfg.out) / f"seed{seed}"
     configs = run_configs(cfg, point, seed)
     ctx = Context(
@@ -79,21 +79,19 @@ def _measure_seed(
         progress=progress,
         log=say,
         configs=configs,
-        eval_attacks=("natural", "pgd20"),
-        gap_epochs=False,
-        figures=False,
+        sweep=True,
     )
-    training.STAGE.run(ctx)
+    training.MEASURE.run(ctx)
     t0 = time.perf_counter()
-    for stage in SWEEP_STAGES:
-        if stage is not training.STAGE and stage.run is not None:
-            stage.run(ctx)
+    for measure in SWEEP_MEASURES:
+        if measure is not training.MEASURE and measure.runs:
+            measure.run(ctx)
     measured = (time.perf_counter() - t0) / len(configs)
     rows = []
     for name, gamma in zip(configs, cfg.gammas):
         row: dict[str, Any] = {"point": point.name, **point.values, "gamma": gamma, "seed": seed}
-        for stage in SWEEP_STAGES:
-            row.update(stage.sweep_values(folder, name))
+        for measure in SWEEP_MEASURES:
+            row.update(measure.sweep_values(folder, name))
         row["seconds per run"] = training.train_seconds(folder, name) + measured
         rows.append(row)
     return rows

@@ -12,22 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from analysis.config import FlatnessConfig
-from awp.config import bounds_of, opt
+from awp.config import opt
 from awp_landscape.flags import add_dataclass_arguments, dataclass_from_arguments
-from awp_landscape.plans import MeasurePlan, TrainingPlan
-
-
-@dataclass(frozen=True)
-class SweepPlan(MeasurePlan):
-    """Sizes of the measurements of every run of a sweep: those of :class:`MeasurePlan`, and
-    the one noise scale of its expected flatness."""
-
-    flatness_alpha: float = opt(
-        0.1,
-        "noise scale of the expected flatness (layer mode)",
-        **bounds_of(FlatnessConfig, "alphas"),
-    )
+from awp_landscape.plans import SweepPlan, TrainingPlan
 
 
 @dataclass(frozen=True)

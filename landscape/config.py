@@ -86,8 +86,9 @@ class SurfaceConfig:
     seed: int = opt(
         0,
         "seed of the random directions: direction i is drawn from "
-        "derive_seed(seed, 'direction', i)",
+        "derive_seed(seed, 'direction', i) (before 0.1.0 this was --seed)",
         bounds=(0, None),
+        flag="direction_seed",
     )
     direction: str = opt(
         "random",
@@ -113,7 +114,12 @@ class SurfaceConfig:
         PGD10_EVAL, "attack regenerated at every point (--attack none: clean metrics only)"
     )
     attack_seed: int = opt(
-        0, "seed of the attacks' random starts (one stream per point)", bounds=(0, None)
+        0,
+        "seed of the attacks' random starts, one stream per point (before 0.1.0 this was "
+        "--attack-seed, and --seed seeded the directions: now --direction-seed)",
+        bounds=(0, None),
+        flag="seed",
+        old=("attack_seed",),
     )
     fixed: bool = opt(
         False, "also reuse x_adv crafted once at w0 (*_adv_fixed_*: shows the underestimate)"

@@ -16,8 +16,8 @@ from awp.io import write_csv
 from awp.models import ModelSpec, build_model
 from awp.train import TrainConfig
 from awp_landscape.cli import build_parser, main
-from awp_landscape.commands.flatness import flatness_for_checkpoint
 from awp_landscape.inputs import Inputs
+from awp_landscape.measures.flatness import FlatnessRequest, flatness_for_checkpoint
 from tests.helpers import make_image_folder
 
 FAST = ["--attack-steps", "2", "--no-progress", "--device", "cpu"]
@@ -140,15 +140,16 @@ def test_resume_after_an_interruption_skips_finished_samples(runs, tmp_path):
         return compute, calls
 
     loaded = Inputs(torch.device("cpu")).load(ckpt)
+    request = FlatnessRequest(flatness=cfg)
     killed, first = counting(stop_after=3)
     with pytest.raises(KeyboardInterrupt):
-        flatness_for_checkpoint(loaded, cfg=cfg, out=tmp_path / "a", compute=killed)
+        flatness_for_checkpoint(loaded, request, folder=tmp_path / "a", compute=killed)
     again, calls = counting()
-    resumed = flatness_for_checkpoint(loaded, cfg=cfg, out=tmp_path / "a", compute=again)
+    resumed = flatness_for_checkpoint(loaded, request, folder=tmp_path / "a", compute=again)
     # 1 baseline + 2 alphas x 3 samples = 7 units; 3 were finished before the kill.
     assert len(first) == 4 and len(calls) == 7 - 3
     assert not set(first[:3]) & set(calls) and first[3] in calls
-    fresh = flatness_for_checkpoint(loaded, cfg=cfg, out=tmp_path / "b")
+    fresh = flatness_for_checkpoint(loaded, request, folder=tmp_path / "b")
     # Same numbers as an uninterrupted run (as text: an undefined interval is NaN in both).
     assert json.dumps(resumed["rows"]) == json.dumps(fresh["rows"])
 
@@ -163,8 +164,10 @@ def test_gap_then_correlate(runs, tmp_path, capsys):
     gap = json.loads((out / "gap.json").read_text())["rows"]
     assert [r["method"] for r in gap] == ["AT", "AT", "AT-AWP", "AT-AWP"]
     assert all(r["gap"] == pytest.approx(r["train_robust_acc"] - r["test_robust_acc"]) for r in gap)
-    stamp = (out / "gap" / "gap.rank0.json").stat().st_mtime_ns
-    assert main(gap_args) == 0 and (out / "gap" / "gap.rank0.json").stat().st_mtime_ns == stamp
+    results = sorted((out / "gap").glob("*/result.json"))
+    stamps = [p.stat().st_mtime_ns for p in results]
+    assert len(results) == 4 and main(gap_args) == 0  # measured before: nothing recomputed
+    assert [p.stat().st_mtime_ns for p in results] == stamps
     flat = ["--alphas", "0.2", "0.4", "--samples", "1", "--n-examples", "8", "--no-figures"]
     assert main(["flatness", *ckpts, *flat, "--out", str(out), *FAST]) == 0
     assert "undefined (n=1 < 3 noise draws)" in capsys.readouterr().out  # no [0, 0] interval
@@ -194,7 +197,7 @@ def test_sigma_search_and_per_example_mode_from_the_cli(runs, tmp_path, capsys):
     assert main(args) == 0
     assert "sigma search" in capsys.readouterr().out
     (result,) = (out / "flatness").glob("*/result.json")
-    res = json.loads(result.read_text())
+    res = json.loads(result.read_text())["result"]
     search = res["sigma_search"]
     assert search["history"][0][0] == 2.0 and 1 <= len(search["history"]) <= 3
     assert 0 <= search["alpha"] <= 2.0 and search["target"] == 0.2

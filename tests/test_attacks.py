@@ -261,8 +261,8 @@ def test_fgsm_attacks_a_loss_it_is_given():
 def test_the_reports_accuracy_columns_are_the_tables_display_names(tmp_path):
     """The evaluation stage's accuracy_rows names its attack columns with attack_label and
     reads each attack's accuracy from an evaluation file's rows by the table's name."""
+    from awp_landscape.measures.evaluate import accuracy_rows
     from awp_landscape.report import Results
-    from awp_landscape.stages.evaluate import accuracy_rows
 
     rows = [
         {"attack": "natural", "accuracy": 0.9},
@@ -270,7 +270,7 @@ def test_the_reports_accuracy_columns_are_the_tables_display_names(tmp_path):
         {"attack": "cw20", "accuracy": 0.45},
     ]
     res = Results(
-        root=tmp_path, stages={"evaluate": [{"file": "AT-AWP_best.json", "n": 10, "results": rows}]}
+        root=tmp_path, measures={"evaluate": [{"file": "AT-AWP_best.json", "n": 10, "results": rows}]}
     )
     (row,) = accuracy_rows(res)
     assert row["method"] == "AT-AWP" and row["checkpoint"] == "best"
@@ -282,8 +282,8 @@ def test_the_accuracy_table_and_the_outcome_give_an_attack_alone(tmp_path):
     """Without a cascade an evaluation file's pgd20 row has "accuracy" (right under natural and
     PGD-20: 0.17) and "accuracy_alone" (0.182, as in a demo of this session): the table and the
     outcome measure both give the attack alone."""
+    from awp_landscape.measures.evaluate import MEASURE, accuracy_rows
     from awp_landscape.report import Results
-    from awp_landscape.stages.evaluate import _pgd20, accuracy_rows
 
     rows = [
         {"attack": "natural", "accuracy": 0.219, "accuracy_alone": 0.219},
@@ -292,5 +292,5 @@ def test_the_accuracy_table_and_the_outcome_give_an_attack_alone(tmp_path):
     data = {"file": "AT_best.json", "n": 1000, "results": rows}
     (tmp_path / "eval").mkdir()
     (tmp_path / "eval" / "AT_best.json").write_text(json.dumps(data))
-    (row,) = accuracy_rows(Results(root=tmp_path, stages={"evaluate": [data]}))
-    assert row["PGD-20"] == 0.182 == _pgd20("best")(tmp_path, "AT")
+    (row,) = accuracy_rows(Results(root=tmp_path, measures={"evaluate": [data]}))
+    assert row["PGD-20"] == 0.182 == MEASURE.pgd20("best")(tmp_path, "AT")

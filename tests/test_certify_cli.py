@@ -17,8 +17,8 @@ from awp.data import DataConfig
 from awp.models import ModelSpec, build_model
 from awp.train import TrainConfig
 from awp_landscape.cli import main
-from awp_landscape.commands.certify import certify_checkpoint
 from awp_landscape.inputs import Inputs
+from awp_landscape.measures.certify import certify_checkpoint
 from tests.helpers import make_image_folder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -132,23 +132,23 @@ def test_interrupted_certification_resumes_to_the_uninterrupted_result(ckpts, tm
 
     killed, first = counting(stop_after=3)
     with pytest.raises(KeyboardInterrupt):
-        certify_checkpoint(loaded, cfg, out=tmp_path / "a", label="AT-AWP", compute=killed)
+        certify_checkpoint(loaded, cfg, folder=tmp_path / "a", label="AT-AWP", compute=killed)
     again, calls = counting()
-    resumed = certify_checkpoint(loaded, cfg, out=tmp_path / "a", label="AT-AWP", compute=again)
+    resumed = certify_checkpoint(loaded, cfg, folder=tmp_path / "a", label="AT-AWP", compute=again)
     # 4 certify + 4 predict + 4 noise units; 3 were finished before the kill
     assert len(first) == 4 and len(calls) == 12 - 3 and not set(first[:3]) & set(calls)
-    fresh = certify_checkpoint(loaded, cfg, out=tmp_path / "b", label="AT-AWP")
+    fresh = certify_checkpoint(loaded, cfg, folder=tmp_path / "b", label="AT-AWP")
     for table in ("summary", "noise_accuracy"):
         assert resumed[table] == fresh[table]
     assert strip(resumed["examples"]) == strip(fresh["examples"])
     assert "predict" in fresh["examples"][0] and "predict_accuracy" in fresh["summary"][0]
     # another batch size gives the same result; another n is refused with the reason
     other = certify_checkpoint(
-        loaded, dataclasses.replace(cfg, batch_size=64), out=tmp_path / "c", label="x"
+        loaded, dataclasses.replace(cfg, batch_size=64), folder=tmp_path / "c", label="x"
     )
     assert strip(other["examples"]) == strip([{**r, "model": "x"} for r in fresh["examples"]])
     with pytest.raises(ValueError, match="other settings"):
-        certify_checkpoint(loaded, dataclasses.replace(cfg, n=31), out=tmp_path / "a",
+        certify_checkpoint(loaded, dataclasses.replace(cfg, n=31), folder=tmp_path / "a",
                            label="AT-AWP")  # fmt: skip
 
 

@@ -78,11 +78,13 @@ def error_line(proc: subprocess.CompletedProcess, command: str) -> str:
 
 
 def snapshot(root: Path) -> dict[str, str]:
+    """Every file's hash; a lock file only by its presence (each writer records itself in it)."""
     return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        str(p.relative_to(root)): "lock" if p.name.endswith(".lock") else
+        hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(root.rglob("*"))
         if p.is_file()
-    }
+    }  # fmt: skip
 
 
 def save(path: Path, *, classes: int, data: Path, seed: int = 0, epoch: int = 1) -> Path:
@@ -221,9 +223,9 @@ FAULTS = [
      "100000"], r"image_size=100000 is outside \[1, 2048\].*activations"),  # fmt: skip
     ("spectra: fft size", ["spectra", "{ours}", "--out", "{out}/s4", "--fft-size", "100000"],
      r"fft_size=100000 is outside \[0, 1024\].*c_out x c_in x n\^2"),
-    ("hessian: lanczos vectors", ["hessian", "{ours}", "--out", "{out}/h5",
+    ("curvature: lanczos vectors", ["curvature", "{ours}", "--out", "{out}/h5",
      "--lanczos-vectors", "100000"], r"lanczos_vectors=100000 is outside"),  # fmt: skip
-    ("hessian: top-k", ["hessian", "{ours}", "--out", "{out}/h6", "--top-k", "5135"],
+    ("curvature: top-k", ["curvature", "{ours}", "--out", "{out}/h6", "--top-k", "5135"],
      r"top_k=5135 is outside \[0, 1000\]"),
     ("flatness: samples 0", ["flatness", "{ours}", "--out", "{out}/f5", *FLAT, "--samples", "0"],
      r"samples=0 is outside \[1, 100000\]"),
@@ -404,7 +406,7 @@ DEMO_STAGES = [
     ("hist", ["analysis/weights.json", "analysis/weights_hist.png"], []),
     ("spectra", ["analysis/spectra/spectra.json"], ["analysis/spectra"]),
     ("flatness", ["analysis/flatness_final/flatness.json"], ["analysis/flatness_final"]),
-    ("curvature", ["analysis/curvature/hessian.json"], ["analysis/curvature"]),
+    ("curvature", ["analysis/curvature/curvature.json"], ["analysis/curvature"]),
     ("flatness_epochs", ["analysis/flatness_epochs/flatness.json"], ["analysis/flatness_epochs"]),
     ("correlate", ["analysis/correlation.json", "analysis/flatness_loss_vs_gap.png"], []),
     ("certify", ["analysis/certify.json"], ["analysis/certify"]),
@@ -511,7 +513,7 @@ def test_the_python_api_refuses_what_the_cli_refuses():
     from analysis.weight_spectra import SpectraConfig
 
     for make, said in (
-        (lambda: CertifyConfig(n=0), "n=0 is outside [1, 10000000] (--n)"),
+        (lambda: CertifyConfig(n=0), "n=0 is outside [1, 10000000] (--samples)"),
         (lambda: CertifyConfig(noise_levels=(-0.5,)), "noise_levels=-0.5 is outside [0, 4]"),
         (lambda: CertifyConfig(sigmas=(float("nan"),)), "sigmas=nan is outside [0, 4] (--sigma)"),
         (lambda: SpectraConfig(fft_size=100000), "fft_size=100000 is outside [0, 1024]"),
@@ -530,11 +532,11 @@ def test_a_request_larger_than_the_split_is_capped_with_a_notice(world, tmp_path
     args = ["--n-examples", "100000", "--top-k", "1", "--lanczos-vectors", "8", "--eig-tol",
             "1e-2", "--attack-steps", "1", "--out", tmp_path / "h", "--no-figures",
             *QUICK]  # fmt: skip
-    proc = awp("hessian", world["ours"], *args)
+    proc = awp("curvature", world["ours"], *args)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "--n-examples 100000 asks for more than the 20 images of the split" in proc.stderr
     assert "train n=20," in proc.stdout and "100000" not in proc.stdout
-    rows = json.loads((tmp_path / "h" / "hessian.json").read_text())["rows"]
+    rows = json.loads((tmp_path / "h" / "curvature.json").read_text())["rows"]
     assert [r["n"] for r in rows] == [20]
 
 
@@ -549,16 +551,16 @@ def test_hessian_on_an_overwritten_checkpoint_replaces_its_row_and_keeps_the_oth
     out = tmp_path / "h"
     args = ["--n-examples", "4", "--top-k", "1", "--lanczos-vectors", "8", "--eig-tol", "1e-2",
             "--attack-steps", "1", "--out", out, "--no-figures", *QUICK]  # fmt: skip
-    assert awp("hessian", ck, other, *args).returncode == 0
+    assert awp("curvature", ck, other, *args).returncode == 0
     old = sha256_file(ck)
     save(ck, classes=3, data=world["data3"], seed=3)  # retrained in place
-    proc = awp("hessian", ck, *args)  # only the changed checkpoint
+    proc = awp("curvature", ck, *args)  # only the changed checkpoint
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"changed since it was measured (sha256 {old[:8]}" in proc.stderr
-    rows = json.loads((out / "hessian.json").read_text())["rows"]
+    rows = json.loads((out / "curvature.json").read_text())["rows"]
     assert sorted(r["checkpoint"] for r in rows) == sorted([str(ck), str(other)])
     assert {r["sha256"] for r in rows} == {sha256_file(ck), sha256_file(other)}
-    assert len((out / "hessian.csv").read_text().splitlines()) == 3  # header + one per file
+    assert len((out / "curvature.csv").read_text().splitlines()) == 3  # header + one per file
 
 
 def test_a_full_disk_names_the_file_and_leaves_the_tables_as_they_were(world, tmp_path):
@@ -652,13 +654,12 @@ def test_every_numeric_flag_of_the_measurement_configs_has_a_range():
 
     from awp.data import DataConfig
     from awp_landscape.pipeline import AnalysisPlan, DemoConfig
-    from awp_landscape.plans import MeasurePlan, TrainingPlan
-    from awp_landscape.sweep import SweepPlan
+    from awp_landscape.plans import SweepPlan, TrainingPlan
 
     configs = (AttackConfig, AWPConfig, TrainConfig, ModelConfig, EvalConfig, SurfaceConfig,
                GapConfig, FlatnessConfig, WorstCaseConfig, SigmaSearchConfig, PacBayesConfig,
-               HessianConfig, SpectraConfig, CertifyConfig, TrainingPlan, MeasurePlan,
-               AnalysisPlan, SweepPlan, DemoConfig, DataConfig)  # fmt: skip
+               HessianConfig, SpectraConfig, CertifyConfig, TrainingPlan, AnalysisPlan,
+               SweepPlan, DemoConfig, DataConfig)  # fmt: skip
     missing = [
         f"{cls.__name__}.{f.name}"
         for cls in configs
@@ -696,7 +697,7 @@ def test_the_plans_of_demo_and_sweep_refuse_out_of_range_sizes_in_one_line(
 def test_sizes_that_cost_time_or_memory_say_the_cost(caplog):
     from analysis.certify_units import CertifyConfig
     from analysis.curvature import HessianConfig
-    from awp_landscape.commands.certify import _say_cost
+    from awp_landscape.measures.certify import _say_cost
 
     _say_cost(CertifyConfig(n=100_000), 500, "AT")  # the published protocol: 2e8 passes
     assert "AT: 2e+08 noisy forward passes (500 images x 4e+05 each" in caplog.text

@@ -3,7 +3,6 @@ defaults in every parser, the old spellings still work with a deprecation note, 
 says what it does, ``awp --version`` works and ``--help`` stays light."""
 
 import argparse
-import dataclasses
 import json
 import re
 import subprocess
@@ -11,8 +10,8 @@ import sys
 
 import pytest
 
-from awp_landscape.cli import COMMANDS, build_parser, main
-from awp_landscape.flags import VOCABULARY, DeprecatedFlag, dataclass_from_arguments
+from awp_landscape.cli import build_parser, command_names, main
+from awp_landscape.flags import DeprecatedFlag, dataclass_from_arguments
 
 
 def _parsers() -> dict[str, argparse.ArgumentParser]:
@@ -42,20 +41,20 @@ def _default(action: argparse.Action) -> str:
 
 # flag -> (its default in every command that has it, the commands that must have it).
 SHARED = {
-    "--attack-steps": ("20", ("gap", "flatness", "hessian", "connect")),
-    "--attack-step-size": ("2/255", ("gap", "flatness", "hessian", "connect", "landscape")),
-    "--attack-restarts": ("1", ("gap", "flatness", "hessian", "connect", "landscape", "eval")),
-    "--attack-start": ("uniform", ("gap", "flatness", "hessian", "connect", "landscape")),
-    "--attack-mode": ("eval", ("gap", "flatness", "hessian", "connect", "landscape")),
-    "--eps": ("8/255", ("gap", "flatness", "hessian", "connect", "landscape", "train")),
-    "--norm": ("linf", ("gap", "flatness", "hessian", "connect", "landscape", "train", "eval")),
+    "--attack-steps": ("20", ("gap", "flatness", "curvature", "connect")),
+    "--attack-step-size": ("2/255", ("gap", "flatness", "curvature", "connect", "landscape")),
+    "--attack-restarts": ("1", ("gap", "flatness", "curvature", "connect", "landscape", "eval")),
+    "--attack-start": ("uniform", ("gap", "flatness", "curvature", "connect", "landscape")),
+    "--attack-mode": ("eval", ("gap", "flatness", "curvature", "connect", "landscape")),
+    "--eps": ("8/255", ("gap", "flatness", "curvature", "connect", "landscape", "train")),
+    "--norm": ("linf", ("gap", "flatness", "curvature", "connect", "landscape", "train", "eval")),
     "--seed": (
         "0",
-        ("train", "eval", "landscape", "gap", "flatness", "hessian", "connect", "certify"),
+        ("train", "eval", "landscape", "gap", "flatness", "curvature", "connect", "certify"),
     ),
     "--subset-seed": (
         "0",
-        ("eval", "landscape", "gap", "flatness", "hessian", "connect", "certify"),
+        ("eval", "landscape", "gap", "flatness", "curvature", "connect", "certify"),
     ),
 }
 # A command whose default differs says why in the flag's help (the text to find).
@@ -195,15 +194,20 @@ def test_every_flag_has_a_help_text_and_every_command_a_description():
 
 
 def test_the_command_table_lists_every_command_with_its_own_summary():
+    from awp_landscape.cli import AFTER, BEFORE
+    from awp_landscape.measures import MEASURES
+
     full = build_parser()
     sub = next(a for a in full._actions if isinstance(a, argparse._SubParsersAction))
     summaries = {a.dest: a.help for a in sub._choices_actions}
-    assert [n for n, _, _ in COMMANDS] == list(summaries)
-    for name, _, summary in COMMANDS:
-        assert summaries[name] == summary, name  # the module's help is the table's
+    assert list(command_names()) == list(summaries)
+    tables = {**{n: s for n, (_, s) in {**BEFORE, **AFTER}.items()},
+              **{m.command: m.summary for m in MEASURES if m.command}}  # fmt: skip
+    for name in command_names():
+        assert summaries[name] == tables[name], name  # the parser's help is the table's
     light = build_parser(only=None)
     assert light.format_help() == full.format_help()
-    for name, _, _ in COMMANDS:  # a command's own parser, built alone, is the full one
+    for name in command_names():  # a command's own parser, built alone, is the full one
         alone = build_parser(only=name)
         mine = next(a for a in alone._actions if isinstance(a, argparse._SubParsersAction))
         assert mine.choices[name].format_help() == sub.choices[name].format_help(), name
@@ -241,7 +245,9 @@ def test_a_value_with_a_leading_minus_gets_a_hint(argv, hint, capsys):
 HEAVY = ("torch", "matplotlib")
 
 
-@pytest.mark.parametrize("argv", [["--help"]] + [[name, "--help"] for name, _, _ in COMMANDS])
+@pytest.mark.parametrize(
+    "argv", [["--help"], ["hessian", "--help"]] + [[name, "--help"] for name in command_names()]
+)
 def test_help_imports_neither_torch_nor_matplotlib(argv):
     """`awp --help` and every `awp CMD --help`: the parsers come from torch-free modules."""
     code = (
@@ -263,11 +269,12 @@ def test_the_torch_free_copies_agree_with_what_they_describe():
     """The attack names and the commands' descriptions written where torch is not imported."""
     import awp_landscape.pipeline
     import awp_landscape.sweep
+    from awp.attack_names import ATTACK_LABELS, EVAL_ATTACKS
     from awp.attacks import ATTACKS
-    from awp.eval_config import EVAL_ATTACKS
-    from awp_landscape.commands.common import module_doc
+    from awp_landscape.flags import module_doc
 
     assert tuple(ATTACKS) == EVAL_ATTACKS
+    assert {n: a.label for n, a in ATTACKS.items()} == ATTACK_LABELS
     assert module_doc("awp_landscape.sweep") == awp_landscape.sweep.__doc__
     assert module_doc("awp_landscape.pipeline") == awp_landscape.pipeline.__doc__
     assert module_doc("awp_landscape.no_such_module") is None
@@ -300,20 +307,9 @@ def test_landscape_notes_that_seed_now_seeds_the_attack(argv, seeds, noted, caps
         assert (cfg.attack_seed, cfg.seed) == (3, seeds["direction_seed"] or 0)
 
 
-def test_the_vocabulary_names_existing_fields():
-    import importlib
-
-    homes = {"AttackConfig": "awp.config", "EvalConfig": "awp.evaluate",
-             "CertifyConfig": "analysis.certify_units", "SurfaceConfig": "landscape.config",
-             "TrainConfig": "awp.train", "TrainingPlan": "awp_landscape.plans"}  # fmt: skip
-    for cls_name, field in VOCABULARY:
-        cls = getattr(importlib.import_module(homes[cls_name]), cls_name)
-        assert field in {f.name for f in dataclasses.fields(cls)}, (cls_name, field)
-
-
 def test_one_out_rule_for_the_commands_that_read_checkpoints(tmp_path):
-    from awp_landscape.commands.common import out_folder
     from awp_landscape.console import CLIError
+    from awp_landscape.inputs import out_folder
 
     run = tmp_path / "runs" / "at"
     ckpts = [run / "checkpoints" / "best.pt", run / "checkpoints" / "last.pt"]
@@ -323,6 +319,6 @@ def test_one_out_rule_for_the_commands_that_read_checkpoints(tmp_path):
     with pytest.raises(CLIError, match="2 run folders; name one results folder with --out"):
         out_folder(None, [ckpts[0], tmp_path / "runs" / "awp" / "checkpoints" / "best.pt"])
     assert out_folder(tmp_path / "mine", ckpts, under="landscape") == tmp_path / "mine"
-    for name in ("eval", "landscape", "connect", "gap", "flatness", "hessian", "certify"):
+    for name in ("eval", "landscape", "connect", "gap", "flatness", "curvature", "certify"):
         out = _visible(PARSERS[name])["--out"]
         assert out.default is None and "<run>/analysis" in out.help, name

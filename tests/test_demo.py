@@ -106,7 +106,7 @@ def test_demo_writes_every_stage_and_the_report(demo):
         "analysis/trajectory/AT.h5",
         "analysis/trajectory/AT-AWP.h5",
         "analysis/certify.json",
-        "analysis/curvature/hessian.json",
+        "analysis/curvature/curvature.json",
         "analysis/connect/connect.json",
         "analysis/connect/connect.h5",
         "analysis/quantize.json",
@@ -392,7 +392,7 @@ def test_loose_run_folders_of_three_seeds_keep_one_curve_per_seed(tmp_path, monk
     # awp report on the six run folders of a 3-seed sweep: the story figure drew only the last
     # seed's AT and AT-AWP (one dict keyed by label) while its caption says one line per seed
     import awp_landscape.report.sections as sections
-    from awp_landscape.report.collect import Results, Run
+    from awp_landscape.results import Results, Run
 
     def history(level):
         return [{"epoch": e, "test_robust_loss": level + e, "test_robust_acc": 0.2}

@@ -452,15 +452,15 @@ def test_absolute_flatness_does_not_let_draws_cancel():
 
 def test_the_flatness_stage_reads_the_absolute_flatness_as_a_measure(tmp_path):
     from awp.io import write_json
+    from awp_landscape.measures.flatness import MEASURE
     from awp_landscape.plans import AnalysisPlan
-    from awp_landscape.stages import flatness as stage
 
     rows = [
         {"label": m, "kind": "expected", "alpha": 0.1, "flatness_loss": v, "abs_flatness_loss": a}
         for m, v, a in (("AT", 0.01, 0.03), ("AT-AWP", 0.02, 0.025))
     ]
     write_json(tmp_path / "analysis" / "flatness_final" / "flatness.json", {"rows": rows})
-    found = dict(stage.measures(AnalysisPlan(flatness_alphas=(0.1,))))
+    found = dict(MEASURE.over_seeds(AnalysisPlan(flatness_alphas=(0.1,))))
     (get,) = [f for name, f in found.items() if name.startswith("expected absolute flatness")]
     assert get(tmp_path, "AT") == 0.03 and get(tmp_path, "AT-AWP") == 0.025
     older = [{k: v for k, v in r.items() if k != "abs_flatness_loss"} for r in rows]

@@ -23,8 +23,8 @@ from awp.models import ModelSpec, build_model
 from awp.perturb import select_params
 from awp.seeds import derive_seed
 from awp_landscape.cli import main
-from awp_landscape.commands.hessian import hessian_for_checkpoint
 from awp_landscape.inputs import Inputs
+from awp_landscape.measures.curvature import curvature_of_checkpoint
 from landscape.directions import hessian_directions
 from landscape.storage import read_directions, read_surface, write_surface
 from landscape.surface import hessian_seed
@@ -73,12 +73,12 @@ MEASURE += ["--power"]
 
 def test_hessian_writes_rows_keyed_by_checkpoint_and_reruns_nothing(ckpts, tmp_path, capsys):
     out = tmp_path / "h"
-    args = ["hessian", *map(str, ckpts[:2]), "--labels", "AT", "AT-AWP", *MEASURE]
+    args = ["curvature", *map(str, ckpts[:2]), "--labels", "AT", "AT-AWP", *MEASURE]
     args += ["--out", str(out), *FAST]
     assert main(args) == 0
     text = capsys.readouterr().out
     assert "lambda_1" in text and "AT-AWP" in text and "top Hessian eigenvalue" in text
-    data = json.loads((out / "hessian.json").read_text())
+    data = json.loads((out / "curvature.json").read_text())
     rows = data["rows"]
     assert [r["label"] for r in rows] == ["AT", "AT-AWP"]  # folders at-*, awp-*
     for r in rows:
@@ -91,16 +91,16 @@ def test_hessian_writes_rows_keyed_by_checkpoint_and_reruns_nothing(ckpts, tmp_p
     layers = data["layers"]
     assert [x["layer"] for x in layers[:3]] == ["conv1.weight", "conv2.weight", "linear.weight"]
     assert all(x["trace"] is not None and x["top_eigenvalue"] is not None for x in layers)
-    for name in ("hessian.csv", "hessian_layers.csv", "hessian_density.png"):
+    for name in ("curvature.csv", "curvature_layers.csv", "curvature_density.png"):
         assert (out / name).stat().st_size > 0, name
-    for name in ("hessian_eigenvalues.png", "hessian_layers.png"):
+    for name in ("curvature_eigenvalues.png", "curvature_layers.png"):
         assert (out / name).stat().st_size > 0, name
-    stores = sorted((out / "hessian").glob("*/samples.rank0.json"))
+    stores = sorted((out / "curvature").glob("*/samples.rank0.json"))
     assert len(stores) == 2
     stamps = [s.stat().st_mtime_ns for s in stores]
     assert main(args) == 0  # everything finished: nothing is recomputed or rewritten
     assert [s.stat().st_mtime_ns for s in stores] == stamps
-    assert json.loads((out / "hessian.json").read_text())["rows"] == rows
+    assert json.loads((out / "curvature.json").read_text())["rows"] == rows
     # A tighter stopping rule only adds probes: the finished units are reused.
     done = set(json.loads(stores[0].read_text())["records"])
     more = [*args, "--probes-max", "9", "--trace-rel-tol", "1e-9"]
@@ -113,18 +113,19 @@ def test_hessian_writes_rows_keyed_by_checkpoint_and_reruns_nothing(ckpts, tmp_p
     assert main([*args, "--loss", "clean"]) == 2
     assert "other settings" in capsys.readouterr().err
     assert stores[0].read_text() == before
-    assert main(["hessian", str(ckpts[0]), "--top-k", "0", "--out", str(out), *FAST]) == 2
+    assert main(["curvature", str(ckpts[0]), "--top-k", "0", "--out", str(out), *FAST]) == 2
     assert "nothing to measure" in capsys.readouterr().err
 
 
 def test_rows_feed_correlate(ckpts, tmp_path, capsys):
     out = tmp_path / "c"
     paths = list(map(str, ckpts))
+    # `awp hessian`: the command's earlier name still runs it
     args = ["hessian", *paths, "--top-k", "1", "--lanczos-vectors", "4", "--out", str(out)]
     assert main([*args, *FAST, "--no-figures"]) == 0
     gap = ["gap", *paths, "--n-train", "8", "--n-test", "8", "--attack-steps", "1"]
     assert main([*gap, "--out", str(out), "--no-progress", "--device", "cpu"]) == 0
-    tables = [str(out / "hessian.json"), str(out / "gap.json")]
+    tables = [str(out / "curvature.json"), str(out / "gap.json")]
     assert main(["correlate", *tables, "--x", "top_eigenvalue", "--n-boot", "20"]) == 0
     assert "kendall" in capsys.readouterr().out
     res = json.loads((out / "correlation.json").read_text())
@@ -152,11 +153,11 @@ def test_killed_then_resumed_equals_an_uninterrupted_run(ckpts, tmp_path):
     loaded = Inputs(torch.device("cpu")).load(ckpts[1])
     killed, first = counting(stop_after=4)
     with pytest.raises(KeyboardInterrupt):
-        hessian_for_checkpoint(loaded, cfg=cfg, out=tmp_path / "a", compute=killed)
+        curvature_of_checkpoint(loaded, cfg, folder=tmp_path / "a", compute=killed)
     again, calls = counting()
-    resumed = hessian_for_checkpoint(loaded, cfg=cfg, out=tmp_path / "a", compute=again)
+    resumed = curvature_of_checkpoint(loaded, cfg, folder=tmp_path / "a", compute=again)
     assert not set(first[:4]) & set(calls) and first[4] in calls
-    fresh = hessian_for_checkpoint(loaded, cfg=cfg, out=tmp_path / "b")
+    fresh = curvature_of_checkpoint(loaded, cfg, folder=tmp_path / "b")
     # The same numbers as an uninterrupted run, to the last bit.
     assert resumed == fresh
     # base, eigs, power, 2 SLQ runs, 3 layers and the probes: each computed once in all.
@@ -175,13 +176,13 @@ def test_torchrun_two_ranks_equal_one_process(ckpts, tmp_path):
     for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    cmd += ["-m", "awp_landscape", "hessian", *args, "--out", str(tmp_path / "two")]
+    cmd += ["-m", "awp_landscape", "curvature", *args, "--out", str(tmp_path / "two")]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert not list((tmp_path / "two" / "hessian").glob("*/samples.rank1.json"))  # one writer
-    assert main(["hessian", *args, "--out", str(tmp_path / "one")]) == 0
-    two = json.loads((tmp_path / "two" / "hessian.json").read_text())
-    one = json.loads((tmp_path / "one" / "hessian.json").read_text())
+    assert not list((tmp_path / "two" / "curvature").glob("*/samples.rank1.json"))  # one writer
+    assert main(["curvature", *args, "--out", str(tmp_path / "one")]) == 0
+    two = json.loads((tmp_path / "two" / "curvature.json").read_text())
+    one = json.loads((tmp_path / "one" / "curvature.json").read_text())
     (r2,), (r1,) = two["rows"], one["rows"]
     assert set(r1) == set(r2)
     for k, v in r1.items():

@@ -289,11 +289,13 @@ def test_spectra_command_writes_records_and_figures(run_ckpts, capsys):
     for name in ("spectra_esd", "spectra_depth", "spectra_epochs"):
         assert (out / f"{name}.png").exists(), name
     assert "op_norm_zero_bound" in capsys.readouterr().out
-    # a rerun computes nothing again (the units are on disk) and gives the same records
-    units = out / "spectra_units" / "spectra.rank0.json"
-    stamp = units.stat().st_mtime_ns
+    # a rerun computes nothing again (the results are on disk) and gives the same records
+    results = sorted((out / "spectra_units").glob("*/result.json"))
+    kept = [json.loads(p.read_text())["result"] for p in results]
+    assert len(results) == 4
     assert main([*args, "--power-iterations", "10", "--labels", "a", "b", "c", "d"]) == 0
-    assert units.stat().st_mtime_ns == stamp
+    assert "4 of 4 checkpoint(s) already measured" in capsys.readouterr().out
+    assert [json.loads(p.read_text())["result"] for p in results] == kept
     again = json.loads((out / "spectra.json").read_text())
     assert [r["alpha"] for r in again["stats"]] == pytest.approx(
         [r["alpha"] for r in res["stats"]], nan_ok=True

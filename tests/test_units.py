@@ -201,7 +201,7 @@ def test_settings_guard_adds_the_callers_problems_and_shortens_long_lists():
 # ----------------------------------------------------------------------------- checkpoint_units
 
 
-def test_checkpoint_units_resume_refuse_and_write_the_result(tmp_path):
+def test_checkpoint_units_resume_and_refuse(tmp_path):
     calls = []
 
     def compute(key):
@@ -216,7 +216,6 @@ def test_checkpoint_units_resume_refuse_and_write_the_result(tmp_path):
     run = dict(compute=compute, measure=measure, ignore=("cfg.samples",))
     first = checkpoint_units(tmp_path / "ck", stores={"samples": meta}, **run)
     assert first == {"total": 5} and len(calls) == 3
-    assert json.loads((tmp_path / "ck" / "result.json").read_text()) == first
     # resumed: nothing recomputed; an ignored setting may change
     again = checkpoint_units(
         tmp_path / "ck", stores={"samples": {"seed": 1, "cfg": {"samples": 9}}}, **run
@@ -279,27 +278,26 @@ def test_certify_units_are_the_tested_certify_predict_and_noise_curve():
 
 def test_stores_written_before_the_guard_are_still_resumed(tmp_path):
     """Flatness and curvature stores used to keep their settings without the ones that only
-    add or summarize units; the commands' RESUME_MUTABLE paths read those files unchanged,
+    add or summarize units; the measures' UNIT_MUTABLE paths read those files unchanged,
     and still refuse a setting that changes what a unit computes."""
     from analysis.curvature import HessianConfig
     from analysis.flatness import FlatnessConfig
     from analysis.store import SampleStore
     from awp.config import to_dict
     from awp.data import DataConfig
-    from awp_landscape.commands import flatness as flat_cmd
-    from awp_landscape.commands import hessian as hess_cmd
+    from awp_landscape.measures import curvature, flatness
 
     for name, cmd, cfg in (
-        ("flatness", flat_cmd, FlatnessConfig()),
-        ("hessian", hess_cmd, HessianConfig(trace=True)),
+        ("flatness", flatness, FlatnessConfig()),
+        ("hessian", curvature, HessianConfig(trace=True)),
     ):
-        now = cmd._settings(cfg, DataConfig(), "ab" * 32, 100)
-        dropped = {p.split(".", 1)[1] for p in cmd.RESUME_MUTABLE}
+        now = cmd.unit_settings(cfg, DataConfig(), "ab" * 32, 100)
+        dropped = {p.split(".", 1)[1] for p in cmd.UNIT_MUTABLE}
         old = {**now, name: {k: v for k, v in to_dict(cfg).items() if k not in dropped}}
         folder = tmp_path / name
         SampleStore(folder, meta=old).add("base", {"v": 1})
-        store = SampleStore(folder, meta=now, ignore=cmd.RESUME_MUTABLE)
+        store = SampleStore(folder, meta=now, ignore=cmd.UNIT_MUTABLE)
         assert store.load() == {"base": {"v": 1}}
         changed = {**now, name: {**now[name], "subset_seed": 5}}
         with pytest.raises(StoreMismatch, match=f"{name}.subset_seed: 0 on disk, 5 now"):
-            SampleStore(folder, meta=changed, ignore=cmd.RESUME_MUTABLE).load()
+            SampleStore(folder, meta=changed, ignore=cmd.UNIT_MUTABLE).load()

@@ -3,8 +3,8 @@
 Curves (1-D, several directions, interpolation) of every file go into one Figure 1 style
 figure, one panel per metric, a band over directions; each 2-D file gets a contour, filled
 contour, heatmap and 3-D surface per metric (a trajectory file also its path on the
-contour). Figures are written as PNG and PDF. Matplotlib is imported only when the command
-runs, so ``awp`` starts fast.
+contour). Figures are written as PNG and PDF. Matplotlib and the landscape code are imported only when
+the command runs, so ``awp plot --help`` answers at once.
 """
 
 from __future__ import annotations
@@ -13,17 +13,88 @@ import argparse
 import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-
-from awp.io import exclusive_output
-from awp_landscape.commands.plot_parser import PLOTS as PLOTS
-from awp_landscape.commands.plot_parser import register as register
-from landscape.curvature_map import EIG_NAMES
+from landscape.config import VTP_METHODS as METHODS
 from landscape.grid import PLANES
-from landscape.run import safe_name
-from landscape.storage import Surface, read_surface
-from landscape.vtp import surface_mesh, write_vtp
+
+if TYPE_CHECKING:
+    from landscape.storage import Surface
+
+PLOTS = ("auto", "curve", "contour", "contourf", "heatmap", "surface")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``awp plot`` to the ``awp`` command."""
+    p = subparsers.add_parser(
+        "plot",
+        help="draw landscape h5 files (curves, contours, heatmaps, 3-D surfaces)",
+        description=(
+            "Draw the h5 files written by 'awp landscape' (or loss-landscape's "
+            "plot_surface.py). Curves of several files share one figure (AT vs AT-AWP); "
+            "2-D surfaces get contour, filled contour, heatmap and 3-D views. PNG and PDF."
+        ),
+    )
+    p.add_argument("files", nargs="+", type=Path, help="landscape .h5 files")
+    p.add_argument(
+        "--metrics",
+        nargs="+",
+        default=None,
+        help="datasets to draw, e.g. test_adv_loss test_loss (default: the adversarial loss "
+        "of the test split, else the first loss found)",
+    )
+    p.add_argument(
+        "--plots",
+        nargs="+",
+        default=["auto"],
+        choices=PLOTS,
+        help="auto: curves for 1-D files, every view for 2-D files",
+    )
+    p.add_argument(
+        "--band",
+        default="std",
+        choices=("std", "minmax", "none"),
+        help="shaded band of a multi-direction curve: std (mean +- one standard deviation) | "
+        "minmax (the range over directions) | none (default: std)",
+    )
+    p.add_argument("--labels", nargs="+", default=None, help="legend labels, one per file")
+    p.add_argument("--vmin", type=float, default=None, help="lowest level of 2-D views")
+    p.add_argument("--vmax", type=float, default=None, help="highest level of 2-D views")
+    p.add_argument("--levels", type=int, default=None, help="number of contour levels")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="folder for the figures (default: the first file's folder)",
+    )
+    p.add_argument(
+        "--formats",
+        nargs="+",
+        default=["png", "pdf"],
+        choices=("png", "pdf", "svg"),
+        help="figure file formats: png | pdf | svg (default: png pdf)",
+    )
+    g = p.add_argument_group("ParaView (VTK XML PolyData, the [viz] extra)")
+    g.add_argument(
+        "--vtp",
+        action="store_true",
+        help="also write every 2-D surface as LABEL_METRIC.vtp: points (x, y, metric), every "
+        "metric of the file as a point array",
+    )
+    g.add_argument(
+        "--vtp-points",
+        type=int,
+        default=0,
+        metavar="N",
+        help="resample onto N x N points over the same ranges (0 = the file's grid)",
+    )
+    g.add_argument(
+        "--vtp-method",
+        default="cubic",
+        choices=tuple(METHODS),
+        help="interpolation of --vtp-points (scipy's RegularGridInterpolator; default cubic)",
+    )
+    p.set_defaults(func=run)
 
 
 def default_metrics(names: Sequence[str]) -> list[str]:
@@ -37,6 +108,9 @@ def default_metrics(names: Sequence[str]) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     """Read every file, draw the figures, save them; prints the paths written."""
+    from awp.io import exclusive_output
+    from landscape.storage import read_surface
+
     # A shell glob like landscape/*.h5 also matches the NAME.directions.h5 companions: skip them
     # (a directions file given alone still gets read_surface's clear error).
     files = [f for f in args.files if not str(f).endswith(".directions.h5")] or list(args.files)
@@ -68,6 +142,8 @@ def _draw(
     )
     from figures.style import new_figure, save_figure
     from figures.trajectory import plot_trajectories, trajectory_panel
+    from landscape.curvature_map import EIG_NAMES
+    from landscape.run import safe_name
 
     plots = set(args.plots)
     curves_wanted = bool(plots & {"auto", "curve"})
@@ -133,6 +209,8 @@ def _draw(
 def _mask_missing(surface: Surface) -> None:
     """A file not complete (a run killed midway) has its points not computed drawn as missing,
     never as a finished curve; a note says so."""
+    import numpy as np
+
     for name, values in surface.values.items():
         surface.values[name] = np.where(surface.computed, values, np.nan)
     if not surface.computed.all():
@@ -152,6 +230,9 @@ def _write_vtp(
     args: argparse.Namespace, surface_files: list[tuple[Surface, str]], out_dir: Path
 ) -> list[Path]:
     """One .vtp per 2-D surface and metric asked for (every metric as a point array)."""
+    from landscape.run import safe_name
+    from landscape.vtp import surface_mesh, write_vtp
+
     written = []
     for s, lab in surface_files:
         assert s.y is not None
@@ -167,6 +248,8 @@ def _write_vtp(
 
 
 def _check_metrics(metrics: Sequence[str], files) -> None:
+    import numpy as np
+
     for s, lab in files:
         missing = [m for m in metrics if m not in s.values]
         if missing:

@@ -1,18 +1,63 @@
-"""``awp train``: adversarial training (AT, TRADES, MART), with or without AWP."""
+"""``awp train``: adversarial training (AT, TRADES, MART), with or without AWP.
+
+Its flags come from :class:`awp.train_config.TrainConfig`, which imports no torch, so that
+``awp train --help`` answers at once; the training is imported when it runs.
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+from pathlib import Path
 
-from awp import distributed
 from awp.config import from_dict
-from awp.train import TrainConfig, train
+from awp.train_config import TrainConfig
 from awp.zoo import find_zoo_model, zoo_dataset, zoo_file
-from awp_landscape.commands.train_parser import register as register
+from awp_landscape.checkpoint_flags import add_zoo_location
 from awp_landscape.console import CLIError, epoch_line, say
-from awp_landscape.flags import dataclass_from_arguments
+from awp_landscape.flags import add_dataclass_arguments, add_run_arguments, dataclass_from_arguments
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``awp train``."""
+    p = sub.add_parser(
+        "train",
+        help="adversarial training (AT, TRADES, MART), with or without AWP",
+        description="Train with PGD adversarial training (AT), TRADES or MART, optionally with "
+        "AWP. Every option defaults to the paper's CIFAR-10 protocol; options shown with "
+        "'for at, ... for trades' take the --method's default unless given "
+        "(awp.config.METHOD_DEFAULTS). Several processes: torchrun --nproc_per_node N "
+        "-m awp_landscape train ... (DDP; --batch-size is the global batch).",
+    )
+    p.add_argument(
+        "--config", type=Path, help="JSON config (a run's config.json); flags override it"
+    )
+    p.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
+    p.add_argument(
+        "--resume-from",
+        type=Path,
+        default=None,
+        metavar="CHECKPOINT",
+        help="continue the run in --out exactly from one of its epoch checkpoints (when "
+        "last.pt is missing or corrupt); later epochs are recomputed",
+    )
+    add_run_arguments(p, device=False)
+    add_dataclass_arguments(p, TrainConfig)
+    z = p.add_argument_group(
+        "--init from RobustBench's zoo by name (read from --model-dir only; docs/robustbench.md)"
+    )
+    z.add_argument(
+        "--robustbench",
+        dest="init_robustbench",  # one zoo model to start from, not checkpoints to measure
+        default=None,
+        metavar="NAME",
+        help="start from this zoo model's weights (as --init with its file), e.g. "
+        "Wu2020Adversarial_extra; --model must name its architecture",
+    )
+    add_zoo_location(z)
+    p.set_defaults(func=run)
+
 
 # Settings of AWP's weight perturbation: given without --awp they would silently do nothing.
 AWP_FLAGS = ("gamma", "awp_warmup", "awp_steps", "awp_alternations")
@@ -50,6 +95,9 @@ def config_from(args: argparse.Namespace) -> TrainConfig:
 
 def run(args: argparse.Namespace) -> int:
     """Train as the flags say; rank 0 prints one line per epoch."""
+    from awp import distributed
+    from awp.train import train
+
     cfg = config_from(args)
     main_rank = distributed.env_rank() == 0  # under torchrun only rank 0 talks
     if main_rank:

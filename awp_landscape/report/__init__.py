@@ -1,4 +1,4 @@
-"""The report: collect the stages' files, draw their sections, write HTML and markdown."""
+"""The report: collect the measures' files, draw their sections, write HTML and markdown."""
 
 from awp_landscape.report.collect import Results, Run, collect, measurements
 from awp_landscape.report.document import build_document, write_report

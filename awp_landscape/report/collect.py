@@ -1,15 +1,14 @@
-"""The report's first step: gather what the stages left on disk, from demo folders, seed
+"""The report's first step: gather what the measures left on disk, from demo folders, seed
 folders, run folders or analysis folders.
 
-Training runs (``metrics.jsonl``, ``config.json``) are read here; every stage's files are read
-by the stage itself (:data:`awp_landscape.stages.STAGES`, its ``read``), so this module names
-no stage's files.
+Training runs (``metrics.jsonl``, ``config.json``) are read here; every measure's files are read
+by the measure itself (:data:`awp_landscape.measures.MEASURES`, its ``read``), so this module
+names no measure's files.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,44 +16,13 @@ from analysis.outcome import Measurements
 from awp.config import method_of
 from awp.io import read_json
 from awp.runs import RunFolder
+from awp_landscape.measures import MEASURES, Measure
 from awp_landscape.over_seeds import seed_folders
-from awp_landscape.stages import STAGES, Stage
+from awp_landscape.results import Results, Run, per_epoch_evaluation
 
 
-@dataclass
-class Run:
-    """One training run folder."""
-
-    label: str
-    path: Path
-    config: dict[str, Any]
-    history: list[dict[str, Any]]
-
-
-@dataclass
-class Results:
-    """Everything the report reads: the runs, each stage's results by stage name (``res["gap"]``;
-    empty where absent), and what a replicated demo or a sweep adds."""
-
-    root: Path
-    runs: list[Run] = field(default_factory=list)
-    stages: dict[str, Any] = field(default_factory=dict)
-    demo_config: dict[str, Any] = field(default_factory=dict)
-    figures: dict[str, Path] = field(default_factory=dict)
-    seeds: list[int] = field(default_factory=list)  # a replicated demo's seeds
-    seed_histories: dict[int, dict[str, list[dict[str, Any]]]] = field(default_factory=dict)
-    replicates: dict[str, Any] = field(default_factory=dict)  # replicates.json
-    sweep: dict[str, Any] = field(default_factory=dict)  # sweep.json
-
-    def __getitem__(self, name: str) -> Any:
-        """A stage's results (a list or a dict; empty when it left none)."""
-        if name not in self.stages:
-            raise KeyError(f"no stage {name!r}; the stages are {', '.join(self.stages)}")
-        return self.stages[name]
-
-
-def _empty(stage: Stage) -> Any:
-    return [] if stage.accumulate else {}
+def _empty(measure: Measure) -> Any:
+    return [] if measure.accumulate else {}
 
 
 def _read_runs(path: Path) -> list[Run]:
@@ -72,20 +40,19 @@ def _read_runs(path: Path) -> list[Run]:
     return runs
 
 
-def _read_stage(stage: Stage, folders: Sequence[Path], res: Results) -> None:
-    """A stage's results from the folders, in order: concatenated, or the first found."""
-    found = _empty(stage)
+def _read_measure(measure: Measure, folders: Sequence[Path], res: Results) -> None:
+    """A measure's results from the folders, in order: concatenated, or the first found."""
+    found = _empty(measure)
     for d in folders:
-        if stage.read is None or not d.is_dir():
+        if not d.is_dir():
             continue
-        if stage.accumulate:
-            found += stage.read(d)
+        if measure.accumulate:
+            found += measure.read(d)
         elif not found:
-            found = stage.read(d) or found
-        if stage.figures_of is not None:
-            for name, path in stage.figures_of(d).items():
-                res.figures.setdefault(name, path)
-    res.stages[stage.name] = found
+            found = measure.read(d) or found
+        for name, path in measure.figures_of(d).items():
+            res.figures.setdefault(name, path)
+    res.measures[measure.name] = found
 
 
 def collect(paths: Sequence[str | Path]) -> Results:
@@ -115,9 +82,9 @@ def collect(paths: Sequence[str | Path]) -> Results:
     for run in res.runs:
         if (run.path / "analysis").is_dir() and run.path / "analysis" not in analysis_dirs:
             analysis_dirs.append(run.path / "analysis")
-    for stage in STAGES:
-        _read_stage(stage, analysis_dirs if stage.in_analysis else roots, res)
-    if not (res.runs or res.sweep or res.replicates or any(res.stages.values())):
+    for measure in MEASURES:
+        _read_measure(measure, analysis_dirs if measure.in_analysis else roots, res)
+    if not (res.runs or res.sweep or res.replicates or any(v for v in res.measures.values())):
         raise ValueError(
             f"nothing to report in {', '.join(map(str, roots))}: expected run "
             f"folders (metrics.jsonl) or an analysis folder (gap.json, ...)"
@@ -150,17 +117,6 @@ def _expand(roots: list[Path], res: Results) -> list[Path]:
             res.replicates = read_json(root / "replicates.json")
         detail.append(seeds[res.seeds[0]])
     return detail
-
-
-def per_epoch_evaluation(res: Results) -> str:
-    """What the per-epoch curves measured, e.g. "PGD-5; 250 test, 200 train images"."""
-    cfg = res.demo_config.get("training") or (res.runs[0].config if res.runs else {})
-    steps, n_test = cfg.get("eval_steps"), cfg.get("test_eval_size")
-    n_train = cfg.get("train_eval_size")
-    if steps is None:
-        return "PGD"
-    test = "all test images" if not n_test else f"{n_test} test images"
-    return f"PGD-{steps} per evaluated epoch; {test}, {n_train} train images"
 
 
 def measurements(res: Results) -> Measurements:

@@ -1,7 +1,8 @@
 """The report: one self-contained HTML file (and a markdown summary) from result folders.
 
-Reads what the stages left on disk (:mod:`awp_landscape.report.collect`), so it can be rerun at
-any time, and draws the sections in the registry's order (:data:`awp_landscape.stages.STAGES`),
+Reads what the measures left on disk (:mod:`awp_landscape.report.collect`), so it can be rerun
+at any time, and draws the sections in the registry's order
+(:data:`awp_landscape.measures.MEASURES`),
 after the outcome: verdicts over seeds, or a single run's statements computed by
 :mod:`analysis.outcome` from those numbers, including when AT-AWP did *not* come out flatter or
 with the smaller gap.
@@ -15,11 +16,11 @@ from pathlib import Path
 from analysis.outcome import outcome
 from analysis.replicates import MIN_SEEDS
 from awp.io import atomic_write_set, atomic_write_text, exclusive_output
+from awp_landscape.measures import MEASURES
 from awp_landscape.report.collect import Results, collect, measurements
 from awp_landscape.report.over_seeds import replicates_section
 from awp_landscape.report.sections import drawn, intro, not_measured, story_section
 from awp_landscape.report.sweep import sweep_section
-from awp_landscape.stages import STAGES
 from figures.html import Document, Section, markdown_figures, render_html, render_markdown
 
 
@@ -60,7 +61,7 @@ def build_document(res: Results, *, title: str = "AWP: what this run measured") 
     if not doc.sections:
         doc.sections.append(Section("Outcome", paragraphs=["Not enough results for an outcome."]))
     absent = []
-    for part in (p for stage in STAGES for p in stage.sections):
+    for part in (p for measure in MEASURES for p in measure.sections()):
         if part.present(res):
             doc.sections.append(drawn(part.draw, res, part.title, part.reads))
         else:

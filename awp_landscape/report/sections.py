@@ -1,4 +1,4 @@
-"""The report's own sections, beside the stages' (:data:`awp_landscape.stages.STAGES`): the
+"""The report's own sections, beside the measures' (:data:`awp_landscape.measures.MEASURES`): the
 intro, the first screen (both methods' learning curves and the outcome table over seeds), a
 section that could not be drawn, and what a demo folder has not measured yet."""
 
@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from analysis.replicates import MIN_SEEDS
-from awp_landscape.report.collect import Results, Run, per_epoch_evaluation
+from awp_landscape.results import Results, Run, per_epoch_evaluation
 from figures.curves import plot_story_curves
 from figures.html import FigureBlock, Section, Table
 
