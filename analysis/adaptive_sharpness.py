@@ -56,6 +56,7 @@ sharpness); Croce & Hein, ICML 2020 (Auto-PGD's step-size schedule).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -526,6 +527,24 @@ def summarize(
                 ratios = [r["d_ratio"] for rs in recs for r in rs]
                 out.append(_estimate(cfg, kind, lk, rho, base, losses, ratios))
     return out
+
+
+def result_rows(
+    estimates: Sequence[SharpnessEstimate],
+    *,
+    cfg: AdaptiveSharpnessConfig,
+    ident: Mapping[str, object],
+) -> list[dict]:
+    """One table row per estimate: the columns naming the checkpoint (``ident``: checkpoint,
+    sha256, run, method, epoch, ...), the settings that shaped it, and the estimate."""
+    settings = {
+        "params": cfg.params,
+        "bn": cfg.bn,
+        "split": cfg.split,
+        "step_mult": cfg.step_mult,
+        "attack": None if cfg.attack is None else cfg.attack.describe(),
+    }
+    return [{**ident, **settings, **dataclasses.asdict(e)} for e in estimates]
 
 
 @dataclass(frozen=True)

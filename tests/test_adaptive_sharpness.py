@@ -3,6 +3,7 @@
 resume, bad input, and any module on any input shape without an attack."""
 
 import dataclasses
+import json
 import math
 
 import pytest
@@ -15,11 +16,12 @@ from analysis.adaptive_sharpness import (
     adaptive_ascent,
     adaptive_sharpness,
     compute_unit,
+    result_rows,
     scales_of,
     sharpness_keys,
     summarize,
 )
-from analysis.store import SampleStore, run_units
+from analysis.store import SampleStore, checkpoint_units, run_units
 from awp.config import AttackConfig
 from tests.helpers import assert_same_state, snapshot, tiny_batch, tiny_model
 
@@ -347,6 +349,37 @@ def test_units_resume_skip_finished_work_and_give_the_same_numbers(tmp_path):
     assert len(new) == 2 * 3 and all("rho=0.02" in k for k in new)
 
 
+def test_a_checkpoint_runs_through_checkpoint_units_and_resumes(tmp_path):
+    model = tiny_model(3)
+    x, y = tiny_batch(8, seed=2)
+    cfg = AdaptiveSharpnessConfig(
+        rho_worst=(0.01,), rho_average=(0.05,), m=4, n_examples=8, steps=2, draws=2,
+        attack=ATTACK,
+    )  # fmt: skip
+    calls: list[str] = []
+
+    def compute(key: str) -> dict:
+        calls.append(key)
+        return compute_unit(model, x, y, key, cfg=cfg)
+
+    def measure(run_keys) -> dict:
+        records = run_keys(sharpness_keys(cfg, 2), "sharpness")
+        estimates = summarize(records, cfg=cfg, n_batches=2)
+        return {"rows": result_rows(estimates, cfg=cfg, ident={"checkpoint": "last.pt"})}
+
+    stores = {"sharpness": cfg.store_settings()}
+    first = checkpoint_units(tmp_path, stores=stores, compute=compute, measure=measure)
+    assert len(calls) == len(sharpness_keys(cfg, 2))
+    calls.clear()
+    again = checkpoint_units(tmp_path, stores=stores, compute=compute, measure=measure)
+    assert not calls and again == first
+    rows = json.loads((tmp_path / "result.json").read_text())["rows"]
+    assert [(r["kind"], r["loss"]) for r in rows] == [
+        ("worst", "robust"), ("worst", "clean"), ("average", "robust"), ("average", "clean"),
+    ]  # fmt: skip
+    assert rows[0]["checkpoint"] == "last.pt" and rows[0]["attack"] == ATTACK.describe()
+
+
 def test_other_settings_are_refused_by_the_store(tmp_path):
     model = tiny_model(2)
     x, y = tiny_batch(4, seed=1)
@@ -390,3 +423,25 @@ def test_m_larger_than_the_data_names_the_flag():
         adaptive_sharpness(model, x, y, clean(m=8, n_examples=8))
     res = adaptive_sharpness(model, x, y, clean(kinds=("average",), m=4, n_examples=8, draws=1))
     assert (res.n_batches, res.n_used, res.n_left_out) == (1, 4, 2)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_the_same_numbers_on_cuda_as_on_the_cpu():
+    # float64, and the attacks' starts and the noise drawn on CPU generators: every unit is the
+    # same on both devices up to the order of floating-point sums (a sign step of a gradient
+    # that is ~1e-17 may differ, and moves the loss by as little), so within 1e-6 relative.
+    model = tiny_model(4, dtype=torch.float64).eval()
+    x, y = tiny_batch(8, seed=3, dtype=torch.float64)
+    cfg = AdaptiveSharpnessConfig(
+        rho_worst=(0.01,), rho_average=(0.05,), m=4, n_examples=8, steps=3, draws=2,
+        attack=ATTACK,
+    )  # fmt: skip
+    cpu = adaptive_sharpness(model, x, y, cfg).estimates
+    gpu_model = model.cuda()
+    before = snapshot(gpu_model)
+    gpu = adaptive_sharpness(gpu_model, x.cuda(), y.cuda(), cfg).estimates
+    assert_same_state(gpu_model, before)
+    for c, g in zip(cpu, gpu):
+        assert g.sharpness == pytest.approx(c.sharpness, rel=1e-6, abs=1e-9)
+        assert g.base_loss == pytest.approx(c.base_loss, rel=1e-9)
