@@ -382,9 +382,9 @@ def average_key(rho: float, loss_kind: str, b: int, k: int) -> str:
 def sharpness_keys(cfg: AdaptiveSharpnessConfig, n_batches: int) -> list[str]:
     """Every unit of a run over ``n_batches`` batches: the base losses first, then per kind,
     loss and rho the batches (and draws)."""
-    keys = [base_key(lk, b) for lk in cfg.losses for b in range(n_batches)]
+    keys = [base_key(lk, b) for lk in cfg.resolved_losses for b in range(n_batches)]
     for kind in cfg.kinds:
-        for lk in cfg.losses:
+        for lk in cfg.resolved_losses:
             for rho in cfg.rhos(kind):
                 for b in range(n_batches):
                     if kind == "worst":
@@ -513,7 +513,7 @@ def summarize(
         raise ValueError("no batches to summarize")
     out = []
     for kind in cfg.kinds:
-        for lk in cfg.losses:
+        for lk in cfg.resolved_losses:
             base = np.array([records[base_key(lk, b)]["loss"] for b in range(n_batches)])
             for rho in cfg.rhos(kind):
                 if kind == "worst":

@@ -323,8 +323,8 @@ class AdaptiveSharpnessConfig:
                 raise ValueError(f"{name}={getattr(self, name)} repeats a value")
         if self.attack is not None and not isinstance(self.attack, AttackConfig):
             raise ValueError(f"attack must be an AttackConfig or None, got {self.attack!r}")
-        losses = tuple(self.losses) or (("robust", "clean") if self.attack else ("clean",))
-        object.__setattr__(self, "losses", losses)  # resolved, so a saved config says what ran
+        object.__setattr__(self, "losses", tuple(self.losses))
+        losses = self.resolved_losses
         for loss in losses:
             check_choice(loss, SHARPNESS_LOSSES, "loss (--losses)")
         if len(set(losses)) != len(losses):
@@ -346,6 +346,12 @@ class AdaptiveSharpnessConfig:
                 f"averages over whole batches of m): use --n-examples {below} or "
                 f"{below + self.m}, or another --m"
             )
+
+    @property
+    def resolved_losses(self) -> tuple[str, ...]:
+        """The losses measured: ``losses``, or when empty robust and clean with an attack, clean
+        alone without one (kept unresolved in the field, so replacing the attack re-decides)."""
+        return self.losses or (("robust", "clean") if self.attack is not None else ("clean",))
 
     def batches_of(self, n: int, *, what: str = "the data") -> int:
         """The number of whole batches of m examples among ``n`` examples.

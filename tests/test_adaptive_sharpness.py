@@ -409,11 +409,14 @@ def test_bad_settings_are_one_clear_error(kw, message):
         AdaptiveSharpnessConfig(**kw)
 
 
-def test_norms_and_losses_are_resolved_so_the_saved_config_says_what_ran():
+def test_norms_are_normalized_and_the_losses_follow_the_attack():
     assert AdaptiveSharpnessConfig(p=2).p == "2"
     assert AdaptiveSharpnessConfig(p=float("inf")).p == "inf"
-    assert AdaptiveSharpnessConfig().losses == ("robust", "clean")
-    assert AdaptiveSharpnessConfig(attack=None).losses == ("clean",)
+    assert AdaptiveSharpnessConfig().resolved_losses == ("robust", "clean")
+    assert AdaptiveSharpnessConfig(attack=None).resolved_losses == ("clean",)
+    # `--attack none` on top of the defaults (how the command line builds it) is the clean loss.
+    assert dataclasses.replace(AdaptiveSharpnessConfig(), attack=None).resolved_losses == ("clean",)
+    assert AdaptiveSharpnessConfig(losses=["clean"]).losses == ("clean",)
 
 
 def test_m_larger_than_the_data_names_the_flag():
