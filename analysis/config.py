@@ -357,7 +357,7 @@ class AdaptiveSharpnessConfig:
         """The number of whole batches of m examples among ``n`` examples.
 
         Raises:
-            ValueError: m is larger than ``n``, naming --m and ``what`` holds the examples.
+            ValueError: m is larger than ``n``, naming --m and ``what`` (where the examples are).
         """
         if self.m > n:
             raise ValueError(
