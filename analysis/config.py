@@ -1,7 +1,7 @@
 """The settings of the analyses that the commands build their flags from: :class:`GapConfig`,
-:class:`FlatnessConfig`, :class:`WorstCaseConfig`, :class:`PacBayesConfig`,
-:class:`SpectraConfig`, :class:`ConnectConfig`, :class:`HessianConfig` and
-:class:`CertifyConfig`, with the names and bounds they check against.
+:class:`FlatnessConfig`, :class:`WorstCaseConfig`, :class:`AdaptiveSharpnessConfig`,
+:class:`PacBayesConfig`, :class:`SpectraConfig`, :class:`ConnectConfig`,
+:class:`HessianConfig` and :class:`CertifyConfig`, with the names and bounds they check against.
 
 This module imports no torch (``awp CMD --help`` is built from it); the modules that compute
 with them (:mod:`analysis.gap`, :mod:`analysis.flatness`, ...) re-export them.
@@ -9,6 +9,7 @@ with them (:mod:`analysis.gap`, :mod:`analysis.flatness`, ...) re-export them.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -16,7 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 from awp.config import (
     HVP_METHODS,
+    MODES,
     PARAM_SETS,
+    PGD10_EVAL,
     PGD20_EVAL,
     SCHEDULES,
     AttackConfig,
@@ -31,6 +34,10 @@ if TYPE_CHECKING:
 SPLITS = ("train", "test")  # the splits flatness and hessian measure
 NOISE_MODES = ("global", "layer", "filter", "element")  # scales of flatness' noise
 CURVE_OBJECTIVES = ("robust", "clean")  # what connect's curve is trained on
+# adaptive sharpness: its kinds, the norms of its worst-case ball, the losses it measures
+SHARPNESS_KINDS = ("worst", "average")
+SHARPNESS_NORMS = ("2", "inf")
+SHARPNESS_LOSSES = ("robust", "clean")
 # hessian's losses and dtypes
 LOSSES = ("adv", "clean")
 DTYPES = ("float32", "float64")
@@ -200,6 +207,217 @@ class WorstCaseConfig:
             raise ValueError("need ascent_steps >= 1 and ascent_restarts >= 1")
         if not 0 < self.step_fraction <= 1:
             raise ValueError(f"step_fraction={self.step_fraction} must be in (0, 1]")
+
+
+@dataclass(frozen=True)
+class AdaptiveSharpnessConfig:
+    """Adaptive sharpness (Andriushchenko et al., ICML 2023): kinds, radii, ball, batches, attack.
+
+    With T_w = |w| elementwise, the worst case is max over ||T_w^-1 d||_p <= rho of
+    L_B(w + d) - L_B(w) and the average case E_{d ~ N(0, rho^2 diag(T_w^2))} of the same, both
+    averaged over batches B of m examples (:mod:`analysis.adaptive_sharpness`).
+    """
+
+    kinds: tuple[str, ...] = opt(
+        SHARPNESS_KINDS,
+        "worst (max over the ball, by projected ascent per batch) | average (Gaussian d ~ "
+        "N(0, rho^2 diag(T_w^2)))",
+    )
+    rho_worst: tuple[float, ...] = opt(
+        (0.002,),
+        "radii of the worst case, ||d / T_w||_p <= rho (the paper's CIFAR-10 ResNet grid: "
+        "0.001-0.008 at p = inf, 0.25-2 at p = 2)",
+        bounds=(0, None),
+    )
+    rho_average: tuple[float, ...] = opt(
+        (0.1,),
+        "radii of the average case, d ~ N(0, rho^2 diag(T_w^2)) (the paper's CIFAR-10 ResNet "
+        "grid: 0.05-0.4)",
+        bounds=(0, None),
+    )
+    p: str = opt("inf", "norm of the worst case's ball: inf | 2")
+    adaptive: bool = opt(
+        True,
+        "T_w = |w| elementwise (invariant to rescaling layers); --no-adaptive: T_w = 1, plain "
+        "sharpness, for comparison",
+    )
+    m: int = opt(
+        128,
+        "examples per batch B (m-sharpness: the worst case is taken per batch, then averaged)",
+        bounds=(1, 100_000),
+        why="the m examples of a batch go through one forward and backward pass together",
+    )
+    n_examples: int = opt(
+        1024,
+        "size of the fixed seeded subset, a multiple of m (more than the split is capped to it)",
+        bounds=(1, None),
+    )
+    steps: int = opt(
+        20,
+        "ascent steps of the worst case per batch (x_adv regenerated at every step)",
+        bounds=(1, 10_000),
+        why="every step attacks the batch and is a forward and backward pass",
+    )
+    step_mult: float = opt(
+        1.0,
+        "the ascent's first step is 2 * rho * step_mult, halved at Auto-PGD's checkpoints",
+        bounds=(0, 10),
+    )
+    draws: int = opt(
+        20,
+        "Gaussian draws of d per batch (average case)",
+        bounds=(1, 100_000),
+        why="every draw attacks the batch on its own perturbed model",
+    )
+    losses: tuple[str, ...] = opt(
+        (),
+        "losses measured: robust (x_adv regenerated at w + d) | clean (default: both with an "
+        "attack, clean alone with --attack none)",
+    )
+    params: str = opt(
+        "all",
+        "perturbed tensors: all (every parameter, biases and BatchNorm's too, as the paper) | "
+        "weights (conv and linear weights, as AWP)",
+    )
+    bn: str = opt(
+        "eval",
+        "BatchNorm while the loss is computed: eval (w's running statistics) | train (each "
+        "batch's own statistics; the running ones never move)",
+    )
+    split: str = opt("train", "data split measured: train | test")
+    subset_seed: int = opt(0, "seed choosing the subset", bounds=(0, None))
+    seed: int = opt(
+        0,
+        "seed of the Gaussian draws and of the attacks' random starts",
+        bounds=(0, None),
+    )
+    confidence: float = opt(0.95, "confidence level of the t intervals over batches", bounds=(0, 1))
+    attack: AttackConfig | None = opt(
+        PGD10_EVAL,
+        "attack regenerated at every perturbed point and ascent step (--attack none: the "
+        "clean loss only)",
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("rho_worst", "rho_average"):
+            rhos = tuple(float(r) for r in getattr(self, name))
+            object.__setattr__(self, name, rhos)
+            if any(not r > 0 for r in rhos):  # said before the range: what rho = 0 means
+                raise ValueError(
+                    f"{name}={rhos}: give radii > 0 (--{name.replace('_', '-')}); rho = 0 is no "
+                    "perturbation, its sharpness 0 by definition"
+                )
+        object.__setattr__(self, "p", _norm_name(self.p))
+        object.__setattr__(self, "kinds", tuple(self.kinds))
+        check_bounds(self)
+        check_choice(self.p, SHARPNESS_NORMS, "norm p of the worst case (--p)")
+        check_choice(self.params, PARAM_SETS, "parameter set")
+        check_choice(self.bn, MODES, "BatchNorm mode (--bn)")
+        check_choice(self.split, SPLITS, "split")
+        if not self.kinds or len(set(self.kinds)) != len(self.kinds):
+            raise ValueError(f"kinds={self.kinds}: give worst, average or both, once each")
+        for kind in self.kinds:
+            check_choice(kind, SHARPNESS_KINDS, "sharpness kind (--kinds)")
+        for name in ("rho_worst", "rho_average"):
+            if len(set(getattr(self, name))) != len(getattr(self, name)):
+                raise ValueError(f"{name}={getattr(self, name)} repeats a value")
+        if self.attack is not None and not isinstance(self.attack, AttackConfig):
+            raise ValueError(f"attack must be an AttackConfig or None, got {self.attack!r}")
+        object.__setattr__(self, "losses", tuple(self.losses))
+        losses = self.resolved_losses
+        for loss in losses:
+            check_choice(loss, SHARPNESS_LOSSES, "loss (--losses)")
+        if len(set(losses)) != len(losses):
+            raise ValueError(f"losses={losses} repeats a value")
+        if "robust" in losses and self.attack is None:
+            raise ValueError(
+                "the robust loss needs an attack: give --attack, or --losses clean for the "
+                "clean loss alone"
+            )
+        if not self.step_mult > 0:
+            raise ValueError(f"step_mult={self.step_mult} must be > 0 (1 is the paper's)")
+        if not 0 < self.confidence < 1:
+            raise ValueError(f"confidence={self.confidence} must be in (0, 1), e.g. 0.95")
+        self.batches_of(self.n_examples, what="n_examples")
+        if self.n_examples % self.m:
+            below = self.n_examples // self.m * self.m
+            raise ValueError(
+                f"n_examples={self.n_examples} is not a multiple of m={self.m} (m-sharpness "
+                f"averages over whole batches of m): use --n-examples {below} or "
+                f"{below + self.m}, or another --m"
+            )
+
+    @property
+    def resolved_losses(self) -> tuple[str, ...]:
+        """The losses measured: ``losses``, or when empty robust and clean with an attack, clean
+        alone without one (kept unresolved in the field, so replacing the attack re-decides)."""
+        return self.losses or (("robust", "clean") if self.attack is not None else ("clean",))
+
+    def batches_of(self, n: int, *, what: str = "the data") -> int:
+        """The number of whole batches of m examples among ``n`` examples.
+
+        Raises:
+            ValueError: m is larger than ``n``, naming --m and ``what`` (where the examples are).
+        """
+        if self.m > n:
+            raise ValueError(
+                f"m={self.m} is larger than {what} ({n} examples): a batch B of m-sharpness "
+                f"needs m examples; give --m {n} or less, or more examples"
+            )
+        return n // self.m
+
+    def rhos(self, kind: str) -> tuple[float, ...]:
+        """The radii of ``kind`` (worst or average)."""
+        check_choice(kind, SHARPNESS_KINDS, "sharpness kind")
+        return self.rho_worst if kind == "worst" else self.rho_average
+
+    def store_settings(self, loss_name: str = "cross_entropy") -> dict[str, Any]:
+        """The settings every unit's record depends on (a unit store's meta); radii, kinds,
+        losses, p, steps, step_mult and draws are in the unit keys (:data:`SHARPNESS_MUTABLE`).
+
+        Args:
+            loss_name: names the loss function (a custom callable's name), which changes every
+                record.
+        """
+        attack = None if self.attack is None else dataclasses.asdict(self.attack)
+        return {
+            "adaptive": self.adaptive,
+            "m": self.m,
+            "n_examples": self.n_examples,
+            "params": self.params,
+            "bn": self.bn,
+            "split": self.split,
+            "subset_seed": self.subset_seed,
+            "seed": self.seed,
+            "attack": attack,
+            "loss_fn": loss_name,
+        }
+
+
+#: Settings of :class:`AdaptiveSharpnessConfig` that only add units or change the summary:
+#: a store computed with other values of these is continued, never refused.
+SHARPNESS_MUTABLE = (
+    "kinds",
+    "rho_worst",
+    "rho_average",
+    "p",
+    "steps",
+    "step_mult",
+    "draws",
+    "losses",
+    "confidence",
+)
+
+
+def _norm_name(p: object) -> str:
+    """``2``, ``2.0``, ``"2"`` -> ``"2"``; ``inf``, ``"inf"``, ``"linf"`` -> ``"inf"``; other
+    values are returned as text (and refused by the caller's choice check)."""
+    text = str(p).strip().lower()
+    if text in ("2", "2.0", "l2"):
+        return "2"
+    if text in ("inf", "linf", "infinity"):
+        return "inf"
+    return text
 
 
 @dataclass(frozen=True)

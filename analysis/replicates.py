@@ -10,10 +10,12 @@ over two values has three outcomes.
 The correlation of flatness with the gap pools the checkpoints of all seeds with the seed as a
 stratum: Kendall's tau-b counted over pairs of checkpoints of the same seed only (a seed's level
 shift cannot create or hide an association), with a two-sided permutation p-value that permutes
-the gap within each seed.
+the gap within each seed, and on request a percentile interval from a stratified bootstrap
+(checkpoints resampled with replacement within each seed, each seed keeping its count).
 
-Reference: Student (1908); Efron & Tibshirani 1993 (percentile bootstrap); Kendall 1945
-(tau-b with ties); Good 2005 (stratified permutation tests).
+Reference: Student (1908); Efron & Tibshirani 1993 (percentile bootstrap; Sec. 8.4, the
+stratified bootstrap); Kendall 1945 (tau-b with ties); Good 2005 (stratified permutation
+tests).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from analysis.stats import t_interval
+from analysis.stats import degenerate_resamples, t_interval
 
 MIN_SEEDS = 3  # fewer seeds: no interval
 
@@ -131,29 +133,33 @@ def paired_difference(
     )
 
 
-def verdict(pd: PairedDifference, *, digits: int = 3) -> str:
+def verdict(
+    pd: PairedDifference, *, digits: int = 3, names: tuple[str, str] = ("AT", "AT-AWP")
+) -> str:
     """The sentence a paired difference supports, and no more.
 
     "AT-AWP lower/higher ..., interval excludes zero" only when the t interval excludes zero;
-    otherwise "not resolved at N seeds".
+    otherwise "not resolved at N seeds". ``names`` are the two sides, (the ``at`` side, the
+    ``awp`` side): another method against a reference reads ("AT", "AT-SAM").
     """
+    ref, new = names
     f = f"{{:.{digits}f}}"
-    means = f"AT {f.format(pd.mean_at)}, AT-AWP {f.format(pd.mean_awp)}"
+    means = f"{ref} {f.format(pd.mean_at)}, {new} {f.format(pd.mean_awp)}"
     diff = f"{pd.mean_diff:+.{digits}f}"
     if pd.t_low is None or pd.t_high is None:
         return (
             f"{pd.measure}: not resolved at {pd.n} seed{'s' if pd.n > 1 else ''} ({means}; "
-            f"AT-AWP minus AT {diff}; {pd.note})."
+            f"{new} minus {ref} {diff}; {pd.note})."
         )
     ci = f"{pd.confidence:.0%} t interval [{f.format(pd.t_low)}, {f.format(pd.t_high)}]"
     if pd.resolved:
         side = "higher" if pd.mean_diff > 0 else "lower"
         return (
-            f"{pd.measure}: AT-AWP {side}, interval excludes zero ({means}; AT-AWP minus AT "
+            f"{pd.measure}: {new} {side}, interval excludes zero ({means}; {new} minus {ref} "
             f"{diff}, {ci}, {pd.n} seeds)."
         )
     return (
-        f"{pd.measure}: not resolved at {pd.n} seeds ({means}; AT-AWP minus AT {diff}, {ci} "
+        f"{pd.measure}: not resolved at {pd.n} seeds ({means}; {new} minus {ref} {diff}, {ci} "
         "includes zero)."
     )
 
@@ -161,7 +167,10 @@ def verdict(pd: PairedDifference, *, digits: int = 3) -> str:
 # --------------------------------------------------------------------------- stratified tau
 @dataclass(frozen=True)
 class StratifiedKendall:
-    """Kendall's tau-b over pairs within strata, with a within-stratum permutation p-value."""
+    """Kendall's tau-b over pairs within strata, with a within-stratum permutation p-value and,
+    when asked for (``n_boot`` > 0), a stratified bootstrap interval [``low``, ``high``] (NaN
+    otherwise, or when tau is undefined; ``interval_note`` flags a degenerate resample
+    distribution)."""
 
     tau: float
     pvalue: float
@@ -173,6 +182,16 @@ class StratifiedKendall:
         "Kendall tau-b over pairs of checkpoints of the same seed; two-sided p-value from "
         "permutations of y within each seed"
     )
+    low: float = float("nan")
+    high: float = float("nan")
+    n_boot: int = 0
+    confidence: float = 0.95
+    interval_note: str = ""
+
+    @property
+    def resolved(self) -> bool:
+        """The bootstrap interval excludes zero."""
+        return bool(self.low > 0 or self.high < 0)
 
 
 def _within_counts(x: np.ndarray, y: np.ndarray, strata: np.ndarray) -> tuple[float, int, int, int]:
@@ -205,28 +224,38 @@ def stratified_kendall(
     *,
     n_perm: int = 5000,
     seed: int = 0,
+    n_boot: int = 0,
+    confidence: float = 0.95,
 ) -> StratifiedKendall:
     """Kendall's tau-b counting only pairs within the same stratum (e.g. seed).
 
     tau = sum_s (C_s - D_s) / sqrt((P - T_x)(P - T_y)) with P the within-stratum pairs and T the
-    pairs tied in x or y; with one stratum it is scipy's tau-b. The p-value is the share of
-    permutations (y shuffled within each stratum) with |tau| at least the observed one.
+    pairs tied in x or y; with one stratum it is scipy's tau-b, and without ties it is the mean
+    of the strata's taus weighted by their pairs. The p-value is the share of permutations (y
+    shuffled within each stratum) with |tau| at least the observed one. With ``n_boot`` > 0
+    the interval is the percentile interval of tau over stratified bootstrap resamples (the
+    observations of each stratum drawn with replacement, as many as it has); resamples where
+    tau is undefined are left out.
 
     Raises:
-        ValueError: lengths differ.
+        ValueError: lengths differ, or confidence outside (0, 1).
     """
     a, b = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     g = np.asarray([str(s) for s in strata])
     if not (a.shape == b.shape == g.shape) or a.ndim != 1:
         raise ValueError(f"x, y and strata must have equal lengths: {a.shape} {b.shape} {g.shape}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence={confidence} must be in (0, 1), e.g. 0.95")
     keep = np.isfinite(a) & np.isfinite(b)
     a, b, g = a[keep], b[keep], g[keep]
     tau = _tau(a, b, g)
     _, pairs, _, _ = _within_counts(a, b, g)
-    if not math.isfinite(tau):
-        return StratifiedKendall(float("nan"), float("nan"), int(a.size), len(set(g)), pairs, 0)
-    rng = np.random.default_rng(seed)
     groups = [np.flatnonzero(g == s) for s in np.unique(g)]
+    if not math.isfinite(tau):
+        return StratifiedKendall(
+            float("nan"), float("nan"), int(a.size), len(groups), pairs, 0, confidence=confidence
+        )
+    rng = np.random.default_rng(seed)
     hits = 0
     for _ in range(n_perm):
         perm = b.copy()
@@ -234,4 +263,29 @@ def stratified_kendall(
             perm[idx] = b[rng.permutation(idx)]
         hits += abs(_tau(a, perm, g)) >= abs(tau) - 1e-12
     pvalue = (hits + 1) / (n_perm + 1)
-    return StratifiedKendall(float(tau), float(pvalue), int(a.size), len(groups), pairs, n_perm)
+    low = high = float("nan")
+    note = ""
+    if n_boot > 0:
+        boot = np.random.default_rng([seed, 1])
+        taus = np.empty(n_boot)
+        for i in range(n_boot):
+            idx = np.concatenate([boot.choice(ix, size=ix.size) for ix in groups])
+            taus[i] = _tau(a[idx], b[idx], g[idx])
+        note = degenerate_resamples(taus, n_boot=n_boot)
+        finite = taus[np.isfinite(taus)]
+        if finite.size:
+            tail = 100 * (1 - confidence) / 2
+            low, high = (float(v) for v in np.percentile(finite, [tail, 100 - tail]))
+    return StratifiedKendall(
+        float(tau),
+        float(pvalue),
+        int(a.size),
+        len(groups),
+        pairs,
+        n_perm,
+        low=low,
+        high=high,
+        n_boot=n_boot,
+        confidence=confidence,
+        interval_note=note,
+    )
