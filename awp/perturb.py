@@ -178,7 +178,7 @@ Objective = Callable[[], torch.Tensor | Iterable[torch.Tensor]]
 GradHook = Callable[[list[torch.Tensor]], None]
 
 
-def _gradient(objective: Objective, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+def objective_gradient(objective: Objective, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     """d objective / d tensors at the current weights (zeros where a tensor is unused).
 
     An objective returning an iterable of losses (one per batch, e.g. with the attack
@@ -261,7 +261,7 @@ def weight_ascent(
         for k in range(steps):
             at_w = k == 0 and v0 is None  # v = 0: no need to perturb
             with nullcontext() if at_w else perturbed(params, v):
-                grads = _gradient(objective, tensors)
+                grads = objective_gradient(objective, tensors)
             if grad_hook is not None:
                 grad_hook(grads)
             for n, g, wn in zip(names, grads, w_norms):

@@ -1,4 +1,5 @@
-"""``awp train``: adversarial training (AT, TRADES, MART), with or without AWP."""
+"""``awp train``: adversarial training (AT, TRADES, MART), plain or with a weight perturbation
+(AWP, SAM, ASAM, RWP), optionally keeping weight averages (EMA, SWA)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,15 @@ import json
 
 from awp import distributed
 from awp.config import from_dict
+from awp.method_config import method_name
 from awp.train import TrainConfig, train
 from awp.zoo import find_zoo_model, zoo_dataset, zoo_file
 from awp_landscape.commands.train_parser import register as register
 from awp_landscape.console import CLIError, epoch_line, say
 from awp_landscape.flags import dataclass_from_arguments
 
-# Settings of AWP's weight perturbation: given without --awp they would silently do nothing.
+# Settings of AWP's weight perturbation: given without any weight perturbation they would
+# silently do nothing (TrainConfig refuses them with a perturbation that does not read them).
 AWP_FLAGS = ("gamma", "awp_warmup", "awp_steps", "awp_alternations")
 
 
@@ -39,11 +42,12 @@ def config_from(args: argparse.Namespace) -> TrainConfig:
     awp_flags = [
         "--" + n.replace("_", "-") for n in AWP_FLAGS if getattr(args, n, None) is not None
     ]
-    if awp_flags and not cfg.awp:
+    if awp_flags and cfg.perturbation_name is None:
         # `awp train --gamma 0.01` reads like AT-AWP but would silently train plain AT.
         raise CLIError(
-            f"{', '.join(awp_flags)} set(s) AWP's weight perturbation, but AWP is off; add --awp "
-            "to train with it, or drop the flag"
+            f"{', '.join(awp_flags)} set(s) AWP's weight perturbation, but method "
+            f"{method_name(cfg)} has none; add --awp (or name it: --method {cfg.method}-awp) to "
+            "train with it, or drop the flag"
         )
     return cfg
 

@@ -15,9 +15,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add ``awp train``."""
     p = sub.add_parser(
         "train",
-        help="adversarial training (AT, TRADES, MART), with or without AWP",
+        help="adversarial training (AT, TRADES, MART), with or without AWP, SAM, ASAM, RWP",
         description="Train with PGD adversarial training (AT), TRADES or MART, optionally with "
-        "AWP. Every option defaults to the paper's CIFAR-10 protocol; options shown with "
+        "a weight perturbation (--awp, or a method name: --method at-awp, at-sam, at-asam, "
+        "at-rwp, trades-sam...) and weight averages (--ema, --swa). Every option defaults to "
+        "the paper's CIFAR-10 protocol; options shown with "
         "'for at, ... for trades' take the --method's default unless given "
         "(awp.config.METHOD_DEFAULTS). Several processes: torchrun --nproc_per_node N "
         "-m awp_landscape train ... (DDP; --batch-size is the global batch).",
