@@ -252,11 +252,13 @@ def weight_ascent(
     w_norms = [p.detach().norm() for p in tensors]
     step = gamma if step_size is None else step_size
     project = steps > 1 or v0 is not None
-    if v0 is None:
-        v = {n: torch.zeros_like(p).detach() for n, p in zip(names, tensors)}
-    else:
+    if v0 is not None:
         _check(params, v0)
         v = {n: v0[n].detach().clone() for n in names}
+    elif project:
+        v = {n: torch.zeros_like(p).detach() for n, p in zip(names, tensors)}
+    else:
+        v = {}  # one step from 0 (training's K2 = 1) writes every v_l without reading it
     with frozen_bn_stats(model) if model is not None else nullcontext():
         for k in range(steps):
             at_w = k == 0 and v0 is None  # v = 0: no need to perturb

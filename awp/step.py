@@ -174,9 +174,16 @@ class StepStats:
 def _norm_ratio(v: dict[str, torch.Tensor], params: dict[str, nn.Parameter]) -> float:
     """||v|| / ||w|| over all perturbed tensors together (gamma for one ascent step from 0,
     where every layer's ||v_l|| is gamma ||w_l||; at most gamma with K2 > 1)."""
-    v_sq = sum(float(t.double().pow(2).sum()) for t in v.values())
-    w_sq = sum(float(params[n].detach().double().pow(2).sum()) for n in v)
+    v_sq = sum(_squared_norm64(t) for t in v.values())
+    w_sq = sum(_squared_norm64(params[n]) for n in v)
     return math.sqrt(v_sq / w_sq) if w_sq > 0 else 0.0
+
+
+def _squared_norm64(t: torch.Tensor) -> float:
+    """||t||^2 summed in float64, squared in place on the float64 copy: the same bits as
+    ``t.double().pow(2).sum()`` (pow by 2 is x * x) without a second float64 tensor."""
+    t64 = t.detach().to(torch.float64, copy=True)  # a copy even when t is already float64
+    return float(t64.mul_(t64).sum())
 
 
 def _backward(optimizer: torch.optim.Optimizer, loss: torch.Tensor, scale: float) -> None:

@@ -21,7 +21,11 @@ from awp_landscape.console import CLIError
 # its run imports the command) keeps `awp CMD --help` as fast. A module that registers several
 # commands (demo: demo and reproduce) is listed once per command.
 COMMANDS: tuple[tuple[str, str, str], ...] = (
-    ("train", "train_parser", "adversarial training (AT, TRADES, MART), with or without AWP"),
+    (
+        "train",
+        "train_parser",
+        "adversarial training (AT, TRADES, MART), with or without AWP, SAM, ASAM, RWP",
+    ),
     (
         "eval",
         "evaluate_parser",

@@ -90,6 +90,16 @@ class Loaded:
         return identity(self.path, self.ckpt, self.sha256)
 
 
+def checkpoint_name(checkpoint: Path) -> str:
+    """A checkpoint's name within its run for file names: ``last``, ``epoch_003``; a weight
+    average's ``ema_last``, ``swa_best`` (so it never shares a results file with the run's
+    own ``last.pt``)."""
+    parent = checkpoint.resolve().parent
+    if parent.parent.name == "checkpoints" and parent.name in AVERAGES:
+        return f"{parent.name}_{checkpoint.stem}"
+    return checkpoint.stem
+
+
 def run_folder_of(checkpoint: Path) -> Path:
     """The run folder of a checkpoint (``<run>/checkpoints/x.pt`` -> ``<run>``; a weight
     average's ``<run>/checkpoints/ema/x.pt`` -> ``<run>`` too)."""

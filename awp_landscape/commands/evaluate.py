@@ -31,7 +31,7 @@ from awp_landscape.commands.common import out_folder
 from awp_landscape.commands.evaluate_parser import register as register
 from awp_landscape.console import CLIError, format_table, say
 from awp_landscape.flags import dataclass_from_arguments
-from awp_landscape.inputs import Inputs, Loaded
+from awp_landscape.inputs import Inputs, Loaded, checkpoint_name
 
 
 def refuse_other_results(out: Path, eval_config: dict) -> None:
@@ -139,7 +139,8 @@ def run(args: argparse.Namespace) -> int:
     """Evaluate one checkpoint, print the table, write the JSON."""
     cfg = dataclass_from_arguments(EvalConfig, args)
     out = args.out or (
-        out_folder(None, [args.checkpoint]) / f"eval_{args.checkpoint.stem}_{cfg.split}.json"
+        out_folder(None, [args.checkpoint])
+        / f"eval_{checkpoint_name(args.checkpoint)}_{cfg.split}.json"
     )
     for attack in cfg.attack_table().values():
         if isinstance(attack, AutoAttackConfig):
