@@ -197,7 +197,9 @@ def test_the_command_line_trains_a_method_by_name_and_its_average_is_evaluated(t
     argv += ["--epochs", "2", "--batch-size", "12", "--attack-steps", "1", "--eval-steps", "1"]
     argv += ["--eval-n-train", "6", "--no-progress", "--device", "cpu", "--out", str(out)]
     assert main([*argv, "--method", "at-sam", "--rho", "0.1", "--ema", "--swa"]) == 0
-    assert "AT-SAM (rho 0.1, EMA decay 0.999, SWA from epoch 2)" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "AT-SAM (rho 0.1, EMA decay 0.999, SWA from epoch 2)" in text
+    assert text.count("[SAM]") == 2 and "EMA test rob" in text and "SWA test rob" in text
     saved = json.loads((out / "config.json").read_text())
     assert (saved["method"], saved["weight_method"], saved["rho"]) == ("at", "sam", 0.1)
     for kind in ("ema", "swa"):
