@@ -36,7 +36,15 @@ from torch import nn
 
 from awp.method_config import WEIGHT_METHOD_SPECS, PerturbationConfig
 from awp.modes import frozen_bn_stats
-from awp.perturb import GradHook, Perturbation, objective_gradient, perturbed, weight_ascent
+from awp.perturb import (
+    GradHook,
+    Perturbation,
+    kept,
+    objective_gradient,
+    perturbed,
+    weight_ascent,
+    write_point,
+)
 
 # The guards against a zero gradient: the official codes' values.
 SAM_GUARD = 1e-16  # github.com/SamsungLabs/ASAM (SAM and ASAM)
@@ -91,9 +99,10 @@ def sam_ascent(
             p.detach().abs().add_(eta) if _is_weight(n) else None for n, p in zip(names, tensors)
         ]
     scaled = [g if t is None else g * t for g, t in zip(grads, scales)]  # T g
-    norm = torch.linalg.vector_norm(torch.stack([s.norm() for s in scaled])) + SAM_GUARD
+    factor = rho / (torch.linalg.vector_norm(torch.stack([s.norm() for s in scaled])) + SAM_GUARD)
+    # e = rho T (T g) / ||T g||, in place on the T g this function allocated (never on g).
     return {
-        n: (s if t is None else s * t) * (rho / norm)  # rho T (T g) / ||T g||
+        n: s * factor if t is None else s.mul_(t).mul_(factor)
         for n, s, t in zip(names, scaled, scales)
     }
 
@@ -157,10 +166,12 @@ def rwp_ascent(
 
     direction: list[torch.Tensor] | None = None
     v: Perturbation = {}
-    with frozen_bn_stats(model) if model is not None else nullcontext():
-        for _ in range(steps):
-            with perturbed(params, v) if v else nullcontext():
-                grads = objective_gradient(masked, tensors)
+    # w is stored once and every step writes w + v from it (restored bit for bit at the end).
+    with kept(params) as w, frozen_bn_stats(model) if model is not None else nullcontext():
+        for k in range(steps):
+            if k > 0:
+                write_point(params, w, [v], [1.0])
+            grads = objective_gradient(masked, tensors)
             if grad_hook is not None:
                 grad_hook(grads)
             direction = grads if direction is None else [d + g for d, g in zip(direction, grads)]
