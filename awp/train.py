@@ -108,7 +108,7 @@ class _Average:
 
     @property
     def kind(self) -> str:
-        """ "ema" or "swa": its checkpoint folder and the prefix of its metrics columns."""
+        """Its name, "ema" or "swa": its checkpoint folder and its metrics columns' prefix."""
         return self.config.name
 
     def ready(self) -> bool:
