@@ -303,6 +303,8 @@ def test_method_names_round_trip_and_label():
         assert method_name(cfg) == name == method_name(to_dict(cfg))
         assert TrainConfig(method=name) == cfg  # a name given as --method is split the same way
         assert method_of(to_dict(cfg)) == name.upper()
+        full = TrainConfig(**fields, ema=True, swa=True, swa_start=3, epochs=5)
+        assert from_dict(TrainConfig, to_dict(full)) == full  # config.json round trip
     assert method_fields("AT-SAM") == {"method": "at", "awp": False, "weight_method": "sam"}
     assert method_fields("trades-awp") == {"method": "trades", "awp": True, "weight_method": "none"}
     assert TrainConfig(weight_method="awp") == TrainConfig(awp=True)
