@@ -15,7 +15,7 @@ import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from awp.attack_names import ATTACK_KINDS
 from awp.seeds import SEED_SCHEME_KEY
@@ -411,6 +411,7 @@ class AWPConfig:
         bounds=(1, 1000),
         why=ASCENT_WHY,
     )
+    name: ClassVar[str] = "awp"  # its entry in awp.weight_methods.WEIGHT_METHODS
 
     def __post_init__(self) -> None:
         check_bounds(self)
@@ -421,6 +422,11 @@ class AWPConfig:
                 f"need warmup >= 0, steps >= 1, alternations >= 1; got {self.warmup}, "
                 f"{self.steps}, {self.alternations}"
             )
+
+    @property
+    def active(self) -> bool:
+        """Whether the step perturbs the weights at all (gamma 0 is plain training)."""
+        return self.gamma > 0
 
 
 METHODS = ("at", "trades", "mart")
@@ -497,20 +503,24 @@ def check_beta(method: str, beta: float | None) -> None:
         raise ValueError(f"beta={beta} must be >= 0")
 
 
-def method_of(config: Mapping[str, Any] | None) -> str:
-    """The method label of a run from its training config: ``AT``, ``AT-AWP``, ``TRADES``...
+def method_of(config: Mapping[str, Any] | None, average: str | None = None) -> str:
+    """The method label of a run from its training config: ``AT``, ``AT-AWP``, ``TRADES-SAM``...
 
-    ``config["method"]`` names the objective (at / trades / mart, default at) and
-    ``config["awp"]`` adds ``-AWP``. Gaussian data augmentation (``noise_sd`` > 0) gives
-    ``Gaussian`` / ``Gaussian-AWP`` without an attack (``eps`` 0) and appends ``+Gaussian`` to
-    the others. An empty or missing config gives ``unknown``.
+    ``config["method"]`` names the objective (at / trades / mart, default at); ``config["awp"]``
+    adds ``-AWP`` and ``config["weight_method"]`` (sam / asam / rwp) ``-SAM``, ``-ASAM``,
+    ``-RWP``. Gaussian data augmentation (``noise_sd`` > 0) gives ``Gaussian`` /
+    ``Gaussian-AWP`` without an attack (``eps`` 0) and appends ``+Gaussian`` to the others.
+    ``average`` ("ema" or "swa": a checkpoint of the run's weight average) appends ``+EMA`` or
+    ``+SWA``. An empty or missing config gives ``unknown``.
     """
     if not config:
         return "unknown"
     base = str(config.get("method") or "at").upper()
-    label = f"{base}-AWP" if config.get("awp") else base
+    weights = "awp" if config.get("awp") else str(config.get("weight_method") or "none")
+    label = base if weights == "none" else f"{base}-{weights.upper()}"
+    suffix = f"+{average.upper()}" if average else ""
     if float(config.get("noise_sd") or 0) > 0:  # Gaussian data augmentation
         if base == "AT" and float(config.get("eps", 1)) == 0:
-            return "Gaussian" + label[2:]  # no attack: Gaussian, Gaussian-AWP
-        return f"{label}+Gaussian"
-    return label
+            return "Gaussian" + label[2:] + suffix  # no attack: Gaussian, Gaussian-AWP
+        return f"{label}+Gaussian{suffix}"
+    return label + suffix

@@ -7,7 +7,7 @@ context managers are how they do it; nothing else flips ``model.training`` behin
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -113,3 +113,48 @@ def cpu_channels_last(model: nn.Module) -> Iterator[nn.Module]:
         yield model
     finally:
         model.to(memory_format=torch.contiguous_format)
+
+
+def recompute_bn_stats(
+    model: nn.Module,
+    x: torch.Tensor,
+    *,
+    batch_size: int,
+    prepare: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> None:
+    """Replace BatchNorm running statistics by their average over ``x`` at the current weights.
+
+    Each BatchNorm's statistics are reset and accumulated with ``momentum=None`` (an exact
+    cumulative average over the batches), as ``torch.optim.swa_utils.update_bn`` does. The
+    model's modes and the momenta are restored; the caller restores the buffers. SWA
+    re-estimates its average's statistics so, and the landscape's ``--bn recompute`` every
+    point's.
+
+    Args:
+        model: the network; x: training images (N, C, H, W) on its device, in [0,1] or what
+            ``prepare`` turns into that.
+        batch_size: examples per pass (a last batch of one image is folded into the previous).
+        prepare: applied to every batch before the forward pass (e.g. uint8 images to float
+            in the network's memory format), or None.
+    """
+    bns = batchnorms(model)
+    if not bns:
+        return
+    momenta = [m.momentum for m in bns]
+    try:
+        with kept_modes(model):
+            for m in bns:
+                m.reset_running_stats()
+                m.momentum = None
+            model.train()
+            starts = list(range(0, len(x), batch_size))
+            if len(starts) > 1 and len(x) - starts[-1] < 2:
+                starts.pop()  # BatchNorm cannot take a batch of one: merge it into the last one
+            with torch.no_grad():
+                for i, s in enumerate(starts):
+                    end = starts[i + 1] if i + 1 < len(starts) else len(x)
+                    batch = x[s:end]
+                    model(prepare(batch) if prepare is not None else batch)
+    finally:
+        for m, momentum in zip(bns, momenta):
+            m.momentum = momentum

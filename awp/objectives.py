@@ -149,11 +149,54 @@ def trades_attack_loss(model: nn.Module, x: torch.Tensor, mode: str = "eval") ->
     return loss_fn
 
 
+def at_losses(
+    model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """AT's objective per example: the cross-entropy on each adversarial example.
+
+    Args: as :func:`at_objective`.
+
+    Returns:
+        (losses (N,), logits on x_adv (N, K)); the losses' mean is :func:`at_objective`.
+    """
+    logits = model(x_adv)  # (N, K)
+    return F.cross_entropy(logits, y, reduction="none"), logits
+
+
+def trades_losses(
+    model: nn.Module,
+    x: torch.Tensor,
+    x_adv: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    beta: float = 6.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """TRADES' objective per example: CE(f(x_i), y_i) + beta * KL(f(x_i) || f(x_adv_i)).
+
+    Args: as :func:`trades_objective`.
+
+    Returns:
+        (losses (N,), logits on x_adv (N, K)); the losses' mean is :func:`trades_objective`
+        (to float rounding).
+
+    Reference: Yu et al., IJCAI 2022 (trades_AWP_RWP/utils_rwp.py: the per-example TRADES loss
+    that RWP thresholds).
+    """
+    logits_adv = model(x_adv)  # (N, K)
+    logits_nat = model(x)  # (N, K)
+    kl = F.kl_div(
+        F.log_softmax(logits_adv, dim=1), F.softmax(logits_nat, dim=1), reduction="none"
+    ).sum(dim=1)  # (N,)
+    return F.cross_entropy(logits_nat, y, reduction="none") + beta * kl, logits_adv
+
+
 OBJECTIVES: dict[str, ObjectiveFn] = {
     "at": at_objective,
     "trades": trades_objective,
     "mart": mart_objective,
 }
+# The objectives per example, for a weight perturbation that weighs examples (RWP).
+PER_EXAMPLE: dict[str, ObjectiveFn] = {"at": at_losses, "trades": trades_losses}
 # Methods whose attack ascends something other than the cross-entropy (MART attacks the CE).
 ATTACK_LOSSES: dict[str, AttackLossFactory] = {"trades": trades_attack_loss}
 
@@ -182,3 +225,22 @@ def get_attack_loss(method: str) -> AttackLossFactory | None:
     if method not in OBJECTIVES:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     return ATTACK_LOSSES.get(method)
+
+
+def get_per_example(method: str, *, beta: float | None = None) -> ObjectiveFn:
+    """The per-example objective of a training method, ``(model, x, x_adv, y) -> ((N,),
+    logits)``, with its beta bound (as :func:`get_objective`).
+
+    Raises:
+        ValueError: a method without one (MART), naming those that have one.
+    """
+    if method not in PER_EXAMPLE:
+        raise ValueError(
+            f"method {method!r} has no per-example objective; those with one: "
+            f"{', '.join(PER_EXAMPLE)}"
+        )
+    check_beta(method, beta)
+    default = method_defaults(method).beta
+    if default is None:
+        return PER_EXAMPLE[method]
+    return functools.partial(PER_EXAMPLE[method], beta=default if beta is None else beta)

@@ -178,7 +178,7 @@ Objective = Callable[[], torch.Tensor | Iterable[torch.Tensor]]
 GradHook = Callable[[list[torch.Tensor]], None]
 
 
-def _gradient(objective: Objective, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+def objective_gradient(objective: Objective, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     """d objective / d tensors at the current weights (zeros where a tensor is unused).
 
     An objective returning an iterable of losses (one per batch, e.g. with the attack
@@ -252,16 +252,18 @@ def weight_ascent(
     w_norms = [p.detach().norm() for p in tensors]
     step = gamma if step_size is None else step_size
     project = steps > 1 or v0 is not None
-    if v0 is None:
-        v = {n: torch.zeros_like(p).detach() for n, p in zip(names, tensors)}
-    else:
+    if v0 is not None:
         _check(params, v0)
         v = {n: v0[n].detach().clone() for n in names}
+    elif project:
+        v = {n: torch.zeros_like(p).detach() for n, p in zip(names, tensors)}
+    else:
+        v = {}  # one step from 0 (training's K2 = 1) writes every v_l without reading it
     with frozen_bn_stats(model) if model is not None else nullcontext():
         for k in range(steps):
             at_w = k == 0 and v0 is None  # v = 0: no need to perturb
             with nullcontext() if at_w else perturbed(params, v):
-                grads = _gradient(objective, tensors)
+                grads = objective_gradient(objective, tensors)
             if grad_hook is not None:
                 grad_hook(grads)
             for n, g, wn in zip(names, grads, w_norms):

@@ -37,6 +37,7 @@ from torch import nn
 
 from awp import distributed
 from awp.augment import augment, to_float
+from awp.averaging import averaged_copy, ema_update_, swa_update_
 from awp.checkpoint import (
     CheckpointError,
     first_nonfinite,
@@ -50,11 +51,12 @@ from awp.distributed import DistContext
 from awp.evaluate import evaluate_attack
 from awp.extra_data import batches_per_epoch, load_extra_data, mixed_batches
 from awp.io import atomic_write_bytes, atomic_write_text, exclusive_output, sha256_file
+from awp.method_config import AverageConfig, EMAConfig, SWAConfig
 from awp.models import ModelSpec, build_model
-from awp.modes import channels_last_safe
+from awp.modes import channels_last_safe, recompute_bn_stats
 from awp.perturb import select_params
 from awp.progress import progress_bar
-from awp.runs import RunFolder, prepare_run, rng_state, set_rng_state
+from awp.runs import RunFolder, continue_hint, prepare_run, rng_state, set_rng_state
 from awp.scalars import open_writer, write_epoch
 from awp.seeds import derive_seed, generator_for, with_scheme
 from awp.step import StepStats, train_step
@@ -65,6 +67,7 @@ from awp.train_config import (
     TrainConfig,
     lr_at,
 )
+from awp.weight_methods import weight_method
 
 # Re-exported: callers import these from awp.train, where they lived before the split.
 __all__ = [
@@ -95,6 +98,33 @@ class TrainResult:
 
 
 @dataclass
+class _Average:
+    """One weight average of the run (EMA or SWA): its settings, its model and its state."""
+
+    config: AverageConfig
+    model: nn.Module
+    n: int = 0  # SWA: how many epochs' weights the mean holds
+    best_val: float = -1.0
+
+    @property
+    def kind(self) -> str:
+        """Its name, "ema" or "swa": its checkpoint folder and its metrics columns' prefix."""
+        return self.config.name
+
+    def ready(self) -> bool:
+        """Whether it holds an average to evaluate and save (SWA: from its start epoch on)."""
+        return not isinstance(self.config, SWAConfig) or self.n > 0
+
+    def state(self) -> dict[str, Any]:
+        """What the resume state keeps of it."""
+        return {
+            "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "n": self.n,
+            "best_val": self.best_val,
+        }
+
+
+@dataclass
 class _Session:
     """What one training process holds between epochs."""
 
@@ -117,6 +147,7 @@ class _Session:
     wrapped: nn.Module | None = None
     board: Any = None  # the TensorBoard writer (rank 0, with cfg.tensorboard)
     channels_last: bool = False  # the network's and its batches' memory layout
+    averages: list[_Average] = field(default_factory=list)  # EMA, SWA (cfg.ema, cfg.swa)
 
 
 def train(
@@ -180,6 +211,7 @@ def train(
         try:
             for epoch in range(s.start_epoch, cfg.epochs):
                 record = _train_epoch(s, epoch, progress=progress)
+                _average_epoch(s, record["epoch"])
                 _end_epoch(s, record)
                 if on_epoch is not None:
                     on_epoch(record)
@@ -247,6 +279,8 @@ def _open(
         extra=extra,
         inputs=inputs,
         channels_last=channels_last,
+        # The averages start from the initial weights (after --init), before the first step.
+        averages=[_Average(a, averaged_copy(net)) for a in cfg.averages],
     )
     if resume:
         _restore(s, resume_from or run.last)
@@ -296,6 +330,7 @@ def _restore(s: _Session, source: Path) -> None:
         s.gens["attack"].set_state(ckpt["rng_attack_ranks"][s.ctx.rank])
     s.start_epoch, s.best_val = int(ckpt["epoch"]), float(ckpt.get("best_val", -1.0))
     s.inputs = ckpt.get("inputs", s.inputs)
+    _restore_averages(s, ckpt, source)
     # Drop records of epochs after the checkpoint (killed between metrics and checkpoint).
     s.history = [r for r in s.run.read_metrics() if r["epoch"] <= s.start_epoch]
     if s.ctx.is_main:
@@ -307,6 +342,25 @@ def _restore(s: _Session, source: Path) -> None:
         atomic_write_bytes(s.run.last, source.read_bytes())
         log.info("%s rewritten from %s", s.run.last, source.name)
     log.info("resuming %s at epoch %d from %s", s.run.root, s.start_epoch, source.name)
+
+
+def _restore_averages(s: _Session, ckpt: dict[str, Any], source: Path) -> None:
+    """The averages' state from a checkpoint's resume state (and, resuming from an epoch
+    checkpoint, their last.pt rewritten from their checkpoints of that epoch)."""
+    saved = ckpt.get("averages") or {}
+    for avg in s.averages:
+        if avg.kind not in saved:
+            raise CheckpointError(
+                f"{source} holds no state of the {avg.kind.upper()} average this run keeps; "
+                f"{continue_hint(s.run)}"
+            )
+        state = saved[avg.kind]
+        avg.model.load_state_dict(state["state_dict"])
+        avg.n, avg.best_val = int(state["n"]), float(state["best_val"])
+        folder = s.run.ckpt_dir / avg.kind
+        epoch_file = folder / source.name
+        if s.ctx.is_main and source.resolve() != s.run.last.resolve() and epoch_file.exists():
+            atomic_write_bytes(folder / s.run.last.name, epoch_file.read_bytes())
 
 
 def _batches(s: _Session) -> Iterator[tuple[torch.Tensor, torch.Tensor | None, Any]]:
@@ -358,10 +412,14 @@ def _train_epoch(s: _Session, epoch: int, *, progress: bool) -> dict[str, Any]:
     before the evaluation."""
     cfg, ctx = s.cfg, s.ctx
     s.net.train()
-    awp_cfg = cfg.awp_config
-    awp_on = awp_cfg is not None and epoch >= awp_cfg.warmup
+    perturbation = cfg.perturbation_config
+    perturbed_now = perturbation is not None and epoch >= perturbation.warmup
     train_attack, objective, attack_loss = cfg.train_attack, cfg.objective, cfg.attack_loss
-    params = select_params(s.net)
+    losses = cfg.per_example_objective
+    params = select_params(
+        s.net, weight_method(perturbation).param_set if perturbation is not None else "weights"
+    )
+    emas = [a for a in s.averages if isinstance(a.config, EMAConfig)]
     grad_hook = distributed.all_reduce_mean_ if ctx.active else None
     steps = batches_per_epoch(
         len(s.data.train), cfg.batch_size, cfg.extra_fraction if s.extra is not None else None
@@ -396,14 +454,17 @@ def _train_epoch(s: _Session, epoch: int, *, progress: bool) -> dict[str, Any]:
             y,
             attack=train_attack,
             objective=objective,
-            awp=awp_cfg if awp_on else None,
+            perturbation=perturbation if perturbed_now else None,
             params=params,
             generator=s.gens["attack"],
             grad_hook=grad_hook,
             attack_loss=attack_loss,
             loss_scale=scale,
             noise=noise,
+            losses=losses,
         )
+        for avg in emas:
+            ema_update_(avg.model, s.net, decay=avg.config.decay)
         if not math.isfinite(stats.loss):
             raise DivergedError(
                 f"the training loss is {stats.loss} at epoch {epoch + 1}, step {i + 1}; "
@@ -423,7 +484,9 @@ def _train_epoch(s: _Session, epoch: int, *, progress: bool) -> dict[str, Any]:
     record = {
         "epoch": epoch + 1,
         "lr": lr,
-        "awp": awp_on,
+        "awp": perturbed_now and cfg.awp,
+        # Whether SAM, ASAM or RWP perturbed this epoch's steps (under "sam", "asam", "rwp").
+        **({cfg.weight_method: perturbed_now} if cfg.weight_method != "none" else {}),
         "train_loss": loss_sum / max(seen, 1),
         "train_acc": correct / max(seen, 1),
         "seconds": seconds,
@@ -431,6 +494,31 @@ def _train_epoch(s: _Session, epoch: int, *, progress: bool) -> dict[str, Any]:
     if ratios:  # the same on every rank: v is computed from all-reduced gradients
         record["awp_v_norm_ratio"] = sum(ratios) / len(ratios)
     return record
+
+
+def _average_epoch(s: _Session, epoch: int) -> None:
+    """At the end of 1-based ``epoch``: the SWA average takes the epoch's weights (from its start
+    epoch on) and re-estimates its BatchNorm statistics on the training images; under torchrun
+    every average takes rank 0's BatchNorm buffers, as the trained model does."""
+    for avg in s.averages:
+        if isinstance(avg.config, SWAConfig) and epoch >= avg.config.start:
+            avg.n += 1
+            swa_update_(avg.model, s.net, n=avg.n)
+            _recompute_bn(s, avg.model)
+        elif s.ctx.active:
+            distributed.broadcast_buffers_(avg.model)
+
+
+def _recompute_bn(s: _Session, model: nn.Module) -> None:
+    """BatchNorm statistics of ``model`` over the training images (un-augmented, in order: no
+    random draw, so a resumed run re-estimates what an uninterrupted one does)."""
+    channels_last = s.cfg.channels_last(s.device)
+
+    def prepare(x_u8: torch.Tensor) -> torch.Tensor:
+        x = to_float(x_u8)
+        return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+    recompute_bn_stats(model, s.data.train.x, batch_size=s.cfg.eval_batch_size, prepare=prepare)
 
 
 class DivergedError(ValueError):
@@ -459,17 +547,33 @@ def _end_epoch(s: _Session, record: dict[str, Any]) -> None:
             f"after epoch {record['epoch']} {bad} holds NaN or infinity, so nothing of this "
             f"epoch was saved; {_last_saved(s)}; lower --lr (or --gamma)"
         )
+    for avg in s.averages:
+        bad = first_nonfinite(avg.model.state_dict())
+        if bad is not None:
+            raise DivergedError(
+                f"after epoch {record['epoch']} the {avg.kind.upper()} average's {bad} holds NaN "
+                f"or infinity, so nothing of this epoch was saved; {_last_saved(s)}; lower --lr"
+            )
     seconds = record.pop("seconds")
     t1 = time.perf_counter()
     if evaluated_at(record["epoch"], cfg):
         assert s.train_sub is not None and s.test_sub is not None
         record.update(_epoch_eval(s.net, s.data, cfg, s.train_sub, s.test_sub, ctx))
+        for avg in s.averages:
+            if avg.ready():
+                own = _epoch_eval(avg.model, s.data, cfg, s.train_sub, s.test_sub, ctx)
+                record.update({f"{avg.kind}_{k}": v for k, v in own.items()})
     record["seconds"] = seconds
     record["eval_seconds"] = time.perf_counter() - t1
     s.net.train()
     improved = record.get("val_robust_acc", -1.0) > s.best_val
     if improved:
         s.best_val = record["val_robust_acc"]
+    improved_averages = set()
+    for avg in s.averages:
+        if record.get(f"{avg.kind}_val_robust_acc", -1.0) > avg.best_val:
+            avg.best_val = record[f"{avg.kind}_val_robust_acc"]
+            improved_averages.add(avg.kind)
     s.history.append(record)
     # Every rank takes part in the gather; only rank 0 writes.
     attack_states = (
@@ -479,13 +583,25 @@ def _end_epoch(s: _Session, record: dict[str, Any]) -> None:
         s.run.append_metrics(record)
         if s.board is not None:
             write_epoch(s.board, record)
-        _save(s, record, improved=improved, attack_states=attack_states)
+        _save(
+            s,
+            record,
+            improved=improved,
+            improved_averages=improved_averages,
+            attack_states=attack_states,
+        )
 
 
 def _save(
-    s: _Session, record: dict[str, Any], *, improved: bool, attack_states: list[Any] | None
+    s: _Session,
+    record: dict[str, Any],
+    *,
+    improved: bool,
+    improved_averages: set[str],
+    attack_states: list[Any] | None,
 ) -> None:
-    """best.pt (when improved), epoch_NNN.pt (when due), then last.pt with the resume state."""
+    """best.pt (when improved), epoch_NNN.pt (when due), the averages' own checkpoints, then
+    last.pt with the resume state (the averages' state included)."""
     cfg, epoch = s.cfg, record["epoch"]
     common = dict(
         model=s.net,
@@ -505,11 +621,49 @@ def _save(
     state = {"optimizer": s.optimizer.state_dict(), "best_val": s.best_val, **rng_state(s.gens)}
     if attack_states is not None:
         state["rng_attack_ranks"] = attack_states
+    if s.averages:
+        state["averages"] = {avg.kind: avg.state() for avg in s.averages}
     full = {**common, "extra": {**common["extra"], **state}}
-    if cfg.save_every and epoch % cfg.save_every == 0:
+    due = bool(cfg.save_every) and epoch % cfg.save_every == 0
+    if due:
         save_checkpoint(s.run.epoch_ckpt(epoch), **full)
+    for avg in s.averages:
+        if avg.ready():
+            _save_average(s, avg, record, best=avg.kind in improved_averages, due=due)
     # last.pt is written last: once it exists, every file of this epoch is on disk.
     save_checkpoint(s.run.last, **full)
+
+
+def _save_average(
+    s: _Session, avg: _Average, record: dict[str, Any], *, best: bool, due: bool
+) -> None:
+    """``checkpoints/<kind>/{last,best,epoch_NNN}.pt``: the average as a checkpoint like any
+    other (its metrics under the usual names), marked ``"average": kind``; its resume state is
+    in the run's own last.pt."""
+    folder = s.run.ckpt_dir / avg.kind
+    prefix = f"{avg.kind}_"
+    metrics = {"epoch": record["epoch"], "lr": record["lr"], "average": avg.kind}
+    metrics.update({k[len(prefix) :]: v for k, v in record.items() if k.startswith(prefix)})
+    kw = dict(
+        model=avg.model,
+        model_spec=s.spec_record,
+        config=to_dict(s.cfg),
+        epoch=record["epoch"],
+        metrics=metrics,
+        extra={
+            "average": avg.kind,
+            "average_config": to_dict(avg.config),
+            **({"swa_n": avg.n} if isinstance(avg.config, SWAConfig) else {}),
+            "resolved_config": to_dict(s.cfg.resolved()),
+            "inputs": s.inputs,
+            "world": s.ctx.world,
+        },
+    )
+    if best and len(s.data.val):
+        save_checkpoint(folder / s.run.best.name, **kw)
+    if due:
+        save_checkpoint(folder / s.run.epoch_ckpt(record["epoch"]).name, **kw)
+    save_checkpoint(folder / s.run.last.name, **kw)
 
 
 def _load_init(net: nn.Module, path: str, spec: ModelSpec | None) -> dict[str, Any]:

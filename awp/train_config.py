@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from awp.config import (
-    METHODS,
     MODES,
     PGD10_TRAIN,
     PGD20_EVAL,
@@ -36,6 +35,18 @@ from awp.config import (
     opt,
 )
 from awp.data_config import DataConfig
+from awp.method_config import (
+    METHOD_NAMES,
+    WEIGHT_METHOD_NAMES,
+    WEIGHT_METHOD_SPECS,
+    AverageConfig,
+    EMAConfig,
+    PerturbationConfig,
+    SWAConfig,
+    canonical_method,
+    check_method_settings,
+    swa_default_start,
+)
 from awp.model_config import ModelConfig
 from awp.seeds import SEED_SCHEME_KEY
 
@@ -69,7 +80,12 @@ class TrainConfig:
     data: DataConfig = opt(DataConfig(), "dataset")
     model: ModelConfig = opt(ModelConfig(), "architecture")
     normalize: bool = opt(True, "the model normalizes inputs with the dataset's mean/std")
-    method: str = opt("at", "training objective: at | trades | mart")
+    method: str = opt(
+        "at",
+        "training method: an objective (at | trades | mart), alone or with a weight "
+        f"perturbation: {', '.join(n for n in METHOD_NAMES if '-' in n)} (the name sets --awp or "
+        "--weight-method; config.json keeps the objective here)",
+    )
     beta: float | None = opt(
         None,
         "weight of the KL term of trades and mart",
@@ -77,16 +93,42 @@ class TrainConfig:
         bounds=(0, None),
     )
     awp: bool = opt(False, "use Adversarial Weight Perturbation (ascends the method's objective)")
+    weight_method: str = opt(
+        "none",
+        f"another weight perturbation of the update: {' | '.join(WEIGHT_METHOD_NAMES)} (SAM, "
+        "adaptive SAM, robust weight perturbation; ascend the method's objective)",
+    )
     gamma: float | None = opt(
         None,
-        "AWP relative radius gamma",
+        "relative radius gamma of AWP (||v_l|| <= gamma ||w_l|| per layer) and RWP "
+        "(||v|| = gamma ||w|| over all layers)",
         shown="0.01 for at, 0.005 for trades and mart",
         bounds=(0, 1),
     )
+    rho: float | None = opt(
+        None,
+        "radius of SAM (||e||_2 = rho) and ASAM (||e / (|w| + 0.01)||_2 = rho), over all "
+        "parameters together",
+        shown="0.05 for sam, 0.5 for asam",
+        bounds=(0, None),
+    )
+    c_min: float | None = opt(
+        None,
+        "RWP: only the examples whose adversarial loss is below c_min enter the weight ascent",
+        shown="1.7 for rwp",
+        bounds=(0, None),
+    )
+    rwp_steps: int | None = opt(
+        None,
+        "RWP: weight ascent steps (v rescaled to gamma ||w|| after each)",
+        shown="10 for rwp",
+        bounds=(1, 1000),
+        why="every one adds a forward and a backward pass to every training step",
+    )
     awp_warmup: int | None = opt(
         None,
-        "epochs without AWP at the start",
-        shown="0 for at and mart, 10 for trades",
+        "epochs without the weight perturbation (AWP, SAM, ASAM, RWP) at the start",
+        shown="10 for trades-awp and trades-rwp, else 0",
         bounds=(0, None),
     )
     awp_steps: int = opt(
@@ -173,6 +215,26 @@ class TrainConfig:
     save_every: int = opt(
         0, "also keep a checkpoint every k epochs (0 = only last and best)", bounds=(0, None)
     )
+    ema: bool = opt(
+        False,
+        "also keep an exponential moving average of the weights (updated after every step), "
+        "evaluated every epoch and saved as checkpoints/ema/*.pt",
+    )
+    ema_decay: float | None = opt(
+        None, "decay d of --ema: w_ema <- d w_ema + (1 - d) w", shown="0.999", bounds=(0, 1)
+    )
+    swa: bool = opt(
+        False,
+        "also keep the stochastic weight average (the mean of the weights at the end of every "
+        "epoch from --swa-start on, BatchNorm statistics re-estimated on the training images), "
+        "evaluated every epoch and saved as checkpoints/swa/*.pt",
+    )
+    swa_start: int | None = opt(
+        None,
+        "the first epoch (1-based) whose weights enter --swa's average",
+        shown="the first epoch after half of them",
+        bounds=(1, None),
+    )
     augment: bool = opt(True, "random crop (4 px reflect pad) and flip of training images")
     noise_sd: float = opt(
         0.0,
@@ -205,8 +267,11 @@ class TrainConfig:
         check_eps(self.eps, self.norm)
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {self.schedule!r}; choose one of {SCHEDULES}")
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        # A method name (at-sam) in its fields: the objective, awp, weight_method.
+        method, awp, weights = canonical_method(self.method, self.awp, self.weight_method)
+        object.__setattr__(self, "method", method)
+        object.__setattr__(self, "awp", awp)
+        object.__setattr__(self, "weight_method", weights)
         check_choice(self.memory_format, MEMORY_FORMATS, "memory_format")
         check_beta(self.method, self.beta)  # refuses a beta for AT
         if self.attack_mode is not None and self.attack_mode not in MODES:
@@ -246,9 +311,10 @@ class TrainConfig:
                 f"model must be a ModelConfig (e.g. ModelConfig('preactresnet18', width=0.5)), "
                 f"got {self.model!r}"
             )
+        check_method_settings(self)  # refuses e.g. --rho without SAM, --gamma with SAM
         # Build the derived configs once so their validation runs now, not mid-training (nor
         # after minutes of loading data).
-        _ = self.train_attack, self.eval_attack, self.awp_config
+        _ = self.train_attack, self.eval_attack, self.perturbation_config, self.averages
 
     @staticmethod
     def migrate(data: dict[str, Any]) -> dict[str, Any]:
@@ -270,12 +336,27 @@ class TrainConfig:
 
     def resolved(self) -> TrainConfig:
         """This config with every None of :data:`METHOD_DEFAULT_FIELDS` replaced by the
-        method's default (beta stays None for AT, which has none)."""
-        defaults = method_defaults(self.method)
+        method's default (beta stays None for AT, which has none), and the weight
+        perturbation's and the averages' settings by theirs: SAM and ASAM take no gamma and no
+        warm-up, RWP AWP's gamma and warm-up (as the RWP code does), rho, c_min, rwp_steps,
+        ema_decay and swa_start their dataclasses' defaults when the run uses them."""
+        defaults = dataclasses.asdict(method_defaults(self.method))
+        sharpness = self.weight_method in ("sam", "asam")
+        if sharpness:
+            defaults.update(gamma=None, awp_warmup=0)
+        spec = WEIGHT_METHOD_SPECS.get(self.weight_method)
+        if sharpness:
+            defaults["rho"] = spec.config().rho
+        if self.weight_method == "rwp":
+            defaults.update(c_min=spec.config().c_min, rwp_steps=spec.config().steps)
+        if self.ema:
+            defaults["ema_decay"] = EMAConfig().decay
+        if self.swa:
+            defaults["swa_start"] = swa_default_start(self.epochs)
         changes = {
-            name: getattr(defaults, name)
-            for name in METHOD_DEFAULT_FIELDS
-            if getattr(self, name) is None and getattr(defaults, name) is not None
+            name: value
+            for name, value in defaults.items()
+            if getattr(self, name) is None and value is not None
         }
         return dataclasses.replace(self, **changes) if changes else self
 
@@ -329,6 +410,49 @@ class TrainConfig:
         )
 
     @property
+    def perturbation_name(self) -> str | None:
+        """The run's weight perturbation: "awp", "sam", "asam", "rwp", or None."""
+        if self.awp:
+            return "awp"
+        return None if self.weight_method == "none" else self.weight_method
+
+    @property
+    def perturbation_config(self) -> PerturbationConfig | None:
+        """The weight perturbation's settings (method defaults unless given), or None."""
+        name = self.perturbation_name
+        if name is None:
+            return None
+        if name == "awp":
+            return self.awp_config
+        r = self.resolved()
+        if name == "rwp":
+            return WEIGHT_METHOD_SPECS[name].config(
+                gamma=r.gamma, c_min=r.c_min, steps=r.rwp_steps, warmup=r.awp_warmup
+            )
+        return WEIGHT_METHOD_SPECS[name].config(rho=r.rho, warmup=r.awp_warmup)
+
+    @property
+    def averages(self) -> tuple[AverageConfig, ...]:
+        """The weight averages the run keeps besides its weights (EMA, SWA), in that order."""
+        r = self.resolved()
+        out: list[AverageConfig] = []
+        if self.ema:
+            out.append(EMAConfig(decay=r.ema_decay))
+        if self.swa:
+            out.append(SWAConfig(start=r.swa_start))
+        return tuple(out)
+
+    @property
+    def per_example_objective(self) -> ObjectiveFn | None:
+        """The per-example training objective ``(model, x, x_adv, y) -> ((N,), logits)`` that
+        RWP thresholds, or None for the other methods."""
+        if self.weight_method != "rwp":
+            return None
+        from awp.objectives import get_per_example  # here: it imports torch
+
+        return get_per_example(self.method, beta=self.beta)
+
+    @property
     def objective(self) -> ObjectiveFn:
         """The training objective of ``method`` with its beta."""
         from awp.objectives import get_objective  # here: it imports torch
@@ -351,20 +475,39 @@ class TrainConfig:
         )
 
     def describe(self) -> str:
-        """E.g. ``TRADES-AWP (gamma 0.005, warm-up 10, beta 6, A=1 K1=10 K2=1)``."""
+        """E.g. ``TRADES-AWP (gamma 0.005, warm-up 10, beta 6, A=1 K1=10 K2=1)``,
+        ``AT-SAM (rho 0.05, EMA decay 0.999)``."""
         r = self.resolved()
         label = method_of(
-            {"method": self.method, "awp": self.awp, "eps": self.eps, "noise_sd": self.noise_sd}
+            {
+                "method": self.method,
+                "awp": self.awp,
+                "weight_method": self.weight_method,
+                "eps": self.eps,
+                "noise_sd": self.noise_sd,
+            }
         )
         parts = []
         if self.awp:
             parts += [f"gamma {r.gamma:g}", f"warm-up {r.awp_warmup}"]
+        if self.weight_method in ("sam", "asam"):
+            parts.append(f"rho {r.rho:g}")
+        if self.weight_method == "rwp":
+            parts += [f"gamma {r.gamma:g}", f"c_min {r.c_min:g}", f"{r.rwp_steps} steps"]
+        if self.weight_method != "none" and r.awp_warmup:
+            parts.append(f"warm-up {r.awp_warmup}")
         if r.beta is not None:
             parts.append(f"beta {r.beta:g}")
         if self.noise_sd:
             parts.append(f"noise sd {self.noise_sd:g}")
         if self.awp:
             parts.append(f"A={self.awp_alternations} K1={self.attack_steps} K2={self.awp_steps}")
+        for average in self.averages:
+            parts.append(
+                f"EMA decay {average.decay:g}"
+                if isinstance(average, EMAConfig)
+                else f"SWA from epoch {average.start}"
+            )
         return label + (f" ({', '.join(parts)})" if parts else "")
 
 

@@ -21,7 +21,10 @@ from awp_landscape.console import CLIError
 # torch either, so `awp --help` and every `awp CMD --help` answer without it. A module that
 # registers several commands (demo: demo and reproduce) is listed once per command.
 BEFORE: dict[str, tuple[str, str]] = {
-    "train": ("train", "adversarial training (AT, TRADES, MART), with or without AWP"),
+    "train": (
+        "train",
+        "adversarial training (AT, TRADES, MART), with or without AWP, SAM, ASAM, RWP",
+    ),
 }
 AFTER: dict[str, tuple[str, str]] = {
     "plot": ("plot", "draw landscape h5 files (curves, contours, heatmaps, 3-D surfaces)"),

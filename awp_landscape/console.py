@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from awp.method_config import WEIGHT_METHOD_SPECS
+
 
 class CLIError(Exception):
     """A user error the CLI reports as one line, without a traceback."""
@@ -44,8 +46,12 @@ def epoch_line(r: Mapping[str, Any]) -> str:
         ("val_robust_acc", "val rob"),
         ("test_nat_acc", "test nat"),
         ("test_robust_acc", "test rob"),
+        ("ema_test_robust_acc", "EMA test rob"),
+        ("swa_test_robust_acc", "SWA test rob"),
     ):
         if key in r:
             parts.append(f"{label} {r[key]:.3f}")
     parts.append(f"{r['seconds']:.0f}s+{r['eval_seconds']:.0f}s")
-    return " | ".join(parts) + (" [AWP]" if r.get("awp") else "")
+    # The weight perturbation that ran this epoch ([AWP], [SAM], [ASAM], [RWP]).
+    on = [name.upper() for name in WEIGHT_METHOD_SPECS if r.get(name)]
+    return " | ".join(parts) + "".join(f" [{name}]" for name in on)

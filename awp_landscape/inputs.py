@@ -24,6 +24,7 @@ from awp.checkpoint import check_file, load_checkpoint, load_weights, read_state
 from awp.config import from_dict, method_of
 from awp.data import DataBundle, DataConfig, load_data
 from awp.io import exclusive_output, sha256_file
+from awp.method_config import AVERAGES
 from awp.models import ModelConfig, ModelSpec, build_model
 from awp.modes import model_mode
 from awp.zoo import find_zoo_model, zoo_dataset, zoo_file, zoo_model_at
@@ -89,20 +90,34 @@ class Loaded:
         return identity(self.path, self.ckpt, self.sha256)
 
 
-def run_folder_of(checkpoint: Path) -> Path:
-    """The run folder of a checkpoint (``<run>/checkpoints/x.pt`` -> ``<run>``)."""
+def checkpoint_name(checkpoint: Path) -> str:
+    """A checkpoint's name within its run for file names: ``last``, ``epoch_003``; a weight
+    average's ``ema_last``, ``swa_best`` (so it never shares a results file with the run's
+    own ``last.pt``)."""
     parent = checkpoint.resolve().parent
+    if parent.parent.name == "checkpoints" and parent.name in AVERAGES:
+        return f"{parent.name}_{checkpoint.stem}"
+    return checkpoint.stem
+
+
+def run_folder_of(checkpoint: Path) -> Path:
+    """The run folder of a checkpoint (``<run>/checkpoints/x.pt`` -> ``<run>``; a weight
+    average's ``<run>/checkpoints/ema/x.pt`` -> ``<run>`` too)."""
+    parent = checkpoint.resolve().parent
+    if parent.parent.name == "checkpoints" and parent.name in AVERAGES:
+        parent = parent.parent
     return parent.parent if parent.name == "checkpoints" else parent
 
 
 def identity(path: Path, ckpt: dict[str, Any] | None, sha: str) -> dict[str, Any]:
-    """checkpoint, sha256, run, method, epoch of a checkpoint."""
+    """checkpoint, sha256, run, method, epoch of a checkpoint (a weight average's method is
+    the run's with ``+EMA`` or ``+SWA``)."""
     config = (ckpt or {}).get("config") or {}
     return {
         "checkpoint": str(path),
         "sha256": sha,
         "run": run_folder_of(path).name,
-        "method": method_of(config),
+        "method": method_of(config, (ckpt or {}).get("average")),
         "epoch": int((ckpt or {}).get("epoch", 0)),
     }
 
@@ -305,10 +320,11 @@ class Inputs:
 def default_label(path: Path) -> str:
     """AT / AT-AWP / TRADES-AWP... from a checkpoint's training config, else the file stem."""
     try:
-        config = load_checkpoint(path).get("config") or {}
+        ckpt = load_checkpoint(path)
     except (ValueError, OSError):
         return path.stem
-    return method_of(config) if config.get("method") else path.stem
+    config = ckpt.get("config") or {}
+    return method_of(config, ckpt.get("average")) if config.get("method") else path.stem
 
 
 def rows_of(items: Sequence[Any]) -> list[dict[str, Any]]:

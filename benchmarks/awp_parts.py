@@ -6,11 +6,24 @@ objective with every parameter's gradient (the pass the AWP ascent cannot avoid)
 
   fwd+bwd               at_objective forward, backward, all parameter gradients
   ascent                awp.perturb.weight_ascent, one step (AWP's v, BatchNorm frozen)
-  norm ratio            the logged ||v|| / ||w|| (awp.step._norm_ratio)
-  perturbed             adding v and subtracting it again (awp.perturb.perturbed)
+  ascent gradient       its forward/backward alone (awp.perturb.objective_gradient, the
+                        perturbed weights' gradients only)
+  weight norms          ||w_l|| of every perturbed tensor (one read of the weights)
+  scale                 v_l = g_l * gamma ||w_l|| / ||g_l|| (one read of g, one write of v)
+  zeros (removed)       the zero v the ascent used to allocate before its first step, which
+                        one step from 0 overwrites unread: no longer done
+  norm ratio            the logged ||v|| / ||w|| (awp.step._norm_ratio: float64 sums, squared
+                        in place on one float64 copy)
+  norm ratio (before)   the same bits as it was computed before (t.double().pow(2): a second
+                        float64 tensor per weight)
+  perturbed             adding v and subtracting it again (awp.perturb.perturbed), with the
+                        copy of w it keeps for an exact restore after an exception
+  SAM, ASAM ascent      awp.weight_methods.sam_ascent over every parameter
+  RWP ascent step       awp.weight_methods.rwp_ascent, one step (its 10 steps cost ten)
 
     python benchmarks/awp_parts.py               # PreActResNet-18 full width, batch 32
     python benchmarks/awp_parts.py --width 0.25  # the demo's width
+    python benchmarks/awp_parts.py --rounds 1 --width 0.125 --batch-size 4   # a quick check
 """
 
 from __future__ import annotations
@@ -26,9 +39,10 @@ from awp.augment import augment
 from awp.config import PGD10_TRAIN
 from awp.data import DataConfig, load_data
 from awp.models import ModelSpec, build_model
-from awp.objectives import at_objective
-from awp.perturb import perturbed, select_params, weight_ascent
+from awp.objectives import at_losses, at_objective
+from awp.perturb import objective_gradient, perturbed, select_params, weight_ascent
 from awp.step import _norm_ratio
+from awp.weight_methods import rwp_ascent, sam_ascent
 
 
 def main(argv=None) -> int:
@@ -62,16 +76,42 @@ def main(argv=None) -> int:
         return weight_ascent(objective, params, gamma=0.01, model=model)
 
     v = ascent()
+    tensors = list(params.values())
+    grads = objective_gradient(objective, tensors)
+    w_norms = [p.detach().norm() for p in tensors]
+    all_params = select_params(model, "all")
+
+    def scale() -> None:
+        for g, wn in zip(grads, w_norms):
+            g * (0.01 * wn / (g.norm() + 1e-20))
+
+    def ratio_before() -> float:
+        v_sq = sum(float(t.double().pow(2).sum()) for t in v.values())
+        w_sq = sum(float(params[n].detach().double().pow(2).sum()) for n in v)
+        return (v_sq / w_sq) ** 0.5
 
     def perturb() -> None:
         with perturbed(params, v, restore="subtract"):
             pass
 
+    def losses() -> torch.Tensor:
+        return at_losses(model, x, x_adv, y)[0]
+
     fns = {
         "fwd+bwd": fwd_bwd,
         "ascent": ascent,
+        "ascent gradient": lambda: objective_gradient(objective, tensors),
+        "weight norms": lambda: [p.detach().norm() for p in tensors],
+        "scale": scale,
+        "zeros (removed)": lambda: [torch.zeros_like(p) for p in tensors],
         "norm ratio": lambda: _norm_ratio(v, params),
+        "norm ratio (before)": ratio_before,
         "perturbed": perturb,
+        "SAM ascent": lambda: sam_ascent(objective, all_params, rho=0.05, model=model),
+        "ASAM ascent": lambda: sam_ascent(objective, all_params, rho=0.5, eta=0.01, model=model),
+        "RWP ascent step": lambda: rwp_ascent(
+            losses, params, gamma=0.01, c_min=1.7, steps=1, model=model
+        ),
     }
     times = interleaved_times(fns, args.rounds)
     med = medians(times)
@@ -81,7 +121,7 @@ def main(argv=None) -> int:
     )
     for k, t in med.items():
         ratio = t / med["fwd+bwd"]
-        print(f"  {k:12s} {t:8.4f} s   (min {min(times[k]):.4f})   / fwd+bwd {ratio:.3f}")
+        print(f"  {k:20s} {t:8.4f} s   (min {min(times[k]):.4f})   / fwd+bwd {ratio:.3f}")
     return 0
 
 

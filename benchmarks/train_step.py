@@ -1,4 +1,5 @@
-"""Benchmark: our AT and AT-AWP steps against the official code's way of doing them.
+"""Benchmark: our AT step with each weight perturbation (AWP, SAM, ASAM, RWP), against the
+official code's way of doing AT and AT-AWP.
 
 In one process, interleaved (the order rotates every round), median over rounds:
   (a) our AT step             PGD-10 with input-only gradients, one training forward/backward
@@ -9,10 +10,16 @@ In one process, interleaved (the order rotates every round), median over rounds:
                               loss, per-layer rescaled difference), and the extra clean forward
                               pass the official loop makes for logging
   (d) reference AT step       (c) without AWP
-Targets: (b)/(c) <= 0.80 and (b)/(a) <= 1.15.
+  (e) our AT-SAM step         (a) plus SAM's gradient at w (one extra forward/backward)
+  (f) our AT-ASAM step        (e) with ASAM's elementwise scaling
+  (g) our AT-RWP step         (a) plus RWP's --rwp-steps ascent steps (each a forward/backward)
+Targets: (b)/(c) <= 0.80, (b)/(a) <= 1.15, what AWP adds to ours at most what it adds to the
+official way, and what SAM and ASAM add to (a), and RWP per ascent step, each within 10% of
+what AWP adds.
 
     python benchmarks/train_step.py                  # PreActResNet-18 full width, batch 32 (CPU)
     python benchmarks/train_step.py --device cuda    # batch 128 on a GPU
+    python benchmarks/train_step.py --rounds 1 --width 0.125 --batch-size 4   # a quick check
 """
 
 from __future__ import annotations
@@ -28,12 +35,21 @@ from awp.augment import augment
 from awp.config import PGD10_TRAIN, AWPConfig
 from awp.data import DataConfig, load_data
 from awp.distributed import pick_device
+from awp.method_config import ASAMConfig, RWPConfig, SAMConfig
 from awp.models import ModelSpec, build_model
-from awp.objectives import at_objective
+from awp.objectives import at_losses, at_objective
 from awp.perturb import select_params
 from awp.train import train_step
+from awp.weight_methods import WEIGHT_METHODS
 
 EPS, ALPHA, STEPS, GAMMA = 8 / 255, 2 / 255, 10, 0.01
+OURS = {  # our steps: label, weight perturbation (None: plain AT)
+    "a": ("ours AT", None),
+    "b": ("ours AT-AWP", AWPConfig(gamma=GAMMA)),
+    "e": ("ours AT-SAM", SAMConfig()),
+    "f": ("ours AT-ASAM", ASAMConfig()),
+    "g": ("ours AT-RWP", None),  # RWPConfig with --rwp-steps, set in main
+}
 
 
 # ----------------------------------------------------------------- the official code's way
@@ -121,6 +137,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=None, help="default 32 on CPU, 128 on GPU")
     p.add_argument("--width", type=float, default=1.0, help="PreActResNet-18 width (1 = full)")
     p.add_argument("--rounds", type=int, default=5, help="timed rounds (after one warm-up round)")
+    p.add_argument("--rwp-steps", type=int, default=10, help="RWP's ascent steps (its default)")
     args = p.parse_args(argv)
 
     device = pick_device(args.device)
@@ -136,40 +153,35 @@ def main(argv=None) -> int:
         m = build_model(spec).to(device)
         return m, torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
 
-    models = {k: fresh() for k in "abcd"}
+    ours = dict(OURS, g=("ours AT-RWP", RWPConfig(gamma=GAMMA, steps=args.rwp_steps)))
+    models = {k: fresh() for k in (*ours, "c", "d")}
     proxy = build_model(spec).to(device)
     ref_awp = ReferenceAWP(models["c"][0], proxy, GAMMA)
-    params_a, params_b = select_params(models["a"][0]), select_params(models["b"][0])
     gen = torch.Generator().manual_seed(1)
-    steps = {
-        "a": lambda: train_step(
-            *models["a"],
+
+    def our_step(key):
+        model, opt = models[key]
+        perturbation = ours[key][1]
+        name = perturbation.name if perturbation is not None else None
+        params = select_params(model, WEIGHT_METHODS[name].param_set if name else "weights")
+        return lambda: train_step(
+            model,
+            opt,
             x,
             y,
             attack=PGD10_TRAIN,
             objective=at_objective,
-            params=params_a,
+            perturbation=perturbation,
+            params=params,
             generator=gen,
-        ),
-        "b": lambda: train_step(
-            *models["b"],
-            x,
-            y,
-            attack=PGD10_TRAIN,
-            objective=at_objective,
-            awp=AWPConfig(gamma=GAMMA),
-            params=params_b,
-            generator=gen,
-        ),
-        "c": lambda: reference_step(*models["c"], ref_awp, x, y),
-        "d": lambda: reference_step(*models["d"], None, x, y),
-    }
-    labels = {
-        "a": "ours AT",
-        "b": "ours AT-AWP",
-        "c": "reference AT-AWP (official way)",
-        "d": "reference AT (official way)",
-    }
+            losses=at_losses if name == "rwp" else None,
+        )
+
+    steps = {k: our_step(k) for k in ours}
+    steps["c"] = lambda: reference_step(*models["c"], ref_awp, x, y)
+    steps["d"] = lambda: reference_step(*models["d"], None, x, y)
+    labels = {k: label for k, (label, _) in ours.items()}
+    labels.update(c="reference AT-AWP (official way)", d="reference AT (official way)")
     print(
         f"PreActResNet-18 width {args.width}, batch {bs}, PGD-{STEPS}, device {device}, "
         f"threads {torch.get_num_threads()}, {args.rounds} rounds + 1 warm-up",
@@ -177,19 +189,32 @@ def main(argv=None) -> int:
     )
     times = interleaved_times(steps, args.rounds, sync=lambda: sync(device))
     med = medians(times)
-    for k in steps:
+    for k in sorted(steps):
         print(f"  ({k}) {labels[k]:34s} {med[k]:8.3f} s/step   (min {min(times[k]):.3f})")
     print(
         f"  AWP adds per step: ours {med['b'] - med['a']:.3f} s, the official way "
         f"{med['c'] - med['d']:.3f} s (medians; by the fastest rounds "
         f"{min(times['b']) - min(times['a']):.3f} s and {min(times['c']) - min(times['d']):.3f} s)"
     )
+    awp_adds = med["b"] - med["a"]
+    adds = {
+        "SAM adds": med["e"] - med["a"],
+        "ASAM adds": med["f"] - med["a"],
+        f"RWP adds per ascent step ({args.rwp_steps} steps)": (med["g"] - med["a"])
+        / args.rwp_steps,
+    }
+    ok = True
+    for name, value in adds.items():
+        ratio = value / awp_adds if awp_adds > 0 else float("inf")
+        met = "met" if ratio <= 1.10 else "MISSED"
+        ok &= ratio <= 1.10
+        print(f"  {name:34s} {value:8.3f} s = {ratio:.3f} x AWP's  target <= 1.10: {met}")
     ratios = {
         "(b)/(c)": (med["b"] / med["c"], 0.80),
         "(b)/(a)": (med["b"] / med["a"], 1.15),
         "(a)/(d)": (med["a"] / med["d"], None),
+        "AWP adds, ours/official": (awp_adds / (med["c"] - med["d"]), 1.0),
     }
-    ok = True
     for name, (value, target) in ratios.items():
         met = "met" if target is not None and value <= target else "MISSED"
         verdict = "" if target is None else f"  target <= {target:.2f}: {met}"

@@ -31,7 +31,7 @@ from awp.augment import to_float
 from awp.config import AttackConfig, check_choice
 from awp.data import DataBundle, capped_notice, fixed_subset
 from awp.evaluate import attack_outcomes
-from awp.modes import batchnorms, kept_modes, unwrap
+from awp.modes import recompute_bn_stats, unwrap
 from awp.perturb import kept, write_point
 from awp.seeds import derive_seed
 from landscape.config import BN_MODES, SurfaceConfig
@@ -265,39 +265,6 @@ def anchored(model: nn.Module, names: Sequence[str]) -> Iterator[dict[str, torch
         raise KeyError(f"not in the model's state: {missing[:5]}")
     with kept({n: state[n] for n in names}) as theta0:
         yield theta0
-
-
-def recompute_bn_stats(model: nn.Module, x: torch.Tensor, *, batch_size: int) -> None:
-    """Replace BatchNorm running statistics by their average over ``x`` at the current weights.
-
-    Each BatchNorm's statistics are reset and accumulated with ``momentum=None`` (an exact
-    cumulative average over the batches), as ``torch.optim.swa_utils.update_bn`` does. The
-    model's modes and the momenta are restored; the caller restores the buffers.
-
-    Args:
-        model: the network; x: training images (N, C, H, W) in [0,1] on its device.
-        batch_size: examples per pass (a last batch of one image is folded into the previous).
-    """
-    bns = batchnorms(model)
-    if not bns:
-        return
-    momenta = [m.momentum for m in bns]
-    try:
-        with kept_modes(model):
-            for m in bns:
-                m.reset_running_stats()
-                m.momentum = None
-            model.train()
-            starts = list(range(0, len(x), batch_size))
-            if len(starts) > 1 and len(x) - starts[-1] < 2:
-                starts.pop()  # BatchNorm cannot take a batch of one: merge it into the last one
-            with torch.no_grad():
-                for i, s in enumerate(starts):
-                    end = starts[i + 1] if i + 1 < len(starts) else len(x)
-                    model(x[s:end])
-    finally:
-        for m, momentum in zip(bns, momenta):
-            m.momentum = momentum
 
 
 def split_metrics(

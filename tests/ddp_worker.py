@@ -78,6 +78,35 @@ def equal_config(out, method: str) -> TrainConfig:
     )
 
 
+# SAM, ASAM and RWP with an EMA, on the same uneven slices: the ascents' gradients all-reduced
+# and weighted by the slices, the EMA of identical weights on every rank.
+METHODS = ("at-sam", "at-asam", "at-rwp")
+
+
+def method_config(out, name: str) -> TrainConfig:
+    rwp = dict(rwp_steps=3, c_min=1.1, gamma=0.01) if name.endswith("rwp") else {}
+    return TrainConfig(
+        out=str(out),
+        data=DataConfig(dataset="synthetic-in-memory", val_size=0),
+        model=ModelConfig("smallcnn"),
+        method=name,
+        ema=True,
+        ema_decay=0.5,
+        attack_start="none",
+        epochs=2,
+        batch_size=15,
+        lr=0.05,
+        attack_steps=2,
+        step_size=4 / 255,
+        eval_steps=2,
+        train_eval_size=16,
+        eval_batch_size=32,
+        seed=0,
+        device="cpu",
+        **rwp,
+    )
+
+
 def resume_config(out) -> TrainConfig:
     return TrainConfig(
         out=str(out),
@@ -111,6 +140,8 @@ def main(out: pathlib.Path) -> None:
             data=data(),
             model=bn_free_model(),
         )
+    for name in METHODS:
+        train(method_config(out / name, name), progress=False, data=data(), model=bn_free_model())
     # Gaussian augmentation: every rank draws the global batch's noise and keeps its slice
     noisy = dataclasses.replace(equal_config(out / "equal_at_noise", "at"), noise_sd=0.1)
     train(noisy, progress=False, data=data(), model=bn_free_model())

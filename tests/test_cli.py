@@ -215,7 +215,7 @@ def test_method_defaults_on_the_command_line(tmp_path, folder, capsys):
     help_text = " ".join(capsys.readouterr().out.split())
     for shown in (
         "(default: 0.01 for at, 0.005 for trades and mart)",
-        "(default: 0 for at and mart, 10 for trades)",
+        "(default: 10 for trades-awp and trades-rwp, else 0)",
         "--extra-data",
         "--init",
         "--awp-alternations",

@@ -17,7 +17,7 @@ import torch
 
 from awp import distributed as ddp
 from awp_landscape.cli import main
-from tests.ddp_worker import bn_free_model, data, equal_config
+from tests.ddp_worker import METHODS, bn_free_model, data, equal_config, method_config
 from tests.helpers import make_image_folder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,6 +70,27 @@ def test_two_processes_equal_one_process_on_the_global_batch(worker_runs, tmp_pa
     assert [r["epoch"] for r in hist] == [1, 2]  # one writer: no duplicated records
     assert hist[-1]["train_loss"] == pytest.approx(one.history[-1]["train_loss"], rel=1e-5)
     assert hist[-1]["train_acc"] == one.history[-1]["train_acc"]
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("name", METHODS)
+def test_two_processes_equal_one_process_with_sam_asam_rwp_and_an_ema(worker_runs, tmp_path, name):
+    from awp.train import train
+
+    one = train(
+        method_config(tmp_path / "one", name), progress=False, data=data(), model=bn_free_model()
+    )
+    two = last(worker_runs / name)
+    ema = torch.load(worker_runs / name / "checkpoints" / "ema" / "last.pt", weights_only=True)
+    one_ema = torch.load(tmp_path / "one" / "checkpoints" / "ema" / "last.pt", weights_only=True)
+    init = bn_free_model().state_dict()
+    for n, w in one.model.state_dict().items():
+        assert float((w - init[n]).abs().max()) > 1e-3, n
+        assert float((w - two["state_dict"][n]).abs().max()) < 1e-12, n
+        assert float((one_ema["state_dict"][n] - ema["state_dict"][n]).abs().max()) < 1e-12, n
+    hist = [json.loads(x) for x in (worker_runs / name / "metrics.jsonl").open()]
+    assert [r[name.split("-")[1]] for r in hist] == [True, True]
+    assert hist[-1]["ema_test_robust_acc"] == one.history[-1]["ema_test_robust_acc"]
 
 
 @pytest.mark.distributed

@@ -1,4 +1,5 @@
-"""``awp train``: adversarial training (AT, TRADES, MART), with or without AWP.
+"""``awp train``: adversarial training (AT, TRADES, MART), plain or with a weight perturbation
+(AWP, SAM, ASAM, RWP), optionally keeping weight averages (EMA, SWA).
 
 Its flags come from :class:`awp.train_config.TrainConfig`, which imports no torch, so that
 ``awp train --help`` answers at once; the training is imported when it runs.
@@ -12,6 +13,7 @@ import json
 from pathlib import Path
 
 from awp.config import from_dict
+from awp.method_config import method_name
 from awp.train_config import TrainConfig
 from awp.zoo import find_zoo_model, zoo_dataset, zoo_file
 from awp_landscape.checkpoint_flags import add_zoo_location
@@ -23,9 +25,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add ``awp train``."""
     p = sub.add_parser(
         "train",
-        help="adversarial training (AT, TRADES, MART), with or without AWP",
+        help="adversarial training (AT, TRADES, MART), with or without AWP, SAM, ASAM, RWP",
         description="Train with PGD adversarial training (AT), TRADES or MART, optionally with "
-        "AWP. Every option defaults to the paper's CIFAR-10 protocol; options shown with "
+        "a weight perturbation (--awp, or a method name: --method at-awp, at-sam, at-asam, "
+        "at-rwp, trades-sam...) and weight averages (--ema, --swa). Every option defaults to "
+        "the paper's CIFAR-10 protocol; options shown with "
         "'for at, ... for trades' take the --method's default unless given "
         "(awp.config.METHOD_DEFAULTS). Several processes: torchrun --nproc_per_node N "
         "-m awp_landscape train ... (DDP; --batch-size is the global batch).",
@@ -59,7 +63,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-# Settings of AWP's weight perturbation: given without --awp they would silently do nothing.
+# Settings of AWP's weight perturbation: given without any weight perturbation they would
+# silently do nothing (TrainConfig refuses them with a perturbation that does not read them).
 AWP_FLAGS = ("gamma", "awp_warmup", "awp_steps", "awp_alternations")
 
 
@@ -84,11 +89,12 @@ def config_from(args: argparse.Namespace) -> TrainConfig:
     awp_flags = [
         "--" + n.replace("_", "-") for n in AWP_FLAGS if getattr(args, n, None) is not None
     ]
-    if awp_flags and not cfg.awp:
+    if awp_flags and cfg.perturbation_name is None:
         # `awp train --gamma 0.01` reads like AT-AWP but would silently train plain AT.
         raise CLIError(
-            f"{', '.join(awp_flags)} set(s) AWP's weight perturbation, but AWP is off; add --awp "
-            "to train with it, or drop the flag"
+            f"{', '.join(awp_flags)} set(s) AWP's weight perturbation, but method "
+            f"{method_name(cfg)} has none; add --awp (or name it: --method {cfg.method}-awp) to "
+            "train with it, or drop the flag"
         )
     return cfg
 

@@ -99,13 +99,13 @@ class Evaluate(CheckpointMeasure):
         return p
 
     def run_command(self, args: argparse.Namespace) -> int:
-        from awp_landscape.inputs import Sources, out_folder
+        from awp_landscape.inputs import Sources, checkpoint_name, out_folder
         from awp_landscape.measures.runner import run_measure
 
         cfg = self.config_from(args)
-        out = args.out or (
-            out_folder(None, [args.checkpoint]) / f"eval_{args.checkpoint.stem}_{cfg.split}.json"
-        )
+        # a weight average's file is named apart from the run's own (eval_ema_last_test.json)
+        name = f"eval_{checkpoint_name(args.checkpoint)}_{cfg.split}.json"
+        out = args.out or out_folder(None, [args.checkpoint]) / name
         run_measure(
             self,
             [args.checkpoint],
