@@ -326,6 +326,7 @@ def load_source(
     weights: str | os.PathLike | None = None,
     kwargs: Mapping[str, Any] | None = None,
     input: InputConvention | None = None,
+    input_size: int | None = None,
     seed: int = 0,
     device: str | torch.device = "cpu",
     model_dir: str | os.PathLike = "models",
@@ -342,6 +343,8 @@ def load_source(
         weights: a state dict file for a built source (``.pt``, ``.safetensors``).
         kwargs: keyword arguments of the builder (``--model-kwargs`` as a dict).
         input: the input convention (None: the source's own, see :func:`default_input`).
+        input_size: an ImageNet-style resize and centre crop to this size, added to the
+            convention (given or the source's own).
         seed: seed of a built source's random initialization (the global RNG is restored).
         device: where the model goes.
         model_dir, dataset, threat_model: where ``robustbench:NAME`` is read from
@@ -360,6 +363,8 @@ def load_source(
     """
     kind = source_kind(spec)
     kwargs = dict(kwargs or {})
+    if input_size is not None and kind == "checkpoint":
+        raise SourceError(f"{spec} records its own input convention; drop the input size")
     if weights is not None and kind not in BUILT:
         raise SourceError(
             f"{spec} carries its own weights; --weights is for torchvision:, timm:, py: and hf: "
@@ -379,17 +384,18 @@ def load_source(
             dataset=dataset,
             threat_model=threat_model,
             input=input,
+            input_size=input_size,
             device=device,
             num_classes=num_classes,
         )
     if kind in ("torchscript", "export"):
         model, sha = _compiled(Path(spec), kind)
         info: dict[str, Any] = {"path": str(spec), "sha256": sha, "layout": kind}
-        convention = input or InputConvention()
+        convention = _sized(input or InputConvention(), input_size)
     else:
         with seeded(seed):
             model, own = _build(kind, str(spec), num_classes=num_classes, kwargs=kwargs)
-        convention = input or own
+        convention = _sized(input or own, input_size)
         info = {}
         if weights is not None:
             info = dict(load_weights_file(model, weights, source=f"weights {weights} for {spec}"))
@@ -406,6 +412,11 @@ def load_source(
         sha256=sha,
         weights=info,
     )
+
+
+def _sized(convention: InputConvention, size: int | None) -> InputConvention:
+    """The convention with an ImageNet-style resize and crop to ``size`` (None: as it is)."""
+    return convention if size is None else dataclasses.replace(convention, size=size)
 
 
 @contextlib.contextmanager
@@ -672,6 +683,7 @@ def _robustbench(
     dataset: str,
     threat_model: str,
     input: InputConvention | None,
+    input_size: int | None,
     device: Any,
     num_classes: int | None,
 ) -> SourceModel:
@@ -680,13 +692,15 @@ def _robustbench(
     ours = zoo.find_ours(name, dataset=dataset, threat_model=threat_model)
     if ours is not None:  # built here with our architectures (the key layout is ours)
         path = zoo.zoo_file(ours, model_dir)
+        if input_size is not None:
+            raise SourceError(f"robustbench:{name} takes CIFAR's 32x32 inputs; drop the input size")
         loaded = _checkpoint(path, input, device)
         return dataclasses.replace(loaded, name=f"robustbench:{name}", kind="robustbench")
     model, info = zoo.load_robustbench(
         name, model_dir=model_dir, dataset=dataset, threat_model=threat_model
     )
     _check_finite(model, f"robustbench:{name}")
-    convention = input or InputConvention()  # the zoo's classes normalize inside
+    convention = _sized(input or InputConvention(), input_size)  # the classes normalize inside
     outputs = zoo.ZOO_CLASSES[dataset]
     if num_classes is not None and outputs != num_classes:
         raise SourceError(

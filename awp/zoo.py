@@ -285,7 +285,16 @@ def load_robustbench(
             f"RobustBench models by name are the CIFAR-10/100 Linf/L2 ones; got {dataset}, "
             f"{threat_model}"
         )
-    table = robustbench_zoo()[(dataset, threat_model)]
+    from awp.extras import MissingDependencyError
+
+    try:
+        table = robustbench_zoo()[(dataset, threat_model)]
+    except MissingDependencyError as err:
+        ours = sorted(m.name for m in ZOO if (m.dataset, m.threat_model) == (dataset, threat_model))
+        raise MissingDependencyError(
+            f"RobustBench model {name!r} ({dataset}, {threat_model}) is not one built with this "
+            f"toolkit's architectures ({', '.join(ours) or 'none there'}); {err}"
+        ) from err
     if name not in table:
         close = difflib.get_close_matches(name, list(table), n=5, cutoff=0.5)
         near = f"; the nearest: {', '.join(close)}" if close else ""
