@@ -1,5 +1,6 @@
-"""RobustBench's model zoo by name: the models whose architecture this toolkit builds, and the
-zoo's folder layout (``<model_dir>/<dataset>/<threat_model>/<name>.pt``).
+"""RobustBench's model zoo by name: the models whose architecture this toolkit builds, the others
+through robustbench's own classes, and the zoo's folder layout
+(``<model_dir>/<dataset>/<threat_model>/<name>.pt``).
 
 The robustbench package itself cannot serve here: its PyPI release (1.1.1) imports
 ``autoattack``, a module no PyPI package provides (``pyautoattack``, its declared dependency,
@@ -8,6 +9,9 @@ installed from git; it also needs ``pkg_resources`` and installs a top-level ``t
 package. Its loader would also download a missing file. So the zoo's names are mapped to our
 architectures here (RobustBench's ``WideResNet`` has our key layout; the unused ``sub_block1``
 of TRADES-style WideResNets is dropped on load), and files are only ever read from the folder.
+Every other CIFAR-10/100 Linf/L2 entry is built with the installed robustbench's own
+architecture classes, its ``model_zoo`` imported without its top-level package
+(:func:`load_robustbench`, :func:`robustbench_catalog`; docs/robustbench.md).
 """
 
 from __future__ import annotations
@@ -277,6 +281,8 @@ def load_robustbench(
     """
     import difflib
 
+    import torch
+
     from awp.checkpoint import adapt_state_dict, load_state_dict_checked, read_state_dict
     from awp.io import sha256_file
 
@@ -324,6 +330,11 @@ def load_robustbench(
             f"RobustBench model {name}: its architecture does not build here "
             f"({type(err).__name__}: {err})"
         ) from None
+    if len(files) > 1 and not isinstance(getattr(model, "models", None), torch.nn.ModuleList):
+        raise ValueError(
+            f"RobustBench model {name} combines several networks its own way (not an ensemble "
+            "of .models); it cannot be loaded by name here"
+        )
     members = list(model.models) if len(files) > 1 else [model]
     layouts = []
     for member, path in zip(members, files):
