@@ -144,6 +144,13 @@ def identity_of(path: Path) -> dict[str, Any]:
     return identity(path, ckpt, sha256_file(path))
 
 
+def checkpoint_sha256(path: Path, inputs: Inputs) -> str:
+    """What identifies a checkpoint's weights: the file's sha256, or for a model named by a
+    prefixed source string the :attr:`awp.sources.SourceModel.sha256` of the model it builds
+    (loaded through ``inputs``, which keeps the data it loads)."""
+    return inputs.load(path).sha256 if is_prefixed(path) else sha256_file(path)
+
+
 def unique_labels(idents: Sequence[dict[str, Any]], given: Sequence[str] | None) -> list[str]:
     """--labels as given (one each, no repeats), else the methods, made unique by epoch or run."""
     if given:

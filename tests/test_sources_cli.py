@@ -113,3 +113,21 @@ def test_bad_sources_exit_2_with_one_line_and_write_nothing(
 
     assert re.search(message, err), err
     assert not out.exists()
+
+
+def test_sources_have_an_identity_before_and_after_loading(tmp_path, folder, factories):
+    from pathlib import Path
+
+    from awp.io import sha256_file
+    from awp_landscape.checkpoint_flags import ForeignOptions
+    from awp_landscape.inputs import Inputs, checkpoint_sha256, identity_of
+
+    kwargs = ForeignOptions(model_kwargs='{"num_classes": 3}')
+    inputs = Inputs(torch.device("cpu"), dataset=str(folder), foreign=kwargs)
+    name = Path("py:clifactories:small")
+    assert identity_of(name)["checkpoint"] == "py:clifactories:small"
+    loaded = inputs.load(name)
+    assert checkpoint_sha256(name, inputs) == loaded.sha256 == loaded.identity()["sha256"]
+    assert len(loaded.sha256) == 64
+    torch.save({"w": torch.zeros(1)}, tmp_path / "f.pt")
+    assert checkpoint_sha256(tmp_path / "f.pt", inputs) == sha256_file(tmp_path / "f.pt")
