@@ -262,29 +262,19 @@ def robustbench_status(name: str, entry: dict) -> str:
     return ""
 
 
-def load_robustbench(
+def robustbench_entry(
     name: str, *, model_dir: str | Path, dataset: str = "cifar10", threat_model: str = "Linf"
-):  # -> tuple[nn.Module, dict]
-    """A zoo model built with robustbench's own architecture class, its weights read from
-    ``model_dir`` in the zoo's layout (never downloaded): the state dict under ``state_dict``
-    (or ``last``) or raw, ``module.``/``model.`` prefixes removed, the class's constant
-    normalization buffers kept when the file lacks them, as robustbench's loader does; every
-    other missing or unexpected key is refused with the keys listed.
-
-    Returns:
-        (the model in eval mode on the CPU, what was loaded: path, sha256, layout, files).
+) -> tuple[dict, list[Path]]:
+    """A zoo entry of the installed robustbench and its files in ``model_dir``, checked (what
+    :func:`load_robustbench` loads; called before any output is claimed, so a bad name or a
+    missing file is refused first).
 
     Raises:
-        ValueError: an unknown name (with the nearest ones), an entry whose weights only come
-            from a hub, an architecture that does not build; FileNotFoundError: a missing file
-            (the path expected); awp.checkpoint.CheckpointError: weights that do not fit.
+        ValueError: an unknown name (with the nearest ones) or an entry whose weights only come
+            from a hub; FileNotFoundError: a missing file (the path expected);
+            awp.extras.MissingDependencyError: robustbench is not installed.
     """
     import difflib
-
-    import torch
-
-    from awp.checkpoint import adapt_state_dict, load_state_dict_checked, read_state_dict
-    from awp.io import sha256_file
 
     if threat_model not in THREAT_MODELS or dataset not in ZOO_DATASETS:
         raise ValueError(
@@ -323,6 +313,34 @@ def load_robustbench(
             f"{model_dir}: expected {', '.join(missing)} (nothing is downloaded here; put the "
             "zoo's file there)"
         )
+    return entry, files
+
+
+def load_robustbench(
+    name: str, *, model_dir: str | Path, dataset: str = "cifar10", threat_model: str = "Linf"
+):  # -> tuple[nn.Module, dict]
+    """A zoo model built with robustbench's own architecture class, its weights read from
+    ``model_dir`` in the zoo's layout (never downloaded): the state dict under ``state_dict``
+    (or ``last``) or raw, ``module.``/``model.`` prefixes removed, the class's constant
+    normalization buffers kept when the file lacks them, as robustbench's loader does; every
+    other missing or unexpected key is refused with the keys listed.
+
+    Returns:
+        (the model in eval mode on the CPU, what was loaded: path, sha256, layout, files).
+
+    Raises:
+        ValueError: an unknown name (with the nearest ones), an entry whose weights only come
+            from a hub, an architecture that does not build; FileNotFoundError: a missing file
+            (the path expected); awp.checkpoint.CheckpointError: weights that do not fit.
+    """
+    import torch
+
+    from awp.checkpoint import adapt_state_dict, load_state_dict_checked, read_state_dict
+    from awp.io import sha256_file
+
+    entry, files = robustbench_entry(
+        name, model_dir=model_dir, dataset=dataset, threat_model=threat_model
+    )
     try:
         model = entry["model"]()
     except Exception as err:

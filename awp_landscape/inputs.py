@@ -39,7 +39,14 @@ from awp.sources import (
     source_kind,
 )
 from awp.sources import check_fits as check_source_fits
-from awp.zoo import find_ours, find_zoo_model, zoo_dataset, zoo_file, zoo_model_at
+from awp.zoo import (
+    find_ours,
+    find_zoo_model,
+    robustbench_entry,
+    zoo_dataset,
+    zoo_file,
+    zoo_model_at,
+)
 from awp_landscape.checkpoint_flags import (  # the flags, re-exported: their home was here
     INPUTS as INPUTS,
 )
@@ -62,8 +69,9 @@ def resolve_robustbench(args: argparse.Namespace) -> None:
     paths = [
         zoo_file(find_zoo_model(n, dataset=dataset, threat_model=args.threat_model), args.model_dir)
         if find_ours(n, dataset=dataset, threat_model=args.threat_model) is not None
-        # every other entry: built with robustbench's own classes (awp.zoo.load_robustbench)
-        else Path(f"robustbench:{n}")
+        # every other entry: built with robustbench's own classes (awp.zoo.load_robustbench),
+        # its name and file checked now, before any output is claimed
+        else _robustbench_source(n, dataset=dataset, args=args)
         for n in names
     ]
     if hasattr(args, "checkpoints"):
@@ -76,6 +84,13 @@ def resolve_robustbench(args: argparse.Namespace) -> None:
         args.checkpoint = given[0] if given else None
     if not given:
         raise CLIError("give a checkpoint file (.pt) or a zoo model with --robustbench NAME")
+
+
+def _robustbench_source(name: str, *, dataset: str, args: argparse.Namespace) -> Path:
+    robustbench_entry(
+        name, model_dir=args.model_dir, dataset=dataset, threat_model=args.threat_model
+    )
+    return Path(f"robustbench:{name}")
 
 
 @dataclass
