@@ -21,10 +21,8 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from awp.config import BN_MODES as BN_MODES  # its home is the torch-free config module
 from awp.config import MODES
-
-# BatchNorm at a perturbed point: w0's running statistics, or re-estimated there.
-BN_MODES = ("eval", "recompute")
 
 
 def unwrap(model: nn.Module) -> nn.Module:
