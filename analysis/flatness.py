@@ -19,6 +19,11 @@ rank or the order of evaluation, so units can be sharded across ranks and resume
 numbers), so alpha = 0 gives a flatness of exactly 0, and the noise of draw k is
 sigma(alpha) * z_k with the same z_k for every alpha.
 
+Every unit also takes ``loss`` (any ``(outputs, targets) -> scalar mean or (B,)``, default
+cross-entropy; with ``cfg.attack`` None the clean loss on inputs of any shape) and ``bn_x``:
+None measures with the running BatchNorm statistics of w (eval mode, the default); training
+inputs re-estimate them at every measured point, w included (:func:`awp.modes.bn_recomputed`).
+
 Reference: Neyshabur, Bhojanapalli, McAllester, Srebro, "Exploring Generalization in Deep
 Learning", NeurIPS 2017; Wu, Xia, Wang, NeurIPS 2020, rebuttal Common Q1.
 """
@@ -39,7 +44,8 @@ from analysis.config import FlatnessConfig
 from analysis.noise import draw_noise, global_norm, noise_scales
 from analysis.stats import clopper_pearson, t_interval, too_few_for_interval
 from analysis.store import UnitKey
-from awp.evaluate import Outcomes, attack_outcomes
+from awp.evaluate import Loss, Outcomes, attack_outcomes
+from awp.modes import bn_recomputed
 from awp.perturb import perturbed, select_params
 from awp.seeds import generator_for
 
@@ -47,25 +53,42 @@ Record = dict
 
 
 def outcome_record(out: Outcomes, **extra: object) -> Record:
-    """A unit's record: misclassified count, summed robust cross-entropy (float64 over the
-    examples), examples."""
-    return {"errors": out.errors, "loss_sum": float(out.loss.sum()), "n": out.n, **extra}
+    """A unit's record: misclassified count (NaN for outputs that are not class scores),
+    summed robust loss (float64 over the examples), examples."""
+    errors: float | int = out.errors if out.classified else float("nan")
+    return {"errors": errors, "loss_sum": float(out.loss.sum()), "n": out.n, **extra}
 
 
 def baseline_unit(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, cfg: FlatnessConfig
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    cfg: FlatnessConfig,
+    loss: Loss | None = None,
+    bn_x: torch.Tensor | None = None,
 ) -> Record:
-    """rho(w) and the robust loss at the unperturbed weights (the ``base`` unit)."""
-    if cfg.per_example:
-        return outcome_record(one_by_one(model, x, y, cfg))
-    gen = generator_for(cfg.seed, "attack")
-    return outcome_record(
-        attack_outcomes(model, x, y, cfg.attack, batch_size=cfg.batch_size, generator=gen)
-    )
+    """rho(w) and the robust loss at the unperturbed weights (the ``base`` unit); ``loss`` and
+    ``bn_x`` as the module says."""
+    with bn_recomputed(model, bn_x, batch_size=cfg.batch_size):
+        if cfg.per_example:
+            return outcome_record(one_by_one(model, x, y, cfg, loss=loss))
+        gen = generator_for(cfg.seed, "attack")
+        return outcome_record(
+            attack_outcomes(
+                model, x, y, cfg.attack, batch_size=cfg.batch_size, generator=gen, loss=loss
+            )
+        )
 
 
 def one_by_one(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: FlatnessConfig, first: int = 0
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: FlatnessConfig,
+    first: int = 0,
+    *,
+    loss: Loss | None = None,
 ) -> Outcomes:
     """Outcomes example by example, example i attacked from the seed (seed, "attack", i).
 
@@ -80,6 +103,7 @@ def one_by_one(
             cfg.attack,
             batch_size=1,
             generator=generator_for(cfg.seed, "attack", first + j),
+            loss=loss,
         )
         for j in range(len(y))
     ]
@@ -94,10 +118,13 @@ def expected_unit(
     cfg: FlatnessConfig,
     alpha: float,
     k: int,
+    loss: Loss | None = None,
+    bn_x: torch.Tensor | None = None,
 ) -> Record:
     """rho(w + u_k) with u_k = sigma(alpha) * z_k, the attack regenerated on w + u_k.
 
-    With ``cfg.per_example`` every example i gets its own u_{k,i} and its own attack.
+    With ``cfg.per_example`` every example i gets its own u_{k,i} and its own attack. ``loss``
+    and ``bn_x`` (BatchNorm statistics re-estimated at w + u_k) as the module says.
 
     Returns:
         ``{"errors", "loss_sum", "n", "noise_ratio"}``: misclassified count, summed robust
@@ -112,7 +139,7 @@ def expected_unit(
 
     if not cfg.per_example:
         u = noisy(generator_for(cfg.seed, "noise", k))
-        with perturbed(params, u):
+        with perturbed(params, u), bn_recomputed(model, bn_x, batch_size=cfg.batch_size):
             out = attack_outcomes(
                 model,
                 x,
@@ -120,12 +147,13 @@ def expected_unit(
                 cfg.attack,
                 batch_size=cfg.batch_size,
                 generator=generator_for(cfg.seed, "attack"),
+                loss=loss,
             )
         return outcome_record(out, noise_ratio=global_norm(list(u.values())) / w_norm)
     outs, ratios = [], []
     for i in range(len(y)):
         u = noisy(generator_for(cfg.seed, "noise", k, i))
-        with perturbed(params, u):
+        with perturbed(params, u), bn_recomputed(model, bn_x, batch_size=cfg.batch_size):
             o = attack_outcomes(
                 model,
                 x[i : i + 1],
@@ -133,6 +161,7 @@ def expected_unit(
                 cfg.attack,
                 batch_size=1,
                 generator=generator_for(cfg.seed, "attack", i),
+                loss=loss,
             )
         outs.append(o)
         ratios.append(global_norm(list(u.values())) / w_norm)

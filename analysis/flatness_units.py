@@ -31,6 +31,7 @@ from analysis.worst_case import (
     worst_key,
     worst_unit,
 )
+from awp.evaluate import Loss
 
 
 def flatness_keys(
@@ -49,7 +50,14 @@ def flatness_keys(
 
 
 def compute_unit(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, key: str, *, cfg: FlatnessConfig
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    key: str,
+    *,
+    cfg: FlatnessConfig,
+    loss: Loss | None = None,
+    bn_x: torch.Tensor | None = None,
 ) -> Record:
     """The record of one unit, from its key (see :func:`flatness_keys`).
 
@@ -58,6 +66,9 @@ def compute_unit(
         x: (N, C, H, W) uint8 or float in [0, 1], the fixed subset; y: (N,) labels.
         key: ``base``, ``expected|alpha=..|k=..`` or ``worst|gamma=..|r=..|steps=..|...``.
         cfg: the settings every unit shares (noise, subset, attack, seeds).
+        loss: the loss measured (default cross-entropy; :data:`awp.evaluate.Loss`).
+        bn_x: training inputs to re-estimate BatchNorm statistics at every measured point
+            (None: eval mode with w's statistics, the default).
 
     Returns:
         A JSON-able record (see :func:`baseline_unit`, :func:`expected_unit`,
@@ -65,9 +76,18 @@ def compute_unit(
     """
     unit = UnitKey.parse(key)
     if unit.kind == "base":
-        return baseline_unit(model, x, y, cfg=cfg)
+        return baseline_unit(model, x, y, cfg=cfg, loss=loss, bn_x=bn_x)
     if unit.kind == "expected":
-        return expected_unit(model, x, y, cfg=cfg, alpha=unit.float("alpha"), k=unit.int("k"))
+        return expected_unit(
+            model,
+            x,
+            y,
+            cfg=cfg,
+            alpha=unit.float("alpha"),
+            k=unit.int("k"),
+            loss=loss,
+            bn_x=bn_x,
+        )
     if unit.kind == "worst":
         gamma = unit.float("gamma")
         worst = WorstCaseConfig(
@@ -76,7 +96,17 @@ def compute_unit(
             step_fraction=unit.float("fraction"),
             per_batch=unit.flag("per_batch"),
         )
-        return worst_unit(model, x, y, cfg=cfg, worst=worst, gamma=gamma, restart=unit.int("r"))
+        return worst_unit(
+            model,
+            x,
+            y,
+            cfg=cfg,
+            worst=worst,
+            gamma=gamma,
+            restart=unit.int("r"),
+            loss=loss,
+            bn_x=bn_x,
+        )
     raise ValueError(f"unknown flatness unit key {key!r} (kinds: base, expected, worst)")
 
 

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from analysis.config import WorstCaseConfig
@@ -27,8 +26,8 @@ from analysis.store import UnitKey
 from awp.attacks import run_attack
 from awp.augment import as_float
 from awp.config import AttackConfig
-from awp.evaluate import attack_outcomes
-from awp.modes import model_mode
+from awp.evaluate import Loss, attack_outcomes, batch_loss_sum
+from awp.modes import bn_recomputed, model_mode
 from awp.perturb import perturbed, select_params, weight_ascent
 from awp.seeds import generator_for
 
@@ -44,8 +43,9 @@ def worst_case_perturbation(
     attack: AttackConfig,
     v0: Mapping[str, torch.Tensor] | None = None,
     seed_parts: tuple = (0,),
+    loss: Loss | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Projected ascent of the robust cross-entropy on v, x_adv regenerated on w+v every step.
+    """Projected ascent of the robust loss on v, x_adv regenerated on w+v every step.
 
     :func:`awp.perturb.weight_ascent` with a relative step ``step_fraction * gamma`` on the mean
     robust cross-entropy over all ``batches`` (accumulated batch by batch, so v is shared by the
@@ -60,6 +60,7 @@ def worst_case_perturbation(
         attack: regenerated on w + v before every step.
         v0: starting point (name -> tensor) inside the ball; None starts from v = 0.
         seed_parts: seed of the attacks' random starts (step t adds ``("step", t)``).
+        loss: the loss ascended (default cross-entropy; see :data:`awp.evaluate.Loss`).
 
     Returns:
         name -> v_l, detached, ||v_l|| <= gamma * ||w_l||.
@@ -75,8 +76,8 @@ def worst_case_perturbation(
         for xb, yb in batches:
             x_adv = run_attack(model, xb, yb, attack, generator=gen)
             with model_mode(model, "eval"):
-                loss = F.cross_entropy(model(x_adv), yb, reduction="sum") / total
-            yield loss
+                value = batch_loss_sum(model(x_adv), yb, loss) / total
+            yield value
 
     if v0 is None:  # project from the first step, as from any start
         v0 = {n: torch.zeros_like(p).detach() for n, p in params.items()}
@@ -112,12 +113,16 @@ def worst_unit(
     worst: WorstCaseConfig,
     gamma: float,
     restart: int,
+    loss: Loss | None = None,
+    bn_x: torch.Tensor | None = None,
 ) -> Record:
     """rho(w + v) for v from one restart of the projected ascent (shared or per batch).
 
     Restart 0 starts from v = 0 (its first step is AWP's direction); restart r > 0 from a
     random point of the ball. The final robust error is measured with the baseline's attack
-    seed, batch by batch, so ``gamma = 0`` reproduces rho(w) exactly.
+    seed, batch by batch, so ``gamma = 0`` reproduces rho(w) exactly. ``loss`` is ascended and
+    measured; ``bn_x`` re-estimates the BatchNorm statistics at w + v for the measurement
+    (the ascent itself runs with w's, in eval mode).
 
     Returns:
         ``{"batch_errors", "batch_loss_sums", "batch_n", "v_ratio"}`` per batch of the subset.
@@ -142,6 +147,7 @@ def worst_unit(
             attack=cfg.attack,
             v0=v0,
             seed_parts=seed,
+            loss=loss,
         )
 
     base_parts = (cfg.seed, "worst", gamma, restart)
@@ -149,7 +155,7 @@ def worst_unit(
         vs = [ascend([b], (*base_parts, "batch", i)) for i, b in enumerate(batches)]
     else:
         vs = [ascend(batches, base_parts)] * len(batches)
-    return _measure(model, batches, vs, params, cfg)
+    return _measure(model, batches, vs, params, cfg, loss=loss, bn_x=bn_x)
 
 
 def _measure(
@@ -158,6 +164,9 @@ def _measure(
     vs: Sequence[Mapping[str, torch.Tensor]],
     params: Params,
     cfg: FlatnessConfig,
+    *,
+    loss: Loss | None = None,
+    bn_x: torch.Tensor | None = None,
 ) -> Record:
     """Robust outcomes of every batch at w + its v, with the baseline's attack seeds."""
     eval_gen = generator_for(cfg.seed, "attack")  # the baseline's sequence of random starts
@@ -165,15 +174,15 @@ def _measure(
     w_norm = global_norm(list(params.values()))
     first = 0
     for (xb, yb), v in zip(batches, vs):
-        with perturbed(params, v):
+        with perturbed(params, v), bn_recomputed(model, bn_x, batch_size=cfg.batch_size):
             if cfg.per_example:  # the baseline's per-example attack seeds
-                o = one_by_one(model, xb, yb, cfg, first)
+                o = one_by_one(model, xb, yb, cfg, first, loss=loss)
             else:
                 o = attack_outcomes(
-                    model, xb, yb, cfg.attack, batch_size=len(yb), generator=eval_gen
+                    model, xb, yb, cfg.attack, batch_size=len(yb), generator=eval_gen, loss=loss
                 )
         first += len(yb)
-        errors.append(o.errors)
+        errors.append(o.errors if o.classified else float("nan"))
         loss_sums.append(float(o.loss.sum()))
         counts.append(len(yb))
         ratios.append(global_norm(list(v.values())) / w_norm)

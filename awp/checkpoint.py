@@ -277,7 +277,7 @@ def load_model(
 
 # --------------------------------------------------------------------------- from elsewhere
 # Where other codebases keep the state dict inside a saved dict.
-CONTAINER_KEYS = ("state_dict", "model_state_dict", "model", "net", "state")
+CONTAINER_KEYS = ("state_dict", "model_state_dict", "model", "net", "state", "last")
 # Keys of TRADES-derived WideResNets (TRADES, TRADES-AWP, Rice et al.'s WRN, RobustBench's
 # `sub_block1=True` models) for a block that forward() never uses.
 UNUSED_PREFIXES = ("sub_block1.",)
@@ -295,7 +295,8 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     """Read a state dict from our checkpoints or from elsewhere, never unpickling objects.
 
     Accepted: an awp-landscape checkpoint; a dict holding the state dict under one of
-    :data:`CONTAINER_KEYS` (the official AWP ``{'state_dict': ...}``, RobustBench); or a raw
+    :data:`CONTAINER_KEYS` (the official AWP ``{'state_dict': ...}``, RobustBench; ``last`` of
+    ``{'last': ..., 'best': ...}`` files, as RobustBench reads them); or a raw
     state dict (Rice et al., ``torch.save(model.state_dict())`` of the AWP/TRADES scripts).
 
     Returns:

@@ -25,6 +25,8 @@ T = TypeVar("T")
 # Model modes (awp.modes) and parameter sets (awp.perturb), named here so that the config
 # dataclasses, and `awp CMD --help` built from them, import no torch.
 MODES = ("train", "eval")
+# BatchNorm at a perturbed point (awp.modes): w0's running statistics, or re-estimated there.
+BN_MODES = ("eval", "recompute")
 PARAM_SETS = ("weights", "all")
 
 NORMS = ("linf", "l2")

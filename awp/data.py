@@ -1,10 +1,12 @@
 """Datasets as uint8 tensors on the device, with a seeded validation split.
 
 Reads the embedded CIFAR-10 sample, torchvision datasets (CIFAR-10/100, SVHN; downloaded only
-when asked) and ImageFolder folders or archives (:mod:`awp.imagefolder`). Whole datasets live on
-the target device as uint8 ``(N, 3, H, W)`` tensors (CIFAR-10 train is 150 MB), so training
-never waits on a DataLoader; batching is index arithmetic (:func:`iterate_batches`) and
-augmentation batched tensor ops (:mod:`awp.augment`).
+when asked), ImageFolder folders or archives (:mod:`awp.imagefolder`; ImageNet-style resize and
+centre crop with ``center_crop``), tensors files and ``py:module:function`` datasets
+(:mod:`awp.data_sources`). Whole datasets live on the target device as uint8 ``(N, 3, H, W)``
+tensors (CIFAR-10 train is 150 MB; data from elsewhere may also be float images in [0, 1] or
+float tensors of any shape), so training never waits on a DataLoader; batching is index
+arithmetic (:func:`iterate_batches`) and augmentation batched tensor ops (:mod:`awp.augment`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,13 @@ import numpy as np
 import torch
 
 from awp.data_config import DataConfig as DataConfig
+from awp.data_sources import (
+    DATASET_PREFIX,
+    is_tensors_file,
+    load_dataset_function,
+    load_tensors_file,
+)
+from awp.data_sources import tensors_of as tensors_of  # a DataLoader or (x, y) from Python
 from awp.imagefolder import (
     ARCHIVE_SUFFIXES,
     LAYOUT_HINT,
@@ -48,17 +57,18 @@ class Split:
     """Images and labels of one split.
 
     Attributes:
-        x: images, (N, C, H, W) uint8 in [0, 255].
-        y: labels, (N,) int64 in [0, num_classes).
+        x: images, (N, C, H, W) uint8 in [0, 255] (data from elsewhere: float images in
+            [0, 1], or tensors (N, ...) of any shape for models on other inputs).
+        y: labels, (N,) int64 in [0, num_classes) (or float targets).
     """
 
     x: torch.Tensor  # (N, C, H, W) uint8
     y: torch.Tensor  # (N,) int64
 
     def __post_init__(self) -> None:
-        if self.x.ndim != 4 or self.y.ndim != 1 or self.x.shape[0] != self.y.shape[0]:
+        if self.x.ndim < 1 or self.y.ndim < 1 or self.x.shape[0] != self.y.shape[0]:
             raise ValueError(
-                "Split needs x of shape (N, C, H, W) and y of shape (N,), got "
+                "Split needs x of shape (N, C, H, W) (or (N, ...)) and y of shape (N,), got "
                 f"x {tuple(self.x.shape)} and y {tuple(self.y.shape)}"
             )
 
@@ -75,8 +85,9 @@ class DataBundle:
         val: seeded random subset held out of the original training set (may be empty).
         test: the dataset's test split, untouched.
         classes: class names; label i is ``classes[i]``.
-        mean: per-channel mean in [0,1] units, for the model's normalization layer.
-        std: per-channel standard deviation in [0,1] units.
+        mean: per-channel mean in [0,1] units, for the model's normalization layer (empty
+            for data that are not images).
+        std: per-channel standard deviation in [0,1] units (empty likewise).
         name: "sample", "cifar10", "cifar100", "svhn", or the folder/archive name.
     """
 
@@ -97,7 +108,7 @@ class DataBundle:
 class _Raw:
     """A dataset as loaded, before the validation split; CPU tensors."""
 
-    train_x: torch.Tensor  # (N, 3, H, W) uint8
+    train_x: torch.Tensor  # (N, 3, H, W) uint8 (from elsewhere: float, or (N, ...))
     train_y: torch.Tensor  # (N,) int64
     test_x: torch.Tensor  # (M, 3, H, W) uint8
     test_y: torch.Tensor  # (M,) int64
@@ -153,7 +164,7 @@ def load_data(
     val = Split(raw.train_x[val_idx].to(device), raw.train_y[val_idx].to(device))
     test = Split(raw.test_x.to(device), raw.test_y.to(device))
     if raw.mean is None or raw.std is None:
-        mean, std = channel_stats(train.x)
+        mean, std = _stats(train.x)
     else:
         mean, std = raw.mean, raw.std
     logger.info(
@@ -264,6 +275,20 @@ def channel_stats(
     return tuple(mean.tolist()), tuple(std.tolist())
 
 
+def _stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel statistics of images (uint8, or floats in [0, 1]); none for other data."""
+    if x.ndim != 4 or not len(x):
+        return (), ()
+    if x.dtype == torch.uint8:
+        return channel_stats(x)
+    if not x.is_floating_point():
+        return (), ()
+    xd = x.double()
+    mean = xd.mean(dim=(0, 2, 3))
+    std = xd.var(dim=(0, 2, 3), unbiased=False).clamp_min(0).sqrt()
+    return tuple(mean.tolist()), tuple(std.tolist())
+
+
 def _split_indices(n: int, val_size: int, *, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Seeded (val, train) partition of range(n); both sorted so the data keep their order."""
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
@@ -292,6 +317,13 @@ def _looks_like_path(s: str) -> bool:
 
 
 def _load_raw(cfg: DataConfig, *, progress: bool) -> _Raw:
+    if cfg.dataset.startswith(DATASET_PREFIX):
+        return _from_arrays(load_dataset_function(cfg.dataset), name=cfg.dataset)
+    if cfg.center_crop is not None and not _is_folder_source(cfg.dataset):
+        raise ValueError(
+            f"center_crop (--center-crop) resizes and crops images of a folder or archive; "
+            f"{cfg.dataset} is not one: drop it (or give the model an input size instead)"
+        )
     name = _normalize_name(cfg.dataset)
     if name == SAMPLE_NAME:
         if not SAMPLE_PATH.is_file():
@@ -299,12 +331,18 @@ def _load_raw(cfg: DataConfig, *, progress: bool) -> _Raw:
                 f"the embedded sample '{SAMPLE_PATH}' is missing from the installed package; "
                 "reinstall awp-landscape or regenerate it with scripts/make_sample.py"
             )
-        return _load_imagefolder(SAMPLE_PATH, name=SAMPLE_NAME, progress=progress)
+        return _load_imagefolder(
+            SAMPLE_PATH, name=SAMPLE_NAME, progress=progress, center_crop=cfg.center_crop
+        )
     if name in TORCHVISION_DATASETS:
         return _load_torchvision(name, cfg.data_root, download=cfg.download)
     path = Path(cfg.dataset).expanduser()
+    if is_tensors_file(cfg.dataset):
+        return _from_arrays(load_tensors_file(path), name=path.stem)
     if path.exists() or _looks_like_path(cfg.dataset):
-        return _load_imagefolder(path, name=path_name(path), progress=progress)
+        return _load_imagefolder(
+            path, name=path_name(path), progress=progress, center_crop=cfg.center_crop
+        )
     raise ValueError(
         f"unknown dataset '{cfg.dataset}': use one of {_known_names()}, or a path to an "
         f"ImageFolder directory or .tar.gz ({LAYOUT_HINT})"
@@ -362,9 +400,33 @@ def _is_cifar10_name(name: str) -> bool:
     return "cifar10" in flat and "cifar100" not in flat
 
 
-def _load_imagefolder(path: Path, *, name: str, progress: bool) -> _Raw:
+def _is_folder_source(dataset: str) -> bool:
+    """The bundled sample, a folder or an archive (what ``center_crop`` applies to)."""
+    if dataset.startswith(DATASET_PREFIX) or is_tensors_file(dataset):
+        return False
+    return _normalize_name(dataset) not in TORCHVISION_DATASETS
+
+
+def _from_arrays(arrays: dict, *, name: str) -> _Raw:
+    """A dataset from elsewhere (tensors file, dataset function): statistics from its
+    training split when it holds images."""
+    return _Raw(
+        train_x=arrays["train_x"],
+        train_y=arrays["train_y"],
+        test_x=arrays["test_x"],
+        test_y=arrays["test_y"],
+        classes=tuple(arrays["classes"]),
+        name=name,
+        mean=None,
+        std=None,
+    )
+
+
+def _load_imagefolder(
+    path: Path, *, name: str, progress: bool, center_crop: int | None = None
+) -> _Raw:
     """Decoded ImageFolder data, from the cache when it matches the source."""
-    arrays = load_imagefolder_arrays(path, progress=progress)
+    arrays = load_imagefolder_arrays(path, progress=progress, center_crop=center_crop)
     classes = tuple(str(c) for c in arrays["classes"].tolist())
     cifar10 = name == SAMPLE_NAME or _is_cifar10_name(name)
     return _Raw(

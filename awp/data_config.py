@@ -23,12 +23,20 @@ class DataConfig:
         split_seed: seed of the random validation split.
         train_size: keep only this many training images (a seeded subset of what the
             validation split leaves; 0 = all), e.g. to study robust overfitting on small data.
+        center_crop: ImageNet-style evaluation transform for folders and archives: the shorter
+            side resized to ``round(N / 0.875)`` (256 for 224), then the centre N x N crop
+            (None: images as stored, all of one size).
+
+    Data from elsewhere: ``dataset`` may also be a tensors file (``.pt``, ``.npz``,
+    ``.safetensors`` holding ``x`` and ``y``) or ``py:package.module:function`` returning a
+    torch Dataset (:mod:`awp.data_sources`).
     """
 
     dataset: str = opt(
         "sample",
         "sample (the bundled CIFAR-10 subset) | cifar10 | cifar100 | svhn | a folder or .tar.gz "
-        "in ImageFolder layout",
+        "in ImageFolder layout | a tensors file (.pt/.npz/.safetensors with x, y) | "
+        "py:module:function returning a Dataset",
     )
     data_root: str = opt("data", "folder of the torchvision datasets")
     download: bool = opt(False, "let torchvision download a missing dataset (never otherwise)")
@@ -43,6 +51,14 @@ class DataConfig:
         "keep this many training images, a seeded subset of what the validation split leaves "
         "(0 = all)",
         bounds=(0, None),
+    )
+
+    center_crop: int | None = opt(
+        None,
+        "ImageNet-style evaluation of a folder or archive: resize the shorter side to "
+        "N/0.875 and centre-crop N x N",
+        bounds=(1, 4096),
+        shown="none: images as stored",
     )
 
     def __post_init__(self) -> None:

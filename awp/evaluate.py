@@ -37,10 +37,71 @@ from awp.eval_config import EvalConfig as EvalConfig
 from awp.modes import model_mode
 from awp.seeds import derive_seed
 
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""A loss ``(outputs, targets) -> value``: a scalar (the batch's mean, as torch's losses
+reduce by default) or one value per example, shape (B,). None everywhere means cross-entropy."""
+
+
+def checked_loss(outputs: torch.Tensor, y: torch.Tensor, loss: Loss) -> torch.Tensor:
+    """``loss(outputs, y)``, checked: a scalar (the batch's mean) or (B,) values.
+
+    Raises:
+        ValueError: a loss that returns neither a scalar nor (B,) values.
+    """
+    value = loss(outputs, y)
+    n = len(outputs)
+    if not isinstance(value, torch.Tensor) or tuple(value.shape) not in ((), (n,)):
+        shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        raise ValueError(
+            f"the loss returned {shape}; it must return a scalar tensor (the batch's mean) or "
+            f"one value per example ({n},), e.g. torch.nn.functional.mse_loss(outputs, targets)"
+        )
+    return value
+
+
+def loss_values(outputs: torch.Tensor, y: torch.Tensor, loss: Loss | None) -> torch.Tensor:
+    """A batch's loss as one value per example, (B,), differentiable.
+
+    Cross-entropy (``loss`` None) per example; a loss that returns a scalar is taken as the
+    batch's mean, so every example carries that mean (sums and means over examples are exact,
+    the values of single examples are not separated).
+    """
+    if loss is None:
+        return F.cross_entropy(outputs, y, reduction="none")
+    value = checked_loss(outputs, y, loss)
+    return value.expand(len(outputs)) if value.dim() == 0 else value
+
+
+def batch_loss_sum(outputs: torch.Tensor, y: torch.Tensor, loss: Loss | None) -> torch.Tensor:
+    """The loss summed over a batch, a differentiable scalar: cross-entropy's sum (``loss``
+    None, exactly ``F.cross_entropy(..., reduction="sum")``), B times a scalar loss (its mean),
+    or the sum of per-example values."""
+    if loss is None:
+        return F.cross_entropy(outputs, y, reduction="sum")
+    value = checked_loss(outputs, y, loss)
+    return value * len(outputs) if value.dim() == 0 else value.sum()
+
+
+def correct_of(outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
+    """Per-example correctness of a classifier's outputs, (B,) bool, or None when the outputs
+    are not class scores for these targets.
+
+    Classes are dimension 1, as torch's cross-entropy has them: (B, K) with labels (B,), or
+    (B, K, d1, ...) with labels (B, d1, ...), where an example is right when every position is.
+    Float targets (a regression) or other shapes have no accuracy.
+    """
+    if outputs.dim() < 2 or y.is_floating_point() or y.is_complex():
+        return None
+    if tuple(y.shape) != (outputs.shape[0], *outputs.shape[2:]):
+        return None
+    right = outputs.argmax(1) == y
+    return right if right.dim() == 1 else right.reshape(len(right), -1).all(1)
+
 
 @dataclass(frozen=True)
 class Accuracy:
-    """Accuracy and mean cross-entropy over ``n`` examples."""
+    """Accuracy and mean loss (cross-entropy unless another loss was given) over ``n``
+    examples; accuracy is NaN for outputs that are not class scores (:func:`correct_of`)."""
 
     accuracy: float
     loss: float
@@ -56,12 +117,16 @@ class Outcomes:
     """Per-example outcomes of a model on (attacked) examples.
 
     Attributes:
-        correct: (N,) bool on the labels' device: right on the (attacked) input.
-        loss: (N,) float64 on the CPU: cross-entropy of each example (nats).
-        loss_sum: the cross-entropy summed batch by batch (each batch's float32 sum, added in
-            float64), the number the mean losses of :func:`evaluate_attack` come from.
+        correct: (N,) bool on the labels' device: right on the (attacked) input (all False
+            when ``classified`` is False).
+        loss: (N,) float64 on the CPU: the loss of each example (cross-entropy in nats unless
+            another loss was given; see :func:`loss_values`).
+        loss_sum: the loss summed batch by batch (each batch's sum in the outputs' dtype,
+            added in float64), the number the mean losses of :func:`evaluate_attack` come from.
         x_adv: the inputs the model was evaluated on, (N, C, H, W), when asked to keep them.
         log: the original AutoAttack's own log lines, batch after batch (else empty).
+        classified: the outputs were class scores for the labels (:func:`correct_of`); False
+            for a regression, whose accuracy is undefined.
     """
 
     correct: torch.Tensor
@@ -69,6 +134,7 @@ class Outcomes:
     loss_sum: float
     x_adv: torch.Tensor | None = None
     log: tuple[str, ...] = ()
+    classified: bool = True
 
     @property
     def n(self) -> int:
@@ -93,6 +159,7 @@ class Outcomes:
             float(sum(p.loss_sum for p in parts)),
             torch.cat(advs) if all(a is not None for a in advs) else None,
             tuple(line for p in parts for line in p.log),
+            all(p.classified for p in parts),
         )
 
 
@@ -107,6 +174,7 @@ def attack_outcomes(
     seed: int = 0,
     keep_adv: bool = False,
     on_batch: Callable[[int], None] | None = None,
+    loss: Loss | None = None,
 ) -> Outcomes:
     """Attack the examples batch by batch at the current weights and evaluate the model on them.
 
@@ -115,9 +183,11 @@ def attack_outcomes(
     left as they were.
 
     Args:
-        model: classifier on [0, 1] images.
-        x: (N, C, H, W) uint8 (0..255) or float in [0, 1], on the model's device.
-        y: (N,) int64 labels.
+        model: classifier on [0, 1] images; with ``attack`` None, any model on any inputs
+            (e.g. (N, 8) tabular features, token sequences).
+        x: (N, C, H, W) uint8 (0..255) or float in [0, 1], on the model's device; with
+            ``attack`` None, (N, ...) of any shape and dtype (uint8 is still divided by 255).
+        y: (N,) int64 labels (or the targets ``loss`` takes, first dimension N).
         attack: :class:`~awp.config.AttackConfig`, :class:`AutoAttackConfig`, or None (clean).
         batch_size: examples per batch.
         generator: CPU generator of the random starts, used batch after batch (default: one
@@ -125,6 +195,8 @@ def attack_outcomes(
         seed: seed of the default generator and of AutoAttack.
         keep_adv: also return the attacked inputs (``x_adv``).
         on_batch: called with the size of each finished batch (progress bars).
+        loss: ``(outputs, targets) -> scalar mean or (B,)`` measured on the (attacked) inputs
+            (default cross-entropy); the attack keeps its own objective.
 
     Returns:
         :class:`Outcomes`.
@@ -135,22 +207,35 @@ def attack_outcomes(
     correct = torch.zeros(len(y), dtype=torch.bool, device=y.device)
     losses, advs, loss_sum = [], [], 0.0
     log: list[str] = []
+    classified = True
     for start in range(0, len(x), batch_size):
         xb = as_float(x[start : start + batch_size])  # (B, C, H, W)
         yb = y[start : start + batch_size]
         xb = run_attack(model, xb, yb, attack, generator=generator, seed=seed, log=log)
         with torch.no_grad(), model_mode(model, "eval"):
             logits = model(xb)  # (B, K)
-        correct[start : start + len(yb)] = logits.argmax(1) == yb
-        loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
-        losses.append(F.cross_entropy(logits, yb, reduction="none").double().cpu())
+            right = correct_of(logits, yb)
+            if right is None:
+                classified = False
+            else:
+                correct[start : start + len(yb)] = right
+            if loss is None:  # cross-entropy, as it always was (the same float32 sums)
+                loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
+                losses.append(F.cross_entropy(logits, yb, reduction="none").double().cpu())
+            else:
+                value = checked_loss(logits, yb, loss)  # the batch's mean, or (B,) values
+                each = value.expand(len(yb)) if value.dim() == 0 else value
+                loss_sum += float(value * len(yb) if value.dim() == 0 else value.sum())
+                losses.append(each.double().cpu())
         if keep_adv:
             advs.append(xb)
         if on_batch is not None:
             on_batch(len(yb))
-    loss = torch.cat(losses) if losses else torch.zeros(0, dtype=torch.float64)
+    per_example = torch.cat(losses) if losses else torch.zeros(0, dtype=torch.float64)
     x_adv = torch.cat(advs) if keep_adv and advs else None
-    return Outcomes(correct, loss, loss_sum, x_adv, tuple(log))
+    if not classified:
+        correct.zero_()
+    return Outcomes(correct, per_example, loss_sum, x_adv, tuple(log), classified)
 
 
 def evaluate_attack(
@@ -161,8 +246,9 @@ def evaluate_attack(
     *,
     batch_size: int = 256,
     seed: int = 0,
+    loss: Loss | None = None,
 ) -> Accuracy:
-    """Accuracy and mean cross-entropy of ``model`` on ``x`` (natural when ``attack`` is None).
+    """Accuracy and mean loss of ``model`` on ``x`` (natural when ``attack`` is None).
 
     The model is evaluated in eval mode (its mode is restored afterwards); the attack runs in
     the mode its config records, its random starts drawn from a CPU generator seeded with
@@ -175,16 +261,24 @@ def evaluate_attack(
         attack: the attack, or None for natural accuracy.
         batch_size: examples per forward pass.
         seed: seed of the attack's random start.
+        loss: the loss measured (default cross-entropy; see :func:`attack_outcomes`).
 
     Returns:
-        :class:`Accuracy` (fraction in [0, 1], mean cross-entropy, count).
+        :class:`Accuracy` (fraction in [0, 1] or NaN without classes, mean loss, count).
     """
     if len(x) != len(y):
         raise ValueError(f"x has {len(x)} examples but y has {len(y)}")
     if len(x) == 0:
         return Accuracy(float("nan"), float("nan"), 0)
-    out = attack_outcomes(model, x, y, attack, batch_size=batch_size, seed=seed)
-    return Accuracy(int(out.correct.sum()) / len(x), out.loss_sum / len(x), len(x))
+    out = attack_outcomes(model, x, y, attack, batch_size=batch_size, seed=seed, loss=loss)
+    return Accuracy(accuracy_of(out), out.loss_sum / len(x), len(x))
+
+
+def accuracy_of(out: Outcomes) -> float:
+    """The fraction right of some outcomes; NaN when they have no classes or no examples."""
+    if not out.classified or out.n == 0:
+        return float("nan")
+    return int(out.correct.sum()) / out.n
 
 
 @dataclass(frozen=True)

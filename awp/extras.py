@@ -1,9 +1,9 @@
 """Optional dependencies: each is imported where it is needed, through :func:`require`.
 
 The core runs on torch, numpy and scipy alone. A feature that needs more (the original
-AutoAttack, TensorBoard event files, ParaView files, interactive figures, the RobustBench zoo)
-imports its package when it is used, and a missing one is one :class:`MissingDependencyError`
-that names the extra to install.
+AutoAttack, TensorBoard event files, ParaView files, interactive figures, the RobustBench zoo,
+timm and transformers models, safetensors files) imports its package when it is used, and a
+missing one is one :class:`MissingDependencyError` that names the extra to install.
 """
 
 from __future__ import annotations
@@ -21,6 +21,9 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "plotly.subplots": ("viz", "plotly"),
     "plotly.offline": ("viz", "plotly"),
     "robustbench": ("robustbench", "robustbench"),
+    "timm": ("timm", "timm"),
+    "transformers": ("hf", "transformers"),
+    "safetensors.torch": ("safetensors", "safetensors"),
     "submitit": ("cluster", "submitit"),
 }
 

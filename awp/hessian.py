@@ -1,9 +1,13 @@
 """Hessian-vector products of a model's mean loss over fixed examples, and its top eigenpairs.
 
 H is the Hessian, with respect to chosen parameters w (conv and linear weights by default,
-AWP's set; or every parameter), of the mean cross-entropy over a fixed set of N examples,
+AWP's set; or every parameter), of the mean loss over a fixed set of N examples,
 
-    L(w) = (1/N) sum_i CE(f_w(x_i), y_i),
+    L(w) = (1/N) sum_i CE(f_w(x_i), y_i)
+
+(cross-entropy unless another loss is given: any ``(outputs, targets) -> scalar`` mean over a
+batch, or per-example values, :data:`awp.evaluate.Loss`; on inputs of any shape when there is
+no attack),
 
 with BatchNorm in eval mode (its running statistics are constants) and the inputs held fixed.
 For the robust loss the inputs are x_adv, crafted once at w by an attack and then held fixed.
@@ -63,7 +67,6 @@ from typing import Protocol
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from scipy.linalg import eigh_tridiagonal
 from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 from torch import nn
@@ -72,7 +75,7 @@ from torch.func import functional_call, grad, jvp
 from awp import distributed
 from awp.augment import as_float
 from awp.config import HVP_METHODS, AttackConfig, check_choice
-from awp.evaluate import attack_outcomes
+from awp.evaluate import Loss, attack_outcomes, batch_loss_sum
 from awp.modes import model_mode
 from awp.seeds import derive_seed
 
@@ -92,11 +95,15 @@ class LossBatches:
 
     Attributes:
         batches: (x, y) pairs, x (B, C, H, W) float in [0, 1] in the model's dtype (x_adv
-            crafted at w, or the clean images), y (B,) int64 labels.
+            crafted at w, or the clean images; without an attack, inputs of any shape, floats
+            in the model's dtype), y (B,) int64 labels (or the loss's targets).
         n: examples over all ranks (the mean's denominator).
-        loss: mean cross-entropy at w over all N examples (nats).
-        accuracy: fraction of the N examples classified right at w (robust accuracy for x_adv).
+        loss: mean loss at w over all N examples (cross-entropy in nats by default).
+        accuracy: fraction of the N examples classified right at w (robust accuracy for x_adv;
+            NaN when the outputs are not class scores).
         world: ranks sharing the batches (their products are summed when > 1).
+        criterion: the loss, ``(outputs, targets) -> scalar mean or (B,)``; None is
+            cross-entropy. :class:`LossHessian` differentiates this one.
     """
 
     batches: tuple[tuple[torch.Tensor, torch.Tensor], ...]
@@ -104,6 +111,7 @@ class LossBatches:
     loss: float
     accuracy: float
     world: int = 1
+    criterion: Loss | None = None
 
 
 def loss_batches(
@@ -116,6 +124,7 @@ def loss_batches(
     seed: int = 0,
     rank: int = 0,
     world: int = 1,
+    loss: Loss | None = None,
 ) -> LossBatches:
     """Craft the loss's inputs once at the current weights: x_adv batch by batch, or x itself.
 
@@ -131,6 +140,8 @@ def loss_batches(
         seed: base seed of the attacks' random starts.
         rank, world: this process's share (0 of 1 without torchrun); with world > 1 every
             rank must call this together (the loss and accuracy are summed over ranks).
+        loss: ``(outputs, targets) -> scalar mean or (B,)`` (default cross-entropy), kept in
+            the result for the Hessian; with ``attack`` None, x may have any shape.
 
     Returns:
         :class:`LossBatches` for this rank.
@@ -142,20 +153,25 @@ def loss_batches(
     dtype = next(model.parameters()).dtype
     starts = list(enumerate(range(0, len(x), batch_size)))
     batches, sums = [], [0.0, 0.0]
+    classified = True
     for b, start in distributed.shard(starts, rank, world):
-        xb = as_float(x[start : start + batch_size]).to(dtype)  # (B, C, H, W)
+        xb = as_float(x[start : start + batch_size])  # (B, C, H, W)
+        if xb.is_floating_point():  # token ids and other integer inputs stay as they are
+            xb = xb.to(dtype)
         yb = y[start : start + batch_size]
         gen = torch.Generator().manual_seed(batch_seed(seed, b))
         out = attack_outcomes(
-            model, xb, yb, attack, batch_size=len(yb), generator=gen, keep_adv=True
+            model, xb, yb, attack, batch_size=len(yb), generator=gen, keep_adv=True, loss=loss
         )
         assert out.x_adv is not None
         batches.append((out.x_adv.detach(), yb))
         sums[0] += float(out.loss.sum())
         sums[1] += float(out.correct.sum())
+        classified &= out.classified
     if world > 1:
         sums = distributed.all_reduce_sums(sums, x.device)
-    return LossBatches(tuple(batches), len(y), sums[0] / len(y), sums[1] / len(y), world)
+    accuracy = sums[1] / len(y) if classified else float("nan")
+    return LossBatches(tuple(batches), len(y), sums[0] / len(y), accuracy, world, loss)
 
 
 class LossHessian:
@@ -248,7 +264,16 @@ class LossHessian:
             hvp = _hvp_jvp if self.resolved == "jvp" else _hvp_double
             with model_mode(self.model, "eval"):
                 for xb, yb in self.data.batches:
-                    hv = hvp(self.model, xb, yb, self.names, self.tensors, vs, 1.0 / self.data.n)
+                    hv = hvp(
+                        self.model,
+                        xb,
+                        yb,
+                        self.names,
+                        self.tensors,
+                        vs,
+                        1.0 / self.data.n,
+                        self.data.criterion,
+                    )
                     total += torch.cat([h.reshape(-1) for h in hv]).double()
         if self.data.world > 1:
             distributed.all_reduce_sum_(total)
@@ -314,7 +339,7 @@ class LossHessian:
 
     def _graph(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         """One batch's gradient of its share of the mean loss, with its graph."""
-        loss = F.cross_entropy(self.model(xb), yb, reduction="sum") / self.data.n
+        loss = batch_loss_sum(self.model(xb), yb, self.data.criterion) / self.data.n
         grads = torch.autograd.grad(loss, self.tensors, create_graph=True, allow_unused=True)
         return tuple(g if g is not None and g.requires_grad else None for g in grads)
 
@@ -390,10 +415,11 @@ def _hvp_double(
     tensors: Sequence[torch.Tensor],
     vs: Sequence[torch.Tensor],
     scale: float,
+    criterion: Loss | None = None,
 ) -> list[torch.Tensor]:
     """One batch's H v by double backward: d/dw (grad L(w) . v)."""
     with torch.enable_grad():
-        loss = F.cross_entropy(model(x), y, reduction="sum") * scale
+        loss = batch_loss_sum(model(x), y, criterion) * scale
         grads = torch.autograd.grad(loss, tensors, create_graph=True, allow_unused=True)
         dot = sum((g * v).sum() for g, v in zip(grads, vs) if g is not None)
         if not isinstance(dot, torch.Tensor) or not dot.requires_grad:
@@ -430,11 +456,12 @@ def _hvp_jvp(
     tensors: Sequence[torch.Tensor],
     vs: Sequence[torch.Tensor],
     scale: float,
+    criterion: Loss | None = None,
 ) -> list[torch.Tensor]:
     """One batch's H v forward-over-reverse: the directional derivative of grad L along v."""
 
     def loss(p: dict[str, torch.Tensor]) -> torch.Tensor:
-        return F.cross_entropy(functional_call(model, p, (x,)), y, reduction="sum") * scale
+        return batch_loss_sum(functional_call(model, p, (x,)), y, criterion) * scale
 
     primals = {n: t.detach() for n, t in zip(names, tensors)}
     tangents = dict(zip(names, vs))

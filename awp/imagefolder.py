@@ -185,8 +185,12 @@ def _check_layout(files: ImageFolderFiles, path: Path) -> None:
         )
 
 
-def _decode(files: ImageFolderFiles, path: Path, *, progress: bool) -> dict[str, np.ndarray]:
-    """Decode every image to RGB uint8; labels index the sorted class names."""
+def _decode(
+    files: ImageFolderFiles, path: Path, *, progress: bool, center_crop: int | None = None
+) -> dict[str, np.ndarray]:
+    """Decode every image to RGB uint8; labels index the sorted class names. With
+    ``center_crop`` N each image is first resized (shorter side to round(N / 0.875),
+    bilinear) and centre-cropped to N x N, ImageNet's evaluation transform."""
     classes = sorted(files["train"])
     total = sum(len(v) for split in SPLITS for v in files[split].values())
     bar = progress_bar(
@@ -208,7 +212,10 @@ def _decode(files: ImageFolderFiles, path: Path, *, progress: bool) -> dict[str,
                     where = f"{path}: {split}/{cls}/{fname}"
                     try:
                         with Image.open(io.BytesIO(data)) as img:
-                            pixels = np.asarray(img.convert("RGB"))  # (H, W, 3)
+                            rgb = img.convert("RGB")
+                            if center_crop is not None:
+                                rgb = _resize_and_crop(rgb, center_crop)
+                            pixels = np.asarray(rgb)  # (H, W, 3)
                     except Exception as err:  # PIL raises many types for bad files
                         raise ValueError(f"cannot decode image {where}: {err}") from err
                     if shape is None:
@@ -230,6 +237,18 @@ def _decode(files: ImageFolderFiles, path: Path, *, progress: bool) -> dict[str,
     return arrays
 
 
+def _resize_and_crop(img: Image.Image, size: int) -> Image.Image:
+    """The shorter side to round(size / 0.875), then the centre size x size (PIL bilinear,
+    as torchvision's Resize and CenterCrop on images)."""
+    short = round(size / 0.875)
+    w, h = img.size
+    scale = short / min(w, h)
+    img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BILINEAR)
+    w, h = img.size
+    left, top = (w - size) // 2, (h - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+
 def _source_key(path: Path) -> str:
     """Hash of what identifies the source's content: path, size and mtime of its files."""
     path = path.resolve()
@@ -247,9 +266,10 @@ def _source_key(path: Path) -> str:
     return h.hexdigest()
 
 
-def _cache_path(path: Path) -> Path:
+def _cache_path(path: Path, center_crop: int | None = None) -> Path:
     stem = re.sub(r"[^A-Za-z0-9_.-]", "_", path_name(path)) or "dataset"
-    return cache_dir() / f"{stem}-{_source_key(path)[:20]}.npz"
+    crop = "" if center_crop is None else f"-crop{center_crop}"
+    return cache_dir() / f"{stem}-{_source_key(path)[:20]}{crop}.npz"
 
 
 def _read_cache(cache: Path) -> dict[str, np.ndarray] | None:
@@ -293,15 +313,17 @@ def _write_cache(cache: Path, arrays: dict[str, np.ndarray]) -> None:
         logger.warning("could not write cache %s (%s); the next load decodes again", cache, err)
 
 
-def load_imagefolder_arrays(path: Path, *, progress: bool) -> dict[str, np.ndarray]:
+def load_imagefolder_arrays(
+    path: Path, *, progress: bool, center_crop: int | None = None
+) -> dict[str, np.ndarray]:
     _check_exists(path)  # before hashing, so the error names the path and the fix
-    cache = _cache_path(path)
+    cache = _cache_path(path, center_crop)
     arrays = _read_cache(cache)
     if arrays is not None:
         logger.info("using cached decoded images %s", cache)
         return arrays
     files = read_imagefolder_files(path)
-    arrays = _decode(files, path, progress=progress)
+    arrays = _decode(files, path, progress=progress, center_crop=center_crop)
     _write_cache(cache, arrays)
     logger.info("decoded %s, cached as %s", path, cache)
     return arrays

@@ -1,8 +1,15 @@
-"""The one home of model modes: train/eval switches that are restored, and frozen BatchNorm.
+"""The one home of model modes: train/eval switches that are restored, frozen BatchNorm, and
+BatchNorm statistics re-estimated at a perturbed point.
 
 Attacks, the AWP ascent and every measurement run a model in an explicit mode and give it back
 exactly as they found it (per-module ``training`` flags, BatchNorm running statistics). These
 context managers are how they do it; nothing else flips ``model.training`` behind a caller.
+
+BatchNorm of a perturbed model (a landscape's point, a flatness draw) has two choices, named in
+:data:`BN_MODES`: ``eval`` measures with the running statistics of the unperturbed weights (the
+default, and what the model was saved with), ``recompute`` re-estimates them at every perturbed
+point from N training images (:func:`recompute_bn_stats`, :func:`bn_recomputed`): the
+statistics belong to the point, not to the direction.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from awp.config import BN_MODES as BN_MODES  # its home is the torch-free config module
 from awp.config import MODES
 
 
@@ -115,6 +123,19 @@ def cpu_channels_last(model: nn.Module) -> Iterator[nn.Module]:
         model.to(memory_format=torch.contiguous_format)
 
 
+def bn_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    """name -> every tracked BatchNorm buffer of ``model`` (running mean/var, batch count),
+    the model's own tensors (writing them changes the model), names without wrapper prefixes."""
+    out = {}
+    for prefix, m in unwrap(model).named_modules():
+        if isinstance(m, _BatchNorm) and m.track_running_stats:
+            for b in ("running_mean", "running_var", "num_batches_tracked"):
+                t = getattr(m, b, None)
+                if t is not None:
+                    out[f"{prefix}.{b}" if prefix else b] = t
+    return out
+
+
 def recompute_bn_stats(
     model: nn.Module,
     x: torch.Tensor,
@@ -126,13 +147,13 @@ def recompute_bn_stats(
 
     Each BatchNorm's statistics are reset and accumulated with ``momentum=None`` (an exact
     cumulative average over the batches), as ``torch.optim.swa_utils.update_bn`` does. The
-    model's modes and the momenta are restored; the caller restores the buffers. SWA
-    re-estimates its average's statistics so, and the landscape's ``--bn recompute`` every
-    point's.
+    model's modes and the momenta are restored; the caller restores the buffers (or uses
+    :func:`bn_recomputed`). SWA re-estimates its average's statistics so, the landscape's and
+    flatness' ``--bn recompute`` every point's.
 
     Args:
-        model: the network; x: training images (N, C, H, W) on its device, in [0,1] or what
-            ``prepare`` turns into that.
+        model: the network; x: training inputs (N, ...) (images (N, C, H, W) in [0, 1], or what
+            ``prepare`` turns into that) on its device.
         batch_size: examples per pass (a last batch of one image is folded into the previous).
         prepare: applied to every batch before the forward pass (e.g. uint8 images to float
             in the network's memory format), or None.
@@ -158,3 +179,37 @@ def recompute_bn_stats(
     finally:
         for m, momentum in zip(bns, momenta):
             m.momentum = momentum
+
+
+@contextmanager
+def bn_recomputed(
+    model: nn.Module, x: torch.Tensor | None, *, batch_size: int
+) -> Iterator[nn.Module]:
+    """BatchNorm statistics re-estimated on ``x`` at the current (perturbed) weights for the
+    block (:func:`recompute_bn_stats`); the running buffers are copied back bit for bit on
+    exit, also after an exception. ``x`` None keeps the statistics as they are (``bn="eval"``).
+
+    Args:
+        model: the network at the point to measure.
+        x: training inputs (N, ...) with N >= 2 on the model's device, or None.
+        batch_size: examples per pass.
+
+    Raises:
+        ValueError: fewer than 2 inputs (BatchNorm cannot estimate a variance from one).
+    """
+    if x is None:
+        yield model
+        return
+    if len(x) < 2:
+        raise ValueError(
+            f"re-estimating BatchNorm statistics needs at least 2 training inputs, got {len(x)}"
+        )
+    buffers = bn_buffers(model)
+    saved = {n: t.detach().clone() for n, t in buffers.items()}
+    try:
+        recompute_bn_stats(model, x, batch_size=batch_size)
+        yield model
+    finally:
+        with torch.no_grad():
+            for n, t in buffers.items():
+                t.copy_(saved[n])

@@ -2,7 +2,11 @@
 
 :class:`Inputs` loads each checkpoint (ours, or one from elsewhere described by ``--model`` and
 ``--input``) with the dataset it was trained on (or ``--dataset``), each dataset once, on the
-command's device, and names checkpoints for tables and figures.
+command's device, and names checkpoints for tables and figures. A model named by a source
+string (``torchvision:NAME``, ``timm:NAME``, ``py:module:factory``, ``hf:DIR``,
+``robustbench:NAME``, a TorchScript or ``torch.export`` file) is loaded by
+:func:`awp.sources.load_source` with ``--model-kwargs``, ``--weights``, ``--input`` and
+``--input-size``, on ``--dataset`` (default: the bundled sample).
 """
 
 from __future__ import annotations
@@ -27,13 +31,29 @@ from awp.io import exclusive_output, sha256_file
 from awp.method_config import AVERAGES
 from awp.models import ModelConfig, ModelSpec, build_model
 from awp.modes import model_mode
-from awp.zoo import find_zoo_model, zoo_dataset, zoo_file, zoo_model_at
+from awp.sources import (
+    InputConvention,
+    SourceModel,
+    is_source,
+    load_source,
+    parse_kwargs,
+    source_kind,
+)
+from awp.sources import check_fits as check_source_fits
+from awp.zoo import (
+    find_ours,
+    find_zoo_model,
+    robustbench_entry,
+    zoo_dataset,
+    zoo_file,
+    zoo_model_at,
+)
 from awp_landscape.checkpoint_flags import (  # the flags, re-exported: their home was here
     INPUTS as INPUTS,
 )
 from awp_landscape.checkpoint_flags import Foreign as Foreign
+from awp_landscape.checkpoint_flags import ForeignOptions, foreign_from
 from awp_landscape.checkpoint_flags import add_checkpoint_arguments as add_checkpoint_arguments
-from awp_landscape.checkpoint_flags import foreign_from
 from awp_landscape.console import CLIError
 
 
@@ -49,6 +69,10 @@ def resolve_robustbench(args: argparse.Namespace) -> None:
     dataset = zoo_dataset(getattr(args, "dataset", None))
     paths = [
         zoo_file(find_zoo_model(n, dataset=dataset, threat_model=args.threat_model), args.model_dir)
+        if find_ours(n, dataset=dataset, threat_model=args.threat_model) is not None
+        # every other entry: built with robustbench's own classes (awp.zoo.load_robustbench),
+        # its name and file checked now, before any output is claimed
+        else _robustbench_source(n, dataset=dataset, args=args)
         for n in names
     ]
     if hasattr(args, "checkpoints"):
@@ -63,6 +87,13 @@ def resolve_robustbench(args: argparse.Namespace) -> None:
         raise CLIError("give a checkpoint file (.pt) or a zoo model with --robustbench NAME")
 
 
+def _robustbench_source(name: str, *, dataset: str, args: argparse.Namespace) -> Path:
+    robustbench_entry(
+        name, model_dir=args.model_dir, dataset=dataset, threat_model=args.threat_model
+    )
+    return Path(f"robustbench:{name}")
+
+
 @dataclass
 class Loaded:
     """A checkpoint ready to measure: the model in eval mode on the device, and its data."""
@@ -75,6 +106,7 @@ class Loaded:
     data: DataBundle | None  # None when loaded without data (weights only)
     sha256: str
     weights: dict[str, Any]  # what load_weights did (layout, stripped prefixes, ...)
+    source: SourceModel | None = None  # a model named by a source string (awp.sources)
 
     @property
     def config(self) -> dict[str, Any]:
@@ -87,6 +119,8 @@ class Loaded:
 
     def identity(self) -> dict[str, Any]:
         """The columns that name this checkpoint in every result table."""
+        if self.source is not None:
+            return source_identity(self.source.name, self.sha256)
         return identity(self.path, self.ckpt, self.sha256)
 
 
@@ -122,13 +156,29 @@ def identity(path: Path, ckpt: dict[str, Any] | None, sha: str) -> dict[str, Any
     }
 
 
+def source_identity(name: str, sha: str) -> dict[str, Any]:
+    """The identity columns of a model named by a source string: the string names it (as its
+    method, for labels), its weights' sha256 identifies it."""
+    return {"checkpoint": name, "sha256": sha, "run": "", "method": name, "epoch": 0}
+
+
 def identity_of(path: Path) -> dict[str, Any]:
-    """:func:`identity` of a checkpoint file (one from elsewhere is named by its file)."""
+    """:func:`identity` of a checkpoint file (one from elsewhere is named by its file; a model
+    named by a prefixed source string by that string, its sha256 known once loaded)."""
+    if is_prefixed(path):
+        return source_identity(str(path), "")
     try:
         ckpt = load_checkpoint(path)
     except ValueError:
         ckpt = None
     return identity(path, ckpt, sha256_file(path))
+
+
+def checkpoint_sha256(path: Path, inputs: Inputs) -> str:
+    """What identifies a checkpoint's weights: the file's sha256, or for a model named by a
+    prefixed source string the :attr:`awp.sources.SourceModel.sha256` of the model it builds
+    (loaded through ``inputs``, which keeps the data it loads)."""
+    return inputs.load(path).sha256 if is_prefixed(path) else sha256_file(path)
 
 
 def unique_labels(idents: Sequence[dict[str, Any]], given: Sequence[str] | None) -> list[str]:
@@ -148,10 +198,17 @@ def unique_labels(idents: Sequence[dict[str, Any]], given: Sequence[str] | None)
     return [f"{i['method']} {i['run']}/{Path(i['checkpoint']).stem}" for i in idents]
 
 
+def is_prefixed(path: Path | str) -> bool:
+    """A source string with a prefix (``torchvision:``, ``py:``...): no file to check."""
+    return source_kind(path) in ("torchvision", "timm", "py", "hf", "robustbench")
+
+
 def check_files(paths: Sequence[Path]) -> None:
-    """Refuse a checkpoint path that is missing or a directory, before anything is computed."""
+    """Refuse a checkpoint path that is missing or a directory, before anything is computed
+    (source strings with a prefix name no file; :func:`awp.sources.load_source` checks them)."""
     for p in paths:
-        check_file(p)
+        if not is_prefixed(p):
+            check_file(p)
 
 
 def check_fits(model: nn.Module, spec: ModelSpec, data: DataBundle, path: Path) -> None:
@@ -199,12 +256,13 @@ class Inputs:
         *,
         dataset: str | None = None,
         data_root: str | None = None,
-        foreign: tuple[ModelConfig | None, str | None] = (None, None),
+        foreign: ForeignOptions | tuple[ModelConfig | None, str | None] = (None, None),
         progress: bool = False,
     ) -> None:
         self.device = device
         self.dataset, self.data_root = dataset, data_root
-        self.arch, self.input = foreign
+        self.foreign = foreign if isinstance(foreign, ForeignOptions) else ForeignOptions(*foreign)
+        self.arch, self.input = self.foreign.arch, self.foreign.input
         self.progress = progress
         self._data: dict[DataConfig, DataBundle] = {}
 
@@ -245,6 +303,8 @@ class Inputs:
         ``with_data=False`` loads only the weights of our checkpoints (a checkpoint from
         elsewhere still needs its dataset: the number of classes comes from it).
         """
+        if is_source(path):
+            return self.load_source(path)
         check_file(path)
         _, info = read_state_dict(path)
         ckpt = info.get("checkpoint")
@@ -289,6 +349,54 @@ class Inputs:
             weights=weights,
         )
 
+    def load_source(self, name: Path | str) -> Loaded:
+        """A model named by a source string (:func:`awp.sources.load_source`), on ``--dataset``
+        (default: the bundled sample), checked against the data: classes and input size.
+
+        ``--input raw|normalized`` replaces the source's own normalization (normalized: the
+        dataset's mean and std); ``--input-size N`` adds the resize and centre crop to it."""
+        data_cfg = self.data_config(None, Path(name))
+        data = self.data(data_cfg)
+        f = self.foreign
+        if f.arch is not None:
+            raise CLIError(
+                f"{name} names its architecture itself; drop --model {f.arch.name} (it "
+                "describes checkpoints from elsewhere)"
+            )
+        common = dict(
+            num_classes=data.num_classes,
+            weights=f.weights,
+            kwargs=parse_kwargs(f.model_kwargs),
+            device=self.device,
+            model_dir=f.model_dir,
+            dataset=zoo_dataset(self.dataset),
+            threat_model=f.threat_model,
+        )
+        convention = None
+        if f.input is not None:
+            normalized = f.input == "normalized" and bool(data.mean)
+            convention = InputConvention(
+                mean=tuple(data.mean) if normalized else None,
+                std=tuple(data.std) if normalized else None,
+            )
+        source = load_source(name, input=convention, input_size=f.input_size, **common)
+        split = data.test if len(data.test) else data.train
+        if len(split):
+            check_source_fits(
+                source, as_float(split.x[:1]), num_classes=data.num_classes, data=data.name
+            )
+        return Loaded(
+            path=Path(name),
+            model=source.model,
+            spec=source_spec(source),
+            ckpt=source.checkpoint,
+            data_cfg=data_cfg,
+            data=data,
+            sha256=source.sha256,
+            weights=dict(source.weights),
+            source=source,
+        )
+
     def _own_spec(self, path: Path, ckpt: dict[str, Any]) -> ModelSpec:
         try:
             spec = from_dict(ModelSpec, ckpt["model_spec"])
@@ -317,8 +425,36 @@ class Inputs:
             )
 
 
+@dataclass(frozen=True)
+class SourceSpec:
+    """What a model named by a source string is, as result files record it (in place of our
+    ``ModelSpec``): the source, its kind, its outputs and input convention."""
+
+    name: str
+    kind: str
+    num_classes: int | None
+    mean: tuple[float, ...] | None
+    std: tuple[float, ...] | None
+    input_size: int | None
+
+
+def source_spec(source: SourceModel) -> SourceSpec:
+    """The :class:`SourceSpec` of a loaded source."""
+    return SourceSpec(
+        name=source.name,
+        kind=source.kind,
+        num_classes=source.num_classes,
+        mean=source.input.mean,
+        std=source.input.std,
+        input_size=source.input.size,
+    )
+
+
 def default_label(path: Path) -> str:
-    """AT / AT-AWP / TRADES-AWP... from a checkpoint's training config, else the file stem."""
+    """AT / AT-AWP / TRADES-AWP... from a checkpoint's training config, else the file stem (a
+    source string with a prefix: the string)."""
+    if is_prefixed(path):
+        return str(path)
     try:
         ckpt = load_checkpoint(path)
     except (ValueError, OSError):
@@ -341,7 +477,7 @@ class Sources:
     device: str = "auto"
     dataset: str | None = None
     data_root: str | None = None
-    foreign: tuple[ModelConfig | None, str | None] = (None, None)
+    foreign: ForeignOptions | tuple[ModelConfig | None, str | None] = (None, None)
     progress: bool = True
 
     @classmethod

@@ -49,7 +49,7 @@ from awp.config import AttackConfig  # noqa: E402
 from awp.data import fixed_subset  # noqa: E402
 from awp.imagefolder import read_imagefolder_files  # noqa: E402
 from awp.models import ModelSpec, build_model  # noqa: E402
-from awp.modes import model_mode  # noqa: E402
+from awp.modes import cpu_channels_last, model_mode  # noqa: E402
 from landscape.directions import random_direction  # noqa: E402
 from landscape.grid import Grid, make_grid  # noqa: E402
 from landscape.surface import EvalSet, compute_surface  # noqa: E402
@@ -157,8 +157,8 @@ def ours(model, d, grid, es, *, attack, batch_size) -> np.ndarray:
 
 
 def pure_clean(model, es, *, points, batch_size) -> None:
-    """The forward passes of (a), nothing else."""
-    with torch.no_grad(), model_mode(model, "eval"):
+    """The forward passes of (a), nothing else (in channels_last on the CPU, as (a) runs)."""
+    with torch.no_grad(), model_mode(model, "eval"), cpu_channels_last(model):
         for _ in range(points):
             for s in range(0, len(es.y), batch_size):
                 logits = model(es.x[s : s + batch_size])
@@ -167,7 +167,13 @@ def pure_clean(model, es, *, points, batch_size) -> None:
 
 
 def pure_pgd(model, es, *, points, batch_size, eps, step, steps) -> None:
-    """The passes of (c): clean forward, PGD-steps input-gradient steps, adversarial forward."""
+    """The passes of (c): clean forward, PGD-steps input-gradient steps, adversarial forward
+    (in channels_last on the CPU, as (c) runs)."""
+    with cpu_channels_last(model):
+        _pure_pgd(model, es, points=points, batch_size=batch_size, eps=eps, step=step, steps=steps)
+
+
+def _pure_pgd(model, es, *, points, batch_size, eps, step, steps) -> None:
     g = torch.Generator().manual_seed(0)
     model.eval()
     for _ in range(points):

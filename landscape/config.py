@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from awp.config import (
+    BN_MODES,
     PARAM_SETS,
     PGD10_EVAL,
     AttackConfig,
@@ -35,7 +36,6 @@ EIG_SPLITS = ("train", "test")
 # RegularGridInterpolator's methods, with the fewest points per axis each needs (landscape.vtp).
 VTP_METHODS = {"linear": 2, "cubic": 4, "quintic": 6, "pchip": 4}
 DIRECTION_TYPES = ("random", "awp", "hessian")
-BN_MODES = ("eval", "recompute")
 SPLITS = ("train", "test")
 # A trajectory's coordinates are in units of the farthest checkpoint's distance from the last
 # one, and the first checkpoint sits at x, y <= 0 (landscape.trajectory): the path lies in

@@ -25,13 +25,13 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from awp.augment import to_float
 from awp.config import AttackConfig, check_choice
 from awp.data import DataBundle, capped_notice, fixed_subset
-from awp.evaluate import attack_outcomes
-from awp.modes import recompute_bn_stats, unwrap
+from awp.evaluate import Loss, accuracy_of, attack_outcomes
+from awp.modes import bn_buffers, cpu_channels_last, unwrap
+from awp.modes import recompute_bn_stats as recompute_bn_stats  # its home; re-exported
 from awp.perturb import kept, write_point
 from awp.seeds import derive_seed
 from landscape.config import BN_MODES, SurfaceConfig
@@ -56,8 +56,9 @@ class EvalSet:
 
     Attributes:
         name: "train" or "test" (prefix of the metric names).
-        x: images, (N, C, H, W) float in [0, 1].
-        y: labels, (N,) int64.
+        x: images, (N, C, H, W) float in [0, 1]; for a clean landscape (no attack) inputs of
+            any shape (N, ...), e.g. (N, 8) tabular features.
+        y: labels, (N,) int64 (or the targets of the loss, first dimension N).
     """
 
     name: str
@@ -65,9 +66,9 @@ class EvalSet:
     y: torch.Tensor
 
     def __post_init__(self) -> None:
-        if self.x.dim() != 4 or len(self.x) != len(self.y) or len(self.y) == 0:
+        if self.x.dim() < 1 or self.y.dim() < 1 or len(self.x) != len(self.y) or not len(self.y):
             raise ValueError(
-                f"EvalSet {self.name}: need x (N, C, H, W) and y (N,) with N > 0, got "
+                f"EvalSet {self.name}: need x (N, ...) and y (N, ...) with N > 0, got "
                 f"{tuple(self.x.shape)} and {tuple(self.y.shape)}"
             )
 
@@ -76,7 +77,7 @@ def make_evalsets(data: DataBundle, *, n_train: int, n_test: int, seed: int) -> 
     """Fixed seeded subsets of the training and test splits as float tensors on their device.
 
     Args:
-        data: the dataset (uint8 tensors on the device).
+        data: the dataset (uint8 images, or float tensors, on the device).
         n_train: training images (0 = none; more than the split = all of it).
         n_test: test images (0 = none).
         seed: seed of the subsets.
@@ -93,8 +94,13 @@ def make_evalsets(data: DataBundle, *, n_train: int, n_test: int, seed: int) -> 
             raise ValueError(f"the {name} split of {data.name} is empty; set --n-{name} 0")
         capped_notice(n, len(split), flag=f"--n-{name}")
         idx = fixed_subset(len(split), n, seed=seed).to(split.x.device)
-        sets.append(EvalSet(name, to_float(split.x[idx]), split.y[idx]))
+        sets.append(EvalSet(name, _floats(split.x[idx]), split.y[idx]))
     return sets
+
+
+def _floats(x: torch.Tensor) -> torch.Tensor:
+    """uint8 images as float32 in [0, 1]; other tensors (floats, token ids) as they are."""
+    return to_float(x) if x.dtype == torch.uint8 else x
 
 
 def bn_images(data: DataBundle, *, n: int, seed: int) -> torch.Tensor:
@@ -102,7 +108,7 @@ def bn_images(data: DataBundle, *, n: int, seed: int) -> torch.Tensor:
     (drawn with ``derive_seed(seed, "bn images")``, apart from the evaluation subsets)."""
     idx = fixed_subset(len(data.train), n, seed=derive_seed(seed, "bn images"))
     idx = idx.to(data.train.x.device)
-    return to_float(data.train.x[idx])
+    return _floats(data.train.x[idx])
 
 
 def point_seed(attack_seed: int, index: int, split: str) -> int:
@@ -239,13 +245,7 @@ def _model_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def bn_buffer_names(model: nn.Module) -> list[str]:
     """State names of every tracked BatchNorm buffer (running mean/var, batch count)."""
-    names = []
-    for prefix, m in unwrap(model).named_modules():
-        if isinstance(m, _BatchNorm) and m.track_running_stats:
-            for b in ("running_mean", "running_var", "num_batches_tracked"):
-                if getattr(m, b, None) is not None:
-                    names.append(f"{prefix}.{b}" if prefix else b)
-    return names
+    return list(bn_buffers(model))
 
 
 @contextmanager
@@ -275,6 +275,7 @@ def split_metrics(
     seed: int,
     batch_size: int,
     x_adv_fixed: torch.Tensor | None = None,
+    loss: Loss | None = None,
 ) -> dict[str, float]:
     """Clean, regenerated-adversarial and (optionally) fixed-adversarial metrics at the current
     weights, on one evaluation set (:func:`awp.evaluate.attack_outcomes`, eval mode).
@@ -289,10 +290,13 @@ def split_metrics(
         seed: seed of the attack's CPU generator (one stream over the batches).
         batch_size: examples per pass.
         x_adv_fixed: (N, C, H, W) adversarial examples crafted at theta0, or None.
+        loss: ``(outputs, targets) -> scalar mean or (B,)`` (default cross-entropy; see
+            :func:`awp.evaluate.attack_outcomes`).
 
     Returns:
         {"{split}_loss", "{split}_acc", and "_adv_loss", "_adv_acc", "_adv_fixed_*"}: mean
-        cross-entropy (nats) and accuracy (fraction in [0, 1]).
+        loss (cross-entropy in nats by default) and accuracy (fraction in [0, 1]; NaN for
+        outputs that are not class scores).
     """
     n, name = len(evalset.y), evalset.name
     runs = [("", evalset.x, None, None)]
@@ -302,9 +306,11 @@ def split_metrics(
             runs.append(("adv_fixed_", x_adv_fixed, None, None))
     out: dict[str, float] = {}
     for prefix, x, att, gen in runs:
-        o = attack_outcomes(model, x, evalset.y, att, batch_size=batch_size, generator=gen)
+        o = attack_outcomes(
+            model, x, evalset.y, att, batch_size=batch_size, generator=gen, loss=loss
+        )
         out[f"{name}_{prefix}loss"] = o.loss_sum / n
-        out[f"{name}_{prefix}acc"] = int(o.correct.sum()) / n
+        out[f"{name}_{prefix}acc"] = accuracy_of(o)
     return out
 
 
@@ -366,6 +372,7 @@ def surface_evaluator(
     bn: str = "eval",
     bn_x: torch.Tensor | None = None,
     batch_size: int = 256,
+    loss: Loss | None = None,
 ) -> Iterator[PointFn]:
     """Set up a landscape evaluation; yields ``evaluate(index) -> metrics`` for grid points.
 
@@ -374,6 +381,10 @@ def surface_evaluator(
     writes theta0 + sum c_i d_i (the grid's coefficients) and measures the point; the result
     of a point depends only on its index, never on which points were evaluated before, so
     points can be split across processes and resumed. On exit theta0 is restored bit for bit.
+
+    On the CPU the model's 4-d weights are kept in channels_last for the evaluation
+    (:func:`awp.modes.cpu_channels_last`, as evaluation, training and flatness do: the same
+    numbers to float32 rounding, faster), and given back in their own layout on exit.
 
     Args:
         model: the network at theta0, on the evaluation sets' device.
@@ -388,12 +399,17 @@ def surface_evaluator(
             ``bn_x`` at every point.
         bn_x: training images (N, C, H, W) in [0,1] for ``bn="recompute"``.
         batch_size: examples per forward pass.
+        loss: ``(outputs, targets) -> scalar mean or (B,)`` measured at every point (default
+            cross-entropy); with ``attack`` None the inputs may have any shape.
 
     Yields:
         ``evaluate(index)`` returning {metric name: value} for that point.
     """
     _check_setup(directions, grid, bn=bn, bn_x=bn_x, fixed=fixed, attack=attack)
-    with grid_points(model, directions, grid, bn=bn, bn_x=bn_x, batch_size=batch_size) as goto:
+    with (
+        cpu_channels_last(model),
+        grid_points(model, directions, grid, bn=bn, bn_x=bn_x, batch_size=batch_size) as goto,
+    ):
         fixed_adv = {  # crafted at theta0: no point has been written yet
             es.name: craft_fixed(
                 model,
@@ -418,6 +434,7 @@ def surface_evaluator(
                         seed=point_seed(attack_seed, index, es.name),
                         batch_size=batch_size,
                         x_adv_fixed=fixed_adv.get(es.name),
+                        loss=loss,
                     )
                 )
             return metrics
@@ -448,9 +465,10 @@ def grid_points(
     for d in directions:
         check_direction(d, model)
     state = _model_state(model)
+    # Each direction in its tensor's device, dtype and memory layout (channels_last weights
+    # get channels_last directions: the same values, added without a layout conversion).
     dirs = [
-        {n: t.detach().to(device=state[n].device, dtype=state[n].dtype) for n, t in d.items()}
-        for d in directions
+        {n: torch.empty_like(state[n]).copy_(t.detach()) for n, t in d.items()} for d in directions
     ]
     tensors = {n: state[n] for n in names}
     # BatchNorm recomputation overwrites the buffers at every point: store them too.
@@ -524,7 +542,7 @@ def compute_surface(
         indices: flat point indices to evaluate (default all, in order).
         on_point: called with (index, metrics) after each point (progress, saving).
         **setup: the keyword settings of :func:`surface_evaluator` (attack, attack_seed,
-            fixed, bn, bn_x, batch_size).
+            fixed, bn, bn_x, batch_size, loss).
 
     Returns:
         :class:`SurfaceValues`; the model is back at theta0 bit for bit.

@@ -209,7 +209,9 @@ def run_measure(
             foreign=sources.foreign,
             progress=sources.progress and ctx.is_main,
         )
+        # A model named by a source string is identified by its weights: built to know them.
         idents = [identity_of(p) for p in paths]
+        idents = [i if i["sha256"] else inputs.load(p).identity() for p, i in zip(paths, idents)]
         names = unique_labels(idents, labels)
         settings = _normalized(measure.settings(cfg, sources))
         wheres = [measure.entry_path(out, p, i["sha256"], n) for p, i, n in zip(paths, idents, names)]

@@ -1,0 +1,133 @@
+"""Source strings in place of checkpoints on the command line: the same numbers as the model
+measured directly, and one clear line (exit 2, nothing written) for a source that cannot be
+used."""
+
+import json
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from awp.data import DataConfig, load_data
+from awp.sources import IMAGENET_MEAN, IMAGENET_STD
+from awp_landscape.cli import main
+from landscape.storage import read_surface
+from tests.helpers import make_image_folder
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return make_image_folder(tmp_path_factory.mktemp("d") / "tiny", n_train=8, n_test=6, size=16)
+
+
+@pytest.fixture
+def factories(tmp_path, monkeypatch):
+    (tmp_path / "clifactories.py").write_text(
+        textwrap.dedent(
+            """
+            import torch
+            from torch import nn
+
+            def small(num_classes=10):
+                return nn.Sequential(
+                    nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                    nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, num_classes),
+                )
+
+            def broken(num_classes=10):
+                raise ValueError("no such width")
+            """
+        )
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield
+    sys.modules.pop("clifactories", None)
+
+
+BASE = ["--device", "cpu", "--no-progress"]
+
+
+def test_eval_of_a_py_source_with_weights_equals_the_model_measured_directly(
+    tmp_path, folder, factories
+):
+    import clifactories
+
+    torch.manual_seed(4)
+    model = clifactories.small(num_classes=3).eval()
+    torch.save({"state_dict": {"module." + k: v for k, v in model.state_dict().items()}},
+               tmp_path / "w.pt")  # fmt: skip
+    out = tmp_path / "e.json"
+    args = ["eval", "py:clifactories:small", "--model-kwargs", '{"num_classes": 3}']
+    args += ["--weights", str(tmp_path / "w.pt"), "--dataset", str(folder), "--input", "raw"]
+    assert main([*args, *BASE, "--attacks", "natural", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    data = load_data(DataConfig(dataset=str(folder), val_size=0), "cpu", progress=False)
+    with torch.no_grad():
+        acc = float((model(data.test.x.float() / 255).argmax(1) == data.test.y).float().mean())
+    assert res["results"][0]["accuracy"] == pytest.approx(acc)
+    assert res["weights"]["stripped"] == ["module."] and res["model_spec"]["kind"] == "py"
+
+
+def test_landscape_of_a_torchvision_name(tmp_path, folder):
+    out = tmp_path / "land"
+    args = ["landscape", "torchvision:resnet18", "--dataset", str(folder), "--out", str(out)]
+    args += ["--n-train", "0", "--n-test", "4", "--x=-1:1:3", "--attack", "none", *BASE]
+    assert main(args) == 0
+    surface = read_surface(out / "torchvision_resnet18.h5")
+    loss = surface.values["test_loss"]
+    assert np.isfinite(loss).all() and loss.shape == (1, 3)
+    spec = surface.attrs["model_spec"]
+    assert tuple(spec["mean"]) == IMAGENET_MEAN and tuple(spec["std"]) == IMAGENET_STD
+    assert spec["kind"] == "torchvision" and len(surface.attrs["checkpoint_sha256"]) == 64
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["py:clifactories:broken"], r"py:clifactories:broken failed: ValueError: no such width"),
+        (["py:nowhere:net"], r"module nowhere does not import"),
+        (["torchvision:resnet181"], r"torchvision has no model 'resnet181'; the nearest: resnet18"),
+        (["py:clifactories:small", "--model-kwargs", '{"num_classes": 5}'],
+         r"outputs of shape \(1, 5\) .* tiny has 3 classes"),
+        (["py:clifactories:small", "--model-kwargs", "{num_classes: 3}"], r"is not JSON"),
+        (["torchvision:resnet18", "--weights", "{missing}"], r"weights file .*missing.pt does "
+         r"not exist|missing.pt does not exist"),
+        (["--robustbench", "Rebuffi2021Fixing_R18_ddpm", "--model-dir", "{tmp}"],
+         r"expected .*cifar10/Linf/Rebuffi2021Fixing_R18_ddpm.pt|needs the optional package"),
+    ],
+)  # fmt: skip
+def test_bad_sources_exit_2_with_one_line_and_write_nothing(
+    tmp_path, folder, factories, capsys, argv, message
+):
+    argv = [
+        a.replace("{missing}", str(tmp_path / "missing.pt")).replace("{tmp}", str(tmp_path))
+        for a in argv
+    ]
+    out = tmp_path / "e.json"
+    assert main(["eval", *argv, "--dataset", str(folder), *BASE, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    import re
+
+    assert re.search(message, err), err
+    assert not out.exists()
+
+
+def test_sources_have_an_identity_before_and_after_loading(tmp_path, folder, factories):
+    from pathlib import Path
+
+    from awp.io import sha256_file
+    from awp_landscape.checkpoint_flags import ForeignOptions
+    from awp_landscape.inputs import Inputs, checkpoint_sha256, identity_of
+
+    kwargs = ForeignOptions(model_kwargs='{"num_classes": 3}')
+    inputs = Inputs(torch.device("cpu"), dataset=str(folder), foreign=kwargs)
+    name = Path("py:clifactories:small")
+    assert identity_of(name)["checkpoint"] == "py:clifactories:small"
+    loaded = inputs.load(name)
+    assert checkpoint_sha256(name, inputs) == loaded.sha256 == loaded.identity()["sha256"]
+    assert len(loaded.sha256) == 64
+    torch.save({"w": torch.zeros(1)}, tmp_path / "f.pt")
+    assert checkpoint_sha256(tmp_path / "f.pt", inputs) == sha256_file(tmp_path / "f.pt")
