@@ -12,6 +12,7 @@ from typing import Any
 # The torch-free modules of the configs: `awp demo --help` is built from this module.
 from awp.config import AttackConfig, bounds_of, check_bounds, flag_of, opt
 from awp.data_config import DataConfig
+from awp.method_config import method_fields
 from awp.model_config import ModelConfig
 from awp.train_config import TENSORBOARD_IN_RUN, TrainConfig
 from awp_landscape.measures.base import Size
@@ -31,6 +32,12 @@ class TrainingPlan:
     Nothing was chosen for how AT-AWP, the flatness or the correlation came out.
     """
 
+    method: str = opt(
+        "at",
+        "training method of the runs: at, trades, mart, or one with a weight perturbation "
+        "(at-awp, at-sam, at-asam, at-rwp, trades-sam...); the sweep's gammas above 0 add AWP "
+        "to it (a method that perturbs the weights itself takes --gammas 0)",
+    )
     data: DataConfig = opt(DataConfig(dataset="sample", val_size=200, train_size=1000), "dataset")
     model: ModelConfig = opt(ModelConfig(width=0.25), "architecture (small enough for a CPU)")
     epochs: int = opt(60, "epochs per run", **bounds_of(TrainConfig, "epochs"))
@@ -74,13 +81,16 @@ class TrainingPlan:
 
     def __post_init__(self) -> None:
         check_bounds(self)
+        method_fields(self.method)  # an unknown name: one line listing the known ones
 
     def train_config(
         self, out: Path, *, seed: int, awp: bool = False, gamma: float | None = None
     ) -> TrainConfig:
-        """The TrainConfig of one run: AT, or AT-AWP with ``gamma``."""
+        """The TrainConfig of one run: the plan's method (AT by default), with AWP of radius
+        ``gamma`` added when ``awp``."""
         return TrainConfig(
             out=str(out),
+            method=self.method,
             data=self.data,
             model=self.model,
             epochs=self.epochs,
@@ -211,6 +221,12 @@ class DemoConfig:
         check_bounds(self)
         _check_seeds(self.seeds)
         object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
+        if self.training.method != "at":
+            raise ValueError(
+                f"--method {self.training.method}: awp demo compares AT with AT-AWP; compare "
+                "other methods with awp sweep --grid method=at,...,"
+                f"{self.training.method} --gammas 0"
+            )
 
     @property
     def device(self) -> str:

@@ -155,7 +155,16 @@ def grid_points(cfg: SweepConfig) -> list[GridPoint]:
             ns = parser.parse_args(argv)
             training = dataclass_from_arguments(TrainingPlan, ns, cfg.training)
             plan = dataclass_from_arguments(SweepPlan, ns, cfg.plan)
-            training.train_config(Path(cfg.out), seed=0)  # TrainConfig's own checks
+            for gamma in cfg.gammas:  # TrainConfig's own checks (one perturbation a run...)
+                try:
+                    training.train_config(Path(cfg.out), seed=0, awp=gamma > 0, gamma=gamma)
+                except ValueError as e:
+                    if gamma > 0 and "two weight perturbations" in str(e):
+                        raise ValueError(
+                            f"--gammas {gamma:g} adds AWP to method {training.method}, which "
+                            "perturbs the weights itself: sweep such methods with --gammas 0"
+                        ) from None
+                    raise
         except (_GridError, ValueError, TypeError) as e:
             shown = ",".join(f"{n}={v}" for n, v in zip(grid, combo))
             raise ValueError(f"--grid point {shown}: {e}") from None
