@@ -187,3 +187,47 @@ def plot_flatness_vs_gap(
     ax.set_ylabel(y)
     ax.legend(frameon=False)
     return fig
+
+
+def plot_sharpness(rows: Sequence[Any]) -> Figure:
+    """Adaptive sharpness per checkpoint: one panel per kind (worst, average case), one group of
+    bars per label, a bar per loss (robust, clean) and radius, with its interval over batches.
+
+    Args:
+        rows: records of :func:`analysis.adaptive_sharpness.result_rows` (``label``, ``kind``,
+            ``loss``, ``rho``, ``sharpness``, ``ci_low``, ``ci_high``).
+
+    Returns:
+        The figure.
+    """
+    rows = [r for r in as_rows(rows) if "kind" in r and "sharpness" in r]
+    if not rows:
+        raise ValueError("no sharpness records to plot")
+    kinds = list(dict.fromkeys(r["kind"] for r in rows))
+    labels = list(dict.fromkeys(str(r.get("label", "")) for r in rows))
+    fig, axes = new_figure(1, len(kinds), width=3.4 * len(kinds), height=3.0)
+    axes = np.atleast_1d(axes)
+    titles = {"worst": "worst case S_max", "average": "average case S_avg"}
+    for ax, kind in zip(axes, kinds):
+        mine = [r for r in rows if r["kind"] == kind]
+        bars = list(dict.fromkeys((r["loss"], r["rho"]) for r in mine))
+        width = 0.8 / len(bars)
+        for j, (loss, rho) in enumerate(bars):
+            for i, label in enumerate(labels):
+                found = [r for r in mine if (r["loss"], r["rho"], str(r.get("label", ""))) ==
+                         (loss, rho, label)]  # fmt: skip
+                if not found:
+                    continue
+                r = found[0]
+                low, high = r.get("ci_low"), r.get("ci_high")
+                err = None
+                if low is not None and high is not None and np.isfinite([low, high]).all():
+                    err = [[r["sharpness"] - low], [high - r["sharpness"]]]
+                ax.bar(i + (j - (len(bars) - 1) / 2) * width, r["sharpness"], width, yerr=err,
+                       color=color_for(f"{loss}", j), alpha=0.85, capsize=2,
+                       label=f"{loss} loss, rho={rho:g}" if i == 0 else None)  # fmt: skip
+        ax.set_xticks(range(len(labels)), labels, rotation=20)
+        ax.set_title(titles.get(kind, kind))
+        ax.set_ylabel("loss increase (nats)")
+        ax.legend(fontsize=7)
+    return fig

@@ -373,7 +373,7 @@ def test_a_checkpoint_runs_through_checkpoint_units_and_resumes(tmp_path):
     calls.clear()
     again = checkpoint_units(tmp_path, stores=stores, compute=compute, measure=measure)
     assert not calls and again == first
-    rows = json.loads((tmp_path / "result.json").read_text())["rows"]
+    rows = first["rows"]
     assert [(r["kind"], r["loss"]) for r in rows] == [
         ("worst", "robust"), ("worst", "clean"), ("average", "robust"), ("average", "clean"),
     ]  # fmt: skip
@@ -448,3 +448,45 @@ def test_the_same_numbers_on_cuda_as_on_the_cpu():
     for c, g in zip(cpu, gpu):
         assert g.sharpness == pytest.approx(c.sharpness, rel=1e-6, abs=1e-9)
         assert g.base_loss == pytest.approx(c.base_loss, rel=1e-9)
+
+
+# --------------------------------------------------------------------------- awp sharpness
+def test_the_command_measures_checkpoints_reruns_nothing_and_refuses_other_settings(
+    tmp_path, capsys
+):
+    """``awp sharpness``: a row per kind and loss of each checkpoint, the figure, a rerun that
+    computes nothing (its units are on disk), other settings refused with nothing lost."""
+    from awp.checkpoint import save_checkpoint
+    from awp.config import to_dict
+    from awp.data import DataConfig
+    from awp.models import ModelSpec, build_model
+    from awp_landscape.cli import main
+
+    spec = ModelSpec(name="smallcnn", num_classes=10, width=0.25)
+    ckpts = []
+    for seed, awp in ((0, False), (1, True)):
+        torch.manual_seed(seed)
+        config = {"method": "at", "awp": awp, "data": to_dict(DataConfig())}
+        ckpts.append(save_checkpoint(tmp_path / f"{seed}.pt", model=build_model(spec),
+                                     model_spec=to_dict(spec), config=config))  # fmt: skip
+    out = tmp_path / "s"
+    args = ["sharpness", *map(str, ckpts), "--n-examples", "8", "--m", "4", "--steps", "2",
+            "--draws", "2", "--attack-steps", "1", "--out", str(out), "--no-progress",
+            "--device", "cpu"]  # fmt: skip
+    assert main(args) == 0
+    rows = json.loads((out / "sharpness.json").read_text())["rows"]
+    assert {(r["label"], r["kind"], r["loss"]) for r in rows} == {
+        (m, k, loss) for m in ("AT", "AT-AWP") for k in ("worst", "average")
+        for loss in ("robust", "clean")
+    }  # fmt: skip
+    assert all(r["batches"] == 2 and r["sharpness"] >= 0 for r in rows if r["kind"] == "worst")
+    assert (out / "sharpness.png").exists()
+    stores = sorted((out / "sharpness").glob("*/sharpness.rank0.json"))
+    stamps = [p.stat().st_mtime_ns for p in stores]
+    assert len(stores) == 2 and main(args) == 0
+    assert "2 of 2 checkpoint(s) already measured" in capsys.readouterr().out
+    assert [p.stat().st_mtime_ns for p in stores] == stamps
+    before = (out / "sharpness.json").read_text()
+    assert main([*args, "--m", "8"]) == 2  # another batch size changes every unit
+    assert "other settings" in capsys.readouterr().err
+    assert (out / "sharpness.json").read_text() == before
