@@ -23,6 +23,7 @@ summary merges by (point, gamma, seed), never losing rows of earlier calls.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Sequence
 from functools import partial
@@ -84,7 +85,7 @@ def _measure_seed(
     training.MEASURE.run(ctx)
     t0 = time.perf_counter()
     for measure in SWEEP_MEASURES:
-        if measure is not training.MEASURE and measure.runs:
+        if measure is not training.MEASURE:
             measure.run(ctx)
     measured = (time.perf_counter() - t0) / len(configs)
     rows = []
@@ -210,6 +211,120 @@ def regime_table(rows: Sequence[dict[str, Any]], pairs: Sequence[dict[str, Any]]
     return "\n".join(lines) + "\n"
 
 
+# --------------------------------------------------------------------------- methods
+#: The outcomes of a run compared method against AT: name in analysis.predictors -> column.
+OUTCOME_COLUMNS = {
+    "best": "robust accuracy (best)",
+    "last": "robust accuracy (last)",
+    "gap": "robust gap (last)",
+    "loss_rise": "test robust loss rise after its minimum",
+}
+
+
+def _context(row: dict[str, Any], grid: Sequence[str]) -> str:
+    """The grid values of a row other than its method (one comparison per such context)."""
+    return ",".join(f"{n}={row[n]}" for n in grid if n != "method")
+
+
+def method_label(name: str) -> str:
+    """``at-sam`` -> ``AT-SAM``: a grid's method name as the report labels it."""
+    from awp.config import method_of
+    from awp.method_config import method_fields
+
+    return method_of(method_fields(name))
+
+
+def method_outcomes(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per method of a grid over ``method`` (gamma 0: each method as named): its best and last
+    test robust accuracy, robust gap and test robust loss rise against AT's, paired by seed
+    (:func:`analysis.predictors.compare_methods`), within each combination of the grid's other
+    values; [] without a method grid or without AT."""
+    from analysis.predictors import compare_methods
+
+    mine = [r for r in rows if r.get("method") and float(r["gamma"]) == 0.0]
+    if not mine:
+        return []
+    grid = [n for n in mine[0] if n not in ("point", "gamma", "seed", *MEASURES)]
+    out = []
+    for context in dict.fromkeys(_context(r, grid) for r in mine):
+        runs = [
+            {"method": method_label(r["method"]), "seed": int(r["seed"]),
+             **{o: r.get(c) for o, c in OUTCOME_COLUMNS.items()}}
+            for r in mine if _context(r, grid) == context
+        ]  # fmt: skip
+        if "AT" not in {r["method"] for r in runs} or len({r["method"] for r in runs}) < 2:
+            continue
+        for m in compare_methods(runs, reference="AT"):
+            out.append({"context": context, **dataclasses.asdict(m), "resolved": m.resolved})
+    return out
+
+
+def rank_predictors(out: Path, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each flatness measure of every saved checkpoint (``--predictors``) against its robust
+    gap: stratified Kendall tau-b over every (method, seed, checkpoint) of each combination of
+    the grid's values other than the method (:func:`analysis.predictors.rank_measures`)."""
+    from analysis.predictors import rank_measures
+    from awp_landscape.measures import predictors
+
+    if not rows:
+        return []
+    grid = [n for n in rows[0] if n not in ("point", "gamma", "seed", *MEASURES)]
+    records: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        folder = (out / r["point"] if r.get("point") else out) / f"seed{r['seed']}"
+        for c in predictors.MEASURE.read_seed(folder):
+            if c.get("run") != run_name(float(r["gamma"])):
+                continue
+            rec = {**c, "seed": int(r["seed"]), "checkpoint": int(c["epoch"] or 0)}
+            records.setdefault(_context(r, grid), []).append(rec)
+    ranked = []
+    for context, recs in records.items():
+        names = [m for m in predictors.MEASURES if any(r.get(m) is not None for r in recs)]
+        for m in rank_measures(recs, measures=names):
+            ranked.append({"context": context, **dataclasses.asdict(m)})
+    return ranked
+
+
+def _interval(low: float | None, high: float | None) -> str:
+    if low is None or high is None or not (math.isfinite(low) and math.isfinite(high)):
+        return "–"
+    return f"[{low:+.3g}, {high:+.3g}]"
+
+
+def methods_table(methods: Sequence[dict[str, Any]]) -> str:
+    """A markdown table: each method minus AT, per outcome, with the 95% t interval over seeds
+    (bold where it excludes zero)."""
+    lines = ["\n## Each method against AT (paired by seed)\n",
+             "| grid | method | outcome | seeds | AT | method | difference | 95% t interval |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for m in methods:
+        mark = "**" if m["resolved"] else ""
+        lines.append(
+            f"| {m['context'] or '–'} | {m['method']} | {OUTCOME_COLUMNS[m['outcome']]} | "
+            f"{len(m['seeds'])} | {m['mean_reference']:.3g} | {m['mean_method']:.3g} | "
+            f"{mark}{m['mean_diff']:+.3g}{mark} | {_interval(m['t_low'], m['t_high'])} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def predictors_table(ranked: Sequence[dict[str, Any]]) -> str:
+    """A markdown table: each measure's stratified Kendall tau-b with the robust gap, its
+    bootstrap interval and permutation p-value (bold where the interval excludes zero)."""
+    lines = ["\n## Which measure ranks the robust gap (every method, seed and checkpoint)\n",
+             "| grid | measure | checkpoints | seeds | Kendall tau-b | 95% interval | p-value |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in ranked:
+        low, high = r["low"], r["high"]
+        resolved = math.isfinite(low) and math.isfinite(high) and (low > 0 or high < 0)
+        mark = "**" if resolved else ""
+        tau = f"{mark}{r['tau']:+.3f}{mark}" if math.isfinite(r["tau"]) else "undefined"
+        lines.append(
+            f"| {r['context'] or '–'} | {r['measure']} | {r['n']} | {r['strata']} | {tau} | "
+            f"{_interval(low, high)} | {r['pvalue']:.3g} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def merged_rows(path: Path, new: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """The rows of an earlier ``sweep.json`` with ``new`` merged in by (point, gamma, seed): a
     rerun with fewer gammas, seeds or grid values keeps what the earlier calls measured."""
@@ -283,6 +398,8 @@ def run_sweep(
         seeds = sorted({int(r["seed"]) for r in rows})
         names = sorted({str(r.get("point", "")) for r in rows})
         pairs = paired(rows)
+        methods = method_outcomes(rows)
+        predictors = rank_predictors(out, rows)
         payload = {
             "gammas": gammas,
             "seeds": seeds,
@@ -291,10 +408,16 @@ def run_sweep(
             "rows": rows,
             "summary": summary,
             "paired": pairs,
+            "methods": methods,
+            "predictors": predictors,
         }
         files = {out / "sweep.json": json_text(payload), out / "sweep.csv": csv_text(rows)}
-        if pairs:
-            files[out / "sweep_regime.md"] = regime_table(rows, pairs)
+        if pairs or methods or predictors:
+            files[out / "sweep_regime.md"] = (
+                (regime_table(rows, pairs) if pairs else "")
+                + (methods_table(methods) if methods else "")
+                + (predictors_table(predictors) if predictors else "")
+            )
         atomic_write_set(files)  # the JSON, CSV and table always agree
         for name in names:
             _figures([r for r in summary if r["point"] == name], out, name)

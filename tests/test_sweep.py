@@ -13,7 +13,9 @@ TINY = ["--model", "smallcnn", "--width", "1", "--epochs", "2", "--batch-size", 
         "--val-size", "8", "--train-size", "0", "--eval-n-train", "8", "--eval-n-test", "8",
         "--eval-steps", "1", "--eval-every", "1", "--save-every", "2", "--eval-n", "8",
         "--gap-n", "8", "--analysis-steps", "1", "--flatness-n", "8", "--flatness-samples", "1",
-        "--worst-steps", "1", "--no-progress", "--device", "cpu"]  # fmt: skip
+        "--worst-steps", "1", "--sharpness-n", "8", "--sharpness-m", "4",
+        "--sharpness-steps", "1", "--sharpness-draws", "1", "--no-progress",
+        "--device", "cpu"]  # fmt: skip
 
 
 def test_a_sweep_writes_one_run_per_gamma_its_table_and_figures(tmp_path, capsys, monkeypatch):
@@ -150,3 +152,37 @@ def test_the_regime_table_reports_at_overfitting_and_paired_differences():
     assert cells[3] == "0.9 (0.9, 0.9, 0.9)" and cells[5].startswith("0.22")
     assert cells[7].startswith("**-0.3 [") and cells[7].endswith("]**")  # resolved: bold
     assert cells[-1] == "200"  # AT and AT-AWP of a seed
+
+
+def test_a_grid_of_methods_compares_each_with_at_and_ranks_the_measures(
+    tmp_path, capsys, monkeypatch
+):
+    """--grid method=at,at-sam --gammas 0: each method trained by name; per method its outcomes
+    against AT paired by seed, and (--predictors) every checkpoint's flatness measures ranked
+    against the robust gap, stratified by seed, in sweep.json and sweep_regime.md."""
+    monkeypatch.setenv("AWP_CACHE", str(tmp_path / "cache"))
+    data = make_image_folder(tmp_path / "data", n_train=40, n_test=16)
+    out = tmp_path / "sweep"
+    tiny = [a if a != "2" else "1" for a in TINY]  # one epoch, a checkpoint after it
+    args = ["sweep", "--out", str(out), "--dataset", str(data), *tiny, "--gammas", "0",
+            "--grid", "method=at,at-sam", "--seeds", "0", "1", "2", "--predictors",
+            "--hessian-n", "8", "--hessian-probes", "2", "--save-every", "1"]  # fmt: skip
+    assert main(args) == 0
+    sam = json.loads((out / "method=at-sam" / "seed1" / "gamma_0" / "config.json").read_text())
+    assert sam["weight_method"] == "sam" and not sam["awp"]
+    result = json.loads((out / "sweep.json").read_text())
+    methods = {(m["method"], m["outcome"]): m for m in result["methods"]}
+    assert set(methods) == {("AT-SAM", o) for o in ("best", "last", "gap", "loss_rise")}
+    last = methods["AT-SAM", "last"]
+    rows = {(r["method"], r["seed"]): r for r in result["rows"]}
+    assert last["seeds"] == [0, 1, 2] and last["t_low"] is not None
+    assert last["mean_diff"] == pytest.approx(
+        sum(rows["at-sam", s]["robust accuracy (last)"] - rows["at", s]["robust accuracy (last)"]
+            for s in (0, 1, 2)) / 3
+    )  # fmt: skip
+    ranked = {r["measure"]: r for r in result["predictors"]}
+    assert {"expected flatness", "worst-case flatness", "adaptive worst-case sharpness",
+            "adaptive average sharpness", "top Hessian eigenvalue"} <= set(ranked)  # fmt: skip
+    assert all(r["n"] == 6 and r["strata"] == 3 for r in ranked.values())  # 2 methods x 3 seeds
+    regime = (out / "sweep_regime.md").read_text()
+    assert "Each method against AT" in regime and "Which measure ranks the robust gap" in regime

@@ -22,6 +22,7 @@ from awp_landscape.measures import (
     gap,
     hist,
     landscape,
+    predictors,
     quantize,
     sharpness,
     spectra,
@@ -47,10 +48,11 @@ MEASURES: tuple[Measure, ...] = (
     certify.MEASURE,
     connect.MEASURE,
     quantize.MEASURE,
+    predictors.MEASURE,
 )
 
-#: The measures a sweep runs: those with sweep columns.
-SWEEP_MEASURES: tuple[Measure, ...] = tuple(m for m in MEASURES if m.sweep_columns)
+#: The measures a sweep runs, in order.
+SWEEP_MEASURES: tuple[Measure, ...] = tuple(m for m in MEASURES if "sweep" in m.pipelines)
 
 
 def measure(name: str) -> Measure:

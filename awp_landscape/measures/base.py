@@ -213,8 +213,8 @@ class Measure:
     figure_specs: ClassVar[tuple[FigureSpec, ...]] = ()
     #: the columns of the sweep's rows it gives (:meth:`sweep_values`)
     sweep_columns: ClassVar[tuple[SweepColumn, ...]] = ()
-    #: the pipeline runs it (False: it reads what another part writes)
-    runs: ClassVar[bool] = True
+    #: the pipelines that run it: ``demo`` (awp demo, awp reproduce) and ``sweep``
+    pipelines: ClassVar[tuple[str, ...]] = ("demo",)
 
     # -- the command line ---------------------------------------------------------------
     def register(self, sub: argparse._SubParsersAction) -> argparse.ArgumentParser:

@@ -101,9 +101,9 @@ class Curvature(CheckpointMeasure):
     resume_mutable = tuple(f"curvature.{name}" for name in SUMMARY_FIELDS)
     sizes = (
         Size("hessian_n", 128, "train images of the curvature (Hessian at fixed x_adv)",
-             HessianConfig, "n_examples", reproduce=1000),
+             HessianConfig, "n_examples", plans=("demo", "sweep"), reproduce=1000),
         Size("hessian_probes", 4, "Hutchinson probes of the curvature", HessianConfig,
-             "probes_min", reproduce=30),
+             "probes_min", plans=("demo", "sweep"), reproduce=30),
     )  # fmt: skip
     figure_specs = (
         FigureSpec("curvature_density", _density, "Eigenvalue density (SLQ), log scale."),

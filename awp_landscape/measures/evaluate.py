@@ -66,6 +66,7 @@ class Evaluate(CheckpointMeasure):
             plans=("demo", "sweep"),
         ),
     )
+    pipelines = ("demo", "sweep")
     sweep_columns = (
         SweepColumn("natural accuracy (best)", paired=False),
         SweepColumn("natural accuracy (last)", paired=False),

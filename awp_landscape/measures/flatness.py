@@ -138,6 +138,7 @@ class Flatness(CheckpointMeasure):
             "it.",
         ),
     )
+    pipelines = ("demo", "sweep")
     sweep_columns = (SweepColumn("expected flatness (last)"), SweepColumn("worst-case flatness (last)"))
 
     # -- the command line ---------------------------------------------------------------

@@ -25,6 +25,7 @@ class FlatnessEpochs(Flatness):
              FlatnessConfig, "samples", reproduce=5),
     )  # fmt: skip
     figure_specs = ()
+    pipelines = ("demo",)
     sweep_columns = ()
 
     def run(self, ctx: Context) -> None:

@@ -71,6 +71,7 @@ class Gap(CheckpointMeasure):
         ),
     )
     figure_specs = (FigureSpec("gap_by_epoch", _plot, "Robust gap per epoch."),)
+    pipelines = ("demo", "sweep")
     sweep_columns = (SweepColumn("robust gap (last)"),)
 
     def compute(

@@ -38,6 +38,7 @@ class Hist(Measure):
     command = "hist"
     summary = "per-layer weight statistics, KS/Wasserstein distances and histograms"
     files = (FILE,)
+    pipelines = ("demo", "sweep")
     sweep_columns = (
         SweepColumn("deepest conv mean |w| (last)"),
         SweepColumn("deepest conv |skewness| (last)"),

@@ -53,6 +53,7 @@ class Landscape(Measure):
         Size("landscape_n", 200, "test images per landscape point", SurfaceConfig, "n_test",
              plans=("demo", "sweep"), reproduce=1000),
     )  # fmt: skip
+    pipelines = ("demo", "sweep")
     sweep_columns = (SweepColumn("landscape sharpness (last)"),)
 
     # -- the command line ---------------------------------------------------------------

@@ -77,6 +77,7 @@ class Sharpness(CheckpointMeasure):
             "case (right), with its t interval over batches.",
         ),
     )
+    pipelines = ("demo", "sweep")
     sweep_columns = (
         SweepColumn("adaptive worst-case sharpness (last)"),
         SweepColumn("adaptive average sharpness (last)"),

@@ -72,6 +72,7 @@ class Training(Measure):
     heading = "training"
     files = tuple(RUNS.values())
     in_analysis = False
+    pipelines = ("demo", "sweep")
     sweep_columns = (
         SweepColumn("train robust accuracy (last epoch)"),
         SweepColumn("test robust loss rise after its minimum"),

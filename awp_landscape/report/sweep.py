@@ -71,6 +71,50 @@ def sweep_section(sweep: Mapping[str, Any], figures: Mapping[str, Path]) -> Sect
                 caption="AT-AWP (gamma) minus AT (gamma 0), paired by seed",
             )
         )
+    methods = sweep.get("methods", [])
+    if methods:
+        s.tables.append(
+            Table(
+                [
+                    {
+                        **({"grid": m["context"]} if m["context"] else {}),
+                        "method": m["method"],
+                        "outcome": m["outcome"],
+                        "seeds": len(m["seeds"]),
+                        "AT": m["mean_reference"],
+                        "method's": m["mean_method"],
+                        "difference": m["mean_diff"],
+                        f"{m['confidence']:.0%} t interval": interval(m["t_low"], m["t_high"]),
+                        "resolved": m["resolved"],
+                    }
+                    for m in methods
+                ],
+                caption="Each method minus AT, paired by seed (best and last test robust "
+                "accuracy, robust gap of the last checkpoint, rise of the test robust loss "
+                "after its minimum)",
+            )
+        )
+    ranked = sweep.get("predictors", [])
+    if ranked:
+        s.tables.append(
+            Table(
+                [
+                    {
+                        **({"grid": r["context"]} if r["context"] else {}),
+                        "measure": r["measure"],
+                        "checkpoints": r["n"],
+                        "seeds": r["strata"],
+                        "Kendall tau-b": r["tau"],
+                        f"{r['confidence']:.0%} interval": interval(r["low"], r["high"]),
+                        "p-value": r["pvalue"],
+                    }
+                    for r in ranked
+                ],
+                caption="Which flatness measure ranks the robust gap: Kendall tau-b with the gap "
+                "over every method, seed and saved checkpoint, pairs within a seed only, with a "
+                "bootstrap interval within seeds and a permutation p-value",
+            )
+        )
     for key, caption in (
         ("sweep_tradeoff", "Natural against PGD-20 accuracy per gamma (best and last checkpoint)."),
         ("sweep_gap_flatness", "Robust gap and expected / worst-case flatness against gamma."),
