@@ -409,7 +409,7 @@ def run_sweep(
             "summary": summary,
             "paired": pairs,
             "methods": methods,
-            "predictors": predictors,
+            "rankings": predictors,
         }
         files = {out / "sweep.json": json_text(payload), out / "sweep.csv": csv_text(rows)}
         if pairs or methods or predictors:

@@ -180,7 +180,7 @@ def test_a_grid_of_methods_compares_each_with_at_and_ranks_the_measures(
         sum(rows["at-sam", s]["robust accuracy (last)"] - rows["at", s]["robust accuracy (last)"]
             for s in (0, 1, 2)) / 3
     )  # fmt: skip
-    ranked = {r["measure"]: r for r in result["predictors"]}
+    ranked = {r["measure"]: r for r in result["rankings"]}
     assert {"expected flatness", "worst-case flatness", "adaptive worst-case sharpness",
             "adaptive average sharpness", "top Hessian eigenvalue"} <= set(ranked)  # fmt: skip
     assert all(r["n"] == 6 and r["strata"] == 3 for r in ranked.values())  # 2 methods x 3 seeds

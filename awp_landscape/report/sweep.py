@@ -94,7 +94,7 @@ def sweep_section(sweep: Mapping[str, Any], figures: Mapping[str, Path]) -> Sect
                 "after its minimum)",
             )
         )
-    ranked = sweep.get("predictors", [])
+    ranked = sweep.get("rankings", [])
     if ranked:
         s.tables.append(
             Table(
