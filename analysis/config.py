@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from awp.config import (
+    BN_MODES,
     HVP_METHODS,
     MODES,
     PARAM_SETS,
@@ -707,7 +708,9 @@ class HessianConfig:
                 f"lanczos_vectors={self.lanczos_vectors} is more than the {p:,} Hessian "
                 f"coordinates (--lanczos-vectors {p} at most, or 0 for scipy's default)"
             )
-        vectors = max(self.lanczos_vectors, 2 * self.top_k + 1, 20) if self.top_k else 0
+        # ARPACK keeps ncv vectors: --lanczos-vectors, else scipy's default max(2k + 1, 20)
+        ncv = self.lanczos_vectors or max(2 * self.top_k + 1, 20)
+        vectors = ncv if self.top_k else 0
         gib = max(vectors, self.slq_steps if self.density else 0) * p * 8 / 2**30
         if gib > 1:
             log.warning(
@@ -861,3 +864,26 @@ class QuantizeConfig:
         check_bounds(self)
         if len(set(self.bits)) != len(self.bits):
             raise ValueError(f"bits={self.bits}: give each bit width once")
+
+
+@dataclass(frozen=True)
+class BatchNormChoice:
+    """The BatchNorm statistics of a measure at a perturbed point: w's own, in eval mode (the
+    default), or re-estimated at every point on ``n_bn`` training images (the statistics belong
+    to the point, not to w: what a model trained elsewhere may need far from w)."""
+
+    bn: str = opt(
+        "eval",
+        "BatchNorm at a perturbed point: eval (w's statistics) | recompute (re-estimated on "
+        "--n-bn training images at every point)",
+    )
+    n_bn: int = opt(
+        128,
+        "training images re-estimating BatchNorm at every point (--bn recompute)",
+        bounds=(2, 100_000),
+        why="every point adds a forward pass of them",
+    )
+
+    def __post_init__(self) -> None:
+        check_bounds(self)
+        check_choice(self.bn, BN_MODES, "bn")

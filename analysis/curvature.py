@@ -54,6 +54,7 @@ from analysis.hessian_estimators import (
     slq_run,
 )
 from analysis.store import RunKeys, UnitKey
+from awp.evaluate import Loss
 from awp.hessian import LossBatches, LossHessian, loss_batches, top_eigenpairs
 from awp.perturb import select_params
 from awp.seeds import derive_seed, generator_for
@@ -80,6 +81,8 @@ class HessianProblem:
         cfg: the settings.
         rank, world: this process's share of the batches (every rank computes every unit).
         on_product: called after every Hessian-vector product (a progress bar).
+        loss: ``(outputs, targets) -> scalar mean or (B,)`` whose curvature is measured
+            (default cross-entropy); with the clean loss x may have any shape.
     """
 
     def __init__(
@@ -92,8 +95,10 @@ class HessianProblem:
         rank: int = 0,
         world: int = 1,
         on_product: Callable[[], None] | None = None,
+        loss: Loss | None = None,
     ) -> None:
         self.model, self.x, self.y, self.cfg = model, x, y, cfg
+        self.loss = loss
         self.rank, self.world = rank, world
         self.on_product = on_product
         self.params = select_params(model, cfg.params)
@@ -117,6 +122,7 @@ class HessianProblem:
                 seed=self.cfg.seed,
                 rank=self.rank,
                 world=self.world,
+                loss=self.loss,
             )
         return self._data
 

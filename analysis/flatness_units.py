@@ -169,7 +169,7 @@ def result_rows(
         "params": cfg.params,
         "split": cfg.split,
         "per_example": cfg.per_example,
-        "attack": cfg.attack.describe(),
+        "attack": cfg.attack.describe() if cfg.attack is not None else "none",
     }
     rows = []
     for e in expected:

@@ -295,7 +295,7 @@ def run_units(
 
 
 def checkpoint_units(
-    folder: Path,
+    folder: Path | None,
     *,
     stores: Mapping[str, Mapping[str, Any]],
     compute: Callable[[str], Record],
@@ -313,7 +313,8 @@ def checkpoint_units(
     and returns every record; ``measure`` returns the result (on every rank).
 
     Args:
-        folder: the checkpoint's folder (``<out>/<measure>/<stem>-<sha8>``).
+        folder: the checkpoint's folder (``<out>/<measure>/<stem>-<sha8>``), or None to keep
+            nothing on disk (every unit computed, nothing resumed: the Python API's calls).
         stores: store name (its file stem) -> the settings its records depend on; with one
             store, ``run_keys`` needs no store name.
         compute: unit key -> JSON-able record (a pure function of the key and the settings).
@@ -329,9 +330,10 @@ def checkpoint_units(
         raise ValueError("checkpoint_units needs at least one store (name -> settings)")
     ctx = distributed.current()
     opened = {
-        name: SampleStore(folder, meta=meta, name=name, rank=ctx.rank, ignore=ignore)
+        name: None if folder is None else
+        SampleStore(folder, meta=meta, name=name, rank=ctx.rank, ignore=ignore)
         for name, meta in stores.items()
-    }
+    }  # fmt: skip
 
     def run_keys(keys: Sequence[str], desc: str, store: str | None = None) -> dict[str, Record]:
         if store is None and len(opened) != 1:

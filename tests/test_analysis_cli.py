@@ -253,3 +253,20 @@ def test_store_skips_finished_units_and_refuses_other_settings(tmp_path):
         SampleStore(tmp_path / "s", meta={"a": 1}).load()
     with pytest.raises(ValueError, match="unique"):
         run_units(["x", "x"], compute)
+
+
+def test_flatness_with_batchnorm_re_estimated_at_every_point(runs, tmp_path, capsys):
+    """--bn recompute: the statistics belong to each w+u (re-estimated on --n-bn training
+    images), other numbers than eval mode, kept apart: a folder measured in eval mode refuses
+    it, and the eval folder's own results stay as they were."""
+    ckpt = runs[("AT-AWP", 1)]
+    base = _flatness_args([ckpt], "--alphas", "0.3", "--samples", "1")
+    assert main([*base, "--out", str(tmp_path / "eval")]) == 0
+    assert main([*base, "--out", str(tmp_path / "bn"), "--bn", "recompute", "--n-bn", "8"]) == 0
+    ev = json.loads((tmp_path / "eval" / "flatness.json").read_text())["rows"][0]
+    bn = json.loads((tmp_path / "bn" / "flatness.json").read_text())["rows"][0]
+    assert ev["flatness_loss"] != bn["flatness_loss"]  # w's statistics vs each point's
+    before = (tmp_path / "eval" / "flatness.json").read_text()
+    assert main([*base, "--out", str(tmp_path / "eval"), "--bn", "recompute", "--n-bn", "8"]) == 2
+    assert "other settings" in capsys.readouterr().err
+    assert (tmp_path / "eval" / "flatness.json").read_text() == before

@@ -238,7 +238,7 @@ def certify_checkpoint(
     loaded: Loaded,
     cfg: CertifyConfig,
     *,
-    folder: Path,
+    folder: Path | None,
     label: str,
     progress: bool = False,
     compute: Any = None,

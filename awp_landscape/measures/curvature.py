@@ -248,16 +248,18 @@ def curvature_of_checkpoint(
     loaded: Loaded,
     cfg: HessianConfig,
     *,
-    folder: Path,
+    folder: Path | None,
     label: str | None = None,
     progress: bool = False,
     compute: Any = None,
+    loss: Any = None,
 ) -> dict[str, Any]:
     """The curvature of one checkpoint, resumable and sharded; its result (on every rank).
 
-    Finished units live in ``folder/samples.rank0.json`` (written by the main rank). The model
-    is cast to ``cfg.dtype`` in place. ``compute`` replaces
-    :func:`analysis.curvature.compute_unit` (tests count calls).
+    Finished units live in ``folder/samples.rank0.json`` (written by the main rank; ``folder``
+    None: nothing kept). The model is cast to ``cfg.dtype`` in place. ``compute`` replaces
+    :func:`analysis.curvature.compute_unit` (tests count calls); ``loss`` is the loss whose
+    curvature is measured (default cross-entropy).
     """
     from analysis.curvature import HessianProblem, compute_unit, hessian_records
     from analysis.curvature_results import summarize
@@ -279,8 +281,9 @@ def curvature_of_checkpoint(
         desc=f"{ident['label']}: Hessian-vector products", unit="HVP", enabled=progress
     )
     problem = HessianProblem(
-        model, x, y, cfg, rank=ctx.rank, world=ctx.world, on_product=lambda: bar.update(1)
-    )
+        model, x, y, cfg, rank=ctx.rank, world=ctx.world, on_product=lambda: bar.update(1),
+        loss=loss,
+    )  # fmt: skip
     unit = compute or compute_unit
 
     def measure(run_keys: RunKeys) -> dict[str, Any]:

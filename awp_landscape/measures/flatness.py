@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from analysis.config import FlatnessConfig, PacBayesConfig, WorstCaseConfig
+from analysis.config import BatchNormChoice, FlatnessConfig, PacBayesConfig, WorstCaseConfig
 from analysis.sigma import SigmaSearchConfig
 from awp_landscape.measures.base import (
     CheckpointMeasure,
@@ -54,6 +54,7 @@ class FlatnessRequest:
     worst: WorstCaseConfig | None = None
     search: SigmaSearchConfig | None = None
     pacbayes: PacBayesConfig = PacBayesConfig()
+    bn: BatchNormChoice = BatchNormChoice()
 
 
 # Settings that only add or summarize a checkpoint's units (they are part of the unit keys, or
@@ -153,6 +154,7 @@ class Flatness(CheckpointMeasure):
             p.add_argument_group("sigma search (--sigma-search)"), SigmaSearchConfig
         )
         add_dataclass_arguments(p.add_argument_group("PAC-Bayes bound"), PacBayesConfig)
+        add_dataclass_arguments(p.add_argument_group("BatchNorm at w+u"), BatchNormChoice)
 
     def config_from(self, args: argparse.Namespace) -> FlatnessRequest:
         from awp_landscape.flags import dataclass_from_arguments as read
@@ -162,13 +164,17 @@ class Flatness(CheckpointMeasure):
             worst=read(WorstCaseConfig, args) if args.worst_case else None,
             search=read(SigmaSearchConfig, args) if args.sigma_search else None,
             pacbayes=read(PacBayesConfig, args),
+            bn=read(BatchNormChoice, args),
         )
 
     # -- one checkpoint -----------------------------------------------------------------
     def settings(self, cfg: FlatnessRequest, sources: Sources) -> dict[str, Any]:
         from awp.config import to_dict
 
-        return {**to_dict(cfg), "dataset": sources.dataset, "data_root": sources.data_root}
+        settings = {**to_dict(cfg), "dataset": sources.dataset, "data_root": sources.data_root}
+        if cfg.bn.bn == "eval":  # the default: the settings of results that had no such choice
+            del settings["bn"]
+        return settings
 
     def compute(
         self, loaded: Loaded, cfg: FlatnessRequest, *, label: str, folder: Path, progress: bool
@@ -314,15 +320,19 @@ def flatness_for_checkpoint(
     loaded: Loaded,
     cfg: FlatnessRequest,
     *,
-    folder: Path,
+    folder: Path | None,
     label: str | None = None,
     progress: bool = False,
     compute: Any = None,
+    loss: Any = None,
+    bn_x: Any = None,
 ) -> dict[str, Any]:
     """Flatness of one checkpoint, resumable and sharded; its result (every rank).
 
-    Finished units live in ``folder/samples.rank<r>.json``. ``compute`` replaces
-    :func:`analysis.flatness_units.compute_unit` (tests count calls).
+    Finished units live in ``folder/samples.rank<r>.json`` (``folder`` None: nothing kept).
+    ``compute`` replaces :func:`analysis.flatness_units.compute_unit` (tests count calls);
+    ``loss`` and ``bn_x`` are its (the loss measured, and training inputs re-estimating
+    BatchNorm statistics at every point).
     """
     from analysis.flatness_units import compute_unit, flatness_keys, result_rows
     from analysis.gap import subset
@@ -337,6 +347,13 @@ def flatness_for_checkpoint(
         raise ValueError(f"the {flat.split} split of {loaded.data_cfg.dataset!r} is empty")
     ident = {**loaded.identity(), "label": label or loaded.identity()["method"]}
     settings = unit_settings(flat, loaded.data_cfg, loaded.sha256, len(split))
+    if cfg.bn.bn == "recompute" and bn_x is None:  # the statistics belong to the point
+        from awp.augment import as_float
+
+        train = loaded.data.train
+        bn_x = as_float(subset(train, cfg.bn.n_bn, seed=flat.subset_seed, flag="--n-bn")[0])
+    if bn_x is not None:
+        settings["bn"] = {"recompute": len(bn_x)}
     unit = compute or compute_unit
 
     def measure(run_keys: RunKeys) -> dict[str, Any]:
@@ -366,7 +383,7 @@ def flatness_for_checkpoint(
         return checkpoint_units(
             folder,
             stores={"samples": settings},
-            compute=lambda k: unit(loaded.model, x, y, k, cfg=flat),
+            compute=lambda k: unit(loaded.model, x, y, k, cfg=flat, loss=loss, bn_x=bn_x),
             measure=measure,
             ignore=UNIT_MUTABLE,
             progress=progress,
@@ -419,7 +436,7 @@ def _search_row(
         "params": cfg.params,
         "split": cfg.split,
         "per_example": cfg.per_example,
-        "attack": cfg.attack.describe(),
+        "attack": cfg.attack.describe() if cfg.attack is not None else "none",
         "alpha": result.alpha,
         "drop": result.drop,
         "target": result.target,
@@ -442,7 +459,7 @@ def _print_results(results: list[dict[str, Any]], cfg: FlatnessConfig) -> None:
     say(
         f"expected flatness ({cfg.noise} noise, M={cfg.samples}, {cfg.split} "
         f"n={'/'.join(dict.fromkeys(str(r.get('n')) for r in rows)) or 'none'}, "
-        f"{cfg.attack.describe()} regenerated on every w+u)"
+        f"{cfg.attack.describe() + ' regenerated on every w+u' if cfg.attack else 'clean loss'})"
     )
     say(
         format_table(

@@ -84,8 +84,8 @@ class Sharpness(CheckpointMeasure):
     )
 
     def compute(
-        self, loaded: Loaded, cfg: AdaptiveSharpnessConfig, *, label: str, folder: Path,
-        progress: bool,
+        self, loaded: Loaded, cfg: AdaptiveSharpnessConfig, *, label: str, folder: Path | None,
+        progress: bool, loss: Any = None,
     ) -> dict[str, Any]:  # fmt: skip
         from analysis.adaptive_sharpness import adaptive_sharpness, result_rows
         from analysis.gap import subset
@@ -97,8 +97,12 @@ class Sharpness(CheckpointMeasure):
         x, y = subset(split, cfg.n_examples, seed=cfg.subset_seed, flag="--n-examples")
         meta = {**cfg.store_settings(), "checkpoint_sha256": loaded.sha256,
                 "data": to_dict(loaded.data_cfg), "split_size": len(split)}  # fmt: skip
-        store = SampleStore(folder, meta=meta, name="sharpness", rank=distributed.current().rank)
-        result = adaptive_sharpness(loaded.model, x, y, cfg, store=store, progress=progress)
+        rank = distributed.current().rank
+        store = None if folder is None else SampleStore(folder, meta=meta, name="sharpness",
+                                                        rank=rank)  # fmt: skip
+        result = adaptive_sharpness(
+            loaded.model, x, y, cfg, loss=loss, store=store, progress=progress
+        )
         ident = {**loaded.identity(), "label": label}
         return {"rows": result_rows(result.estimates, cfg=cfg, ident=ident),
                 "n_used": result.n_used, "n_left_out": result.n_left_out}  # fmt: skip
