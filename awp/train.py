@@ -40,8 +40,10 @@ from awp.augment import augment, to_float
 from awp.averaging import averaged_copy, ema_update_, swa_update_
 from awp.checkpoint import (
     CheckpointError,
+    adapt_state_dict,
     first_nonfinite,
     load_checkpoint,
+    load_state_dict_checked,
     load_weights,
     save_checkpoint,
 )
@@ -59,6 +61,7 @@ from awp.progress import progress_bar
 from awp.runs import RunFolder, continue_hint, prepare_run, rng_state, set_rng_state
 from awp.scalars import open_writer, write_epoch
 from awp.seeds import derive_seed, generator_for, with_scheme
+from awp.sources import InputWrapper, is_source, load_source, load_weights_file
 from awp.step import StepStats, train_step
 from awp.train_config import (
     METHOD_DEFAULT_FIELDS,
@@ -667,11 +670,18 @@ def _save_average(
 
 
 def _load_init(net: nn.Module, path: str, spec: ModelSpec | None) -> dict[str, Any]:
-    """Load ``--init`` weights into ``net``; refuse a checkpoint of ours with another input
-    convention (normalized vs raw [0, 1]), which would load but compute something else."""
+    """Load ``--init`` weights into ``net``: a checkpoint or state-dict file (``.pt``,
+    ``.safetensors``), or the weights of a model named by a source string
+    (``robustbench:NAME``, a TorchScript or ``torch.export`` file... :mod:`awp.sources`), which
+    must be this run's architecture (mismatched keys are listed). A checkpoint of ours with
+    another input convention (normalized vs raw [0, 1]) is refused: it would load but compute
+    something else."""
+    if is_source(path):
+        return _load_init_source(net, path, spec)
     if not Path(path).is_file():
         raise FileNotFoundError(f"--init {path} does not exist (or is not a file)")
-    info = load_weights(net, path, source=f"--init {path}")
+    load = load_weights_file if Path(path).suffix == ".safetensors" else load_weights
+    info = dict(load(net, path, source=f"--init {path}"))
     ckpt = info.pop("checkpoint", None)
     if ckpt is not None and spec is not None:
         theirs = ckpt.get("model_spec", {})
@@ -694,6 +704,21 @@ def _load_init(net: nn.Module, path: str, spec: ModelSpec | None) -> dict[str, A
         )
     log.info("initialized from %s (sha256 %s)", path, info["sha256"][:12])
     return dict(info)
+
+
+def _load_init_source(net: nn.Module, name: str, spec: ModelSpec | None) -> dict[str, Any]:
+    """``--init`` from a model named by a source string: its own weights (without the input
+    wrapper's), into this run's architecture."""
+    source = load_source(name, num_classes=spec.num_classes if spec is not None else None)
+    inner = source.model.model if isinstance(source.model, InputWrapper) else source.model
+    # buffers the run's network keeps out of its state dict (its input normalization) are not
+    # weights to load, though a TorchScript file keeps them in its own
+    transient = {n for n, _ in net.named_buffers()} - set(net.state_dict())
+    state = {k: v for k, v in inner.state_dict().items() if k not in transient}
+    adapted, how = adapt_state_dict(state, net)
+    load_state_dict_checked(net, adapted, source=f"--init {name}")
+    log.info("initialized from %s (%s, weights sha256 %s)", name, source.kind, source.sha256[:12])
+    return {"path": name, "sha256": source.sha256, "layout": f"source {source.kind}", **how}
 
 
 def _load_extra(cfg: TrainConfig, data: DataBundle) -> Split:

@@ -185,7 +185,9 @@ class TrainConfig:
     init: str = opt(
         "",
         "start from these weights (a checkpoint of ours, official AWP, Rice et al. or "
-        "RobustBench); fresh optimizer and schedule",
+        "RobustBench; a .safetensors file; or a model named by a source, e.g. "
+        "robustbench:NAME or a TorchScript file, of this run's architecture); fresh optimizer "
+        "and schedule",
     )
     eval_steps: int = opt(
         PGD20_EVAL.steps,

@@ -222,7 +222,19 @@ def test_init_starts_from_weights_with_a_fresh_optimizer(tmp_path):
     torch.save(
         {"state_dict": {"module." + k: v for k, v in first.model.state_dict().items()}}, foreign
     )
-    for source in (tmp_path / "a" / "checkpoints" / "last.pt", foreign):
+    scripted = tmp_path / "model.ts"  # a TorchScript file: a model named by a source
+    example = synthetic_bundle().train.x[:2].float() / 255
+    torch.jit.save(torch.jit.trace(first.model.eval(), example), scripted)
+    sources = [tmp_path / "a" / "checkpoints" / "last.pt", foreign, scripted]
+    try:
+        from safetensors.torch import save_file
+
+        state = {k: v.contiguous() for k, v in first.model.state_dict().items()}
+        save_file(state, tmp_path / "weights.safetensors")
+        sources.append(tmp_path / "weights.safetensors")
+    except ImportError:  # the [safetensors] extra
+        pass
+    for source in sources:
         out = tmp_path / f"b_{source.stem}"
         cfg = tiny_config(out, epochs=1, lr=1e-9, init=str(source), schedule="constant")
         result = train(cfg, progress=False, data=synthetic_bundle())
