@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -68,13 +69,36 @@ def awp(
     )
 
 
-def error_line(proc: subprocess.CompletedProcess, command: str) -> str:
+def error_line(proc: subprocess.CompletedProcess, command: str, verb: str = "error") -> str:
     """The one error line; everything else on stderr must be a log line (INFO, WARNING)."""
     lines = proc.stderr.strip().splitlines()
-    errors = [ln for ln in lines if ln.startswith(f"awp {command}: error: ")]
+    errors = [ln for ln in lines if ln.startswith(f"awp {command}: {verb}")]
     others = [ln for ln in lines if ln not in errors and not ln.startswith(("INFO ", "WARNING "))]
     assert len(errors) == 1 and not others, proc.stderr[-3000:]
     return errors[0]
+
+
+def interrupted(args: list[str], *, when: str) -> subprocess.CompletedProcess:
+    """The real command, sent SIGINT (a Ctrl-C) as soon as it has mapped the shared library
+    whose name contains ``when`` (``libtorch``: while torch imports, the start of every
+    command that computes)."""
+    cmd = [sys.executable, "-m", "awp_landscape", *args]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(),
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as in a terminal
+    )  # fmt: skip
+    maps = Path(f"/proc/{proc.pid}/maps")
+    deadline = time.time() + 60
+    while proc.poll() is None and time.time() < deadline:
+        try:
+            if when in maps.read_text():
+                break
+        except OSError:
+            pass
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
 
 
 def snapshot(root: Path) -> dict[str, str]:
@@ -249,23 +273,59 @@ FAULTS = [
     ("train: --resume-from a directory", ["train", "--dataset", "{data3}", "--model", "smallcnn",
      "--out", "{rundir}", "--epochs", "1", "--resume-from", "{rundir}"],
      r"cannot resume: .*run is a directory; pass a checkpoint file"),  # fmt: skip
+    # 14. a Ctrl-C while the command starts (torch importing) ends it: one line, exit 130
+    ("landscape: Ctrl-C while torch imports", ["landscape", "{ours}", "--out", "{out}/l7", *LAND],
+     r"^awp landscape: interrupted; finished work is on disk", {"interrupt": "libtorch"}),
 ]
 
 
-@pytest.mark.parametrize("case,argv,said", FAULTS, ids=[f[0] for f in FAULTS])
-def test_a_fault_is_one_line_and_loses_nothing(world, case, argv, said):
+@pytest.mark.parametrize("case,argv,said,how", [(*f, {})[:4] for f in FAULTS],
+                         ids=[f[0] for f in FAULTS])  # fmt: skip
+def test_a_fault_is_one_line_and_loses_nothing(world, case, argv, said, how):
+    """``how``: ``max_file_bytes`` (a full disk), ``interrupt`` (a Ctrl-C once the process
+    has loaded that library: it ends with exit code 130)."""
     args = [a.format(**world) for a in argv]
     if args[0] not in ("report", "plot"):
         args += QUICK
     before = snapshot(world["root"])
-    proc = awp(*args)
-    assert proc.returncode == 2, (case, proc.stderr[-2000:])
-    line = error_line(proc, args[0])
+    if "interrupt" in how:
+        proc = interrupted(args, when=how["interrupt"])
+    else:
+        proc = awp(*args, max_file_bytes=how.get("max_file_bytes"))
+    assert proc.returncode == (130 if "interrupt" in how else 2), (case, proc.stderr[-2000:])
+    line = error_line(proc, args[0], verb="interrupted" if "interrupt" in how else "error")
     assert re.search(said, line), line
     after = snapshot(world["root"])
     assert {k: v for k, v in after.items() if k in before} == before  # nothing changed
     new = [k for k in after if k not in before and not Path(k).name.startswith(".")]
     assert not new, new  # nothing new but hidden lock files
+
+
+def test_a_ctrl_c_that_python_would_lose_still_ends_the_command(tmp_path, monkeypatch):
+    """In a callback of the garbage collector, or inside an import, a KeyboardInterrupt is
+    lost ("Exception ignored in ...") or aborts the process (a C++ caller); here it is raised
+    again where the command can stop."""
+    from awp_landscape.cli import interrupts_reach_main
+
+    class Dropped:
+        def __del__(self) -> None:
+            raise KeyboardInterrupt  # what a Ctrl-C during a garbage collection looks like
+
+    reported = []
+    monkeypatch.setattr(sys, "unraisablehook", reported.append)
+    with pytest.raises(KeyboardInterrupt), interrupts_reach_main():
+        Dropped()  # collected at once: the exception cannot leave __del__
+        time.sleep(5)  # the interrupt arrives here
+    assert reported == []  # no "Exception ignored" traceback
+    module = tmp_path / "slow_import.py"  # a Ctrl-C in the middle of an import
+    module.write_text("import signal, time\nsignal.raise_signal(signal.SIGINT)\ndone = True\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(KeyboardInterrupt), interrupts_reach_main():
+        import slow_import  # noqa: F401
+
+        assert slow_import.done  # the import finished before the interrupt was raised
+        time.sleep(5)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders anyway")
