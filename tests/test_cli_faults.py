@@ -163,11 +163,19 @@ def world(tmp_path_factory):
     surfaces.mkdir()
     _h5(surfaces / "allnan.h5", np.full(41, np.nan))
     _h5(surfaces / "strx.h5", np.arange(3.0), x=np.array([b"a", b"b", b"c"]))
+    links = root / "links"  # outputs given as symbolic links: in a loop, or to no folder
+    links.mkdir()
+    (links / "loop.json").symlink_to("loop2.json")
+    (links / "loop2.json").symlink_to("loop.json")
+    (links / "loopdir").symlink_to("loopdir2")
+    (links / "loopdir2").symlink_to("loopdir")
+    (links / "nodir").symlink_to(root / "missing" / "folder")
     return dict(
         root=root, data3=data3, data4=data4, ours=ours, five=five, nan=nan, corrupt=corrupt,
         foreign=foreign, afile=afile, out=out, rundir=root / "run", reported=reported,
         truncated=truncated, e1=epochs[0], e2=epochs[1], e3=epochs[2], stranger=stranger,
         allnan=surfaces / "allnan.h5", strx=surfaces / "strx.h5",
+        loop=links / "loop.json", loopdir=links / "loopdir", nodir=links / "nodir",
     )  # fmt: skip
 
 
@@ -273,6 +281,14 @@ FAULTS = [
     ("train: --resume-from a directory", ["train", "--dataset", "{data3}", "--model", "smallcnn",
      "--out", "{rundir}", "--epochs", "1", "--resume-from", "{rundir}"],
      r"cannot resume: .*run is a directory; pass a checkpoint file"),  # fmt: skip
+    # 13. outputs given as symbolic links: a loop is refused, never replaced by a regular file
+    ("eval: out a symbolic link in a loop", ["eval", "{ours}", "--out", "{loop}", "--attacks",
+     "natural"], r"cannot write .*loop\.json: it is a symbolic link in a loop"),  # fmt: skip
+    ("hist: out a folder link in a loop", ["hist", "{ours}", "--out", "{loopdir}"],
+     r"loopdir: it is a symbolic link in a loop \(.*loopdir -> .*loopdir2 -> .*loopdir\)"),
+    ("hist: out a link to no folder", ["hist", "{ours}", "--out", "{nodir}"],
+     r"cannot write into .*nodir: it is a symbolic link to .*missing/folder, which does not "
+     r"exist; create that folder"),  # fmt: skip
     # 14. a Ctrl-C while the command starts (torch importing) ends it: one line, exit 130
     ("landscape: Ctrl-C while torch imports", ["landscape", "{ours}", "--out", "{out}/l7", *LAND],
      r"^awp landscape: interrupted; finished work is on disk", {"interrupt": "libtorch"}),
@@ -299,6 +315,15 @@ def test_a_fault_is_one_line_and_loses_nothing(world, case, argv, said, how):
     assert {k: v for k, v in after.items() if k in before} == before  # nothing changed
     new = [k for k in after if k not in before and not Path(k).name.startswith(".")]
     assert not new, new  # nothing new but hidden lock files
+
+
+def test_an_output_given_as_a_dangling_link_is_written_through(world, tmp_path):
+    link, target = tmp_path / "result.json", tmp_path / "elsewhere" / "r.json"
+    link.symlink_to(target)  # the target and its folder do not exist yet
+    proc = awp("eval", world["ours"], "--out", link, "--attacks", "natural", *QUICK)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert link.is_symlink() and os.readlink(link) == str(target)  # the link stays a link
+    assert json.loads(target.read_text())["results"]  # and the results reached its target
 
 
 def test_a_ctrl_c_that_python_would_lose_still_ends_the_command(tmp_path, monkeypatch):
