@@ -193,6 +193,14 @@ LAND = ["--n-train", "0", "--n-test", "4", "--x=-1:1:3", "--attack-steps", "1"]
 GAP = ["--n-train", "4", "--n-test", "4", "--attack-steps", "1"]
 FLAT = ["--n-examples", "4", "--samples", "1", "--alphas", "0.1", "--attack-steps", "1"]
 
+
+def _train_argv(data: str, out: str) -> list[str]:
+    """A one-epoch training of smallcnn on ``data`` into ``out``, as small as it runs."""
+    return ["train", "--dataset", data, "--val-size", "4", "--model", "smallcnn", "--width", "1",
+            "--batch-size", "8", "--attack-steps", "1", "--eval-steps", "1", "--eval-n-train",
+            "4", "--epochs", "1", "--out", out]  # fmt: skip
+
+
 # (case, command line with {names} of the world, what the one error line must say)
 FAULTS = [
     # 1. a model that does not fit the data: refused before any compute, no file left
@@ -281,6 +289,10 @@ FAULTS = [
     ("train: --resume-from a directory", ["train", "--dataset", "{data3}", "--model", "smallcnn",
      "--out", "{rundir}", "--epochs", "1", "--resume-from", "{rundir}"],
      r"cannot resume: .*run is a directory; pass a checkpoint file"),  # fmt: skip
+    # 12. a write that fails (a full disk) in the first epoch leaves no metrics row, no
+    # config.json, no checkpoint: the same command starts the run again
+    ("train: full disk at the first checkpoint", _train_argv("{data3}", "{out}/full"),
+     r"cannot write .*/full/checkpoints/\S+\.pt: File too large", {"max_file_bytes": 40_000}),
     # 13. outputs given as symbolic links: a loop is refused, never replaced by a regular file
     ("eval: out a symbolic link in a loop", ["eval", "{ours}", "--out", "{loop}", "--attacks",
      "natural"], r"cannot write .*loop\.json: it is a symbolic link in a loop"),  # fmt: skip
@@ -292,6 +304,11 @@ FAULTS = [
     # 14. a Ctrl-C while the command starts (torch importing) ends it: one line, exit 130
     ("landscape: Ctrl-C while torch imports", ["landscape", "{ours}", "--out", "{out}/l7", *LAND],
      r"^awp landscape: interrupted; finished work is on disk", {"interrupt": "libtorch"}),
+    # 15. TensorBoard's folder is checked before anything is written (no writer thread's
+    # traceback, no bytes repr, no config.json left)
+    ("train: --tensorboard where nothing can be written", [*_train_argv("{data3}",
+     "{out}/tb"), "--tensorboard", "/sys/kernel"],
+     r"cannot write into /sys/kernel .*; choose another --tensorboard$"),  # fmt: skip
 ]
 
 
@@ -324,6 +341,20 @@ def test_an_output_given_as_a_dangling_link_is_written_through(world, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert link.is_symlink() and os.readlink(link) == str(target)  # the link stays a link
     assert json.loads(target.read_text())["results"]  # and the results reached its target
+
+
+def test_a_run_stopped_between_last_pt_and_its_metrics_row_resumes_whole(world, tmp_path):
+    """Checkpoints are written before the epoch's metrics row; a run stopped between the two
+    gets the row back from last.pt when it is resumed."""
+    out = tmp_path / "run"
+    args = [*_train_argv(str(world["data3"]), str(out)), "--epochs", "2", *QUICK]
+    assert awp(*args).returncode == 0
+    metrics = out / "metrics.jsonl"
+    whole = metrics.read_text().splitlines()
+    metrics.write_text(whole[0] + "\n")  # stopped after last.pt of epoch 2, before its row
+    proc = awp(*args, "--resume")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert metrics.read_text().splitlines() == whole
 
 
 def test_a_ctrl_c_that_python_would_lose_still_ends_the_command(tmp_path, monkeypatch):
