@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import re
 import signal
 import subprocess
@@ -163,6 +164,8 @@ def world(tmp_path_factory):
     surfaces.mkdir()
     _h5(surfaces / "allnan.h5", np.full(41, np.nan))
     _h5(surfaces / "strx.h5", np.arange(3.0), x=np.array([b"a", b"b", b"c"]))
+    pickled = ck / "pickled.pt"  # a plain pickle beside the corrupt last.pt and epoch_001.pt
+    pickled.write_bytes(pickle.dumps({"conv1.weight": [[0.5]]}, protocol=4))
     links = root / "links"  # outputs given as symbolic links: in a loop, or to no folder
     links.mkdir()
     (links / "loop.json").symlink_to("loop2.json")
@@ -174,7 +177,7 @@ def world(tmp_path_factory):
         root=root, data3=data3, data4=data4, ours=ours, five=five, nan=nan, corrupt=corrupt,
         foreign=foreign, afile=afile, out=out, rundir=root / "run", reported=reported,
         truncated=truncated, e1=epochs[0], e2=epochs[1], e3=epochs[2], stranger=stranger,
-        allnan=surfaces / "allnan.h5", strx=surfaces / "strx.h5",
+        allnan=surfaces / "allnan.h5", strx=surfaces / "strx.h5", pickled=pickled,
         loop=links / "loop.json", loopdir=links / "loopdir", nodir=links / "nodir",
     )  # fmt: skip
 
@@ -309,6 +312,11 @@ FAULTS = [
     ("train: --tensorboard where nothing can be written", [*_train_argv("{data3}",
      "{out}/tb"), "--tensorboard", "/sys/kernel"],
      r"cannot write into /sys/kernel .*; choose another --tensorboard$"),  # fmt: skip
+    # 16. messages: a plain pickle is called what it is; the checkpoints suggested instead are
+    # whole ones (not the truncated last.pt beside it); a config's field is named as its flag
+    ("eval: a plain pickle", ["eval", "{pickled}", "--out", "{out}/p.json"],
+     r"is a plain pickle, not a file written by torch\.save.*use another checkpoint of "
+     r"\S+ \(epoch_001\.pt\)$"),  # fmt: skip
 ]
 
 
