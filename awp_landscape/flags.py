@@ -343,14 +343,46 @@ def dataclass_from_arguments(cls: type[T], ns: argparse.Namespace, base: T | Non
 
 
 def _current_names(text: str, cls: type) -> str:
-    """A config's error message with the flags it names as the field's own spelling, e.g.
-    ``(--n)``, replaced by the vocabulary's (``(--n-examples)``)."""
+    """A config's error message in the command line's words: a flag it names by the field's
+    own spelling (``(--n)``) becomes the vocabulary's (``(--n-examples)``), and a field it names
+    bare becomes its flag (``eig_tol`` -> ``--eig-tol``, ``eig_tol=0`` -> ``--eig-tol=0``), but
+    ``name=value`` is kept where the message names the flag already (``top_k=5135 is outside
+    [0, 1000] (--top-k)``). A bare name without an underscore (``gamma``) may be a plain word:
+    only ``gamma=value`` is replaced."""
     names = {
         _flag(f.metadata.get("flag", f.name)): _flag(renamed.flag)
         for f in dataclasses.fields(cls)
         if (renamed := _rename(cls, f)) is not None
     }
-    if not names:
-        return text
-    pattern = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
-    return re.sub(rf"(?<![\w-])({pattern})(?![\w-])", lambda m: names[m.group(1)], text)
+    if names:
+        pattern = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
+        text = re.sub(rf"(?<![\w-])({pattern})(?![\w-])", lambda m: names[m.group(1)], text)
+    fields = _field_flags(cls)
+    pattern = "|".join(re.escape(n) for n in sorted(fields, key=len, reverse=True))
+
+    def flag_of(m: re.Match) -> str:
+        name, assigned = m.group(1), m.group(2)
+        flag = fields[name]
+        if assigned:
+            return m.group(0) if flag in text else f"{flag}="
+        return flag if "_" in name else name
+
+    return re.sub(rf"(?<![\w.-])({pattern})(?![\w-])(=?)", flag_of, text)
+
+
+def _field_flags(cls: type) -> dict[str, str]:
+    """Field name -> flag of every field of ``cls`` and of its nested configs that has a flag
+    (the outer field wins where two share a name)."""
+    hints = typing.get_type_hints(cls)
+    flags: dict[str, str] = {}
+    nested = []
+    for f in dataclasses.fields(cls):
+        tp = resolve_type(hints[f.name])
+        if dataclasses.is_dataclass(tp):
+            nested.append(tp)
+        elif f.metadata.get("cli", True) is not False:
+            flags[f.name] = _flag(_dest(f, cls))
+    for tp in nested:
+        for name, flag in _field_flags(tp).items():
+            flags.setdefault(name, flag)
+    return flags

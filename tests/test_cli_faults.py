@@ -317,6 +317,8 @@ FAULTS = [
     ("eval: a plain pickle", ["eval", "{pickled}", "--out", "{out}/p.json"],
      r"is a plain pickle, not a file written by torch\.save.*use another checkpoint of "
      r"\S+ \(epoch_001\.pt\)$"),  # fmt: skip
+    ("landscape: a field's error names its flag", ["landscape", "{ours}", "--out", "{out}/l8",
+     *LAND, "--bn", "recompute", "--n-bn", "1"], r"bn recompute needs --n-bn >= 2"),
 ]
 
 
