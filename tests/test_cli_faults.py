@@ -344,6 +344,28 @@ def test_a_fault_is_one_line_and_loses_nothing(world, case, argv, said, how):
     assert not new, new  # nothing new but hidden lock files
 
 
+# Faults whose command succeeds but said or wrote the wrong thing: (case, command line with
+# {names} of the world, {"stdout" | "stderr" | a file under --out's folder: a pattern it must
+# match}, a pattern stdout must not match).
+OUTCOMES = [
+    ("report: report.md shows a label as report.html does, markup as text",
+     ["report", "{reported}", "--out", "{out}/o3/report.html", "--title", "*T* <b>x</b> [a](b)"],
+     {"o3/report.md": r"^# \\\*T\\\* \\<b>x\\</b> \\\[a\\\]\(b\)$"}, r"Traceback"),  # fmt: skip
+]
+
+
+@pytest.mark.parametrize("case,argv,said,unsaid", OUTCOMES, ids=[o[0] for o in OUTCOMES])
+def test_a_fault_that_succeeded_says_and_writes_the_right_thing(world, case, argv, said, unsaid):
+    args = [a.format(**world) for a in argv]
+    proc = awp(*args, *(QUICK if args[0] not in ("report", "plot") else []))
+    assert proc.returncode == 0, (case, proc.stderr[-2000:])
+    texts = {"stdout": proc.stdout, "stderr": proc.stderr}
+    for where, pattern in said.items():
+        text = texts.get(where) or (world["out"] / where).read_text()
+        assert re.search(pattern, text, flags=re.M), (where, text[-2000:])
+    assert not re.search(unsaid, proc.stdout, flags=re.M), proc.stdout[-2000:]
+
+
 def test_an_output_given_as_a_dangling_link_is_written_through(world, tmp_path):
     link, target = tmp_path / "result.json", tmp_path / "elsewhere" / "r.json"
     link.symlink_to(target)  # the target and its folder do not exist yet
