@@ -9,6 +9,7 @@ killed runs, resuming without last.pt, and progress lines in a log file.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -292,6 +293,14 @@ FAULTS = [
     ("train: --resume-from a directory", ["train", "--dataset", "{data3}", "--model", "smallcnn",
      "--out", "{rundir}", "--epochs", "1", "--resume-from", "{rundir}"],
      r"cannot resume: .*run is a directory; pass a checkpoint file"),  # fmt: skip
+    # 11. a check that needs only the settings comes before the compute (the curvature map
+    # follows the whole surface)
+    ("landscape: --hessian-eigs on a split not evaluated", ["landscape", "{ours}", "--out",
+     "{out}/l5", *LAND, "--hessian-eigs"],
+     r"--hessian-eigs on --eig-split train needs train images, but --n-train is 0"),  # fmt: skip
+    ("landscape: --eig-loss adv without an attack", ["landscape", "{ours}", "--out", "{out}/l6",
+     *LAND, "--attack", "none", "--hessian-eigs", "--eig-split", "test", "--eig-loss", "adv"],
+     r"--eig-loss adv crafts x_adv with --attack, but --attack is none"),  # fmt: skip
     # 12. a write that fails (a full disk) in the first epoch leaves no metrics row, no
     # config.json, no checkpoint: the same command starts the run again
     ("train: full disk at the first checkpoint", _train_argv("{data3}", "{out}/full"),
@@ -348,6 +357,13 @@ def test_a_fault_is_one_line_and_loses_nothing(world, case, argv, said, how):
 # {names} of the world, {"stdout" | "stderr" | a file under --out's folder: a pattern it must
 # match}, a pattern stdout must not match).
 OUTCOMES = [
+    ("landscape: --eig-examples beyond the split is capped and the header says so",
+     ["landscape", "{ours}", "--out", "{out}/o1", *LAND, "--hessian-eigs", "--eig-split", "test",
+      "--eig-examples", "100000000"],
+     {"stderr": r"WARNING .*--eig-examples 100000000 asks for more than the 4 images of the "
+                r"split: all 4 are used",
+      "stdout": r"curvature map \(lambda_max, lambda_min of the clean loss on 4 test images"},
+     r"100000000"),  # fmt: skip
     ("report: report.md shows a label as report.html does, markup as text",
      ["report", "{reported}", "--out", "{out}/o3/report.html", "--title", "*T* <b>x</b> [a](b)"],
      {"o3/report.md": r"^# \\\*T\\\* \\<b>x\\</b> \\\[a\\\]\(b\)$"}, r"Traceback"),  # fmt: skip
@@ -364,6 +380,31 @@ def test_a_fault_that_succeeded_says_and_writes_the_right_thing(world, case, arg
         text = texts.get(where) or (world["out"] / where).read_text()
         assert re.search(pattern, text, flags=re.M), (where, text[-2000:])
     assert not re.search(unsaid, proc.stdout, flags=re.M), proc.stdout[-2000:]
+
+
+def test_a_curvature_map_left_without_values_takes_corrected_settings(world, tmp_path):
+    """A map that holds no value (an earlier version computed the surface, then found its
+    --eig-split without images and left NaN columns) is no result to protect: a corrected
+    rerun with --resume computes it, instead of refusing 'other settings'."""
+    from landscape.curvature_map import EIG_ATTR, EIG_NAMES, EigenMapConfig
+    from landscape.storage import read_surface, write_surface
+
+    out = tmp_path / "A.h5"
+    args = ["landscape", world["ours"], "--out", out, *LAND, *QUICK]
+    assert awp(*args).returncode == 0
+    left = read_surface(out)  # what the earlier version left: settings, NaN columns
+    left.attrs[EIG_ATTR] = {**dataclasses.asdict(EigenMapConfig(hessian_eigs=True)),
+                            "seed_scheme": "derive_seed"}  # fmt: skip
+    for name in EIG_NAMES:
+        left.values[name] = np.full(left.computed.shape, np.nan)
+    write_surface(out, left)
+    proc = awp(*args, "--resume", "--hessian-eigs", "--eig-split", "test")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    done = read_surface(out)
+    assert done.attrs[EIG_ATTR]["eig_split"] == "test"
+    assert all(np.isfinite(done.values[n]).all() for n in EIG_NAMES)
+    proc = awp(*args, "--resume", "--hessian-eigs", "--eig-split", "test", "--eig-tol", "0.01")
+    assert proc.returncode == 2 and "other settings" in proc.stderr  # values now: refused
 
 
 def test_an_output_given_as_a_dangling_link_is_written_through(world, tmp_path):

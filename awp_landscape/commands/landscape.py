@@ -46,6 +46,7 @@ from landscape.curvature_map import EIG_NAMES, EigenMapConfig, eig_ratio
 from landscape.run import (
     Job,
     JobInputs,
+    eigen_data,
     eigen_pending,
     fill_eigen_map,
     fill_job,
@@ -91,6 +92,8 @@ def compute_landscapes(
         The surfaces (complete on rank 0).
     """
     check_files(checkpoints)
+    if eig is not None:
+        eig.check_surface(cfg)  # the map comes after the whole surface: refuse it first
     with distributed.joined(cfg.device) as ctx:
         device = distributed.pick_device(cfg.device, ctx)
         inputs = Inputs(
@@ -251,12 +254,13 @@ def _curvature_map(
 ) -> Surface:
     """The curvature map's missing points of one file, with its own bar and summary line."""
     ctx = distributed.current()
+    data = eigen_data(cfg, eig, job_inputs)
     surface = open_eigen_map(job, eig)
     pending = eigen_pending(surface)
     if ctx.is_main:
         say(
             f"{job.label}: curvature map (lambda_max, lambda_min of the {eig.eig_loss} loss on "
-            f"{eig.eig_examples or 'all'} {eig.eig_split} images, tol {eig.eig_tol:g}), "
+            f"{len(data[1])} {eig.eig_split} images, tol {eig.eig_tol:g}), "
             f"{len(pending)} of {surface.computed.size} points to compute"
         )
     bar = progress_bar(
@@ -264,7 +268,14 @@ def _curvature_map(
     )
     with bar:
         surface = fill_eigen_map(
-            job, cfg, eig, job_inputs, surface, device=inputs.device, on_points=bar.update
+            job,
+            cfg,
+            eig,
+            job_inputs,
+            surface,
+            device=inputs.device,
+            on_points=bar.update,
+            data=data,
         )
     if ctx.is_main:
         hi, lo = (surface.values[n] for n in EIG_NAMES)
