@@ -364,6 +364,8 @@ OUTCOMES = [
                 r"split: all 4 are used",
       "stdout": r"curvature map \(lambda_max, lambda_min of the clean loss on 4 test images"},
      r"100000000"),  # fmt: skip
+    ("train: --val-size 0 lists no best.pt", [*_train_argv("{data3}", "{out}/o2"),
+     "--val-size", "0"], {"stdout": r"checkpoints: \S+ \(last\.pt\); metrics"}, r"best\.pt"),
     ("report: report.md shows a label as report.html does, markup as text",
      ["report", "{reported}", "--out", "{out}/o3/report.html", "--title", "*T* <b>x</b> [a](b)"],
      {"o3/report.md": r"^# \\\*T\\\* \\<b>x\\</b> \\\[a\\\]\(b\)$"}, r"Traceback"),  # fmt: skip
