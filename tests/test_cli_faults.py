@@ -165,6 +165,8 @@ def world(tmp_path_factory):
     surfaces.mkdir()
     _h5(surfaces / "allnan.h5", np.full(41, np.nan))
     _h5(surfaces / "strx.h5", np.arange(3.0), x=np.array([b"a", b"b", b"c"]))
+    copy = root / "copy.pt"  # a byte-identical copy of ours
+    copy.write_bytes(ours.read_bytes())
     pickled = ck / "pickled.pt"  # a plain pickle beside the corrupt last.pt and epoch_001.pt
     pickled.write_bytes(pickle.dumps({"conv1.weight": [[0.5]]}, protocol=4))
     links = root / "links"  # outputs given as symbolic links: in a loop, or to no folder
@@ -180,6 +182,7 @@ def world(tmp_path_factory):
         truncated=truncated, e1=epochs[0], e2=epochs[1], e3=epochs[2], stranger=stranger,
         allnan=surfaces / "allnan.h5", strx=surfaces / "strx.h5", pickled=pickled,
         loop=links / "loop.json", loopdir=links / "loopdir", nodir=links / "nodir",
+        copy=copy,
     )  # fmt: skip
 
 
@@ -328,6 +331,11 @@ FAULTS = [
      r"\S+ \(epoch_001\.pt\)$"),  # fmt: skip
     ("landscape: a field's error names its flag", ["landscape", "{ours}", "--out", "{out}/l8",
      *LAND, "--bn", "recompute", "--n-bn", "1"], r"bn recompute needs --n-bn >= 2"),
+    # 17. degenerate input: a path from a checkpoint to itself has no barrier to find
+    ("connect: A to A", ["connect", "{ours}", "{ours}", "--out", "{out}/cn1"],
+     r"cannot connect .*epoch_001\.pt and .*epoch_001\.pt: they are the same file"),
+    ("connect: two byte-identical files", ["connect", "{ours}", "{copy}", "--out", "{out}/cn2"],
+     r"cannot connect .*: they are byte-identical, so every path between them is one point"),
 ]
 
 

@@ -69,6 +69,18 @@ def _ends(a: Loaded, b: Loaded) -> tuple[dict[str, torch.Tensor], dict[str, torc
     a_state, b_state = (
         {n: p.detach().clone() for n, p in loaded.model.named_parameters()} for loaded in (a, b)
     )
+    if a.sha256 == b.sha256 or all(torch.equal(a_state[k], b_state[k]) for k in a_state):
+        same = (
+            "are the same file"
+            if Path(a.path).resolve() == Path(b.path).resolve()
+            else "are byte-identical"
+            if a.sha256 == b.sha256
+            else "hold the same weights"
+        )
+        raise CLIError(
+            f"cannot connect {a.path} and {b.path}: they {same}, so every path between them is "
+            "one point and every barrier 0; give two different checkpoints"
+        )
     return a_state, b_state
 
 
