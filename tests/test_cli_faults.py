@@ -165,6 +165,7 @@ def world(tmp_path_factory):
     surfaces.mkdir()
     _h5(surfaces / "allnan.h5", np.full(41, np.nan))
     _h5(surfaces / "strx.h5", np.arange(3.0), x=np.array([b"a", b"b", b"c"]))
+    _h5(surfaces / "curve.h5", np.linspace(1.0, 2.0, 41))
     copy = root / "copy.pt"  # a byte-identical copy of ours
     copy.write_bytes(ours.read_bytes())
     pickled = ck / "pickled.pt"  # a plain pickle beside the corrupt last.pt and epoch_001.pt
@@ -182,7 +183,7 @@ def world(tmp_path_factory):
         truncated=truncated, e1=epochs[0], e2=epochs[1], e3=epochs[2], stranger=stranger,
         allnan=surfaces / "allnan.h5", strx=surfaces / "strx.h5", pickled=pickled,
         loop=links / "loop.json", loopdir=links / "loopdir", nodir=links / "nodir",
-        copy=copy,
+        curve=surfaces / "curve.h5", copy=copy,
     )  # fmt: skip
 
 
@@ -377,6 +378,9 @@ OUTCOMES = [
     ("report: report.md shows a label as report.html does, markup as text",
      ["report", "{reported}", "--out", "{out}/o3/report.html", "--title", "*T* <b>x</b> [a](b)"],
      {"o3/report.md": r"^# \\\*T\\\* \\<b>x\\</b> \\\[a\\\]\(b\)$"}, r"Traceback"),  # fmt: skip
+    ("plot: --vtp of a 1-D file says it writes none", ["plot", "{curve}", "--vtp", "--formats",
+     "png"], {"stdout": r"^note: --vtp writes nothing for \S+curve\.h5 \(curve\): it is a 1d "
+                        r"curve"}, r"\.vtp$"),  # fmt: skip
 ]
 
 

@@ -121,6 +121,11 @@ def _draw(
                 stem = out_dir / f"{safe_name(lab)}_min_eig_max_eig_abs_ratio"
                 written += save_figure(fig, stem, args.formats)
     if args.vtp:
+        for s, lab in curve_files:  # a .vtp is a surface: a curve has none
+            print(
+                f"note: --vtp writes nothing for {s.path} ({lab}): it is a {s.kind} curve, and a "
+                ".vtp is a 2-D surface (awp landscape --kind 2d)"
+            )
         written += _write_vtp(args, surface_files, out_dir)
     if not written:
         raise ValueError(
