@@ -163,6 +163,45 @@ def deprecated_alias(
     )
 
 
+def in_range(conv: Any, bounds: tuple[float | None, float | None], *, why: str = "") -> Any:
+    """A flag's type that also refuses values outside ``bounds`` (inclusive; None: unbounded),
+    as :func:`awp.config.check_bounds` does for a config's fields; argparse prints the reason
+    after the flag's name."""
+    low, high = bounds
+
+    def convert(text: str) -> Any:
+        value = conv(text)
+        for v in value if isinstance(value, (tuple, list)) else (value,):
+            if (low is not None and v < low) or (high is not None and v > high):
+                over = why and high is not None and v > high
+                raise argparse.ArgumentTypeError(
+                    f"{text} is outside [{bounds_text(bounds)}]" + (f": {why}" if over else "")
+                )
+        return value
+
+    convert.__name__ = getattr(conv, "__name__", "value")
+    return convert
+
+
+def add_bounded_argument(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    *names: str,
+    type: Any,  # noqa: A002 - argparse's
+    bounds: tuple[float | None, float | None],
+    help: str,  # noqa: A002 - argparse's
+    why: str = "",
+    **kwargs: Any,
+) -> None:
+    """``add_argument`` for a number that is no config field: ``bounds`` refused by its type
+    (:func:`in_range`) and stated in ``--help`` (``; range [low, high]``, before the default),
+    as every config field's range is."""
+    stated = f"; range [{bounds_text(bounds)}]"
+    head, sep, tail = help.partition(" (default")
+    parser.add_argument(
+        *names, type=in_range(type, bounds, why=why), help=f"{head}{stated}{sep}{tail}", **kwargs
+    )
+
+
 def explain_default(parser: argparse.ArgumentParser, flag: str, why: str) -> None:
     """Add to ``flag``'s help why this command's default differs from the vocabulary's."""
     action = next(a for a in parser._actions if flag in a.option_strings)

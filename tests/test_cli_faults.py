@@ -835,6 +835,7 @@ def test_every_numeric_flag_of_the_measurement_configs_has_a_range():
     import typing
 
     from analysis.certify_units import CertifyConfig
+    from analysis.config import ConnectConfig
     from analysis.curvature import HessianConfig
     from analysis.flatness import FlatnessConfig
     from analysis.gap import GapConfig
@@ -845,7 +846,9 @@ def test_every_numeric_flag_of_the_measurement_configs_has_a_range():
     from awp.config import AttackConfig, AWPConfig, resolve_type
     from awp.evaluate import EvalConfig
     from awp.models import ModelConfig
-    from landscape.config import SurfaceConfig
+    from awp_landscape.plans import ReproduceConfig
+    from awp_landscape.sweep_config import SweepConfig
+    from landscape.config import EigenMapConfig, SurfaceConfig
 
     def numeric(tp: object) -> bool:
         tp = resolve_type(tp)
@@ -861,7 +864,8 @@ def test_every_numeric_flag_of_the_measurement_configs_has_a_range():
     configs = (AttackConfig, AWPConfig, TrainConfig, ModelConfig, EvalConfig, SurfaceConfig,
                GapConfig, FlatnessConfig, WorstCaseConfig, SigmaSearchConfig, PacBayesConfig,
                HessianConfig, SpectraConfig, CertifyConfig, TrainingPlan, MeasurePlan,
-               AnalysisPlan, SweepPlan, DemoConfig, DataConfig)  # fmt: skip
+               AnalysisPlan, SweepPlan, DemoConfig, DataConfig, ConnectConfig, EigenMapConfig,
+               ReproduceConfig, SweepConfig)  # fmt: skip
     missing = [
         f"{cls.__name__}.{f.name}"
         for cls in configs
@@ -869,6 +873,59 @@ def test_every_numeric_flag_of_the_measurement_configs_has_a_range():
         if numeric(typing.get_type_hints(cls)[f.name]) and "bounds" not in f.metadata
     ]
     assert not missing, missing
+
+
+def _parsers(parser, prog: str = "awp"):
+    """(prog, action) of every flag of ``parser`` and, recursively, of its subcommands."""
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _parsers(sub, f"{prog} {name}")
+        else:
+            yield prog, action
+
+
+def test_every_numeric_flag_of_every_command_states_its_range():
+    """Walks every parser of `awp` (every subcommand, every flag, the hand-written ones
+    included): a flag whose value is a number says its range in --help (`range [low, high]`,
+    from opt(..., bounds=...) or add_bounded_argument). Hidden deprecated spellings share
+    their flag's range."""
+    import argparse
+
+    from awp_landscape.cli import build_parser
+
+    def numeric(action: argparse.Action) -> bool:
+        try:
+            value = action.type("1") if action.type is not None else None
+        except (ValueError, TypeError, argparse.ArgumentTypeError):
+            return False
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    flags = [(prog, a) for prog, a in _parsers(build_parser()) if numeric(a)]
+    assert len(flags) > 200  # every command's parser was built and walked
+    missing = [
+        f"{prog} {'/'.join(a.option_strings) or a.dest}"
+        for prog, a in flags
+        if a.help != argparse.SUPPRESS and "range [" not in (a.help or "")
+    ]
+    assert not missing, missing
+
+
+def test_a_hand_written_numeric_flag_refuses_what_its_help_excludes(capsys):
+    from awp_landscape.cli import main
+
+    for argv, said in (
+        (["hist", "x.pt", "--bins", "0"], "argument --bins: 0 is outside [1, 100000]"),
+        (["correlate", "t.json", "--n-boot=-1"], "argument --n-boot: -1 is outside [0, 1000000]"),
+        (["plot", "s.h5", "--vtp-points", "5000"], "5000 is outside [0, 4096]: the mesh holds"),
+    ):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == 2 and said in capsys.readouterr().err, argv
+    proc = awp("correlate", "t.json", "--confidence", "2")
+    assert proc.returncode == 2 and "argument --confidence: 2 is outside [0, 1]" in proc.stderr
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from awp_landscape.flags import deprecated_alias
+from awp.config import parse_number
+from awp_landscape.flags import add_bounded_argument, deprecated_alias, in_range, integer
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,15 +32,32 @@ def register(sub: argparse._SubParsersAction) -> None:
         "e.g. --where kind=expected --where alpha=0.1; repeatable",
     )
     p.add_argument("--by", default="method", help="grouping column (default: method)")
-    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default: 1000)")
-    p.add_argument("--confidence", type=float, default=0.95, help="interval level (default 0.95)")
-    p.add_argument(
+    add_bounded_argument(
+        p,
+        "--n-boot",
+        type=integer,
+        bounds=(0, 1_000_000),
+        why="every resample recomputes every correlation",
+        default=1000,
+        help="bootstrap resamples (0 = no bootstrap interval) (default: 1000)",
+    )
+    add_bounded_argument(
+        p,
+        "--confidence",
+        type=parse_number,
+        bounds=(0, 1),
+        default=0.95,
+        help="interval level, strictly between 0 and 1 (default: 0.95)",
+    )
+    add_bounded_argument(
+        p,
         "--bootstrap-seed",
-        type=int,
+        type=integer,
+        bounds=(0, None),
         default=0,
         help="seed of the bootstrap resamples (default: 0)",
     )
-    deprecated_alias(p, "--seed", "--bootstrap-seed", type=int)
+    deprecated_alias(p, "--seed", "--bootstrap-seed", type=in_range(integer, (0, None)))
     p.add_argument("--no-figures", action="store_true", help="only tables, no PNG/PDF")
     p.add_argument(
         "--out", type=Path, default=None, help="results folder (default: the first table's)"

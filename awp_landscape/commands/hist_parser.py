@@ -6,8 +6,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from awp.config import parse_number
 from awp_landscape.checkpoint_flags import add_checkpoint_arguments
 from awp_landscape.commands.common import add_run_arguments
+from awp_landscape.flags import add_bounded_argument, integer
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,12 +41,22 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=["last-conv"],
         help="layers drawn as histograms, among --layers (default: last-conv, the rebuttal's)",
     )
-    p.add_argument("--bins", type=int, default=80, help="histogram bins (default: 80)")
-    p.add_argument(
+    add_bounded_argument(
+        p,
+        "--bins",
+        type=integer,
+        bounds=(1, 100_000),
+        why="every layer's histogram of every checkpoint is stored with its bins",
+        default=80,
+        help="histogram bins (default: 80)",
+    )
+    add_bounded_argument(
+        p,
         "--clip-quantile",
-        type=float,
+        type=parse_number,
+        bounds=(0, 1),
         default=None,
-        help="histogram range: this quantile of |w| instead of the max (e.g. 0.999)",
+        help="histogram range: this quantile of |w| instead of the max (e.g. 0.999; above 0)",
     )
     p.add_argument("--no-figures", action="store_true", help="only tables, no PNG/PDF")
     add_checkpoint_arguments(p, dataset_help="dataset (only for checkpoints from elsewhere)")

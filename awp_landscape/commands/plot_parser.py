@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from awp.config import parse_number
+from awp_landscape.flags import add_bounded_argument, integer
 from landscape.config import VTP_METHODS as METHODS
 
 PLOTS = ("auto", "curve", "contour", "contourf", "heatmap", "surface")
@@ -45,9 +47,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "minmax (the range over directions) | none (default: std)",
     )
     p.add_argument("--labels", nargs="+", default=None, help="legend labels, one per file")
-    p.add_argument("--vmin", type=float, default=None, help="lowest level of 2-D views")
-    p.add_argument("--vmax", type=float, default=None, help="highest level of 2-D views")
-    p.add_argument("--levels", type=int, default=None, help="number of contour levels")
+    for flag, which in (("--vmin", "lowest"), ("--vmax", "highest")):
+        add_bounded_argument(
+            p,
+            flag,
+            type=parse_number,
+            bounds=(None, None),
+            default=None,
+            help=f"{which} level of 2-D views, in the metric's units (default: the data's)",
+        )
+    add_bounded_argument(
+        p,
+        "--levels",
+        type=integer,
+        bounds=(1, 1000),
+        default=None,
+        help="number of contour levels of 2-D views (default: 15; a trajectory's: 14)",
+    )
     p.add_argument(
         "--out",
         type=Path,
@@ -68,9 +84,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="also write every 2-D surface as LABEL_METRIC.vtp: points (x, y, metric), every "
         "metric of the file as a point array",
     )
-    g.add_argument(
+    add_bounded_argument(
+        g,
         "--vtp-points",
-        type=int,
+        type=integer,
+        bounds=(0, 4096),
+        why="the mesh holds N x N points and 2 (N - 1)^2 triangles",
         default=0,
         metavar="N",
         help="resample onto N x N points over the same ranges (0 = the file's grid)",
