@@ -267,6 +267,14 @@ class DemoConfig:
         bounds=(0, None),
     )
     plan: AnalysisPlan = opt(AnalysisPlan(), "analysis sizes")
+    threads: int = opt(
+        0,
+        "torch threads of the training and of every analysis (0 = torch's choice for this "
+        "machine, usually its cores); the results depend on it (floating-point sums in another "
+        "order, amplified over 60 epochs), so the same seed repeats a demo bit for bit only with "
+        "the same count: docs/demo.md's numbers are from 2",
+        bounds=(0, 1024),
+    )
 
     migrate = staticmethod(_migrate_demo)
 

@@ -448,3 +448,29 @@ def test_a_moved_demo_folder_is_reused_and_other_settings_are_refused(tmp_path):
     ):
         record_config(moved, "demo_config.json", DemoConfig(out=str(moved), training=old))
     assert recorded.read_bytes() == before
+
+
+def test_the_demo_thread_count_is_a_recorded_setting_applied_to_every_job(tmp_path):
+    """Results depend on torch's thread count: --threads fixes it for the training and every
+    analysis (serially and in each launched job), is recorded in demo_config.json and, like
+    every setting, a folder made with another count is refused; 0 leaves torch's choice."""
+    import torch
+
+    from awp_landscape.cli import build_parser
+    from awp_landscape.flags import dataclass_from_arguments
+    from awp_landscape.pipeline import DemoConfig, record_config, seed_units, thread_count
+
+    args = build_parser("demo").parse_args(["demo", "--threads", "2", "--out", str(tmp_path)])
+    cfg = dataclass_from_arguments(DemoConfig, args)
+    assert cfg.threads == 2
+    before = torch.get_num_threads()
+    with thread_count(cfg.threads):
+        assert torch.get_num_threads() == 2
+    assert torch.get_num_threads() == before
+    with thread_count(0):
+        assert torch.get_num_threads() == before
+    assert {u.threads for phase in seed_units(cfg) for u in phase} == {2}
+    record_config(tmp_path, "demo_config.json", cfg)
+    assert json.loads((tmp_path / "demo_config.json").read_text())["threads"] == 2
+    with pytest.raises(ValueError, match=r"threads: 2 in the folder, 3 now"):
+        record_config(tmp_path, "demo_config.json", DemoConfig(out=str(tmp_path), threads=3))
