@@ -59,6 +59,10 @@ class Rename:
     help: str | None = None
 
 
+# The release whose vocabulary renamed the flags below (docs/cli.md, "Renamed flags"): the old
+# spellings and meanings are those of the versions before it.
+RENAMED_IN = "0.1.0"
+
 # The vocabulary (docs/cli.md), keyed by (config class name, field name): subset sizes are
 # --n-train/--n-test, or --n-examples beside --split; Monte-Carlo draws are --samples; --seed
 # seeds a command's own random draws (attack starts, noise, training) and other seeds are
@@ -78,13 +82,13 @@ VOCABULARY: dict[tuple[str, str], Rename] = {
     ("SurfaceConfig", "seed"): Rename(
         "direction-seed",
         help="seed of the random directions: direction i is drawn from "
-        "derive_seed(seed, 'direction', i) (--seed in 0.1.0)",
+        f"derive_seed(seed, 'direction', i) (--seed before {RENAMED_IN})",
     ),
     ("SurfaceConfig", "attack_seed"): Rename(
         "seed",
         ("attack-seed",),
-        help="seed of the attacks' random starts, one stream per point (--attack-seed in "
-        "0.1.0, whose --seed seeded the directions: now --direction-seed)",
+        help="seed of the attacks' random starts, one stream per point (--attack-seed before "
+        f"{RENAMED_IN}, when --seed seeded the directions: now --direction-seed)",
     ),
     ("TrainConfig", "step_size"): Rename("attack-step-size", ("step-size",)),
     ("TrainConfig", "train_eval_size"): Rename("eval-n-train", ("train-eval-size",)),

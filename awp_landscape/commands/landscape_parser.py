@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from awp_landscape.checkpoint_flags import add_checkpoint_arguments
-from awp_landscape.flags import NotedFlag, add_dataclass_arguments, explain_default
+from awp_landscape.flags import RENAMED_IN, NotedFlag, add_dataclass_arguments, explain_default
 from landscape.config import EigenMapConfig, SurfaceConfig
 
 
@@ -72,7 +72,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 # The release whose vocabulary gave landscape's --seed to the attacks (docs/cli.md, "Renamed
 # flags"); before it, --seed seeded the directions, which are now --direction-seed's.
-SEED_MEANING_SINCE = "0.1.0"
+SEED_MEANING_SINCE = RENAMED_IN
 
 
 class _SeedNote(NotedFlag):
