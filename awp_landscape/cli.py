@@ -245,7 +245,8 @@ def interrupts_reach_main() -> Iterator[None]:
 
     - inside an import: torch's import calls Python back from C++ (where the exception aborts
       the process) and library code swallows it; a Ctrl-C that arrives during an import is
-      raised once the import is done (checked every 50 ms);
+      raised as soon as the outermost import in progress returns (a profile function watches
+      for it meanwhile);
     - a callback of the garbage collector (a weakref callback, ``__del__``), from which it
       cannot propagate: Python prints "Exception ignored in ..." and goes on; such an
       interrupt is raised again 50 ms later.
@@ -260,22 +261,33 @@ def interrupts_reach_main() -> Iterator[None]:
         yield
         return
 
-    def again(after: float) -> None:  # from another thread: never inside the caller
-        retry = threading.Timer(after, _thread.interrupt_main)
+    def again() -> None:  # from another thread, 50 ms later: never inside the caller
+        retry = threading.Timer(0.05, _thread.interrupt_main)
         retry.daemon = True
         retry.start()
 
+    def when_imported(frame: types.FrameType, event: str, arg: typing.Any) -> None:
+        # A profile function, set only while an interrupt waits for an import to end: raised
+        # here, when the outermost import returns, the interrupt leaves the import statement
+        # in the code that ran it.
+        if event == "return" and frame.f_code is _FIND_AND_LOAD and not _importing(frame.f_back):
+            sys.setprofile(None)
+            raise KeyboardInterrupt
+
     def on_sigint(signum: int, frame: types.FrameType | None) -> None:
-        if _within(frame, hook.__code__):
-            again(0.05)
-            return
-        raise KeyboardInterrupt
+        if _inside(frame, hook.__code__):
+            again()
+        elif _importing(frame):
+            sys.setprofile(when_imported)
+        else:
+            sys.setprofile(None)
+            raise KeyboardInterrupt
 
     previous_hook = sys.unraisablehook
 
     def hook(unraisable: typing.Any) -> None:
         if isinstance(unraisable.exc_value, KeyboardInterrupt):
-            again(0.05)
+            again()
             return
         previous_hook(unraisable)
 
@@ -284,15 +296,29 @@ def interrupts_reach_main() -> Iterator[None]:
     try:
         yield
     finally:
+        sys.setprofile(None)
         sys.unraisablehook = previous_hook
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-def _within(frame: types.FrameType | None, code: types.CodeType) -> bool:
-    """Whether ``frame`` runs inside an import (a frame of importlib's bootstrap below it) or
-    inside ``code``."""
+def _inside(frame: types.FrameType | None, code: types.CodeType) -> bool:
+    """Whether ``frame`` runs ``code`` or is called from a frame that does."""
     while frame is not None:
-        if frame.f_code is code or frame.f_code.co_filename.startswith("<frozen importlib."):
+        if frame.f_code is code:
+            return True
+        frame = frame.f_back
+    return False
+
+
+# importlib's function that imports one module (not yet imported); the import statement's
+# frame is the one that called the outermost of them.
+_FIND_AND_LOAD = importlib._bootstrap._find_and_load.__code__  # type: ignore[attr-defined]
+
+
+def _importing(frame: types.FrameType | None) -> bool:
+    """Whether ``frame`` runs inside an import (a frame of importlib's bootstrap below it)."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib."):
             return True
         frame = frame.f_back
     return False
