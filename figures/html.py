@@ -200,12 +200,15 @@ _MD_UNDERSCORE = re.compile(r"(?<![0-9A-Za-z])_|_(?![0-9A-Za-z])")
 _MD_LINE_START = re.compile(r"^(\s*)(?:([#+\-=>])|(\d+)([.)]))", flags=re.M)
 
 
-def md_text(text: object) -> str:
+def md_text(text: object, *, block: bool = True) -> str:
     """Text (a label, a caption, a sentence) as markdown that shows it as written, as the HTML
     report does: markup characters backslash-escaped, so ``*AT*``, ``<b>`` or ``[x](y)`` in a
-    label stay text."""
+    label stay text; with ``block`` (text that begins a line) also what would start a heading,
+    a list or a quote there ("# ", "- ", "1. ", "> ")."""
     text = _MD_INLINE.sub(r"\\\1", str(text))
     text = _MD_UNDERSCORE.sub(r"\\_", text)
+    if not block:
+        return text
     return _MD_LINE_START.sub(
         lambda m: m.group(1) + (f"\\{m.group(2)}" if m.group(2) else f"{m.group(3)}\\{m.group(4)}"),
         text,
@@ -213,9 +216,10 @@ def md_text(text: object) -> str:
 
 
 def md_cell(text: str) -> str:
-    """A markdown table cell: markup escaped (:func:`md_text`, pipes included), line breaks
-    joined, so the row keeps its columns."""
-    return " ".join(md_text(text).split())
+    """A markdown table cell: inline markup escaped (:func:`md_text`, pipes included; a cell
+    begins no line, so "0.51" stays as it is), line breaks joined, so the row keeps its
+    columns."""
+    return " ".join(md_text(text, block=False).split())
 
 
 def _md_table(t: Table) -> str:
