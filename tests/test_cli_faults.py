@@ -1,8 +1,10 @@
 """Wrong and hostile input against the real `awp` command: one line, exit code 2, nothing lost.
 
-Every case runs `python -m awp_landscape ...` in a subprocess on tiny models and checks the
-one-line error, the exit code, and that every file already on disk is byte-identical afterwards
-(and that no new visible file appeared). Then: two writers on one output, a diverging training,
+Every case runs the real command (``awp_landscape.cli.main``, in this process, its output, log
+lines and warnings captured as its own process prints them; a few cases, and every case with
+``-m slow``, in a process of their own) on tiny models and checks the one-line error, the exit
+code, and that every file already on disk is byte-identical afterwards (and that no new
+visible file appeared). Then: two writers on one output, a diverging training,
 checkpoints from elsewhere on every command, strict JSON for undefined statistics, leftovers of
 killed runs, resuming without last.pt, and progress lines in a log file.
 """
@@ -49,11 +51,19 @@ def env() -> dict[str, str]:
 
 
 def awp(
-    *args: object, timeout: float = 180, max_file_bytes: int | None = None
+    *args: object,
+    timeout: float = 180,
+    max_file_bytes: int | None = None,
+    process: bool = False,
 ) -> subprocess.CompletedProcess:
-    """The real command in a subprocess (one torch thread, as the suite); ``max_file_bytes``
-    limits the size of every file it writes (RLIMIT_FSIZE: a write beyond it fails with EFBIG,
-    "File too large", as on a full or quota-limited disk)."""
+    """The real command: ``awp_landscape.cli.main`` in this process, its stdout, stderr, log
+    lines and warnings captured as the command's own process would print them
+    (:func:`in_process`); with ``process`` (or ``max_file_bytes``) in a subprocess (one torch
+    thread, as the suite). ``max_file_bytes`` limits the size of every file it writes
+    (RLIMIT_FSIZE: a write beyond it fails with EFBIG, "File too large", as on a full or
+    quota-limited disk)."""
+    if not process and max_file_bytes is None:
+        return in_process(*args)
     cmd = [sys.executable, "-m", "awp_landscape", *map(str, args)]
 
     def limit() -> None:
@@ -69,6 +79,45 @@ def awp(
         timeout=timeout,
         preexec_fn=limit if max_file_bytes is not None else None,
     )
+
+
+def in_process(*args: object) -> subprocess.CompletedProcess:
+    """``awp ARGS`` run by ``main`` in this process, without the 2-3 s a new process spends
+    importing torch: stdout and stderr captured, the log lines on stderr as the command prints
+    them (INFO and up, its format), every warning on stderr as Python prints it, argparse's
+    exit as the return code."""
+    import contextlib
+    import io
+    import logging
+    import warnings
+
+    from awp_landscape.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    handler = logging.StreamHandler(err)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        with (
+            contextlib.redirect_stdout(out),
+            contextlib.redirect_stderr(err),
+            warnings.catch_warnings(record=True) as caught,
+        ):
+            warnings.simplefilter("always")
+            try:
+                code = main([str(a) for a in args])
+            except SystemExit as exit_:  # argparse's errors and --help
+                code = exit_.code if isinstance(exit_.code, int) else 2
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+    for w in caught:
+        err.write(f"{w.filename}:{w.lineno}: {w.category.__name__}: {w.message}\n")
+    argv = ["awp", *map(str, args)]
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
 
 
 def error_line(proc: subprocess.CompletedProcess, command: str, verb: str = "error") -> str:
@@ -340,11 +389,33 @@ FAULTS = [
 ]
 
 
-@pytest.mark.parametrize("case,argv,said,how", [(*f, {})[:4] for f in FAULTS],
-                         ids=[f[0] for f in FAULTS])  # fmt: skip
+CASES = [(*f, {})[:4] for f in FAULTS]
+# The cases also run in a process of their own in the default suite (every case does with
+# -m slow): what only a real process shows (a torch warning on stderr, log lines, the exit).
+IN_A_PROCESS = (
+    "eval: a plain pickle",
+    "certify: samples 0",
+    "report: truncated metrics.jsonl",
+    "hist: out a link to no folder",
+    "train: --tensorboard where nothing can be written",
+)
+
+
+@pytest.mark.parametrize("case,argv,said,how", CASES, ids=[f[0] for f in FAULTS])
 def test_a_fault_is_one_line_and_loses_nothing(world, case, argv, said, how):
-    """``how``: ``max_file_bytes`` (a full disk), ``interrupt`` (a Ctrl-C once the process
-    has loaded that library: it ends with exit code 130)."""
+    """Each case run by ``main`` in this process; ``how`` asks for a process of its own:
+    ``max_file_bytes`` (a full disk), ``interrupt`` (a Ctrl-C once the process has loaded that
+    library: it ends with exit code 130)."""
+    _fault(world, case, argv, said, how, process=case in IN_A_PROCESS)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case,argv,said,how", CASES, ids=[f[0] for f in FAULTS])
+def test_a_fault_is_one_line_and_loses_nothing_in_its_own_process(world, case, argv, said, how):
+    _fault(world, case, argv, said, how, process=True)
+
+
+def _fault(world, case: str, argv: list, said: str, how: dict, *, process: bool) -> None:
     args = [a.format(**world) for a in argv]
     if args[0] not in ("report", "plot"):
         args += QUICK
@@ -352,7 +423,7 @@ def test_a_fault_is_one_line_and_loses_nothing(world, case, argv, said, how):
     if "interrupt" in how:
         proc = interrupted(args, when=how["interrupt"])
     else:
-        proc = awp(*args, max_file_bytes=how.get("max_file_bytes"))
+        proc = awp(*args, max_file_bytes=how.get("max_file_bytes"), process=process)
     assert proc.returncode == (130 if "interrupt" in how else 2), (case, proc.stderr[-2000:])
     line = error_line(proc, args[0], verb="interrupted" if "interrupt" in how else "error")
     assert re.search(said, line), line
@@ -458,16 +529,17 @@ def test_a_ctrl_c_that_python_would_lose_still_ends_the_command(tmp_path, monkey
     monkeypatch.setattr(sys, "unraisablehook", reported.append)
     with pytest.raises(KeyboardInterrupt), interrupts_reach_main():
         Dropped()  # collected at once: the exception cannot leave __del__
-        time.sleep(5)  # the interrupt arrives here
+        for _ in range(500):  # the interrupt arrives here, between two short sleeps
+            time.sleep(0.01)
     assert reported == []  # no "Exception ignored" traceback
     module = tmp_path / "slow_import.py"  # a Ctrl-C in the middle of an import
     module.write_text("import signal, time\nsignal.raise_signal(signal.SIGINT)\ndone = True\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(KeyboardInterrupt), interrupts_reach_main():
-        import slow_import  # noqa: F401
+        import slow_import  # noqa: F401  (the interrupt leaves this statement)
 
-        assert slow_import.done  # the import finished before the interrupt was raised
-        time.sleep(5)
+        pytest.fail("the interrupt was not raised when the import returned")
+    assert sys.modules["slow_import"].done  # the import ran to its end first
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
@@ -486,7 +558,7 @@ def test_a_read_only_out_is_refused(world, tmp_path):
 def test_two_writers_of_one_landscape_the_second_is_refused(world, tmp_path):
     out = tmp_path / "land"
     args = [world["ours"], "--out", out, "--labels", "A", "--n-train", "0", "--n-test", "9"]
-    args += ["--x=-1:1:801", "--attack-steps", "3", *QUICK]
+    args += ["--x=-1:1:201", "--attack-steps", "3", *QUICK]  # seconds of points to compute
     first = subprocess.Popen(
         [sys.executable, "-m", "awp_landscape", "landscape", *map(str, args)],
         env=env(),
