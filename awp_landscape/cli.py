@@ -190,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 file=sys.stderr,
             )
             code, interrupted = 130, True
-    if entry:
+    if entry and threading.current_thread() is threading.main_thread():
         # The outcome is decided: a second Ctrl-C must not turn the exit into a traceback.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         if interrupted:
