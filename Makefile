@@ -24,12 +24,14 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/awp demo
 
+# Every core runs tests (pytest-xdist), a test file per worker, so that a file's module-scoped
+# fixtures are built once; `pytest` alone runs them one after another.
 test: $(STAMP)
 	@bash scripts/ensure_chromium.sh
-	$(PY) -m pytest
+	$(PY) -m pytest -n auto --dist loadfile
 
 test-all: $(STAMP)
-	$(PY) -m pytest -m ""
+	$(PY) -m pytest -n auto --dist loadfile -m ""
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

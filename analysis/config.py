@@ -24,10 +24,12 @@ from awp.config import (
     PGD20_EVAL,
     SCHEDULES,
     AttackConfig,
+    bounds_of,
     check_bounds,
     check_choice,
     opt,
 )
+from awp.train_config import TrainConfig
 
 if TYPE_CHECKING:
     import torch
@@ -55,6 +57,7 @@ HVP_WHY = "each one is a Hessian-vector product over the whole subset"
 NOISE_CHUNK = 100
 # Upper bounds of certify's sample counts: every sample is a forward pass per image and sigma.
 MAX_SAMPLES = 10_000_000
+MAX_PATH_POINTS = 1001  # connect's points on a path in [0, 1]: a typo guard, as a grid axis's
 N_WHY = (
     "every sample is one forward pass per image and sigma (Cohen et al. use n = 100,000 and "
     "n0 = 100)"
@@ -247,6 +250,13 @@ class AdaptiveSharpnessConfig:
         "examples per batch B (m-sharpness: the worst case is taken per batch, then averaged)",
         bounds=(1, 100_000),
         why="the m examples of a batch go through one forward and backward pass together",
+    )
+    fit_m: bool = opt(
+        False,
+        "a split with fewer than m examples is measured as one batch of all of them (m lowered "
+        "to their number, with a warning) instead of refused: the demo's and the sweep's runs "
+        "on a small dataset",
+        cli=False,
     )
     n_examples: int = opt(
         1024,
@@ -492,43 +502,60 @@ class SpectraConfig:
 class ConnectConfig:
     """What ``awp connect`` trains and measures."""
 
-    points: int = opt(11, "evaluated points t on each path, evenly spaced in [0, 1]")
+    points: int = opt(
+        11,
+        "evaluated points t on each path, evenly spaced in [0, 1]",
+        bounds=(2, MAX_PATH_POINTS),
+        why="every point re-estimates BatchNorm and attacks every image on its own model",
+    )
     curve: bool = opt(True, "also train the Bezier curve's middle point and evaluate the curve")
     objective: str = opt(
         "robust",
         "curve training objective: robust (PGD crafted on the model at the curve's point, "
         "AT's loss) | clean",
     )
-    epochs: int = opt(10, "epochs of curve training")
-    batch_size: int = opt(128, "minibatch size of curve training")
-    lr: float = opt(0.05, "peak learning rate of the middle point")
+    epochs: int = opt(10, "epochs of curve training", bounds=(0, 100_000))
+    batch_size: int = opt(128, "minibatch size of curve training", bounds=(1, None))
+    lr: float = opt(0.05, "peak learning rate of the middle point", **bounds_of(TrainConfig, "lr"))
     schedule: str = opt("cosine", "learning-rate schedule: piecewise | cosine | constant")
-    momentum: float = opt(0.9, "SGD momentum")
-    weight_decay: float = opt(5e-4, "SGD weight decay of the middle point")
+    momentum: float = opt(0.9, "SGD momentum", **bounds_of(TrainConfig, "momentum"))
+    weight_decay: float = opt(
+        5e-4, "SGD weight decay of the middle point", **bounds_of(TrainConfig, "weight_decay")
+    )
     augment: bool = opt(True, "random crop (4 px reflect pad) and flip of training images")
-    train_steps: int = opt(10, "PGD steps of the robust training objective")
-    train_step_size: float = opt(2 / 255, "PGD step size of the robust training objective")
-    n_fit: int = opt(0, "training images the curve is trained on (0 = the whole split)")
-    n_test: int = opt(1000, "fixed seeded test subset evaluated on every path (0 = none)")
-    n_train: int = opt(0, "fixed seeded train subset evaluated on every path (0 = none)")
-    n_bn: int = opt(1000, "training images re-estimating BatchNorm statistics at every point")
-    subset_seed: int = opt(0, "seed of the subsets")
-    seed: int = opt(0, "seed of the order, the t draws, augmentation and the attacks")
-    eval_batch_size: int = opt(256, "examples per forward pass of the evaluation")
+    train_steps: int = opt(
+        10, "PGD steps of the robust training objective", **bounds_of(TrainConfig, "attack_steps")
+    )
+    train_step_size: float = opt(
+        2 / 255,
+        "PGD step size of the robust training objective",
+        **bounds_of(TrainConfig, "step_size"),
+    )
+    n_fit: int = opt(
+        0, "training images the curve is trained on (0 = the whole split)", bounds=(0, None)
+    )
+    n_test: int = opt(
+        1000, "fixed seeded test subset evaluated on every path (0 = none)", bounds=(0, None)
+    )
+    n_train: int = opt(
+        0, "fixed seeded train subset evaluated on every path (0 = none)", bounds=(0, None)
+    )
+    n_bn: int = opt(
+        1000,
+        "training images re-estimating BatchNorm statistics at every point",
+        bounds=(2, None),
+    )
+    subset_seed: int = opt(0, "seed of the subsets", bounds=(0, None))
+    seed: int = opt(
+        0, "seed of the order, the t draws, augmentation and the attacks", bounds=(0, None)
+    )
+    eval_batch_size: int = opt(256, "examples per forward pass of the evaluation", bounds=(1, None))
     attack: AttackConfig = opt(PGD20_EVAL, "attack regenerated on every model on the paths")
 
     def __post_init__(self) -> None:
+        check_bounds(self)
         check_choice(self.objective, CURVE_OBJECTIVES, "objective")
         check_choice(self.schedule, SCHEDULES, "schedule")
-        if self.points < 2:
-            raise ValueError(f"points={self.points}: a path needs at least its two ends")
-        if self.epochs < 0 or self.batch_size < 1 or self.eval_batch_size < 1:
-            raise ValueError(
-                f"need epochs >= 0 and batch sizes >= 1, got {self.epochs}, {self.batch_size}, "
-                f"{self.eval_batch_size}"
-            )
-        if min(self.n_fit, self.n_test, self.n_train) < 0 or self.n_bn < 2:
-            raise ValueError("image counts must be >= 0, and n_bn >= 2 (BatchNorm statistics)")
         if not self.n_test and not self.n_train:
             raise ValueError("nothing to evaluate: set --n-test or --n-train > 0")
 

@@ -245,6 +245,62 @@ def _noise_statement(tables: Mapping[str, Any], a: str, b: str) -> list[str]:
 NO_INTERVAL = "one run: no interval"
 
 
+def decimals_for(values: Sequence[float | None], digits: int = 4) -> int:
+    """Decimal places that give the largest finite |value| ``digits`` significant digits, so
+    that the numbers of a row are written at one precision (0.0965 beside 0.9907, not 0.09647).
+    """
+    finite = [abs(v) for v in values if v is not None and math.isfinite(v) and v != 0]
+    if not finite:
+        return digits - 1
+    return max(0, digits - 1 - math.floor(math.log10(max(finite))))
+
+
+def outcome_rows(
+    measures: Sequence[Mapping[str, Any]], *, digits: int = 4
+) -> tuple[list[dict[str, str]], bool]:
+    """The outcome table's rows from the paired measures over seeds (``replicates.json``'s
+    ``measures``): AT and AT-AWP (means over seeds), their difference, and, where some measure
+    has one, the t interval and the verdict it allows; each row's numbers at one precision
+    (:func:`decimals_for`).
+
+    Returns:
+        (rows of text cells, whether any measure has an interval). Without one (fewer seeds
+        than an interval needs) the rows hold no interval or verdict column: the caller says
+        once that single runs have none, rather than once per row.
+    """
+    intervals = any(m.get("t_low") is not None for m in measures)
+    rows = []
+    for m in measures:
+        values = [m.get(k) for k in ("mean_at", "mean_awp", "mean_diff", "t_low", "t_high")]
+        places = decimals_for(values, digits)
+
+        def num(v: float | None, sign: str = "", places: int = places) -> str:
+            return "–" if v is None or not math.isfinite(v) else f"{v:{sign}.{places}f}"
+
+        row = {
+            "measure": str(m["measure"]),
+            "AT": num(m.get("mean_at")),
+            "AT-AWP": num(m.get("mean_awp")),
+            "AT-AWP minus AT": num(m.get("mean_diff"), "+"),
+        }
+        if intervals:
+            n = len(m["seeds"])
+            low, high = m.get("t_low"), m.get("t_high")
+            resolved = low is not None and (low > 0 or high < 0)
+            row[f"{m['confidence']:.0%} t interval over seeds"] = (
+                "–" if low is None else f"[{num(low, '+')}, {num(high, '+')}]"
+            )
+            row["verdict"] = (
+                f"AT-AWP {'higher' if m['mean_diff'] > 0 else 'lower'}"
+                if resolved
+                else f"not resolved at {n} seeds"
+                if low is not None
+                else f"{n} seed{'s' if n != 1 else ''}, no interval"
+            )
+        rows.append(row)
+    return rows, intervals
+
+
 def _final_accuracy(evals: Sequence[Mapping[str, Any]], label: str, which: str):
     """(PGD-20 accuracy run alone, test images, epoch) of a final evaluation file, or None."""
     for e in evals:

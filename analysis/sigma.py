@@ -17,7 +17,7 @@ class SigmaSearchConfig:
     """Sigma search: the largest alpha whose expected robust accuracy drop is <= target."""
 
     target: float = opt(
-        0.1, "accepted drop of robust accuracy (absolute, in [0, 1])", bounds=(0, 1)
+        0.1, "largest tolerated drop of robust accuracy (absolute, in [0, 1])", bounds=(0, 1)
     )
     alpha_low: float = opt(
         0.0, "lower end of the bracket (its drop must be <= target)", bounds=(0, None)
@@ -77,7 +77,7 @@ def bisect_alpha(
 
     Args:
         drop: alpha -> expected drop of robust accuracy (= expected flatness of the error).
-        target: accepted drop; low, high: the bracket (drop(low) <= target is assumed for
+        target: largest tolerated drop; low, high: the bracket (drop(low) <= target is assumed for
             low = 0, where the drop is exactly 0, and checked otherwise).
         depth: bisection steps at most; tolerance: stop once |drop - target| <= tolerance.
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -120,13 +121,48 @@ def check_file(path: str | os.PathLike, *, what: str = "checkpoint") -> None:
 
 
 def other_checkpoints(path: str | os.PathLike) -> str:
-    """A hint naming the other checkpoints beside ``path`` (for a corrupt one)."""
+    """A hint naming the other checkpoints beside ``path`` (for a corrupt one): the last three
+    that are whole torch files (a truncated one is no help)."""
     path = Path(path)
-    others = [p for p in sorted(path.parent.glob("*.pt")) if p.name != path.name]
+    others = [
+        p for p in sorted(path.parent.glob("*.pt")) if p.name != path.name and _whole_torch_file(p)
+    ]
     if not others:
         return "use another checkpoint"
     named = ", ".join(p.name for p in others[-3:])
     return f"use another checkpoint of {path.parent} ({named})"
+
+
+# The first bytes of the files torch.save writes: a zip archive (its default since 1.6), or,
+# in the legacy format, a pickle of torch's magic number 0x1950a86a20f9469cfc6c.
+_ZIP_HEAD = b"PK\x03\x04"
+_LEGACY_HEAD = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
+
+
+def _file_kind(path: Path) -> str:
+    """``torch`` (what torch.save writes, whole or not), ``pickle`` (a pickle that torch.save
+    did not write) or ``other``, from the first bytes."""
+    with open(path, "rb") as f:
+        head = f.read(len(_LEGACY_HEAD))
+    if head and (head.startswith(_ZIP_HEAD[: len(head)]) or _LEGACY_HEAD.startswith(head)):
+        return "torch"  # (or what is left of one cut within its first bytes)
+    # Pickle protocols 2 to 5 start with PROTO (0x80) and the protocol number.
+    return "pickle" if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5 else "other"
+
+
+def _whole_torch_file(path: Path) -> bool:
+    """Whether ``path`` is a torch file that is not cut short (a zip archive whose directory
+    reads; a legacy file is taken as whole): cheap, nothing is unpickled."""
+    try:
+        if _file_kind(path) != "torch":
+            return False
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                return any(n.endswith("data.pkl") for n in z.namelist())
+        with open(path, "rb") as f:
+            return not f.read(4).startswith(_ZIP_HEAD)
+    except (OSError, zipfile.BadZipFile, IndexError):
+        return False
 
 
 def safe_torch_load(
@@ -147,6 +183,14 @@ def safe_torch_load(
     """
     path = Path(path)
     check_file(path, what=what)
+    kind = _file_kind(path)
+    if kind == "pickle":  # torch would read it as a legacy file and fail on the first object
+        raise CheckpointError(
+            f"{what} {path} is a plain pickle, not a file written by torch.save, and pickles are "
+            "never unpickled here (they can run code); if you trust it, re-save its tensors "
+            "with torch.save (e.g. torch.save(state_dict, 'weights.pt'))"
+            + (f", or {corrupt_hint}" if corrupt_hint else "")
+        )
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
@@ -159,15 +203,13 @@ def safe_torch_load(
         cause = err
     except Exception as err:  # a corrupt file can fail anywhere in the unpickler (IndexError...)
         cause = err
-    with open(path, "rb") as f:
-        head = f.read(4)
-    # torch.save writes a zip archive (PK..); the legacy format starts with a pickle protocol.
-    torch_file = head[:2] == b"PK" or head[:1] == b"\x80"
-    kind = (
-        "is truncated or corrupt" if torch_file else "is not a PyTorch file (nor a truncated one)"
+    said = (
+        "is truncated or corrupt"
+        if kind == "torch"
+        else "is not a PyTorch file (nor a truncated one)"
     )
     raise CheckpointError(
-        f"{what} {path} {kind} ({type(cause).__name__}: "
+        f"{what} {path} {said} ({type(cause).__name__}: "
         f"{_unpickler_reason(cause).split('. ')[0].rstrip('.')})"
         + (f"; {corrupt_hint}" if corrupt_hint else "")
     ) from cause

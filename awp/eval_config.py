@@ -26,9 +26,7 @@ AA_IMPLEMENTATIONS = ("original", "torchattacks")
 class EvalConfig:
     """What ``awp eval`` measures: attacks, threat model, points, batching, seeds."""
 
-    attacks: tuple[str, ...] = opt(
-        DEFAULT_EVAL, f"attacks, in order: {' | '.join(EVAL_ATTACKS)}"
-    )
+    attacks: tuple[str, ...] = opt(DEFAULT_EVAL, f"attacks, in order: {' | '.join(EVAL_ATTACKS)}")
     norm: str = opt("linf", "threat model: linf | l2")
     eps: float | None = opt(
         None, "radius in [0,1] pixel units", shown="8/255 linf, 0.5 l2", bounds=(0, None)

@@ -53,10 +53,14 @@ def atomic_write_with(path: str | os.PathLike, fill: Callable[[str], None]) -> P
     ``fill`` may be any writer that needs a file name (h5py, ``torch.save``, numpy...). The file
     gets the usual permissions (``mkstemp`` alone would make it 0600).
 
+    A ``path`` that is a symbolic link (also a dangling one) is written through: the link's
+    target gets the bytes and the link stays (:func:`output_target`).
+
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
     """
-    path = Path(path)
+    given = Path(path)
+    path = output_target(given)
     tmp = _filled_temp(path, fill)
     try:
         with _naming(path):
@@ -64,7 +68,7 @@ def atomic_write_with(path: str | os.PathLike, fill: Callable[[str], None]) -> P
     except BaseException:
         _unlink_quietly(tmp)
         raise
-    return path
+    return given
 
 
 def atomic_write_set(files: Mapping[str | os.PathLike, str | bytes]) -> list[Path]:
@@ -72,24 +76,64 @@ def atomic_write_set(files: Mapping[str | os.PathLike, str | bytes]) -> list[Pat
 
     Every file goes to its temp file first (``fill`` and fsync, as :func:`atomic_write_with`);
     only when all are written are they renamed over their targets. A failure while writing (a
-    full disk) leaves every old file as it was, so the set never mixes two versions.
+    full disk) leaves every old file as it was, so the set never mixes two versions. A file
+    that already holds exactly these bytes is left as it is (a rerun that changes nothing
+    touches nothing).
 
     Returns:
-        The paths written, in the order given.
+        The paths written, in the order given (symbolic links written through, as
+        :func:`atomic_write_with` does); the unchanged ones are not among them.
     """
     temps: dict[Path, str] = {}
     try:
         for path, data in files.items():
             blob = data.encode("utf-8") if isinstance(data, str) else data
-            temps[Path(path)] = _filled_temp(Path(path), _bytes_filler(blob))
+            if _holds(output_target(path), blob):
+                continue
+            temps[Path(path)] = _filled_temp(output_target(path), _bytes_filler(blob))
         for path, tmp in temps.items():
-            with _naming(path):
-                os.replace(tmp, path)
+            target = output_target(path)
+            with _naming(target):
+                os.replace(tmp, target)
     except BaseException:
         for tmp in temps.values():
             _unlink_quietly(tmp)
         raise
     return list(temps)
+
+
+def _holds(path: Path, blob: bytes) -> bool:
+    """Whether the file at ``path`` exists and holds exactly ``blob``."""
+    try:
+        return path.is_file() and path.stat().st_size == len(blob) and path.read_bytes() == blob
+    except OSError:
+        return False
+
+
+def output_target(path: str | os.PathLike) -> Path:
+    """The file an output path writes: ``path`` itself, or, when it is a symbolic link, the
+    file the link points to (followed link by link; the target need not exist yet), so that a
+    write replaces the target, never the link.
+
+    Raises:
+        OutputNotWritable: the link is part of a loop (it can name no file).
+    """
+    path = Path(path)
+    seen: list[Path] = []
+    while path.is_symlink():
+        if path in seen or len(seen) >= _MAX_LINKS:
+            chain = " -> ".join(str(p) for p in [*seen, path])
+            raise OutputNotWritable(
+                f"cannot write {seen[0]}: it is a symbolic link in a loop ({chain}); remove "
+                "the link or choose another --out"
+            )
+        seen.append(path)
+        link = Path(os.readlink(path))
+        path = link if link.is_absolute() else path.parent / link
+    return path
+
+
+_MAX_LINKS = 40  # as the kernel's limit on links followed in one path
 
 
 def _bytes_filler(data: bytes) -> Callable[[str], None]:
@@ -139,7 +183,10 @@ def _unlink_quietly(path: str) -> None:
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` atomically; see :func:`atomic_write_with`."""
+    """Write ``data`` atomically; see :func:`atomic_write_with`. A file that already holds
+    exactly ``data`` is left as it is (a rerun that changes nothing touches nothing)."""
+    if _holds(output_target(path), data):
+        return Path(path)
     return atomic_write_with(path, _bytes_filler(data))
 
 
@@ -314,14 +361,24 @@ class OutputNotWritable(OSError):
 _HELD: dict[str, list[int]] = {}
 
 
-def check_writable(folder: str | os.PathLike) -> None:
+def check_writable(folder: str | os.PathLike, *, flag: str = "--out") -> None:
     """Create ``folder`` (with its parents) and write and remove a probe file in it.
+
+    Args:
+        folder: the folder an output goes into.
+        flag: the option that named it, for the fix ("choose another --out").
 
     Raises:
         OutputNotWritable: naming the folder and the reason (read-only, a path under a regular
             file, permission, disk full...).
     """
     folder = Path(folder)
+    if folder.is_symlink() and not folder.exists():
+        target = output_target(folder)  # refuses a loop
+        raise OutputNotWritable(
+            f"cannot write into {folder}: it is a symbolic link to {target}, which does not "
+            f"exist; create that folder (mkdir -p {target}) or choose another {flag}"
+        )
     try:
         if folder.exists() and not folder.is_dir():
             raise NotADirectoryError(errno.ENOTDIR, "it is a file, not a folder", str(folder))
@@ -333,7 +390,7 @@ def check_writable(folder: str | os.PathLike) -> None:
         reason = err.strerror or str(err)
         where = err.filename or folder
         raise OutputNotWritable(
-            f"cannot write into {folder} ({where}: {reason}); choose another --out"
+            f"cannot write into {folder} ({where}: {reason}); choose another {flag}"
         ) from None
 
 
@@ -430,21 +487,22 @@ def exclusive_output(
     if not enabled:
         yield path
         return
-    folder = path if folder_lock else path.parent
+    target = path if folder_lock else output_target(path)  # a link's target is the output
+    folder = path if folder_lock else target.parent
     created = _missing_parents(folder)
     check_writable(folder)
-    lock = lock_file_of(path, folder_lock=folder_lock)
+    lock = lock_file_of(target, folder_lock=folder_lock)
     fresh_lock = not lock.exists()
     what = f"{path}" if not folder_lock else f"{path} ({folder_lock})"
     try:
         with output_lock(lock, what=what):
-            for target in list(cleans) or ([] if folder_lock else [path]):
-                target = Path(target)
-                if target.is_dir():
-                    for tmp in target.rglob(".*.tmp"):
+            for clean in list(cleans) or ([] if folder_lock else [target]):
+                clean = Path(clean)
+                if clean.is_dir():
+                    for tmp in clean.rglob(".*.tmp"):
                         tmp.unlink(missing_ok=True)
                 else:
-                    remove_stale_temps(target)
+                    remove_stale_temps(output_target(clean))
             yield path
     except BaseException:
         _remove_if_untouched(created, lock if fresh_lock else None)

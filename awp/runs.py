@@ -56,9 +56,9 @@ class RunFolder:
         return read_json_lines(self.metrics, what="metrics file", fix=METRICS_FIX)
 
     def append_metrics(self, record: Mapping[str, Any]) -> None:
-        """Add one epoch's record to ``metrics.jsonl``."""
-        with self.metrics.open("a") as fh:
-            fh.write(json.dumps(record) + "\n")
+        """Add one epoch's record to ``metrics.jsonl``: the file is rewritten atomically, so a
+        write that fails (a full disk) leaves it as it was, never with a cut line."""
+        self.rewrite_metrics([*self.read_metrics(), dict(record)])
 
     def rewrite_metrics(self, records: list[dict[str, Any]]) -> None:
         """Replace ``metrics.jsonl`` atomically (resume drops records after the checkpoint)."""

@@ -23,6 +23,7 @@ protocol the official AWP code builds on); Zhang et al., ICML 2019 (TRADES); Wan
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -52,7 +53,13 @@ from awp.data import DataBundle, Split, fixed_subset, iterate_batches, load_data
 from awp.distributed import DistContext
 from awp.evaluate import evaluate_attack
 from awp.extra_data import batches_per_epoch, load_extra_data, mixed_batches
-from awp.io import atomic_write_bytes, atomic_write_text, exclusive_output, sha256_file
+from awp.io import (
+    atomic_write_bytes,
+    atomic_write_text,
+    check_writable,
+    exclusive_output,
+    sha256_file,
+)
 from awp.method_config import AverageConfig, EMAConfig, SWAConfig
 from awp.models import ModelSpec, build_model
 from awp.modes import channels_last_safe, recompute_bn_stats
@@ -202,27 +209,54 @@ def train(
         distributed.main_holds(ctx, exclusive_output(cfg.out, folder_lock="run", cleans=[cfg.out])),
     ):
         progress = progress and ctx.is_main
-        s = _open(
-            cfg,
-            ctx,
-            resume=resume or resume_from is not None,
-            resume_from=Path(resume_from) if resume_from is not None else None,
-            progress=progress,
-            data=data,
-            model=model,
-        )
+        resume = resume or resume_from is not None
+        found = _run_files(RunFolder(cfg.out))
         try:
-            for epoch in range(s.start_epoch, cfg.epochs):
-                record = _train_epoch(s, epoch, progress=progress)
-                _average_epoch(s, record["epoch"])
-                _end_epoch(s, record)
-                if on_epoch is not None:
-                    on_epoch(record)
-        finally:
-            if s.board is not None:
-                s.board.close()
+            s = _open(
+                cfg,
+                ctx,
+                resume=resume,
+                resume_from=Path(resume_from) if resume_from is not None else None,
+                progress=progress,
+                data=data,
+                model=model,
+            )
+            try:
+                for epoch in range(s.start_epoch, cfg.epochs):
+                    record = _train_epoch(s, epoch, progress=progress)
+                    _average_epoch(s, record["epoch"])
+                    _end_epoch(s, record)
+                    if on_epoch is not None:
+                        on_epoch(record)
+            finally:
+                if s.board is not None:
+                    s.board.close()
+        except BaseException:
+            if ctx.is_main and not resume:
+                _discard_unfinished(RunFolder(cfg.out), cfg.tensorboard_dir, keep=found)
+            raise
         distributed.barrier()  # every rank returns once rank 0's files are on disk
         return TrainResult(model=s.net, out=s.run.root, history=s.history)
+
+
+def _run_files(run: RunFolder) -> set[Path]:
+    """The files of a run folder that a new run writes before its first ``last.pt``."""
+    return {p for p in (run.config, run.best, *run.epoch_ckpts()) if p.exists()}
+
+
+def _discard_unfinished(run: RunFolder, board: Path | None, *, keep: set[Path]) -> None:
+    """Remove what a new run wrote when it failed before its first ``last.pt`` (its
+    config.json, the checkpoints of its first epoch, its folders while empty; files that were
+    there before it started, ``keep``, stay), so the folder is as it was and the same command
+    starts it again. Once ``last.pt`` exists the run is kept: ``--resume`` continues it."""
+    if run.last.exists():
+        return
+    for path in _run_files(run) - keep:
+        path.unlink(missing_ok=True)
+    for folder in (board, run.ckpt_dir):
+        if folder is not None:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only when empty
 
 
 def _open(
@@ -242,6 +276,8 @@ def _open(
             f"needs at least 2 examples (BatchNorm); use --batch-size {2 * ctx.world} or more"
         )
     run = prepare_run(cfg, resume=resume, resume_from=resume_from)  # every rank checks first
+    if ctx.is_main and cfg.tensorboard_dir is not None:
+        check_writable(cfg.tensorboard_dir, flag="--tensorboard")
     distributed.barrier()
     device = distributed.pick_device(cfg.device, ctx)
     data = data if data is not None else load_data(cfg.data, device, progress=progress)
@@ -334,8 +370,13 @@ def _restore(s: _Session, source: Path) -> None:
     s.start_epoch, s.best_val = int(ckpt["epoch"]), float(ckpt.get("best_val", -1.0))
     s.inputs = ckpt.get("inputs", s.inputs)
     _restore_averages(s, ckpt, source)
-    # Drop records of epochs after the checkpoint (killed between metrics and checkpoint).
+    # Drop records of epochs after the checkpoint (a resume from an earlier epoch); add the
+    # checkpoint's own epoch when the run stopped after last.pt, before its metrics row.
     s.history = [r for r in s.run.read_metrics() if r["epoch"] <= s.start_epoch]
+    saved = ckpt.get("metrics")
+    if isinstance(saved, dict) and saved.get("epoch") == s.start_epoch:
+        if not s.history or s.history[-1]["epoch"] < s.start_epoch:
+            s.history.append(saved)
     if s.ctx.is_main:
         s.run.rewrite_metrics(s.history)
     if s.ctx.is_main and source.resolve() != s.run.last.resolve():
@@ -583,9 +624,8 @@ def _end_epoch(s: _Session, record: dict[str, Any]) -> None:
         distributed.all_gather_objects(s.gens["attack"].get_state()) if ctx.active else None
     )
     if ctx.is_main:
-        s.run.append_metrics(record)
-        if s.board is not None:
-            write_epoch(s.board, record)
+        # The checkpoints first, the epoch's metrics row after last.pt: a write that fails (a
+        # full disk) leaves no row of an epoch that cannot be resumed from.
         _save(
             s,
             record,
@@ -593,6 +633,9 @@ def _end_epoch(s: _Session, record: dict[str, Any]) -> None:
             improved_averages=improved_averages,
             attack_states=attack_states,
         )
+        s.run.append_metrics(record)
+        if s.board is not None:
+            write_epoch(s.board, record)
 
 
 def _save(

@@ -199,12 +199,16 @@ class TrainConfig:
         PGD20_EVAL.step_size, "step size of the per-epoch robust evaluation", bounds=(0, None)
     )
     train_eval_size: int = opt(
-        1000, "fixed train subset for the train robust accuracy (0 = none)", bounds=(0, None),
+        1000,
+        "fixed train subset for the train robust accuracy (0 = none)",
+        bounds=(0, None),
         flag="eval_n_train",
         old=("train_eval_size",),
     )
     test_eval_size: int = opt(
-        0, "test subset evaluated per epoch (0 = the whole test split)", bounds=(0, None),
+        0,
+        "test subset evaluated per epoch (0 = the whole test split)",
+        bounds=(0, None),
         flag="eval_n_test",
         old=("test_eval_size",),
     )

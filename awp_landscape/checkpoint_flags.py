@@ -129,9 +129,6 @@ class ForeignOptions:
     model_dir: str = DEFAULT_MODEL_DIR
     threat_model: str = "Linf"
 
-    def __iter__(self):  # (arch, input), as the pair this replaced
-        return iter((self.arch, self.input))
-
 
 def foreign_from(args: argparse.Namespace) -> ForeignOptions:
     """The options of models from elsewhere that the flags give (see :class:`ForeignOptions`)."""

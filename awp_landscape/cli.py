@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import _thread
 import argparse
+import contextlib
 import errno
 import importlib
 import logging
+import os
 import re
+import signal
 import sys
+import threading
+import types
 import typing
-from collections.abc import Sequence
-from importlib.metadata import PackageNotFoundError, version
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from awp_landscape.console import CLIError
@@ -63,6 +68,10 @@ ALL = "*"
 
 def package_version() -> str:
     """The installed awp-landscape version (``unknown`` when run from an uninstalled tree)."""
+    # Imported here: importlib.metadata takes a while to import, and until main() runs a
+    # Ctrl-C ends the process with a traceback.
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
         return version("awp-landscape")
     except PackageNotFoundError:
@@ -147,8 +156,44 @@ def build_parser(only: str | None = ALL) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``awp`` console script; returns the exit code."""
+    """Entry point of the ``awp`` console script; returns the exit code.
+
+    A Ctrl-C at any moment, start-up (imports, data loading) included, ends the command with
+    the "interrupted" line and exit code 130.
+
+    Args:
+        argv: the arguments (default: the process's own, ``sys.argv[1:]``: then this is the
+            process's entry point, and its exit is not interrupted once the outcome is known).
+    """
+    entry = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
+    interrupted = False
+    with interrupts_reach_main():
+        try:
+            code = _run(argv)
+        except KeyboardInterrupt:
+            prog = " ".join(["awp", *filter(None, [command_of(argv)])])
+            print(
+                f"{prog}: interrupted; finished work is on disk (rerun with --resume where the "
+                "command has it)",
+                file=sys.stderr,
+            )
+            code, interrupted = 130, True
+    if entry and threading.current_thread() is threading.main_thread():
+        # The outcome is decided: a second Ctrl-C must not turn the exit into a traceback.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if interrupted:
+            # CPython ends a process with SIGINT (not exit code 130) once a KeyboardInterrupt
+            # has left any eval() of a string (collections.namedtuple's, while torch imports),
+            # even when the program handled it: exit here, after the buffers are written.
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    return code
+
+
+def _run(argv: list[str]) -> int:
     Parser.argv = argv
     parser = build_parser(only=command_of(argv))
     args = parser.parse_args(argv)
@@ -183,13 +228,96 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"awp {args.command}: error: {message(err)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(
-            f"awp {args.command}: interrupted; finished work is on disk "
-            f"(rerun with --resume where the command has it)",
-            file=sys.stderr,
-        )
-        return 130
+
+
+@contextlib.contextmanager
+def interrupts_reach_main() -> Iterator[None]:
+    """Deliver every Ctrl-C of a command as a KeyboardInterrupt in the main thread, at a place
+    where it can end the command.
+
+    Python raises KeyboardInterrupt at whatever instruction the main thread is running. Two
+    kinds of place lose it, both frequent while a command starts (torch, scipy and h5py
+    import for seconds):
+
+    - inside an import: torch's import calls Python back from C++ (where the exception aborts
+      the process) and library code swallows it; a Ctrl-C that arrives during an import is
+      raised as soon as the outermost import in progress returns (a profile function watches
+      for it meanwhile);
+    - a callback of the garbage collector (a weakref callback, ``__del__``), from which it
+      cannot propagate: Python prints "Exception ignored in ..." and goes on; such an
+      interrupt is raised again 50 ms later.
+
+    Does nothing where SIGINT is ignored (a job started in the background) or handled by
+    someone else, or outside the main thread.
+    """
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield
+        return
+
+    def again() -> None:  # from another thread, 50 ms later: never inside the caller
+        retry = threading.Timer(0.05, _thread.interrupt_main)
+        retry.daemon = True
+        retry.start()
+
+    def when_imported(frame: types.FrameType, event: str, arg: typing.Any) -> None:
+        # A profile function, set only while an interrupt waits for an import to end: raised
+        # here, when the outermost import returns, the interrupt leaves the import statement
+        # in the code that ran it.
+        if event == "return" and frame.f_code is _FIND_AND_LOAD and not _importing(frame.f_back):
+            sys.setprofile(None)
+            raise KeyboardInterrupt
+
+    def on_sigint(signum: int, frame: types.FrameType | None) -> None:
+        if _inside(frame, hook.__code__):
+            again()
+        elif _importing(frame):
+            sys.setprofile(when_imported)
+        else:
+            sys.setprofile(None)
+            raise KeyboardInterrupt
+
+    previous_hook = sys.unraisablehook
+
+    def hook(unraisable: typing.Any) -> None:
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            again()
+            return
+        previous_hook(unraisable)
+
+    signal.signal(signal.SIGINT, on_sigint)
+    sys.unraisablehook = hook
+    try:
+        yield
+    finally:
+        sys.setprofile(None)
+        sys.unraisablehook = previous_hook
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _inside(frame: types.FrameType | None, code: types.CodeType) -> bool:
+    """Whether ``frame`` runs ``code`` or is called from a frame that does."""
+    while frame is not None:
+        if frame.f_code is code:
+            return True
+        frame = frame.f_back
+    return False
+
+
+# importlib's function that imports one module (not yet imported); the import statement's
+# frame is the one that called the outermost of them.
+_FIND_AND_LOAD = importlib._bootstrap._find_and_load.__code__  # type: ignore[attr-defined]
+
+
+def _importing(frame: types.FrameType | None) -> bool:
+    """Whether ``frame`` runs inside an import (a frame of importlib's bootstrap below it)."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib."):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def message(err: BaseException) -> str:

@@ -46,6 +46,11 @@ def integer(text: str) -> int:
         return int(value)
 
 
+# The release that renamed the flags whose fields carry ``old`` spellings (docs/cli.md,
+# "Renamed flags"): the old spellings and meanings are those of the versions before it.
+RENAMED_IN = "0.1.0"
+
+
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -102,6 +107,45 @@ def deprecated_alias(
         action=DeprecatedFlag,
         new=new,
         **kwargs,
+    )
+
+
+def in_range(conv: Any, bounds: tuple[float | None, float | None], *, why: str = "") -> Any:
+    """A flag's type that also refuses values outside ``bounds`` (inclusive; None: unbounded),
+    as :func:`awp.config.check_bounds` does for a config's fields; argparse prints the reason
+    after the flag's name."""
+    low, high = bounds
+
+    def convert(text: str) -> Any:
+        value = conv(text)
+        for v in value if isinstance(value, (tuple, list)) else (value,):
+            if (low is not None and v < low) or (high is not None and v > high):
+                over = why and high is not None and v > high
+                raise argparse.ArgumentTypeError(
+                    f"{text} is outside [{bounds_text(bounds)}]" + (f": {why}" if over else "")
+                )
+        return value
+
+    convert.__name__ = getattr(conv, "__name__", "value")
+    return convert
+
+
+def add_bounded_argument(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    *names: str,
+    type: Any,  # noqa: A002 - argparse's
+    bounds: tuple[float | None, float | None],
+    help: str,  # noqa: A002 - argparse's
+    why: str = "",
+    **kwargs: Any,
+) -> None:
+    """``add_argument`` for a number that is no config field: ``bounds`` refused by its type
+    (:func:`in_range`) and stated in ``--help`` (``; range [low, high]``, before the default),
+    as every config field's range is."""
+    stated = f"; range [{bounds_text(bounds)}]"
+    head, sep, tail = help.partition(" (default")
+    parser.add_argument(
+        *names, type=in_range(type, bounds, why=why), help=f"{head}{stated}{sep}{tail}", **kwargs
     )
 
 
@@ -282,17 +326,45 @@ def dataclass_from_arguments(cls: type[T], ns: argparse.Namespace, base: T | Non
 
 
 def _current_names(text: str, cls: type) -> str:
-    """A config's error message with the flags it names by the field's own name, e.g.
-    ``(--n)``, replaced by the flag's spelling (``(--n-examples)``)."""
-    names = {
-        _flag(f.name): _flag(_dest(f))
-        for f in dataclasses.fields(cls)
-        if _dest(f) != f.name
-    }
-    if not names:
-        return text
-    pattern = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
-    return re.sub(rf"(?<![\w-])({pattern})(?![\w-])", lambda m: names[m.group(1)], text)
+    """A config's error message in the command line's words: a flag it names by the field's
+    own spelling (``(--n)``) becomes the vocabulary's (``(--n-examples)``), and a field it names
+    bare becomes its flag (``eig_tol`` -> ``--eig-tol``, ``eig_tol=0`` -> ``--eig-tol=0``), but
+    ``name=value`` is kept where the message names the flag already (``top_k=5135 is outside
+    [0, 1000] (--top-k)``). A bare name without an underscore (``gamma``) may be a plain word:
+    only ``gamma=value`` is replaced."""
+    names = {_flag(f.name): _flag(_dest(f)) for f in dataclasses.fields(cls) if _dest(f) != f.name}
+    if names:
+        pattern = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
+        text = re.sub(rf"(?<![\w-])({pattern})(?![\w-])", lambda m: names[m.group(1)], text)
+    fields = _field_flags(cls)
+    pattern = "|".join(re.escape(n) for n in sorted(fields, key=len, reverse=True))
+
+    def flag_of(m: re.Match) -> str:
+        name, assigned = m.group(1), m.group(2)
+        flag = fields[name]
+        if assigned:
+            return m.group(0) if flag in text else f"{flag}="
+        return flag if "_" in name else name
+
+    return re.sub(rf"(?<![\w.-])({pattern})(?![\w-])(=?)", flag_of, text)
+
+
+def _field_flags(cls: type) -> dict[str, str]:
+    """Field name -> flag of every field of ``cls`` and of its nested configs that has a flag
+    (the outer field wins where two share a name)."""
+    hints = typing.get_type_hints(cls)
+    flags: dict[str, str] = {}
+    nested = []
+    for f in dataclasses.fields(cls):
+        tp = resolve_type(hints[f.name])
+        if dataclasses.is_dataclass(tp):
+            nested.append(tp)
+        elif f.metadata.get("cli", True) is not False:
+            flags[f.name] = _flag(_dest(f, cls))
+    for tp in nested:
+        for name, flag in _field_flags(tp).items():
+            flags.setdefault(name, flag)
+    return flags
 
 
 def add_run_arguments(
@@ -310,9 +382,14 @@ def add_run_arguments(
 
 def module_doc(name: str) -> str | None:
     """The docstring of module ``name``, read from its source without importing it (a
-    command's description, where importing its module would import torch); None when the
-    module or its source is not found."""
+    command's description, where importing its module would import torch), its markup as
+    plain text (``awp demo`` and :data:`x.Y` read awp demo and x.Y); None when the module or
+    its source is not found."""
     spec = importlib.util.find_spec(name)
     if spec is None or spec.origin is None or not spec.origin.endswith(".py"):
         return None
-    return ast.get_docstring(ast.parse(Path(spec.origin).read_text(encoding="utf-8")), clean=False)
+    doc = ast.get_docstring(ast.parse(Path(spec.origin).read_text(encoding="utf-8")), clean=False)
+    if doc is None:
+        return None
+    doc = re.sub(r":[a-z]+:`~?([^`]+)`", r"\1", doc)
+    return re.sub(r"``([^`]+)``", r"\1", doc)

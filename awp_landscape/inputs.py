@@ -29,7 +29,7 @@ from awp.config import from_dict, method_of
 from awp.data import DataBundle, DataConfig, load_data
 from awp.io import exclusive_output, sha256_file
 from awp.method_config import AVERAGES
-from awp.models import ModelConfig, ModelSpec, build_model
+from awp.models import ModelSpec, build_model
 from awp.modes import model_mode
 from awp.sources import (
     InputConvention,
@@ -256,12 +256,12 @@ class Inputs:
         *,
         dataset: str | None = None,
         data_root: str | None = None,
-        foreign: ForeignOptions | tuple[ModelConfig | None, str | None] = (None, None),
+        foreign: ForeignOptions = ForeignOptions(),
         progress: bool = False,
     ) -> None:
         self.device = device
         self.dataset, self.data_root = dataset, data_root
-        self.foreign = foreign if isinstance(foreign, ForeignOptions) else ForeignOptions(*foreign)
+        self.foreign = foreign
         self.arch, self.input = self.foreign.arch, self.foreign.input
         self.progress = progress
         self._data: dict[DataConfig, DataBundle] = {}
@@ -477,7 +477,7 @@ class Sources:
     device: str = "auto"
     dataset: str | None = None
     data_root: str | None = None
-    foreign: ForeignOptions | tuple[ModelConfig | None, str | None] = (None, None)
+    foreign: ForeignOptions = ForeignOptions()
     progress: bool = True
 
     @classmethod

@@ -340,6 +340,8 @@ def _run_local(
                 i, slot = pending.popleft(), free.pop(0)
                 threads, gpu = shares[slot]
                 with _this_code_importable():
+                    # a unit's own thread count (a demo's --threads) wins over the slot's share
+                    threads = units[i].threads or threads
                     job = executor.submit(replace(units[i], threads=threads, gpu=gpu))
                 running[i] = (job, slot)
                 board.show(i, "running", f" (job {job.job_id}, log {job.paths.stderr})")

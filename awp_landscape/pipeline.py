@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -86,14 +87,34 @@ def run_seed(
             _stage(measure.heading, lambda measure=measure: measure.run(ctx), log)
 
 
+@contextmanager
+def thread_count(threads: int) -> Iterator[None]:
+    """torch's intra-op thread count set to ``threads`` for the body (0: left as it is, torch's
+    choice for this machine), and restored afterwards."""
+    if not threads:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def seed_units(cfg: DemoConfig | ReproduceConfig) -> list[list[Unit]]:
     """The jobs of ``cfg``'s seeds: first every training run not finished yet, then every
-    seed's analyses (:func:`run_seed`, which reuses the trained runs)."""
+    seed's analyses (:func:`run_seed`, which reuses the trained runs); each job with the
+    demo's ``threads`` when it sets them."""
+    threads = getattr(cfg, "threads", 0) or None
     trainings = [
         Unit(
             f"seed{seed} {label}: training",
             partial(train_all, {label: tcfg}, progress=False, log=say),
             group=f"seed{seed}",
+            threads=threads,
         )
         for seed in cfg.seeds
         for label, tcfg in cfg.train_configs(seed).items()
@@ -111,6 +132,7 @@ def seed_units(cfg: DemoConfig | ReproduceConfig) -> list[list[Unit]]:
                 progress=False,
             ),
             group=f"seed{seed}",
+            threads=threads,
         )
         for seed in cfg.seeds
     ]
@@ -170,7 +192,7 @@ def run_configured(
     launch = launch or LaunchConfig()
     launch.check()
     out = Path(cfg.out)
-    with exclusive_output(out, folder_lock="demo"):
+    with exclusive_output(out, folder_lock="demo"), thread_count(getattr(cfg, "threads", 0)):
         record_config(out, name, cfg, growable=("seeds",))
         t0 = time.perf_counter()
         if launch.serial:

@@ -214,6 +214,14 @@ class DemoConfig:
         bounds=(0, None),
     )
     plan: AnalysisPlan = opt(AnalysisPlan(), "analysis sizes")
+    threads: int = opt(
+        0,
+        "torch threads of the training and of every analysis (0 = torch's choice for this "
+        "machine, usually its cores); the results depend on it (floating-point sums in another "
+        "order, amplified over 60 epochs), so the same seed repeats a demo bit for bit only with "
+        "the same count: docs/demo.md's numbers are from 2",
+        bounds=(0, 1024),
+    )
 
     migrate = staticmethod(_migrate_demo)
 
@@ -286,15 +294,30 @@ class ReproduceConfig:
     dataset: str = opt("", "override the preset's dataset (a name or an ImageFolder path)")
     data_root: str = opt("data", "where torchvision datasets live")
     download: bool = opt(False, "let torchvision download the dataset")
-    val_size: int = opt(1000, "training images held out to pick the best checkpoint")
-    epochs: int = opt(0, "override the preset's 200 epochs (0 = the paper's)")
-    width: float = opt(1.0, "channel width multiplier (1 = the paper's model)")
-    save_every: int = opt(10, "checkpoint every k epochs (for gap and flatness vs gap)")
-    seeds: tuple[int, ...] = opt((0,), "seeds; each trains the method with and without AWP")
+    val_size: int = opt(
+        1000, "training images held out to pick the best checkpoint", bounds=(0, None)
+    )
+    epochs: int = opt(
+        0,
+        "override the preset's 200 epochs (0 = the paper's)",
+        bounds=(0, bounds_of(TrainConfig, "epochs")["bounds"][1]),
+    )
+    width: float = opt(
+        1.0, "channel width multiplier (1 = the paper's model)", **bounds_of(ModelConfig, "width")
+    )
+    save_every: int = opt(
+        10,
+        "checkpoint every k epochs (for gap and flatness vs gap)",
+        **bounds_of(TrainConfig, "save_every"),
+    )
+    seeds: tuple[int, ...] = opt(
+        (0,), "seeds; each trains the method with and without AWP", bounds=(0, None)
+    )
     device: str = opt("auto", "auto | cuda | cpu")
     plan: AnalysisPlan = opt(reproduce_plan(), "analysis sizes")
 
     def __post_init__(self) -> None:
+        check_bounds(self)
         if self.preset not in PRESETS:
             raise ValueError(
                 f"unknown preset {self.preset!r}; choose one of {', '.join(sorted(PRESETS))}"

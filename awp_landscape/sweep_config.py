@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from awp.config import opt
+from awp.config import check_bounds, opt
 from awp_landscape.flags import add_dataclass_arguments, dataclass_from_arguments
 from awp_landscape.plans import SweepPlan, TrainingPlan
 
@@ -23,9 +23,11 @@ class SweepConfig:
 
     out: str = opt("runs/sweep", "sweep folder")
     gammas: tuple[float, ...] = opt(
-        (0.0, 0.0025, 0.005, 0.01, 0.02), "AWP radii to train (0 = AT without AWP)"
+        (0.0, 0.0025, 0.005, 0.01, 0.02),
+        "AWP radii to train (0 = AT without AWP; below 1)",
+        bounds=(0, 1),
     )
-    seeds: tuple[int, ...] = opt((0,), "seeds; every gamma is trained with each")
+    seeds: tuple[int, ...] = opt((0,), "seeds; every gamma is trained with each", bounds=(0, None))
     grid: tuple[str, ...] = opt(
         (),
         "settings to vary, each NAME=V1,V2,... with NAME a training or measurement flag "
@@ -35,6 +37,7 @@ class SweepConfig:
     plan: SweepPlan = opt(SweepPlan(), "measurement sizes")
 
     def __post_init__(self) -> None:
+        check_bounds(self)
         object.__setattr__(self, "gammas", tuple(float(g) for g in self.gammas))
         object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
         object.__setattr__(self, "grid", tuple(str(g) for g in self.grid))

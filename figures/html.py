@@ -192,14 +192,39 @@ def render_html(doc: Document) -> str:
     return "\n".join(parts)
 
 
+# Characters that start markdown (or inline HTML) anywhere in a line; the HTML report shows all
+# text as written (html.escape), so the markdown twin escapes them. An underscore only at the
+# edge of a word: inside one (test_robust_acc) it is no emphasis.
+_MD_INLINE = re.compile(r"([\\`*\[\]~|]|<(?=[A-Za-z/!?])|&(?=#?\w+;))")
+_MD_UNDERSCORE = re.compile(r"(?<![0-9A-Za-z])_|_(?![0-9A-Za-z])")
+_MD_LINE_START = re.compile(r"^(\s*)(?:([#+\-=>])|(\d+)([.)]))", flags=re.M)
+
+
+def md_text(text: object, *, block: bool = True) -> str:
+    """Text (a label, a caption, a sentence) as markdown that shows it as written, as the HTML
+    report does: markup characters backslash-escaped, so ``*AT*``, ``<b>`` or ``[x](y)`` in a
+    label stay text; with ``block`` (text that begins a line) also what would start a heading,
+    a list or a quote there ("# ", "- ", "1. ", "> ")."""
+    text = _MD_INLINE.sub(r"\\\1", str(text))
+    text = _MD_UNDERSCORE.sub(r"\\_", text)
+    if not block:
+        return text
+    return _MD_LINE_START.sub(
+        lambda m: m.group(1) + (f"\\{m.group(2)}" if m.group(2) else f"{m.group(3)}\\{m.group(4)}"),
+        text,
+    )
+
+
 def md_cell(text: str) -> str:
-    """A markdown table cell: pipes escaped, line breaks joined, so the row keeps its columns."""
-    return " ".join(str(text).replace("\\", "\\\\").replace("|", "\\|").split())
+    """A markdown table cell: inline markup escaped (:func:`md_text`, pipes included; a cell
+    begins no line, so "0.51" stays as it is), line breaks joined, so the row keeps its
+    columns."""
+    return " ".join(md_text(text, block=False).split())
 
 
 def _md_table(t: Table) -> str:
     cols = t.cols()
-    lines = [f"**{t.caption}**", ""] if t.caption else []
+    lines = [f"**{md_text(t.caption)}**", ""] if t.caption else []
     lines.append("| " + " | ".join(md_cell(c) for c in cols) + " |")
     lines.append("|" + "|".join("---" for _ in cols) + "|")
     lines += ["| " + " | ".join(md_cell(t.cell(r, c)) for c in cols) + " |" for r in t.rows]
@@ -225,19 +250,20 @@ def render_markdown(doc: Document, figure_folder: str | None = None) -> str:
     relative path (:func:`markdown_figures` gives the files), or by caption only without a
     ``figure_folder``."""
     paths = iter(markdown_figures(doc, figure_folder)) if figure_folder else None
-    out = [f"# {doc.title}", "", *(p.removeprefix("NOTE:").strip() + "\n" for p in doc.intro)]
+    out = [f"# {md_text(doc.title)}", ""]
+    out += [md_text(p.removeprefix("NOTE:").strip()) + "\n" for p in doc.intro]
     for s in doc.sections:
-        out += [f"## {s.title}", ""]
-        out += [p.removeprefix("NOTE:").strip() + "\n" for p in s.paragraphs]
+        out += [f"## {md_text(s.title)}", ""]
+        out += [md_text(p.removeprefix("NOTE:").strip()) + "\n" for p in s.paragraphs]
         out += [_md_table(t) + "\n" for t in s.tables]
         figs = [(f, "") for f in s.figures]
         figs += [(b.static, " (rotatable in the HTML report)") for b in s.interactive]
         for f, note in figs:
-            caption = (f.caption or f.alt) + note
+            caption = md_text(f.caption or f.alt) + note
             if paths is None:
                 if f.caption:
                     out.append(f"*Figure: {caption}*\n")
             else:
-                alt = f.alt.replace("]", ")").replace("[", "(")
+                alt = md_text(f.alt)
                 out.append(f"![{alt}]({next(paths)})\n\n*Figure: {caption}*\n")
     return "\n".join(out)

@@ -286,16 +286,41 @@ class EigenMapConfig:
         "--attack, then held fixed)",
     )
     eig_split: str = opt("train", "evaluation set of the eigenvalues: train | test")
-    eig_examples: int = opt(128, "the first N images of that set (0 = all of it)")
-    eig_tol: float = opt(1e-3, "relative accuracy of each eigenvalue")
+    eig_examples: int = opt(
+        128,
+        "the first N images of that set (0 = all of it; more than the set is capped to it)",
+        bounds=(0, None),
+    )
+    eig_tol: float = opt(1e-3, "relative accuracy of each eigenvalue", bounds=(0, 1))
     eig_params: str = opt("weights", "Hessian coordinates: weights (conv+linear) | all")
 
     def __post_init__(self) -> None:
+        check_bounds(self)
         check_choice(self.eig_loss, EIG_LOSSES, "eig_loss")
         check_choice(self.eig_split, EIG_SPLITS, "eig_split")
         check_choice(self.eig_params, PARAM_SETS, "eig_params")
-        if self.eig_examples < 0 or not 0 < self.eig_tol < 1:
+        if not 0 < self.eig_tol < 1:
+            raise ValueError(f"eig_tol={self.eig_tol} must be strictly between 0 and 1")
+
+    def check_surface(self, surface: SurfaceConfig) -> None:
+        """Refuse a curvature map the surface's settings cannot give (before anything is
+        computed: the map is computed after the whole surface).
+
+        Raises:
+            ValueError: its split has no images (``--n-train 0`` / ``--n-test 0``), or the
+                adversarial loss without an attack.
+        """
+        if not self.hessian_eigs:
+            return
+        sizes = {"train": surface.n_train, "test": surface.n_test}
+        if sizes[self.eig_split] == 0:
             raise ValueError(
-                f"need eig_examples >= 0 and 0 < eig_tol < 1, got {self.eig_examples}, "
-                f"{self.eig_tol}"
+                f"--hessian-eigs on --eig-split {self.eig_split} needs {self.eig_split} images, "
+                f"but --n-{self.eig_split} is 0: set --n-{self.eig_split} (e.g. 128), or "
+                f"--eig-split {'test' if self.eig_split == 'train' else 'train'}"
+            )
+        if self.eig_loss == "adv" and surface.attack is None:
+            raise ValueError(
+                "--eig-loss adv crafts x_adv with --attack, but --attack is none: give an "
+                "attack, or --eig-loss clean"
             )

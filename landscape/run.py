@@ -23,6 +23,7 @@ from torch import nn
 
 from awp import distributed
 from awp.config import check_same_settings, to_dict
+from awp.data import capped_notice
 from awp.io import library_versions
 from awp.modes import unwrap
 from awp.perturb import select_params
@@ -315,7 +316,8 @@ def fill_points(
 
 def open_eigen_map(job: Job, eig: EigenMapConfig) -> storage.Surface:
     """Add the curvature map's datasets (NaN) and settings to a surface file (rank 0), or check
-    that those already there were made with the same settings; every rank returns the file.
+    that those already there were made with the same settings; every rank returns the file. A
+    map that holds no value yet takes the current settings.
 
     Raises:
         storage.SurfaceFileError: the file holds a map made with other settings, or is
@@ -330,7 +332,7 @@ def open_eigen_map(job: Job, eig: EigenMapConfig) -> storage.Surface:
                 raise storage.SurfaceFileError(
                     f"{job.out} was written by loss-landscape; it can be read, not extended"
                 )
-            if saved:
+            if saved and eigen_pending(surface) != list(range(surface.computed.size)):
                 check_same_settings(
                     saved,
                     with_scheme(to_dict(eig)),
@@ -339,7 +341,7 @@ def open_eigen_map(job: Job, eig: EigenMapConfig) -> storage.Surface:
                     saved_as="in the file",
                     error=storage.SurfaceFileError,
                 )
-            else:
+            elif saved != with_scheme(to_dict(eig)):  # new, or a map without a value yet
                 surface.attrs[EIG_ATTR] = with_scheme(to_dict(eig))
                 for name in EIG_NAMES:
                     surface.values[name] = np.full(surface.computed.shape, np.nan)
@@ -355,8 +357,26 @@ def eigen_pending(surface: storage.Surface) -> list[int]:
     """Flat indices of the points whose curvature-map values are missing (NaN), in order."""
     missing = np.zeros(surface.computed.shape, dtype=bool)
     for name in EIG_NAMES:
-        missing |= np.isnan(surface.values[name])
+        if name in surface.values:
+            missing |= np.isnan(surface.values[name])
+        else:
+            missing[...] = True
     return [int(i) for i in np.flatnonzero(missing.ravel())]
+
+
+def eigen_data(
+    cfg: SurfaceConfig, eig: EigenMapConfig, inputs: JobInputs
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images of the curvature map: the first ``eig_examples`` of the ``eig_split``
+    subset, capped to it with a notice naming ``--eig-examples``.
+
+    Raises:
+        ValueError: settings the surface cannot serve (:meth:`EigenMapConfig.check_surface`).
+    """
+    eig.check_surface(cfg)
+    evalset = next(es for es in inputs.evalsets if es.name == eig.eig_split)
+    n = capped_notice(eig.eig_examples, len(evalset.y), flag="--eig-examples")
+    return evalset.x[:n], evalset.y[:n]
 
 
 def fill_eigen_map(
@@ -368,23 +388,16 @@ def fill_eigen_map(
     *,
     device: torch.device,
     on_points: Callable[[int], None] | None = None,
+    data: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> storage.Surface:
     """Compute the curvature map's missing points (:func:`open_eigen_map` first), sharded
     across ranks like the surface; each point's eigenvalues are computed by one rank.
 
     The model is moved to each point as the surface's metrics were (the same directions and
     BatchNorm mode); x_adv of ``--eig-loss adv`` is crafted there by the surface's attack with
-    the point's seed.
+    the point's seed. ``data`` is :func:`eigen_data`'s (x, y), when the caller has it already.
     """
-    evalset = next((es for es in inputs.evalsets if es.name == eig.eig_split), None)
-    if evalset is None:
-        raise ValueError(
-            f"--eig-split {eig.eig_split} needs {eig.eig_split} images: set --n-{eig.eig_split}"
-        )
-    if eig.eig_loss == "adv" and cfg.attack is None:
-        raise ValueError("--eig-loss adv crafts x_adv with --attack: give one, or --eig-loss clean")
-    n = eig.eig_examples or len(evalset.y)
-    x, y = evalset.x[:n], evalset.y[:n]
+    x, y = data if data is not None else eigen_data(cfg, eig, inputs)
     directions, _ = storage.read_directions(storage.directions_path(job.out), device=device)
     with grid_points(
         inputs.model, directions, cfg.grid(), bn=cfg.bn, bn_x=inputs.bn_x, batch_size=cfg.batch_size

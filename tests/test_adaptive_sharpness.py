@@ -490,3 +490,36 @@ def test_the_command_measures_checkpoints_reruns_nothing_and_refuses_other_setti
     assert main([*args, "--m", "8"]) == 2  # another batch size changes every unit
     assert "other settings" in capsys.readouterr().err
     assert (out / "sharpness.json").read_text() == before
+
+
+def test_the_demo_measures_a_split_smaller_than_m_as_one_batch_of_all_of_it(tmp_path):
+    """The demo's and the sweep's sharpness (``plan_config``: fit_m) on a dataset with fewer
+    training images than m: one batch of all of them, m recorded as used; the command's
+    config (fit_m off) refuses the same call and names --m."""
+    from types import SimpleNamespace
+
+    from awp.checkpoint import save_checkpoint
+    from awp.config import to_dict
+    from awp.data import DataConfig
+    from awp.models import ModelSpec, build_model
+    from awp_landscape.inputs import Sources
+    from awp_landscape.measures.runner import run_measure
+    from awp_landscape.measures.sharpness import MEASURE
+    from tests.helpers import make_image_folder
+
+    data = make_image_folder(tmp_path / "data", classes=2, n_train=6, n_test=2, size=32)
+    spec = ModelSpec(name="smallcnn", num_classes=2, width=0.25)
+    config = {"method": "at", "awp": False,
+              "data": to_dict(DataConfig(dataset=str(data), val_size=0))}  # fmt: skip
+    ckpt = save_checkpoint(tmp_path / "last.pt", model=build_model(spec),
+                           model_spec=to_dict(spec), config=config)  # fmt: skip
+    plan = SimpleNamespace(sharpness_n=256, sharpness_m=128, sharpness_steps=1,
+                           sharpness_draws=1, analysis_steps=1)  # fmt: skip
+    cfg = MEASURE.plan_config(plan)
+    sources = Sources(device="cpu", progress=False)
+    run_measure(MEASURE, [ckpt], cfg, out=tmp_path / "s", sources=sources, figures=False)
+    rows = json.loads((tmp_path / "s" / "sharpness.json").read_text())["rows"]
+    assert rows and all(r["m"] == 6 and r["batches"] == 1 for r in rows)
+    with pytest.raises(ValueError, match=r"m=128 is larger than the data given \(6 examples\)"):
+        run_measure(MEASURE, [ckpt], dataclasses.replace(cfg, fit_m=False),
+                    out=tmp_path / "t", sources=sources, figures=False)  # fmt: skip

@@ -67,8 +67,10 @@ class Tabular(nn.Module):
 def tabular(n=32):
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(1)
-    return Tabular().double(), torch.randn(n, 8, generator=g, dtype=torch.float64), torch.randint(
-        0, 3, (n,), generator=g
+    return (
+        Tabular().double(),
+        torch.randn(n, 8, generator=g, dtype=torch.float64),
+        torch.randint(0, 3, (n,), generator=g),
     )
 
 

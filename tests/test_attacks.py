@@ -270,7 +270,8 @@ def test_the_reports_accuracy_columns_are_the_tables_display_names(tmp_path):
         {"attack": "cw20", "accuracy": 0.45},
     ]
     res = Results(
-        root=tmp_path, measures={"evaluate": [{"file": "AT-AWP_best.json", "n": 10, "results": rows}]}
+        root=tmp_path,
+        measures={"evaluate": [{"file": "AT-AWP_best.json", "n": 10, "results": rows}]},
     )
     (row,) = accuracy_rows(res)
     assert row["method"] == "AT-AWP" and row["checkpoint"] == "best"

@@ -163,6 +163,9 @@ def test_bad_input_is_a_one_line_error(ckpts, tmp_path, capsys):
     assert not list(tmp_path.glob("*.json"))
 
 
+@pytest.mark.slow  # 10 s: three processes importing torch. Certify's units are sharded by
+# analysis.store.run_units, whose two-rank split and agreement with one process
+# tests/test_flatness.py checks in the default suite.
 @pytest.mark.distributed
 def test_torchrun_two_ranks_equal_one_process(ckpts, tmp_path):
     args = [*map(str, ckpts), "--labels", "AT", "AT-AWP", *SMALL, "--no-figures"]

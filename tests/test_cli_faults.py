@@ -1,18 +1,23 @@
 """Wrong and hostile input against the real `awp` command: one line, exit code 2, nothing lost.
 
-Every case runs `python -m awp_landscape ...` in a subprocess on tiny models and checks the
-one-line error, the exit code, and that every file already on disk is byte-identical afterwards
-(and that no new visible file appeared). Then: two writers on one output, a diverging training,
+Every case runs the real command (``awp_landscape.cli.main``, in this process, its output, log
+lines and warnings captured as its own process prints them; a few cases, and every case with
+``-m slow``, in a process of their own) on tiny models and checks the one-line error, the exit
+code, and that every file already on disk is byte-identical afterwards (and that no new
+visible file appeared). Then: two writers on one output, a diverging training,
 checkpoints from elsewhere on every command, strict JSON for undefined statistics, leftovers of
 killed runs, resuming without last.pt, and progress lines in a log file.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
+import pickle
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -46,11 +51,19 @@ def env() -> dict[str, str]:
 
 
 def awp(
-    *args: object, timeout: float = 180, max_file_bytes: int | None = None
+    *args: object,
+    timeout: float = 180,
+    max_file_bytes: int | None = None,
+    process: bool = False,
 ) -> subprocess.CompletedProcess:
-    """The real command in a subprocess (one torch thread, as the suite); ``max_file_bytes``
-    limits the size of every file it writes (RLIMIT_FSIZE: a write beyond it fails with EFBIG,
-    "File too large", as on a full or quota-limited disk)."""
+    """The real command: ``awp_landscape.cli.main`` in this process, its stdout, stderr, log
+    lines and warnings captured as the command's own process would print them
+    (:func:`in_process`); with ``process`` (or ``max_file_bytes``) in a subprocess (one torch
+    thread, as the suite). ``max_file_bytes`` limits the size of every file it writes
+    (RLIMIT_FSIZE: a write beyond it fails with EFBIG, "File too large", as on a full or
+    quota-limited disk)."""
+    if not process and max_file_bytes is None:
+        return in_process(*args)
     cmd = [sys.executable, "-m", "awp_landscape", *map(str, args)]
 
     def limit() -> None:
@@ -68,13 +81,75 @@ def awp(
     )
 
 
-def error_line(proc: subprocess.CompletedProcess, command: str) -> str:
+def in_process(*args: object) -> subprocess.CompletedProcess:
+    """``awp ARGS`` run by ``main`` in this process, without the 2-3 s a new process spends
+    importing torch: stdout and stderr captured, the log lines on stderr as the command prints
+    them (INFO and up, its format), every warning on stderr as Python prints it, argparse's
+    exit as the return code."""
+    import contextlib
+    import io
+    import logging
+    import warnings
+
+    from awp_landscape.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    handler = logging.StreamHandler(err)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        with (
+            contextlib.redirect_stdout(out),
+            contextlib.redirect_stderr(err),
+            warnings.catch_warnings(record=True) as caught,
+        ):
+            warnings.simplefilter("always")
+            try:
+                code = main([str(a) for a in args])
+            except SystemExit as exit_:  # argparse's errors and --help
+                code = exit_.code if isinstance(exit_.code, int) else 2
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+    for w in caught:
+        err.write(f"{w.filename}:{w.lineno}: {w.category.__name__}: {w.message}\n")
+    argv = ["awp", *map(str, args)]
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
+
+
+def error_line(proc: subprocess.CompletedProcess, command: str, verb: str = "error") -> str:
     """The one error line; everything else on stderr must be a log line (INFO, WARNING)."""
     lines = proc.stderr.strip().splitlines()
-    errors = [ln for ln in lines if ln.startswith(f"awp {command}: error: ")]
+    errors = [ln for ln in lines if ln.startswith(f"awp {command}: {verb}")]
     others = [ln for ln in lines if ln not in errors and not ln.startswith(("INFO ", "WARNING "))]
     assert len(errors) == 1 and not others, proc.stderr[-3000:]
     return errors[0]
+
+
+def interrupted(args: list[str], *, when: str) -> subprocess.CompletedProcess:
+    """The real command, sent SIGINT (a Ctrl-C) as soon as it has mapped the shared library
+    whose name contains ``when`` (``libtorch``: while torch imports, the start of every
+    command that computes)."""
+    cmd = [sys.executable, "-m", "awp_landscape", *args]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(),
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as in a terminal
+    )  # fmt: skip
+    maps = Path(f"/proc/{proc.pid}/maps")
+    deadline = time.time() + 60
+    while proc.poll() is None and time.time() < deadline:
+        try:
+            if when in maps.read_text():
+                break
+        except OSError:
+            pass
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
 
 
 def snapshot(root: Path) -> dict[str, str]:
@@ -141,11 +216,25 @@ def world(tmp_path_factory):
     surfaces.mkdir()
     _h5(surfaces / "allnan.h5", np.full(41, np.nan))
     _h5(surfaces / "strx.h5", np.arange(3.0), x=np.array([b"a", b"b", b"c"]))
+    _h5(surfaces / "curve.h5", np.linspace(1.0, 2.0, 41))
+    copy = root / "copy.pt"  # a byte-identical copy of ours
+    copy.write_bytes(ours.read_bytes())
+    pickled = ck / "pickled.pt"  # a plain pickle beside the corrupt last.pt and epoch_001.pt
+    pickled.write_bytes(pickle.dumps({"conv1.weight": [[0.5]]}, protocol=4))
+    links = root / "links"  # outputs given as symbolic links: in a loop, or to no folder
+    links.mkdir()
+    (links / "loop.json").symlink_to("loop2.json")
+    (links / "loop2.json").symlink_to("loop.json")
+    (links / "loopdir").symlink_to("loopdir2")
+    (links / "loopdir2").symlink_to("loopdir")
+    (links / "nodir").symlink_to(root / "missing" / "folder")
     return dict(
         root=root, data3=data3, data4=data4, ours=ours, five=five, nan=nan, corrupt=corrupt,
         foreign=foreign, afile=afile, out=out, rundir=root / "run", reported=reported,
         truncated=truncated, e1=epochs[0], e2=epochs[1], e3=epochs[2], stranger=stranger,
-        allnan=surfaces / "allnan.h5", strx=surfaces / "strx.h5",
+        allnan=surfaces / "allnan.h5", strx=surfaces / "strx.h5", pickled=pickled,
+        loop=links / "loop.json", loopdir=links / "loopdir", nodir=links / "nodir",
+        curve=surfaces / "curve.h5", copy=copy,
     )  # fmt: skip
 
 
@@ -163,111 +252,511 @@ LAND = ["--n-train", "0", "--n-test", "4", "--x=-1:1:3", "--attack-steps", "1"]
 GAP = ["--n-train", "4", "--n-test", "4", "--attack-steps", "1"]
 FLAT = ["--n-examples", "4", "--samples", "1", "--alphas", "0.1", "--attack-steps", "1"]
 
+
+def _train_argv(data: str, out: str) -> list[str]:
+    """A one-epoch training of smallcnn on ``data`` into ``out``, as small as it runs."""
+    return ["train", "--dataset", data, "--val-size", "4", "--model", "smallcnn", "--width", "1",
+            "--batch-size", "8", "--attack-steps", "1", "--eval-steps", "1", "--eval-n-train",
+            "4", "--epochs", "1", "--out", out]  # fmt: skip
+
+
 # (case, command line with {names} of the world, what the one error line must say)
 FAULTS = [
     # 1. a model that does not fit the data: refused before any compute, no file left
-    ("eval: 5-class model, 3-class data", ["eval", "{five}", "--out", "{out}/e.json"],
-     r"5-class model, but data3 has 3 classes"),
-    ("eval: 3-class model, 4-class data", ["eval", "{ours}", "--dataset", "{data4}"],
-     r"3-class model, but data4 has 4 classes"),
-    ("landscape: classes", ["landscape", "{five}", "--out", "{out}/land", *LAND],
-     r"5-class model"),
-    ("gap: classes", ["gap", "{ours}", "--dataset", "{data4}", "--out", "{out}/g", *GAP],
-     r"3-class model, but data4 has 4"),
+    (
+        "eval: 5-class model, 3-class data",
+        ["eval", "{five}", "--out", "{out}/e.json"],
+        r"5-class model, but data3 has 3 classes",
+    ),
+    (
+        "eval: 3-class model, 4-class data",
+        ["eval", "{ours}", "--dataset", "{data4}"],
+        r"3-class model, but data4 has 4 classes",
+    ),
+    ("landscape: classes", ["landscape", "{five}", "--out", "{out}/land", *LAND], r"5-class model"),
+    (
+        "gap: classes",
+        ["gap", "{ours}", "--dataset", "{data4}", "--out", "{out}/g", *GAP],
+        r"3-class model, but data4 has 4",
+    ),
     ("flatness: classes", ["flatness", "{five}", "--out", "{out}/f", *FLAT], r"5-class model"),
     # 3. outputs that cannot be written: refused before any compute
-    ("eval: out under a file", ["eval", "{ours}", "--out", "{afile}/r.json"],
-     r"cannot write into .*notes.txt"),
+    (
+        "eval: out under a file",
+        ["eval", "{ours}", "--out", "{afile}/r.json"],
+        r"cannot write into .*notes.txt",
+    ),
     ("hist: out under a file", ["hist", "{ours}", "--out", "{afile}/h"], r"cannot write into"),
-    ("spectra: out under a file", ["spectra", "{ours}", "--out", "{afile}/s"],
-     r"cannot write into"),
-    ("landscape: out under a file", ["landscape", "{ours}", "--out", "{afile}/l", *LAND],
-     r"cannot write into"),
-    ("gap: out under a file", ["gap", "{ours}", "--out", "{afile}/g", *GAP],
-     r"cannot write into"),
-    ("flatness: unwritable out", ["flatness", "{ours}", "--out", "/proc/awp-out", *FLAT],
-     r"cannot write into /proc/awp-out"),
-    ("train: out under a file", ["train", "--dataset", "{data3}", "--model", "smallcnn",
-     "--out", "{afile}/run", "--epochs", "1"], r"cannot write into"),  # fmt: skip
-    ("report: out under a file", ["report", "{reported}", "--out", "{afile}/r.html"],
-     r"cannot write into"),
+    (
+        "spectra: out under a file",
+        ["spectra", "{ours}", "--out", "{afile}/s"],
+        r"cannot write into",
+    ),
+    (
+        "landscape: out under a file",
+        ["landscape", "{ours}", "--out", "{afile}/l", *LAND],
+        r"cannot write into",
+    ),
+    ("gap: out under a file", ["gap", "{ours}", "--out", "{afile}/g", *GAP], r"cannot write into"),
+    (
+        "flatness: unwritable out",
+        ["flatness", "{ours}", "--out", "/proc/awp-out", *FLAT],
+        r"cannot write into /proc/awp-out",
+    ),
+    (
+        "train: out under a file",
+        [
+            "train",
+            "--dataset",
+            "{data3}",
+            "--model",
+            "smallcnn",
+            "--out",
+            "{afile}/run",
+            "--epochs",
+            "1",
+        ],
+        r"cannot write into",
+    ),  # fmt: skip
+    (
+        "report: out under a file",
+        ["report", "{reported}", "--out", "{afile}/r.html"],
+        r"cannot write into",
+    ),
     # 4. non-finite weights: the tensor is named, nothing is computed
     ("eval: NaN weight", ["eval", "{nan}", "--out", "{out}/n.json"], r"non-finite.*conv1\.weight"),
     ("hist: NaN weight", ["hist", "{nan}", "--out", "{out}/h"], r"conv1\.weight"),
     ("spectra: NaN weight", ["spectra", "{nan}", "--out", "{out}/s"], r"conv1\.weight"),
     ("flatness: NaN weight", ["flatness", "{nan}", "--out", "{out}/f2", *FLAT], r"conv1\.weight"),
-    ("landscape: NaN weight", ["landscape", "{nan}", "--out", "{out}/l2", *LAND],
-     r"conv1\.weight"),
-    ("trajectory: two checkpoints", ["landscape", "{ours}", "{ours}", "--kind", "trajectory",
-     "--out", "{out}/t", *LAND], r"at least 3 checkpoints"),  # fmt: skip
+    ("landscape: NaN weight", ["landscape", "{nan}", "--out", "{out}/l2", *LAND], r"conv1\.weight"),
+    (
+        "trajectory: two checkpoints",
+        ["landscape", "{ours}", "{ours}", "--kind", "trajectory", "--out", "{out}/t", *LAND],
+        r"at least 3 checkpoints",
+    ),  # fmt: skip
     # 5. settings without meaning
-    ("flatness: alpha 0", ["flatness", "{ours}", "--out", "{out}/f3", *FLAT, "--alphas", "0"],
-     r"alpha = 0 is no noise"),
-    ("flatness: gamma 0", ["flatness", "{ours}", "--out", "{out}/f4", *FLAT, "--worst-case",
-     "--gammas", "0"], r"gamma = 0 is no perturbation"),  # fmt: skip
+    (
+        "flatness: alpha 0",
+        ["flatness", "{ours}", "--out", "{out}/f3", *FLAT, "--alphas", "0"],
+        r"alpha = 0 is no noise",
+    ),
+    (
+        "flatness: gamma 0",
+        ["flatness", "{ours}", "--out", "{out}/f4", *FLAT, "--worst-case", "--gammas", "0"],
+        r"gamma = 0 is no perturbation",
+    ),  # fmt: skip
     # 7. dead ends
     ("eval: a directory", ["eval", "{rundir}"], r"is a directory; pass a \.pt file, e\.g\."),
-    ("eval: corrupt checkpoint", ["eval", "{corrupt}", "--out", "{out}/c.json"],
-     r"truncated or corrupt.*use another checkpoint of .*epoch_001\.pt"),
+    (
+        "eval: corrupt checkpoint",
+        ["eval", "{corrupt}", "--out", "{out}/c.json"],
+        r"truncated or corrupt.*use another checkpoint of .*epoch_001\.pt",
+    ),
     # 8. numeric flags out of their range (declared with the field; the Python API refuses
     # the same values): nothing computed, nothing written
-    ("certify: samples 0", ["certify", "{ours}", "--out", "{out}/c1", "--samples", "0"],
-     r"n=0 is outside \[1, 10000000\] \(--samples\)"),
-    ("certify: samples negative", ["certify", "{ours}", "--out", "{out}/c2", "--samples=-5"],
-     r"n=-5 is outside \[1, 10000000\]"),
-    ("certify: samples 1e11", ["certify", "{ours}", "--out", "{out}/c3", "--samples", "1e11"],
-     r"n=100000000000 is outside .*: every sample is one forward pass"),
-    ("certify: noise level < 0", ["certify", "{ours}", "--out", "{out}/c4",
-     "--noise-levels=-0.5"], r"noise_levels=-0.5 is outside \[0, 4\]"),  # fmt: skip
-    ("spectra: image size", ["spectra", "{ours}", "--out", "{out}/s3", "--image-size",
-     "100000"], r"image_size=100000 is outside \[1, 2048\].*activations"),  # fmt: skip
-    ("spectra: fft size", ["spectra", "{ours}", "--out", "{out}/s4", "--fft-size", "100000"],
-     r"fft_size=100000 is outside \[0, 1024\].*c_out x c_in x n\^2"),
-    ("curvature: lanczos vectors", ["curvature", "{ours}", "--out", "{out}/h5",
-     "--lanczos-vectors", "100000"], r"lanczos_vectors=100000 is outside"),  # fmt: skip
-    ("curvature: top-k", ["curvature", "{ours}", "--out", "{out}/h6", "--top-k", "5135"],
-     r"top_k=5135 is outside \[0, 1000\]"),
-    ("flatness: samples 0", ["flatness", "{ours}", "--out", "{out}/f5", *FLAT, "--samples", "0"],
-     r"samples=0 is outside \[1, 100000\]"),
+    (
+        "certify: samples 0",
+        ["certify", "{ours}", "--out", "{out}/c1", "--samples", "0"],
+        r"n=0 is outside \[1, 10000000\] \(--samples\)",
+    ),
+    (
+        "certify: samples negative",
+        ["certify", "{ours}", "--out", "{out}/c2", "--samples=-5"],
+        r"n=-5 is outside \[1, 10000000\]",
+    ),
+    (
+        "certify: samples 1e11",
+        ["certify", "{ours}", "--out", "{out}/c3", "--samples", "1e11"],
+        r"n=100000000000 is outside .*: every sample is one forward pass",
+    ),
+    (
+        "certify: noise level < 0",
+        ["certify", "{ours}", "--out", "{out}/c4", "--noise-levels=-0.5"],
+        r"noise_levels=-0.5 is outside \[0, 4\]",
+    ),  # fmt: skip
+    (
+        "spectra: image size",
+        ["spectra", "{ours}", "--out", "{out}/s3", "--image-size", "100000"],
+        r"image_size=100000 is outside \[1, 2048\].*activations",
+    ),  # fmt: skip
+    (
+        "spectra: fft size",
+        ["spectra", "{ours}", "--out", "{out}/s4", "--fft-size", "100000"],
+        r"fft_size=100000 is outside \[0, 1024\].*c_out x c_in x n\^2",
+    ),
+    (
+        "curvature: lanczos vectors",
+        ["curvature", "{ours}", "--out", "{out}/h5", "--lanczos-vectors", "100000"],
+        r"lanczos_vectors=100000 is outside",
+    ),  # fmt: skip
+    (
+        "curvature: top-k",
+        ["curvature", "{ours}", "--out", "{out}/h6", "--top-k", "5135"],
+        r"top_k=5135 is outside \[0, 1000\]",
+    ),
+    (
+        "flatness: samples 0",
+        ["flatness", "{ours}", "--out", "{out}/f5", *FLAT, "--samples", "0"],
+        r"samples=0 is outside \[1, 100000\]",
+    ),
     # 9. inputs that change the meaning
-    ("trajectory: epochs out of order", ["landscape", "{e3}", "{e1}", "{e2}", "--kind",
-     "trajectory", "--out", "{out}/t2", *LAND],
-     r"not in epoch order \(epochs 3, 1, 2; theta0 would be epoch 2.*--allow-mixed"),  # fmt: skip
-    ("trajectory: another run", ["landscape", "{e1}", "{e2}", "{stranger}", "--kind",
-     "trajectory", "--out", "{out}/t3", *LAND], r"come from 2 runs .*--allow-mixed"),  # fmt: skip
-    ("landscape: --dir-norm with hessian", ["landscape", "{ours}", "--out", "{out}/l4", *LAND,
-     "--n-train", "4", "--direction", "hessian", "--dir-norm", "layer"],
-     r"--dir-norm layer has no effect on --direction hessian"),  # fmt: skip
-    ("landscape: --direction-seed of a trajectory", ["landscape", "{e1}", "{e2}", "{e3}",
-     "--kind", "trajectory", "--direction-seed", "3", "--out", "{out}/t4", *LAND],
-     r"--direction-seed 3 has no effect on a trajectory .*: drop --direction-seed$"),  # fmt: skip
-    ("plot: an all-NaN surface", ["plot", "{allnan}"],
-     r"allnan\.h5 has no value of train_loss \(0 of 41 points computed"),
+    (
+        "trajectory: epochs out of order",
+        ["landscape", "{e3}", "{e1}", "{e2}", "--kind", "trajectory", "--out", "{out}/t2", *LAND],
+        r"not in epoch order \(epochs 3, 1, 2; theta0 would be epoch 2.*--allow-mixed",
+    ),  # fmt: skip
+    (
+        "trajectory: another run",
+        [
+            "landscape",
+            "{e1}",
+            "{e2}",
+            "{stranger}",
+            "--kind",
+            "trajectory",
+            "--out",
+            "{out}/t3",
+            *LAND,
+        ],
+        r"come from 2 runs .*--allow-mixed",
+    ),  # fmt: skip
+    (
+        "landscape: --dir-norm with hessian",
+        [
+            "landscape",
+            "{ours}",
+            "--out",
+            "{out}/l4",
+            *LAND,
+            "--n-train",
+            "4",
+            "--direction",
+            "hessian",
+            "--dir-norm",
+            "layer",
+        ],
+        r"--dir-norm layer has no effect on --direction hessian",
+    ),  # fmt: skip
+    (
+        "landscape: --direction-seed of a trajectory",
+        [
+            "landscape",
+            "{e1}",
+            "{e2}",
+            "{e3}",
+            "--kind",
+            "trajectory",
+            "--direction-seed",
+            "3",
+            "--out",
+            "{out}/t4",
+            *LAND,
+        ],
+        r"--direction-seed 3 has no effect on a trajectory .*: drop --direction-seed$",
+    ),  # fmt: skip
+    (
+        "plot: an all-NaN surface",
+        ["plot", "{allnan}"],
+        r"allnan\.h5 has no value of train_loss \(0 of 41 points computed",
+    ),
     # 10. files that cannot be read name themselves and the fix
-    ("plot: string coordinates", ["plot", "{strx}"],
-     r"strx\.h5 holds datasets that are not a landscape's numbers.*recompute it"),
-    ("report: truncated metrics.jsonl", ["report", "{truncated}", "--out", "{out}/r.html"],
-     r"metrics file .*truncated/metrics\.jsonl line 1 is not valid JSON.*--resume"),
-    ("train: --resume-from a directory", ["train", "--dataset", "{data3}", "--model", "smallcnn",
-     "--out", "{rundir}", "--epochs", "1", "--resume-from", "{rundir}"],
-     r"cannot resume: .*run is a directory; pass a checkpoint file"),  # fmt: skip
+    (
+        "plot: string coordinates",
+        ["plot", "{strx}"],
+        r"strx\.h5 holds datasets that are not a landscape's numbers.*recompute it",
+    ),
+    (
+        "report: truncated metrics.jsonl",
+        ["report", "{truncated}", "--out", "{out}/r.html"],
+        r"metrics file .*truncated/metrics\.jsonl line 1 is not valid JSON.*--resume",
+    ),
+    (
+        "train: --resume-from a directory",
+        [
+            "train",
+            "--dataset",
+            "{data3}",
+            "--model",
+            "smallcnn",
+            "--out",
+            "{rundir}",
+            "--epochs",
+            "1",
+            "--resume-from",
+            "{rundir}",
+        ],
+        r"cannot resume: .*run is a directory; pass a checkpoint file",
+    ),  # fmt: skip
+    # 11. a check that needs only the settings comes before the compute (the curvature map
+    # follows the whole surface)
+    (
+        "landscape: --hessian-eigs on a split not evaluated",
+        ["landscape", "{ours}", "--out", "{out}/l5", *LAND, "--hessian-eigs"],
+        r"--hessian-eigs on --eig-split train needs train images, but --n-train is 0",
+    ),  # fmt: skip
+    (
+        "landscape: --eig-loss adv without an attack",
+        [
+            "landscape",
+            "{ours}",
+            "--out",
+            "{out}/l6",
+            *LAND,
+            "--attack",
+            "none",
+            "--hessian-eigs",
+            "--eig-split",
+            "test",
+            "--eig-loss",
+            "adv",
+        ],
+        r"--eig-loss adv crafts x_adv with --attack, but --attack is none",
+    ),  # fmt: skip
+    # 12. a write that fails (a full disk) in the first epoch leaves no metrics row, no
+    # config.json, no checkpoint: the same command starts the run again
+    (
+        "train: full disk at the first checkpoint",
+        _train_argv("{data3}", "{out}/full"),
+        r"cannot write .*/full/checkpoints/\S+\.pt: File too large",
+        {"max_file_bytes": 40_000},
+    ),
+    # 13. outputs given as symbolic links: a loop is refused, never replaced by a regular file
+    (
+        "eval: out a symbolic link in a loop",
+        ["eval", "{ours}", "--out", "{loop}", "--attacks", "natural"],
+        r"cannot write .*loop\.json: it is a symbolic link in a loop",
+    ),  # fmt: skip
+    (
+        "hist: out a folder link in a loop",
+        ["hist", "{ours}", "--out", "{loopdir}"],
+        r"loopdir: it is a symbolic link in a loop \(.*loopdir -> .*loopdir2 -> .*loopdir\)",
+    ),
+    (
+        "hist: out a link to no folder",
+        ["hist", "{ours}", "--out", "{nodir}"],
+        r"cannot write into .*nodir: it is a symbolic link to .*missing/folder, which does not "
+        r"exist; create that folder",
+    ),  # fmt: skip
+    # 14. a Ctrl-C while the command starts (torch importing) ends it: one line, exit 130
+    (
+        "landscape: Ctrl-C while torch imports",
+        ["landscape", "{ours}", "--out", "{out}/l7", *LAND],
+        r"^awp landscape: interrupted; finished work is on disk",
+        {"interrupt": "libtorch"},
+    ),
+    # 15. TensorBoard's folder is checked before anything is written (no writer thread's
+    # traceback, no bytes repr, no config.json left)
+    (
+        "train: --tensorboard where nothing can be written",
+        [*_train_argv("{data3}", "{out}/tb"), "--tensorboard", "/sys/kernel"],
+        r"cannot write into /sys/kernel .*; choose another --tensorboard$",
+    ),  # fmt: skip
+    # 16. messages: a plain pickle is called what it is; the checkpoints suggested instead are
+    # whole ones (not the truncated last.pt beside it); a config's field is named as its flag
+    (
+        "eval: a plain pickle",
+        ["eval", "{pickled}", "--out", "{out}/p.json"],
+        r"is a plain pickle, not a file written by torch\.save.*use another checkpoint of "
+        r"\S+ \(epoch_001\.pt\)$",
+    ),  # fmt: skip
+    (
+        "landscape: a field's error names its flag",
+        ["landscape", "{ours}", "--out", "{out}/l8", *LAND, "--bn", "recompute", "--n-bn", "1"],
+        r"bn recompute needs --n-bn >= 2",
+    ),
+    # 17. degenerate input: a path from a checkpoint to itself has no barrier to find
+    (
+        "connect: A to A",
+        ["connect", "{ours}", "{ours}", "--out", "{out}/cn1"],
+        r"cannot connect .*epoch_001\.pt and .*epoch_001\.pt: they are the same file",
+    ),
+    (
+        "connect: two byte-identical files",
+        ["connect", "{ours}", "{copy}", "--out", "{out}/cn2"],
+        r"cannot connect .*: they are byte-identical, so every path between them is one point",
+    ),
 ]
 
 
-@pytest.mark.parametrize("case,argv,said", FAULTS, ids=[f[0] for f in FAULTS])
-def test_a_fault_is_one_line_and_loses_nothing(world, case, argv, said):
+CASES = [(*f, {})[:4] for f in FAULTS]
+# The cases also run in a process of their own in the default suite (every case does with
+# -m slow): what only a real process shows (a torch warning on stderr, log lines, the exit).
+IN_A_PROCESS = (
+    "eval: a plain pickle",
+    "certify: samples 0",
+    "report: truncated metrics.jsonl",
+    "hist: out a link to no folder",
+    "train: --tensorboard where nothing can be written",
+)
+
+
+@pytest.mark.parametrize("case,argv,said,how", CASES, ids=[f[0] for f in FAULTS])
+def test_a_fault_is_one_line_and_loses_nothing(world, case, argv, said, how):
+    """Each case run by ``main`` in this process; ``how`` asks for a process of its own:
+    ``max_file_bytes`` (a full disk), ``interrupt`` (a Ctrl-C once the process has loaded that
+    library: it ends with exit code 130)."""
+    _fault(world, case, argv, said, how, process=case in IN_A_PROCESS)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case,argv,said,how", CASES, ids=[f[0] for f in FAULTS])
+def test_a_fault_is_one_line_and_loses_nothing_in_its_own_process(world, case, argv, said, how):
+    _fault(world, case, argv, said, how, process=True)
+
+
+def _fault(world, case: str, argv: list, said: str, how: dict, *, process: bool) -> None:
     args = [a.format(**world) for a in argv]
     if args[0] not in ("report", "plot"):
         args += QUICK
     before = snapshot(world["root"])
-    proc = awp(*args)
-    assert proc.returncode == 2, (case, proc.stderr[-2000:])
-    line = error_line(proc, args[0])
+    if "interrupt" in how:
+        proc = interrupted(args, when=how["interrupt"])
+    else:
+        proc = awp(*args, max_file_bytes=how.get("max_file_bytes"), process=process)
+    assert proc.returncode == (130 if "interrupt" in how else 2), (case, proc.stderr[-2000:])
+    line = error_line(proc, args[0], verb="interrupted" if "interrupt" in how else "error")
     assert re.search(said, line), line
     after = snapshot(world["root"])
     assert {k: v for k, v in after.items() if k in before} == before  # nothing changed
     new = [k for k in after if k not in before and not Path(k).name.startswith(".")]
     assert not new, new  # nothing new but hidden lock files
+
+
+# Faults whose command succeeds but said or wrote the wrong thing: (case, command line with
+# {names} of the world, {"stdout" | "stderr" | a file under --out's folder: a pattern it must
+# match}, a pattern stdout must not match).
+OUTCOMES = [
+    (
+        "landscape: --eig-examples beyond the split is capped and the header says so",
+        [
+            "landscape",
+            "{ours}",
+            "--out",
+            "{out}/o1",
+            *LAND,
+            "--hessian-eigs",
+            "--eig-split",
+            "test",
+            "--eig-examples",
+            "100000000",
+        ],
+        {
+            "stderr": r"WARNING .*--eig-examples 100000000 asks for more than the 4 images of the "
+            r"split: all 4 are used",
+            "stdout": r"curvature map \(lambda_max, lambda_min of the clean loss on 4 test images",
+        },
+        r"100000000",
+    ),  # fmt: skip
+    (
+        "train: --val-size 0 lists no best.pt",
+        [*_train_argv("{data3}", "{out}/o2"), "--val-size", "0"],
+        {"stdout": r"checkpoints: \S+ \(last\.pt\); metrics"},
+        r"best\.pt",
+    ),
+    (
+        "report: report.md shows a label as report.html does, markup as text",
+        ["report", "{reported}", "--out", "{out}/o3/report.html", "--title", "*T* <b>x</b> [a](b)"],
+        {"o3/report.md": r"^# \\\*T\\\* \\<b>x\\</b> \\\[a\\\]\(b\)$"},
+        r"Traceback",
+    ),  # fmt: skip
+    (
+        "plot: --vtp of a 1-D file says it writes none",
+        ["plot", "{curve}", "--vtp", "--formats", "png"],
+        {
+            "stdout": r"^note: --vtp writes nothing for \S+curve\.h5 \(curve\): it is a 1d "
+            r"curve"
+        },
+        r"\.vtp$",
+    ),  # fmt: skip
+]
+
+
+@pytest.mark.parametrize("case,argv,said,unsaid", OUTCOMES, ids=[o[0] for o in OUTCOMES])
+def test_a_fault_that_succeeded_says_and_writes_the_right_thing(world, case, argv, said, unsaid):
+    args = [a.format(**world) for a in argv]
+    proc = awp(*args, *(QUICK if args[0] not in ("report", "plot") else []))
+    assert proc.returncode == 0, (case, proc.stderr[-2000:])
+    texts = {"stdout": proc.stdout, "stderr": proc.stderr}
+    for where, pattern in said.items():
+        text = texts.get(where) or (world["out"] / where).read_text()
+        assert re.search(pattern, text, flags=re.M), (where, text[-2000:])
+    assert not re.search(unsaid, proc.stdout, flags=re.M), proc.stdout[-2000:]
+
+
+def test_a_curvature_map_left_without_values_takes_corrected_settings(world, tmp_path):
+    """A map that holds no value (an earlier version computed the surface, then found its
+    --eig-split without images and left NaN columns) is no result to protect: a corrected
+    rerun with --resume computes it, instead of refusing 'other settings'."""
+    from landscape.curvature_map import EIG_ATTR, EIG_NAMES, EigenMapConfig
+    from landscape.storage import read_surface, write_surface
+
+    out = tmp_path / "A.h5"
+    args = ["landscape", world["ours"], "--out", out, *LAND, *QUICK]
+    assert awp(*args).returncode == 0
+    left = read_surface(out)  # what the earlier version left: settings, NaN columns
+    left.attrs[EIG_ATTR] = {**dataclasses.asdict(EigenMapConfig(hessian_eigs=True)),
+                            "seed_scheme": "derive_seed"}  # fmt: skip
+    for name in EIG_NAMES:
+        left.values[name] = np.full(left.computed.shape, np.nan)
+    write_surface(out, left)
+    proc = awp(*args, "--resume", "--hessian-eigs", "--eig-split", "test")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    done = read_surface(out)
+    assert done.attrs[EIG_ATTR]["eig_split"] == "test"
+    assert all(np.isfinite(done.values[n]).all() for n in EIG_NAMES)
+    proc = awp(*args, "--resume", "--hessian-eigs", "--eig-split", "test", "--eig-tol", "0.01")
+    assert proc.returncode == 2 and "other settings" in proc.stderr  # values now: refused
+
+
+def test_an_output_given_as_a_dangling_link_is_written_through(world, tmp_path):
+    link, target = tmp_path / "result.json", tmp_path / "elsewhere" / "r.json"
+    link.symlink_to(target)  # the target and its folder do not exist yet
+    proc = awp("eval", world["ours"], "--out", link, "--attacks", "natural", *QUICK)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert link.is_symlink() and os.readlink(link) == str(target)  # the link stays a link
+    assert json.loads(target.read_text())["results"]  # and the results reached its target
+
+
+def test_a_run_stopped_between_last_pt_and_its_metrics_row_resumes_whole(world, tmp_path):
+    """Checkpoints are written before the epoch's metrics row; a run stopped between the two
+    gets the row back from last.pt when it is resumed."""
+    out = tmp_path / "run"
+    args = [*_train_argv(str(world["data3"]), str(out)), "--epochs", "2", *QUICK]
+    assert awp(*args).returncode == 0
+    metrics = out / "metrics.jsonl"
+    whole = metrics.read_text().splitlines()
+    metrics.write_text(whole[0] + "\n")  # stopped after last.pt of epoch 2, before its row
+    proc = awp(*args, "--resume")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert metrics.read_text().splitlines() == whole
+
+
+def test_a_ctrl_c_that_python_would_lose_still_ends_the_command(tmp_path, monkeypatch):
+    """In a callback of the garbage collector, or inside an import, a KeyboardInterrupt is
+    lost ("Exception ignored in ...") or aborts the process (a C++ caller); here it is raised
+    again where the command can stop."""
+    from awp_landscape.cli import interrupts_reach_main
+
+    class Dropped:
+        def __del__(self) -> None:
+            raise KeyboardInterrupt  # what a Ctrl-C during a garbage collection looks like
+
+    reported = []
+    monkeypatch.setattr(sys, "unraisablehook", reported.append)
+    with pytest.raises(KeyboardInterrupt), interrupts_reach_main():
+        Dropped()  # collected at once: the exception cannot leave __del__
+        for _ in range(500):  # the interrupt arrives here, between two short sleeps
+            time.sleep(0.01)
+    assert reported == []  # no "Exception ignored" traceback
+    module = tmp_path / "slow_import.py"  # a Ctrl-C in the middle of an import
+    module.write_text("import signal, time\nsignal.raise_signal(signal.SIGINT)\ndone = True\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(KeyboardInterrupt), interrupts_reach_main():
+        import slow_import  # noqa: F401  (the interrupt leaves this statement)
+
+        pytest.fail("the interrupt was not raised when the import returned")
+    assert sys.modules["slow_import"].done  # the import ran to its end first
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders anyway")
@@ -285,7 +774,7 @@ def test_a_read_only_out_is_refused(world, tmp_path):
 def test_two_writers_of_one_landscape_the_second_is_refused(world, tmp_path):
     out = tmp_path / "land"
     args = [world["ours"], "--out", out, "--labels", "A", "--n-train", "0", "--n-test", "9"]
-    args += ["--x=-1:1:801", "--attack-steps", "3", *QUICK]
+    args += ["--x=-1:1:201", "--attack-steps", "3", *QUICK]  # seconds of points to compute
     first = subprocess.Popen(
         [sys.executable, "-m", "awp_landscape", "landscape", *map(str, args)],
         env=env(),
@@ -414,29 +903,24 @@ DEMO_STAGES = [
 
 
 @pytest.fixture(scope="module")
-def tiny_demo(tmp_path_factory):
-    """A demo as small as it runs (smallcnn at width 1/4, 3 epochs): its layers are too small
-    for a power-law fit, so spectra.json holds "alpha": null."""
-    from tests.test_demo import TINY
-
-    root = tmp_path_factory.mktemp("tiny_demo")
-    data = make_image_folder(root / "data", classes=4, n_train=48, n_test=16)
-    args = list(TINY)
-    args[args.index("--width") + 1] = "0.25"
-    proc = awp("demo", "--out", root / "out", "--dataset", data, *args, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return root / "out"
+def tiny_demo(tiny_demo_folder):
+    """The session's tiny demo (conftest.tiny_demo_folder; smallcnn at width 1/4, 3 epochs):
+    its layers are too small for a power-law fit, so spectra.json holds "alpha": null."""
+    return tiny_demo_folder[0]
 
 
-def test_the_report_of_a_tiny_demo_says_no_fit(tiny_demo):
+def test_the_report_of_a_tiny_demo_says_no_fit(tiny_demo, tmp_path):
+    import shutil
+
     spectra = json.loads((tiny_demo / "seed0/analysis/spectra/spectra.json").read_text())
     assert any(r["alpha"] is None for r in spectra["esd"])  # what crashed the report
     md = (tiny_demo / "report.md").read_text()
     assert "Weight spectra" in md and "no fit" in md and "Not measured" not in md
-    (tiny_demo / "report.html").unlink()
-    proc = awp("report", tiny_demo)
+    folder = tmp_path / "demo"
+    shutil.copytree(tiny_demo, folder, ignore=shutil.ignore_patterns("report.html"))
+    proc = awp("report", folder, process=True)  # the real process: no traceback on stderr
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    assert (tiny_demo / "report.html").exists()
+    assert (folder / "report.html").exists()
 
 
 def _killed(demo: Path, dest: Path, stage: int) -> Path:
@@ -593,6 +1077,24 @@ def test_a_result_set_is_renamed_only_when_every_file_is_written(tmp_path):
     assert good.read_text() == (tmp_path / "t.csv").read_text() == "new\n"
 
 
+def test_a_rewrite_with_the_same_bytes_leaves_the_file_untouched(tmp_path):
+    """A rerun that changes nothing touches nothing: the same bytes are not written again (the
+    file keeps its inode and its time), other bytes are (atomically, a new file)."""
+    from awp.io import atomic_write_set, atomic_write_text, write_json
+
+    path, other = tmp_path / "r.json", tmp_path / "r.csv"
+    write_json(path, {"a": 1})
+    atomic_write_text(other, "x\n")
+    stamps = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (path, other)}
+    write_json(path, {"a": 1})
+    assert atomic_write_set({path: path.read_text(), other: "x\n"}) == []
+    assert {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (path, other)} == stamps
+    assert atomic_write_set({path: path.read_text(), other: "y\n"}) == [other]
+    assert other.read_text() == "y\n" and other.stat().st_ino != stamps[other][0]
+    write_json(path, {"a": 2})
+    assert json.loads(path.read_text()) == {"a": 2} and path.stat().st_ino != stamps[path][0]
+
+
 def test_plot_marks_an_incomplete_surface(tmp_path):
     loss = np.where(np.arange(41) < 15, np.linspace(1, 2, 41), np.nan)
     path = _h5(tmp_path / "half.h5", loss)
@@ -634,6 +1136,7 @@ def test_every_numeric_flag_of_the_measurement_configs_has_a_range():
     import typing
 
     from analysis.certify_units import CertifyConfig
+    from analysis.config import AdaptiveSharpnessConfig, ConnectConfig, QuantizeConfig
     from analysis.curvature import HessianConfig
     from analysis.flatness import FlatnessConfig
     from analysis.gap import GapConfig
@@ -644,7 +1147,9 @@ def test_every_numeric_flag_of_the_measurement_configs_has_a_range():
     from awp.config import AttackConfig, AWPConfig, resolve_type
     from awp.evaluate import EvalConfig
     from awp.models import ModelConfig
-    from landscape.config import SurfaceConfig
+    from awp_landscape.plans import ReproduceConfig
+    from awp_landscape.sweep_config import SweepConfig
+    from landscape.config import EigenMapConfig, SurfaceConfig
 
     def numeric(tp: object) -> bool:
         tp = resolve_type(tp)
@@ -659,7 +1164,8 @@ def test_every_numeric_flag_of_the_measurement_configs_has_a_range():
     configs = (AttackConfig, AWPConfig, TrainConfig, ModelConfig, EvalConfig, SurfaceConfig,
                GapConfig, FlatnessConfig, WorstCaseConfig, SigmaSearchConfig, PacBayesConfig,
                HessianConfig, SpectraConfig, CertifyConfig, TrainingPlan, AnalysisPlan,
-               SweepPlan, DemoConfig, DataConfig)  # fmt: skip
+               SweepPlan, DemoConfig, DataConfig, ConnectConfig, EigenMapConfig,
+               ReproduceConfig, SweepConfig, AdaptiveSharpnessConfig, QuantizeConfig)  # fmt: skip
     missing = [
         f"{cls.__name__}.{f.name}"
         for cls in configs
@@ -667,6 +1173,59 @@ def test_every_numeric_flag_of_the_measurement_configs_has_a_range():
         if numeric(typing.get_type_hints(cls)[f.name]) and "bounds" not in f.metadata
     ]
     assert not missing, missing
+
+
+def _parsers(parser, prog: str = "awp"):
+    """(prog, action) of every flag of ``parser`` and, recursively, of its subcommands."""
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _parsers(sub, f"{prog} {name}")
+        else:
+            yield prog, action
+
+
+def test_every_numeric_flag_of_every_command_states_its_range():
+    """Walks every parser of `awp` (every subcommand, every flag, the hand-written ones
+    included): a flag whose value is a number says its range in --help (`range [low, high]`,
+    from opt(..., bounds=...) or add_bounded_argument). Hidden deprecated spellings share
+    their flag's range."""
+    import argparse
+
+    from awp_landscape.cli import build_parser
+
+    def numeric(action: argparse.Action) -> bool:
+        try:
+            value = action.type("1") if action.type is not None else None
+        except (ValueError, TypeError, argparse.ArgumentTypeError):
+            return False
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    flags = [(prog, a) for prog, a in _parsers(build_parser()) if numeric(a)]
+    assert len(flags) > 200  # every command's parser was built and walked
+    missing = [
+        f"{prog} {'/'.join(a.option_strings) or a.dest}"
+        for prog, a in flags
+        if a.help != argparse.SUPPRESS and "range [" not in (a.help or "")
+    ]
+    assert not missing, missing
+
+
+def test_a_hand_written_numeric_flag_refuses_what_its_help_excludes(capsys):
+    from awp_landscape.cli import main
+
+    for argv, said in (
+        (["hist", "x.pt", "--bins", "0"], "argument --bins: 0 is outside [1, 100000]"),
+        (["correlate", "t.json", "--n-boot=-1"], "argument --n-boot: -1 is outside [0, 1000000]"),
+        (["plot", "s.h5", "--vtp-points", "5000"], "5000 is outside [0, 4096]: the mesh holds"),
+    ):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == 2 and said in capsys.readouterr().err, argv
+    proc = awp("correlate", "t.json", "--confidence", "2")
+    assert proc.returncode == 2 and "argument --confidence: 2 is outside [0, 1]" in proc.stderr
 
 
 @pytest.mark.parametrize(
@@ -679,9 +1238,7 @@ def test_every_numeric_flag_of_the_measurement_configs_has_a_range():
         (["sweep", "--eval-every", "0"], "eval_every=0 is outside [1, inf]"),
     ],
 )
-def test_the_plans_of_demo_and_sweep_refuse_out_of_range_sizes_in_one_line(
-    tmp_path, argv, message
-):
+def test_the_plans_of_demo_and_sweep_refuse_out_of_range_sizes_in_one_line(tmp_path, argv, message):
     from awp_landscape.pipeline import DemoConfig
     from awp_landscape.plans import TrainingPlan
 

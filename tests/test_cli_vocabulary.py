@@ -58,7 +58,10 @@ SHARED = {
     ),
 }
 # A command whose default differs says why in the flag's help (the text to find).
-EXPLAINED = {("landscape", "--attack-steps"): "not the PGD-20 of eval"}
+EXPLAINED = {
+    ("landscape", "--attack-steps"): "not the PGD-20 of eval",
+    ("sharpness", "--attack-steps"): "not the PGD-20 of eval",
+}
 # eval's radius and step follow --norm: the same numbers for linf, written as the rule.
 BY_NORM = {("eval", "--eps"): "8/255 linf, 0.5 l2", ("eval", "--attack-step-size"): "eps/4"}
 # Training's attack (the paper's PGD-10, K1, its mode and start per method) is the training
@@ -275,8 +278,9 @@ def test_the_torch_free_copies_agree_with_what_they_describe():
 
     assert tuple(ATTACKS) == EVAL_ATTACKS
     assert {n: a.label for n, a in ATTACKS.items()} == ATTACK_LABELS
-    assert module_doc("awp_landscape.sweep") == awp_landscape.sweep.__doc__
-    assert module_doc("awp_landscape.pipeline") == awp_landscape.pipeline.__doc__
+    for module in (awp_landscape.sweep, awp_landscape.pipeline):  # as --help shows it
+        plain = re.sub(r":(data|func|mod):|[`~]", "", module.__doc__)
+        assert module_doc(module.__name__) == plain
     assert module_doc("awp_landscape.no_such_module") is None
 
 
@@ -322,3 +326,48 @@ def test_one_out_rule_for_the_commands_that_read_checkpoints(tmp_path):
     for name in ("eval", "landscape", "connect", "gap", "flatness", "curvature", "certify"):
         out = _visible(PARSERS[name])["--out"]
         assert out.default is None and "<run>/analysis" in out.help, name
+
+
+# ------------------------------------------------------------------ docs/cli.md and the parsers
+def _cli_reference():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "cli_reference.py"
+    spec = importlib.util.spec_from_file_location("cli_reference", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_docs_cli_md_reference_is_the_parsers_own():
+    """docs/cli.md's reference is generated from the parsers (scripts/cli_reference.py); a
+    parser changed without rerunning the script fails here."""
+    ref = _cli_reference()
+    text = ref.CLI_MD.read_text()
+    assert ref.updated(text) == text, "docs/cli.md is out of date: python scripts/cli_reference.py"
+    for name in command_names():  # every command, every visible flag
+        section = text.split(f"### `awp {name}`", 1)[1].split("### `awp ", 1)[0]
+        for flag in _visible(PARSERS[name]):
+            assert f"`{flag}" in section or f"/ {flag}" in section, (name, flag)
+
+
+def test_the_vocabulary_tables_of_docs_cli_md_name_flags_the_commands_have():
+    """Each row of the hand-written tables (subset sizes, seeds) names flags and the commands
+    that have them (``certify (`--n-test`)``: only that one); every such pair must exist."""
+    text = _cli_reference().CLI_MD.read_text().split("## Reference", 1)[0]
+    checked = 0
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 3 or cells[-1] in ("commands", "---"):
+            continue
+        flags = re.findall(r"`(--[a-z0-9-]+)", " ".join(cells[:2]))
+        for item in re.findall(r"([a-z]+)(?: \(([^)]*)\))?(?:,|$)", cells[-1]):
+            command, only = item
+            if command not in PARSERS:
+                continue
+            named = re.findall(r"`(--[a-z0-9-]+)`", only) or flags
+            for flag in named:
+                assert flag in _visible(PARSERS[command]), (line, command, flag)
+                checked += 1
+    assert checked > 40

@@ -124,6 +124,29 @@ def test_distributed_run_resumes_exactly(worker_runs):
 
 
 @pytest.mark.distributed
+def test_a_run_of_two_processes_resumes_only_with_two(worker_runs, tmp_path):
+    """The refusal of test_torchrun_awp_train_cli (-m slow) without a torchrun of its own: a
+    run trained by 2 processes (the worker's), resumed by 1, is refused naming the fix, and
+    nothing of it changes."""
+    import shutil
+
+    from awp.train import train
+    from tests.ddp_worker import resume_config
+
+    out = tmp_path / "full"
+    shutil.copytree(worker_runs / "full", out)
+    before = (out / "checkpoints" / "last.pt").read_bytes()
+    with pytest.raises(ValueError, match=r"trained by 2 process\(es\), this is 1; resume with "
+                                         r"torchrun --nproc_per_node 2"):  # fmt: skip
+        train(resume_config(out), resume=True, progress=False, data=data())
+    assert (out / "checkpoints" / "last.pt").read_bytes() == before
+
+
+@pytest.mark.slow  # 10 s: a torchrun of `awp train` (rank 0 prints each epoch once, the
+# method's defaults and the process count are recorded); DDP training itself is compared with
+# one process by the tests above (the worker's runs), and the refusal to resume with another
+# process count by test_a_run_of_two_processes_resumes_only_with_two
+@pytest.mark.distributed
 def test_torchrun_awp_train_cli(tmp_path, capsys):
     folder = make_image_folder(tmp_path / "data", n_train=30, n_test=12)
     out = tmp_path / "run"

@@ -122,9 +122,7 @@ def test_awp_direction_is_the_awp_perturbation_with_gamma_one():
     assert_same_state(model, before)
     # Reference 1: the AWP perturbation of awp.perturb on the whole batch in eval mode.
     ref_model = copy.deepcopy(model).eval()
-    v = weight_ascent(
-        lambda: F.cross_entropy(ref_model(x), y), select_params(ref_model), gamma=1.0
-    )
+    v = weight_ascent(lambda: F.cross_entropy(ref_model(x), y), select_params(ref_model), gamma=1.0)
     # Reference 2: ||w|| g / ||g|| written out.
     loss = F.cross_entropy(ref_model(x), y)
     loss.backward()

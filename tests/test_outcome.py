@@ -58,3 +58,46 @@ def test_the_deep_layer_statement_counts_every_layer():
     said = _said(weights={"stats": stats})
     assert "AT-AWP smaller in 1 of 3 layers, larger in 2" in said
     assert "the deepest (conv2): AT 1, AT-AWP 1.2" in said
+
+
+def _measure(name, at, awp, seeds=(0,), low=None, high=None):
+    return {"measure": name, "mean_at": at, "mean_awp": awp, "mean_diff": awp - at,
+            "t_low": low, "t_high": high, "confidence": 0.95, "seeds": list(seeds)}  # fmt: skip
+
+
+def test_the_one_seed_outcome_table_says_no_interval_once_at_one_precision_per_row():
+    from analysis.outcome import outcome_rows
+
+    rows, intervals = outcome_rows([_measure("PGD-20 accuracy", 0.09647, 0.9907),
+                                    _measure("loss", 2.0, 1.5)])  # fmt: skip
+    assert not intervals  # one seed: no interval or verdict column, said once by the caller
+    assert rows[0] == {"measure": "PGD-20 accuracy", "AT": "0.0965", "AT-AWP": "0.9907",
+                       "AT-AWP minus AT": "+0.8942"}  # fmt: skip
+    assert rows[1]["AT"] == "2.000" and rows[1]["AT-AWP minus AT"] == "-0.500"
+    three = [_measure("gap", 0.6, 0.0, (0, 1, 2), -0.75, -0.44), _measure("x", 1.0, 1.0)]
+    rows, intervals = outcome_rows(three)
+    assert intervals and rows[0]["95% t interval over seeds"] == "[-0.7500, -0.4400]"
+    assert rows[0]["verdict"] == "AT-AWP lower" and rows[1]["verdict"] == "1 seed, no interval"
+
+
+def test_absolute_flatness_equal_to_the_signed_one_is_said_once_not_repeated():
+    from awp_landscape.measures.flatness import MEASURE
+
+    fold = MEASURE.fold_over_seeds
+
+    on = " (robust loss increase; PGD-20, 500 train images)"
+    absolute = " (mean |robust loss change|; PGD-20, 500 train images)"
+    measures = [_measure(f"expected flatness at alpha={a}{on}", 0.01 * a, 0.005 * a)
+                for a in (0.05, 0.1, 0.2)]  # fmt: skip
+    measures += [_measure(f"expected absolute flatness at alpha={a}{absolute}", 0.01 * a,
+                          0.005 * a if a != 0.2 else 0.004) for a in (0.05, 0.1, 0.2)]  # fmt: skip
+    kept, (said,) = fold(measures)
+    assert [m["measure"].split(" (")[0] for m in kept] == [
+        "expected flatness at alpha=0.05", "expected flatness at alpha=0.1",
+        "expected flatness at alpha=0.2", "expected absolute flatness at alpha=0.2",
+    ]  # fmt: skip
+    assert said.startswith(
+        "Expected absolute flatness (mean |robust loss change|) equals the "
+        "expected flatness at alpha=0.05, 0.1 for both methods: every noise"
+    )
+    assert fold(kept[3:]) == (kept[3:], [])  # nothing to fold

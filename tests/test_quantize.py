@@ -41,7 +41,7 @@ def test_quantization_equals_the_per_channel_loop(bits):
     torch.testing.assert_close(q, _reference(w, bits), rtol=0, atol=1e-12)
     assert torch.all(q[2] == 0)
     for c in (0, 1, 3, 4):  # at most 2L + 1 values per channel, the extreme one kept
-        assert len(torch.unique(q[c])) <= 2 ** bits - 1
+        assert len(torch.unique(q[c])) <= 2**bits - 1
         assert float(q[c].abs().max()) == pytest.approx(float(w[c].abs().max()))
 
 

@@ -1,13 +1,16 @@
 """Every ```python block of README.md and docs/*.md runs as written, on its own, at toy sizes.
 
-Each block runs in a fresh interpreter (nothing shared between blocks: a block that uses a
-name it does not define fails here), in an empty working folder, with ``AWP_SNIPPET_TINY=1``,
-the size switch the blocks document. A block that imports a name it never uses fails too.
+Each block runs with nothing of another block: its own globals (a block that uses a name it
+does not define fails here) and its own empty working folder, with ``AWP_SNIPPET_TINY=1``,
+the size switch the blocks document. All blocks run one after another in one fresh
+interpreter (tests/snippet_runner.py), which imports torch once instead of once per block. A
+block that imports a name it never uses fails too.
 """
 
 from __future__ import annotations
 
 import ast
+import json
 import os
 import re
 import subprocess
@@ -53,13 +56,15 @@ def test_the_docs_have_blocks_to_run():
     assert unused_imports("import os\nfrom a import b, c\nprint(os.sep, b)\n") == ["c"]
 
 
-@pytest.mark.parametrize(
-    "path, line, code", BLOCKS, ids=[f"{p.name}:{line}" for p, line, _ in BLOCKS]
-)
-def test_block_runs_on_its_own(path, line, code, tmp_path):
-    where = f"{path.relative_to(ROOT)}:{line}"
-    assert not unused_imports(code), f"{where} imports names it never uses"
-    assert "AWP_SNIPPET_TINY" in code, f"{where} does not read the size switch AWP_SNIPPET_TINY"
+@pytest.fixture(scope="module")
+def block_results(tmp_path_factory) -> dict[str, str]:
+    """Run every block in one fresh interpreter: block -> "" (it ran) or its traceback."""
+    folder = tmp_path_factory.mktemp("snippets")
+    blocks = [
+        {"where": f"{p.relative_to(ROOT)}:{line}", "code": code, "cwd": str(folder / str(k))}
+        for k, (p, line, code) in enumerate(BLOCKS)
+    ]
+    (folder / "blocks.json").write_text(json.dumps(blocks))
     env = {
         **os.environ,
         "AWP_SNIPPET_TINY": "1",
@@ -67,12 +72,24 @@ def test_block_runs_on_its_own(path, line, code, tmp_path):
         "OMP_NUM_THREADS": "1",
         "MPLBACKEND": "Agg",
     }
+    runner = ROOT / "tests" / "snippet_runner.py"
     proc = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=tmp_path,
+        [sys.executable, str(runner), str(folder / "blocks.json"), str(folder / "results.json")],
+        cwd=folder,
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
     )
-    assert proc.returncode == 0, f"{where} failed:\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads((folder / "results.json").read_text())
+
+
+@pytest.mark.parametrize(
+    "path, line, code", BLOCKS, ids=[f"{p.name}:{line}" for p, line, _ in BLOCKS]
+)
+def test_block_runs_on_its_own(path, line, code, block_results):
+    where = f"{path.relative_to(ROOT)}:{line}"
+    assert not unused_imports(code), f"{where} imports names it never uses"
+    assert "AWP_SNIPPET_TINY" in code, f"{where} does not read the size switch AWP_SNIPPET_TINY"
+    assert block_results[where] == "", f"{where} failed:\n{block_results[where][-3000:]}"

@@ -210,6 +210,10 @@ def test_trajectory_resumes_and_refuses_another_path(path_ckpts, tmp_path, capsy
     assert out.read_bytes() == before
 
 
+@pytest.mark.slow  # 9 s: three processes importing torch. A trajectory's points are filled by
+# landscape.run.fill_points, sharded as every surface's: tests/test_landscape_distributed.py
+# checks two ranks against one process (BN recompute, every per-point path) in the default
+# suite; the PCA directions are a deterministic function of the checkpoints (tested here).
 @pytest.mark.distributed
 def test_torchrun_two_ranks_equal_one_process(path_ckpts, tmp_path):
     # 9 points: one rank gets 5, the other 4; BN recompute exercises every per-point path.

@@ -116,7 +116,6 @@ def test_seeding_scheme_is_stable():
     assert torch.equal(a, torch.randn(3, generator=generator_for(0, "noise", 1)))
 
 
-
 def test_every_point_batch_direction_and_training_draw_uses_derive_seed(tmp_path):
     """One scheme: the landscape's points and directions, the Hessian's batch attacks, the
     evaluation's attacks and training's generators are derive_seed of parts naming them."""

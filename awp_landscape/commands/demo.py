@@ -46,8 +46,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.set_defaults(func=run_reproduce)
 
 
-
-
 def run_demo(args: argparse.Namespace) -> int:
     """``awp demo``."""
     from awp_landscape import pipeline

@@ -3,8 +3,8 @@
 Curves (1-D, several directions, interpolation) of every file go into one Figure 1 style
 figure, one panel per metric, a band over directions; each 2-D file gets a contour, filled
 contour, heatmap and 3-D surface per metric (a trajectory file also its path on the
-contour). Figures are written as PNG and PDF. Matplotlib and the landscape code are imported only when
-the command runs, so ``awp plot --help`` answers at once.
+contour). Figures are written as PNG and PDF. Matplotlib and the landscape code are imported
+only when the command runs, so ``awp plot --help`` answers at once.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from awp.config import parse_number
+from awp_landscape.flags import add_bounded_argument, integer
 from landscape.config import VTP_METHODS as METHODS
 from landscape.grid import PLANES
 
@@ -58,9 +60,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "minmax (the range over directions) | none (default: std)",
     )
     p.add_argument("--labels", nargs="+", default=None, help="legend labels, one per file")
-    p.add_argument("--vmin", type=float, default=None, help="lowest level of 2-D views")
-    p.add_argument("--vmax", type=float, default=None, help="highest level of 2-D views")
-    p.add_argument("--levels", type=int, default=None, help="number of contour levels")
+    for flag, which in (("--vmin", "lowest"), ("--vmax", "highest")):
+        add_bounded_argument(
+            p,
+            flag,
+            type=parse_number,
+            bounds=(None, None),
+            default=None,
+            help=f"{which} level of 2-D views, in the metric's units (default: the data's)",
+        )
+    add_bounded_argument(
+        p,
+        "--levels",
+        type=integer,
+        bounds=(1, 1000),
+        default=None,
+        help="number of contour levels of 2-D views (default: 15; a trajectory's: 14)",
+    )
     p.add_argument(
         "--out",
         type=Path,
@@ -81,9 +97,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="also write every 2-D surface as LABEL_METRIC.vtp: points (x, y, metric), every "
         "metric of the file as a point array",
     )
-    g.add_argument(
+    add_bounded_argument(
+        g,
         "--vtp-points",
-        type=int,
+        type=integer,
+        bounds=(0, 4096),
+        why="the mesh holds N x N points and 2 (N - 1)^2 triangles",
         default=0,
         metavar="N",
         help="resample onto N x N points over the same ranges (0 = the file's grid)",
@@ -197,6 +216,11 @@ def _draw(
                 stem = out_dir / f"{safe_name(lab)}_min_eig_max_eig_abs_ratio"
                 written += save_figure(fig, stem, args.formats)
     if args.vtp:
+        for s, lab in curve_files:  # a .vtp is a surface: a curve has none
+            print(
+                f"note: --vtp writes nothing for {s.path} ({lab}): it is a {s.kind} curve, and a "
+                ".vtp is a 2-D surface (awp landscape --kind 2d)"
+            )
         written += _write_vtp(args, surface_files, out_dir)
     if not written:
         raise ValueError(

@@ -128,8 +128,9 @@ def run(args: argparse.Namespace) -> int:
         on_epoch=lambda r: say(epoch_line(r)) if main_rank else None,
     )
     if main_rank:
-        say(
-            f"checkpoints: {result.out / 'checkpoints'} (last.pt, best.pt"
-            f"{', epoch_*.pt' if cfg.save_every else ''}); metrics: {result.out / 'metrics.jsonl'}"
-        )
+        folder = result.out / "checkpoints"
+        # best.pt only with a validation split (--val-size > 0), epoch_*.pt with --save-every
+        names = [n for n in ("last.pt", "best.pt") if (folder / n).exists()]
+        names += ["epoch_*.pt"] if any(folder.glob("epoch_*.pt")) else []
+        say(f"checkpoints: {folder} ({', '.join(names)}); metrics: {result.out / 'metrics.jsonl'}")
     return 0

@@ -285,6 +285,14 @@ class Measure:
         """Its columns (:attr:`sweep_columns`) for one run of a sweep's seed folder."""
         return {}
 
+    def fold_over_seeds(
+        self, measures: list[dict[str, Any]]
+    ) -> tuple[list[dict[str, Any]], list[str]]:
+        """The outcome table's rows (paired measures over seeds) with its own rows that would
+        only repeat others left out, and the sentences that say so instead (default: all kept,
+        nothing said)."""
+        return measures, []
+
     def figure(self, res: Results, spec: FigureSpec) -> FigureBlock | None:
         """``spec``'s figure for the report: the PNG its run saved, else drawn from ``res``."""
         from figures.html import FigureBlock

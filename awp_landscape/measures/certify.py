@@ -189,8 +189,16 @@ class Certify(CheckpointMeasure):
         s.tables.append(
             Table(
                 summary,
-                columns=["label", "sigma", "examples", "accuracy", "abstained", *radii, "acr",
-                         "noise_acc"],
+                columns=[
+                    "label",
+                    "sigma",
+                    "examples",
+                    "accuracy",
+                    "abstained",
+                    *radii,
+                    "acr",
+                    "noise_acc",
+                ],
                 caption="Certified accuracy at L2 radius r (acc@r), average certified radius "
                 "(acr) and the base classifier's accuracy on the n noisy copies (noise_acc)",
             )  # fmt: skip
@@ -210,8 +218,11 @@ class Certify(CheckpointMeasure):
             "per level, the same for every checkpoint; intervals over images)."
         )
         s.tables.append(
-            Table(noise, columns=["label", "level", "accuracy", "low", "high"],
-                  caption="Accuracy under Gaussian noise")  # fmt: skip
+            Table(
+                noise,
+                columns=["label", "level", "accuracy", "low", "high"],
+                caption="Accuracy under Gaussian noise",
+            )  # fmt: skip
         )
         block = self.figure(res, NOISE)
         s.figures += [block] if block is not None else []
@@ -315,9 +326,7 @@ def certify_checkpoint(
             ],
         }
 
-    return checkpoint_units(
-        folder, stores=stores, compute=one, measure=measure, progress=progress
-    )
+    return checkpoint_units(folder, stores=stores, compute=one, measure=measure, progress=progress)
 
 
 def _say_cost(cfg: CertifyConfig, images: int, label: str) -> None:

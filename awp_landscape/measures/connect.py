@@ -56,7 +56,9 @@ class Connect(Measure):
     command = "connect"
     summary = "mode connectivity of two checkpoints: the line, a trained curve, the barriers"
     files = (FILE, "connect.json")
-    figure_specs = (FigureSpec("connect", _plot, "Loss and accuracy along the paths from A (t=0) to B (t=1)."),)
+    figure_specs = (
+        FigureSpec("connect", _plot, "Loss and accuracy along the paths from A (t=0) to B (t=1)."),
+    )
 
     # -- the command line ---------------------------------------------------------------
     def register(self, sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -99,7 +101,11 @@ class Connect(Measure):
         out = out_folder(args.out, list(args.checkpoints), under="connect")
         cfg = dataclass_from_arguments(ConnectConfig, args)
         result = connect(
-            list(args.checkpoints), cfg, out=out, labels=args.labels, sources=Sources.from_args(args)
+            list(args.checkpoints),
+            cfg,
+            out=out,
+            labels=args.labels,
+            sources=Sources.from_args(args),
         )
         if distributed.env_rank() != 0:
             return 0
@@ -110,7 +116,8 @@ class Connect(Measure):
             for r in result["barriers"]
             if r["metric"].startswith(split)
         ]
-        say(f"mode connectivity {result['a']['label']} -> {result['b']['label']} ({result['attack']})")
+        a, b = result["a"]["label"], result["b"]["label"]
+        say(f"mode connectivity {a} -> {b} ({result['attack']})")
         say(format_table(rows))
         say(f"saved {out / 'connect.h5'}, connect.json, {', '.join(p.name for p in written)}")
         return 0
@@ -212,9 +219,23 @@ def _ends(a: Loaded, b: Loaded) -> tuple[dict[str, torch.Tensor], dict[str, torc
         raise CLIError(
             f"cannot connect {a.path} and {b.path}: different models ({a.spec} vs {b.spec})"
         )
+    import torch
+
     a_state, b_state = (
         {n: p.detach().clone() for n, p in loaded.model.named_parameters()} for loaded in (a, b)
     )
+    if a.sha256 == b.sha256 or all(torch.equal(a_state[k], b_state[k]) for k in a_state):
+        same = (
+            "are the same file"
+            if Path(a.path).resolve() == Path(b.path).resolve()
+            else "are byte-identical"
+            if a.sha256 == b.sha256
+            else "hold the same weights"
+        )
+        raise CLIError(
+            f"cannot connect {a.path} and {b.path}: they {same}, so every path between them is "
+            "one point and every barrier 0; give two different checkpoints"
+        )
     return a_state, b_state
 
 
@@ -384,7 +405,6 @@ def write_connect_h5(path: Path, result: dict[str, Any]) -> Path:
 
     from awp.io import atomic_write_with
 
-
     def fill(tmp: str) -> None:
         with h5py.File(tmp, "w") as f:
             f.attrs["format"] = "awp-landscape/connect"
@@ -397,8 +417,6 @@ def write_connect_h5(path: Path, result: dict[str, Any]) -> Path:
                     g.create_dataset(m, data=np.array([r[m] for r in rows], dtype=np.float64))
 
     return atomic_write_with(path, fill)
-
-
 
 
 MEASURE = Connect()

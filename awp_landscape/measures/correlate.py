@@ -36,7 +36,8 @@ class Correlate(Measure):
 
     # -- the command line ---------------------------------------------------------------
     def register(self, sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-        from awp_landscape.flags import deprecated_alias
+        from awp.config import parse_number
+        from awp_landscape.flags import add_bounded_argument, deprecated_alias, in_range, integer
 
         p = self.parser(
             sub,
@@ -57,19 +58,32 @@ class Correlate(Measure):
             "e.g. --where kind=expected --where alpha=0.1; repeatable",
         )
         p.add_argument("--by", default="method", help="grouping column (default: method)")
-        p.add_argument(
-            "--n-boot", type=int, default=1000, help="bootstrap resamples (default: 1000)"
+        add_bounded_argument(
+            p,
+            "--n-boot",
+            type=integer,
+            bounds=(0, 1_000_000),
+            why="every resample recomputes every correlation",
+            default=1000,
+            help="bootstrap resamples (0 = no bootstrap interval) (default: 1000)",
         )
-        p.add_argument(
-            "--confidence", type=float, default=0.95, help="interval level (default 0.95)"
+        add_bounded_argument(
+            p,
+            "--confidence",
+            type=parse_number,
+            bounds=(0, 1),
+            default=0.95,
+            help="interval level, strictly between 0 and 1 (default: 0.95)",
         )
-        p.add_argument(
+        add_bounded_argument(
+            p,
             "--bootstrap-seed",
-            type=int,
+            type=integer,
+            bounds=(0, None),
             default=0,
             help="seed of the bootstrap resamples (default: 0)",
         )
-        deprecated_alias(p, "--seed", "--bootstrap-seed", type=int)
+        deprecated_alias(p, "--seed", "--bootstrap-seed", type=in_range(integer, (0, None)))
         p.add_argument("--no-figures", action="store_true", help="only tables, no PNG/PDF")
         p.add_argument(
             "--out", type=Path, default=None, help="results folder (default: the first table's)"
@@ -137,8 +151,16 @@ class Correlate(Measure):
         s.tables.append(
             Table(
                 c.get("correlations", []),
-                columns=["group", "measure", "n", "statistic", "pvalue", "ci_low", "ci_high",
-                         "note"],
+                columns=[
+                    "group",
+                    "measure",
+                    "n",
+                    "statistic",
+                    "pvalue",
+                    "ci_low",
+                    "ci_high",
+                    "note",
+                ],
                 caption="Correlations with bootstrap intervals",
             )  # fmt: skip
         )
@@ -222,7 +244,10 @@ def correlate_tables(
             "points": points,
         }
         written = atomic_write_set(
-            {out / "correlation.json": json_text(result), out / "correlation.csv": csv_text(cor_rows)}
+            {
+                out / "correlation.json": json_text(result),
+                out / "correlation.csv": csv_text(cor_rows),
+            }
         )
         if figures:
             # matplotlib is imported only when a figure is drawn: `awp` starts without it.

@@ -65,7 +65,11 @@ def _top(data: Any) -> Figure | None:
     from figures.hessian import plot_top_eigenvalues
 
     found = _results(data)
-    return plot_top_eigenvalues(found) if any(len(r.get("eigenvalues") or ()) > 1 for r in found) else None
+    return (
+        plot_top_eigenvalues(found)
+        if any(len(r.get("eigenvalues") or ()) > 1 for r in found)
+        else None
+    )
 
 
 def _layers(data: Any) -> Figure | None:
@@ -118,7 +122,11 @@ class Curvature(CheckpointMeasure):
     def settings(self, cfg: HessianConfig, sources: Sources) -> dict[str, Any]:
         from awp.config import to_dict
 
-        return {"curvature": to_dict(cfg), "dataset": sources.dataset, "data_root": sources.data_root}
+        return {
+            "curvature": to_dict(cfg),
+            "dataset": sources.dataset,
+            "data_root": sources.data_root,
+        }
 
     def compute(
         self, loaded: Loaded, cfg: HessianConfig, *, label: str, folder: Path, progress: bool

@@ -59,8 +59,7 @@ class Evaluate(CheckpointMeasure):
         Size(
             "eval_n",
             0,
-            "test images of the final evaluation (natural, PGD-20, ...; 0 = all, 1000 in the "
-            "demo)",
+            "test images of the final evaluation (natural, PGD-20, ...; 0 = all, 1000 in the demo)",
             EvalConfig,
             "n",
             plans=("demo", "sweep"),

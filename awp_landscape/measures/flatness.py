@@ -62,6 +62,11 @@ class FlatnessRequest:
 # computes.
 UNIT_MUTABLE = ("flatness.alphas", "flatness.samples", "flatness.confidence")
 
+# The names of the expected-flatness measures over seeds, by alpha: the signed one and the
+# absolute one (the rebuttal's, reviewer 4).
+SIGNED = "expected flatness at alpha={alpha:g}"
+ABSOLUTE = "expected absolute flatness at alpha={alpha:g}"
+
 EXPECTED_COLUMNS = ("label", "noise", "alpha", "samples", "n", "base_error", "flatness")
 EXPECTED_COLUMNS += ("flatness_low", "flatness_high", "flatness_loss", "abs_flatness")
 EXPECTED_COLUMNS += ("abs_flatness_loss", "ci_note")
@@ -140,7 +145,10 @@ class Flatness(CheckpointMeasure):
         ),
     )
     pipelines = ("demo", "sweep")
-    sweep_columns = (SweepColumn("expected flatness (last)"), SweepColumn("worst-case flatness (last)"))
+    sweep_columns = (
+        SweepColumn("expected flatness (last)"),
+        SweepColumn("worst-case flatness (last)"),
+    )
 
     # -- the command line ---------------------------------------------------------------
     def add_flags(self, p: argparse.ArgumentParser) -> None:
@@ -244,12 +252,12 @@ class Flatness(CheckpointMeasure):
         on = f"PGD-{plan.analysis_steps}, {plan.flatness_n} train images"
         alphas = tuple(plan.flatness_alphas)
         out: list[tuple[str, Any]] = [
-            (f"expected flatness at alpha={a:g} (robust loss increase; {on})",
+            (f"{SIGNED.format(alpha=a)} (robust loss increase; {on})",
              self.value("expected", "alpha", a))
             for a in alphas
         ]  # fmt: skip
         out += [
-            (f"expected absolute flatness at alpha={a:g} (mean |robust loss change|; {on})",
+            (f"{ABSOLUTE.format(alpha=a)} (mean |robust loss change|; {on})",
              self.value("expected", "alpha", a, "abs_flatness_loss"))
             for a in alphas
         ]  # fmt: skip
@@ -258,6 +266,40 @@ class Flatness(CheckpointMeasure):
              f"{plan.worst_steps} ascent steps)", self.value("worst", "gamma", plan.worst_gamma))
         )  # fmt: skip
         return out
+
+    def fold_over_seeds(
+        self, measures: list[dict[str, Any]]
+    ) -> tuple[list[dict[str, Any]], list[str]]:
+        """Without the expected absolute flatness that equals the signed one for both methods
+        (every noise draw raised the robust loss: E|d| = E d), and one sentence that says so
+        instead of repeating those rows."""
+        import math
+
+        def alpha_of(name: str, template: str) -> str | None:
+            head = template.split("{")[0]
+            return name[len(head) :].split(" ", 1)[0] if name.startswith(head) else None
+
+        signed = {alpha_of(m["measure"], SIGNED): m for m in measures}
+        same = []
+        for m in measures:
+            alpha = alpha_of(m["measure"], ABSOLUTE)
+            twin = signed.get(alpha) if alpha is not None else None
+            if twin is not None and all(
+                m.get(k) is not None
+                and twin.get(k) is not None
+                and math.isclose(m[k], twin[k], rel_tol=1e-9, abs_tol=1e-12)
+                for k in ("mean_at", "mean_awp")
+            ):
+                same.append((alpha, m))
+        if not same:
+            return measures, []
+        left = [m for m in measures if all(m is not s for _, s in same)]
+        said = (
+            "Expected absolute flatness (mean |robust loss change|) equals the expected "
+            f"flatness at alpha={', '.join(a for a, _ in same)} for both methods: every noise "
+            "draw raised the robust loss, so its rows are not repeated."
+        )
+        return left, [said]
 
     def sweep_values(self, folder: Path, label: str) -> dict[str, float | None]:
         rows = {r["kind"]: r for r in self.read_seed(folder) if r.get("label") == label}
@@ -285,8 +327,11 @@ class Flatness(CheckpointMeasure):
             s.tables.append(
                 Table(
                     exp,
-                    columns=[c for c in EXPECTED_COLUMNS
-                             if c != "ci_note" or any(r.get("ci_note") for r in exp)],
+                    columns=[
+                        c
+                        for c in EXPECTED_COLUMNS
+                        if c != "ci_note" or any(r.get("ci_note") for r in exp)
+                    ],
                     caption="Expected flatness (flatness_low/high: t interval over noise draws)",
                     missing={"flatness_low": undefined, "flatness_high": undefined, "ci_note": ""},
                 )  # fmt: skip

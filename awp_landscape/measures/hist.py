@@ -46,8 +46,9 @@ class Hist(Measure):
 
     # -- the command line ---------------------------------------------------------------
     def register(self, sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+        from awp.config import parse_number
         from awp_landscape.checkpoint_flags import add_checkpoint_arguments
-        from awp_landscape.flags import add_run_arguments
+        from awp_landscape.flags import add_bounded_argument, add_run_arguments, integer
 
         p = self.parser(
             sub,
@@ -56,7 +57,10 @@ class Hist(Measure):
             "statistics against depth.",
         )
         p.add_argument(
-            "checkpoints", nargs="*", type=Path, help="checkpoints (.pt; or --robustbench NAME) to compare"
+            "checkpoints",
+            nargs="*",
+            type=Path,
+            help="checkpoints (.pt; or --robustbench NAME) to compare",
         )
         p.add_argument("--labels", nargs="+", help="names in the legend (default: AT / AT-AWP ...)")
         p.add_argument(
@@ -72,17 +76,29 @@ class Hist(Measure):
             default=["last-conv"],
             help="layers drawn as histograms, among --layers (default: last-conv, the rebuttal's)",
         )
-        p.add_argument("--bins", type=int, default=80, help="histogram bins (default: 80)")
-        p.add_argument(
+        add_bounded_argument(
+            p,
+            "--bins",
+            type=integer,
+            bounds=(1, 100_000),
+            why="every layer's histogram of every checkpoint is stored with its bins",
+            default=80,
+            help="histogram bins (default: 80)",
+        )
+        add_bounded_argument(
+            p,
             "--clip-quantile",
-            type=float,
+            type=parse_number,
+            bounds=(0, 1),
             default=None,
-            help="histogram range: this quantile of |w| instead of the max (e.g. 0.999)",
+            help="histogram range: this quantile of |w| instead of the max (e.g. 0.999; above 0)",
         )
         p.add_argument("--no-figures", action="store_true", help="only tables, no PNG/PDF")
         add_checkpoint_arguments(p, dataset_help="dataset (only for checkpoints from elsewhere)")
         add_run_arguments(
-            p, out_help="results folder (default: <run>/analysis when all checkpoints are from one run)"
+            p,
+            out_help="results folder (default: <run>/analysis when all checkpoints are from one "
+            "run)",
         )
         return p
 
@@ -156,7 +172,9 @@ class Hist(Measure):
         weights = res[self.name]
         s = Section("Weight histograms")
         comps = weights.get("comparisons", [])
-        s.tables.append(Table(weights.get("stats", []), columns=STATS, caption="Per-layer statistics"))
+        s.tables.append(
+            Table(weights.get("stats", []), columns=STATS, caption="Per-layer statistics")
+        )
         if comps:
             s.tables.append(Table(comps, columns=COMPARISONS, caption="Between checkpoints"))
         for name, caption in FIGURES.items():
@@ -201,7 +219,9 @@ def weight_histograms(
     names = ("weights.json", "weights_stats.csv", "weights_compare.csv")
     with exclusive_output(out / names[0], cleans=[out / n for n in names]):
         idents, weights = [], []
-        bar = progress_bar(checkpoints, desc="checkpoints", enabled=progress and len(checkpoints) > 4)
+        bar = progress_bar(
+            checkpoints, desc="checkpoints", enabled=progress and len(checkpoints) > 4
+        )
         for path in bar:
             loaded = inputs.load(path, with_data=False)
             idents.append(loaded.identity())
@@ -224,7 +244,10 @@ def weight_histograms(
             "comparisons": comps,
             "histograms": rows_of(report.histograms),
         }
-        files = {out / "weights.json": json_text(result), out / "weights_stats.csv": csv_text(stats)}
+        files = {
+            out / "weights.json": json_text(result),
+            out / "weights_stats.csv": csv_text(stats),
+        }
         if comps:
             files[out / "weights_compare.csv"] = csv_text(comps)
         written = atomic_write_set(files)  # the tables always agree, also after a full disk
@@ -235,7 +258,9 @@ def weight_histograms(
 
             first = {n: weights[0][n] for n in report.layers}
             plot = select_layers(first, plot_layers)
-            fig = plot_weight_histograms(report.histograms, layers=plot, comparisons=report.comparisons)
+            fig = plot_weight_histograms(
+                report.histograms, layers=plot, comparisons=report.comparisons
+            )
             written += save_figure(fig, out / "weights_hist")
             written += save_figure(plot_layer_stats(report.stats), out / "weights_depth")
         say(f"results: {out} ({', '.join(p.name for p in written)})")

@@ -22,13 +22,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from awp_landscape.flags import NotedFlag
+from awp_landscape.checkpoint_flags import ForeignOptions
+from awp_landscape.flags import RENAMED_IN, NotedFlag
 from awp_landscape.measures.base import Context, Measure, ReportSection, Size, SweepColumn
 from landscape.config import EigenMapConfig, SurfaceConfig
 from landscape.grid import MAX_AXIS_POINTS
 
 if TYPE_CHECKING:
-    from awp.models import ModelConfig
     from awp_landscape.inputs import Inputs, Loaded
     from awp_landscape.results import Results
     from figures.html import Section
@@ -78,7 +78,10 @@ class Landscape(Measure):
             "--robustbench NAME)",
         )
         p.add_argument(
-            "--labels", nargs="+", default=None, help="one label per result (default: AT, AT-AWP...)"
+            "--labels",
+            nargs="+",
+            default=None,
+            help="one label per result (default: AT, AT-AWP...)",
         )
         p.add_argument(
             "--resume",
@@ -241,7 +244,7 @@ def incomplete(found: Sequence[Surface]) -> list[str]:
 
 # The release that gave landscape's --seed to the attacks (docs/cli.md); before it, --seed
 # seeded the directions, which are now --direction-seed's.
-SEED_MEANING_SINCE = "0.1.0"
+SEED_MEANING_SINCE = RENAMED_IN
 
 
 class _SeedNote(NotedFlag):
@@ -274,7 +277,7 @@ def compute_landscapes(
     labels: list[str] | None = None,
     resume: bool = False,
     progress: bool = True,
-    foreign: tuple[ModelConfig | None, str | None] = (None, None),
+    foreign: ForeignOptions = ForeignOptions(),
     eig: EigenMapConfig | None = None,
     allow_mixed: bool = False,
 ) -> list[Surface]:
@@ -287,7 +290,8 @@ def compute_landscapes(
         labels: one per result (default: the methods).
         resume: compute only the missing points of existing files.
         progress: show a bar (rank 0).
-        foreign: architecture and input convention of checkpoints from elsewhere.
+        foreign: the options of models from elsewhere (architecture, input convention,
+            source kwargs).
         eig: with ``hessian_eigs`` on, also the curvature map of every file (its missing
             points; a finished surface only gains the map).
         allow_mixed: a trajectory's checkpoints may be out of epoch order or from several runs
@@ -303,6 +307,8 @@ def compute_landscapes(
     from landscape.storage import directions_path
 
     check_files(checkpoints)
+    if eig is not None:
+        eig.check_surface(cfg)  # the map comes after the whole surface: refuse it first
     with distributed.joined(cfg.device) as ctx:
         device = distributed.pick_device(cfg.device, ctx)
         inputs = Inputs(
@@ -482,18 +488,16 @@ def _curvature_map(
     from awp.progress import progress_bar
     from awp_landscape.console import say
     from landscape.curvature_map import EIG_NAMES, eig_ratio
-    from landscape.run import eigen_pending, fill_eigen_map, open_eigen_map
-
-
-
+    from landscape.run import eigen_data, eigen_pending, fill_eigen_map, open_eigen_map
 
     ctx = distributed.current()
+    data = eigen_data(cfg, eig, job_inputs)
     surface = open_eigen_map(job, eig)
     pending = eigen_pending(surface)
     if ctx.is_main:
         say(
             f"{job.label}: curvature map (lambda_max, lambda_min of the {eig.eig_loss} loss on "
-            f"{eig.eig_examples or 'all'} {eig.eig_split} images, tol {eig.eig_tol:g}), "
+            f"{len(data[1])} {eig.eig_split} images, tol {eig.eig_tol:g}), "
             f"{len(pending)} of {surface.computed.size} points to compute"
         )
     bar = progress_bar(
@@ -501,8 +505,9 @@ def _curvature_map(
     )
     with bar:
         surface = fill_eigen_map(
-            job, cfg, eig, job_inputs, surface, device=inputs.device, on_points=bar.update
-        )
+            job, cfg, eig, job_inputs, surface, device=inputs.device, on_points=bar.update,
+            data=data,
+        )  # fmt: skip
     if ctx.is_main:
         hi, lo = (surface.values[n] for n in EIG_NAMES)
         ratio = eig_ratio(hi, lo)
@@ -542,8 +547,6 @@ def trajectory_lines(surface: Surface) -> str:
             f"{xy[:, 1].max():.2f}]); widen --x/--y to see the whole path"
         )
     return text
-
-
 
 
 MEASURE = Landscape()

@@ -62,7 +62,11 @@ class Quantize(CheckpointMeasure):
     def settings(self, cfg: QuantizeConfig, sources: Sources) -> dict[str, Any]:
         from awp.config import to_dict
 
-        return {"quantize": to_dict(cfg), "dataset": sources.dataset, "data_root": sources.data_root}
+        return {
+            "quantize": to_dict(cfg),
+            "dataset": sources.dataset,
+            "data_root": sources.data_root,
+        }
 
     def compute(
         self, loaded: Loaded, cfg: QuantizeConfig, *, label: str, folder: Path, progress: bool
@@ -89,7 +93,11 @@ class Quantize(CheckpointMeasure):
             return None
         rows = [r for r in saved.get("rows", []) if r.get("sha256") == sha256]
         drop = ("label", "sha256", "epoch")
-        return {"rows": [{k: v for k, v in r.items() if k not in drop} for r in rows]} if rows else None
+        return (
+            {"rows": [{k: v for k, v in r.items() if k not in drop} for r in rows]}
+            if rows
+            else None
+        )
 
     def rows(self, entries: Sequence[Entry]) -> list[dict[str, Any]]:
         return [

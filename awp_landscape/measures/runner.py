@@ -214,7 +214,9 @@ def run_measure(
         idents = [i if i["sha256"] else inputs.load(p).identity() for p, i in zip(paths, idents)]
         names = unique_labels(idents, labels)
         settings = _normalized(measure.settings(cfg, sources))
-        wheres = [measure.entry_path(out, p, i["sha256"], n) for p, i, n in zip(paths, idents, names)]
+        wheres = [
+            measure.entry_path(out, p, i["sha256"], n) for p, i, n in zip(paths, idents, names)
+        ]
         saved = {e.path: e for e in measure.saved_entries(out, wheres)}
         if not overwrite:
             measure.check_saved(list(saved.values()), settings, out=out)
@@ -289,7 +291,9 @@ def write_result_set(
     called = {e.path for e in first}
     entries = [*first, *(e for e in measure.saved_entries(out, []) if e.path not in called)]
     tables = measure.tables(entries, cfg, out)
-    written = atomic_write_set({out / name: text for name, text in tables.items()}) if tables else []
+    written = (
+        atomic_write_set({out / name: text for name, text in tables.items()}) if tables else []
+    )
     if figures and measure.figure_specs:
         # matplotlib is imported only when a figure is drawn: `awp` starts without it.
         from figures.style import save_figure

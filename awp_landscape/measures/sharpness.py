@@ -13,6 +13,8 @@ across ranks. The computation is :mod:`analysis.adaptive_sharpness`.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,6 +40,8 @@ if TYPE_CHECKING:
 
 COLUMNS = ("label", "kind", "loss", "rho", "p", "m", "batches", "base_loss", "perturbed_loss",
            "sharpness", "ci_low", "ci_high", "d_ratio")  # fmt: skip
+
+log = logging.getLogger(__name__)
 
 
 def _plot(rows: list[dict[str, Any]]) -> Figure | None:
@@ -83,6 +87,18 @@ class Sharpness(CheckpointMeasure):
         SweepColumn("adaptive average sharpness (last)"),
     )
 
+    def add_flags(self, p: Any) -> None:
+        from awp_landscape.flags import add_dataclass_arguments, explain_default
+
+        add_dataclass_arguments(p, self.config_type)
+        explain_default(
+            p,
+            "--attack-steps",
+            "PGD-10, not the PGD-20 of eval and the analyses, as the attack is crafted anew at "
+            "every ascent step and every noise draw of every batch; write --attack-steps 20 to "
+            "match them",
+        )
+
     def compute(
         self, loaded: Loaded, cfg: AdaptiveSharpnessConfig, *, label: str, folder: Path | None,
         progress: bool, loss: Any = None,
@@ -95,6 +111,11 @@ class Sharpness(CheckpointMeasure):
 
         split = loaded.data.train if cfg.split == "train" else loaded.data.test
         x, y = subset(split, cfg.n_examples, seed=cfg.subset_seed, flag="--n-examples")
+        if cfg.fit_m and len(y) < cfg.m:
+            log.warning("the %s split has %d examples, fewer than the batch size m=%d of the "
+                        "adaptive sharpness: one batch of all %d", cfg.split, len(y), cfg.m,
+                        len(y))  # fmt: skip
+            cfg = dataclasses.replace(cfg, m=len(y), n_examples=len(y))
         meta = {**cfg.store_settings(), "checkpoint_sha256": loaded.sha256,
                 "data": to_dict(loaded.data_cfg), "split_size": len(split)}  # fmt: skip
         rank = distributed.current().rank
@@ -133,7 +154,7 @@ class Sharpness(CheckpointMeasure):
     def plan_config(self, plan: Any) -> AdaptiveSharpnessConfig:
         return AdaptiveSharpnessConfig(
             n_examples=plan.sharpness_n, m=plan.sharpness_m, steps=plan.sharpness_steps,
-            draws=plan.sharpness_draws, attack=analysis_attack(plan),
+            draws=plan.sharpness_draws, attack=analysis_attack(plan), fit_m=True,
         )  # fmt: skip
 
     def run(self, ctx: Context) -> None:
@@ -148,8 +169,11 @@ class Sharpness(CheckpointMeasure):
         """A method's final-checkpoint adaptive sharpness of ``kind`` on the robust loss."""
 
         def get(folder: Path, method: str) -> float | None:
-            rows = [r for r in self.read_seed(folder)
-                    if (r.get("label"), r.get("kind"), r.get("loss")) == (method, kind, "robust")]
+            rows = [
+                r
+                for r in self.read_seed(folder)
+                if (r.get("label"), r.get("kind"), r.get("loss")) == (method, kind, "robust")
+            ]
             return float(rows[0]["sharpness"]) if rows else None  # fmt: skip
 
         return get

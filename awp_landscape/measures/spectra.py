@@ -120,7 +120,7 @@ class Spectra(CheckpointMeasure):
     def settings(self, cfg: SpectraConfig, sources: Sources) -> dict[str, Any]:
         from awp.config import to_dict
 
-        return {"spectra": to_dict(cfg), "dataset": sources.dataset, "image": sources.foreign[1]}
+        return {"spectra": to_dict(cfg), "dataset": sources.dataset, "image": sources.foreign.input}
 
     def compute(
         self, loaded: Loaded, cfg: SpectraConfig, *, label: str, folder: Path, progress: bool

@@ -76,7 +76,9 @@ class Trajectory(Measure):
         for label, run_ in ctx.runs.items():
             path = run_.epoch_ckpts()
             if len(path) < 3:
-                ctx.log(f"[{label}] skipped: a trajectory needs 3 epoch checkpoints, found {len(path)}")
+                ctx.log(
+                    f"[{label}] skipped: a trajectory needs 3 epoch checkpoints, found {len(path)}"
+                )
                 continue
             out = self.path(ctx) / f"{safe_name(label)}.h5"
             compute_landscapes(
@@ -103,8 +105,7 @@ class Trajectory(Measure):
         cfg = trajs[0].config
         attack = trajs[0].attrs.get("attack", "none")
         bn = (
-            f"BatchNorm statistics re-estimated on {cfg.get('n_bn')} training images at every "
-            "point"
+            f"BatchNorm statistics re-estimated on {cfg.get('n_bn')} training images at every point"
             if cfg.get("bn") == "recompute"
             else "BatchNorm with the last checkpoint's statistics (far from it they do not fit)"
         )

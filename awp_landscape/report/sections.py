@@ -8,7 +8,9 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from analysis.outcome import outcome_rows
 from analysis.replicates import MIN_SEEDS
+from awp_landscape.measures import MEASURES
 from awp_landscape.results import Results, Run, per_epoch_evaluation
 from figures.curves import plot_story_curves
 from figures.html import FigureBlock, Section, Table
@@ -74,33 +76,6 @@ def not_measured(res: Results, absent: Sequence[tuple[str, str]]) -> Section:
     )
 
 
-def _story_rows(replicates: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """One row per measure: AT, AT-AWP (means over seeds), the difference, its interval and a
-    short verdict that follows the interval."""
-    rows = []
-    for m in replicates.get("measures", []):
-        n = len(m["seeds"])
-        resolved = m["t_low"] is not None and (m["t_low"] > 0 or m["t_high"] < 0)
-        if resolved:
-            verdict = f"AT-AWP {'higher' if m['mean_diff'] > 0 else 'lower'}"
-        elif m["t_low"] is not None:
-            verdict = f"not resolved at {n} seeds"
-        else:
-            verdict = "single run, no interval" if n == 1 else f"{n} seeds, no interval"
-        interval = "–" if m["t_low"] is None else f"[{m['t_low']:+.4g}, {m['t_high']:+.4g}]"
-        rows.append(
-            {
-                "measure": m["measure"],
-                "AT": m["mean_at"],
-                "AT-AWP": m["mean_awp"],
-                "AT-AWP minus AT": m["mean_diff"],
-                f"{m['confidence']:.0%} t interval over seeds": interval,
-                "verdict": verdict,
-            }
-        )
-    return rows
-
-
 def runs_by_seed(runs: Sequence[Run]) -> dict[int, dict[str, list[dict[str, Any]]]]:
     """Seed -> label -> history of loose run folders: runs of several seeds (AT and AT-AWP of
     seeds 0, 1, 2) keep one line each; a second run of the same label and seed is labelled by
@@ -149,13 +124,18 @@ def story_section(res: Results) -> Section | None:
                 "learning curves of AT and AT-AWP",
             )
         )
-    rows = _story_rows(res.replicates) if res.replicates else []
+    measures, said = list(res.replicates.get("measures", [])), []
+    for m in MEASURES:
+        measures, sentences = m.fold_over_seeds(measures)
+        said += sentences
+    rows, intervals = outcome_rows(measures)
     if rows:
-        s.tables.append(
-            Table(
-                rows,
-                caption="Outcome: the last checkpoint of each run unless the measure says "
-                "otherwise; AT and AT-AWP are means over seeds",
-            )
+        caption = "Outcome: the last checkpoint of each run unless the measure says otherwise"
+        caption += (
+            "; AT and AT-AWP are means over seeds"
+            if intervals
+            else f"; {'one run' if n == 1 else f'{n} seeds'} of each method: no intervals"
         )
+        s.tables.append(Table(rows, caption=caption))
+    s.paragraphs.extend(said)
     return s
