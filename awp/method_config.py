@@ -259,6 +259,38 @@ def method_fields(name: str) -> dict[str, Any]:
     }
 
 
+#: The weight averages a pipeline's method name may end with (``at-sam+ema``).
+AVERAGES = ("ema", "swa")
+
+
+def split_average(name: str) -> tuple[str, str]:
+    """A pipeline's method name and the weight average it is measured by: ``at-sam+ema`` ->
+    ``("at-sam", "ema")`` (trained as at-sam with ``--ema``, its EMA weights evaluated and
+    measured as its checkpoints, ``checkpoints/ema/``); ``at`` -> ``("at", "")``.
+
+    Raises:
+        ValueError: an unknown method or average, listing the known ones.
+    """
+    method, plus, average = str(name).strip().lower().partition("+")
+    method_fields(method)
+    if plus and average not in AVERAGES:
+        raise ValueError(
+            f"unknown weight average {average!r} in method {name!r}: write METHOD+ema or "
+            f"METHOD+swa ({', '.join(AVERAGES)}), e.g. at+ema"
+        )
+    return method, average
+
+
+def measured_average(config: Any) -> str:
+    """The weight average a pipeline measures in place of a run's weights (a TrainConfig or
+    its JSON dict): the one average the run kept (``ema`` or ``swa``), else "" (its own
+    weights). The pipelines train an average only for a ``METHOD+ema``/``+swa`` name."""
+    if dataclasses.is_dataclass(config):
+        config = dataclasses.asdict(config)
+    kept = [a for a in AVERAGES if config.get(a)]
+    return kept[0] if len(kept) == 1 else ""
+
+
 def method_name(config: Any) -> str:
     """The method name of a training config (a TrainConfig or its JSON dict): ``at-sam``.
 

@@ -18,6 +18,7 @@ import torch
 from awp.checkpoint import CheckpointError, load_checkpoint
 from awp.config import check_same_settings, from_dict, to_dict
 from awp.io import atomic_write_text, read_json_lines
+from awp.method_config import measured_average
 from awp.seeds import SEED_SCHEME_KEY, with_scheme
 
 # Keys that may differ between a run and its resumption without changing the result's meaning.
@@ -31,15 +32,33 @@ METRICS_FIX = (
 
 
 class RunFolder:
-    """Paths of a run folder: config.json, metrics.jsonl, checkpoints/{last,best,epoch_NNN}.pt."""
+    """Paths of a run folder: config.json, metrics.jsonl, checkpoints/{last,best,epoch_NNN}.pt.
 
-    def __init__(self, out: str | Path) -> None:
+    With ``average`` (``ema``, ``swa``), the run as a pipeline measures it: the checkpoints of
+    that weight average (``checkpoints/<average>/``) and its per-epoch evaluation (the
+    ``<average>_`` columns of metrics.jsonl under their usual names); training writes through
+    the plain folder.
+    """
+
+    def __init__(self, out: str | Path, average: str = "") -> None:
         self.root = Path(out)
+        self.average = average
         self.config = self.root / "config.json"
         self.metrics = self.root / "metrics.jsonl"
-        self.ckpt_dir = self.root / "checkpoints"
+        self.ckpt_dir = (
+            self.root / "checkpoints" / average if average else self.root / "checkpoints"
+        )
         self.last = self.ckpt_dir / "last.pt"
         self.best = self.ckpt_dir / "best.pt"
+
+    @classmethod
+    def measured(cls, out: str | Path) -> RunFolder:
+        """The run at ``out`` as a pipeline measures it: by the weight average it was trained
+        to be measured by (:func:`awp.method_config.measured_average`, from its config.json),
+        else by its own weights."""
+        config = Path(out) / "config.json"
+        saved = json.loads(config.read_text()) if config.is_file() else {}
+        return cls(out, measured_average(saved))
 
     def epoch_ckpt(self, epoch: int) -> Path:
         """``checkpoints/epoch_NNN.pt`` of a 1-based epoch."""
@@ -50,10 +69,19 @@ class RunFolder:
         return sorted(self.ckpt_dir.glob("epoch_*.pt"))
 
     def read_metrics(self) -> list[dict[str, Any]]:
-        """The per-epoch records of ``metrics.jsonl`` (empty when there is none)."""
+        """The per-epoch records of ``metrics.jsonl`` (empty when there is none); with
+        ``average``, its evaluation under the usual names (the plain weights' dropped)."""
         if not self.metrics.exists():
             return []
-        return read_json_lines(self.metrics, what="metrics file", fix=METRICS_FIX)
+        records = read_json_lines(self.metrics, what="metrics file", fix=METRICS_FIX)
+        if not self.average:
+            return records
+        prefix, own = f"{self.average}_", ("epoch", "lr", "seconds", "eval_seconds")
+        return [
+            {**{k: r[k] for k in own if k in r},
+             **{k[len(prefix):]: v for k, v in r.items() if k.startswith(prefix)}}
+            for r in records
+        ]  # fmt: skip
 
     def append_metrics(self, record: Mapping[str, Any]) -> None:
         """Add one epoch's record to ``metrics.jsonl``: the file is rewritten atomically, so a
@@ -62,11 +90,15 @@ class RunFolder:
 
     def rewrite_metrics(self, records: list[dict[str, Any]]) -> None:
         """Replace ``metrics.jsonl`` atomically (resume drops records after the checkpoint)."""
+        if self.average:
+            raise ValueError(f"{self.root}: training writes through the plain run folder")
         atomic_write_text(self.metrics, "".join(json.dumps(r) + "\n" for r in records))
 
     def finished(self, epochs: int) -> bool:
-        """Whether the run trained all ``epochs`` and wrote its last checkpoint."""
-        return self.last.exists() and len(self.read_metrics()) >= epochs
+        """Whether the run trained all ``epochs`` and wrote its last checkpoint (with
+        ``average``, that average's too)."""
+        plain = RunFolder(self.root)
+        return plain.last.exists() and self.last.exists() and len(plain.read_metrics()) >= epochs
 
 
 def resume_source(path: Path) -> dict[str, Any] | None:

@@ -30,6 +30,7 @@ from typing import Any
 from awp import distributed
 from awp.config import check_same_settings, from_dict, to_dict
 from awp.io import atomic_write_text, exclusive_output, read_json
+from awp.method_config import measured_average
 from awp.runs import RunFolder
 from awp.train import TrainConfig
 from awp_landscape.console import say
@@ -74,7 +75,7 @@ def run_seed(
         out: the seed's folder: the runs, ``eval/`` and ``analysis/``.
     """
     ctx = Context(
-        runs={label: RunFolder(c.out) for label, c in configs.items()},
+        runs={label: RunFolder(c.out, measured_average(c)) for label, c in configs.items()},
         plan=plan,
         out=out,
         device=device,
@@ -118,7 +119,7 @@ def seed_units(cfg: DemoConfig | ReproduceConfig) -> list[list[Unit]]:
         )
         for seed in cfg.seeds
         for label, tcfg in cfg.train_configs(seed).items()
-        if not RunFolder(tcfg.out).finished(tcfg.epochs)
+        if not RunFolder(tcfg.out, measured_average(tcfg)).finished(tcfg.epochs)
     ]
     analyses = [
         Unit(

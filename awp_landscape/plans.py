@@ -12,7 +12,7 @@ from typing import Any
 # The torch-free modules of the configs: `awp demo --help` is built from this module.
 from awp.config import AttackConfig, bounds_of, check_bounds, flag_of, opt
 from awp.data_config import DataConfig
-from awp.method_config import method_fields
+from awp.method_config import split_average
 from awp.model_config import ModelConfig
 from awp.train_config import TENSORBOARD_IN_RUN, TrainConfig
 from awp_landscape.measures.base import Size
@@ -35,8 +35,9 @@ class TrainingPlan:
     method: str = opt(
         "at",
         "training method of the runs: at, trades, mart, or one with a weight perturbation "
-        "(at-awp, at-sam, at-asam, at-rwp, trades-sam...); the sweep's gammas above 0 add AWP "
-        "to it (a method that perturbs the weights itself takes --gammas 0)",
+        "(at-awp, at-sam, at-asam, at-rwp, trades-sam...), optionally +ema or +swa: trained with "
+        "that weight average at its defaults and measured by it (at+ema); the sweep's gammas "
+        "above 0 add AWP to it (a method that perturbs the weights itself takes --gammas 0)",
     )
     data: DataConfig = opt(DataConfig(dataset="sample", val_size=200, train_size=1000), "dataset")
     model: ModelConfig = opt(ModelConfig(width=0.25), "architecture (small enough for a CPU)")
@@ -81,16 +82,19 @@ class TrainingPlan:
 
     def __post_init__(self) -> None:
         check_bounds(self)
-        method_fields(self.method)  # an unknown name: one line listing the known ones
+        split_average(self.method)  # an unknown name: one line listing the known ones
 
     def train_config(
         self, out: Path, *, seed: int, awp: bool = False, gamma: float | None = None
     ) -> TrainConfig:
         """The TrainConfig of one run: the plan's method (AT by default), with AWP of radius
-        ``gamma`` added when ``awp``."""
+        ``gamma`` added when ``awp``; a ``+ema``/``+swa`` method keeps that weight average."""
+        method, average = split_average(self.method)
         return TrainConfig(
             out=str(out),
-            method=self.method,
+            method=method,
+            ema=average == "ema",
+            swa=average == "swa",
             data=self.data,
             model=self.model,
             epochs=self.epochs,

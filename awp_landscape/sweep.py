@@ -33,6 +33,7 @@ from typing import Any
 from analysis.replicates import MIN_SEEDS, paired_difference, verdict
 from analysis.stats import t_interval
 from awp.io import atomic_write_set, csv_text, exclusive_output, json_text, read_json
+from awp.method_config import measured_average
 from awp.runs import RunFolder
 from awp_landscape.console import say
 from awp_landscape.launch import LaunchConfig, Unit, run_phases
@@ -73,7 +74,7 @@ def _measure_seed(
     folder = point.folder(cfg.out) / f"seed{seed}"
     configs = run_configs(cfg, point, seed)
     ctx = Context(
-        runs={name: RunFolder(c.out) for name, c in configs.items()},
+        runs={name: RunFolder(c.out, measured_average(c)) for name, c in configs.items()},
         plan=point.plan,
         out=folder,
         device=point.training.device,
@@ -227,11 +228,14 @@ def _context(row: dict[str, Any], grid: Sequence[str]) -> str:
 
 
 def method_label(name: str) -> str:
-    """``at-sam`` -> ``AT-SAM``: a grid's method name as the report labels it."""
+    """``at-sam`` -> ``AT-SAM``, ``at+ema`` -> ``AT+EMA``: a grid's method name as the report
+    labels it."""
     from awp.config import method_of
-    from awp.method_config import method_fields
+    from awp.method_config import method_fields, split_average
 
-    return method_of(method_fields(name))
+    method, average = split_average(name)
+    label = method_of(method_fields(method))
+    return f"{label}+{average.upper()}" if average else label
 
 
 def method_outcomes(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -348,7 +352,7 @@ def sweep_units(cfg: SweepConfig, points: Sequence[GridPoint]) -> list[list[Unit
         for seed in cfg.seeds:
             group = f"{where}seed{seed}"
             for name, tcfg in run_configs(cfg, point, seed).items():
-                if RunFolder(tcfg.out).finished(tcfg.epochs):
+                if RunFolder(tcfg.out, measured_average(tcfg)).finished(tcfg.epochs):
                     continue
                 trainings.append(
                     Unit(

@@ -214,3 +214,38 @@ def test_the_command_line_trains_a_method_by_name_and_its_average_is_evaluated(t
     err = capsys.readouterr().err.strip()
     assert "rho=0.1 (--rho) is a setting of SAM and ASAM" in err and "\n" not in err
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_run_trained_with_one_average_is_measured_by_it(tmp_path):
+    """RunFolder(out, "ema") (what the pipelines use for an at+ema run): the average's
+    checkpoints and its per-epoch evaluation under the usual names; finished only when the
+    plain run and the average both are; a plain folder reads the plain weights' columns."""
+    from awp.method_config import measured_average, split_average
+    from awp.runs import RunFolder
+
+    assert split_average("AT-SAM+ema") == ("at-sam", "ema") and split_average("at") == ("at", "")
+    with pytest.raises(ValueError, match=r"unknown weight average 'mean'.*at\+ema"):
+        split_average("at+mean")
+    with pytest.raises(ValueError, match="unknown method"):
+        split_average("sgd+ema")
+    assert measured_average({"ema": True, "swa": False}) == "ema"
+    assert measured_average({"ema": False}) == measured_average({"ema": 1, "swa": 1}) == ""
+
+    plain = RunFolder(tmp_path)
+    plain.append_metrics({"epoch": 1, "lr": 0.1, "seconds": 2.0, "test_robust_loss": 2.0,
+                          "ema_test_robust_loss": 1.5, "ema_val_robust_acc": 0.3})  # fmt: skip
+    (tmp_path / "config.json").write_text(json.dumps({"method": "at", "ema": True}))
+    ema = RunFolder.measured(tmp_path)
+    assert ema.average == "ema" and ema.last == tmp_path / "checkpoints" / "ema" / "last.pt"
+    assert ema.epoch_ckpt(3) == tmp_path / "checkpoints" / "ema" / "epoch_003.pt"
+    assert ema.read_metrics() == [{"epoch": 1, "lr": 0.1, "seconds": 2.0,
+                                   "test_robust_loss": 1.5, "val_robust_acc": 0.3}]  # fmt: skip
+    assert plain.read_metrics()[0]["test_robust_loss"] == 2.0
+    plain.ckpt_dir.mkdir()
+    plain.last.write_bytes(b"")
+    assert plain.finished(1) and not ema.finished(1)  # the average's last.pt is missing
+    ema.ckpt_dir.mkdir()
+    ema.last.write_bytes(b"")
+    assert ema.finished(1) and not ema.finished(2)
+    with pytest.raises(ValueError, match="plain run folder"):
+        ema.append_metrics({"epoch": 2})

@@ -157,22 +157,30 @@ def test_the_regime_table_reports_at_overfitting_and_paired_differences():
 def test_a_grid_of_methods_compares_each_with_at_and_ranks_the_measures(
     tmp_path, capsys, monkeypatch
 ):
-    """--grid method=at,at-sam --gammas 0: each method trained by name; per method its outcomes
-    against AT paired by seed, and (--predictors) every checkpoint's flatness measures ranked
-    against the robust gap, stratified by seed, in sweep.json and sweep_regime.md."""
+    """--grid method=at,at-sam,at+ema --gammas 0: each method trained by name (at+ema: AT with
+    an EMA of its weights, measured by the EMA's checkpoints); per method its outcomes against
+    AT paired by seed, and (--predictors) every checkpoint's flatness measures ranked against
+    the robust gap, stratified by seed, in sweep.json and sweep_regime.md."""
     monkeypatch.setenv("AWP_CACHE", str(tmp_path / "cache"))
     data = make_image_folder(tmp_path / "data", n_train=40, n_test=16)
     out = tmp_path / "sweep"
     tiny = [a if a != "2" else "1" for a in TINY]  # one epoch, a checkpoint after it
     args = ["sweep", "--out", str(out), "--dataset", str(data), *tiny, "--gammas", "0",
-            "--grid", "method=at,at-sam", "--seeds", "0", "1", "2", "--predictors",
+            "--grid", "method=at,at-sam,at+ema", "--seeds", "0", "1", "2", "--predictors",
             "--hessian-n", "8", "--hessian-probes", "2", "--save-every", "1"]  # fmt: skip
     assert main(args) == 0
     sam = json.loads((out / "method=at-sam" / "seed1" / "gamma_0" / "config.json").read_text())
     assert sam["weight_method"] == "sam" and not sam["awp"]
+    ema_run = out / "method=at+ema" / "seed1" / "gamma_0"
+    ema = json.loads((ema_run / "config.json").read_text())
+    assert ema["method"] == "at" and ema["ema"] and not ema["swa"]
+    evaluated = json.loads((ema_run.parent / "eval" / "gamma_0_last.json").read_text())
+    assert evaluated["identity"]["checkpoint"] == str(ema_run / "checkpoints/ema/last.pt")
     result = json.loads((out / "sweep.json").read_text())
     methods = {(m["method"], m["outcome"]): m for m in result["methods"]}
-    assert set(methods) == {("AT-SAM", o) for o in ("best", "last", "gap", "loss_rise")}
+    assert set(methods) == {
+        (m, o) for m in ("AT-SAM", "AT+EMA") for o in ("best", "last", "gap", "loss_rise")
+    }
     last = methods["AT-SAM", "last"]
     rows = {(r["method"], r["seed"]): r for r in result["rows"]}
     assert last["seeds"] == [0, 1, 2] and last["t_low"] is not None
@@ -183,6 +191,6 @@ def test_a_grid_of_methods_compares_each_with_at_and_ranks_the_measures(
     ranked = {r["measure"]: r for r in result["rankings"]}
     assert {"expected flatness", "worst-case flatness", "adaptive worst-case sharpness",
             "adaptive average sharpness", "top Hessian eigenvalue"} <= set(ranked)  # fmt: skip
-    assert all(r["n"] == 6 and r["strata"] == 3 for r in ranked.values())  # 2 methods x 3 seeds
+    assert all(r["n"] == 9 and r["strata"] == 3 for r in ranked.values())  # 3 methods x 3 seeds
     regime = (out / "sweep_regime.md").read_text()
     assert "Each method against AT" in regime and "Which measure ranks the robust gap" in regime

@@ -25,13 +25,14 @@ def train_all(configs: Mapping[str, TrainConfig], *, progress: bool, log: Log) -
     """Train (or resume, or reuse) every run; one dataset load shared by all."""
     from awp import distributed
     from awp.data import load_data
+    from awp.method_config import measured_average
     from awp.runs import RunFolder
     from awp.train import train
     from awp_landscape.console import epoch_line
 
     data = None
     for label, tcfg in configs.items():
-        run = RunFolder(tcfg.out)
+        run = RunFolder(tcfg.out, measured_average(tcfg))
         if run.finished(tcfg.epochs):
             log(f"[{label}] reusing the finished run in {run.root}")
             continue
@@ -53,10 +54,11 @@ def train_all(configs: Mapping[str, TrainConfig], *, progress: bool, log: Log) -
 
 
 def run_folder(seed_folder: Path, label: str) -> RunFolder:
-    """A run of a seed folder: the demo's ``at``/``at_awp``, or a sweep's run named by label."""
+    """A run of a seed folder as the pipelines measure it (by its weight average, where it was
+    trained to be: ``at+ema``): the demo's ``at``/``at_awp``, or a sweep's run named by label."""
     from awp.runs import RunFolder
 
-    return RunFolder(seed_folder / RUNS.get(label, label))
+    return RunFolder.measured(seed_folder / RUNS.get(label, label))
 
 
 def train_seconds(folder: Path, label: str) -> float:
