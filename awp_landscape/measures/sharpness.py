@@ -87,6 +87,13 @@ class Sharpness(CheckpointMeasure):
         SweepColumn("adaptive average sharpness (last)"),
     )
 
+    def settings(self, cfg: AdaptiveSharpnessConfig, sources: Any) -> dict[str, Any]:
+        """As every measure's, without ``fit_m``: what it changes (the m of a split smaller
+        than m) is recorded in the rows, and a result computed without it is the same."""
+        settings = super().settings(cfg, sources)
+        settings[self.name].pop("fit_m", None)
+        return settings
+
     def add_flags(self, p: Any) -> None:
         from awp_landscape.flags import add_dataclass_arguments, explain_default
 
