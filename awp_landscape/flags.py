@@ -179,8 +179,11 @@ def _field_default(f: dataclasses.Field) -> Any:
 
 
 def _with_default(help_: str, shown: Any) -> str:
-    """``help_`` with ``(default: shown)`` appended, unless the text states its own default."""
-    return help_ if "(default" in help_ else f"{help_} (default: {shown})"
+    """``help_`` with ``(default: shown)`` appended, unless the text states its own default
+    (an empty default, "" or (), reads ``none``)."""
+    if "(default" in help_:
+        return help_
+    return f"{help_} (default: {'none' if shown in ('', None, ()) else shown})"
 
 
 def _show(default: Any) -> Any:
