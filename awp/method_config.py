@@ -168,6 +168,7 @@ class SWAConfig:
 
 
 AverageConfig = EMAConfig | SWAConfig
+#: The weight averages, by name (also the ends of a pipeline's method name: ``at-sam+ema``).
 AVERAGES = ("ema", "swa")
 
 
@@ -257,10 +258,6 @@ def method_fields(name: str) -> dict[str, Any]:
         "awp": weights == "awp",
         "weight_method": weights if weights and weights != "awp" else "none",
     }
-
-
-#: The weight averages a pipeline's method name may end with (``at-sam+ema``).
-AVERAGES = ("ema", "swa")
 
 
 def split_average(name: str) -> tuple[str, str]:

@@ -155,15 +155,6 @@ def explain_default(parser: argparse.ArgumentParser, flag: str, why: str) -> Non
     action.help = f"{action.help}; {why}"
 
 
-def flag_names(cls: type) -> dict[str, str]:
-    """Field name -> ``--flag`` of every (non-nested) field of ``cls`` that has a flag."""
-    return {
-        f.name: _flag(_dest(f, cls))
-        for f in dataclasses.fields(cls)
-        if f.metadata.get("cli", True) is not False
-    }
-
-
 def _nullable(tp: Any) -> bool:
     return typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in (
         typing.get_args(tp)

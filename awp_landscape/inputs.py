@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,12 +32,12 @@ from awp.method_config import AVERAGES
 from awp.models import ModelSpec, build_model
 from awp.modes import model_mode
 from awp.sources import (
+    PREFIXES,
     InputConvention,
     SourceModel,
     is_source,
     load_source,
     parse_kwargs,
-    source_kind,
 )
 from awp.sources import check_fits as check_source_fits
 from awp.zoo import (
@@ -200,7 +200,7 @@ def unique_labels(idents: Sequence[dict[str, Any]], given: Sequence[str] | None)
 
 def is_prefixed(path: Path | str) -> bool:
     """A source string with a prefix (``torchvision:``, ``py:``...): no file to check."""
-    return source_kind(path) in ("torchvision", "timm", "py", "hf", "robustbench")
+    return str(path).startswith(PREFIXES)
 
 
 def check_files(paths: Sequence[Path]) -> None:
@@ -502,7 +502,7 @@ def held_inputs(
 ) -> Iterator[tuple[Inputs, distributed.DistContext]]:
     """The start every analysis command shares: the checkpoint files are checked, the torchrun
     job (if any) is joined, rank 0 holds ``out`` (:func:`awp.io.exclusive_output` with ``lock``
-    and ``cleans``), and the inputs are opened on this rank's device.
+    and ``cleans``), and the inputs are opened on this rank's device (progress bars on rank 0).
 
     Yields:
         (inputs, this process's place in the job).
@@ -515,50 +515,9 @@ def held_inputs(
             dataset=sources.dataset,
             data_root=sources.data_root,
             foreign=sources.foreign,
-            progress=sources.progress,
+            progress=sources.progress and ctx.is_main,
         )
         yield inputs, ctx
-
-
-def each_checkpoint(
-    checkpoints: Sequence[Path],
-    measure: Callable[[Loaded, str, bool], dict[str, Any]],
-    *,
-    out: Path,
-    lock: str,
-    cleans: Sequence[Path],
-    sources: Sources,
-    labels: Sequence[str] | None = None,
-    finish: Callable[[list[dict[str, Any]]], None] | None = None,
-) -> list[dict[str, Any]]:
-    """Measure checkpoints one after the other into ``out``, the way every analysis command
-    does: the files are checked first, rank 0 holds ``out`` (lock ``lock``; temp files of
-    ``cleans`` cleared) while a torchrun job's ranks share the work inside ``measure``, and
-    rank 0 calls ``finish`` with every result at the end.
-
-    Args:
-        checkpoints: the .pt files.
-        measure: ``(loaded checkpoint, label, show progress) -> result`` (every rank).
-        out: the results folder.
-        lock, cleans: see :func:`awp.io.exclusive_output`.
-        sources: device, data and foreign-checkpoint options.
-        labels: one per checkpoint (default: the methods, made unique).
-        finish: rank 0's last step (print the tables, write the summary files).
-
-    Returns:
-        The results, in the order of ``checkpoints`` (on every rank).
-    """
-    with held_inputs(checkpoints, out=out, lock=lock, cleans=cleans, sources=sources) as (
-        inputs,
-        ctx,
-    ):
-        names = unique_labels([identity_of(p) for p in checkpoints], labels)
-        show = sources.progress and ctx.is_main
-        results = [measure(inputs.load(p), name, show) for p, name in zip(checkpoints, names)]
-        distributed.barrier()
-        if ctx.is_main and finish is not None:
-            finish(results)
-        return results
 
 
 def out_folder(out: Path | None, checkpoints: Sequence[Path], *, under: str = "") -> Path:

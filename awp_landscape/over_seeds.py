@@ -1,13 +1,13 @@
-"""The demo over seeds: every stage's measures, read from the seed folders, as paired
+"""The demo over seeds: every measure's values, read from the seed folders, as paired
 differences.
 
 A replicated demo folder holds one folder per seed (``seed0/``, ``seed1/``...), each a complete
 single-seed demo (runs ``at/`` and ``at_awp/``, ``eval/``, ``analysis/``). For every measure the
 report states (final and best robust accuracy, robust gap, the rise of the test robust loss
 after its minimum, expected and worst-case flatness, the landscape's sharpness, deep-layer
-weight statistics, Kendall's tau of flatness vs gap within each method), the stage that measures it
-(:data:`awp_landscape.measures.MEASURES`, its ``over_seeds``) reads the AT and AT-AWP value of every
-seed, and this module pairs them (:func:`analysis.replicates.paired_difference`).
+weight statistics, Kendall's tau of flatness vs gap within each method), the measure module
+(:data:`awp_landscape.measures.MEASURES`, its ``over_seeds``) reads the AT and AT-AWP value of
+every seed, and this module pairs them (:func:`analysis.replicates.paired_difference`).
 The flatness-vs-gap correlation pools the checkpoints of all seeds with the seed as a stratum.
 """
 

@@ -185,6 +185,12 @@ def test_gap_then_correlate(runs, tmp_path, capsys):
     groups = {(c["group"], c["measure"]) for c in res["correlations"]}
     assert ("all", "kendall") in groups and ("AT-AWP", "pearson") in groups
     assert len(res["points"]) == 4 and (out / "flatness_loss_vs_gap.png").exists()
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("*flatness_loss_vs_gap.*")}
+    assert main([*args, "--n-boot", "20", "--x", "flatness_loss"]) == 0  # the same: reused
+    assert "already correlated" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    assert main([*args, "--n-boot", "30", "--x", "flatness_loss"]) == 0  # another: computed
+    assert "30 resamples" in capsys.readouterr().out
     assert main(["correlate", str(out / "missing.json")]) == 2
     assert "does not exist" in capsys.readouterr().err
 

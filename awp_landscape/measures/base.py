@@ -157,10 +157,12 @@ class ReportSection:
 
 @dataclass(frozen=True)
 class SweepColumn:
-    """A column of the sweep's rows; ``paired``: compared AT-AWP minus AT seed by seed."""
+    """A column of the sweep's rows; ``paired``: compared AT-AWP minus AT seed by seed;
+    ``reported``: a column of the report's per-gamma table."""
 
     name: str
     paired: bool = True
+    reported: bool = False
 
 
 @dataclass(frozen=True)
@@ -306,6 +308,18 @@ class Measure:
     def figure_blocks(self, res: Results) -> list[FigureBlock]:
         """Every figure of :attr:`figure_specs` there is something to draw for."""
         return [b for spec in self.figure_specs if (b := self.figure(res, spec)) is not None]
+
+
+def figures_current(tables: Sequence[Path], written: Sequence[Path], pngs: Sequence[Path]) -> bool:
+    """Whether a measure's figures need not be drawn again: none of its ``tables`` was just
+    ``written`` (they hold what they held) and the figures on disk (``pngs`` that exist) were
+    drawn after them: a rerun that changes nothing. A figure with nothing to draw has no file;
+    the report draws a missing one itself."""
+    drawn = [p for p in pngs if p.exists()]
+    if not tables or any(p in written for p in tables) or not drawn:
+        return False
+    newest = max(p.stat().st_mtime_ns for p in tables)
+    return all(p.stat().st_mtime_ns >= newest for p in drawn)
 
 
 def json_table(folder: Path, files: Sequence[str], key: str | None = None) -> Any:

@@ -200,10 +200,13 @@ def correlate_tables(
     figures: bool = True,
 ) -> dict[str, Any]:
     """``awp correlate`` as a function: correlation.json/.csv and the scatter in ``out``; what
-    correlation.json holds."""
+    correlation.json holds. The same rows and settings as the correlation.json in ``out``
+    (its ``inputs``: their sha256) reuse it: nothing is computed or drawn again."""
+    import hashlib
+
     from analysis.correlate import correlate_records, fit_line
     from analysis.tables import IDENTITY, join_tables, read_table
-    from awp.io import atomic_write_set, csv_text, exclusive_output, json_text
+    from awp.io import atomic_write_set, csv_text, exclusive_output, json_text, read_json
     from awp_landscape.console import CLIError, format_table, say
     from awp_landscape.inputs import rows_of
 
@@ -221,6 +224,19 @@ def correlate_tables(
         for col in (x, y):
             if col not in rows[0]:
                 raise CLIError(f"no column {col!r}; columns are {sorted(rows[0])}")
+        settings = {"x": x, "y": y, "by": by, "n_boot": n_boot, "confidence": confidence,
+                    "seed": seed, "rows": rows}  # fmt: skip
+        inputs = hashlib.sha256(json_text(settings).encode()).hexdigest()
+        saved = out / "correlation.json"
+        drawn = not figures or (out / f"{x}_vs_{y}.png").is_file()
+        if saved.is_file() and (out / "correlation.csv").is_file() and drawn:
+            try:
+                before = read_json(saved)
+            except ValueError:
+                before = {}
+            if before.get("inputs") == inputs and before.get("tables") == [str(p) for p in tables]:
+                say(f"{y} against {x}: {len(rows)} checkpoints, already correlated in {saved}")
+                return before
         cors = correlate_records(
             rows, x=x, y=y, by=by, n_boot=n_boot, confidence=confidence, seed=seed
         )
@@ -235,6 +251,7 @@ def correlate_tables(
         points = [{k: r[k] for k in dict.fromkeys(keep) if k in r} for r in rows]
         result = {
             "tables": [str(p) for p in tables],
+            "inputs": inputs,
             "where": where,
             "x": x,
             "y": y,

@@ -68,9 +68,9 @@ class Evaluate(CheckpointMeasure):
     pipelines = ("demo", "sweep")
     sweep_columns = (
         SweepColumn("natural accuracy (best)", paired=False),
-        SweepColumn("natural accuracy (last)", paired=False),
-        SweepColumn("robust accuracy (best)"),
-        SweepColumn("robust accuracy (last)"),
+        SweepColumn("natural accuracy (last)", paired=False, reported=True),
+        SweepColumn("robust accuracy (best)", reported=True),
+        SweepColumn("robust accuracy (last)", reported=True),
         SweepColumn("best minus last robust accuracy"),
     )
 

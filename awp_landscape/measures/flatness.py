@@ -146,8 +146,8 @@ class Flatness(CheckpointMeasure):
     )
     pipelines = ("demo", "sweep")
     sweep_columns = (
-        SweepColumn("expected flatness (last)"),
-        SweepColumn("worst-case flatness (last)"),
+        SweepColumn("expected flatness (last)", reported=True),
+        SweepColumn("worst-case flatness (last)", reported=True),
     )
 
     # -- the command line ---------------------------------------------------------------

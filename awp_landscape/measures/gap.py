@@ -72,7 +72,7 @@ class Gap(CheckpointMeasure):
     )
     figure_specs = (FigureSpec("gap_by_epoch", _plot, "Robust gap per epoch."),)
     pipelines = ("demo", "sweep")
-    sweep_columns = (SweepColumn("robust gap (last)"),)
+    sweep_columns = (SweepColumn("robust gap (last)", reported=True),)
 
     def compute(
         self, loaded: Loaded, cfg: GapConfig, *, label: str, folder: Path, progress: bool

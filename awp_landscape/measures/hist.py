@@ -15,7 +15,14 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from awp_landscape.measures.base import Context, Measure, ReportSection, SeedValue, SweepColumn
+from awp_landscape.measures.base import (
+    Context,
+    Measure,
+    ReportSection,
+    SeedValue,
+    SweepColumn,
+    figures_current,
+)
 
 if TYPE_CHECKING:
     from awp_landscape.inputs import Inputs
@@ -251,7 +258,8 @@ def weight_histograms(
         if comps:
             files[out / "weights_compare.csv"] = csv_text(comps)
         written = atomic_write_set(files)  # the tables always agree, also after a full disk
-        if figures:
+        pngs = [out / "weights_hist.png", out / "weights_depth.png"]
+        if figures and not figures_current(list(files), written, pngs):
             # matplotlib is imported only when a figure is drawn: `awp` starts without it.
             from figures.style import save_figure
             from figures.weights import plot_layer_stats, plot_weight_histograms

@@ -35,12 +35,12 @@ from typing import Any
 
 from awp import distributed
 from awp.config import check_same_settings, config_diff
-from awp.io import atomic_write_set, exclusive_output, json_text
+from awp.io import atomic_write_set, json_text
 from awp.progress import progress_bar
 from awp.seeds import with_scheme
 from awp_landscape.console import CLIError, say
-from awp_landscape.inputs import Inputs, Sources, check_files, identity_of, unique_labels
-from awp_landscape.measures.base import CheckpointMeasure
+from awp_landscape.inputs import Sources, held_inputs, identity_of, unique_labels
+from awp_landscape.measures.base import CheckpointMeasure, figures_current
 
 log = logging.getLogger(__name__)
 
@@ -197,18 +197,10 @@ def run_measure(
     """
     measure.check(cfg)
     paths = [Path(p) for p in checkpoints]
-    check_files(paths)
     out = Path(out)
     cleans = [out / measure.units, *(out / t for t in measure.table_files)]
-    claim = exclusive_output(out, folder_lock=measure.name, cleans=cleans)
-    with distributed.joined(sources.device) as ctx, distributed.main_holds(ctx, claim):
-        inputs = Inputs(
-            distributed.pick_device(sources.device, ctx),
-            dataset=sources.dataset,
-            data_root=sources.data_root,
-            foreign=sources.foreign,
-            progress=sources.progress and ctx.is_main,
-        )
+    held = held_inputs(paths, out=out, lock=measure.name, cleans=cleans, sources=sources)
+    with held as (inputs, ctx):
         # A model named by a source string is identified by its weights: built to know them.
         idents = [identity_of(p) for p in paths]
         idents = [i if i["sha256"] else inputs.load(p).identity() for p, i in zip(paths, idents)]
@@ -287,19 +279,26 @@ def write_result_set(
     first: Sequence[Entry] = (),
 ) -> list[Path]:
     """The tables of every result in ``out`` (all files or none; ``first``, this call's, in
-    their order, then the others), then the figures."""
+    their order, then the others), then the figures: not drawn again where the tables are
+    unchanged and the figures on disk were drawn after them (a rerun that changes nothing; a
+    figure with nothing to draw has no file, and the report draws a missing one itself)."""
     called = {e.path for e in first}
     entries = [*first, *(e for e in measure.saved_entries(out, []) if e.path not in called)]
     tables = measure.tables(entries, cfg, out)
     written = (
         atomic_write_set({out / name: text for name, text in tables.items()}) if tables else []
     )
-    if figures and measure.figure_specs:
+    table_dir = (out / measure.table_files[0]).parent if measure.table_files else out
+    pngs = [table_dir / f"{spec.name}.png" for spec in measure.figure_specs]
+    if (
+        figures
+        and measure.figure_specs
+        and not figures_current([out / name for name in tables], written, pngs)
+    ):
         # matplotlib is imported only when a figure is drawn: `awp` starts without it.
         from figures.style import save_figure
 
         results = measure.read(out)
-        table_dir = (out / measure.table_files[0]).parent if measure.table_files else out
         for spec in measure.figure_specs:
             fig = spec.draw(results)
             if fig is not None:

@@ -83,7 +83,7 @@ class Sharpness(CheckpointMeasure):
     )
     pipelines = ("demo", "sweep")
     sweep_columns = (
-        SweepColumn("adaptive worst-case sharpness (last)"),
+        SweepColumn("adaptive worst-case sharpness (last)", reported=True),
         SweepColumn("adaptive average sharpness (last)"),
     )
 

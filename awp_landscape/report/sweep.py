@@ -7,16 +7,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from awp_landscape import measures
 from awp_landscape.report.over_seeds import interval
 from figures.html import FigureBlock, Section, Table
 
-SWEEP_MEASURES = (
-    "natural accuracy (last)",
-    "robust accuracy (last)",
-    "robust accuracy (best)",
-    "robust gap (last)",
-    "expected flatness (last)",
-    "worst-case flatness (last)",
+#: The columns of the per-gamma table (the measures' reported sweep columns).
+REPORTED_COLUMNS = tuple(
+    c.name for m in measures.SWEEP_MEASURES for c in m.sweep_columns if c.reported
 )
 
 
@@ -42,7 +39,7 @@ def sweep_section(sweep: Mapping[str, Any], figures: Mapping[str, Path]) -> Sect
             row: dict[str, Any] = {"grid point": point or "(flags)"} if points != [""] else {}
             row["gamma"] = g
             found = False
-            for m in SWEEP_MEASURES:
+            for m in REPORTED_COLUMNS:
                 r = by.get((point, g, m))
                 if r is not None:
                     found = True
