@@ -371,3 +371,37 @@ def test_the_vocabulary_tables_of_docs_cli_md_name_flags_the_commands_have():
                 assert flag in _visible(PARSERS[command]), (line, command, flag)
                 checked += 1
     assert checked > 40
+
+
+def _documented_commands() -> list[tuple[str, list[str]]]:
+    """Every `awp ...` command line of the ```bash blocks of README.md and docs/*.md (lines
+    joined at a trailing backslash, comments and what follows &&, | or ; dropped), as
+    (where, argv)."""
+    import shlex
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    found = []
+    for doc in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        for block in re.findall(r"```bash\n(.*?)```", doc.read_text(), flags=re.S):
+            joined = re.sub(r"\\\n", " ", block)
+            for line in joined.splitlines():
+                line = re.split(r" #| && | \| |; ", line, maxsplit=1)[0].strip()
+                if line.startswith("awp ") and "..." not in line:
+                    found.append((f"{doc.name}: {line[:60]}", shlex.split(line)[1:]))
+    return found
+
+
+def test_every_command_line_in_the_docs_parses():
+    """A documented command uses flags the command has, with values it accepts (parsed only:
+    nothing runs), so a renamed or removed flag cannot linger in the docs."""
+    commands = _documented_commands()
+    assert len(commands) > 60  # README's tour and usage.md's examples were found
+    parser = build_parser()
+    bad = []
+    for where, argv in commands:
+        try:
+            parser.parse_args(argv)
+        except SystemExit:
+            bad.append(where)
+    assert not bad, bad
