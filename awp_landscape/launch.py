@@ -23,6 +23,7 @@ when a launcher is used.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import shutil
@@ -36,6 +37,7 @@ from typing import Any
 from awp.config import check_bounds, opt
 from awp.extras import require
 from awp_landscape.console import CLIError, say
+from awp_landscape.flags import add_dataclass_arguments, add_run_arguments
 
 LAUNCHERS = ("none", "local", "slurm")
 #: lines of a failed job's stderr shown by the parent
@@ -107,6 +109,15 @@ class LaunchConfig:
                     f"--launcher slurm needs Slurm's {' and '.join(missing)}, not found on "
                     f"PATH: run on a Slurm login node, or use --launcher local"
                 )
+
+
+def add_pipeline_arguments(p: argparse.ArgumentParser, config: type) -> None:
+    """The flags of a command that trains and measures runs as independent jobs (demo,
+    reproduce, sweep): ``config``'s fields, ``--no-progress``, and the launcher's
+    (:class:`LaunchConfig`) in a group of their own."""
+    add_run_arguments(p, device=False)
+    add_dataclass_arguments(p, config)
+    add_dataclass_arguments(p.add_argument_group("independent runs as jobs"), LaunchConfig)
 
 
 def sbatch_options(items: Sequence[str]) -> dict[str, str]:

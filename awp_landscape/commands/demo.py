@@ -10,12 +10,10 @@ import argparse
 
 from awp_landscape.console import say
 from awp_landscape.flags import (
-    add_dataclass_arguments,
-    add_run_arguments,
     dataclass_from_arguments,
     module_doc,
 )
-from awp_landscape.launch import LaunchConfig
+from awp_landscape.launch import LaunchConfig, add_pipeline_arguments
 from awp_landscape.plans import PRESETS, DemoConfig, ReproduceConfig
 
 
@@ -27,9 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=module_doc("awp_landscape.pipeline"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_run_arguments(p, device=False)
-    add_dataclass_arguments(p, DemoConfig)
-    add_dataclass_arguments(p.add_argument_group("independent runs as jobs"), LaunchConfig)
+    add_pipeline_arguments(p, DemoConfig)
     p.set_defaults(func=run_demo)
 
     r = sub.add_parser(
@@ -40,9 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "report. Made for a GPU: the presets train 200 epochs on the full datasets.",
     )
     r.add_argument("--list", action="store_true", help="list the presets and exit")
-    add_run_arguments(r, device=False)
-    add_dataclass_arguments(r, ReproduceConfig)
-    add_dataclass_arguments(r.add_argument_group("independent runs as jobs"), LaunchConfig)
+    add_pipeline_arguments(r, ReproduceConfig)
     r.set_defaults(func=run_reproduce)
 
 

@@ -10,12 +10,10 @@ import argparse
 
 from awp_landscape.console import say
 from awp_landscape.flags import (
-    add_dataclass_arguments,
-    add_run_arguments,
     dataclass_from_arguments,
     module_doc,
 )
-from awp_landscape.launch import LaunchConfig
+from awp_landscape.launch import LaunchConfig, add_pipeline_arguments
 from awp_landscape.sweep_config import SweepConfig
 
 
@@ -27,9 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=module_doc("awp_landscape.sweep"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_run_arguments(p, device=False)
-    add_dataclass_arguments(p, SweepConfig)
-    add_dataclass_arguments(p.add_argument_group("independent runs as jobs"), LaunchConfig)
+    add_pipeline_arguments(p, SweepConfig)
     p.set_defaults(func=run)
 
 

@@ -411,6 +411,25 @@ class CheckpointMeasure(Measure):
         )
         return 0
 
+    def run_on(
+        self,
+        ctx: Context,
+        cfg: Any,
+        checkpoints: Sequence[Path] | None = None,
+        *,
+        labelled: bool = True,
+    ) -> list[Entry]:
+        """Measure the runs of ``ctx`` (their last checkpoints, or ``checkpoints``) into this
+        measure's folder of the seed, as the demo and the sweep do: labelled by run (with
+        ``labelled``), figures unless the sweep runs it."""
+        from awp_landscape.measures.runner import run_measure
+
+        return run_measure(
+            self, ctx.last if checkpoints is None else checkpoints, cfg,
+            out=self.path(ctx).parent, labels=ctx.labels if labelled else None,
+            sources=ctx.sources(), figures=ctx.figures,
+        )  # fmt: skip
+
     # -- one checkpoint -----------------------------------------------------------------
     def settings(self, cfg: Any, sources: Sources) -> dict[str, Any]:
         """What every result in a folder depends on besides its checkpoint: a folder holds

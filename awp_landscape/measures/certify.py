@@ -148,7 +148,6 @@ class Certify(CheckpointMeasure):
 
     # -- the pipeline ---------------------------------------------------------------------
     def run(self, ctx: Context) -> None:
-        from awp_landscape.measures.runner import run_measure
 
         p = ctx.plan
         cfg = CertifyConfig(
@@ -159,10 +158,7 @@ class Certify(CheckpointMeasure):
             noise_levels=p.certify_noise_levels,
             noise_draws=p.certify_noise_draws,
         )
-        run_measure(
-            self, ctx.last, cfg, out=self.path(ctx).parent, labels=ctx.labels,
-            sources=ctx.sources(), figures=ctx.figures,
-        )  # fmt: skip
+        self.run_on(ctx, cfg)
 
     # -- the report -----------------------------------------------------------------------
     def section(self, res: Results) -> Section:

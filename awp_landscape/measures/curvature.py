@@ -179,17 +179,8 @@ class Curvature(CheckpointMeasure):
         )
 
     def run(self, ctx: Context) -> None:
-        from awp_landscape.measures.runner import run_measure
 
-        run_measure(
-            self,
-            ctx.last,
-            self.plan_config(ctx.plan),
-            out=self.path(ctx).parent,
-            labels=ctx.labels,
-            sources=ctx.sources(),
-            figures=ctx.figures,
-        )
+        self.run_on(ctx, self.plan_config(ctx.plan))
 
     # -- the report -----------------------------------------------------------------------
     def section(self, res: Results) -> Section:

@@ -217,22 +217,13 @@ class Flatness(CheckpointMeasure):
         return (ctx.plan.flatness_alpha,) if ctx.sweep else tuple(ctx.plan.flatness_alphas)
 
     def run(self, ctx: Context) -> None:
-        from awp_landscape.measures.runner import run_measure
 
         p = ctx.plan
         cfg = FlatnessRequest(
             flatness=self.plan_config(p, self.alphas(ctx), p.flatness_samples),
             worst=WorstCaseConfig(gammas=(p.worst_gamma,), ascent_steps=p.worst_steps),
         )
-        run_measure(
-            self,
-            ctx.last,
-            cfg,
-            out=self.path(ctx).parent,
-            labels=ctx.labels,
-            sources=ctx.sources(),
-            figures=ctx.figures,
-        )
+        self.run_on(ctx, cfg)
 
     def value(self, kind: str, key: str, value: float, column: str = "flatness_loss") -> Any:
         """A method's final-checkpoint flatness of one kind (expected at an alpha, worst at a

@@ -29,16 +29,12 @@ class FlatnessEpochs(Flatness):
     sweep_columns = ()
 
     def run(self, ctx: Context) -> None:
-        from awp_landscape.measures.runner import run_measure
 
         p = ctx.plan
         cfg = FlatnessRequest(
             flatness=self.plan_config(p, (p.correlate_alpha,), p.correlate_samples)
         )
-        run_measure(
-            self, ctx.epoch_ckpts(), cfg, out=self.path(ctx).parent, sources=ctx.sources(),
-            figures=False,
-        )  # fmt: skip
+        self.run_on(ctx, cfg, ctx.epoch_ckpts(), labelled=False)
 
     def over_seeds(self, plan: Any) -> list[tuple[str, Any]]:
         return []

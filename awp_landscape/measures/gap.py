@@ -135,16 +135,9 @@ class Gap(CheckpointMeasure):
         return GapConfig(n_train=plan.gap_n, n_test=plan.gap_n, attack=analysis_attack(plan))
 
     def run(self, ctx: Context) -> None:
-        from awp_landscape.measures.runner import run_measure
 
-        run_measure(
-            self,
-            ctx.last if ctx.sweep else ctx.epoch_ckpts(),
-            self.plan_config(ctx.plan),
-            out=self.path(ctx).parent,
-            sources=ctx.sources(),
-            figures=ctx.figures,
-        )
+        checkpoints = ctx.last if ctx.sweep else ctx.epoch_ckpts()
+        self.run_on(ctx, self.plan_config(ctx.plan), checkpoints, labelled=False)
 
     def last_gap(self, folder: Path, method: str) -> float | None:
         rows = [r for r in self.read_seed(folder) if r.get("method") == method]

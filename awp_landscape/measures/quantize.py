@@ -124,19 +124,10 @@ class Quantize(CheckpointMeasure):
 
     # -- the pipeline ---------------------------------------------------------------------
     def run(self, ctx: Context) -> None:
-        from awp_landscape.measures.runner import run_measure
 
         # PGD-20 as the final evaluation (not the analyses' shorter attack), on the gap's size
         cfg = QuantizeConfig(n_test=ctx.plan.gap_n)
-        run_measure(
-            self,
-            ctx.last,
-            cfg,
-            out=self.path(ctx).parent,
-            labels=ctx.labels,
-            sources=ctx.sources(),
-            figures=ctx.figures,
-        )
+        self.run_on(ctx, cfg)
 
     def read(self, folder: Path) -> dict[str, Any]:
         from awp_landscape.measures.base import json_table

@@ -165,12 +165,8 @@ class Sharpness(CheckpointMeasure):
         )  # fmt: skip
 
     def run(self, ctx: Context) -> None:
-        from awp_landscape.measures.runner import run_measure
 
-        run_measure(
-            self, ctx.last, self.plan_config(ctx.plan), out=self.path(ctx).parent,
-            labels=ctx.labels, sources=ctx.sources(), figures=ctx.figures,
-        )  # fmt: skip
+        self.run_on(ctx, self.plan_config(ctx.plan))
 
     def value(self, kind: str) -> Any:
         """A method's final-checkpoint adaptive sharpness of ``kind`` on the robust loss."""

@@ -196,16 +196,8 @@ class Spectra(CheckpointMeasure):
 
     # -- the pipeline ---------------------------------------------------------------------
     def run(self, ctx: Context) -> None:
-        from awp_landscape.measures.runner import run_measure
 
-        run_measure(
-            self,
-            ctx.epoch_ckpts() or ctx.last,
-            SpectraConfig(),
-            out=self.path(ctx).parent,
-            sources=ctx.sources(),
-            figures=ctx.figures,
-        )
+        self.run_on(ctx, SpectraConfig(), ctx.epoch_ckpts() or ctx.last, labelled=False)
 
     # -- the report -----------------------------------------------------------------------
     def section(self, res: Results) -> Section:
