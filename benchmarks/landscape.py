@@ -13,7 +13,8 @@ same data (CIFAR-10 test images from ../shared/data/cifar10-jpeg.tar.gz), same d
   (c0) pure compute of (c): the same clean pass, 10 forward/backward input-gradient steps and
        adversarial pass, written out on in-memory tensors
 
-Targets (CPU): (a) <= 1.05 x (a0); (b) >= 1.4 x (a); (c) <= 1.10 x (c0). Each variant runs
+Targets (CPU): (a) <= 1.05 x (a0); (b) >= 1.5 x (a) on two or more threads, >= 1.2 x (a) on
+one; (c) <= 1.10 x (c0). Each variant runs
 ``--repeats`` times, interleaved (pairs swap order on odd repeats), and the fastest run counts.
 The targets are judged on CPU time by default (this process plus its waited-for DataLoader
 workers, one torch thread): on a shared machine the wall time of the same work swings several
@@ -55,7 +56,16 @@ from landscape.grid import Grid, make_grid  # noqa: E402
 from landscape.surface import EvalSet, compute_surface  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
-TARGETS = {"a/a0": ("<=", 1.05), "b/a": (">=", 1.4), "c/c0": ("<=", 1.10)}
+TARGETS = {"a/a0": ("<=", 1.05), "b/a": (">=", 1.5), "c/c0": ("<=", 1.10)}
+#: b/a's target on one thread: loss-landscape's data handling then hides less of the passes
+ONE_THREAD_B = 1.2
+
+
+def targets() -> dict[str, tuple[str, float]]:
+    """:data:`TARGETS` for the thread count torch uses now."""
+    if torch.get_num_threads() >= 2:
+        return TARGETS
+    return {**TARGETS, "b/a": (">=", ONE_THREAD_B)}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -406,16 +416,17 @@ def report(
 
 
 def _compute_budget(b: Bench, judge: dict[str, float]) -> None:
-    # What b/a >= 1.4 asks of the forward passes, given loss-landscape's measured overhead.
+    # What b/a's target asks of the forward passes, given loss-landscape's measured overhead.
     args = b.args
     flops = forward_flops(b.model, b.x[:1]) * args.images
     a0_pt, a_pt, b_pt = (judge[k] / args.points for k in ("a0", "a", "b"))
     overhead = b_pt - a_pt
-    need = b_pt / TARGETS["b/a"][1]
+    need = b_pt / targets()["b/a"][1]
     print(
         f"\nper point: {flops / 1e9:.0f} GFLOP of forward passes; (a0) sustains "
         f"{flops / a0_pt / 1e9:.0f} GFLOP/s on {torch.get_num_threads()} thread(s); (b) adds "
-        f"{overhead:.2f}s of data handling to the same passes. b/a >= 1.4 needs (a) <= "
+        f"{overhead:.2f}s of data handling to the same passes. b/a >= {targets()['b/a'][1]:g} "
+        f"needs (a) <= "
         f"{need:.2f}s/point, i.e. {flops / need / 1e9:.0f} GFLOP/s from identical passes; "
         f"a plain fp32 2048x2048 matmul sustains {gemm_gflops(b.device):.0f} GFLOP/s here."
     )
@@ -435,7 +446,7 @@ def _verdicts(
             continue
         by_cpu, by_wall = cpu[num] / cpu[den], wall[num] / wall[den]
         value = by_cpu if judge == "cpu" else by_wall
-        op, target = TARGETS[k]
+        op, target = targets()[k]
         passed = value <= target if op == "<=" else value >= target
         ok &= passed
         verdict = "PASS" if passed else "MISS"
