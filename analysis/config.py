@@ -130,7 +130,10 @@ class FlatnessConfig:
         0, "seed of the noise draws and of the attacks' random starts", bounds=(0, None)
     )
     batch_size: int = opt(256, "examples per forward pass", bounds=(1, None))
-    attack: AttackConfig = opt(PGD20_EVAL, "attack regenerated on every perturbed model")
+    attack: AttackConfig | None = opt(
+        PGD20_EVAL,
+        "attack regenerated on every perturbed model (--attack none: the clean loss and 0-1 error)",
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "alphas", tuple(float(a) for a in self.alphas))

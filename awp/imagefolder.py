@@ -223,7 +223,8 @@ def _decode(
                     if pixels.shape != shape:
                         raise ValueError(
                             f"image {where} is {pixels.shape[1]}x{pixels.shape[0]}, others are "
-                            f"{shape[1]}x{shape[0]}: all images must have the same size"
+                            f"{shape[1]}x{shape[0]}: all images must have the same size "
+                            "(--center-crop N resizes and crops each to N x N)"
                         )
                     if x is None:
                         x = np.empty((n, *shape), dtype=np.uint8)  # (N, H, W, 3)

@@ -41,6 +41,29 @@ def batchnorms(model: nn.Module) -> list[_BatchNorm]:
     return [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
 
 
+def check_bn_recomputable(model: nn.Module, name: str = "the model") -> None:
+    """Refuse to re-estimate BatchNorm statistics (``bn="recompute"``) of a model that has no
+    BatchNorm layer keeping them: recomputing would silently do nothing.
+
+    Raises:
+        ValueError: naming why (no BatchNorm, or one compiled into a TorchScript or
+            ``torch.export`` program, whose layers are not modules) and the fix.
+    """
+    if batchnorms(model):
+        return
+    compiled = any(
+        isinstance(m, (torch.jit.ScriptModule, torch.fx.GraphModule)) for m in model.modules()
+    )
+    why = (
+        "its BatchNorm is compiled into a TorchScript or torch.export program"
+        if compiled
+        else "it has no BatchNorm layer"
+    )
+    raise ValueError(
+        f"{name}: BatchNorm statistics cannot be re-estimated ({why}); use --bn eval (bn='eval')"
+    )
+
+
 @contextmanager
 def frozen_bn_stats(model: nn.Module) -> Iterator[nn.Module]:
     """Keep BatchNorm running statistics (and ``num_batches_tracked``) from moving.
@@ -195,7 +218,8 @@ def bn_recomputed(
         batch_size: examples per pass.
 
     Raises:
-        ValueError: fewer than 2 inputs (BatchNorm cannot estimate a variance from one).
+        ValueError: fewer than 2 inputs (BatchNorm cannot estimate a variance from one), or a
+            model without BatchNorm layers to re-estimate (:func:`check_bn_recomputable`).
     """
     if x is None:
         yield model
@@ -204,6 +228,7 @@ def bn_recomputed(
         raise ValueError(
             f"re-estimating BatchNorm statistics needs at least 2 training inputs, got {len(x)}"
         )
+    check_bn_recomputable(model)
     buffers = bn_buffers(model)
     saved = {n: t.detach().clone() for n, t in buffers.items()}
     try:

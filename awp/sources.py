@@ -72,7 +72,7 @@ from awp.checkpoint import (
 )
 from awp.extras import require
 from awp.io import sha256_file
-from awp.modes import BN_MODES, batchnorms, model_mode
+from awp.modes import BN_MODES, check_bn_recomputable, model_mode
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -810,6 +810,8 @@ def check_fits(source: SourceModel, x: torch.Tensor, *, num_classes: int, data: 
     try:
         with torch.no_grad(), model_mode(source.model, "eval"):
             out = source.model(x[:1])
+            if source.kind == "export":  # a program exported with a fixed batch size
+                source.model(x[:1].expand(3, *x.shape[1:]))
     except (RuntimeError, ValueError, TypeError, AssertionError, IndexError) as err:
         hint = (
             "export it with a dynamic batch dimension (dynamic_shapes) and the data's input size"
@@ -839,15 +841,11 @@ def check_bn_mode(source: SourceModel, bn: str) -> None:
     """
     if bn not in BN_MODES:
         raise SourceError(f"unknown BatchNorm mode {bn!r}; choose one of {', '.join(BN_MODES)}")
-    if bn == "recompute" and not batchnorms(source.model):
-        why = (
-            "its BatchNorm is compiled into the program"
-            if source.kind in ("torchscript", "export")
-            else "it has no BatchNorm layer"
-        )
-        raise SourceError(
-            f"{source.name}: BatchNorm statistics cannot be re-estimated ({why}); use --bn eval"
-        )
+    if bn == "recompute":
+        try:
+            check_bn_recomputable(source.model, source.name)
+        except ValueError as err:
+            raise SourceError(str(err)) from None
 
 
 def parse_kwargs(text: str | None) -> dict[str, Any]:

@@ -120,6 +120,20 @@ def _row(loaded: Loaded, label: str) -> dict[str, Any]:
     return {"checkpoint": label, "sha256": loaded.sha256, "label": label}
 
 
+def _bn_images(bn_data: Any, device: torch.device) -> torch.Tensor | None:
+    """``bn_data`` (images, or anything :func:`awp.data_sources.tensors_of` takes, whose
+    labels are not used) as float images in [0, 1] on ``device``; None stays None."""
+    import torch
+
+    from awp.augment import as_float
+    from awp.data_sources import tensors_of
+
+    if bn_data is None:
+        return None
+    x = bn_data if isinstance(bn_data, torch.Tensor) else tensors_of(bn_data, device=device)[0]
+    return as_float(x.to(device))
+
+
 # ----------------------------------------------------------------------------- measures
 def landscape(
     model: nn.Module,
@@ -151,6 +165,8 @@ def landscape(
         loss: the loss measured (default cross-entropy).
         bn: ``eval`` (theta0's BatchNorm statistics) or ``recompute`` (re-estimated on
             ``bn_data`` at every point).
+        bn_data: training images (a tensor, uint8 or in [0, 1]), or (x, y), a DataLoader or
+            a Dataset, for ``bn="recompute"``.
         batch_size, direction_seed, attack_seed, dir_norm, include, fixed: as the command's.
 
     Returns:
@@ -167,7 +183,9 @@ def landscape(
                         attack_seed=attack_seed, attack=attack, dir_norm=dir_norm,
                         dir_include=include, fixed=fixed, bn=bn)  # fmt: skip
     directions, _, _ = make_directions(model, cfg)
-    bn_x = tensors_of(bn_data, device=device)[0] if bn_data is not None else None
+    bn_x = _bn_images(bn_data, device)
+    if bn == "recompute" and bn_x is None:
+        raise ValueError("bn='recompute' re-estimates BatchNorm statistics on bn_data: pass it")
     return compute_surface(
         model, directions, cfg.grid(), [EvalSet("test", x, y)], attack=attack,
         attack_seed=attack_seed, fixed=fixed, bn=bn, bn_x=bn_x, batch_size=batch_size,
@@ -203,16 +221,15 @@ def flatness(
         attack: regenerated at every w+u (None: the clean loss and 0-1 error).
         worst_gammas, worst_steps: the worst case's radii and ascent steps (none by default).
         loss: the loss measured (default cross-entropy).
-        bn_data: training inputs re-estimating BatchNorm statistics at every point (None:
-            w's statistics, eval mode).
+        bn_data: training images re-estimating BatchNorm statistics at every point (a tensor,
+            uint8 or in [0, 1], or (x, y), a DataLoader or a Dataset; None: w's statistics,
+            eval mode).
 
     Returns:
         One row per alpha (``kind`` expected: ``flatness``, its interval, ``flatness_loss``,
         the PAC-Bayes terms...) and per gamma (``kind`` worst).
     """
     from analysis.config import FlatnessConfig, WorstCaseConfig
-    from awp.augment import as_float
-    from awp.data_sources import tensors_of
     from awp_landscape.measures.flatness import FlatnessRequest, flatness_for_checkpoint
 
     loaded = _loaded(model, data)
@@ -220,9 +237,7 @@ def flatness(
                          noise=noise, params=params, batch_size=batch_size, seed=seed)  # fmt: skip
     worst = (WorstCaseConfig(gammas=tuple(worst_gammas), ascent_steps=worst_steps)
              if worst_gammas else None)  # fmt: skip
-    bn_x = None
-    if bn_data is not None:
-        bn_x = as_float(tensors_of(bn_data, device=loaded.data.train.x.device)[0])
+    bn_x = _bn_images(bn_data, loaded.data.train.x.device)
     result = flatness_for_checkpoint(
         loaded, FlatnessRequest(flatness=cfg, worst=worst), folder=None, label=label, loss=loss,
         bn_x=bn_x,

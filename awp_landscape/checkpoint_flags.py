@@ -10,10 +10,11 @@ This module imports no torch: the parsers of ``awp CMD --help`` are built from i
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from awp.config import check_bounds, check_choice, opt
+from awp.data_config import DataConfig
 from awp.model_config import ModelConfig
 from awp.zoo import DEFAULT_MODEL_DIR, THREAT_MODELS
 from awp_landscape.flags import add_dataclass_arguments, dataclass_from_arguments
@@ -74,7 +75,8 @@ def add_checkpoint_list(p: argparse.ArgumentParser, *, labels: bool = True) -> N
 
 
 def add_checkpoint_arguments(p: argparse.ArgumentParser, *, dataset_help: str = "") -> None:
-    """``--dataset``, ``--data-root`` and the options of checkpoints from elsewhere."""
+    """``--dataset``, ``--data-root``, ``--center-crop`` and the options of checkpoints from
+    elsewhere."""
     p.add_argument(
         "--dataset",
         default=None,
@@ -82,6 +84,8 @@ def add_checkpoint_arguments(p: argparse.ArgumentParser, *, dataset_help: str = 
         or "dataset (default: the checkpoint's own; 'sample' for checkpoints from elsewhere)",
     )
     p.add_argument("--data-root", default=None, help="where torchvision datasets live")
+    others = tuple(f.name for f in fields(DataConfig) if f.name != "center_crop")
+    add_dataclass_arguments(p, DataConfig, skip=others)  # --center-crop, as training has it
     g = p.add_argument_group(
         "checkpoints from elsewhere (official AWP, Rice et al., RobustBench): their architecture "
         "and input"

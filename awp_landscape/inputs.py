@@ -246,6 +246,8 @@ class Inputs:
     Args:
         device: where models and data go.
         dataset, data_root: ``--dataset`` / ``--data-root`` (None: the checkpoint's own).
+        center_crop: ``--center-crop``: images of a folder resized and centre-cropped to it
+            (None: the checkpoint's own setting, else images as stored).
         foreign: (architecture, input convention) for checkpoints from elsewhere.
         progress: show a bar while decoding large image archives.
     """
@@ -256,11 +258,13 @@ class Inputs:
         *,
         dataset: str | None = None,
         data_root: str | None = None,
+        center_crop: int | None = None,
         foreign: ForeignOptions = ForeignOptions(),
         progress: bool = False,
     ) -> None:
         self.device = device
         self.dataset, self.data_root = dataset, data_root
+        self.center_crop = center_crop
         self.foreign = foreign
         self.arch, self.input = self.foreign.arch, self.foreign.input
         self.progress = progress
@@ -273,6 +277,7 @@ class Inputs:
             device,
             dataset=getattr(args, "dataset", None),
             data_root=getattr(args, "data_root", None),
+            center_crop=getattr(args, "center_crop", None),
             foreign=foreign_from(args),
             progress=progress,
         )
@@ -284,7 +289,8 @@ class Inputs:
         return self._data[data_cfg]
 
     def data_config(self, recorded: dict[str, Any] | None, path: Path) -> DataConfig:
-        """The data a checkpoint was trained on, with ``--dataset``/``--data-root`` applied."""
+        """The data a checkpoint was trained on, with ``--dataset``, ``--data-root`` and
+        ``--center-crop`` applied."""
         if recorded is None:
             data_cfg = DataConfig(val_size=0)  # no training run to hold a validation split for
         elif not recorded and not self.dataset:
@@ -294,7 +300,9 @@ class Inputs:
             )
         else:
             data_cfg = from_dict(DataConfig, recorded)
-        changes = {k: v for k, v in (("dataset", self.dataset), ("data_root", self.data_root)) if v}
+        given = (("dataset", self.dataset), ("data_root", self.data_root),
+                 ("center_crop", self.center_crop))  # fmt: skip
+        changes = {k: v for k, v in given if v}
         return dataclasses.replace(data_cfg, **changes)
 
     def load(self, path: Path, *, with_data: bool = True) -> Loaded:
@@ -306,6 +314,7 @@ class Inputs:
         if is_source(path):
             return self.load_source(path)
         check_file(path)
+        self._refuse_source_flags(path)
         _, info = read_state_dict(path)
         ckpt = info.get("checkpoint")
         data_cfg: DataConfig | None = None
@@ -397,6 +406,19 @@ class Inputs:
             source=source,
         )
 
+    def _refuse_source_flags(self, path: Path) -> None:
+        """A checkpoint file is built by our architectures, as recorded (or as --model says):
+        the flags that describe a model built from a source string would be ignored."""
+        f = self.foreign
+        given = [flag for flag, v in (("--input-size", f.input_size), ("--weights", f.weights),
+                                      ("--model-kwargs", f.model_kwargs)) if v]  # fmt: skip
+        if given:
+            raise CLIError(
+                f"{path} is a checkpoint of our architectures: {', '.join(given)} would be "
+                "ignored (they describe models named by a source string, e.g. "
+                "torchvision:resnet18 --weights FILE); drop them"
+            )
+
     def _own_spec(self, path: Path, ckpt: dict[str, Any]) -> ModelSpec:
         try:
             spec = from_dict(ModelSpec, ckpt["model_spec"])
@@ -477,6 +499,7 @@ class Sources:
     device: str = "auto"
     dataset: str | None = None
     data_root: str | None = None
+    center_crop: int | None = None
     foreign: ForeignOptions = ForeignOptions()
     progress: bool = True
 
@@ -486,9 +509,26 @@ class Sources:
             device=getattr(args, "device", "auto"),
             dataset=getattr(args, "dataset", None),
             data_root=getattr(args, "data_root", None),
+            center_crop=getattr(args, "center_crop", None),
             foreign=foreign_from(args),
             progress=not getattr(args, "no_progress", False),
         )
+
+    def settings(self) -> dict[str, Any]:
+        """What a result depends on besides its checkpoint and its measure's config: the data
+        (``--center-crop`` too), and the input convention given to a model from elsewhere
+        (``--input``, ``--input-size``); these three only when given, so results made without
+        them read the same."""
+        given = {
+            "center_crop": self.center_crop,
+            "input": self.foreign.input,
+            "input_size": self.foreign.input_size,
+        }
+        return {
+            "dataset": self.dataset,
+            "data_root": self.data_root,
+            **{k: v for k, v in given.items() if v is not None},
+        }
 
 
 @contextmanager
@@ -514,6 +554,7 @@ def held_inputs(
             distributed.pick_device(sources.device, ctx),
             dataset=sources.dataset,
             data_root=sources.data_root,
+            center_crop=sources.center_crop,
             foreign=sources.foreign,
             progress=sources.progress and ctx.is_main,
         )

@@ -9,6 +9,7 @@ on its index, so the result equals a 1-process run). The caller loads the model 
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
@@ -177,6 +178,11 @@ def _attrs(job: Job, cfg: SurfaceConfig, inputs: JobInputs) -> dict[str, Any]:
     }
 
 
+def _as_json(obj: Any) -> Any:
+    """``obj`` as it reads back from a result file (tuples as lists)."""
+    return json.loads(json.dumps(obj, default=str))
+
+
 def _path_shas(surface: storage.Surface) -> list[str]:
     return [str(c.get("sha256")) for c in (surface.attrs.get("trajectory") or {}).get("path", [])]
 
@@ -196,6 +202,15 @@ def _prepare_files(job: Job, cfg: SurfaceConfig, inputs: JobInputs, *, resume: b
             checkpoint_sha256=inputs.sha256,
             target_sha256=inputs.target_sha256,
         )
+        for key, what in (("model_spec", "the model as"), ("data", "the data")):
+            stored, now = surface.attrs.get(key), _as_json(getattr(inputs, key))
+            if stored is not None and _as_json(stored) != now:
+                raise storage.SurfaceFileError(
+                    f"cannot resume {job.out}: it was computed for {what} "
+                    f"{_as_json(stored)}, not {now} (another input convention or data: "
+                    "--input, --input-size, --dataset, --center-crop); resume with the same, "
+                    "or write to another --out"
+                )
         if _path_shas(surface) != [str(c["sha256"]) for c in inputs.path_identity]:
             raise storage.SurfaceFileError(
                 f"cannot resume {job.out}: the trajectory's checkpoints differ (other files, "

@@ -30,7 +30,7 @@ from awp.augment import to_float
 from awp.config import AttackConfig, check_choice
 from awp.data import DataBundle, capped_notice, fixed_subset
 from awp.evaluate import Loss, accuracy_of, attack_outcomes
-from awp.modes import bn_buffers, cpu_channels_last, unwrap
+from awp.modes import bn_buffers, check_bn_recomputable, cpu_channels_last, unwrap
 from awp.modes import recompute_bn_stats as recompute_bn_stats  # its home; re-exported
 from awp.perturb import kept, write_point
 from awp.seeds import derive_seed
@@ -461,6 +461,8 @@ def grid_points(
     curvature map's eigenvalues) moves the model through this.
     """
     _check_setup(directions, grid, bn=bn, bn_x=bn_x, fixed=False, attack=None)
+    if bn == "recompute":
+        check_bn_recomputable(model)
     names = sorted({n for d in directions for n in d})
     for d in directions:
         check_direction(d, model)

@@ -123,3 +123,26 @@ def test_every_call_on_a_tiny_image_model():
     assert len(connected["paths"]["line"]) == 3 and connected["barriers"]
     assert_same_state(model, before)  # every call left the model as it was
     json.dumps(rows)  # rows are plain data
+
+
+def test_bn_data_is_taken_as_images_uint8_or_float_and_refused_without_batchnorm():
+    model = tiny_model(3)
+    x, y = tiny_batch(8, seed=2)
+    x = (x * 255).round() / 255  # exactly representable as uint8
+    as_uint8 = (x * 255).round().to(torch.uint8)
+    kw = dict(x_range="-1:1:3", attack=None, bn="recompute")
+    floats = api.landscape(model, (x, y), bn_data=x, **kw)
+    for given in (as_uint8, (as_uint8, y)):  # a bare tensor, and (x, y)
+        got = api.landscape(model, (x, y), bn_data=given, **kw)
+        assert np.isfinite(got.values["test_loss"]).all()
+        np.testing.assert_allclose(got.values["test_loss"], floats.values["test_loss"], rtol=1e-5)
+    # recomputed statistics differ from theta0's: the point at 0 is not the eval-mode loss
+    kept = api.landscape(model, (x, y), x_range="-1:1:3", attack=None)
+    assert not np.allclose(kept.values["test_loss"], floats.values["test_loss"])
+    with pytest.raises(ValueError, match="bn_data"):
+        api.landscape(model, (x, y), **kw)
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 3))
+    with pytest.raises(ValueError, match="has no BatchNorm layer.*bn='eval'"):
+        api.landscape(mlp, (x, y), bn_data=x, **kw)
+    with pytest.raises(ValueError, match="has no BatchNorm layer"):
+        api.flatness(mlp, (x, y), alphas=(0.1,), samples=1, attack=None, bn_data=x)

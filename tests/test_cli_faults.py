@@ -280,6 +280,11 @@ FAULTS = [
         r"3-class model, but data4 has 4",
     ),
     ("flatness: classes", ["flatness", "{five}", "--out", "{out}/f", *FLAT], r"5-class model"),
+    (
+        "eval: --input-size of our checkpoint",
+        ["eval", "{ours}", "--input-size", "24", "--out", "{out}/e.json"],
+        r"checkpoint of our architectures: --input-size would be ignored",
+    ),
     # 3. outputs that cannot be written: refused before any compute
     (
         "eval: out under a file",

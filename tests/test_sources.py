@@ -211,6 +211,11 @@ def test_torchscript_and_export_programs_keep_their_parameters(tmp_path, factori
         check_bn_mode(src, "eval")
     torch.save(eager.state_dict(), tmp_path / "sd.pt")
     assert file_kind(tmp_path / "sd.pt") == "checkpoint" and not is_source(tmp_path / "sd.pt")
+    # exported with a fixed batch of one: it takes one image but no batch, refused at once
+    torch.export.save(torch.export.export(eager, (X[:1],)), tmp_path / "one.pt2")
+    fixed = load_source(tmp_path / "one.pt2")
+    with pytest.raises(SourceError, match="Guard failed.*dynamic batch dimension"):
+        check_fits(fixed, X, num_classes=4, data="x")
 
 
 def test_landscape_through_a_source_equals_the_model_built_directly():

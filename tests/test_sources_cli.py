@@ -36,6 +36,12 @@ def factories(tmp_path, monkeypatch):
                     nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, num_classes),
                 )
 
+            def nobn(num_classes=10):
+                return nn.Sequential(
+                    nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(),
+                    nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, num_classes),
+                )
+
             def broken(num_classes=10):
                 raise ValueError("no such width")
             """
@@ -131,3 +137,82 @@ def test_sources_have_an_identity_before_and_after_loading(tmp_path, folder, fac
     assert len(loaded.sha256) == 64
     torch.save({"w": torch.zeros(1)}, tmp_path / "f.pt")
     assert checkpoint_sha256(tmp_path / "f.pt", inputs) == sha256_file(tmp_path / "f.pt")
+
+
+SMALL = ["py:clifactories:small", "--model-kwargs", '{"num_classes": 3}']
+LAND = ["--n-train", "0", "--n-test", "4", "--x=-1:1:3", "--attack", "none"]
+
+
+def test_results_of_another_input_convention_are_refused_never_reused(
+    tmp_path, folder, factories, capsys
+):
+    data = ["--dataset", str(folder), *BASE]
+    out = tmp_path / "e.json"
+    ev = ["eval", *SMALL, *data, "--attacks", "natural", "--out", str(out)]
+    assert main(ev) == 0
+    first = out.read_bytes()
+    capsys.readouterr()
+    assert main(ev) == 0  # its own file, same model and settings: read back
+    assert "already measured" in capsys.readouterr().out
+    for other in (["--input-size", "24"], ["--input", "normalized"]):
+        assert main([*ev, *other]) == 2
+        err = capsys.readouterr().err
+        assert "other evaluation settings" in err and other[0][2:].replace("-", "_") in err, err
+        assert out.read_bytes() == first
+    land = tmp_path / "land"
+    la = ["landscape", *SMALL, *data, *LAND, "--out", str(land)]
+    assert main(la) == 0
+    h5 = land / "py_clifactories_small.h5"
+    first = h5.read_bytes()
+    assert main([*la, "--resume", "--input-size", "24"]) == 2
+    assert "input convention" in capsys.readouterr().err
+    assert h5.read_bytes() == first
+    assert main([*la, "--resume"]) == 0
+
+
+def test_bn_recompute_is_refused_where_it_would_recompute_nothing(
+    tmp_path, folder, factories, capsys
+):
+    import clifactories
+
+    script = tmp_path / "small.ts"
+    torch.jit.save(torch.jit.script(clifactories.small(num_classes=3).eval()), script)
+    cases = [
+        (["landscape", str(script), *LAND], "compiled into a TorchScript"),
+        (["flatness", str(script), "--n-examples", "4", "--samples", "1", "--attack", "none"],
+         "compiled into a TorchScript"),
+        (["landscape", "py:clifactories:nobn", "--model-kwargs", '{"num_classes": 3}', *LAND],
+         "has no BatchNorm layer"),
+    ]  # fmt: skip
+    for argv, why in cases:
+        out = tmp_path / "out"
+        args = [*argv, "--bn", "recompute", "--dataset", str(folder), *BASE, "--out", str(out)]
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and why in err and "--bn eval" in err, err
+        assert not out.exists()
+
+
+def test_center_crop_lets_a_measuring_command_read_images_of_several_sizes(
+    tmp_path, factories, capsys
+):
+    from PIL import Image
+
+    from tests.helpers import make_image_folder
+
+    mixed = make_image_folder(tmp_path / "mixed", n_train=6, n_test=6, size=16)
+    first = sorted((mixed / "test").rglob("*.png"))[0]
+    Image.open(first).resize((20, 24)).save(first)  # one test image of another size
+    out = tmp_path / "e.json"
+    ev = ["eval", *SMALL, "--dataset", str(mixed), *BASE, "--attacks", "natural", "--out", str(out)]
+    assert main(ev) == 2
+    assert "--center-crop N" in capsys.readouterr().err and not out.exists()
+    assert main([*ev, "--center-crop", "12"]) == 0
+    res = json.loads(out.read_text())
+    assert res["n"] == 6 and res["settings"]["center_crop"] == 12
+    land = tmp_path / "land"
+    la = ["landscape", *SMALL, "--dataset", str(mixed), *BASE, *LAND, "--out", str(land)]
+    assert main([*la, "--center-crop", "12"]) == 0
+    assert read_surface(land / "py_clifactories_small.h5").attrs["data"]["center_crop"] == 12
+    assert main([*la, "--center-crop", "10", "--resume"]) == 2  # other data: not resumed
+    assert "another input convention or data" in capsys.readouterr().err

@@ -436,7 +436,7 @@ class CheckpointMeasure(Measure):
         results of one setting (or of settings differing only in :attr:`resume_mutable`)."""
         from awp.config import to_dict
 
-        return {self.name: to_dict(cfg), "dataset": sources.dataset, "data_root": sources.data_root}
+        return {self.name: to_dict(cfg), **sources.settings()}
 
     def check(self, cfg: Any) -> None:
         """Refuse settings that cannot work, before anything is loaded or computed."""

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from analysis.store import RunKeys
-    from awp_landscape.inputs import Loaded, Sources
+    from awp_landscape.inputs import Loaded
     from awp_landscape.measures.runner import Entry
     from awp_landscape.results import Results
     from figures.html import Section
@@ -97,11 +97,6 @@ class Certify(CheckpointMeasure):
              CertifyConfig, "noise_draws", reproduce=10),
     )  # fmt: skip
     figure_specs = (CERTIFIED, NOISE)
-
-    def settings(self, cfg: CertifyConfig, sources: Sources) -> dict[str, Any]:
-        from awp.config import to_dict
-
-        return {"certify": to_dict(cfg), "dataset": sources.dataset, "data_root": sources.data_root}
 
     def compute(
         self, loaded: Loaded, cfg: CertifyConfig, *, label: str, folder: Path, progress: bool

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from awp.data_config import DataConfig
-    from awp_landscape.inputs import Loaded, Sources
+    from awp_landscape.inputs import Loaded
     from awp_landscape.measures.runner import Entry
     from awp_landscape.results import Results
     from figures.html import Section
@@ -118,15 +118,6 @@ class Curvature(CheckpointMeasure):
             "Trace of each layer's diagonal block (Hutchinson, with its interval) by depth.",
         ),
     )
-
-    def settings(self, cfg: HessianConfig, sources: Sources) -> dict[str, Any]:
-        from awp.config import to_dict
-
-        return {
-            "curvature": to_dict(cfg),
-            "dataset": sources.dataset,
-            "data_root": sources.data_root,
-        }
 
     def compute(
         self, loaded: Loaded, cfg: HessianConfig, *, label: str, folder: Path, progress: bool

@@ -134,7 +134,7 @@ class Evaluate(CheckpointMeasure):
     def settings(self, cfg: EvalConfig, sources: Sources) -> dict[str, Any]:
         from awp.config import to_dict
 
-        return {"eval": to_dict(cfg), "dataset": sources.dataset, "data_root": sources.data_root}
+        return {"eval": to_dict(cfg), **sources.settings()}
 
     def entry_path(self, out: Path, checkpoint: Path, sha256: str, label: str) -> Path:
         return out / label
@@ -153,13 +153,17 @@ class Evaluate(CheckpointMeasure):
         try:
             data = json.loads(path.read_text())
             cfg = data["eval_config"]
-            sha = data["weights"]["sha256"]
+            # files of earlier versions have no identity: their checkpoint file's sha256 (a
+            # model built from a source string has no weights file, its identity names it)
+            identity = data.get("identity") or {
+                "checkpoint": data.get("checkpoint"),
+                "sha256": data["weights"]["sha256"],
+            }
         except (OSError, ValueError, KeyError, TypeError):
             return Entry({"checkpoint": "", "sha256": ""}, path.name, {}, None, path)
         settings = data.get("settings") or with_scheme(  # files of earlier versions
             {"eval": EvalConfig.migrate(dict(cfg)), "dataset": None, "data_root": None}
         )
-        identity = data.get("identity") or {"checkpoint": data.get("checkpoint"), "sha256": sha}
         result = {k: v for k, v in data.items() if k not in ("identity", "settings")}
         return Entry(identity, path.name, settings, result, path)
 

@@ -179,7 +179,7 @@ class Flatness(CheckpointMeasure):
     def settings(self, cfg: FlatnessRequest, sources: Sources) -> dict[str, Any]:
         from awp.config import to_dict
 
-        settings = {**to_dict(cfg), "dataset": sources.dataset, "data_root": sources.data_root}
+        settings = {**to_dict(cfg), **sources.settings()}
         if cfg.bn.bn == "eval":  # the default: the settings of results that had no such choice
             del settings["bn"]
         return settings
@@ -383,12 +383,15 @@ def flatness_for_checkpoint(
         raise ValueError(f"the {flat.split} split of {loaded.data_cfg.dataset!r} is empty")
     ident = {**loaded.identity(), "label": label or loaded.identity()["method"]}
     settings = unit_settings(flat, loaded.data_cfg, loaded.sha256, len(split))
+    from awp.modes import check_bn_recomputable
+
     if cfg.bn.bn == "recompute" and bn_x is None:  # the statistics belong to the point
         from awp.augment import as_float
 
         train = loaded.data.train
         bn_x = as_float(subset(train, cfg.bn.n_bn, seed=flat.subset_seed, flag="--n-bn")[0])
     if bn_x is not None:
+        check_bn_recomputable(loaded.model, str(loaded.path))
         settings["bn"] = {"recompute": len(bn_x)}
     unit = compute or compute_unit
 

@@ -128,6 +128,7 @@ class Landscape(Measure):
             resume=args.resume,
             progress=not args.no_progress,
             foreign=foreign_from(args),
+            center_crop=args.center_crop,
             eig=dataclass_from_arguments(EigenMapConfig, args),
             allow_mixed=args.allow_mixed,
         )
@@ -278,6 +279,7 @@ def compute_landscapes(
     resume: bool = False,
     progress: bool = True,
     foreign: ForeignOptions = ForeignOptions(),
+    center_crop: int | None = None,
     eig: EigenMapConfig | None = None,
     allow_mixed: bool = False,
 ) -> list[Surface]:
@@ -292,6 +294,8 @@ def compute_landscapes(
         progress: show a bar (rank 0).
         foreign: the options of models from elsewhere (architecture, input convention,
             source kwargs).
+        center_crop: images of a folder resized and centre-cropped to this size (None: as
+            the checkpoint's data, else as stored).
         eig: with ``hessian_eigs`` on, also the curvature map of every file (its missing
             points; a finished surface only gains the map).
         allow_mixed: a trajectory's checkpoints may be out of epoch order or from several runs
@@ -315,6 +319,7 @@ def compute_landscapes(
             device,
             dataset=cfg.dataset or None,
             data_root=cfg.data_root or None,
+            center_crop=center_crop,
             foreign=foreign,
             progress=progress and ctx.is_main,
         )
@@ -408,6 +413,10 @@ def _job_inputs(job: Job, cfg: SurfaceConfig, inputs: Inputs, *, mixed: bool) ->
             k: v.to(inputs.device) for k, v in strip_prefixes(target.model.state_dict()).items()
         }
         target_sha = target.sha256
+    if cfg.bn == "recompute":
+        from awp.modes import check_bn_recomputable
+
+        check_bn_recomputable(loaded.model, str(job.checkpoint))
     evalsets = make_evalsets(
         loaded.data, n_train=cfg.n_train, n_test=cfg.n_test, seed=cfg.subset_seed
     )

@@ -20,7 +20,7 @@ from awp_landscape.measures.base import CheckpointMeasure, Context, FigureSpec, 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from awp_landscape.inputs import Loaded, Sources
+    from awp_landscape.inputs import Loaded
     from awp_landscape.measures.runner import Entry
     from awp_landscape.results import Results
     from figures.html import Section
@@ -58,15 +58,6 @@ class Quantize(CheckpointMeasure):
             "Natural (left) and robust (right) accuracy against the weights' bit width.",
         ),
     )
-
-    def settings(self, cfg: QuantizeConfig, sources: Sources) -> dict[str, Any]:
-        from awp.config import to_dict
-
-        return {
-            "quantize": to_dict(cfg),
-            "dataset": sources.dataset,
-            "data_root": sources.data_root,
-        }
 
     def compute(
         self, loaded: Loaded, cfg: QuantizeConfig, *, label: str, folder: Path, progress: bool
