@@ -460,6 +460,21 @@ class SourceSpec:
     input_size: int | None
 
 
+def same_model(a: Loaded, b: Loaded) -> bool:
+    """Whether two loaded models are one architecture whose weights can be compared, mixed or
+    interpolated: equal specs for ours; for models from elsewhere (two TorchScript files, a
+    source with two weight files...) the same input convention and the same tensor names and
+    shapes, whatever their names."""
+    if a.source is None and b.source is None:
+        return a.spec == b.spec
+    if type(a.spec) is not type(b.spec):
+        return False
+    if dataclasses.replace(a.spec, name="") != dataclasses.replace(b.spec, name=""):
+        return False
+    shapes = [{n: tuple(t.shape) for n, t in m.model.state_dict().items()} for m in (a, b)]
+    return shapes[0] == shapes[1]
+
+
 def source_spec(source: SourceModel) -> SourceSpec:
     """The :class:`SourceSpec` of a loaded source."""
     return SourceSpec(

@@ -216,3 +216,32 @@ def test_center_crop_lets_a_measuring_command_read_images_of_several_sizes(
     assert read_surface(land / "py_clifactories_small.h5").attrs["data"]["center_crop"] == 12
     assert main([*la, "--center-crop", "10", "--resume"]) == 2  # other data: not resumed
     assert "another input convention or data" in capsys.readouterr().err
+
+
+def test_two_compiled_files_of_one_architecture_interpolate_and_connect(
+    tmp_path, folder, factories, capsys
+):
+    import clifactories
+
+    files = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        files.append(tmp_path / f"net{seed}.ts")
+        torch.jit.save(torch.jit.script(clifactories.small(num_classes=3).eval()), files[-1])
+    data = ["--dataset", str(folder), *BASE]
+    out = tmp_path / "interp"
+    args = ["landscape", *map(str, files), "--kind", "interp", *LAND, *data, "--out", str(out)]
+    assert main(args) == 0
+    surface = read_surface(next(out.glob("*.h5")))
+    loss = surface.values["test_loss"]
+    assert np.isfinite(loss).all() and loss[0, 0] != loss[0, -1]
+    conn = tmp_path / "conn"
+    args = ["connect", *map(str, files), "--no-curve", "--points", "3", "--n-train", "4"]
+    assert main([*args, "--n-test", "4", "--n-bn", "4", "--attack-steps", "1", *data,
+                 "--out", str(conn)]) == 0  # fmt: skip
+    torch.manual_seed(3)
+    other = tmp_path / "nobn.ts"
+    torch.jit.save(torch.jit.script(clifactories.nobn(num_classes=3).eval()), other)
+    args = ["landscape", str(files[0]), str(other), "--kind", "interp", *LAND, *data]
+    assert main([*args, "--out", str(tmp_path / "bad")]) == 2
+    assert "different models" in capsys.readouterr().err

@@ -214,8 +214,9 @@ _TRAINING_ONLY = tuple(k for k in TRAINING if k not in ("seed", "attack")) + ("c
 
 def _ends(a: Loaded, b: Loaded) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     from awp_landscape.console import CLIError
+    from awp_landscape.inputs import same_model
 
-    if a.spec != b.spec:
+    if not same_model(a, b):
         raise CLIError(
             f"cannot connect {a.path} and {b.path}: different models ({a.spec} vs {b.spec})"
         )

@@ -348,12 +348,12 @@ def _path_inputs(
     """A trajectory's tensors (those ``dir_include`` names, kept on the CPU: one model at a time
     on the device) and identities (checkpoint, sha256, epoch), in training order."""
     from awp.perturb import select_params
-    from awp_landscape.inputs import run_folder_of
+    from awp_landscape.inputs import run_folder_of, same_model
 
     states, idents, runs = [], [], []
     for p in job.path:
         other = loaded if p == job.checkpoint else inputs.load(p, with_data=False)
-        if other.spec != loaded.spec:
+        if not same_model(other, loaded):
             raise ValueError(
                 f"a trajectory is one model's training path: {p} is a different model "
                 f"({other.spec} vs {loaded.spec})"
@@ -397,6 +397,7 @@ def check_path(idents: list[dict[str, Any]], runs: list[str], *, mixed: bool) ->
 def _job_inputs(job: Job, cfg: SurfaceConfig, inputs: Inputs, *, mixed: bool) -> JobInputs:
     from awp.checkpoint import strip_prefixes
     from awp.config import to_dict
+    from awp_landscape.inputs import same_model
     from landscape.run import JobInputs
     from landscape.surface import bn_images, make_evalsets
 
@@ -404,7 +405,7 @@ def _job_inputs(job: Job, cfg: SurfaceConfig, inputs: Inputs, *, mixed: bool) ->
     target_state, target_sha = None, None
     if job.target is not None:
         target = inputs.load(job.target)
-        if target.spec != loaded.spec:
+        if not same_model(target, loaded):
             raise ValueError(
                 f"cannot interpolate: {job.checkpoint} and {job.target} are different models "
                 f"({loaded.spec} vs {target.spec})"
