@@ -748,6 +748,7 @@ def load_weights_file(
             ) from None
         layout = "safetensors"
     else:
+        check_file(path, what="weights file")
         state, read = read_state_dict(path)
         if "checkpoint" in read:
             layout = "awp-landscape checkpoint"

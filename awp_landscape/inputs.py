@@ -167,6 +167,8 @@ def identity_of(path: Path) -> dict[str, Any]:
     named by a prefixed source string by that string, its sha256 known once loaded)."""
     if is_prefixed(path):
         return source_identity(str(path), "")
+    if is_source(path):  # a TorchScript or torch.export file: named by the file
+        return source_identity(str(path), sha256_file(path))
     try:
         ckpt = load_checkpoint(path)
     except ValueError:
@@ -492,6 +494,8 @@ def default_label(path: Path) -> str:
     source string with a prefix: the string)."""
     if is_prefixed(path):
         return str(path)
+    if is_source(path):
+        return path.stem
     try:
         ckpt = load_checkpoint(path)
     except (ValueError, OSError):
