@@ -205,12 +205,25 @@ def is_prefixed(path: Path | str) -> bool:
     return str(path).startswith(PREFIXES)
 
 
-def check_files(paths: Sequence[Path]) -> None:
+def check_files(paths: Sequence[Path], foreign: ForeignOptions | None = None) -> None:
     """Refuse a checkpoint path that is missing or a directory, before anything is computed
-    (source strings with a prefix name no file; :func:`awp.sources.load_source` checks them)."""
+    (source strings with a prefix name no file; :func:`awp.sources.load_source` checks them),
+    and flags of models built from a source string when no model is one (they would be
+    ignored)."""
     for p in paths:
         if not is_prefixed(p):
             check_file(p)
+    if foreign is None or not paths or any(is_source(p) for p in paths):
+        return
+    flags = (("--input-size", foreign.input_size), ("--weights", foreign.weights),
+             ("--model-kwargs", foreign.model_kwargs))  # fmt: skip
+    given = [flag for flag, v in flags if v]
+    if given:
+        raise CLIError(
+            f"{', '.join(given)} would be ignored: {paths[0]} is a checkpoint of our "
+            "architectures, and these describe models named by a source string (e.g. "
+            "torchvision:resnet18 --weights FILE); drop them"
+        )
 
 
 def check_fits(model: nn.Module, spec: ModelSpec, data: DataBundle, path: Path) -> None:
@@ -316,7 +329,6 @@ class Inputs:
         if is_source(path):
             return self.load_source(path)
         check_file(path)
-        self._refuse_source_flags(path)
         _, info = read_state_dict(path)
         ckpt = info.get("checkpoint")
         data_cfg: DataConfig | None = None
@@ -407,19 +419,6 @@ class Inputs:
             weights=dict(source.weights),
             source=source,
         )
-
-    def _refuse_source_flags(self, path: Path) -> None:
-        """A checkpoint file is built by our architectures, as recorded (or as --model says):
-        the flags that describe a model built from a source string would be ignored."""
-        f = self.foreign
-        given = [flag for flag, v in (("--input-size", f.input_size), ("--weights", f.weights),
-                                      ("--model-kwargs", f.model_kwargs)) if v]  # fmt: skip
-        if given:
-            raise CLIError(
-                f"{path} is a checkpoint of our architectures: {', '.join(given)} would be "
-                "ignored (they describe models named by a source string, e.g. "
-                "torchvision:resnet18 --weights FILE); drop them"
-            )
 
     def _own_spec(self, path: Path, ckpt: dict[str, Any]) -> ModelSpec:
         try:
@@ -566,7 +565,7 @@ def held_inputs(
     Yields:
         (inputs, this process's place in the job).
     """
-    check_files(checkpoints)
+    check_files(checkpoints, sources.foreign)
     claim = exclusive_output(out, folder_lock=lock, cleans=cleans)
     with distributed.joined(sources.device) as ctx, distributed.main_holds(ctx, claim):
         inputs = Inputs(

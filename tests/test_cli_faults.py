@@ -283,7 +283,7 @@ FAULTS = [
     (
         "eval: --input-size of our checkpoint",
         ["eval", "{ours}", "--input-size", "24", "--out", "{out}/e.json"],
-        r"checkpoint of our architectures: --input-size would be ignored",
+        r"--input-size would be ignored: .* is a checkpoint of our architectures",
     ),
     # 3. outputs that cannot be written: refused before any compute
     (

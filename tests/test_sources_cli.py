@@ -245,3 +245,26 @@ def test_two_compiled_files_of_one_architecture_interpolate_and_connect(
     args = ["landscape", str(files[0]), str(other), "--kind", "interp", *LAND, *data]
     assert main([*args, "--out", str(tmp_path / "bad")]) == 2
     assert "different models" in capsys.readouterr().err
+
+
+def test_our_checkpoint_beside_a_source_takes_the_sources_flags(
+    tmp_path, folder, factories, capsys
+):
+    from awp.checkpoint import save_checkpoint
+    from awp.config import to_dict
+    from awp.data import DataConfig
+    from awp.models import ModelSpec, build_model
+    from awp.train_config import TrainConfig
+
+    spec = ModelSpec(name="smallcnn", num_classes=3, mean=None, std=None)
+    ours = tmp_path / "run" / "checkpoints" / "last.pt"
+    cfg = TrainConfig(out=str(tmp_path / "run"), data=DataConfig(dataset=str(folder), val_size=2))
+    save_checkpoint(ours, model=build_model(spec), model_spec=to_dict(spec), config=to_dict(cfg),
+                    epoch=1)  # fmt: skip
+    out = tmp_path / "land"
+    args = ["landscape", str(ours), *SMALL, "--labels", "ours", "small", *LAND, *BASE]
+    assert main([*args, "--dataset", str(folder), "--out", str(out)]) == 0
+    assert {p.name for p in out.glob("*.h5")} >= {"ours.h5", "small.h5"}
+    alone = ["landscape", str(ours), *LAND, *BASE, "--model-kwargs", '{"num_classes": 3}']
+    assert main([*alone, "--out", str(tmp_path / "alone")]) == 2
+    assert "--model-kwargs would be ignored" in capsys.readouterr().err

@@ -310,7 +310,7 @@ def compute_landscapes(
     from landscape.run import plan_jobs
     from landscape.storage import directions_path
 
-    check_files(checkpoints)
+    check_files(checkpoints, foreign)
     if eig is not None:
         eig.check_surface(cfg)  # the map comes after the whole surface: refuse it first
     with distributed.joined(cfg.device) as ctx:
