@@ -468,12 +468,12 @@ def same_model(a: Loaded, b: Loaded) -> bool:
     shapes, whatever their names."""
     if a.source is None and b.source is None:
         return a.spec == b.spec
-    if type(a.spec) is not type(b.spec):
-        return False
-    if dataclasses.replace(a.spec, name="") != dataclasses.replace(b.spec, name=""):
-        return False
-    shapes = [{n: tuple(t.shape) for n, t in m.model.state_dict().items()} for m in (a, b)]
-    return shapes[0] == shapes[1]
+
+    def architecture(m: Loaded) -> tuple[Any, dict[str, tuple[int, ...]]]:
+        spec = dataclasses.replace(m.spec, name="") if isinstance(m.spec, SourceSpec) else m.spec
+        return spec, {n: tuple(t.shape) for n, t in m.model.state_dict().items()}
+
+    return architecture(a) == architecture(b)
 
 
 def source_spec(source: SourceModel) -> SourceSpec:
