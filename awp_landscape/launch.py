@@ -27,6 +27,8 @@ import argparse
 import contextlib
 import os
 import shutil
+import signal
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -331,6 +333,34 @@ def _this_code_importable() -> Iterator[None]:
             os.environ["PYTHONPATH"] = old
 
 
+@contextlib.contextmanager
+def _kill_is_an_interrupt() -> Iterator[None]:
+    """While local jobs run, a kill of this process (SIGTERM, or SIGHUP when its terminal
+    closes) raises KeyboardInterrupt as Ctrl-C does, so that the jobs are cancelled with it.
+
+    Without it the parent dies at once and its jobs (submitit runs each in a process of its
+    own, which ignores SIGTERM) train on unseen, competing for the cores with whatever runs
+    next. Slurm jobs are left to their end on purpose: they are visible in squeue, and a rerun
+    reuses what they finished. Does nothing outside the main thread or for a signal someone
+    else handles or ignores (a job started with nohup keeps ignoring SIGHUP).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+    mine = [s for s in (signal.SIGTERM, signal.SIGHUP) if signal.getsignal(s) is signal.SIG_DFL]
+    for sig in mine:
+        signal.signal(sig, interrupt)
+    try:
+        yield
+    finally:
+        for sig in mine:
+            signal.signal(sig, signal.SIG_DFL)
+
+
 def _run_local(
     submitit: Any, units: Sequence[Unit], cfg: LaunchConfig, folder: Path
 ) -> list[tuple[bool, Any]]:
@@ -345,27 +375,28 @@ def _run_local(
     free = list(range(len(shares)))
     running: dict[int, tuple[Any, int]] = {}
     out: dict[int, tuple[bool, Any]] = {}
-    try:
-        while pending or running:
-            while pending and free:
-                i, slot = pending.popleft(), free.pop(0)
-                threads, gpu = shares[slot]
-                with _this_code_importable():
-                    # a unit's own thread count (a demo's --threads) wins over the slot's share
-                    threads = units[i].threads or threads
-                    job = executor.submit(replace(units[i], threads=threads, gpu=gpu))
-                running[i] = (job, slot)
-                board.show(i, "running", f" (job {job.job_id}, log {job.paths.stderr})")
-            for i, (job, slot) in list(running.items()):
-                if job.done():
-                    out[i] = board.finish(i, job)
-                    del running[i]
-                    free.append(slot)
-            time.sleep(POLL_S["local"])
-    except BaseException:
-        for job, _ in running.values():  # an interrupted parent stops its jobs
-            job.cancel(check=False)
-        raise
+    with _kill_is_an_interrupt():
+        try:
+            while pending or running:
+                while pending and free:
+                    i, slot = pending.popleft(), free.pop(0)
+                    threads, gpu = shares[slot]
+                    with _this_code_importable():
+                        # a unit's own thread count (a demo's --threads) wins over the slot's share
+                        threads = units[i].threads or threads
+                        job = executor.submit(replace(units[i], threads=threads, gpu=gpu))
+                    running[i] = (job, slot)
+                    board.show(i, "running", f" (job {job.job_id}, log {job.paths.stderr})")
+                for i, (job, slot) in list(running.items()):
+                    if job.done():
+                        out[i] = board.finish(i, job)
+                        del running[i]
+                        free.append(slot)
+                time.sleep(POLL_S["local"])
+        except BaseException:
+            for job, _ in running.values():  # an interrupted or killed parent stops its jobs
+                job.cancel(check=False)
+            raise
     return [out[i] for i in range(len(units))]
 
 

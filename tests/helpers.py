@@ -108,3 +108,13 @@ def make_image_folder(
             d.mkdir(parents=True, exist_ok=True)
             Image.fromarray(x[i].permute(1, 2, 0).numpy()).save(d / f"{i:04d}.png")
     return root
+
+
+def write_pid_and_sleep(path: str, seconds: float) -> None:
+    """A job that says where it runs and then waits (tests of a launcher's cancellation)."""
+    import os
+    import time
+    from pathlib import Path
+
+    Path(path).write_text(str(os.getpid()))
+    time.sleep(seconds)

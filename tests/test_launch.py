@@ -276,3 +276,62 @@ def test_slurm_jobs_are_one_array_polled_to_their_end(tmp_path, capsys, monkeypa
     failed = next(line for line in shown if "bad: failed" in line)
     assert failed.endswith(f"log: {tmp_path / 'logs' / '100_1_0_log.err'}")
     assert "    | ZeroDivisionError('division by zero')" in shown
+
+
+KILLED_PARENT = """
+import sys
+from functools import partial
+from awp_landscape.launch import LaunchConfig, Unit, run_phases
+from tests.helpers import write_pid_and_sleep
+
+out, pid = sys.argv[1], sys.argv[2]
+unit = Unit("sleeps", partial(write_pid_and_sleep, pid, 300))
+run_phases([[unit]], LaunchConfig(launcher="local", workers=1), out=__import__("pathlib").Path(out))
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie (finished, not yet reaped by its parent) counts as gone
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z")
+
+
+@pytest.mark.skipif(not Path("/proc").exists(), reason="reads process states from /proc")
+def test_a_killed_parent_cancels_its_local_jobs(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pid_file = tmp_path / "job.pid"
+    root = Path(launch.__file__).resolve().parents[1]
+    parent = subprocess.Popen(
+        [sys.executable, "-c", KILLED_PARENT, str(tmp_path / "out"), str(pid_file)],
+        cwd=root, env={**os.environ, "PYTHONPATH": str(root)},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not pid_file.exists() or not pid_file.read_text():
+            assert parent.poll() is None, parent.communicate()[0]
+            assert time.monotonic() < deadline, "the job did not start"
+            time.sleep(0.2)
+        job = int(pid_file.read_text())
+        assert _alive(job)
+        parent.send_signal(signal.SIGTERM)  # `kill`, a scheduler's stop, a closed terminal
+        shown, _ = parent.communicate(timeout=60)
+        assert parent.returncode != 0, shown
+        # the job went with its parent instead of sleeping on for five minutes
+        deadline = time.monotonic() + 30
+        while _alive(job) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _alive(job), shown
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+        if pid_file.exists() and pid_file.read_text() and _alive(int(pid_file.read_text())):
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
