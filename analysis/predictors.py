@@ -8,7 +8,9 @@ Two tables from records (no files, no models):
   every method's checkpoints of that seed pooled), with a stratified bootstrap interval and a
   two-sided permutation p-value (the gap permuted within each seed). A measure "ranks" the
   gaps when its interval excludes zero; tau > 0 means a sharper (higher) measure goes with a
-  larger gap.
+  larger gap. With ``within=("seed", "checkpoint")`` only checkpoints of the same seed and the
+  same epoch are paired: the methods against each other at equal training time, without the
+  drift of every measure and the gap along one run.
 - :func:`compare_methods`: for each method and each outcome (best and last test robust
   accuracy, robust gap, the rise of the test robust loss after its minimum), the paired
   difference method minus reference over the seeds both have
@@ -33,6 +35,9 @@ from analysis.replicates import paired_difference, stratified_kendall, verdict
 
 #: The columns naming a checkpoint of :func:`rank_measures`' records.
 ID_COLUMNS = ("method", "seed", "checkpoint")
+#: What :func:`rank_measures` may pair within: checkpoints of one seed (every method and epoch),
+#: or of one seed and one epoch (the methods only).
+WITHIN = {("seed",): "seed", ("seed", "checkpoint"): "seed and checkpoint"}
 #: The per-run outcomes :func:`compare_methods` compares by default: best and last test robust
 #: accuracy, the robust gap (train minus test robust accuracy) and the rise of the test robust
 #: loss after its minimum.
@@ -45,8 +50,8 @@ class MeasureRanking:
 
     ``low``/``high`` is the percentile interval of the stratified bootstrap, ``pvalue`` the
     two-sided permutation p-value; ``n`` the checkpoints with both values, ``strata`` the
-    seeds, ``pairs`` the within-seed pairs counted. ``note`` says why tau is undefined (NaN)
-    or flags a degenerate bootstrap.
+    groups paired within (seeds, or seeds x epochs: ``within``), ``pairs`` the pairs counted.
+    ``note`` says why tau is undefined (NaN) or flags a degenerate bootstrap.
     """
 
     measure: str
@@ -63,6 +68,7 @@ class MeasureRanking:
     n_boot: int
     note: str
     method: str
+    within: str = "seed"
 
     @property
     def ranks(self) -> bool:
@@ -99,8 +105,10 @@ def rank_measures(
     n_boot: int = 2000,
     confidence: float = 0.95,
     seed: int = 0,
+    within: Sequence[str] = ("seed",),
 ) -> list[MeasureRanking]:
-    """Kendall tau-b of every measure with the robust gap, stratified by seed.
+    """Kendall tau-b of every measure with the robust gap, stratified by seed (or by seed and
+    checkpoint: ``within``).
 
     Args:
         records: one row per checkpoint: ``method``, ``seed``, ``checkpoint`` (its epoch or
@@ -110,14 +118,20 @@ def rank_measures(
         gap: the robust gap's column.
         n_perm: permutations of the p-value; n_boot: bootstrap resamples of the interval.
         confidence: level of the interval. seed: seed of permutations and resamples.
+        within: the id columns whose values a pair shares: ``("seed",)`` pairs every
+            checkpoint of a seed; ``("seed", "checkpoint")`` only the methods' checkpoints of
+            one seed at one epoch.
 
     Returns:
         One :class:`MeasureRanking` per measure, in the order of ``measures``.
 
     Raises:
         ValueError: a row lacks an id column or the gap (naming the row), a checkpoint appears
-            twice, or a named measure is in no row.
+            twice, a named measure is in no row, or ``within`` is not one of :data:`WITHIN`.
     """
+    key = tuple(within)
+    if key not in WITHIN:
+        raise ValueError(f"within={key} is not one of {sorted(WITHIN)}")
     _check_rows(records, (*ID_COLUMNS, gap), unique=ID_COLUMNS)
     names = list(measures) if measures is not None else measure_columns(records, gap=gap)
     present = set().union(*(r.keys() for r in records)) if records else set()
@@ -125,7 +139,8 @@ def rank_measures(
     if absent:
         raise ValueError(f"measures {absent} are in no row; columns: {sorted(present)}")
     y = [_num(r[gap]) for r in records]
-    strata = [r["seed"] for r in records]
+    strata = [tuple(str(r[k]) for k in key) for r in records]
+    group = WITHIN[key]
     out = []
     for name in names:
         x = [_num(r.get(name)) for r in records]
@@ -135,8 +150,8 @@ def rank_measures(
         note = st.interval_note
         if not math.isfinite(st.tau):
             note = (
-                f"undefined: {st.n} checkpoints with {name} and {gap} in {st.strata} seeds give "
-                f"{st.pairs} within-seed pairs, all tied in one of them"
+                f"undefined: {st.n} checkpoints with {name} and {gap} in {st.strata} groups of "
+                f"one {group} give {st.pairs} pairs, all tied in one of them"
             )
         out.append(
             MeasureRanking(
@@ -153,8 +168,12 @@ def rank_measures(
                 n_perm=st.n_perm,
                 n_boot=n_boot,
                 note=note,
-                method=st.method
-                + f"; {confidence:.0%} percentile interval of a bootstrap within each seed",
+                method=(
+                    f"Kendall tau-b over pairs of checkpoints of the same {group}; two-sided "
+                    f"p-value from permutations of the gap within each {group}; "
+                    f"{confidence:.0%} percentile interval of a bootstrap within each {group}"
+                ),
+                within=group,
             )
         )
     return out

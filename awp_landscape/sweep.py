@@ -266,7 +266,9 @@ def method_outcomes(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 def rank_predictors(out: Path, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each flatness measure of every saved checkpoint (``--predictors``) against its robust
     gap: stratified Kendall tau-b over every (method, seed, checkpoint) of each combination of
-    the grid's values other than the method (:func:`analysis.predictors.rank_measures`)."""
+    the grid's values other than the method (:func:`analysis.predictors.rank_measures`), twice:
+    pairing the checkpoints of one seed, and pairing only the methods' checkpoints of one seed
+    at one epoch (``within``)."""
     from analysis.predictors import rank_measures
     from awp_landscape.measures import predictors
 
@@ -284,8 +286,9 @@ def rank_predictors(out: Path, rows: Sequence[dict[str, Any]]) -> list[dict[str,
     ranked = []
     for context, recs in records.items():
         names = [m for m in predictors.MEASURES if any(r.get(m) is not None for r in recs)]
-        for m in rank_measures(recs, measures=names):
-            ranked.append({"context": context, **dataclasses.asdict(m)})
+        for within in (("seed",), ("seed", "checkpoint")):
+            for m in rank_measures(recs, measures=names, within=within):
+                ranked.append({"context": context, **dataclasses.asdict(m)})
     return ranked
 
 
@@ -312,20 +315,31 @@ def methods_table(methods: Sequence[dict[str, Any]]) -> str:
 
 
 def predictors_table(ranked: Sequence[dict[str, Any]]) -> str:
-    """A markdown table: each measure's stratified Kendall tau-b with the robust gap, its
-    bootstrap interval and permutation p-value (bold where the interval excludes zero)."""
-    lines = ["\n## Which measure ranks the robust gap (every method, seed and checkpoint)\n",
-             "| grid | measure | checkpoints | seeds | Kendall tau-b | 95% interval | p-value |",
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
-    for r in ranked:
-        low, high = r["low"], r["high"]
-        resolved = math.isfinite(low) and math.isfinite(high) and (low > 0 or high < 0)
-        mark = "**" if resolved else ""
-        tau = f"{mark}{r['tau']:+.3f}{mark}" if math.isfinite(r["tau"]) else "undefined"
-        lines.append(
-            f"| {r['context'] or '–'} | {r['measure']} | {r['n']} | {r['strata']} | {tau} | "
-            f"{_interval(low, high)} | {r['pvalue']:.3g} |"
-        )
+    """Markdown tables: each measure's stratified Kendall tau-b with the robust gap, its
+    bootstrap interval and permutation p-value (bold where the interval excludes zero); one
+    table pairing the checkpoints of a seed, one pairing the methods at one epoch."""
+    titles = {
+        "seed": "every method, seed and checkpoint; pairs of one seed",
+        "seed and checkpoint": "the methods at equal epochs; pairs of one seed and epoch",
+    }
+    lines = []
+    for within, title in titles.items():
+        rows = [r for r in ranked if r.get("within", "seed") == within]
+        if not rows:
+            continue
+        lines += [f"\n## Which measure ranks the robust gap ({title})\n",
+                  "| grid | measure | checkpoints | groups | pairs | Kendall tau-b | 95% interval "
+                  "| p-value |",
+                  "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for r in rows:
+            low, high = r["low"], r["high"]
+            resolved = math.isfinite(low) and math.isfinite(high) and (low > 0 or high < 0)
+            mark = "**" if resolved else ""
+            tau = f"{mark}{r['tau']:+.3f}{mark}" if math.isfinite(r["tau"]) else "undefined"
+            lines.append(
+                f"| {r['context'] or '–'} | {r['measure']} | {r['n']} | {r['strata']} | "
+                f"{r['pairs']} | {tau} | {_interval(low, high)} | {r['pvalue']:.3g} |"
+            )
     return "\n".join(lines) + "\n"
 
 

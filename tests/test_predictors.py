@@ -46,6 +46,28 @@ def test_tau_b_with_ties_matches_the_counts_done_by_hand():
     assert abs(pooled - c.tau) > 0.05
 
 
+def test_pairing_within_an_epoch_compares_the_methods_and_not_the_runs_drift():
+    # T grows with the epoch (as the gap does along each run) but is higher for AT-AWP, whose
+    # gap is the smaller at both epochs of both seeds.
+    r = rows()
+    for row in r:
+        row["T"] = row["checkpoint"] / 10 + (0.5 if row["method"] == "AT-AWP" else 0.0)
+    (by_seed,) = rank_measures(r, measures=["T"], n_perm=50, n_boot=50)
+    (by_epoch,) = rank_measures(
+        r, measures=["T"], n_perm=50, n_boot=50, within=("seed", "checkpoint")
+    )
+    # Within a seed: 3 concordant and 3 discordant pairs of six in both seeds (the drift
+    # cancels the methods' order); within a seed and epoch: the single pair of each of the four
+    # groups is discordant.
+    per_seed = [sps.kendalltau([1, 2, 1.5, 2.5], GAP[s], variant="b").statistic for s in (0, 1)]
+    assert per_seed == pytest.approx([0.0, 0.0], abs=1e-12) and by_seed.tau == pytest.approx(0)
+    assert by_epoch.tau == -1.0 and (by_epoch.strata, by_epoch.pairs) == (4, 4)
+    assert by_seed.within == "seed" and by_epoch.within == "seed and checkpoint"
+    assert "same seed and checkpoint" in by_epoch.method
+    with pytest.raises(ValueError, match=r"within=\('method',\) is not one of"):
+        rank_measures(r, measures=["T"], within=("method",))
+
+
 def test_measures_default_to_the_numeric_columns_and_bad_rows_are_refused():
     assert measure_columns(rows()) == ["A", "C"]
     assert [r.measure for r in rank_measures(rows(), n_perm=10, n_boot=10)] == ["A", "C"]

@@ -188,9 +188,14 @@ def test_a_grid_of_methods_compares_each_with_at_and_ranks_the_measures(
         sum(rows["at-sam", s]["robust accuracy (last)"] - rows["at", s]["robust accuracy (last)"]
             for s in (0, 1, 2)) / 3
     )  # fmt: skip
-    ranked = {r["measure"]: r for r in result["rankings"]}
-    assert {"expected flatness", "worst-case flatness", "adaptive worst-case sharpness",
-            "adaptive average sharpness", "top Hessian eigenvalue"} <= set(ranked)  # fmt: skip
-    assert all(r["n"] == 9 and r["strata"] == 3 for r in ranked.values())  # 3 methods x 3 seeds
+    for within in ("seed", "seed and checkpoint"):
+        ranked = {r["measure"]: r for r in result["rankings"] if r["within"] == within}
+        assert {"expected flatness", "worst-case flatness", "adaptive worst-case sharpness",
+                "adaptive average sharpness", "top Hessian eigenvalue"} <= set(ranked)  # fmt: skip
+        # 3 methods x 3 seeds, one checkpoint each: 3 groups of 3 (one seed, or one seed at
+        # epoch 1)
+        assert all(r["n"] == 9 and r["strata"] == 3 for r in ranked.values())
     regime = (out / "sweep_regime.md").read_text()
-    assert "Each method against AT" in regime and "Which measure ranks the robust gap" in regime
+    assert "Each method against AT" in regime
+    assert "ranks the robust gap (every method, seed and checkpoint" in regime
+    assert "ranks the robust gap (the methods at equal epochs" in regime
