@@ -41,6 +41,16 @@ def batchnorms(model: nn.Module) -> list[_BatchNorm]:
     return [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
 
 
+def compiled_batchnorm(model: nn.Module) -> bool:
+    """Whether ``model`` is (or holds) a TorchScript or ``torch.export`` program with BatchNorm
+    running statistics: statistics that exist as buffers but whose layers are no modules to
+    re-estimate them with."""
+    compiled = any(
+        isinstance(m, (torch.jit.ScriptModule, torch.fx.GraphModule)) for m in model.modules()
+    )
+    return compiled and any(n.endswith("running_mean") for n, _ in model.named_buffers())
+
+
 def check_bn_recomputable(model: nn.Module, name: str = "the model") -> None:
     """Refuse to re-estimate BatchNorm statistics (``bn="recompute"``) of a model that has no
     BatchNorm layer keeping them: recomputing would silently do nothing.
@@ -51,12 +61,9 @@ def check_bn_recomputable(model: nn.Module, name: str = "the model") -> None:
     """
     if batchnorms(model):
         return
-    compiled = any(
-        isinstance(m, (torch.jit.ScriptModule, torch.fx.GraphModule)) for m in model.modules()
-    )
     why = (
         "its BatchNorm is compiled into a TorchScript or torch.export program"
-        if compiled
+        if compiled_batchnorm(model)
         else "it has no BatchNorm layer"
     )
     raise ValueError(

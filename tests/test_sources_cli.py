@@ -239,6 +239,8 @@ def test_two_compiled_files_of_one_architecture_interpolate_and_connect(
     args = ["connect", *map(str, files), "--no-curve", "--points", "3", "--n-train", "4"]
     assert main([*args, "--n-test", "4", "--n-bn", "4", "--attack-steps", "1", *data,
                  "--out", str(conn)]) == 0  # fmt: skip
+    # their BatchNorm is compiled: the points keep the first model's statistics, and say so
+    assert f"every point uses {files[0]}'s" in capsys.readouterr().out
     torch.manual_seed(3)
     other = tmp_path / "nobn.ts"
     torch.jit.save(torch.jit.script(clifactories.nobn(num_classes=3).eval()), other)

@@ -327,6 +327,8 @@ def connect(
     from analysis.store import SampleStore, UnitKey, run_units
     from awp.config import to_dict
     from awp.io import sha256_file, write_json
+    from awp.modes import batchnorms, compiled_batchnorm
+    from awp_landscape.console import say
     from awp_landscape.inputs import Sources, default_label, held_inputs
     from landscape.surface import bn_images, make_evalsets
 
@@ -337,6 +339,13 @@ def connect(
         progress = sources.progress and ctx.is_main
         a, b = (inputs.load(p) for p in checkpoints)
         ends = _ends(a, b)
+        if ctx.is_main and not batchnorms(a.model) and compiled_batchnorm(a.model):
+            say(
+                "awp connect: note: the BatchNorm of this model is compiled (TorchScript or "
+                "torch.export), so its statistics cannot be re-estimated at the path's points: "
+                f"every point uses {a.path}'s; load the model as a module (py:, torchvision:, "
+                "timm:, hf:) to re-estimate them"
+            )
         names = labels or [default_label(p) for p in checkpoints]
         evalsets = make_evalsets(
             a.data, n_train=cfg.n_train, n_test=cfg.n_test, seed=cfg.subset_seed
