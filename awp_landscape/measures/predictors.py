@@ -42,7 +42,8 @@ class Predictors(Measure):
             False,
             "also measure every saved checkpoint's robust gap, expected and worst-case "
             "flatness, adaptive sharpness and top Hessian eigenvalue, and rank the measures "
-            "against the gap (which flatness predicts robust generalization)",
+            "against the gap, over the checkpoints of a seed and over the methods at equal "
+            "epochs (which flatness predicts robust generalization)",
             plans=("sweep",),
         ),
     )
