@@ -43,3 +43,11 @@ def interleaved_times(
 def medians(times: Mapping[Hashable, list[float]]) -> dict[Hashable, float]:
     """The median of each variant's timed rounds."""
     return {k: statistics.median(v) for k, v in times.items()}
+
+
+def paired_medians(times: Mapping[Hashable, list[float]], base: Hashable) -> dict[Hashable, float]:
+    """What each variant adds to ``base``: the median over rounds of its time minus ``base``'s
+    in the same round. Rounds that are slow for every variant (another process, a clock change)
+    cancel in the difference, which a difference of two medians does not do."""
+    ref = times[base]
+    return {k: statistics.median(a - b for a, b in zip(v, ref)) for k, v in times.items()}
