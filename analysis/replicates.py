@@ -194,27 +194,35 @@ class StratifiedKendall:
         return bool(self.low > 0 or self.high < 0)
 
 
-def _within_counts(x: np.ndarray, y: np.ndarray, strata: np.ndarray) -> tuple[float, int, int, int]:
-    """(concordant - discordant, pairs, pairs tied in x, pairs tied in y) within strata."""
-    s = 0.0
-    pairs = tied_x = tied_y = 0
-    for g in np.unique(strata):
-        m = strata == g
-        xs, ys = x[m], y[m]
-        dx = np.sign(xs[:, None] - xs[None, :])
-        dy = np.sign(ys[:, None] - ys[None, :])
-        upper = np.triu(np.ones_like(dx, dtype=bool), k=1)
-        s += float((dx * dy)[upper].sum())
-        pairs += int(upper.sum())
-        tied_x += int((dx[upper] == 0).sum())
-        tied_y += int((dy[upper] == 0).sum())
-    return s, pairs, tied_x, tied_y
+def _pairs(strata: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Index arrays (i, j), i < j, of every pair of observations in the same stratum."""
+    same = strata[:, None] == strata[None, :]
+    i, j = np.nonzero(np.triu(same, k=1))
+    return i, j
 
 
-def _tau(x: np.ndarray, y: np.ndarray, strata: np.ndarray) -> float:
-    s, pairs, tx, ty = _within_counts(x, y, strata)
-    denom = math.sqrt((pairs - tx) * (pairs - ty))
-    return s / denom if denom > 0 else float("nan")
+#: elements of the (samples x pairs) sign matrices :func:`_taus` builds at once
+_CHUNK = 2_000_000
+
+
+def _taus(x: np.ndarray, y: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """Kendall tau-b over the pairs (i, j) of each row of ``x`` and ``y`` (samples x
+    observations; a 1-D pair is one sample): (concordant - discordant) over
+    sqrt((pairs - tied in x) (pairs - tied in y)), NaN where a side is all ties."""
+    x, y = np.atleast_2d(x), np.atleast_2d(y)
+    x = np.broadcast_to(x, (max(len(x), len(y)), x.shape[1]))
+    y = np.broadcast_to(y, (len(x), y.shape[1]))
+    out = np.empty(len(x))
+    step = max(1, _CHUNK // max(1, i.size))
+    for k in range(0, len(x), step):
+        dx = np.sign(x[k : k + step, i] - x[k : k + step, j])
+        dy = np.sign(y[k : k + step, i] - y[k : k + step, j])
+        s = (dx * dy).sum(axis=1)
+        tx, ty = (dx == 0).sum(axis=1), (dy == 0).sum(axis=1)
+        denom = np.sqrt(((i.size - tx) * (i.size - ty)).astype(np.float64))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out[k : k + step] = np.where(denom > 0, s / denom, np.nan)
+    return out
 
 
 def stratified_kendall(
@@ -248,29 +256,35 @@ def stratified_kendall(
         raise ValueError(f"confidence={confidence} must be in (0, 1), e.g. 0.95")
     keep = np.isfinite(a) & np.isfinite(b)
     a, b, g = a[keep], b[keep], g[keep]
-    tau = _tau(a, b, g)
-    _, pairs, _, _ = _within_counts(a, b, g)
+    i, j = _pairs(g)
+    tau = float(_taus(a, b, i, j)[0])
+    pairs = int(i.size)
     groups = [np.flatnonzero(g == s) for s in np.unique(g)]
     if not math.isfinite(tau):
         return StratifiedKendall(
             float("nan"), float("nan"), int(a.size), len(groups), pairs, 0, confidence=confidence
         )
     rng = np.random.default_rng(seed)
-    hits = 0
-    for _ in range(n_perm):
-        perm = b.copy()
+    perms = np.tile(b, (n_perm, 1))
+    for row in perms:  # the draws in the order of one permutation after another
         for idx in groups:
-            perm[idx] = b[rng.permutation(idx)]
-        hits += abs(_tau(a, perm, g)) >= abs(tau) - 1e-12
+            row[idx] = b[rng.permutation(idx)]
+    hits = int((np.abs(_taus(a, perms, i, j)) >= abs(tau) - 1e-12).sum()) if n_perm else 0
     pvalue = (hits + 1) / (n_perm + 1)
     low = high = float("nan")
     note = ""
     if n_boot > 0:
         boot = np.random.default_rng([seed, 1])
-        taus = np.empty(n_boot)
-        for i in range(n_boot):
-            idx = np.concatenate([boot.choice(ix, size=ix.size) for ix in groups])
-            taus[i] = _tau(a[idx], b[idx], g[idx])
+        draws = np.stack(
+            [
+                np.concatenate([boot.choice(ix, size=ix.size) for ix in groups])
+                for _ in range(n_boot)
+            ]
+        )
+        # every resample lays its strata out alike (each stratum's draws, in turn): one set of
+        # pairs serves them all
+        bi, bj = _pairs(np.concatenate([g[ix] for ix in groups]))
+        taus = _taus(a[draws], b[draws], bi, bj)
         note = degenerate_resamples(taus, n_boot=n_boot)
         finite = taus[np.isfinite(taus)]
         if finite.size:
