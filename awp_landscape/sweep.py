@@ -269,7 +269,7 @@ def rank_predictors(out: Path, rows: Sequence[dict[str, Any]]) -> list[dict[str,
     the grid's values other than the method (:func:`analysis.predictors.rank_measures`), twice:
     pairing the checkpoints of one seed, and pairing only the methods' checkpoints of one seed
     at one epoch (``within``)."""
-    from analysis.predictors import rank_measures
+    from analysis.predictors import WITHIN, rank_measures
     from awp_landscape.measures import predictors
 
     if not rows:
@@ -286,7 +286,7 @@ def rank_predictors(out: Path, rows: Sequence[dict[str, Any]]) -> list[dict[str,
     ranked = []
     for context, recs in records.items():
         names = [m for m in predictors.MEASURES if any(r.get(m) is not None for r in recs)]
-        for within in (("seed",), ("seed", "checkpoint")):
+        for within in WITHIN:
             for m in rank_measures(recs, measures=names, within=within):
                 ranked.append({"context": context, **dataclasses.asdict(m)})
     return ranked
@@ -318,9 +318,11 @@ def predictors_table(ranked: Sequence[dict[str, Any]]) -> str:
     """Markdown tables: each measure's stratified Kendall tau-b with the robust gap, its
     bootstrap interval and permutation p-value (bold where the interval excludes zero); one
     table pairing the checkpoints of a seed, one pairing the methods at one epoch."""
+    from analysis.predictors import WITHIN
+
     titles = {
-        "seed": "every method, seed and checkpoint; pairs of one seed",
-        "seed and checkpoint": "the methods at equal epochs; pairs of one seed and epoch",
+        WITHIN[("seed",)]: "every method, seed and checkpoint; pairs of one seed",
+        WITHIN[("seed", "checkpoint")]: "the methods at equal epochs; pairs of one seed and epoch",
     }
     lines = []
     for within, title in titles.items():
