@@ -334,6 +334,28 @@ def _this_code_importable() -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def _cancellable() -> Iterator[None]:
+    """Jobs started inside obey their cancel, which is a SIGINT (submitit's local jobs).
+
+    A parent started in the background (``nohup awp sweep ... &``) ignores SIGINT, and a child
+    inherits that: its jobs would ignore the cancel and run on after a kill of the parent.
+    While a job starts, SIGINT is Python's default here, so that the job's interpreter sets
+    its own handler; the parent ignores SIGINT again afterwards.
+    """
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
+    ):
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
 def _kill_is_an_interrupt() -> Iterator[None]:
     """While local jobs run, a kill of this process (SIGTERM, or SIGHUP when its terminal
     closes) raises KeyboardInterrupt as Ctrl-C does, so that the jobs are cancelled with it.
@@ -381,7 +403,7 @@ def _run_local(
                 while pending and free:
                     i, slot = pending.popleft(), free.pop(0)
                     threads, gpu = shares[slot]
-                    with _this_code_importable():
+                    with _this_code_importable(), _cancellable():
                         # a unit's own thread count (a demo's --threads) wins over the slot's share
                         threads = units[i].threads or threads
                         job = executor.submit(replace(units[i], threads=threads, gpu=gpu))

@@ -746,22 +746,28 @@ def test_a_ctrl_c_that_python_would_lose_still_ends_the_command(tmp_path, monkey
         def __del__(self) -> None:
             raise KeyboardInterrupt  # what a Ctrl-C during a garbage collection looks like
 
-    reported = []
-    monkeypatch.setattr(sys, "unraisablehook", reported.append)
-    with pytest.raises(KeyboardInterrupt), interrupts_reach_main():
-        Dropped()  # collected at once: the exception cannot leave __del__
-        for _ in range(500):  # the interrupt arrives here, between two short sleeps
-            time.sleep(0.01)
-    assert reported == []  # no "Exception ignored" traceback
-    module = tmp_path / "slow_import.py"  # a Ctrl-C in the middle of an import
-    module.write_text("import signal, time\nsignal.raise_signal(signal.SIGINT)\ndone = True\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    with pytest.raises(KeyboardInterrupt), interrupts_reach_main():
-        import slow_import  # noqa: F401  (the interrupt leaves this statement)
+    # A suite started in the background (`make test &`) inherits SIGINT ignored, where the
+    # context does nothing by design; a terminal's Ctrl-C is what is tested here.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        reported = []
+        monkeypatch.setattr(sys, "unraisablehook", reported.append)
+        with pytest.raises(KeyboardInterrupt), interrupts_reach_main():
+            Dropped()  # collected at once: the exception cannot leave __del__
+            for _ in range(500):  # the interrupt arrives here, between two short sleeps
+                time.sleep(0.01)
+        assert reported == []  # no "Exception ignored" traceback
+        module = tmp_path / "slow_import.py"  # a Ctrl-C in the middle of an import
+        module.write_text("import signal, time\nsignal.raise_signal(signal.SIGINT)\ndone = True\n")
+        monkeypatch.syspath_prepend(str(tmp_path))
+        with pytest.raises(KeyboardInterrupt), interrupts_reach_main():
+            import slow_import  # noqa: F401  (the interrupt leaves this statement)
 
-        pytest.fail("the interrupt was not raised when the import returned")
-    assert sys.modules["slow_import"].done  # the import ran to its end first
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+            pytest.fail("the interrupt was not raised when the import returned")
+        assert sys.modules["slow_import"].done  # the import ran to its end first
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders anyway")

@@ -309,10 +309,13 @@ def test_a_killed_parent_cancels_its_local_jobs(tmp_path):
 
     pid_file = tmp_path / "job.pid"
     root = Path(launch.__file__).resolve().parents[1]
+    # started as `nohup awp sweep ... &` starts it: ignoring SIGINT, which its jobs inherit
+    # unless the launcher gives them a handler (the cancel of a local job is a SIGINT)
     parent = subprocess.Popen(
         [sys.executable, "-c", KILLED_PARENT, str(tmp_path / "out"), str(pid_file)],
         cwd=root, env={**os.environ, "PYTHONPATH": str(root)},
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 120
