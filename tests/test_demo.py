@@ -203,27 +203,34 @@ def _copy_of(demo, tmp_path):
     return out, demo[1]
 
 
-def test_rerun_reuses_finished_stages_touches_nothing_and_refuses_other_settings(demo, capsys):
-    """A rerun of the finished demo (the shared one: a rerun that changes nothing leaves it as it
-    was) trains and computes nothing and rewrites no file; other settings are refused."""
-    out, data = demo
+def test_rerun_reuses_finished_stages_touches_nothing_and_refuses_other_settings(
+    demo, capsys, tmp_path
+):
+    """A rerun of a finished demo trains and computes nothing and rewrites no file; other
+    settings are refused. On a copy (other test processes read the shared demo), whose first
+    rerun records the results' new paths and computes nothing either."""
+    out, data = _copy_of(demo, tmp_path)
     seed0 = out / "seed0"
+    args = ["demo", "--out", str(out), "--dataset", str(data), *TINY]
 
-    def files() -> dict:
-        return {p: p.stat().st_mtime_ns for p in seed0.rglob("*") if p.suffix in (".json", ".pt")}
+    def files(*suffixes: str) -> dict:
+        return {p: p.stat().st_mtime_ns for p in seed0.rglob("*") if p.suffix in suffixes}
 
-    before = files()
-    assert main(["demo", "--out", str(out), "--dataset", str(data), *TINY]) == 0
-    text = capsys.readouterr().out
-    assert "[AT] reusing the finished run" in text and "[AT-AWP] reusing" in text
-    assert "evaluate: 4 of 4 checkpoint(s) already measured" in text
-    assert files() == before  # nothing trained, computed or rewritten
+    weights = files(".pt")
+    for _ in range(2):  # the copy's first rerun, then a rerun in place
+        before = files(".json", ".pt")
+        assert main(args) == 0
+        text = capsys.readouterr().out
+        assert "[AT] reusing the finished run" in text and "[AT-AWP] reusing" in text
+        assert "evaluate: 4 of 4 checkpoint(s) already measured" in text
+        assert files(".pt") == weights  # nothing trained
+    assert files(".json", ".pt") == before  # nothing trained, computed or rewritten
     # other settings in the same folder are refused, and nothing is touched
     other = list(TINY)
     other[other.index("--epochs") + 1] = "4"
     assert main(["demo", "--out", str(out), "--dataset", str(data), *other]) == 2
     assert "other settings" in capsys.readouterr().err
-    assert files() == before
+    assert files(".json", ".pt") == before
 
 
 def test_more_seeds_are_added_to_a_demo_folder_beside_the_finished_ones(demo, tmp_path):
